@@ -1,0 +1,299 @@
+//! The socket loop: the only module with a socket, a clock and log lines.
+//!
+//! One blocking [`UdpSocket`], one receive and one send buffer allocated
+//! before the first datagram, and [`Service::handle`] in between. Every
+//! error the kernel can return from a receive or a send is counted and the
+//! loop goes on: on Linux an ICMP port unreachable for an earlier reply
+//! shows up as `ECONNREFUSED` on the next `recv_from`, and a device that
+//! vanished mid-download must not stop the others.
+
+use crate::service::{Action, Dropped, Outcome, Peer, ResetReason, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
+use crate::wire::Message;
+use crate::{catalog::VersionText, firmware};
+use log::{debug, info, log_enabled, trace, warn, Level};
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// How often the counters are logged (at info, when anything changed).
+const STATS_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Counters of what the server did; logged periodically, never per packet
+/// above debug, so hostile traffic cannot flood the log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams received.
+    pub received: u64,
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Firmware blocks sent.
+    pub blocks: u64,
+    /// Other 2.05 replies (lookups, discovery).
+    pub content: u64,
+    /// 4.xx/5.xx replies, Echo challenges and 4.29 included.
+    pub errors: u64,
+    /// RSTs sent (pings, "no update", rejected messages).
+    pub resets: u64,
+    /// Malformed, short or foreign-version datagrams dropped.
+    pub dropped_malformed: u64,
+    /// ACK/RST/other non-requests dropped.
+    pub dropped_other: u64,
+    /// Receive errors (ICMP errors reported as ECONNREFUSED among them).
+    pub receive_errors: u64,
+    /// Send errors (unreachable hosts, full buffers).
+    pub send_errors: u64,
+}
+
+/// The server: socket, buffers, service and counters.
+#[derive(Debug)]
+pub struct Server {
+    socket: UdpSocket,
+    service: Service,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    started: Instant,
+    stats: Stats,
+}
+
+impl Server {
+    /// Wraps a bound socket; both buffers are allocated here, once.
+    pub fn new(socket: UdpSocket, service: Service) -> Server {
+        Server {
+            socket,
+            service,
+            // One byte more than the largest accepted request, so that a
+            // datagram filling it is known to be truncated (recv_from
+            // truncates silently).
+            rx: vec![0; MAX_REQUEST_LEN + 1],
+            tx: vec![0; MAX_REPLY_LEN],
+            started: Instant::now(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The socket's address (useful with port 0).
+    ///
+    /// # Errors
+    /// As [`UdpSocket::local_addr`].
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The protocol core, for inspection.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// Serves until the process is stopped.
+    pub fn run(&mut self) -> ! {
+        let mut last_report = Instant::now();
+        let mut reported = self.stats;
+        loop {
+            self.serve_one();
+            if last_report.elapsed() >= STATS_INTERVAL {
+                if self.stats != reported {
+                    info!("{}", StatsLine(&self.stats));
+                    reported = self.stats;
+                }
+                last_report = Instant::now();
+            }
+        }
+    }
+
+    /// Receives one datagram (blocking, or until the socket's read timeout)
+    /// and answers it. Never fails: errors are counted and logged at debug.
+    pub fn serve_one(&mut self) {
+        let (len, from) = match self.socket.recv_from(&mut self.rx) {
+            Ok(received) => received,
+            Err(e) => {
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) {
+                    self.stats.receive_errors += 1;
+                    debug!("receive error (ignored): {e}");
+                }
+                return;
+            }
+        };
+        self.stats.received += 1;
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let datagram = self.rx.get(..len).unwrap_or(&[]);
+        if log_enabled!(Level::Debug) {
+            log_request(from, datagram);
+        }
+        match self.service.handle(peer(from), now_ms, datagram, &mut self.tx) {
+            Action::Reply { len, outcome } => {
+                count(&mut self.stats, &outcome);
+                log_outcome(from, &outcome);
+                match self.socket.send_to(self.tx.get(..len).unwrap_or(&[]), from) {
+                    Ok(_) => self.stats.sent += 1,
+                    Err(e) => {
+                        self.stats.send_errors += 1;
+                        debug!("{} send failed (ignored): {e}", Shown(from));
+                    }
+                }
+            }
+            Action::Drop(reason) => {
+                match reason {
+                    Dropped::TooShort | Dropped::BadVersion | Dropped::Malformed => {
+                        self.stats.dropped_malformed += 1
+                    }
+                    _ => self.stats.dropped_other += 1,
+                }
+                trace!("{} dropped: {reason:?}", Shown(from));
+            }
+        }
+    }
+}
+
+fn count(stats: &mut Stats, outcome: &Outcome<'_>) {
+    match outcome {
+        Outcome::Block(_) => stats.blocks += 1,
+        Outcome::Content => stats.content += 1,
+        Outcome::Error(_) | Outcome::EchoChallenge | Outcome::RateLimited => stats.errors += 1,
+        Outcome::Reset(_) => stats.resets += 1,
+    }
+}
+
+/// The peer as the service sees it: IPv4 as IPv4-mapped IPv6.
+pub fn peer(addr: SocketAddr) -> Peer {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    Peer {
+        ip: ip.octets(),
+        port: addr.port(),
+    }
+}
+
+/// A peer address as an operator reads it: `::ffff:a.b.c.d` as `a.b.c.d`.
+struct Shown(SocketAddr);
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.ip() {
+            IpAddr::V6(v6) => match Ipv6Addr::to_ipv4_mapped(&v6) {
+                Some(v4) => write!(f, "{v4}:{}", self.0.port()),
+                None => write!(f, "{}", self.0),
+            },
+            IpAddr::V4(_) => write!(f, "{}", self.0),
+        }
+    }
+}
+
+/// Info lines in the reference server's spirit: one when a device starts
+/// a transfer, one when it fetches the last block.
+fn log_outcome(from: SocketAddr, outcome: &Outcome<'_>) {
+    match outcome {
+        Outcome::Block(t) if t.is_first() || t.is_last() => {
+            let body = t.image.bytes.len().saturating_sub(t.offset as usize);
+            let how = if t.legacy { "legacy" } else { "by id" };
+            if t.is_first() {
+                info!(
+                    "{} starts {} v{} at offset {} ({body} bytes, {} B blocks, {how})",
+                    Shown(from),
+                    t.image.file_name,
+                    VersionText(t.image.version),
+                    t.offset,
+                    t.block.size(),
+                );
+            }
+            if t.is_last() {
+                info!(
+                    "{} fetched the last block of {} (block {}, {body} bytes from offset {})",
+                    Shown(from),
+                    t.image.file_name,
+                    t.block.num,
+                    t.offset
+                );
+            }
+        }
+        Outcome::Reset(ResetReason::NoUpdate) => debug!("{} no update: RST", Shown(from)),
+        other => trace!("{} reply {other:?}", Shown(from)),
+    }
+}
+
+/// Debug detail of a request: path, options, payload in hex and the
+/// decoded device request. Parsed a second time, only when debug is on.
+fn log_request(from: SocketAddr, datagram: &[u8]) {
+    let Ok(msg) = Message::parse(datagram) else {
+        debug!("{} malformed datagram of {} bytes", Shown(from), datagram.len());
+        return;
+    };
+    let mut path = String::new();
+    for segment in msg.path.as_slice() {
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(segment));
+    }
+    let query: Vec<_> = msg
+        .query
+        .as_slice()
+        .iter()
+        .map(|q| String::from_utf8_lossy(q))
+        .collect();
+    let device = match (path.as_str(), firmware::parse_payload(msg.payload)) {
+        ("/updates", Ok(d)) => format!(
+            " device pid={} type={} version={}{}",
+            String::from_utf8_lossy(d.pid),
+            d.fw_type,
+            VersionText(d.version),
+            d.offset.map(|o| format!(" offset={o}")).unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
+    debug!(
+        "{} {:?} {} mid={} token={} path={path} query={query:?} block2={:?} size2={:?} accept={:?} echo={} payload={}{device}",
+        Shown(from),
+        msg.mtype,
+        msg.class(),
+        msg.mid,
+        Hex(msg.token),
+        msg.block2,
+        msg.size2,
+        msg.accept,
+        msg.echo.is_some(),
+        Hex(msg.payload),
+    );
+}
+
+/// Bytes as lowercase hex.
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// The counters as one log line.
+pub struct StatsLine<'a>(pub &'a Stats);
+
+impl std::fmt::Display for StatsLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0;
+        write!(
+            f,
+            "stats: received {} sent {} blocks {} content {} errors {} resets {} dropped malformed {} other {} receive errors {} send errors {}",
+            s.received, s.sent, s.blocks, s.content, s.errors, s.resets, s.dropped_malformed, s.dropped_other, s.receive_errors, s.send_errors
+        )
+    }
+}
+
+/// Warns once when an IPv6 wildcard socket may not accept IPv4 (the
+/// `net.ipv6.bindv6only` sysctl set to 1).
+pub fn check_dual_stack(addr: SocketAddr) {
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        if let Ok(v) = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only") {
+            if v.trim() == "1" {
+                warn!("net.ipv6.bindv6only is 1: {addr} serves IPv6 only; use -l 0.0.0.0:PORT for IPv4");
+            }
+        }
+    }
+}

@@ -1,0 +1,881 @@
+//! The protocol core: one datagram in, at most one datagram out.
+//!
+//! [`Service::handle`] is sans-IO in the quinn-proto sense: it gets the
+//! datagram, the peer as a plain value and the time as a number, writes any
+//! reply into the caller's buffer and returns an [`Action`] saying what to
+//! do with it and what happened. It never touches a socket, a clock, a file
+//! or the logger, so every case of PROTOCOL.md §2 and §3 is a unit test.
+//!
+//! Its only state is bounded: the legacy continuation table (PROTOCOL §2.1),
+//! the optional per-address rate limiter, the Echo key and the Message ID
+//! counter for NON replies.
+//!
+//! Duplicate Confirmable requests (RFC 7252 §4.5) are answered by
+//! deterministic regeneration rather than a response cache: the catalog is
+//! immutable, the reply is a pure function of the request bytes and the
+//! continuation entry, and a duplicate writes the very entry it reads, so
+//! the same request within EXCHANGE_LIFETIME yields the same bytes. That
+//! costs no memory per peer (a cache of 1 KiB replies would, for every
+//! device of a fleet) and cannot serve a stale or wrong block.
+
+use crate::catalog::{Catalog, Image};
+use crate::firmware::{self, DeviceRequest};
+use crate::table::BoundedTable;
+use crate::wire::{self, Block, BlockError, Emitter, Message, ParseError};
+use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, RequestType, ResponseType};
+use core::fmt::{self, Write as _};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+
+/// RFC 7252 §4.8.2 EXCHANGE_LIFETIME: how long a legacy continuation is
+/// remembered for a peer.
+pub const EXCHANGE_LIFETIME_MS: u64 = 247_000;
+/// Largest request the server accepts; a longer one gets 4.13. Device
+/// payloads are at most 265 bytes, so this leaves room for options.
+pub const MAX_REQUEST_LEN: usize = 1152;
+/// Room a reply needs: header, token, options, a 1024-byte block.
+pub const MAX_REPLY_LEN: usize = 1152;
+/// Longest diagnostic payload of an error reply (RFC 7252 §5.5.2).
+const DIAGNOSTIC_MAX: usize = 120;
+/// Echo values are valid for this window and the one before it.
+const ECHO_WINDOW_MS: u64 = 60_000;
+/// Length of the Echo values this server makes.
+const ECHO_LEN: usize = 8;
+/// RFC 9175 §2.4: an unverified peer gets at most 3 times its request.
+const AMPLIFICATION_FACTOR: usize = 3;
+
+/// Configuration of [`Service`], fixed at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest Block2 size the server sends, 16..=1024, a power of two.
+    pub max_block_size: usize,
+    /// Peers whose legacy transfer is remembered (PROTOCOL §2.1).
+    pub continuation_capacity: usize,
+    /// `Some(n)`: at most `n` requests a second per peer address (4.29).
+    pub rate_limit: Option<u32>,
+    /// Addresses the rate limiter tracks.
+    pub rate_table_capacity: usize,
+    /// Answer unverified peers whose reply would be more than 3 times their
+    /// request with a 4.01 Echo challenge (RFC 9175 §2.4).
+    pub echo: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_block_size: 1024,
+            continuation_capacity: 4096,
+            rate_limit: None,
+            rate_table_capacity: 4096,
+            echo: false,
+        }
+    }
+}
+
+/// A peer as a hashable value: IPv4 addresses as IPv4-mapped IPv6, so the
+/// service needs nothing from `std::net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// IPv6 address bytes (or `::ffff:a.b.c.d`).
+    pub ip: [u8; 16],
+    /// UDP port.
+    pub port: u16,
+}
+
+/// What the caller does with a datagram once handled.
+#[derive(Debug, Clone, Copy)]
+pub enum Action<'c> {
+    /// Send `out[..len]` back to the peer.
+    Reply {
+        /// Length written into the caller's buffer.
+        len: usize,
+        /// What the reply is, for counters and log lines.
+        outcome: Outcome<'c>,
+    },
+    /// Send nothing.
+    Drop(Dropped),
+}
+
+/// What a reply is.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'c> {
+    /// One block of a firmware body.
+    Block(Transfer<'c>),
+    /// Another 2.05: a lookup answer or the discovery listing.
+    Content,
+    /// An error response; its code.
+    Error(ResponseType),
+    /// A 4.01 with an Echo option (RFC 9175).
+    EchoChallenge,
+    /// A 4.29 (RFC 8516).
+    RateLimited,
+    /// An RST; why.
+    Reset(ResetReason),
+}
+
+/// Why an RST was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// An empty Confirmable message: a CoAP ping.
+    Ping,
+    /// The legacy protocol's "no update" signal.
+    NoUpdate,
+    /// A Confirmable message that could not be parsed or is not a request.
+    Rejected,
+}
+
+/// One block of a firmware body on its way to a device.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer<'c> {
+    /// The image.
+    pub image: &'c Image,
+    /// Where the body starts in the image.
+    pub offset: u32,
+    /// The block sent.
+    pub block: Block,
+    /// Bytes of the image in this block.
+    pub block_len: usize,
+    /// True through the legacy `/updates` protocol.
+    pub legacy: bool,
+}
+
+impl Transfer<'_> {
+    /// The first block of the body.
+    pub fn is_first(&self) -> bool {
+        self.block.num == 0
+    }
+    /// The last block of the body.
+    pub fn is_last(&self) -> bool {
+        !self.block.more
+    }
+}
+
+/// Why nothing was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Shorter than a header.
+    TooShort,
+    /// Version other than 1.
+    BadVersion,
+    /// A malformed message that is not Confirmable.
+    Malformed,
+    /// An ACK or RST from a client: nothing to answer.
+    AckOrReset,
+    /// A Non-confirmable message that is empty or not a request.
+    NotARequest,
+    /// A rate-limited request whose 4.29 would be larger than it.
+    RateLimited,
+    /// The reply did not fit the output buffer (a bug, never expected).
+    Overflow,
+}
+
+/// Per-peer state of a legacy transfer, for payload-less continuations.
+#[derive(Debug, Clone, Copy)]
+struct Continuation {
+    image_id: [u8; 8],
+    offset: u32,
+}
+
+/// Requests counted in the current one-second window of an address.
+#[derive(Debug, Clone, Copy)]
+struct RateWindow {
+    second: u64,
+    count: u32,
+}
+
+/// The protocol core with its bounded state; see the module docs.
+#[derive(Debug)]
+pub struct Service {
+    catalog: Catalog,
+    limits: Limits,
+    server_szx: u8,
+    continuations: BoundedTable<Peer, Continuation>,
+    rate: BoundedTable<[u8; 16], RateWindow>,
+    echo_key: RandomState,
+    next_mid: u16,
+}
+
+/// Where a request is going.
+enum Route<'a> {
+    Updates,
+    Image(&'a [u8]),
+    Discovery,
+}
+
+/// The answer chosen for a request before it is written.
+type Reply<'c> = Result<(usize, Outcome<'c>), Failure>;
+
+/// Why a request cannot be served as asked: one variant per reply that
+/// is not a 2.05 or a block.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Error(ResponseType, Diagnostic),
+    NoUpdate,
+    Overflow,
+}
+
+/// Diagnostic payloads, formatted only when an error is sent.
+#[derive(Debug, Clone, Copy)]
+enum Diagnostic {
+    Text(&'static str),
+    Payload(firmware::PayloadError),
+    Query(firmware::QueryError),
+    Critical(u16),
+    TooLarge(usize),
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Diagnostic::Text(text) => f.write_str(text),
+            Diagnostic::Payload(e) => e.fmt(f),
+            Diagnostic::Query(e) => e.fmt(f),
+            Diagnostic::Critical(n) => write!(f, "unrecognized critical option {n}"),
+            Diagnostic::TooLarge(max) => write!(f, "request larger than {max} bytes"),
+        }
+    }
+}
+
+fn error(code: ResponseType, text: &'static str) -> Failure {
+    Failure::Error(code, Diagnostic::Text(text))
+}
+
+impl From<wire::EmitError> for Failure {
+    fn from(_: wire::EmitError) -> Self {
+        Failure::Overflow
+    }
+}
+
+impl Service {
+    /// A service over `catalog`.
+    ///
+    /// # Panics
+    /// When `limits.max_block_size` is not a power of two in 16..=1024:
+    /// `main` validates it first.
+    pub fn new(catalog: Catalog, limits: Limits) -> Service {
+        let server_szx = Block::szx_for_size(limits.max_block_size)
+            .expect("max_block_size is a power of two in 16..=1024");
+        Service {
+            catalog,
+            limits,
+            server_szx,
+            continuations: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
+            rate: BoundedTable::new(limits.rate_table_capacity, 1000),
+            echo_key: RandomState::new(),
+            next_mid: 0,
+        }
+    }
+
+    /// The catalog served.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Peers with a remembered legacy transfer (bounded by
+    /// [`Limits::continuation_capacity`]).
+    pub fn continuation_count(&self) -> usize {
+        self.continuations.len()
+    }
+
+    /// Addresses tracked by the rate limiter (bounded by
+    /// [`Limits::rate_table_capacity`]).
+    pub fn rate_table_len(&self) -> usize {
+        self.rate.len()
+    }
+
+    /// Handles one datagram from `peer` received at `now_ms` (any monotonic
+    /// millisecond clock). A datagram longer than [`MAX_REQUEST_LEN`] is
+    /// taken as truncated and answered 4.13. `out` should hold
+    /// [`MAX_REPLY_LEN`] bytes.
+    pub fn handle(&mut self, peer: Peer, now_ms: u64, datagram: &[u8], out: &mut [u8]) -> Action<'_> {
+        if datagram.len() > MAX_REQUEST_LEN {
+            self.next_mid = self.next_mid.wrapping_add(1);
+            return too_large(datagram, self.next_mid, out);
+        }
+        let msg = match Message::parse(datagram) {
+            Ok(msg) => msg,
+            Err(ParseError::TooShort) => return Action::Drop(Dropped::TooShort),
+            Err(ParseError::BadVersion(_)) => return Action::Drop(Dropped::BadVersion),
+            Err(ParseError::Format { mtype, mid, .. }) => return reject(mtype, mid, out, Dropped::Malformed),
+        };
+        match (msg.mtype, msg.class()) {
+            (MessageType::Acknowledgement | MessageType::Reset, _) => {
+                return Action::Drop(Dropped::AckOrReset)
+            }
+            (MessageType::Confirmable, MessageClass::Empty) => return reset(msg.mid, out, ResetReason::Ping),
+            (_, MessageClass::Request(_)) => {}
+            (mtype, _) => return reject(mtype, msg.mid, out, Dropped::NotARequest),
+        }
+        if let Some(limited) = self.rate_limit(&msg, peer, now_ms, datagram.len(), out) {
+            return limited;
+        }
+        let mid = match msg.mtype {
+            MessageType::Confirmable => msg.mid,
+            _ => {
+                self.next_mid = self.next_mid.wrapping_add(1);
+                self.next_mid
+            }
+        };
+        let Service {
+            ref catalog,
+            ref limits,
+            server_szx,
+            ref mut continuations,
+            ref echo_key,
+            ..
+        } = *self;
+        let mut ctx = Ctx {
+            catalog,
+            server_szx,
+            continuations,
+            peer,
+            now_ms,
+            msg: &msg,
+            mid,
+        };
+        let reply = ctx.route(out);
+        let (len, outcome) = match reply {
+            Ok(done) => done,
+            Err(Failure::NoUpdate) => return reset(msg.mid, out, ResetReason::NoUpdate),
+            Err(Failure::Error(code, diagnostic)) => match ctx.error(code, diagnostic, out) {
+                Ok(len) => (len, Outcome::Error(code)),
+                Err(_) => return Action::Drop(Dropped::Overflow),
+            },
+            Err(Failure::Overflow) => return Action::Drop(Dropped::Overflow),
+        };
+        if limits.echo && len > AMPLIFICATION_FACTOR.saturating_mul(datagram.len()) {
+            let verified = msg
+                .echo
+                .is_some_and(|echo| echo_is_valid(echo_key, &peer, now_ms, echo));
+            if !verified {
+                return echo_challenge(echo_key, &msg, mid, &peer, now_ms, out);
+            }
+        }
+        Action::Reply { len, outcome }
+    }
+
+    /// Counts the request against its address; `Some` when it is over the
+    /// limit and must be answered 4.29 or dropped.
+    fn rate_limit(
+        &mut self,
+        msg: &Message<'_>,
+        peer: Peer,
+        now_ms: u64,
+        request_len: usize,
+        out: &mut [u8],
+    ) -> Option<Action<'static>> {
+        let limit = self.limits.rate_limit?;
+        let second = now_ms / 1000;
+        let over = match self.rate.get_mut(&peer.ip, now_ms) {
+            Some(window) if window.second == second => {
+                window.count = window.count.saturating_add(1);
+                window.count > limit
+            }
+            Some(window) => {
+                *window = RateWindow { second, count: 1 };
+                false
+            }
+            None => {
+                self.rate.insert(peer.ip, RateWindow { second, count: 1 }, now_ms);
+                false
+            }
+        };
+        if !over {
+            return None;
+        }
+        let (mtype, mid) = self.reply_header(msg);
+        let written = Emitter::new(
+            out,
+            mtype,
+            MessageClass::Response(ResponseType::TooManyRequests),
+            mid,
+            msg.token,
+        )
+        .and_then(|mut e| {
+            e.option_uint(CoapOption::MaxAge.into(), 1)?;
+            Ok(e.finish())
+        });
+        Some(match written {
+            // A 4.29 larger than the request would amplify a spoofed flood.
+            Ok(len) if len <= request_len => Action::Reply {
+                len,
+                outcome: Outcome::RateLimited,
+            },
+            _ => Action::Drop(Dropped::RateLimited),
+        })
+    }
+
+    fn reply_header(&mut self, msg: &Message<'_>) -> (MessageType, u16) {
+        match msg.mtype {
+            MessageType::Confirmable => (MessageType::Acknowledgement, msg.mid),
+            _ => {
+                self.next_mid = self.next_mid.wrapping_add(1);
+                (MessageType::NonConfirmable, self.next_mid)
+            }
+        }
+    }
+}
+
+/// The Echo value for `peer` in the window `window`: a keyed SipHash
+/// (std's RandomState, keyed at start-up) of the address and the
+/// window number. Stateless: nothing is stored per challenged peer.
+fn echo_value(key: &RandomState, peer: &Peer, window: u64) -> [u8; ECHO_LEN] {
+    let mut hasher = key.build_hasher();
+    hasher.write(&peer.ip);
+    hasher.write_u64(window);
+    hasher.finish().to_be_bytes()
+}
+
+fn echo_is_valid(key: &RandomState, peer: &Peer, now_ms: u64, echo: &[u8]) -> bool {
+    let window = now_ms / ECHO_WINDOW_MS;
+    echo == echo_value(key, peer, window) || (window > 0 && echo == echo_value(key, peer, window - 1))
+}
+
+fn echo_challenge(
+    key: &RandomState,
+    msg: &Message<'_>,
+    mid: u16,
+    peer: &Peer,
+    now_ms: u64,
+    out: &mut [u8],
+) -> Action<'static> {
+    let mtype = match msg.mtype {
+        MessageType::Confirmable => MessageType::Acknowledgement,
+        _ => MessageType::NonConfirmable,
+    };
+    let echo = echo_value(key, peer, now_ms / ECHO_WINDOW_MS);
+    let written = Emitter::new(
+        out,
+        mtype,
+        MessageClass::Response(ResponseType::Unauthorized),
+        mid,
+        msg.token,
+    )
+    .and_then(|mut e| {
+        e.option(wire::OPTION_ECHO, &echo)?;
+        Ok(e.finish())
+    });
+    match written {
+        Ok(len) => Action::Reply {
+            len,
+            outcome: Outcome::EchoChallenge,
+        },
+        Err(_) => Action::Drop(Dropped::Overflow),
+    }
+}
+
+/// One request being answered: what `route` and its helpers need.
+struct Ctx<'s, 'm> {
+    catalog: &'s Catalog,
+    server_szx: u8,
+    continuations: &'s mut BoundedTable<Peer, Continuation>,
+    peer: Peer,
+    now_ms: u64,
+    msg: &'m Message<'m>,
+    mid: u16,
+}
+
+impl<'s> Ctx<'s, '_> {
+    fn route(&mut self, out: &mut [u8]) -> Reply<'s> {
+        if let Some(option) = self.msg.unrecognized_critical {
+            return Err(Failure::Error(
+                ResponseType::BadOption,
+                Diagnostic::Critical(option),
+            ));
+        }
+        let route = match self.msg.path.as_slice() {
+            _ if self.msg.path.overflowed() => None,
+            [b"updates"] => Some(Route::Updates),
+            [b"updates", id] => Some(Route::Image(id)),
+            [b".well-known", b"core"] => Some(Route::Discovery),
+            _ => None,
+        };
+        let Some(route) = route else {
+            return Err(error(ResponseType::NotFound, "no such resource"));
+        };
+        if self.msg.class() != MessageClass::Request(RequestType::Get) {
+            return Err(error(ResponseType::MethodNotAllowed, "only GET is allowed"));
+        }
+        match route {
+            Route::Updates => self.updates(out),
+            Route::Image(id) => self.image(id, out),
+            Route::Discovery => self.discovery(out),
+        }
+    }
+
+    /// `GET /updates`: the three forms of PROTOCOL §2.1.
+    fn updates(&mut self, out: &mut [u8]) -> Reply<'s> {
+        let msg = self.msg;
+        if !msg.payload.is_empty() {
+            let request = firmware::parse_payload(msg.payload)
+                .map_err(|e| Failure::Error(ResponseType::BadRequest, Diagnostic::Payload(e)))?;
+            return match request.offset {
+                None => self.lookup(&request, out),
+                Some(offset) => self.legacy(&request, offset, out),
+            };
+        }
+        if !msg.query.is_empty() {
+            if msg.query.overflowed() {
+                return Err(error(ResponseType::BadRequest, "too many query options"));
+            }
+            let request = firmware::parse_query(msg.query.as_slice())
+                .map_err(|e| Failure::Error(ResponseType::BadRequest, Diagnostic::Query(e)))?;
+            return self.lookup(&request, out);
+        }
+        let continued = matches!(msg.block2, Some(Ok(block)) if block.num > 0);
+        if !continued {
+            return Err(error(
+                ResponseType::BadRequest,
+                "GET /updates needs a device payload or ?pid=&type=&version=",
+            ));
+        }
+        let entry = self
+            .continuations
+            .get(&self.peer, self.now_ms)
+            .copied()
+            .ok_or(error(
+                ResponseType::BadRequest,
+                "no transfer in progress for this peer: send the device payload",
+            ))?;
+        let image = self.catalog.by_id_hex(&entry.image_id).ok_or(Failure::Overflow)?;
+        self.body(image, entry.offset, true, out)
+    }
+
+    /// Lookup and query forms: the candidate's id as text/plain.
+    fn lookup(&self, request: &DeviceRequest<'_>, out: &mut [u8]) -> Reply<'s> {
+        let image = self
+            .catalog
+            .candidate(request.pid, request.fw_type, request.version)
+            .ok_or(error(ResponseType::NotFound, "no newer image"))?;
+        self.check_accept(ContentFormat::TextPlain)?;
+        let mut e = self.emitter(ResponseType::Content, out)?;
+        e.option_uint(
+            CoapOption::ContentFormat.into(),
+            content_format(ContentFormat::TextPlain),
+        )?;
+        Ok((e.payload(&image.id_hex)?, Outcome::Content))
+    }
+
+    /// The legacy one-request protocol: the body from OFFSET, and the
+    /// peer remembered for payload-less continuations.
+    fn legacy(&mut self, request: &DeviceRequest<'_>, offset: u32, out: &mut [u8]) -> Reply<'s> {
+        let catalog = self.catalog;
+        let image = catalog
+            .candidate(request.pid, request.fw_type, request.version)
+            .ok_or(Failure::NoUpdate)?;
+        let reply = self.body(image, offset, true, out)?;
+        let entry = Continuation {
+            image_id: image.id_hex,
+            offset,
+        };
+        self.continuations.insert(self.peer, entry, self.now_ms);
+        Ok(reply)
+    }
+
+    /// `GET /updates/{id}` with an optional 4-byte OFFSET payload.
+    fn image(&self, id: &[u8], out: &mut [u8]) -> Reply<'s> {
+        let offset = match self.msg.payload {
+            [] => 0,
+            &[a, b, c, d] => u32::from_le_bytes([a, b, c, d]),
+            _ => {
+                return Err(error(
+                    ResponseType::BadRequest,
+                    "payload must be empty or a 4-byte little-endian OFFSET",
+                ))
+            }
+        };
+        let image = self
+            .catalog
+            .by_id_hex(id)
+            .ok_or(error(ResponseType::NotFound, "no image with this id"))?;
+        self.body(image, offset, false, out)
+    }
+
+    /// One Block2 block of `image[offset..]`.
+    fn body(&self, image: &'s Image, offset: u32, legacy: bool, out: &mut [u8]) -> Reply<'s> {
+        let body = image.bytes.get(offset as usize..).ok_or(error(
+            ResponseType::BadRequest,
+            "OFFSET is beyond the end of the image",
+        ))?;
+        self.check_accept(ContentFormat::ApplicationOctetStream)?;
+        let (block, range) = self.block_for(body.len())?;
+        let chunk = body.get(range).ok_or(Failure::Overflow)?;
+        let len = self.emit_block(
+            out,
+            &image.etag,
+            ContentFormat::ApplicationOctetStream,
+            block,
+            body.len(),
+            chunk,
+        )?;
+        let transfer = Transfer {
+            image,
+            offset,
+            block,
+            block_len: chunk.len(),
+            legacy,
+        };
+        Ok((len, Outcome::Block(transfer)))
+    }
+
+    /// `GET /.well-known/core`, whole or filtered (RFC 6690 §4.1): the
+    /// filtered body is never built; its blocks are copied link by link.
+    fn discovery(&self, out: &mut [u8]) -> Reply<'s> {
+        let links = self.catalog.core_links();
+        let query = self.msg.query.as_slice();
+        let selected = |link: &&crate::catalog::CoreLink| query.iter().all(|q| link.matches(q));
+        let total = links
+            .iter()
+            .filter(selected)
+            .enumerate()
+            .map(|(i, link)| link.text.len() + usize::from(i > 0))
+            .sum::<usize>();
+        self.check_accept(ContentFormat::ApplicationLinkFormat)?;
+        let (block, range) = self.block_for(total)?;
+        let etag = self.catalog.core_etag();
+        let mut e = self.emitter(ResponseType::Content, out)?;
+        block_options(
+            &mut e,
+            &etag,
+            ContentFormat::ApplicationLinkFormat,
+            block,
+            total,
+            self.msg.size2.is_some(),
+        )?;
+        let len = e.payload_with(range.len(), |room| {
+            let mut position = 0usize;
+            let mut written = 0usize;
+            for (i, link) in links.iter().filter(selected).enumerate() {
+                let separator: &[u8] = if i > 0 { b"," } else { b"" };
+                for part in [separator, &link.text[..]] {
+                    written += copy_overlap(part, position, &range, room, written);
+                    position += part.len();
+                }
+                if position >= range.end {
+                    break;
+                }
+            }
+            written
+        })?;
+        Ok((len, Outcome::Content))
+    }
+
+    /// RFC 7252 §5.10.4: an Accept the resource cannot meet is 4.06.
+    fn check_accept(&self, format: ContentFormat) -> Result<(), Failure> {
+        match self.msg.accept {
+            Some(accept) if u32::from(accept) != content_format(format) => Err(error(
+                ResponseType::NotAcceptable,
+                "Accept does not match the resource's format",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The block to send of a body of `body_len` bytes and its byte range,
+    /// after SZX negotiation (PROTOCOL §2.4).
+    fn block_for(&self, body_len: usize) -> Result<(Block, core::ops::Range<usize>), Failure> {
+        let requested = match self.msg.block2 {
+            None => Block {
+                num: 0,
+                more: false,
+                szx: self.server_szx,
+            },
+            Some(Ok(block)) => block,
+            Some(Err(BlockError::ReservedSzx | BlockError::TooLong)) => {
+                return Err(error(ResponseType::BadRequest, "Block2 SZX 7 is reserved"))
+            }
+        };
+        // The byte position the client asked for, kept when the server
+        // answers with smaller blocks (RFC 7959 §2.4).
+        let start = u64::from(requested.num) << (u32::from(requested.szx) + 4);
+        let szx = requested.szx.min(self.server_szx);
+        let size = 16u64 << szx;
+        let num = start >> (u32::from(szx) + 4);
+        let past_end = start >= body_len as u64 && !(start == 0 && body_len == 0);
+        if past_end || num > u64::from(Block::MAX_NUM) {
+            return Err(error(
+                ResponseType::BadOption,
+                "Block2 NUM is past the end of the body",
+            ));
+        }
+        let end = (start + size).min(body_len as u64);
+        let block = Block {
+            num: num as u32,
+            more: end < body_len as u64,
+            szx,
+        };
+        Ok((block, start as usize..end as usize))
+    }
+
+    fn emitter<'o>(&self, code: ResponseType, out: &'o mut [u8]) -> Result<Emitter<'o>, Failure> {
+        let mtype = match self.msg.mtype {
+            MessageType::Confirmable => MessageType::Acknowledgement,
+            _ => MessageType::NonConfirmable,
+        };
+        Ok(Emitter::new(
+            out,
+            mtype,
+            MessageClass::Response(code),
+            self.mid,
+            self.msg.token,
+        )?)
+    }
+
+    fn emit_block(
+        &self,
+        out: &mut [u8],
+        etag: &[u8; 8],
+        format: ContentFormat,
+        block: Block,
+        body_len: usize,
+        chunk: &[u8],
+    ) -> Result<usize, Failure> {
+        let mut e = self.emitter(ResponseType::Content, out)?;
+        block_options(&mut e, etag, format, block, body_len, self.msg.size2.is_some())?;
+        Ok(e.payload(chunk)?)
+    }
+
+    /// An error response with its diagnostic payload.
+    fn error(&self, code: ResponseType, diagnostic: Diagnostic, out: &mut [u8]) -> Result<usize, Failure> {
+        let e = self.emitter(code, out)?;
+        Ok(e.payload_with(DIAGNOSTIC_MAX, |room| {
+            let mut writer = SliceWriter { buf: room, len: 0 };
+            // A diagnostic cut short at DIAGNOSTIC_MAX is still useful.
+            let _ = write!(writer, "{diagnostic}");
+            writer.len
+        })?)
+    }
+}
+
+/// ETag, Content-Format, Block2 and Size2 of a block response, in option
+/// number order.
+fn block_options(
+    e: &mut Emitter<'_>,
+    etag: &[u8; 8],
+    format: ContentFormat,
+    block: Block,
+    body_len: usize,
+    size2_asked: bool,
+) -> Result<(), Failure> {
+    e.option(CoapOption::ETag.into(), etag)?;
+    e.option_uint(CoapOption::ContentFormat.into(), content_format(format))?;
+    e.option_block(CoapOption::Block2.into(), block)?;
+    if block.num == 0 || size2_asked {
+        let size = u32::try_from(body_len).map_err(|_| Failure::Overflow)?;
+        e.option_uint(CoapOption::Size2.into(), size)?;
+    }
+    Ok(())
+}
+
+/// Copies the part of `part` (at body position `position`) that falls in
+/// `range` into `room` after `written` bytes; returns how many it copied.
+fn copy_overlap(
+    part: &[u8],
+    position: usize,
+    range: &core::ops::Range<usize>,
+    room: &mut [u8],
+    written: usize,
+) -> usize {
+    let from = range.start.max(position);
+    let to = range.end.min(position + part.len());
+    if from >= to {
+        return 0;
+    }
+    let (Some(src), Some(dst)) = (
+        part.get(from - position..to - position),
+        room.get_mut(written..written + (to - from)),
+    ) else {
+        return 0;
+    };
+    dst.copy_from_slice(src);
+    to - from
+}
+
+fn content_format(format: ContentFormat) -> u32 {
+    usize::from(format) as u32
+}
+
+/// 4.13 for a datagram longer than [`MAX_REQUEST_LEN`], when its header
+/// and token can be read and it is a request.
+fn too_large<'c>(datagram: &[u8], non_mid: u16, out: &mut [u8]) -> Action<'c> {
+    let Some((&[first, code, mid_hi, mid_lo], rest)) = datagram.split_first_chunk::<4>() else {
+        return Action::Drop(Dropped::TooShort);
+    };
+    if first >> 6 != wire::VERSION {
+        return Action::Drop(Dropped::BadVersion);
+    }
+    let tkl = usize::from(first & 0x0F);
+    let mid = u16::from_be_bytes([mid_hi, mid_lo]);
+    let (mtype, mid) = match (first >> 4) & 0b11 {
+        0 => (MessageType::Acknowledgement, mid),
+        1 => (MessageType::NonConfirmable, non_mid),
+        _ => return Action::Drop(Dropped::AckOrReset),
+    };
+    let (Some(token), MessageClass::Request(_)) = (
+        rest.get(..tkl).filter(|_| tkl <= wire::TOKEN_MAX),
+        MessageClass::from(code),
+    ) else {
+        return Action::Drop(Dropped::Malformed);
+    };
+    let code = ResponseType::RequestEntityTooLarge;
+    let written = Emitter::new(out, mtype, MessageClass::Response(code), mid, token).and_then(|mut e| {
+        e.option_uint(CoapOption::Size1.into(), MAX_REQUEST_LEN as u32)?;
+        e.payload_with(DIAGNOSTIC_MAX, |room| {
+            let mut writer = SliceWriter { buf: room, len: 0 };
+            let _ = write!(writer, "{}", Diagnostic::TooLarge(MAX_REQUEST_LEN));
+            writer.len
+        })
+    });
+    match written {
+        Ok(len) => Action::Reply {
+            len,
+            outcome: Outcome::Error(code),
+        },
+        Err(_) => Action::Drop(Dropped::Overflow),
+    }
+}
+
+fn reset<'c>(mid: u16, out: &mut [u8], reason: ResetReason) -> Action<'c> {
+    match wire::emit_empty(out, MessageType::Reset, mid) {
+        Ok(len) => Action::Reply {
+            len,
+            outcome: Outcome::Reset(reason),
+        },
+        Err(_) => Action::Drop(Dropped::Overflow),
+    }
+}
+
+/// RFC 7252 §4.2/§4.3: a Confirmable message that cannot be processed is
+/// rejected with an RST; anything else is silently ignored.
+fn reject<'c>(mtype: MessageType, mid: u16, out: &mut [u8], dropped: Dropped) -> Action<'c> {
+    match mtype {
+        MessageType::Confirmable => reset(mid, out, ResetReason::Rejected),
+        _ => Action::Drop(dropped),
+    }
+}
+
+/// `fmt::Write` into a byte slice, silently cut at its end.
+struct SliceWriter<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len().saturating_sub(self.len);
+        let n = s.len().min(room);
+        if let (Some(dst), Some(src)) = (self.buf.get_mut(self.len..self.len + n), s.as_bytes().get(..n)) {
+            dst.copy_from_slice(src);
+            self.len += n;
+        }
+        if n < s.len() {
+            return Err(fmt::Error);
+        }
+        Ok(())
+    }
+}
