@@ -65,7 +65,8 @@ fn options() -> Options {
 }
 
 fn usage_text(o: &Options) -> String {
-    let brief = "Usage: iot-ota-server [-d DIR] [-l ADDR] [-b BYTES] [-v]... [-q] [-h] [-V]\n\n\
+    let brief = "Usage: iot-ota-server [-d DIR] [-l ADDR] [-b BYTES] [--peers N] [--rate-limit N] [--echo]\n\
+                 \x20                     [-v]... [-q] [-h] [-V]\n\n\
                  Serves the .fmu firmware images in DIR to devices over CoAP (RFC 7252, Block2 RFC 7959).\n\
                  RUST_LOG overrides the log level (e.g. RUST_LOG=debug).";
     o.usage(brief)

@@ -1,0 +1,207 @@
+//! Shared helpers for the integration tests: a real server process on an
+//! ephemeral loopback port with a temporary updates directory, test
+//! images, and the skip-or-fail rule for outside programs.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the server binary cargo built for these tests.
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_iot-ota-server");
+/// Path of the client binary cargo built for these tests.
+pub const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_iot-ota-client");
+
+/// Deterministic image bytes (xorshift32 seeded by `seed`), so every test
+/// run and every peer sees the same content.
+pub fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh empty directory under the system temp dir.
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("iot-ota-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    /// Writes a file into the directory and returns its path.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).expect("write test file");
+        path
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `iot-ota-server` process, killed when dropped.
+pub struct TestServer {
+    child: Child,
+    /// The address it is listening on (port resolved from its log).
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl TestServer {
+    /// Everything the server logged so far (stderr).
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for `needle` to appear in the log.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The server's process id (for /proc measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server on `listen` (e.g. "127.0.0.1:0" or "[::1]:0") over
+/// `dir` with extra command-line arguments, and waits for its
+/// "listening on" line (at most 20 s).
+pub fn spawn_server(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
+    let mut child = Command::new(SERVER_BIN)
+        .arg("-d")
+        .arg(dir)
+        .arg("-l")
+        .arg(listen)
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start iot-ota-server");
+    let stderr = child.stderr.take().expect("server stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+            if let Ok(mut l) = sink.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(addr) => addr.parse().expect("server printed a socket address"),
+        Err(_) => {
+            let _ = child.kill();
+            let output = log.lock().map(|l| l.clone()).unwrap_or_default();
+            panic!("server did not report its address within 20 s; log:\n{output}");
+        }
+    };
+    TestServer { child, addr, log }
+}
+
+/// A client socket on the same loopback family as `server`, with a read
+/// timeout so that no test can hang.
+pub fn client_socket(server: SocketAddr) -> UdpSocket {
+    let bind = if server.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+    let socket = UdpSocket::bind(bind).expect("bind client socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(2000)))
+        .expect("set read timeout");
+    socket
+}
+
+/// Sends one datagram and returns the first reply, or `None` after the
+/// socket's read timeout.
+pub fn exchange(socket: &UdpSocket, server: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
+    socket.send_to(datagram, server).expect("send");
+    let mut buf = [0u8; 2048];
+    match socket.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// True when `program` can be run. When it cannot: under CI (`CI=true`)
+/// the test fails; on a developer's machine it is skipped with a note.
+pub fn require_program(program: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+            panic!("{program} is required under CI=true but was not found");
+        }
+        eprintln!("SKIPPED: {program} not found (install it to run this test)");
+    }
+    found
+}
+
+/// Runs `f` against a server on 127.0.0.1 and one on [::1] over the
+/// same directory.
+pub fn on_both_families(dir: &Path, extra: &[&str], mut f: impl FnMut(&TestServer)) {
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let server = spawn_server(dir, listen, extra);
+        f(&server);
+    }
+}
