@@ -119,6 +119,8 @@ pub enum QueryError {
     BadVersion,
     /// A key given twice.
     Repeated,
+    /// `offset=` is not a decimal u32.
+    BadOffset,
 }
 
 impl fmt::Display for QueryError {
@@ -131,7 +133,8 @@ impl fmt::Display for QueryError {
             QueryError::BadVersion => {
                 "version must be M.m.b (0..255.0..255.0..65535) or a u32, decimal or 0x hex"
             }
-            QueryError::Repeated => "pid, type and version may each appear once",
+            QueryError::Repeated => "pid, type, version and offset may each appear once",
+            QueryError::BadOffset => "offset must be a decimal 0..4294967295",
         })
     }
 }
@@ -172,6 +175,24 @@ pub fn parse_query<'a>(query: &[&'a [u8]]) -> Result<DeviceRequest<'a>, QueryErr
         version: version.ok_or(QueryError::MissingVersion)?,
         offset: None,
     })
+}
+
+/// The `offset=N` value of an `/updates/{id}` query (decimal u32), if
+/// any; other keys are ignored.
+///
+/// # Errors
+/// [`QueryError::BadOffset`] or [`QueryError::Repeated`].
+pub fn parse_offset_query(query: &[&[u8]]) -> Result<Option<u32>, QueryError> {
+    let mut offset = None;
+    for pair in query {
+        if let Some(value) = pair.strip_prefix(b"offset=") {
+            let parsed = parse_decimal(value).ok_or(QueryError::BadOffset)?;
+            if offset.replace(parsed).is_some() {
+                return Err(QueryError::Repeated);
+            }
+        }
+    }
+    Ok(offset)
 }
 
 /// `APP` (any case) or a decimal 0..=255.
@@ -319,6 +340,22 @@ mod tests {
         for (query, expected) in cases {
             assert_eq!(parse_query(query), Err(expected));
         }
+    }
+
+    #[test]
+    fn offset_query_is_a_decimal_u32_given_once() {
+        let q: [&[u8]; 2] = [b"x=1", b"offset=1024"];
+        assert_eq!(parse_offset_query(&q), Ok(Some(1024)));
+        assert_eq!(parse_offset_query(&[]), Ok(None));
+        assert_eq!(parse_offset_query(&[b"offset=-1"]), Err(QueryError::BadOffset));
+        assert_eq!(
+            parse_offset_query(&[b"offset=4294967296"]),
+            Err(QueryError::BadOffset)
+        );
+        assert_eq!(
+            parse_offset_query(&[b"offset=1", b"offset=1"]),
+            Err(QueryError::Repeated)
+        );
     }
 
     #[test]

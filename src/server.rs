@@ -3,9 +3,11 @@
 //! One blocking [`UdpSocket`], one receive and one send buffer allocated
 //! before the first datagram, and [`Service::handle`] in between. Every
 //! error the kernel can return from a receive or a send is counted and the
-//! loop goes on: on Linux an ICMP port unreachable for an earlier reply
-//! shows up as `ECONNREFUSED` on the next `recv_from`, and a device that
-//! vanished mid-download must not stop the others.
+//! loop goes on: an ICMP port unreachable for an earlier reply can surface
+//! as `ECONNREFUSED` on a later `recv_from` or `send_to` (Linux reports it on
+//! connected sockets and with IP_RECVERR, other systems on any socket), a
+//! send can fail with unreachable hosts or full buffers, a call can be
+//! interrupted; a device that vanished mid-download must not stop the others.
 
 use crate::service::{Action, Dropped, Outcome, Peer, ResetReason, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
 use crate::wire::Message;

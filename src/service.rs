@@ -170,10 +170,20 @@ pub enum Dropped {
 }
 
 /// Per-peer state of a legacy transfer, for payload-less continuations.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Continuation {
     image_id: [u8; 8],
     offset: u32,
+}
+
+/// A served continuation request: the state it was answered from, and a
+/// fingerprint of its bytes so that a new request that merely reuses the
+/// Message ID (a rebooted device restarting its counter) is not taken for
+/// a duplicate.
+#[derive(Debug, Clone, Copy)]
+struct Exchange {
+    entry: Continuation,
+    fingerprint: u64,
 }
 
 /// Requests counted in the current one-second window of an address.
@@ -190,6 +200,10 @@ pub struct Service {
     limits: Limits,
     server_szx: u8,
     continuations: BoundedTable<Peer, Continuation>,
+    /// The continuation each recent payload-less Confirmable request was
+    /// served from, by peer and Message ID: a duplicate of it is answered
+    /// from the same state even if the peer started another transfer since.
+    exchanges: BoundedTable<(Peer, u16), Exchange>,
     rate: BoundedTable<[u8; 16], RateWindow>,
     echo_key: RandomState,
     next_mid: u16,
@@ -260,6 +274,7 @@ impl Service {
             limits,
             server_szx,
             continuations: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
+            exchanges: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
             rate: BoundedTable::new(limits.rate_table_capacity, 1000),
             echo_key: RandomState::new(),
             next_mid: 0,
@@ -309,6 +324,9 @@ impl Service {
             }
             (MessageType::Confirmable, MessageClass::Empty) => return reset(msg.mid, out, ResetReason::Ping),
             (_, MessageClass::Request(_)) => {}
+            // RFC 7252 §5.8: an unassigned method code (0.08..0.31) is
+            // still a request, answered 4.05 rather than reset.
+            (_, MessageClass::Reserved(code)) if code >> 5 == 0 => {}
             (mtype, _) => return reject(mtype, msg.mid, out, Dropped::NotARequest),
         }
         if let Some(limited) = self.rate_limit(&msg, peer, now_ms, datagram.len(), out) {
@@ -326,6 +344,7 @@ impl Service {
             ref limits,
             server_szx,
             ref mut continuations,
+            ref mut exchanges,
             ref echo_key,
             ..
         } = *self;
@@ -333,7 +352,9 @@ impl Service {
             catalog,
             server_szx,
             continuations,
+            exchanges,
             peer,
+            datagram,
             now_ms,
             msg: &msg,
             mid,
@@ -376,11 +397,9 @@ impl Service {
                 window.count = window.count.saturating_add(1);
                 window.count > limit
             }
-            Some(window) => {
-                *window = RateWindow { second, count: 1 };
-                false
-            }
-            None => {
+            // A new second: a fresh window, stamped now, so that the entry
+            // cannot expire (and its count restart) before the second ends.
+            _ => {
                 self.rate.insert(peer.ip, RateWindow { second, count: 1 }, now_ms);
                 false
             }
@@ -474,7 +493,9 @@ struct Ctx<'s, 'm> {
     catalog: &'s Catalog,
     server_szx: u8,
     continuations: &'s mut BoundedTable<Peer, Continuation>,
+    exchanges: &'s mut BoundedTable<(Peer, u16), Exchange>,
     peer: Peer,
+    datagram: &'m [u8],
     now_ms: u64,
     msg: &'m Message<'m>,
     mid: u16,
@@ -534,16 +555,38 @@ impl<'s> Ctx<'s, '_> {
                 "GET /updates needs a device payload or ?pid=&type=&version=",
             ));
         }
-        let entry = self
-            .continuations
-            .get(&self.peer, self.now_ms)
-            .copied()
+        // A duplicate Confirmable request is answered from the state its
+        // first copy was, not from a transfer the peer started since.
+        let exchange = (self.peer, msg.mid);
+        let confirmable = msg.mtype == MessageType::Confirmable;
+        let fingerprint = crate::catalog::fnv1a64(self.datagram);
+        let entry = confirmable
+            .then(|| self.exchanges.get(&exchange, self.now_ms).copied())
+            .flatten()
+            .filter(|seen| seen.fingerprint == fingerprint)
+            .map(|seen| seen.entry)
+            .or_else(|| self.continuations.get(&self.peer, self.now_ms).copied())
             .ok_or(error(
                 ResponseType::BadRequest,
                 "no transfer in progress for this peer: send the device payload",
             ))?;
         let image = self.catalog.by_id_hex(&entry.image_id).ok_or(Failure::Overflow)?;
-        self.body(image, entry.offset, true, out)
+        let reply = self.body(image, entry.offset, true, out)?;
+        if confirmable {
+            self.exchanges
+                .insert(exchange, Exchange { entry, fingerprint }, self.now_ms);
+        }
+        // Restamp: the entry expires EXCHANGE_LIFETIME after the peer's
+        // last block, not its first, or a slow download of thousands of
+        // blocks would be cut off midway.
+        if self
+            .continuations
+            .get(&self.peer, self.now_ms)
+            .is_some_and(|c| *c == entry)
+        {
+            self.continuations.insert(self.peer, entry, self.now_ms);
+        }
+        Ok(reply)
     }
 
     /// Lookup and query forms: the candidate's id as text/plain.
@@ -577,11 +620,26 @@ impl<'s> Ctx<'s, '_> {
         Ok(reply)
     }
 
-    /// `GET /updates/{id}` with an optional 4-byte OFFSET payload.
+    /// `GET /updates/{id}` with an optional 4-byte OFFSET payload, or
+    /// `?offset=N` for stock clients: they repeat the URI's query on every
+    /// block but send a payload only with block 0, so the payload form
+    /// only resumes correctly when the client repeats it on every block.
     fn image(&self, id: &[u8], out: &mut [u8]) -> Reply<'s> {
-        let offset = match self.msg.payload {
-            [] => 0,
-            &[a, b, c, d] => u32::from_le_bytes([a, b, c, d]),
+        if self.msg.query.overflowed() {
+            return Err(error(ResponseType::BadRequest, "too many query options"));
+        }
+        let queried = firmware::parse_offset_query(self.msg.query.as_slice())
+            .map_err(|e| Failure::Error(ResponseType::BadRequest, Diagnostic::Query(e)))?;
+        let offset = match (self.msg.payload, queried) {
+            ([], queried) => queried.unwrap_or(0),
+            (&[a, b, c, d], None) => u32::from_le_bytes([a, b, c, d]),
+            (&[a, b, c, d], Some(q)) if q == u32::from_le_bytes([a, b, c, d]) => q,
+            (&[_, _, _, _], Some(_)) => {
+                return Err(error(
+                    ResponseType::BadRequest,
+                    "OFFSET payload and ?offset= disagree",
+                ))
+            }
             _ => {
                 return Err(error(
                     ResponseType::BadRequest,
@@ -626,6 +684,11 @@ impl<'s> Ctx<'s, '_> {
     /// `GET /.well-known/core`, whole or filtered (RFC 6690 §4.1): the
     /// filtered body is never built; its blocks are copied link by link.
     fn discovery(&self, out: &mut [u8]) -> Reply<'s> {
+        // Filters past the kept ones would be silently dropped, and the
+        // listing would be wider than asked: refuse instead.
+        if self.msg.query.overflowed() {
+            return Err(error(ResponseType::BadRequest, "too many query options"));
+        }
         let links = self.catalog.core_links();
         let query = self.msg.query.as_slice();
         let selected = |link: &&crate::catalog::CoreLink| query.iter().all(|q| link.matches(q));
@@ -816,9 +879,10 @@ fn too_large<'c>(datagram: &[u8], non_mid: u16, out: &mut [u8]) -> Action<'c> {
         1 => (MessageType::NonConfirmable, non_mid),
         _ => return Action::Drop(Dropped::AckOrReset),
     };
-    let (Some(token), MessageClass::Request(_)) = (
+    // Any non-empty code of class 0 is a request (RFC 7252 §5.8).
+    let (Some(token), true) = (
         rest.get(..tkl).filter(|_| tkl <= wire::TOKEN_MAX),
-        MessageClass::from(code),
+        code != 0 && code >> 5 == 0,
     ) else {
         return Action::Drop(Dropped::Malformed);
     };
@@ -879,3 +943,7 @@ impl fmt::Write for SliceWriter<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;

@@ -657,3 +657,7 @@ fn extended(value: u16) -> (u8, [u8; 2], usize) {
 pub fn emit_empty(buf: &mut [u8], mtype: MessageType, mid: u16) -> Result<usize, EmitError> {
     Emitter::new(buf, mtype, MessageClass::Empty, mid, &[]).map(Emitter::finish)
 }
+
+#[cfg(test)]
+#[path = "wire_tests.rs"]
+mod tests;

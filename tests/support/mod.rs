@@ -158,7 +158,11 @@ pub fn spawn_server(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
 /// A client socket on the same loopback family as `server`, with a read
 /// timeout so that no test can hang.
 pub fn client_socket(server: SocketAddr) -> UdpSocket {
-    let bind = if server.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+    let bind = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
     let socket = UdpSocket::bind(bind).expect("bind client socket");
     socket
         .set_read_timeout(Some(Duration::from_millis(2000)))
@@ -204,4 +208,123 @@ pub fn on_both_families(dir: &Path, extra: &[&str], mut f: impl FnMut(&TestServe
         let server = spawn_server(dir, listen, extra);
         f(&server);
     }
+}
+
+/// Runs `command` to completion with its stdout and stderr captured, but
+/// for at most `timeout`: past it the process is killed and the test
+/// fails with what it printed, so an outside program that waits for a
+/// reply forever cannot hang the suite.
+pub fn run_bounded(command: &mut Command, timeout: Duration) -> std::process::Output {
+    use std::io::Read;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let (tx, rx) = mpsc::channel();
+    let mut readers = Vec::new();
+    for (index, pipe) in [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            let _ = tx.send(index);
+            bytes
+        }));
+    }
+    // Both pipes reach end of file when the program exits (or closes them).
+    let deadline = Instant::now() + timeout;
+    let mut closed = 0;
+    let mut timed_out = false;
+    while closed < 2 {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(_) => closed += 1,
+            Err(_) => {
+                timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait().expect("wait for child");
+    let mut outputs = readers.into_iter().map(|r| r.join().unwrap_or_default());
+    let stdout = outputs.next().unwrap_or_default();
+    let stderr = outputs.next().unwrap_or_default();
+    if timed_out {
+        panic!(
+            "{command:?} ran longer than {timeout:?} and was killed\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    }
+    std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A generated firmware image written into a test updates directory, with
+/// what the tests know about it independently of the server's code.
+pub struct TestImage {
+    /// `{pid}_1_0_1_APP.fmu`.
+    pub file_name: String,
+    /// The PID field of the name.
+    pub pid: String,
+    /// FNV-1a 32 of the file name, 8 lowercase hex digits (PROTOCOL §1).
+    pub id: String,
+    /// The content.
+    pub bytes: Vec<u8>,
+}
+
+/// The image id of PROTOCOL §1 (FNV-1a 32 of the file name as 8 lowercase
+/// hex digits), computed here again so tests do not take the server's word.
+pub fn image_id(file_name: &str) -> String {
+    let hash = file_name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{hash:08x}")
+}
+
+/// Writes one image `{pid}_1_0_1_APP.fmu` (version 1.0.1, type APP) per
+/// `(pid, len)` into `dir`, with content `image_bytes(len, seed)` where the
+/// seed is the position in `images` plus one (distinct for every image).
+pub fn write_images(dir: &TempDir, images: &[(&str, usize)]) -> Vec<TestImage> {
+    images
+        .iter()
+        .zip(1u32..)
+        .map(|(&(pid, len), seed)| {
+            let file_name = format!("{pid}_1_0_1_APP.fmu");
+            let bytes = image_bytes(len, seed);
+            dir.write(&file_name, &bytes);
+            TestImage {
+                id: image_id(&file_name),
+                file_name,
+                pid: pid.to_owned(),
+                bytes,
+            }
+        })
+        .collect()
+}
+
+/// A device payload `PIDLEN | PID | TYPE | VERSION:u32le [| OFFSET:u32le]`
+/// (PROTOCOL §2.1), built here again rather than with `firmware`.
+pub fn device_payload(pid: &str, fw_type: u8, version: u32, offset: Option<u32>) -> Vec<u8> {
+    let mut payload = vec![u8::try_from(pid.len()).expect("a PID of at most 255 bytes")];
+    payload.extend_from_slice(pid.as_bytes());
+    payload.push(fw_type);
+    payload.extend_from_slice(&version.to_le_bytes());
+    if let Some(offset) = offset {
+        payload.extend_from_slice(&offset.to_le_bytes());
+    }
+    payload
 }

@@ -1,0 +1,570 @@
+//! Steady state allocates nothing per request (DESIGN.md): a counting
+//! global allocator wraps the system one, and after a warm-up, thousands of
+//! requests of every kind go through `Service::handle`, then through the
+//! real socket loop `Server::serve_one`, without a single allocation.
+//!
+//! Only allocations made on the thread that armed the counter are
+//! counted, so the test harness and tests running in parallel do not
+//! disturb the measurement. No logger is installed: log macros then stop
+//! at their level check.
+
+use coap_lite::{MessageClass, MessageType};
+use iot_ota::catalog::Catalog;
+use iot_ota::server::Server;
+use iot_ota::service::{Action, Dropped, Limits, Outcome, Peer, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
+use iot_ota::wire::{Block, Emitter, Message};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Allocation and reallocation calls made while armed.
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Counting is on for this thread; const-initialised and without a
+    /// destructor, so reading it never allocates.
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+struct Counting;
+
+fn note() {
+    if ARMED.try_with(Cell::get).unwrap_or(false) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// only addition is an atomic counter increment.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn arm(on: bool) {
+    ARMED.with(|a| a.set(on));
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------
+
+const BIG_LEN: usize = 4 * 1024 * 1024 + 100;
+const CONTINUATION_CAPACITY: usize = 256;
+const PEERS: u32 = 1000;
+
+fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn catalog() -> Catalog {
+    let files = [
+        ("SZ0_1_0_0_APP.fmu", 0usize),
+        ("SZ1025_1_0_0_APP.fmu", 1025),
+        ("MOTE_1_0_0_APP.fmu", 100),
+        ("MOTE_1_1_31_APP.fmu", 3000),
+        ("BIG_1_0_0_APP.fmu", BIG_LEN),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, &(name, len))| (name.to_owned(), image_bytes(len, i as u32 + 1)))
+    .collect();
+    Catalog::from_files(files).unwrap().0
+}
+
+fn peer(n: u32) -> Peer {
+    let mut ip = [0u8; 16];
+    ip[10] = 0xff;
+    ip[11] = 0xff;
+    ip[12..].copy_from_slice(&(0x0A00_0000 + n).to_be_bytes());
+    Peer { ip, port: 5683 }
+}
+
+/// A request: CON unless `non`, options sorted by number.
+fn request(non: bool, code: u8, mid: u16, options: &[(u16, &[u8])], payload: &[u8]) -> Vec<u8> {
+    let mut sorted = options.to_vec();
+    sorted.sort_by_key(|o| o.0);
+    let mtype = if non {
+        MessageType::NonConfirmable
+    } else {
+        MessageType::Confirmable
+    };
+    let mut buf = vec![0u8; 4096];
+    let token = mid.to_be_bytes();
+    let mut e = Emitter::new(&mut buf, mtype, MessageClass::from(code), mid, &token).unwrap();
+    for (number, value) in sorted {
+        e.option(number, value).unwrap();
+    }
+    let len = e.payload(payload).unwrap();
+    buf.truncate(len);
+    buf
+}
+
+fn device(pid: &[u8], version: u32, offset: Option<u32>) -> Vec<u8> {
+    let mut p = vec![pid.len() as u8];
+    p.extend_from_slice(pid);
+    p.push(3);
+    p.extend_from_slice(&version.to_le_bytes());
+    if let Some(offset) = offset {
+        p.extend_from_slice(&offset.to_le_bytes());
+    }
+    p
+}
+
+fn block(num: u32, szx: u8) -> Vec<u8> {
+    Block {
+        num,
+        more: false,
+        szx,
+    }
+    .encode(&mut [0; 4])
+    .to_vec()
+}
+
+const PATH: u16 = 11;
+const QUERY: u16 = 15;
+const ACCEPT: u16 = 17;
+const BLOCK2: u16 = 23;
+const SIZE2: u16 = 28;
+const ECHO: u16 = 252;
+
+/// One request of every kind for one peer (`mid` varies the bytes).
+fn requests_of_every_kind(ids: &[String], mid: u16) -> Vec<Vec<u8>> {
+    let up: &[u8] = b"updates";
+    let core: [(u16, &[u8]); 2] = [(PATH, b".well-known"), (PATH, b"core")];
+    let mut v = Vec::new();
+    for id in ids {
+        let id = id.as_bytes();
+        v.push(request(false, 1, mid, &[(PATH, up), (PATH, id)], &[]));
+        v.push(request(
+            true,
+            1,
+            mid,
+            &[(PATH, up), (PATH, id)],
+            &7u32.to_le_bytes(),
+        ));
+        for (num, szx) in [(1u32, 6u8), (4096, 6), (3, 0)] {
+            let b = block(num, szx);
+            v.push(request(
+                false,
+                1,
+                mid,
+                &[(PATH, up), (PATH, id), (BLOCK2, &b), (SIZE2, &[])],
+                &[],
+            ));
+        }
+    }
+    // Legacy, then a payload-less continuation from the same peer.
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up)],
+        &device(b"MOTE", 0, Some(10)),
+    ));
+    v.push(request(false, 1, mid, &[(PATH, up), (BLOCK2, &block(2, 6))], &[]));
+    v.push(request(false, 1, mid, &[(PATH, up)], &device(b"BIG", 0, Some(0))));
+    v.push(request(
+        true,
+        1,
+        mid,
+        &[(PATH, up), (BLOCK2, &block(4096, 6))],
+        &[],
+    ));
+    // Lookup, query form, no update (RST), wrong lengths (4.00).
+    v.push(request(false, 1, mid, &[(PATH, up)], &device(b"MOTE", 0, None)));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[
+            (PATH, up),
+            (QUERY, b"pid=MOTE"),
+            (QUERY, b"type=APP"),
+            (QUERY, b"version=1.0.0"),
+        ],
+        &[],
+    ));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up), (QUERY, b"pid=MOTE"), (QUERY, b"type=APP")],
+        &[],
+    ));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up)],
+        &device(b"MOTE", u32::MAX, Some(0)),
+    ));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up)],
+        &device(b"MOTE", 0, Some(5000)),
+    ));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up)],
+        &[4, b'M', b'O', b'T', b'E', 3, 0],
+    ));
+    v.push(request(false, 1, mid, &[(PATH, up)], &[]));
+    // Discovery, whole and filtered, block-wise.
+    v.push(request(false, 1, mid, &core, &[]));
+    for q in [&b"rt=fw.image"[..], b"title=MOTE*", b"href=/updates"] {
+        for num in [0u32, 2] {
+            let b = block(num, 0);
+            v.push(request(
+                true,
+                1,
+                mid,
+                &[core[0], core[1], (QUERY, q), (BLOCK2, &b)],
+                &[],
+            ));
+        }
+    }
+    // Errors: 4.04, 4.02, 4.05, 4.06, SZX 7, NUM past the end.
+    v.push(request(false, 1, mid, &[(PATH, b"nope")], &[]));
+    v.push(request(false, 1, mid, &[(PATH, up), (2051, b"x")], &[]));
+    v.push(request(false, 2, mid, &[(PATH, up)], &[]));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up), (PATH, ids[0].as_bytes()), (ACCEPT, &[0])],
+        &[],
+    ));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up), (PATH, ids[0].as_bytes()), (BLOCK2, &[0x07])],
+        &[],
+    ));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up), (PATH, ids[0].as_bytes()), (BLOCK2, &block(9, 6))],
+        &[],
+    ));
+    // Message layer: ping (RST), malformed CON (RST), malformed NON and
+    // ACK (dropped), a response code, an oversized request (4.13).
+    v.push(vec![0x40, 0x00, (mid >> 8) as u8, mid as u8]);
+    v.push(vec![0x40, 0x01, 0, 1, 0xB1, b'x', 0xFF]);
+    v.push(vec![0x50, 0x01, 0, 1, 0xF1, 0x00]);
+    v.push(vec![0x60, 0x00, 0, 1]);
+    v.push(vec![0x40, 0x45, 0, 1]);
+    let mut oversized = request(false, 1, mid, &[(PATH, up)], &[]);
+    oversized.resize(MAX_REQUEST_LEN + 1, 0x11);
+    v.push(oversized);
+    v
+}
+
+/// What the replies were, counted without allocating.
+#[derive(Default, Debug)]
+struct Tally {
+    blocks: u64,
+    content: u64,
+    errors: u64,
+    echo: u64,
+    rate_limited: u64,
+    resets: u64,
+    dropped: u64,
+    dropped_rate: u64,
+}
+
+impl Tally {
+    fn add(&mut self, action: &Action<'_>) {
+        match action {
+            Action::Reply { outcome, .. } => match outcome {
+                Outcome::Block(_) => self.blocks += 1,
+                Outcome::Content => self.content += 1,
+                Outcome::Error(_) => self.errors += 1,
+                Outcome::EchoChallenge => self.echo += 1,
+                Outcome::RateLimited => self.rate_limited += 1,
+                Outcome::Reset(_) => self.resets += 1,
+            },
+            Action::Drop(Dropped::RateLimited) => self.dropped_rate += 1,
+            Action::Drop(_) => self.dropped += 1,
+        }
+    }
+}
+
+/// Runs `plan` through `svc` armed; returns the index of the first
+/// request that allocated, if any.
+fn run_armed(
+    svc: &mut Service,
+    plan: &[(Peer, Vec<u8>)],
+    now: &mut u64,
+    step_ms: u64,
+    out: &mut [u8],
+    tally: &mut Tally,
+) -> Option<usize> {
+    let mut first_offender = None;
+    arm(true);
+    for (i, (peer, datagram)) in plan.iter().enumerate() {
+        let before = allocations();
+        let action = svc.handle(*peer, *now, datagram, out);
+        tally.add(&action);
+        if first_offender.is_none() && allocations() != before {
+            first_offender = Some(i);
+        }
+        *now += step_ms;
+    }
+    arm(false);
+    first_offender
+}
+
+fn describe(plan: &[(Peer, Vec<u8>)], i: usize) -> String {
+    let (peer, datagram) = &plan[i];
+    format!(
+        "request #{i} from {peer:?}: {:?} {datagram:02x?}",
+        Message::parse(datagram).map(|m| m.class())
+    )
+}
+
+fn ids(svc: &Service) -> Vec<String> {
+    svc.catalog()
+        .images()
+        .iter()
+        .map(|i| i.id_str().to_owned())
+        .collect()
+}
+
+#[test]
+fn service_handle_allocates_nothing_in_steady_state() {
+    let limits = Limits {
+        continuation_capacity: CONTINUATION_CAPACITY,
+        ..Limits::default()
+    };
+    let mut svc = Service::new(catalog(), limits);
+    let ids = ids(&svc);
+    let mut plan: Vec<(Peer, Vec<u8>)> = Vec::new();
+    for n in 0..PEERS {
+        // Every peer: a legacy request, its continuation, and every other
+        // kind in turn, so the continuation table (256) keeps evicting.
+        let kinds = requests_of_every_kind(&ids, n as u16);
+        plan.push((peer(n), kinds[ids.len() * 5].clone()));
+        plan.push((peer(n), kinds[ids.len() * 5 + 1].clone()));
+        plan.push((peer(n), kinds[n as usize % kinds.len()].clone()));
+    }
+    for datagram in requests_of_every_kind(&ids, 0xFFFF) {
+        plan.push((peer(0), datagram));
+    }
+    // A continuation from a peer evicted long ago: 4.00.
+    plan.push((
+        peer(1),
+        request(false, 1, 1, &[(PATH, b"updates"), (BLOCK2, &block(2, 6))], &[]),
+    ));
+
+    let mut out = vec![0u8; MAX_REPLY_LEN];
+    let mut now = 1_000_000;
+    let mut warm = Tally::default();
+    // Warm-up, not counted: whatever is lazily set up happens here.
+    for (peer, datagram) in &plan {
+        let action = svc.handle(*peer, now, datagram, &mut out);
+        warm.add(&action);
+        now += 1;
+    }
+    let mut tally = Tally::default();
+    let before = allocations();
+    for round in 0..3 {
+        if let Some(i) = run_armed(&mut svc, &plan, &mut now, 1, &mut out, &mut tally) {
+            panic!("round {round}: allocation in {}", describe(&plan, i));
+        }
+    }
+    assert_eq!(
+        allocations(),
+        before,
+        "allocations during {} requests",
+        3 * plan.len()
+    );
+    assert!(svc.continuation_count() <= CONTINUATION_CAPACITY);
+    assert!(
+        tally.blocks > 1000 && tally.content > 100 && tally.errors > 100,
+        "{tally:?}"
+    );
+    assert!(tally.resets > 0 && tally.dropped > 0, "{tally:?}");
+}
+
+#[test]
+fn echo_and_rate_limited_requests_allocate_nothing() {
+    let limits = Limits {
+        continuation_capacity: CONTINUATION_CAPACITY,
+        rate_limit: Some(2),
+        rate_table_capacity: 128,
+        echo: true,
+        ..Limits::default()
+    };
+    let mut svc = Service::new(catalog(), limits);
+    let ids = ids(&svc);
+    let mut out = vec![0u8; MAX_REPLY_LEN];
+    // Window-aligned start: Echo values stay valid for the whole test.
+    let start = 600_000_000u64;
+    let big_block = request(false, 1, 1, &[(PATH, b"updates"), (PATH, ids[0].as_bytes())], &[]);
+    let mut plan: Vec<(Peer, Vec<u8>)> = Vec::new();
+    for n in 0..PEERS {
+        let p = peer(n);
+        // Fetch this peer's Echo value (not measured).
+        let echo = match svc.handle(p, start, &big_block, &mut out) {
+            Action::Reply {
+                len,
+                outcome: Outcome::EchoChallenge,
+            } => Message::parse(&out[..len]).unwrap().echo.unwrap().to_vec(),
+            other => panic!("expected a challenge, got {other:?}"),
+        };
+        let with_echo = request(
+            false,
+            1,
+            2,
+            &[(PATH, b"updates"), (PATH, ids[0].as_bytes()), (ECHO, &echo)],
+            &[],
+        );
+        let wrong_echo = request(
+            false,
+            1,
+            3,
+            &[(PATH, b"updates"), (PATH, ids[0].as_bytes()), (ECHO, &[0; 8])],
+            &[],
+        );
+        let tiny = vec![0x48, 0x01, 0, 4, 1, 2, 3, 4, 5, 6, 7, 8]; // 4.29 would be larger: dropped
+                                                                   // Two requests a second are served (a challenge, then the
+                                                                   // verified block); the rest of the second is 4.29 or dropped.
+        let challenged = if n % 2 == 0 { big_block.clone() } else { wrong_echo };
+        let nope = request(false, 1, 5, &[(PATH, b"nope")], &[]);
+        for datagram in [challenged, with_echo, nope, tiny] {
+            plan.push((p, datagram));
+        }
+    }
+    let mut now = start + 1000;
+    let mut warm = Tally::default();
+    for (peer, datagram) in &plan {
+        let action = svc.handle(*peer, now, datagram, &mut out);
+        warm.add(&action);
+        now += 1;
+    }
+    let mut tally = Tally::default();
+    let before = allocations();
+    for round in 0..3 {
+        if let Some(i) = run_armed(&mut svc, &plan, &mut now, 1, &mut out, &mut tally) {
+            panic!("round {round}: allocation in {}", describe(&plan, i));
+        }
+    }
+    assert_eq!(allocations(), before);
+    assert!(now < start + 60_000, "Echo values stayed in their window");
+    assert!(svc.rate_table_len() <= 128);
+    assert!(tally.echo > 100 && tally.blocks > 100, "{tally:?}");
+    assert!(tally.rate_limited > 100 && tally.dropped_rate > 100, "{tally:?}");
+}
+
+#[test]
+fn server_serve_one_allocates_nothing_in_steady_state() {
+    let timeout = Some(Duration::from_secs(5));
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(timeout).unwrap();
+    let limits = Limits {
+        continuation_capacity: 4,
+        ..Limits::default()
+    };
+    let mut server = Server::new(socket, Service::new(catalog(), limits));
+    let server_addr: SocketAddr = server.local_addr().unwrap();
+    let ids = ids(server.service());
+    // Eight clients, so the 4-entry continuation table keeps evicting.
+    let clients: Vec<UdpSocket> = (0..8)
+        .map(|_| {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(timeout).unwrap();
+            c
+        })
+        .collect();
+    let plan: Vec<(usize, Vec<u8>)> = (0..clients.len())
+        .flat_map(|c| {
+            requests_of_every_kind(&ids, c as u16)
+                .into_iter()
+                .map(move |d| (c, d))
+        })
+        .collect();
+    let mut reply = vec![0u8; 2048];
+    let mut exchange = |server: &mut Server, c: usize, datagram: &[u8], armed: bool| -> bool {
+        clients[c].send_to(datagram, server_addr).unwrap();
+        let sent_before = server.stats().sent;
+        let counted_before = allocations();
+        arm(armed);
+        server.serve_one();
+        arm(false);
+        let allocated = allocations() != counted_before;
+        if server.stats().sent > sent_before {
+            let (len, from) = clients[c].recv_from(&mut reply).expect("reply arrives");
+            assert_eq!(from, server_addr);
+            assert!(Message::parse(&reply[..len]).is_ok());
+        }
+        allocated
+    };
+    for (c, datagram) in &plan {
+        exchange(&mut server, *c, datagram, false);
+    }
+    let before = allocations();
+    for round in 0..3 {
+        for (i, (c, datagram)) in plan.iter().enumerate() {
+            if exchange(&mut server, *c, datagram, true) {
+                panic!(
+                    "round {round}: serve_one allocated for request #{i} from client {c}: {datagram:02x?}"
+                );
+            }
+        }
+    }
+    assert_eq!(allocations(), before);
+    let stats = server.stats();
+    assert_eq!(stats.received, 4 * plan.len() as u64);
+    assert!(stats.blocks > 0 && stats.errors > 0 && stats.resets > 0 && stats.dropped_malformed > 0);
+    assert_eq!((stats.receive_errors, stats.send_errors), (0, 0));
+}
+
+#[test]
+fn the_counter_sees_allocations() {
+    // The instrument works: an armed allocation is counted.
+    let before = allocations();
+    arm(true);
+    let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(64));
+    arm(false);
+    drop(v);
+    assert_eq!(allocations(), before + 1);
+}
