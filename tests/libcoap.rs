@@ -294,3 +294,25 @@ fn coap_client_resumes_by_id_with_offset_query() {
         }
     });
 }
+
+/// With `--echo` an unverified client first gets 4.01 with an Echo option
+/// (RFC 9175 §2.4); libcoap repeats the request with it and downloads the
+/// image all the same.
+#[test]
+fn coap_client_answers_the_echo_challenge() {
+    if !support::require_program(PROGRAM) {
+        return;
+    }
+    let fx = Fixture::new("libcoap-echo", false);
+    support::on_both_families(fx.dir.path(), &["--echo", "-v"], |server| {
+        let image = fx.image("SIZE1025");
+        let out = out_file(&fx, "echo.bin");
+        let (body, output) = get_to_file(&uri(server, &format!("updates/{}", image.id)), 64, None, &out);
+        assert_same(&body, &image.bytes, &format!("--echo on {}", server.addr), &output);
+        assert!(
+            server.wait_for_log("echo=true", Duration::from_secs(5)),
+            "libcoap never repeated a request with the Echo value:\n{}",
+            server.log()
+        );
+    });
+}
