@@ -217,6 +217,13 @@ fn load_catalog(config: &Config) -> Result<Catalog, String> {
             image.bytes.len(),
             image.id_str()
         );
+        let addressable = (iot_ota::wire::Block::MAX_NUM as u64 + 1) * config.limits.max_block_size as u64;
+        if image.bytes.len() as u64 > addressable {
+            warn!(
+                "{} is larger than 2^20 blocks of {} B: clients can fetch its end only with an OFFSET",
+                image.file_name, config.limits.max_block_size
+            );
+        }
         if image.bytes.is_empty() {
             warn!(
                 "{} is empty (0 bytes): devices will get an empty body",

@@ -9,7 +9,9 @@
 //! send can fail with unreachable hosts or full buffers, a call can be
 //! interrupted; a device that vanished mid-download must not stop the others.
 
-use crate::service::{Action, Dropped, Outcome, Peer, ResetReason, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
+use crate::service::{
+    Action, Dropped, Outcome, Peer, ResetReason, Service, Transfer, MAX_REPLY_LEN, MAX_REQUEST_LEN,
+};
 use crate::wire::Message;
 use crate::{catalog::VersionText, firmware};
 use log::{debug, info, log_enabled, trace, warn, Level};
@@ -19,6 +21,10 @@ use std::time::{Duration, Instant};
 
 /// How often the counters are logged (at info, when anything changed).
 const STATS_INTERVAL: Duration = Duration::from_secs(300);
+/// Transfer lines (start, last block) logged at info per second at most:
+/// anyone can send block-0 requests, and the log must not become the
+/// amplifier; the rest are counted in [`Stats::suppressed_log_lines`].
+const TRANSFER_LINES_PER_SECOND: u32 = 20;
 
 /// Counters of what the server did; logged periodically, never per packet
 /// above debug, so hostile traffic cannot flood the log.
@@ -44,6 +50,8 @@ pub struct Stats {
     pub receive_errors: u64,
     /// Send errors (unreachable hosts, full buffers).
     pub send_errors: u64,
+    /// Transfer log lines left out over the per-second budget.
+    pub suppressed_log_lines: u64,
 }
 
 /// The server: socket, buffers, service and counters.
@@ -55,6 +63,8 @@ pub struct Server {
     tx: Vec<u8>,
     started: Instant,
     stats: Stats,
+    /// The second of the transfer-line budget and the lines used in it.
+    log_budget: (u64, u32),
 }
 
 impl Server {
@@ -70,6 +80,7 @@ impl Server {
             tx: vec![0; MAX_REPLY_LEN],
             started: Instant::now(),
             stats: Stats::default(),
+            log_budget: (0, 0),
         }
     }
 
@@ -132,6 +143,20 @@ impl Server {
         match self.service.handle(peer(from), now_ms, datagram, &mut self.tx) {
             Action::Reply { len, outcome } => {
                 count(&mut self.stats, &outcome);
+                if let Outcome::Block(t) = &outcome {
+                    if (t.is_first() || t.is_last()) && log_enabled!(Level::Info) {
+                        let second = now_ms / 1000;
+                        if self.log_budget.0 != second {
+                            self.log_budget = (second, 0);
+                        }
+                        self.log_budget.1 += 1;
+                        if self.log_budget.1 <= TRANSFER_LINES_PER_SECOND {
+                            log_transfer(from, t);
+                        } else {
+                            self.stats.suppressed_log_lines += 1;
+                        }
+                    }
+                }
                 log_outcome(from, &outcome);
                 match self.socket.send_to(self.tx.get(..len).unwrap_or(&[]), from) {
                     Ok(_) => self.stats.sent += 1,
@@ -192,31 +217,33 @@ impl std::fmt::Display for Shown {
 
 /// Info lines in the reference server's spirit: one when a device starts
 /// a transfer, one when it fetches the last block.
+fn log_transfer(from: SocketAddr, t: &Transfer<'_>) {
+    let body = t.image.bytes.len().saturating_sub(t.offset as usize);
+    let how = if t.legacy { "legacy" } else { "by id" };
+    if t.is_first() {
+        info!(
+            "{} starts {} v{} at offset {} ({body} bytes, {} B blocks, {how})",
+            Shown(from),
+            t.image.file_name,
+            VersionText(t.image.version),
+            t.offset,
+            t.block.size(),
+        );
+    }
+    if t.is_last() {
+        info!(
+            "{} fetched the last block of {} (block {}, {body} bytes from offset {})",
+            Shown(from),
+            t.image.file_name,
+            t.block.num,
+            t.offset
+        );
+    }
+}
+
+/// Per-reply detail at debug and trace.
 fn log_outcome(from: SocketAddr, outcome: &Outcome<'_>) {
     match outcome {
-        Outcome::Block(t) if t.is_first() || t.is_last() => {
-            let body = t.image.bytes.len().saturating_sub(t.offset as usize);
-            let how = if t.legacy { "legacy" } else { "by id" };
-            if t.is_first() {
-                info!(
-                    "{} starts {} v{} at offset {} ({body} bytes, {} B blocks, {how})",
-                    Shown(from),
-                    t.image.file_name,
-                    VersionText(t.image.version),
-                    t.offset,
-                    t.block.size(),
-                );
-            }
-            if t.is_last() {
-                info!(
-                    "{} fetched the last block of {} (block {}, {body} bytes from offset {})",
-                    Shown(from),
-                    t.image.file_name,
-                    t.block.num,
-                    t.offset
-                );
-            }
-        }
         Outcome::Reset(ResetReason::NoUpdate) => debug!("{} no update: RST", Shown(from)),
         other => trace!("{} reply {other:?}", Shown(from)),
     }
@@ -282,8 +309,8 @@ impl std::fmt::Display for StatsLine<'_> {
         let s = self.0;
         write!(
             f,
-            "stats: received {} sent {} blocks {} content {} errors {} resets {} dropped malformed {} other {} receive errors {} send errors {}",
-            s.received, s.sent, s.blocks, s.content, s.errors, s.resets, s.dropped_malformed, s.dropped_other, s.receive_errors, s.send_errors
+            "stats: received {} sent {} blocks {} content {} errors {} resets {} dropped malformed {} other {} receive errors {} send errors {} log lines suppressed {}",
+            s.received, s.sent, s.blocks, s.content, s.errors, s.resets, s.dropped_malformed, s.dropped_other, s.receive_errors, s.send_errors, s.suppressed_log_lines
         )
     }
 }

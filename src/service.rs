@@ -6,17 +6,27 @@
 //! do with it and what happened. It never touches a socket, a clock, a file
 //! or the logger, so every case of PROTOCOL.md §2 and §3 is a unit test.
 //!
-//! Its only state is bounded: the legacy continuation table (PROTOCOL §2.1),
-//! the optional per-address rate limiter, the Echo key and the Message ID
-//! counter for NON replies.
+//! Its only state is bounded, each table by `Limits`: the continuation
+//! table (per peer, the image and OFFSET its last transfer started with,
+//! for clients that send the payload only with block 0, PROTOCOL §2.1),
+//! the record of each peer's last continuation request and of recent
+//! requests that started a transfer (for duplicates, below), the optional
+//! per-address rate limiter, the Echo key and the NON Message ID counter.
+//! State changes are applied only when the reply is actually sent, so an
+//! unverified request answered with an Echo challenge changes nothing.
 //!
 //! Duplicate Confirmable requests (RFC 7252 §4.5) are answered by
-//! deterministic regeneration rather than a response cache: the catalog is
-//! immutable, the reply is a pure function of the request bytes and the
-//! continuation entry, and a duplicate writes the very entry it reads, so
-//! the same request within EXCHANGE_LIFETIME yields the same bytes. That
-//! costs no memory per peer (a cache of 1 KiB replies would, for every
-//! device of a fleet) and cannot serve a stale or wrong block.
+//! deterministic regeneration rather than a cache of replies: the catalog
+//! is immutable and a reply is a pure function of the request bytes and the
+//! continuation state it was resolved from. A duplicate of a request that
+//! started a transfer is recognised (peer, Message ID, fingerprint of its
+//! bytes) and does not reset the transfer the peer started since; a
+//! duplicate of the peer's last continuation is answered from the state its
+//! first copy used. That costs a few dozen bytes per peer, where a cache of
+//! 1 KiB replies would cost a kilobyte per device of a fleet. Exceptions:
+//! with `--rate-limit` a duplicate counts as a request (and may get 4.29),
+//! and with `--echo` it is checked again (Echo values stay valid for one
+//! to two minutes, longer than a client retransmits).
 
 use crate::catalog::{Catalog, Image};
 use crate::firmware::{self, DeviceRequest};
@@ -165,6 +175,9 @@ pub enum Dropped {
     NotARequest,
     /// A rate-limited request whose 4.29 would be larger than it.
     RateLimited,
+    /// A Non-confirmable request with an unrecognized critical option:
+    /// RFC 7252 §5.4.1 has it rejected, i.e. ignored (§4.3).
+    BadOptionNon,
     /// The reply did not fit the output buffer (a bug, never expected).
     Overflow,
 }
@@ -176,14 +189,28 @@ struct Continuation {
     offset: u32,
 }
 
-/// A served continuation request: the state it was answered from, and a
-/// fingerprint of its bytes so that a new request that merely reuses the
-/// Message ID (a rebooted device restarting its counter) is not taken for
-/// a duplicate.
+/// A peer's last served continuation request: its Message ID, a
+/// fingerprint of its bytes (so that a new request that merely reuses the
+/// Message ID, as a rebooted device restarting its counter does, is not
+/// taken for a duplicate) and the state it was answered from.
 #[derive(Debug, Clone, Copy)]
 struct Exchange {
-    entry: Continuation,
+    mid: u16,
     fingerprint: u64,
+    entry: Continuation,
+}
+
+/// State changes a request asks for, applied only once its reply is
+/// actually sent: an unverified request answered with an Echo challenge
+/// changes nothing.
+#[derive(Debug, Clone, Copy, Default)]
+struct Writes {
+    /// Store (or restamp) the peer's transfer.
+    continuation: Option<Continuation>,
+    /// Remember this Confirmable request as one that started a transfer.
+    start: Option<u64>,
+    /// Remember this continuation request as the peer's last.
+    exchange: Option<Exchange>,
 }
 
 /// Requests counted in the current one-second window of an address.
@@ -203,7 +230,11 @@ pub struct Service {
     /// The continuation each recent payload-less Confirmable request was
     /// served from, by peer and Message ID: a duplicate of it is answered
     /// from the same state even if the peer started another transfer since.
-    exchanges: BoundedTable<(Peer, u16), Exchange>,
+    exchanges: BoundedTable<Peer, Exchange>,
+    /// Confirmable requests that started a transfer, by peer and Message
+    /// ID, with their fingerprint: a late duplicate of one is answered
+    /// again without resetting a transfer the peer started since.
+    starts: BoundedTable<(Peer, u16), u64>,
     rate: BoundedTable<[u8; 16], RateWindow>,
     echo_key: RandomState,
     next_mid: u16,
@@ -225,6 +256,7 @@ type Reply<'c> = Result<(usize, Outcome<'c>), Failure>;
 enum Failure {
     Error(ResponseType, Diagnostic),
     NoUpdate,
+    Ignore(Dropped),
     Overflow,
 }
 
@@ -275,6 +307,7 @@ impl Service {
             server_szx,
             continuations: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
             exchanges: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
+            starts: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
             rate: BoundedTable::new(limits.rate_table_capacity, 1000),
             echo_key: RandomState::new(),
             next_mid: 0,
@@ -345,16 +378,21 @@ impl Service {
             server_szx,
             ref mut continuations,
             ref mut exchanges,
+            ref mut starts,
             ref echo_key,
             ..
         } = *self;
+        let fingerprint = crate::catalog::fnv1a64(datagram);
+        let confirmable = msg.mtype == MessageType::Confirmable;
         let mut ctx = Ctx {
             catalog,
             server_szx,
-            continuations,
-            exchanges,
+            continuations: &*continuations,
+            exchanges: &*exchanges,
+            duplicate_start: confirmable && starts.get(&(peer, msg.mid), now_ms) == Some(&fingerprint),
+            writes: Writes::default(),
             peer,
-            datagram,
+            fingerprint,
             now_ms,
             msg: &msg,
             mid,
@@ -363,6 +401,7 @@ impl Service {
         let (len, outcome) = match reply {
             Ok(done) => done,
             Err(Failure::NoUpdate) => return reset(msg.mid, out, ResetReason::NoUpdate),
+            Err(Failure::Ignore(reason)) => return Action::Drop(reason),
             Err(Failure::Error(code, diagnostic)) => match ctx.error(code, diagnostic, out) {
                 Ok(len) => (len, Outcome::Error(code)),
                 Err(_) => return Action::Drop(Dropped::Overflow),
@@ -376,6 +415,16 @@ impl Service {
             if !verified {
                 return echo_challenge(echo_key, &msg, mid, &peer, now_ms, out);
             }
+        }
+        let writes = ctx.writes;
+        if let Some(entry) = writes.continuation {
+            continuations.insert(peer, entry, now_ms);
+        }
+        if let Some(exchange) = writes.exchange {
+            exchanges.insert(peer, exchange, now_ms);
+        }
+        if let (Some(fingerprint), true) = (writes.start, confirmable) {
+            starts.insert((peer, msg.mid), fingerprint, now_ms);
         }
         Action::Reply { len, outcome }
     }
@@ -489,20 +538,27 @@ fn echo_challenge(
 }
 
 /// One request being answered: what `route` and its helpers need.
-struct Ctx<'s, 'm> {
+struct Ctx<'s, 't, 'm> {
     catalog: &'s Catalog,
     server_szx: u8,
-    continuations: &'s mut BoundedTable<Peer, Continuation>,
-    exchanges: &'s mut BoundedTable<(Peer, u16), Exchange>,
+    continuations: &'t BoundedTable<Peer, Continuation>,
+    exchanges: &'t BoundedTable<Peer, Exchange>,
+    /// This request is a duplicate of one that started a transfer: answer
+    /// it again but leave the peer's current transfer alone.
+    duplicate_start: bool,
+    writes: Writes,
     peer: Peer,
-    datagram: &'m [u8],
+    fingerprint: u64,
     now_ms: u64,
     msg: &'m Message<'m>,
     mid: u16,
 }
 
-impl<'s> Ctx<'s, '_> {
+impl<'s> Ctx<'s, '_, '_> {
     fn route(&mut self, out: &mut [u8]) -> Reply<'s> {
+        if let (Some(_), MessageType::NonConfirmable) = (self.msg.unrecognized_critical, self.msg.mtype) {
+            return Err(Failure::Ignore(Dropped::BadOptionNon));
+        }
         if let Some(option) = self.msg.unrecognized_critical {
             return Err(Failure::Error(
                 ResponseType::BadOption,
@@ -555,38 +611,59 @@ impl<'s> Ctx<'s, '_> {
                 "GET /updates needs a device payload or ?pid=&type=&version=",
             ));
         }
-        // A duplicate Confirmable request is answered from the state its
-        // first copy was, not from a transfer the peer started since.
-        let exchange = (self.peer, msg.mid);
+        let entry = self.continued(None).ok_or(error(
+            ResponseType::BadRequest,
+            "no transfer in progress for this peer: send the device payload",
+        ))?;
+        let image = self.catalog.by_id_hex(&entry.image_id).ok_or(error(
+            ResponseType::NotFound,
+            "the image of this transfer is gone",
+        ))?;
+        self.body(image, entry.offset, true, out)
+    }
+
+    /// The transfer a payload-less request with Block2 NUM > 0 continues,
+    /// if the peer has one (of the image `image_id`, when given), and the
+    /// writes that keep it: a duplicate of the peer's last continuation is
+    /// answered from the state its first copy was, not from a transfer the
+    /// peer started since; the entry is restamped, so it expires
+    /// EXCHANGE_LIFETIME after the peer's last block, not its first.
+    fn continued(&mut self, image_id: Option<&[u8; 8]>) -> Option<Continuation> {
+        let msg = self.msg;
         let confirmable = msg.mtype == MessageType::Confirmable;
-        let fingerprint = crate::catalog::fnv1a64(self.datagram);
-        let entry = confirmable
-            .then(|| self.exchanges.get(&exchange, self.now_ms).copied())
-            .flatten()
-            .filter(|seen| seen.fingerprint == fingerprint)
-            .map(|seen| seen.entry)
-            .or_else(|| self.continuations.get(&self.peer, self.now_ms).copied())
-            .ok_or(error(
-                ResponseType::BadRequest,
-                "no transfer in progress for this peer: send the device payload",
-            ))?;
-        let image = self.catalog.by_id_hex(&entry.image_id).ok_or(Failure::Overflow)?;
-        let reply = self.body(image, entry.offset, true, out)?;
-        if confirmable {
-            self.exchanges
-                .insert(exchange, Exchange { entry, fingerprint }, self.now_ms);
-        }
-        // Restamp: the entry expires EXCHANGE_LIFETIME after the peer's
-        // last block, not its first, or a slow download of thousands of
-        // blocks would be cut off midway.
-        if self
-            .continuations
+        let repeated = self
+            .exchanges
             .get(&self.peer, self.now_ms)
-            .is_some_and(|c| *c == entry)
-        {
-            self.continuations.insert(self.peer, entry, self.now_ms);
+            .filter(|last| confirmable && last.mid == msg.mid && last.fingerprint == self.fingerprint)
+            .map(|last| last.entry);
+        let current = self.continuations.get(&self.peer, self.now_ms).copied();
+        let entry = repeated
+            .or(current)
+            .filter(|entry| image_id.map_or(true, |id| *id == entry.image_id))?;
+        if current == Some(entry) {
+            self.writes.continuation = Some(entry);
         }
-        Ok(reply)
+        if confirmable {
+            self.writes.exchange = Some(Exchange {
+                mid: msg.mid,
+                fingerprint: self.fingerprint,
+                entry,
+            });
+        }
+        Some(entry)
+    }
+
+    /// Records a request that starts a transfer of `image` at `offset`,
+    /// unless it is a late duplicate of an earlier start.
+    fn start(&mut self, image: &Image, offset: u32) {
+        if self.duplicate_start {
+            return;
+        }
+        self.writes.continuation = Some(Continuation {
+            image_id: image.id_hex,
+            offset,
+        });
+        self.writes.start = Some(self.fingerprint);
     }
 
     /// Lookup and query forms: the candidate's id as text/plain.
@@ -612,28 +689,40 @@ impl<'s> Ctx<'s, '_> {
             .candidate(request.pid, request.fw_type, request.version)
             .ok_or(Failure::NoUpdate)?;
         let reply = self.body(image, offset, true, out)?;
-        let entry = Continuation {
-            image_id: image.id_hex,
-            offset,
-        };
-        self.continuations.insert(self.peer, entry, self.now_ms);
+        if self.continuing() {
+            // Devices repeat the payload on every block: keep the entry
+            // fresh for a peer that may drop it later.
+            self.writes.continuation = Some(Continuation {
+                image_id: image.id_hex,
+                offset,
+            });
+        } else {
+            self.start(image, offset);
+        }
         Ok(reply)
     }
 
-    /// `GET /updates/{id}` with an optional 4-byte OFFSET payload, or
-    /// `?offset=N` for stock clients: they repeat the URI's query on every
-    /// block but send a payload only with block 0, so the payload form
-    /// only resumes correctly when the client repeats it on every block.
-    fn image(&self, id: &[u8], out: &mut [u8]) -> Reply<'s> {
+    /// True when the request asks for a block after the first.
+    fn continuing(&self) -> bool {
+        matches!(self.msg.block2, Some(Ok(block)) if block.num > 0)
+    }
+
+    /// `GET /updates/{id}` with an optional 4-byte OFFSET payload or
+    /// `?offset=N`. Stock clients send a payload only with block 0, so a
+    /// payload-less request for a later block continues the body the
+    /// peer's block 0 of this image started (PROTOCOL §2.1's continuation,
+    /// applied to §2.2); `?offset=` is repeated on every block and needs
+    /// no state.
+    fn image(&mut self, id: &[u8], out: &mut [u8]) -> Reply<'s> {
         if self.msg.query.overflowed() {
             return Err(error(ResponseType::BadRequest, "too many query options"));
         }
         let queried = firmware::parse_offset_query(self.msg.query.as_slice())
             .map_err(|e| Failure::Error(ResponseType::BadRequest, Diagnostic::Query(e)))?;
-        let offset = match (self.msg.payload, queried) {
-            ([], queried) => queried.unwrap_or(0),
-            (&[a, b, c, d], None) => u32::from_le_bytes([a, b, c, d]),
-            (&[a, b, c, d], Some(q)) if q == u32::from_le_bytes([a, b, c, d]) => q,
+        let explicit = match (self.msg.payload, queried) {
+            ([], queried) => queried,
+            (&[a, b, c, d], None) => Some(u32::from_le_bytes([a, b, c, d])),
+            (&[a, b, c, d], Some(q)) if q == u32::from_le_bytes([a, b, c, d]) => Some(q),
             (&[_, _, _, _], Some(_)) => {
                 return Err(error(
                     ResponseType::BadRequest,
@@ -651,7 +740,16 @@ impl<'s> Ctx<'s, '_> {
             .catalog
             .by_id_hex(id)
             .ok_or(error(ResponseType::NotFound, "no image with this id"))?;
-        self.body(image, offset, false, out)
+        let offset = match explicit {
+            Some(offset) => offset,
+            None if self.continuing() => self.continued(Some(&image.id_hex)).map_or(0, |c| c.offset),
+            None => 0,
+        };
+        let reply = self.body(image, offset, false, out)?;
+        if !self.continuing() {
+            self.start(image, offset);
+        }
+        Ok(reply)
     }
 
     /// One Block2 block of `image[offset..]`.
@@ -749,8 +847,11 @@ impl<'s> Ctx<'s, '_> {
                 szx: self.server_szx,
             },
             Some(Ok(block)) => block,
-            Some(Err(BlockError::ReservedSzx | BlockError::TooLong)) => {
+            Some(Err(BlockError::ReservedSzx)) => {
                 return Err(error(ResponseType::BadRequest, "Block2 SZX 7 is reserved"))
+            }
+            Some(Err(BlockError::TooLong)) => {
+                return Err(error(ResponseType::BadOption, "Block2 value longer than 3 bytes"))
             }
         };
         // The byte position the client asked for, kept when the server

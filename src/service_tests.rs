@@ -1619,3 +1619,81 @@ fn duplicate_continuation_is_answered_from_its_first_state_but_a_reused_mid_is_n
     let reply = fx.ask_from(A, T0 + 4, &reused);
     assert_eq!(assert_block(&reply, &big, 2, true, 4), &big.bytes[512..768]);
 }
+
+#[test]
+fn image_offset_payload_sent_only_with_block_0_continues_from_that_offset() {
+    // libcoap's `-f` and node-coap send the payload with block 0 only.
+    let mut fx = Fx::new();
+    let img = fx.img(MOTE_NEW);
+    let uri = format!("updates/{}", img.id);
+    let first = fx.ask(&Req::get(&uri).block2(0, 4).payload(&1000u32.to_le_bytes()));
+    assert_eq!(assert_block(&first, &img, 0, true, 4), &img.bytes[1000..1256]);
+    let next = fx.ask(&Req::get(&uri).block2(1, 4).mid(MID + 1).token(&[3]));
+    assert_eq!(assert_block(&next, &img, 1, true, 4), &img.bytes[1256..1512]);
+    // Another peer, or a new download from block 0, starts at 0.
+    let other = fx.ask_from(B, T0, &Req::get(&uri).block2(1, 4).mid(MID + 2));
+    assert_eq!(assert_block(&other, &img, 1, true, 4), &img.bytes[256..512]);
+    fx.ask(&Req::get(&uri).block2(0, 4).mid(MID + 3));
+    let fresh = fx.ask(&Req::get(&uri).block2(1, 4).mid(MID + 4));
+    assert_eq!(assert_block(&fresh, &img, 1, true, 4), &img.bytes[256..512]);
+}
+
+#[test]
+fn late_duplicate_of_an_older_start_does_not_reset_the_transfer() {
+    let mut fx = Fx::new();
+    let img = fx.img(MOTE_NEW);
+    let old_start = Req::get("updates")
+        .payload(&device(b"MOTE", 3, 0, Some(0)))
+        .block2(0, 4);
+    fx.ask_from(A, T0, &old_start);
+    let new_start = old_start
+        .clone()
+        .payload(&device(b"MOTE", 3, 0, Some(700)))
+        .mid(MID + 1);
+    fx.ask_from(A, T0 + 1, &new_start);
+    // The network delivers a late copy of the first request: answered
+    // again, byte for byte, but the peer's transfer stays at OFFSET 700.
+    fx.ask_from(A, T0 + 2, &old_start);
+    let cont = fx.ask_from(A, T0 + 3, &Req::get("updates").block2(1, 4).mid(MID + 2));
+    assert_eq!(assert_block(&cont, &img, 1, true, 4), &img.bytes[956..1212]);
+}
+
+#[test]
+fn echo_challenged_request_changes_no_state() {
+    let limits = Limits {
+        echo: true,
+        ..Limits::default()
+    };
+    let mut fx = Fx::with(limits, false);
+    let img = fx.img(MOTE_NEW);
+    let start = Req::get("updates")
+        .payload(&device(b"MOTE", 3, 0, Some(0)))
+        .block2(0, 4);
+    let echo = echo_of(&fx.ask(&start));
+    fx.ask(&start.clone().option(wire::OPTION_ECHO, &echo).mid(MID + 1));
+    // A spoofed request from the same address and port without Echo asks
+    // for OFFSET 7: challenged, and the victim's transfer is untouched.
+    let spoofed = start
+        .clone()
+        .payload(&device(b"MOTE", 3, 0, Some(7)))
+        .mid(MID + 2);
+    echo_of(&fx.ask(&spoofed));
+    let cont = Req::get("updates")
+        .block2(1, 4)
+        .mid(MID + 3)
+        .option(wire::OPTION_ECHO, &echo);
+    let reply = fx.ask(&cont);
+    assert_eq!(assert_block(&reply, &img, 1, true, 4), &img.bytes[256..512]);
+}
+
+#[test]
+fn non_request_with_unknown_critical_option_is_rejected_silently() {
+    // RFC 7252 §5.4.1: rejected (§4.3), where a CON one gets 4.02.
+    let mut fx = Fx::new();
+    let req = Req::get("updates").option(2049, b"x");
+    assert_eq!(
+        fx.handle(peer(A), T0, &req.clone().non().bytes()),
+        Err(Dropped::BadOptionNon)
+    );
+    assert_error(&fx.ask(&req), ResponseType::BadOption);
+}

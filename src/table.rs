@@ -10,20 +10,26 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 
 /// A map of at most `capacity` entries; when full, inserting a new key
-/// evicts the key inserted longest ago. Entries older than `lifetime_ms`
-/// read as absent.
+/// evicts the key written longest ago (an insert of an existing key counts
+/// as a write), so a peer in the middle of a download is not pushed out by
+/// idle ones. Entries older than `lifetime_ms` read as absent.
 #[derive(Debug)]
 pub struct BoundedTable<K, V> {
     map: HashMap<K, Entry<V>>,
-    order: VecDeque<K>,
+    /// Keys in write order, each with the write's sequence number; a key
+    /// written again is queued again and its older queue slots go stale
+    /// (their sequence number no longer matches the entry's).
+    order: VecDeque<(K, u64)>,
     capacity: usize,
     lifetime_ms: u64,
+    next_seq: u64,
 }
 
 #[derive(Debug)]
 struct Entry<V> {
     value: V,
     stamp_ms: u64,
+    seq: u64,
 }
 
 impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
@@ -34,9 +40,11 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
             // Twice the room: hashbrown then always rehashes in place
             // instead of growing when removals leave tombstones.
             map: HashMap::with_capacity(capacity.saturating_mul(2)),
-            order: VecDeque::with_capacity(capacity),
+            // Room for one stale slot per live key before compaction.
+            order: VecDeque::with_capacity(capacity.saturating_mul(2)),
             capacity,
             lifetime_ms,
+            next_seq: 0,
         }
     }
 
@@ -60,27 +68,41 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
     /// Stores `value` for `key`, stamped `now_ms`. A new key in a full
     /// table evicts the oldest-inserted key first.
     pub fn insert(&mut self, key: K, value: V, now_ms: u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.order.len() >= self.order.capacity() {
+            // Drop stale slots in place (no allocation): at most one live
+            // slot per key remains, so at most `capacity`.
+            let map = &self.map;
+            self.order
+                .retain(|(k, s)| map.get(k).is_some_and(|entry| entry.seq == *s));
+        }
         if let Some(entry) = self.map.get_mut(&key) {
             *entry = Entry {
                 value,
                 stamp_ms: now_ms,
+                seq,
             };
+            self.order.push_back((key, seq));
             return;
         }
-        while self.order.len() >= self.capacity {
+        while self.map.len() >= self.capacity {
             match self.order.pop_front() {
-                Some(oldest) => {
-                    self.map.remove(&oldest);
+                Some((oldest, s)) => {
+                    if self.map.get(&oldest).is_some_and(|entry| entry.seq == s) {
+                        self.map.remove(&oldest);
+                    }
                 }
                 None => break,
             }
         }
-        self.order.push_back(key);
+        self.order.push_back((key, seq));
         self.map.insert(
             key,
             Entry {
                 value,
                 stamp_ms: now_ms,
+                seq,
             },
         );
     }
@@ -119,13 +141,34 @@ mod tests {
         for k in 0..3u32 {
             t.insert(k, k, 0);
         }
-        t.insert(0, 10, 1); // update keeps the slot, no eviction
-        assert_eq!(t.len(), 3);
         t.insert(3, 3, 2);
         assert_eq!(t.len(), 3);
         assert_eq!(t.get(&0, 2), None, "oldest key 0 evicted");
         assert_eq!(t.get(&1, 2), Some(&1));
         assert_eq!(t.get(&3, 2), Some(&3));
+    }
+
+    #[test]
+    fn a_rewritten_key_is_evicted_last() {
+        let mut t = BoundedTable::new(3, u64::MAX);
+        for k in 0..3u32 {
+            t.insert(k, k, 0);
+        }
+        // Key 0 is written again (a peer still downloading): 1 is now the
+        // least recently written and goes first.
+        t.insert(0, 10, 1);
+        t.insert(3, 3, 2);
+        assert_eq!(t.get(&0, 2), Some(&10));
+        assert_eq!(t.get(&1, 2), None);
+        assert_eq!(t.get(&2, 2), Some(&2));
+        // Many rewrites of one key neither grow the queue past its room nor
+        // lose the other keys.
+        for n in 0..10_000u32 {
+            t.insert(3, n, 3);
+        }
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.get(&2, 3), Some(&2));
+        assert!(t.order.len() <= t.order.capacity());
     }
 
     #[test]

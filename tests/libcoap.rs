@@ -308,11 +308,38 @@ fn coap_client_answers_the_echo_challenge() {
         let image = fx.image("SIZE1025");
         let out = out_file(&fx, "echo.bin");
         let (body, output) = get_to_file(&uri(server, &format!("updates/{}", image.id)), 64, None, &out);
-        assert_same(&body, &image.bytes, &format!("--echo on {}", server.addr), &output);
+        assert_same(
+            &body,
+            &image.bytes,
+            &format!("--echo on {}", server.addr),
+            &output,
+        );
         assert!(
             server.wait_for_log("echo=true", Duration::from_secs(5)),
             "libcoap never repeated a request with the Echo value:\n{}",
             server.log()
         );
+    });
+}
+
+/// `-f` sends the 4-byte OFFSET payload with block 0 only; the server
+/// continues the body the peer's block 0 started, so the download is
+/// image[OFFSET..] and not a splice of two bodies.
+#[test]
+fn coap_client_resumes_by_id_with_offset_payload_sent_once() {
+    if !support::require_program(PROGRAM) {
+        return;
+    }
+    let fx = Fixture::new("libcoap-offset-payload", false);
+    support::on_both_families(fx.dir.path(), &[], |server| {
+        let image = fx.image("SIZE1025");
+        for (offset, block) in [(100usize, 64usize), (1000, 16), (7, 1024)] {
+            let what = format!("{} OFFSET {offset} -b {block} on {}", image.pid, server.addr);
+            let payload_file = fx.out.write("offset.bin", &(offset as u32).to_le_bytes());
+            let out = out_file(&fx, "offset-payload.bin");
+            let path = format!("updates/{}", image.id);
+            let (body, output) = get_to_file(&uri(server, &path), block, Some(&payload_file), &out);
+            assert_same(&body, &image.bytes[offset..], &what, &output);
+        }
     });
 }
