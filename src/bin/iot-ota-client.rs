@@ -1,1 +1,494 @@
-fn main() {}
+//! `iot-ota-client`: a device emulator and operator tool on the same `wire`
+//! code as the server. The protocol work is in `iot_ota::client`; this file
+//! reads the command line, calls it, and turns the outcome into output and
+//! an exit code.
+//!
+//! Exit codes: 0 downloaded (or GET done), 3 no update available, 1 error
+//! (timeout, unreachable, error response, inconsistent body), 2 usage.
+
+use getopts::{Fail, Options};
+use iot_ota::client::{
+    BodyRequest, Client, ClientError, Progress, Resource, Retransmission, Target, Transfer,
+    DEFAULT_BLOCK_SIZE,
+};
+use iot_ota::firmware::{self, DeviceRequest};
+// `bench` and `baseline` subcommands (src/loadgen.rs).
+use iot_ota::loadgen;
+use iot_ota::wire::Block;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const PROGRAM: &str = "iot-ota-client";
+const ERROR_EXIT: u8 = 1;
+const USAGE_EXIT: u8 = 2;
+const NO_UPDATE_EXIT: u8 = 3;
+/// Upper bound of --timeout-ms: an hour-long ACK_TIMEOUT is a typo.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Longest device payload (PIDLEN, 255 PID bytes, TYPE, VERSION, OFFSET).
+const MAX_DEVICE_PAYLOAD: usize = 265;
+
+/// What to ask the server.
+enum Mode {
+    /// Device emulation: lookup then download by id, or the legacy
+    /// one-request protocol.
+    Update {
+        pid: Vec<u8>,
+        fw_type: u8,
+        version: u32,
+        offset: Option<u32>,
+        legacy: bool,
+    },
+    /// A plain block-wise GET.
+    Get(Resource),
+}
+
+/// Everything the command line decides.
+struct Config {
+    target: Target,
+    mode: Mode,
+    /// `None`: standard output.
+    output: Option<PathBuf>,
+    szx: u8,
+    params: Retransmission,
+}
+
+fn options() -> Options {
+    let mut o = Options::new();
+    o.optopt("", "pid", "product id the device sends (device mode)", "PID");
+    o.optopt("", "type", "firmware type: APP or 0..255 (default: APP)", "TYPE");
+    o.optopt(
+        "",
+        "version",
+        "firmware version the device runs, M.m.b or a u32 (device mode)",
+        "M.m.b",
+    );
+    o.optopt(
+        "",
+        "offset",
+        "start the body at byte N of the image (default: 0)",
+        "N",
+    );
+    o.optflag(
+        "",
+        "legacy",
+        "one-request protocol of deployed devices: GET /updates with PID, TYPE, VERSION and OFFSET on every block",
+    );
+    o.optopt(
+        "",
+        "get",
+        "GET any resource block-wise instead: a path (/.well-known/core, /updates?pid=..) or a coap:// URI",
+        "PATH",
+    );
+    o.optopt(
+        "o",
+        "output",
+        "write the body to FILE, only once it is complete (default or '-': standard output)",
+        "FILE",
+    );
+    o.optopt(
+        "b",
+        "block-size",
+        "Block2 size to ask for, a power of two 16..1024 (default: 1024); the server may answer smaller",
+        "BYTES",
+    );
+    o.optopt(
+        "",
+        "timeout-ms",
+        "ACK_TIMEOUT in milliseconds (default: 2000). The first wait is 1 to 1.5 times it, doubled for each \
+         of 4 retransmissions, so a request gives up after 31 to 46.5 times it: lower it for tests on \
+         loopback, raise it for slow or lossy links",
+        "N",
+    );
+    o.optflag("h", "help", "print this help");
+    o.optflag(
+        "V",
+        "",
+        "print the program's version (--version is the device's firmware version)",
+    );
+    o
+}
+
+fn usage_text(o: &Options) -> String {
+    let brief = format!(
+        "Usage: {PROGRAM} SERVER --pid PID [--type TYPE] --version M.m.b [--offset N] [--legacy] [-o FILE] [-b BYTES]\n       \
+         {PROGRAM} SERVER --get PATH [-o FILE] [-b BYTES]\n       \
+         {PROGRAM} coap://HOST[:PORT]/PATH[?QUERY] [-o FILE] [-b BYTES]\n       \
+         {PROGRAM} bench ARGS... | baseline ARGS...   (load generator; see '{PROGRAM} bench --help')\n\n\
+         A CoAP client for iot-ota-server: asks for a firmware update as a device does and downloads it\n\
+         (Confirmable requests with RFC 7252 retransmission, Block2 per RFC 7959, Echo per RFC 9175, and\n\
+         a wait of Max-Age seconds after 4.29 Too Many Requests), or GETs any resource.\n\n\
+         SERVER is HOST:PORT, [IPv6]:PORT or coap://HOST[:PORT][/PATH][?QUERY]; the port defaults to 5683.\n\
+         Device mode sends GET /updates with the device payload (PIDLEN|PID|TYPE|VERSION) and downloads\n\
+         /updates/ID of the answer, with OFFSET as payload when --offset is given; with --legacy it sends\n\
+         GET /updates with PIDLEN|PID|TYPE|VERSION|OFFSET and a Block2 option for every block instead.\n\
+         The body goes to FILE or standard output; a summary line, and a progress line when standard\n\
+         error is a terminal, go to standard error.\n\n\
+         Exit status: 0 done, 3 no update available (4.04 to the lookup, RST to --legacy), 1 error\n\
+         (no answer, unreachable, error response, inconsistent blocks), 2 usage error."
+    );
+    o.usage(&brief)
+}
+
+/// A usage error: one line, a hint, exit 2.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("{PROGRAM}: {message}");
+    eprintln!("Try '{PROGRAM} --help' for more information.");
+    ExitCode::from(USAGE_EXIT)
+}
+
+fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
+    let o = options();
+    let m = o.parse(args).map_err(|e| match e {
+        Fail::ArgumentMissing(name) if name == "version" => {
+            "--version needs the device's firmware version (M.m.b); -V prints this program's version"
+                .to_owned()
+        }
+        e => e.to_string(),
+    })?;
+    if m.opt_present("h") {
+        print!("{}", usage_text(&o));
+        return Ok(None);
+    }
+    if m.opt_present("V") {
+        println!("{PROGRAM} {}", env!("CARGO_PKG_VERSION"));
+        return Ok(None);
+    }
+    if let Some(extra) = m.free.get(1) {
+        return Err(format!("unexpected argument '{extra}'"));
+    }
+    let server = |text: &str| Target::parse(text).map_err(|e| format!("invalid SERVER '{text}': {e}"));
+
+    // Where to, and a plain GET's resource if any.
+    let get = m.opt_str("get");
+    let (target, get_resource) = match (m.free.first(), get) {
+        (None, Some(uri)) if uri.contains("://") => {
+            let target = server(&uri)?;
+            let resource = target.resource.clone().unwrap_or_default();
+            (target, Some(resource))
+        }
+        (None, _) => return Err("missing SERVER (e.g. 127.0.0.1:5683 or coap://[::1])".to_owned()),
+        (Some(_), Some(uri)) if uri.contains("://") => {
+            return Err("give the server once: either SERVER or a coap:// URI to --get".to_owned())
+        }
+        (Some(text), get) => {
+            let target = server(text)?;
+            let resource = match (get, &target.resource) {
+                (Some(_), Some(_)) => {
+                    return Err("the path is given twice: in SERVER and to --get".to_owned())
+                }
+                (Some(path), None) => {
+                    Some(Resource::parse(&path).map_err(|e| format!("invalid --get '{path}': {e}"))?)
+                }
+                (None, path) => path.clone(),
+            };
+            (target, resource)
+        }
+    };
+
+    let device_options = ["pid", "type", "version", "offset", "legacy"];
+    let mode = match get_resource {
+        Some(resource) => {
+            if let Some(name) = device_options.iter().find(|name| m.opt_present(name)) {
+                return Err(format!(
+                    "--{name} is a device-mode option; it does not combine with a plain GET of a path"
+                ));
+            }
+            Mode::Get(resource)
+        }
+        None => {
+            let pid = m
+                .opt_str("pid")
+                .ok_or("give --pid and --version (device mode) or --get PATH")?;
+            if pid.is_empty() || pid.len() > 255 {
+                return Err(format!("invalid --pid '{pid}': 1 to 255 bytes"));
+            }
+            let version = m
+                .opt_str("version")
+                .ok_or("device mode needs --version M.m.b (the version the device runs)")?;
+            let version = firmware::parse_version(version.as_bytes()).ok_or_else(|| {
+                format!("invalid --version '{version}': use M.m.b (0..255.0..255.0..65535) or a u32")
+            })?;
+            let fw_type = match m.opt_str("type") {
+                None => firmware::TYPE_APP,
+                Some(t) => firmware::parse_type(t.as_bytes())
+                    .ok_or_else(|| format!("invalid --type '{t}': use APP or 0..255"))?,
+            };
+            let offset = match m.opt_str("offset") {
+                None => None,
+                Some(n) => Some(
+                    n.parse::<u32>()
+                        .map_err(|_| format!("invalid --offset '{n}': use 0..4294967295"))?,
+                ),
+            };
+            Mode::Update {
+                pid: pid.into_bytes(),
+                fw_type,
+                version,
+                offset,
+                legacy: m.opt_present("legacy"),
+            }
+        }
+    };
+
+    let block_size = match m.opt_str("b") {
+        None => DEFAULT_BLOCK_SIZE,
+        Some(b) => b
+            .parse()
+            .ok()
+            .filter(|n| Block::szx_for_size(*n).is_some())
+            .ok_or_else(|| format!("invalid block size '{b}': use 16, 32, 64, 128, 256, 512 or 1024"))?,
+    };
+    let szx = Block::szx_for_size(block_size).unwrap_or(Block::MAX_SZX);
+    let mut params = Retransmission::default();
+    if let Some(t) = m.opt_str("timeout-ms") {
+        let ms = t
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms))
+            .ok_or_else(|| format!("invalid --timeout-ms '{t}': use 1..{MAX_TIMEOUT_MS}"))?;
+        params.ack_timeout = Duration::from_millis(ms);
+    }
+    let output = m.opt_str("o").filter(|o| o != "-").map(PathBuf::from);
+    Ok(Some(Config {
+        target,
+        mode,
+        output,
+        szx,
+        params,
+    }))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("bench") => return loadgen::bench_main(args.get(1..).unwrap_or(&[])),
+        Some("baseline") => return loadgen::baseline_main(args.get(1..).unwrap_or(&[])),
+        _ => {}
+    }
+    let config = match parse_args(&args) {
+        Ok(Some(config)) => config,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(message) => return usage_error(&message),
+    };
+    run(&config)
+}
+
+fn run(config: &Config) -> ExitCode {
+    let authority = config.target.authority();
+    let server = match config.target.resolve() {
+        Ok(server) => server,
+        Err(e) => return fail(&format!("cannot resolve {authority}: {e}")),
+    };
+    let mut client = match Client::connect(server, config.params) {
+        Ok(client) => client,
+        Err(e) => return fail(&format!("cannot open a UDP socket to {server}: {e}")),
+    };
+    let started = Instant::now();
+    let mut body = Vec::new();
+    let mut line = ProgressLine::new(std::io::stderr().is_terminal());
+    let result = fetch(&mut client, config, &mut body, &mut |p| line.show(p));
+    line.clear();
+    let (what, transfer) = match result {
+        Ok(done) => done,
+        Err(ClientError::NoUpdate) => {
+            if let Mode::Update {
+                pid,
+                fw_type,
+                version,
+                ..
+            } = &config.mode
+            {
+                let type_name = match *fw_type {
+                    firmware::TYPE_APP => "APP".to_owned(),
+                    n => n.to_string(),
+                };
+                eprintln!(
+                    "no update available for {} type {type_name} version {}",
+                    String::from_utf8_lossy(pid),
+                    iot_ota::catalog::VersionText(*version)
+                );
+            }
+            return ExitCode::from(NO_UPDATE_EXIT);
+        }
+        Err(e) => return fail(&format!("{server}: {e}")),
+    };
+    if let Err(e) = write_body(config.output.as_ref(), &body) {
+        return fail(&e);
+    }
+    eprintln!(
+        "{}",
+        summary(&what, &transfer, &client, config.szx, started.elapsed())
+    );
+    ExitCode::SUCCESS
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("{PROGRAM}: {message}");
+    ExitCode::from(ERROR_EXIT)
+}
+
+/// Runs the mode's requests; returns what was fetched (for the summary)
+/// and the transfer.
+fn fetch(
+    client: &mut Client,
+    config: &Config,
+    body: &mut Vec<u8>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(String, Transfer), ClientError> {
+    match &config.mode {
+        Mode::Get(resource) => {
+            let request = BodyRequest {
+                resource,
+                payload: &[],
+                legacy: false,
+            };
+            let transfer = client.download(&request, config.szx, body, progress)?;
+            Ok((format!("{resource}"), transfer))
+        }
+        Mode::Update {
+            pid,
+            fw_type,
+            version,
+            offset,
+            legacy,
+        } => {
+            let device = DeviceRequest {
+                pid,
+                fw_type: *fw_type,
+                version: *version,
+                offset: None,
+            };
+            let pid_text = String::from_utf8_lossy(pid);
+            let from = match offset {
+                Some(n) if *n > 0 => format!(" from offset {n}"),
+                _ => String::new(),
+            };
+            if *legacy {
+                let legacy = DeviceRequest {
+                    offset: Some(offset.unwrap_or(0)),
+                    ..device
+                };
+                let mut payload = [0u8; MAX_DEVICE_PAYLOAD];
+                let len =
+                    firmware::write_payload(&legacy, &mut payload).ok_or(ClientError::RequestTooLarge)?;
+                let resource = Resource::updates();
+                let request = BodyRequest {
+                    resource: &resource,
+                    payload: payload.get(..len).unwrap_or(&[]),
+                    legacy: true,
+                };
+                let transfer = client.download(&request, config.szx, body, progress)?;
+                Ok((format!("{pid_text} (legacy protocol){from}"), transfer))
+            } else {
+                let id = client.lookup(&device)?;
+                let resource = Resource::image(&id);
+                let offset_payload = offset.map(u32::to_le_bytes);
+                let request = BodyRequest {
+                    resource: &resource,
+                    payload: offset_payload.as_ref().map_or(&[][..], |p| &p[..]),
+                    legacy: false,
+                };
+                let transfer = client.download(&request, config.szx, body, progress)?;
+                Ok((format!("{pid_text} id {id}{from}"), transfer))
+            }
+        }
+    }
+}
+
+/// Writes the body to the file or standard output.
+fn write_body(output: Option<&PathBuf>, body: &[u8]) -> Result<(), String> {
+    match output {
+        Some(path) => std::fs::write(path, body).map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => {
+            let mut out = std::io::stdout().lock();
+            let mut write = || -> std::io::Result<()> {
+                out.write_all(body)?;
+                // Keep a shell prompt off the end of a text body.
+                if out.is_terminal() && !body.is_empty() && !body.ends_with(b"\n") {
+                    out.write_all(b"\n")?;
+                }
+                out.flush()
+            };
+            write().map_err(|e| format!("cannot write to standard output: {e}"))
+        }
+    }
+}
+
+/// The summary line, e.g. `downloaded 30000 bytes of OTA-X id 0d0ad509 in
+/// 30 blocks, etag 1c2b3a4d5e6f7081, 1 retransmission, 0.04 s`.
+fn summary(what: &str, t: &Transfer, client: &Client, szx: u8, elapsed: Duration) -> String {
+    let stats = client.stats();
+    let mut line = format!(
+        "downloaded {} of {what} in {}",
+        plural(t.bytes, "byte"),
+        plural(u64::from(t.blocks), "block")
+    );
+    if t.block_size < 16 << szx {
+        line.push_str(&format!(" (server block size {} B)", t.block_size));
+    }
+    if let Some(etag) = &t.etag {
+        line.push_str(", etag ");
+        for b in etag {
+            line.push_str(&format!("{b:02x}"));
+        }
+    }
+    line.push_str(&format!(
+        ", {}",
+        plural(u64::from(stats.retransmissions), "retransmission")
+    ));
+    if stats.echo_retries > 0 {
+        line.push_str(&format!(
+            ", {}",
+            plural(u64::from(stats.echo_retries), "Echo challenge")
+        ));
+    }
+    if stats.rate_limit_waits > 0 {
+        line.push_str(&format!(
+            ", {} after 4.29",
+            plural(u64::from(stats.rate_limit_waits), "wait")
+        ));
+    }
+    line.push_str(&format!(", {:.2} s", elapsed.as_secs_f64()));
+    line
+}
+
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// The one-line progress display on a terminal: redrawn at most ten times
+/// a second, erased before the summary.
+struct ProgressLine {
+    enabled: bool,
+    last: Option<Instant>,
+}
+
+impl ProgressLine {
+    fn new(enabled: bool) -> ProgressLine {
+        ProgressLine { enabled, last: None }
+    }
+
+    fn show(&mut self, progress: &Progress) {
+        if !self.enabled
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        eprint!("\r{progress}\x1b[K");
+    }
+
+    fn clear(&mut self) {
+        if self.enabled && self.last.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}

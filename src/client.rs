@@ -1,0 +1,2062 @@
+//! A CoAP client for operators and device emulation, built on the same
+//! [`crate::wire`] codec as the server.
+//!
+//! * [`Target::parse`] and [`Resource::parse`] read the command line's
+//!   SERVER and PATH (`host:port`, `[v6]:port`, `coap://host[:port]/path?q`),
+//!   decomposing a URI into Uri-Path and Uri-Query options as RFC 7252 §6.4
+//!   says.
+//! * [`Client`] owns one UDP socket connected to one server. It sends
+//!   Confirmable GETs with the retransmission of RFC 7252 §4.2
+//!   ([`Retransmission`]), matches answers by Message ID and token
+//!   (§5.3.2, [`match_reply`]) and ignores anything else, repeats a request
+//!   challenged with a 4.01 Echo (RFC 9175 §2.3) or refused with 4.29
+//!   (RFC 8516), and downloads Block2 bodies (RFC 7959).
+//! * [`BlockCursor`] is the block-wise state machine without I/O: which block
+//!   to ask for next, following a server that answers with a smaller block
+//!   size (RFC 7959 §2.4), and the checks that the body is one consistent
+//!   representation (same ETag, expected NUM, full blocks, Size2).
+//!
+//! Unlike the server this is not a hot path: answers are copied into owned
+//! [`Response`] values, one small allocation or two per block.
+
+use crate::firmware::{self, DeviceRequest};
+use crate::wire::{self, Block, BlockError, Emitter, Message};
+use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
+use core::fmt;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// The CoAP default port (RFC 7252 §6.1).
+pub const DEFAULT_PORT: u16 = 5683;
+/// Block size asked for unless told otherwise: the largest of RFC 7959.
+pub const DEFAULT_BLOCK_SIZE: usize = 1024;
+/// How often a request challenged with a 4.01 Echo is repeated: a second
+/// challenge can happen when the server's Echo window turns over.
+pub const MAX_ECHO_RETRIES: u32 = 3;
+/// How often one request refused with 4.29 is repeated before giving up.
+pub const MAX_RATE_LIMIT_WAITS: u32 = 10;
+/// Wait after a 4.29 without Max-Age, in seconds.
+pub const DEFAULT_RETRY_AFTER_S: u32 = 1;
+/// Longest wait after a 4.29, in seconds, whatever its Max-Age says.
+pub const MAX_RETRY_AFTER_S: u32 = 60;
+/// Longest device payload: PIDLEN, 255 PID bytes, TYPE, VERSION, OFFSET.
+const MAX_DEVICE_PAYLOAD: usize = 1 + 255 + 1 + 4 + 4;
+/// Longest datagram sent: a request with a long path, query and payload.
+const TX_LEN: usize = 2048;
+/// Receive buffer; one byte more than any answer taken, so that a datagram
+/// filling it is known to be truncated (recv truncates silently).
+const RX_LEN: usize = 4096 + 1;
+
+// ---------------------------------------------------------------------------
+// SERVER and PATH arguments
+// ---------------------------------------------------------------------------
+
+/// Why a SERVER or PATH argument cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriError {
+    /// A scheme other than `coap://` (`coaps` needs DTLS, which this tool
+    /// does not speak).
+    Scheme,
+    /// No host.
+    EmptyHost,
+    /// Port not a decimal 1..=65535.
+    Port,
+    /// `user@host`: CoAP URIs have no user information.
+    UserInfo,
+    /// An IPv6 address without brackets (`::1:5683` is ambiguous).
+    UnbracketedIpv6,
+    /// `[...]` that is not an IPv6 address, or text after `]` other than a
+    /// port.
+    BadIpv6,
+    /// A `%` not followed by two hex digits.
+    Percent,
+    /// A path segment or query item longer than 255 bytes (the longest
+    /// Uri-Path or Uri-Query option, RFC 7252 §5.10).
+    SegmentTooLong,
+    /// A path given in the `host:port` form, which has none.
+    PathWithoutScheme,
+}
+
+impl fmt::Display for UriError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UriError::Scheme => "only coap:// URIs are supported",
+            UriError::EmptyHost => "no host",
+            UriError::Port => "port must be a number 1..65535",
+            UriError::UserInfo => "CoAP URIs have no user@ part",
+            UriError::UnbracketedIpv6 => "write IPv6 addresses in brackets, e.g. [::1]:5683",
+            UriError::BadIpv6 => "not an IPv6 address in [...], or text after ] that is not :PORT",
+            UriError::Percent => "% must be followed by two hex digits",
+            UriError::SegmentTooLong => "a path segment or query item is longer than 255 bytes",
+            UriError::PathWithoutScheme => "a path needs the coap://host:port/path form",
+        })
+    }
+}
+
+/// A server to talk to, and the resource when the argument was a URI with
+/// a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name or IP address, without brackets.
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+    /// The URI's path and query, `None` when it had neither (or just `/`).
+    pub resource: Option<Resource>,
+}
+
+impl Target {
+    /// Parses `host:port`, `[v6]:port`, `host`, `[v6]` or
+    /// `coap://host[:port][/path][?query]`; the port defaults to 5683.
+    ///
+    /// # Errors
+    /// [`UriError`] naming what is wrong.
+    pub fn parse(text: &str) -> Result<Target, UriError> {
+        let (authority, rest) = match split_scheme(text)? {
+            Some(after) => {
+                // A fragment is never sent (RFC 7252 §6.4 step 7).
+                let after = after.split('#').next().unwrap_or("");
+                let end = after.find(['/', '?']).unwrap_or(after.len());
+                after.split_at(end)
+            }
+            None if text.contains(['/', '?']) => return Err(UriError::PathWithoutScheme),
+            None => (text, ""),
+        };
+        if authority.contains('@') {
+            return Err(UriError::UserInfo);
+        }
+        let (host, port) = split_host_port(authority)?;
+        let resource = Resource::parse(rest)?;
+        let resource = (!resource.is_root()).then_some(resource);
+        Ok(Target {
+            host: host.to_owned(),
+            port,
+            resource,
+        })
+    }
+
+    /// `host:port`, with brackets around an IPv6 address.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The first socket address the host resolves to.
+    ///
+    /// # Errors
+    /// As [`ToSocketAddrs`]; `NotFound` when the name has no address.
+    pub fn resolve(&self) -> io::Result<SocketAddr> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the name has no address"))
+    }
+}
+
+/// `Some(rest)` after `coap://` (any case), `None` without a scheme.
+fn split_scheme(text: &str) -> Result<Option<&str>, UriError> {
+    let Some(colon) = text.find("://") else {
+        return Ok(None);
+    };
+    let (scheme, rest) = text.split_at(colon);
+    if scheme.eq_ignore_ascii_case("coap") {
+        Ok(Some(rest.get(3..).unwrap_or("")))
+    } else {
+        Err(UriError::Scheme)
+    }
+}
+
+fn split_host_port(authority: &str) -> Result<(&str, u16), UriError> {
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed.split_once(']').ok_or(UriError::BadIpv6)?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(UriError::BadIpv6);
+        }
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':').ok_or(UriError::BadIpv6)?)),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((_, port)) if port.contains(':') => return Err(UriError::UnbracketedIpv6),
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(UriError::EmptyHost);
+    }
+    let port = match port {
+        // `coap://host:/` has an empty port: the default (RFC 3986 §3.2.3).
+        None | Some("") => DEFAULT_PORT,
+        Some(text) => text
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0 && text.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or(UriError::Port)?,
+    };
+    Ok((host, port))
+}
+
+/// A resource as Uri-Path and Uri-Query option values (percent-decoded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resource {
+    /// One value per path segment.
+    pub path: Vec<Vec<u8>>,
+    /// One value per `&`-separated query item.
+    pub query: Vec<Vec<u8>>,
+}
+
+impl Resource {
+    /// Parses `/a/b?x=1&y=2` (a missing leading `/` is assumed): every
+    /// segment and query item percent-decoded, as RFC 7252 §6.4 steps 8-9.
+    ///
+    /// # Errors
+    /// [`UriError::Percent`] or [`UriError::SegmentTooLong`].
+    pub fn parse(text: &str) -> Result<Resource, UriError> {
+        let (path, query) = text.split_once('?').unwrap_or((text, ""));
+        let path = path.strip_prefix('/').unwrap_or(path);
+        let mut resource = Resource::default();
+        if !path.is_empty() {
+            for segment in path.split('/') {
+                resource.path.push(percent_decode(segment)?);
+            }
+        }
+        if !query.is_empty() {
+            for item in query.split('&') {
+                resource.query.push(percent_decode(item)?);
+            }
+        }
+        Ok(resource)
+    }
+
+    /// `/updates`, where devices ask for updates.
+    pub fn updates() -> Resource {
+        Resource {
+            path: vec![b"updates".to_vec()],
+            query: Vec::new(),
+        }
+    }
+
+    /// `/updates/{id}`, one image.
+    pub fn image(id: &str) -> Resource {
+        Resource {
+            path: vec![b"updates".to_vec(), id.as_bytes().to_vec()],
+            query: Vec::new(),
+        }
+    }
+
+    /// True for `/` (or nothing): no Uri-Path, no Uri-Query.
+    pub fn is_root(&self) -> bool {
+        self.path.is_empty() && self.query.is_empty()
+    }
+}
+
+impl fmt::Display for Resource {
+    /// The resource as a path for messages (not re-encoded).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str("/")?;
+        }
+        for segment in &self.path {
+            write!(f, "/{}", String::from_utf8_lossy(segment))?;
+        }
+        for (i, item) in self.query.iter().enumerate() {
+            let separator = if i == 0 { '?' } else { '&' };
+            write!(f, "{separator}{}", String::from_utf8_lossy(item))?;
+        }
+        Ok(())
+    }
+}
+
+fn percent_decode(text: &str) -> Result<Vec<u8>, UriError> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = bytes.next().and_then(|h| char::from(h).to_digit(16));
+            let lo = bytes.next().and_then(|l| char::from(l).to_digit(16));
+            match (hi, lo) {
+                (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
+                _ => return Err(UriError::Percent),
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    if out.len() > 255 {
+        return Err(UriError::SegmentTooLong);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Retransmission and randomness
+// ---------------------------------------------------------------------------
+
+/// RFC 7252 §4.8 transmission parameters. ACK_RANDOM_FACTOR is fixed at
+/// the RFC's 1.5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retransmission {
+    /// ACK_TIMEOUT: the shortest initial wait for an answer.
+    pub ack_timeout: Duration,
+    /// MAX_RETRANSMIT: retransmissions after the first transmission.
+    pub max_retransmit: u32,
+}
+
+impl Default for Retransmission {
+    /// The RFC's defaults: ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4.
+    fn default() -> Self {
+        Retransmission {
+            ack_timeout: Duration::from_secs(2),
+            max_retransmit: 4,
+        }
+    }
+}
+
+impl Retransmission {
+    /// The first timeout, in `[ACK_TIMEOUT, ACK_TIMEOUT * 1.5)`, chosen by
+    /// `random` spread over the whole `u32` range (RFC 7252 §4.2).
+    pub fn initial_timeout(&self, random: u32) -> Duration {
+        let base = self.ack_timeout.as_nanos();
+        // base * (1 + 0.5 * random / 2^32)
+        let extra = (base * u128::from(random)) >> 33;
+        Duration::from_nanos(u64::try_from(base + extra).unwrap_or(u64::MAX))
+    }
+
+    /// The waits after each transmission: the initial timeout, doubled
+    /// after every retransmission, `MAX_RETRANSMIT + 1` of them. The sum
+    /// is at most MAX_TRANSMIT_WAIT (93 s with the defaults).
+    pub fn timeouts(&self, random: u32) -> impl Iterator<Item = Duration> {
+        let first = self.initial_timeout(random);
+        (0..=self.max_retransmit).map(move |i| first.saturating_mul(1u32.checked_shl(i).unwrap_or(u32::MAX)))
+    }
+
+    /// MAX_TRANSMIT_WAIT: `ACK_TIMEOUT * (2^(MAX_RETRANSMIT + 1) - 1) *
+    /// 1.5`; how long an answer separate from an empty ACK is awaited.
+    pub fn max_transmit_wait(&self) -> Duration {
+        let factor = 1u32
+            .checked_shl(self.max_retransmit.saturating_add(1))
+            .unwrap_or(u32::MAX)
+            .saturating_sub(1);
+        self.ack_timeout.saturating_mul(factor).saturating_mul(3) / 2
+    }
+}
+
+/// xorshift64*: Message IDs, tokens and timer jitter. Not cryptographic;
+/// enough that clients started together do not act in lockstep and that
+/// tokens are not guessable from the outside (RFC 7252 §5.3.1).
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator with a fixed seed (0 is replaced by a constant).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+    }
+
+    /// Seeded from std's per-process random SipHash keys, the time and the
+    /// process id.
+    pub fn from_entropy() -> XorShift {
+        let mut hasher = RandomState::new().build_hasher();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        hasher.write_u128(now);
+        hasher.write_u32(std::process::id());
+        XorShift::new(hasher.finish())
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// The next 32 random bits.
+    pub fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Requests and responses
+// ---------------------------------------------------------------------------
+
+/// One GET as the client sends it.
+#[derive(Debug, Clone, Copy)]
+pub struct Get<'a> {
+    /// Uri-Path and Uri-Query.
+    pub resource: &'a Resource,
+    /// Payload (the device payload for `/updates`), empty for none.
+    pub payload: &'a [u8],
+    /// Block2 option: the block asked for.
+    pub block2: Option<Block>,
+    /// Size2 option (0 asks the server for the body's size, RFC 7959 §4).
+    pub size2: Option<u32>,
+}
+
+/// Writes `get` as a Confirmable message with Message ID `mid`, `token`
+/// and, when the server asked for one, the Echo value; returns its length.
+///
+/// # Errors
+/// [`wire::EmitError::BufferTooSmall`] when it does not fit `out`.
+pub fn emit_get(
+    get: &Get<'_>,
+    mid: u16,
+    token: &[u8],
+    echo: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<usize, wire::EmitError> {
+    let mut e = Emitter::new(
+        out,
+        MessageType::Confirmable,
+        MessageClass::Request(RequestType::Get),
+        mid,
+        token,
+    )?;
+    for segment in &get.resource.path {
+        e.option(CoapOption::UriPath.into(), segment)?;
+    }
+    for item in &get.resource.query {
+        e.option(CoapOption::UriQuery.into(), item)?;
+    }
+    if let Some(block) = get.block2 {
+        e.option_block(CoapOption::Block2.into(), block)?;
+    }
+    if let Some(size) = get.size2 {
+        e.option_uint(CoapOption::Size2.into(), size)?;
+    }
+    if let Some(echo) = echo {
+        e.option(wire::OPTION_ECHO, echo)?;
+    }
+    e.payload(get.payload)
+}
+
+/// An answer, copied out of the datagram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// ACK (piggybacked), or CON/NON (a separate response).
+    pub mtype: MessageType,
+    /// Response code.
+    pub code: MessageClass,
+    /// Block2, `Err` when unusable (SZX 7).
+    pub block2: Option<Result<Block, BlockError>>,
+    /// Size2.
+    pub size2: Option<u32>,
+    /// ETag.
+    pub etag: Option<Vec<u8>>,
+    /// Content-Format.
+    pub content_format: Option<u16>,
+    /// Max-Age.
+    pub max_age: Option<u32>,
+    /// Echo (RFC 9175).
+    pub echo: Option<Vec<u8>>,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+impl Response {
+    fn from_message(msg: &Message<'_>) -> Response {
+        Response {
+            mtype: msg.mtype,
+            code: msg.class(),
+            block2: msg.block2,
+            size2: msg.size2,
+            etag: msg.etag.map(<[u8]>::to_vec),
+            content_format: msg.content_format,
+            max_age: msg.max_age,
+            echo: msg.echo.map(<[u8]>::to_vec),
+            payload: msg.payload.to_vec(),
+        }
+    }
+
+    /// The payload as text for an error message (RFC 7252 §5.5.2
+    /// diagnostic), lossy and cut at 200 characters.
+    pub fn diagnostic(&self) -> String {
+        String::from_utf8_lossy(&self.payload).chars().take(200).collect()
+    }
+
+    fn is(&self, code: ResponseType) -> bool {
+        self.code == MessageClass::Response(code)
+    }
+}
+
+/// What one received datagram means for the exchange `mid`/`token`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Matched {
+    /// A piggybacked answer: ACK with our Message ID and token.
+    Response(Response),
+    /// An empty ACK with our Message ID: the answer follows separately.
+    EmptyAck,
+    /// An RST with our Message ID: the server rejected the request.
+    Reset,
+    /// A separate answer (CON or NON with our token); a CON one must be
+    /// acknowledged with the Message ID given.
+    Separate(Response, Option<u16>),
+    /// Anything else: unparsable, another exchange's, a duplicate, a
+    /// request. Ignored.
+    Stray,
+}
+
+/// Classifies a datagram from the server for the exchange `mid`/`token`
+/// (RFC 7252 §5.3.2: a piggybacked answer matches on both, an RST on the
+/// Message ID, a separate answer on the token).
+pub fn match_reply(datagram: &[u8], mid: u16, token: &[u8]) -> Matched {
+    let Ok(msg) = Message::parse(datagram) else {
+        return Matched::Stray;
+    };
+    let is_response = matches!(msg.class(), MessageClass::Response(_));
+    match msg.mtype {
+        MessageType::Acknowledgement if msg.mid == mid => match msg.class() {
+            MessageClass::Empty => Matched::EmptyAck,
+            _ if is_response && msg.token == token => Matched::Response(Response::from_message(&msg)),
+            _ => Matched::Stray,
+        },
+        MessageType::Reset if msg.mid == mid => Matched::Reset,
+        MessageType::Confirmable if is_response && msg.token == token => {
+            Matched::Separate(Response::from_message(&msg), Some(msg.mid))
+        }
+        MessageType::NonConfirmable if is_response && msg.token == token => {
+            Matched::Separate(Response::from_message(&msg), None)
+        }
+        _ => Matched::Stray,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Block-wise transfer
+// ---------------------------------------------------------------------------
+
+/// Why a block-wise body is not one consistent representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferError {
+    /// A later block came without Block2.
+    MissingBlock2,
+    /// Block2 with the reserved SZX 7 or longer than 3 bytes.
+    BadBlock2,
+    /// The server raised the block size, which RFC 7959 §2.4 does not allow.
+    SizeIncreased {
+        /// SZX asked for.
+        asked: u8,
+        /// SZX answered.
+        got: u8,
+    },
+    /// The answer is for another block.
+    UnexpectedNum {
+        /// NUM expected.
+        expected: u32,
+        /// NUM answered.
+        got: u32,
+    },
+    /// A block with M set that is not full, or any block larger than its
+    /// size.
+    BlockLength {
+        /// NUM of the block.
+        num: u32,
+        /// Its payload length.
+        len: usize,
+        /// Its SZX's size.
+        size: usize,
+    },
+    /// The ETag differs from the first block's: the resource changed during
+    /// the download.
+    EtagChanged,
+    /// Size2 differs from an earlier block's.
+    Size2Changed {
+        /// Size2 first seen.
+        before: u32,
+        /// Size2 now.
+        now: u32,
+    },
+    /// The body's length is not the announced Size2.
+    SizeMismatch {
+        /// Size2.
+        size2: u32,
+        /// Bytes received.
+        got: u64,
+    },
+    /// The next block number would not fit the 20 bits of NUM.
+    TooManyBlocks,
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            TransferError::MissingBlock2 => f.write_str("a block came without Block2 option"),
+            TransferError::BadBlock2 => f.write_str("the server sent an invalid Block2 option"),
+            TransferError::SizeIncreased { asked, got } => write!(
+                f,
+                "the server answered {}-byte blocks to a request for {}-byte blocks",
+                16usize << got.min(7),
+                16usize << asked.min(7)
+            ),
+            TransferError::UnexpectedNum { expected, got } => {
+                write!(f, "asked for block {expected}, got block {got}")
+            }
+            TransferError::BlockLength { num, len, size } => {
+                write!(f, "block {num} has {len} bytes, not the {size} of its size")
+            }
+            TransferError::EtagChanged => {
+                f.write_str("the ETag changed during the download: the image changed on the server")
+            }
+            TransferError::Size2Changed { before, now } => {
+                write!(f, "Size2 changed from {before} to {now} during the download")
+            }
+            TransferError::SizeMismatch { size2, got } => {
+                write!(f, "received {got} bytes but Size2 announced {size2}")
+            }
+            TransferError::TooManyBlocks => f.write_str("body longer than 2^20 blocks"),
+        }
+    }
+}
+
+/// How far a block-wise download got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Blocks received.
+    pub blocks: u32,
+    /// The body's length when the server said (Size2).
+    pub total: Option<u32>,
+    /// Current block size.
+    pub block_size: usize,
+}
+
+impl Progress {
+    /// Blocks the whole body takes at the current size, when known. Blocks
+    /// already received at a larger size count as they were.
+    pub fn total_blocks(&self) -> Option<u64> {
+        let total = u64::from(self.total?);
+        let size = self.block_size.max(1) as u64;
+        let remaining = total.saturating_sub(self.bytes).div_ceil(size);
+        Some(u64::from(self.blocks) + remaining)
+    }
+}
+
+impl fmt::Display for Progress {
+    /// `  45%  13/29 blocks  13312/30000 B`, or `  13 blocks  13312 B`
+    /// without a known total.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.total, self.total_blocks()) {
+            (Some(total), Some(blocks)) => {
+                let percent = match total {
+                    0 => 100,
+                    t => self.bytes.saturating_mul(100) / u64::from(t),
+                };
+                write!(
+                    f,
+                    "{percent:>4}%  {}/{blocks} blocks  {}/{total} B",
+                    self.blocks, self.bytes
+                )
+            }
+            _ => {
+                let noun = if self.blocks == 1 { "block" } else { "blocks" };
+                write!(f, "  {} {noun}  {} B", self.blocks, self.bytes)
+            }
+        }
+    }
+}
+
+/// The Block2 state of one download, without I/O: ask [`next_block`]
+/// for the option to send, hand each answer to [`accept`].
+///
+/// [`next_block`]: BlockCursor::next_block
+/// [`accept`]: BlockCursor::accept
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockCursor {
+    position: u64,
+    szx: u8,
+    blocks: u32,
+    etag: Option<Vec<u8>>,
+    size2: Option<u32>,
+    done: bool,
+}
+
+impl BlockCursor {
+    /// A download that asks for `2^(szx + 4)`-byte blocks (SZX capped at 6).
+    pub fn new(szx: u8) -> BlockCursor {
+        BlockCursor {
+            position: 0,
+            szx: szx.min(Block::MAX_SZX),
+            blocks: 0,
+            etag: None,
+            size2: None,
+            done: false,
+        }
+    }
+
+    /// The Block2 option for the next request: the block that starts at
+    /// the byte position reached, at the current size (RFC 7959 §2.4).
+    ///
+    /// # Errors
+    /// [`TransferError::TooManyBlocks`] past NUM 2^20 - 1.
+    pub fn next_block(&self) -> Result<Block, TransferError> {
+        let num = self.position >> (u32::from(self.szx) + 4);
+        let num = u32::try_from(num)
+            .ok()
+            .filter(|n| *n <= Block::MAX_NUM)
+            .ok_or(TransferError::TooManyBlocks)?;
+        Ok(Block {
+            num,
+            more: false,
+            szx: self.szx,
+        })
+    }
+
+    /// Takes the answer to the request for [`BlockCursor::next_block`];
+    /// returns true when more blocks follow. The payload belongs to the
+    /// body once this returned `Ok`.
+    ///
+    /// An answer without Block2 to the first request is the whole body.
+    ///
+    /// # Errors
+    /// A [`TransferError`] when the answer is not the next part of the
+    /// same body; the download must stop.
+    pub fn accept(
+        &mut self,
+        block2: Option<Result<Block, BlockError>>,
+        etag: Option<&[u8]>,
+        size2: Option<u32>,
+        payload_len: usize,
+    ) -> Result<bool, TransferError> {
+        let block = match block2 {
+            None if self.blocks == 0 => None,
+            None => return Err(TransferError::MissingBlock2),
+            Some(Err(_)) => return Err(TransferError::BadBlock2),
+            Some(Ok(block)) => Some(block),
+        };
+        if let Some(block) = block {
+            if block.szx > self.szx {
+                return Err(TransferError::SizeIncreased {
+                    asked: self.szx,
+                    got: block.szx,
+                });
+            }
+            // The position reached is a multiple of every size up to the
+            // current one, so the answered NUM is exact at a smaller size.
+            let expected = self.position >> (u32::from(block.szx) + 4);
+            if u64::from(block.num) != expected {
+                return Err(TransferError::UnexpectedNum {
+                    expected: u32::try_from(expected).unwrap_or(u32::MAX),
+                    got: block.num,
+                });
+            }
+            let size = block.size();
+            if payload_len > size || (block.more && payload_len != size) {
+                return Err(TransferError::BlockLength {
+                    num: block.num,
+                    len: payload_len,
+                    size,
+                });
+            }
+        }
+        if self.blocks == 0 {
+            self.etag = etag.map(<[u8]>::to_vec);
+        } else if self.etag.as_deref() != etag {
+            return Err(TransferError::EtagChanged);
+        }
+        if let Some(now) = size2 {
+            match self.size2 {
+                Some(before) if before != now => return Err(TransferError::Size2Changed { before, now }),
+                _ => self.size2 = Some(now),
+            }
+        }
+        let position = self.position.saturating_add(payload_len as u64);
+        if let Some(size2) = self.size2 {
+            if position > u64::from(size2) {
+                return Err(TransferError::SizeMismatch { size2, got: position });
+            }
+        }
+        let more = block.is_some_and(|b| b.more);
+        if !more {
+            if let Some(size2) = self.size2.filter(|s| u64::from(*s) != position) {
+                return Err(TransferError::SizeMismatch { size2, got: position });
+            }
+        }
+        self.position = position;
+        if let Some(block) = block {
+            self.szx = block.szx;
+        }
+        self.blocks = self.blocks.saturating_add(1);
+        self.done = !more;
+        Ok(more)
+    }
+
+    /// Where the download stands.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            bytes: self.position,
+            blocks: self.blocks,
+            total: self.size2,
+            block_size: 16 << self.szx,
+        }
+    }
+
+    /// The ETag of the body, once the first block came.
+    pub fn etag(&self) -> Option<&[u8]> {
+        self.etag.as_deref()
+    }
+
+    /// True once the last block was accepted.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------
+
+/// Why a request or download failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// A socket error.
+    Io(io::Error),
+    /// The kernel reported an ICMP error (port or host unreachable):
+    /// nothing listens at the address.
+    Unreachable(io::Error),
+    /// No answer after every retransmission.
+    Timeout {
+        /// Times the request was sent.
+        transmissions: u32,
+        /// Time waited in all.
+        waited: Duration,
+    },
+    /// The server rejected the request with an RST.
+    Reset,
+    /// No newer image: 4.04 to a lookup, RST to the legacy request.
+    NoUpdate,
+    /// An answer with an unexpected code.
+    Status {
+        /// The code, e.g. 4.00.
+        code: MessageClass,
+        /// Its diagnostic payload.
+        diagnostic: String,
+    },
+    /// A lookup answer that is not an image id.
+    BadId(String),
+    /// The body is not one consistent representation.
+    Transfer(TransferError),
+    /// The request does not fit a datagram.
+    RequestTooLarge,
+    /// The body could not be written out.
+    Output(io::Error),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "socket error: {e}"),
+            ClientError::Unreachable(e) => write!(f, "unreachable, no CoAP server there ({e})"),
+            ClientError::Timeout {
+                transmissions,
+                waited,
+            } => write!(
+                f,
+                "no answer after {transmissions} transmissions in {:.1} s",
+                waited.as_secs_f64()
+            ),
+            ClientError::Reset => f.write_str("the server rejected the request (RST)"),
+            ClientError::NoUpdate => f.write_str("no update available"),
+            ClientError::Status { code, diagnostic } if diagnostic.is_empty() => {
+                write!(f, "the server answered {code} {}", code_name(*code))
+            }
+            ClientError::Status { code, diagnostic } => {
+                write!(f, "the server answered {code} {}: {diagnostic}", code_name(*code))
+            }
+            ClientError::BadId(text) => write!(f, "the lookup answer '{text}' is not an image id"),
+            ClientError::Transfer(e) => e.fmt(f),
+            ClientError::RequestTooLarge => f.write_str("the request does not fit a datagram"),
+            ClientError::Output(e) => write!(f, "cannot write the body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<TransferError> for ClientError {
+    fn from(e: TransferError) -> Self {
+        ClientError::Transfer(e)
+    }
+}
+
+/// The reason phrase of a response code, for messages.
+pub fn code_name(code: MessageClass) -> &'static str {
+    match code {
+        MessageClass::Response(r) => match r {
+            ResponseType::Content => "Content",
+            ResponseType::BadRequest => "Bad Request",
+            ResponseType::Unauthorized => "Unauthorized",
+            ResponseType::BadOption => "Bad Option",
+            ResponseType::Forbidden => "Forbidden",
+            ResponseType::NotFound => "Not Found",
+            ResponseType::MethodNotAllowed => "Method Not Allowed",
+            ResponseType::NotAcceptable => "Not Acceptable",
+            ResponseType::RequestEntityTooLarge => "Request Entity Too Large",
+            ResponseType::TooManyRequests => "Too Many Requests",
+            ResponseType::InternalServerError => "Internal Server Error",
+            ResponseType::ServiceUnavailable => "Service Unavailable",
+            _ => "",
+        },
+        _ => "",
+    }
+}
+
+/// What the client did so far, for the summary line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests (exchanges), each with a fresh Message ID.
+    pub requests: u32,
+    /// Datagrams sent again after a timeout.
+    pub retransmissions: u32,
+    /// Datagrams received that matched nothing (late duplicates, strays).
+    pub ignored: u32,
+    /// Requests repeated with an Echo value.
+    pub echo_retries: u32,
+    /// Waits after a 4.29.
+    pub rate_limit_waits: u32,
+}
+
+/// A body to download block-wise.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRequest<'a> {
+    /// Uri-Path and Uri-Query.
+    pub resource: &'a Resource,
+    /// Sent with every block request (an OFFSET, or the legacy device
+    /// payload).
+    pub payload: &'a [u8],
+    /// The legacy `/updates` protocol: an RST to the first block means "no
+    /// update", and no Size2 is asked for, exactly as devices do.
+    pub legacy: bool,
+}
+
+/// A finished download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Body length.
+    pub bytes: u64,
+    /// Blocks received (1 for an answer without Block2).
+    pub blocks: u32,
+    /// The body's ETag.
+    pub etag: Option<Vec<u8>>,
+    /// Block size at the end (the server may have lowered it).
+    pub block_size: usize,
+    /// Content-Format of the first block.
+    pub content_format: Option<u16>,
+}
+
+/// One UDP socket connected to one server, with the per-server state of
+/// RFC 7252 (next Message ID) and RFC 9175 (the last Echo value).
+#[derive(Debug)]
+pub struct Client {
+    socket: UdpSocket,
+    server: SocketAddr,
+    params: Retransmission,
+    rng: XorShift,
+    next_mid: u16,
+    echo: Option<Vec<u8>>,
+    last_separate_mid: Option<u16>,
+    stats: Stats,
+    tx: Vec<u8>,
+    rx: Vec<u8>,
+}
+
+impl Client {
+    /// Binds an ephemeral port of the server's address family and connects
+    /// it to `server`, so that only the server's datagrams arrive and an
+    /// ICMP port unreachable is reported ([`ClientError::Unreachable`]).
+    ///
+    /// # Errors
+    /// As [`UdpSocket::bind`] and [`UdpSocket::connect`].
+    pub fn connect(server: SocketAddr, params: Retransmission) -> io::Result<Client> {
+        Client::with_rng(server, params, XorShift::from_entropy())
+    }
+
+    /// As [`Client::connect`] with a given random source (for tests).
+    ///
+    /// # Errors
+    /// As [`UdpSocket::bind`] and [`UdpSocket::connect`].
+    pub fn with_rng(server: SocketAddr, params: Retransmission, mut rng: XorShift) -> io::Result<Client> {
+        let bind: SocketAddr = if server.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(bind)?;
+        socket.connect(server)?;
+        // RFC 7252 §4.4: start Message IDs at a random value.
+        let next_mid = rng.next_u32() as u16;
+        Ok(Client {
+            socket,
+            server,
+            params,
+            rng,
+            next_mid,
+            echo: None,
+            last_separate_mid: None,
+            stats: Stats::default(),
+            tx: vec![0; TX_LEN],
+            rx: vec![0; RX_LEN],
+        })
+    }
+
+    /// The server's address.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// What the client did so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// A fresh random 4-byte token.
+    pub fn new_token(&mut self) -> [u8; 4] {
+        self.rng.next_u32().to_be_bytes()
+    }
+
+    /// Sends `get` and returns the answer. A 4.01 with an Echo option is
+    /// answered by repeating the request with that value, which is then
+    /// sent with every later request (RFC 9175 §2.3); a 4.29 by waiting
+    /// Max-Age seconds (1 without, at most 60) and repeating, at most
+    /// [`MAX_RATE_LIMIT_WAITS`] times. Each repetition is a new message.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`], [`ClientError::Reset`],
+    /// [`ClientError::Unreachable`], [`ClientError::Io`],
+    /// [`ClientError::RequestTooLarge`]. Error codes are answers, not
+    /// errors.
+    pub fn request(&mut self, get: &Get<'_>, token: &[u8]) -> Result<Response, ClientError> {
+        let mut echo_retries = 0;
+        let mut waits = 0;
+        loop {
+            let response = self.exchange(get, token)?;
+            if response.is(ResponseType::Unauthorized) && echo_retries < MAX_ECHO_RETRIES {
+                if let Some(echo) = &response.echo {
+                    self.echo = Some(echo.clone());
+                    echo_retries += 1;
+                    self.stats.echo_retries += 1;
+                    continue;
+                }
+            }
+            if response.is(ResponseType::TooManyRequests) && waits < MAX_RATE_LIMIT_WAITS {
+                waits += 1;
+                self.stats.rate_limit_waits += 1;
+                std::thread::sleep(retry_after(&response));
+                continue;
+            }
+            return Ok(response);
+        }
+    }
+
+    /// Asks `/updates` whether there is an image newer than the device's
+    /// version (PROTOCOL.md §2.1, lookup form) and returns its id.
+    ///
+    /// # Errors
+    /// [`ClientError::NoUpdate`] on 4.04, [`ClientError::Status`] on other
+    /// codes, [`ClientError::BadId`], and those of [`Client::request`].
+    pub fn lookup(&mut self, device: &DeviceRequest<'_>) -> Result<String, ClientError> {
+        let lookup = DeviceRequest {
+            offset: None,
+            ..*device
+        };
+        let mut payload = [0u8; MAX_DEVICE_PAYLOAD];
+        let len = firmware::write_payload(&lookup, &mut payload).ok_or(ClientError::RequestTooLarge)?;
+        let resource = Resource::updates();
+        let get = Get {
+            resource: &resource,
+            payload: payload.get(..len).unwrap_or(&[]),
+            block2: None,
+            size2: None,
+        };
+        let token = self.new_token();
+        let response = self.request(&get, &token)?;
+        if response.is(ResponseType::NotFound) {
+            return Err(ClientError::NoUpdate);
+        }
+        if !response.is(ResponseType::Content) {
+            return Err(status(&response));
+        }
+        let id = String::from_utf8_lossy(&response.payload).into_owned();
+        let plausible =
+            !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+        if !plausible {
+            return Err(ClientError::BadId(id.chars().take(64).collect()));
+        }
+        Ok(id)
+    }
+
+    /// Downloads a body block-wise with `szx`-sized blocks (or the server's
+    /// smaller ones) into `sink`, calling `progress` after every block.
+    /// Every block request carries the same payload and token, and a fresh
+    /// Message ID; the first one Size2 0 unless `legacy`.
+    ///
+    /// # Errors
+    /// [`ClientError::Transfer`] when the blocks are not one body,
+    /// [`ClientError::Status`] on a code other than 2.05,
+    /// [`ClientError::NoUpdate`] on an RST to the first legacy request,
+    /// [`ClientError::Output`], and those of [`Client::request`].
+    pub fn download(
+        &mut self,
+        body: &BodyRequest<'_>,
+        szx: u8,
+        sink: &mut dyn Write,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<Transfer, ClientError> {
+        let token = self.new_token();
+        let mut cursor = BlockCursor::new(szx);
+        let mut content_format = None;
+        loop {
+            let block = cursor.next_block()?;
+            let get = Get {
+                resource: body.resource,
+                payload: body.payload,
+                block2: Some(block),
+                size2: (block.num == 0 && !body.legacy).then_some(0),
+            };
+            let response = match self.request(&get, &token) {
+                Err(ClientError::Reset) if body.legacy && cursor.progress().blocks == 0 => {
+                    return Err(ClientError::NoUpdate)
+                }
+                other => other?,
+            };
+            if !response.is(ResponseType::Content) {
+                return Err(status(&response));
+            }
+            if cursor.progress().blocks == 0 {
+                content_format = response.content_format;
+            }
+            let more = cursor.accept(
+                response.block2,
+                response.etag.as_deref(),
+                response.size2,
+                response.payload.len(),
+            )?;
+            sink.write_all(&response.payload).map_err(ClientError::Output)?;
+            progress(&cursor.progress());
+            if !more {
+                let done = cursor.progress();
+                return Ok(Transfer {
+                    bytes: done.bytes,
+                    blocks: done.blocks,
+                    etag: cursor.etag().map(<[u8]>::to_vec),
+                    block_size: done.block_size,
+                    content_format,
+                });
+            }
+        }
+    }
+
+    /// One Confirmable exchange: send, retransmit on the RFC 7252 §4.2
+    /// schedule, return the first matching answer.
+    fn exchange(&mut self, get: &Get<'_>, token: &[u8]) -> Result<Response, ClientError> {
+        let mid = self.next_mid;
+        self.next_mid = self.next_mid.wrapping_add(1);
+        let len = emit_get(get, mid, token, self.echo.as_deref(), &mut self.tx)
+            .map_err(|_| ClientError::RequestTooLarge)?;
+        self.stats.requests += 1;
+        let started = Instant::now();
+        let mut timeouts = self.params.timeouts(self.rng.next_u32());
+        let mut transmissions = 0u32;
+        let mut separate_deadline = None;
+        loop {
+            let deadline = match separate_deadline {
+                Some(deadline) => deadline,
+                None => {
+                    let Some(timeout) = timeouts.next() else {
+                        return Err(ClientError::Timeout {
+                            transmissions,
+                            waited: started.elapsed(),
+                        });
+                    };
+                    self.send(len)?;
+                    if transmissions > 0 {
+                        self.stats.retransmissions += 1;
+                    }
+                    transmissions += 1;
+                    Instant::now() + timeout
+                }
+            };
+            match self.receive(mid, token, deadline)? {
+                Received::Response(response) => return Ok(response),
+                Received::Reset => return Err(ClientError::Reset),
+                // The request arrived; stop retransmitting and wait for
+                // the separate answer (RFC 7252 §5.2.2).
+                Received::EmptyAck if separate_deadline.is_none() => {
+                    separate_deadline = Some(Instant::now() + self.params.max_transmit_wait());
+                }
+                Received::EmptyAck => {}
+                Received::Deadline if separate_deadline.is_some() => {
+                    return Err(ClientError::Timeout {
+                        transmissions,
+                        waited: started.elapsed(),
+                    })
+                }
+                Received::Deadline => {}
+            }
+        }
+    }
+
+    fn send(&mut self, len: usize) -> Result<(), ClientError> {
+        let datagram = self.tx.get(..len).ok_or(ClientError::RequestTooLarge)?;
+        match self.socket.send(datagram) {
+            Ok(_) => Ok(()),
+            Err(e) if is_unreachable(&e) => Err(ClientError::Unreachable(e)),
+            Err(e) => Err(ClientError::Io(e)),
+        }
+    }
+
+    /// Receives until a datagram matches `mid`/`token` or `deadline`
+    /// passes; acknowledges separate CON answers.
+    fn receive(&mut self, mid: u16, token: &[u8], deadline: Instant) -> Result<Received, ClientError> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Received::Deadline);
+            }
+            self.socket
+                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
+                .map_err(ClientError::Io)?;
+            let len = match self.socket.recv(&mut self.rx) {
+                Ok(len) => len,
+                Err(e) if is_unreachable(&e) => return Err(ClientError::Unreachable(e)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(ClientError::Io(e)),
+            };
+            if len >= self.rx.len() {
+                self.stats.ignored += 1;
+                continue;
+            }
+            let datagram = self.rx.get(..len).unwrap_or(&[]);
+            match match_reply(datagram, mid, token) {
+                Matched::Response(response) => return Ok(Received::Response(response)),
+                Matched::EmptyAck => return Ok(Received::EmptyAck),
+                Matched::Reset => return Ok(Received::Reset),
+                Matched::Separate(response, confirm) => {
+                    if let Some(their_mid) = confirm {
+                        self.acknowledge(their_mid)?;
+                        // A retransmitted separate answer already taken.
+                        if self.last_separate_mid == Some(their_mid) {
+                            self.stats.ignored += 1;
+                            continue;
+                        }
+                        self.last_separate_mid = Some(their_mid);
+                    }
+                    return Ok(Received::Response(response));
+                }
+                Matched::Stray => self.stats.ignored += 1,
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, mid: u16) -> Result<(), ClientError> {
+        let mut ack = [0u8; wire::HEADER_LEN];
+        let len = wire::emit_empty(&mut ack, MessageType::Acknowledgement, mid)
+            .map_err(|_| ClientError::RequestTooLarge)?;
+        self.socket
+            .send(ack.get(..len).unwrap_or(&[]))
+            .map(|_| ())
+            .map_err(ClientError::Io)
+    }
+}
+
+/// What [`Client::receive`] got before its deadline.
+enum Received {
+    Response(Response),
+    EmptyAck,
+    Reset,
+    Deadline,
+}
+
+/// How long to wait after a 4.29: Max-Age seconds, 1 without, at most 60.
+pub fn retry_after(response: &Response) -> Duration {
+    let seconds = response
+        .max_age
+        .unwrap_or(DEFAULT_RETRY_AFTER_S)
+        .min(MAX_RETRY_AFTER_S);
+    Duration::from_secs(u64::from(seconds))
+}
+
+fn status(response: &Response) -> ClientError {
+    ClientError::Status {
+        code: response.code,
+        diagnostic: response.diagnostic(),
+    }
+}
+
+/// The errors an ICMP unreachable turns into on a connected UDP socket.
+fn is_unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::thread;
+
+    // -- SERVER and PATH ---------------------------------------------------
+
+    fn target(text: &str) -> Target {
+        Target::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn host_port_forms_default_to_port_5683() {
+        let t = target("127.0.0.1:5684");
+        assert_eq!((t.host.as_str(), t.port, t.resource), ("127.0.0.1", 5684, None));
+        let t = target("[::1]:61616");
+        assert_eq!((t.host.as_str(), t.port), ("::1", 61616));
+        assert_eq!(t.authority(), "[::1]:61616");
+        assert_eq!(target("localhost").port, DEFAULT_PORT);
+        assert_eq!(target("[fe80::1]").port, DEFAULT_PORT);
+        assert_eq!(target("example.org:1").authority(), "example.org:1");
+    }
+
+    #[test]
+    fn coap_uri_gives_host_port_and_resource() {
+        let t = target("coap://[::1]:5683/.well-known/core");
+        assert_eq!((t.host.as_str(), t.port), ("::1", 5683));
+        let r = t.resource.unwrap();
+        assert_eq!(r.path, vec![b".well-known".to_vec(), b"core".to_vec()]);
+        assert!(r.query.is_empty());
+
+        let t = target("COAP://example.org/updates?pid=A%20B&type=APP#frag");
+        assert_eq!((t.host.as_str(), t.port), ("example.org", DEFAULT_PORT));
+        let r = t.resource.unwrap();
+        assert_eq!(r.path, vec![b"updates".to_vec()]);
+        assert_eq!(r.query, vec![b"pid=A B".to_vec(), b"type=APP".to_vec()]);
+        assert_eq!(r.to_string(), "/updates?pid=A B&type=APP");
+    }
+
+    #[test]
+    fn root_path_or_none_means_no_resource() {
+        for text in ["coap://h", "coap://h/", "coap://h:7/", "coap://h:/"] {
+            assert_eq!(target(text).resource, None, "{text}");
+        }
+        assert_eq!(target("coap://h:/").port, DEFAULT_PORT);
+        assert_eq!(target("coap://h?x").resource.unwrap().query, vec![b"x".to_vec()]);
+    }
+
+    #[test]
+    fn bad_server_arguments_say_why() {
+        let cases = [
+            ("coaps://h", UriError::Scheme),
+            ("http://h/", UriError::Scheme),
+            ("", UriError::EmptyHost),
+            (":5683", UriError::EmptyHost),
+            ("coap://", UriError::EmptyHost),
+            ("h:0", UriError::Port),
+            ("h:65536", UriError::Port),
+            ("h:+80", UriError::Port),
+            ("h:x", UriError::Port),
+            ("::1", UriError::UnbracketedIpv6),
+            ("::1:5683", UriError::UnbracketedIpv6),
+            ("[::1", UriError::BadIpv6),
+            ("[not-v6]:1", UriError::BadIpv6),
+            ("[::1]5683", UriError::BadIpv6),
+            ("coap://u@h/", UriError::UserInfo),
+            ("h:5683/updates", UriError::PathWithoutScheme),
+            ("coap://h/%zz", UriError::Percent),
+            ("coap://h/%4", UriError::Percent),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(Target::parse(text), Err(expected), "{text}");
+        }
+        let long = format!("coap://h/{}", "a".repeat(256));
+        assert_eq!(Target::parse(&long), Err(UriError::SegmentTooLong));
+        let max = format!("coap://h/{}", "a".repeat(255));
+        assert!(Target::parse(&max).is_ok());
+    }
+
+    #[test]
+    fn path_is_split_into_options_as_rfc7252_section_6_4() {
+        let r = Resource::parse("/a//b%2Fc?x=1&&y").unwrap();
+        assert_eq!(r.path, vec![b"a".to_vec(), b"".to_vec(), b"b/c".to_vec()]);
+        assert_eq!(r.query, vec![b"x=1".to_vec(), b"".to_vec(), b"y".to_vec()]);
+        assert_eq!(Resource::parse("updates").unwrap(), Resource::updates());
+        assert!(Resource::parse("/").unwrap().is_root());
+        assert!(Resource::parse("").unwrap().is_root());
+        assert_eq!(Resource::image("0d0ad509").to_string(), "/updates/0d0ad509");
+        assert_eq!(Resource::default().to_string(), "/");
+    }
+
+    // -- retransmission schedule -------------------------------------------
+
+    #[test]
+    fn initial_timeout_is_in_ack_timeout_times_1_to_1_5() {
+        let p = Retransmission::default();
+        assert_eq!(p.initial_timeout(0), Duration::from_secs(2));
+        assert_eq!(p.initial_timeout(1 << 31), Duration::from_millis(2500));
+        let top = p.initial_timeout(u32::MAX);
+        assert!(
+            top < Duration::from_secs(3) && top > Duration::from_millis(2999),
+            "{top:?}"
+        );
+        let mut rng = XorShift::new(7);
+        for _ in 0..1000 {
+            let t = p.initial_timeout(rng.next_u32());
+            assert!(t >= Duration::from_secs(2) && t < Duration::from_secs(3), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn timeouts_double_for_max_retransmit_retransmissions() {
+        let p = Retransmission::default();
+        let secs: Vec<u64> = p.timeouts(0).map(|d| d.as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32]);
+        let ms: Vec<u128> = p.timeouts(1 << 31).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [2500, 5000, 10000, 20000, 40000]);
+        // The whole wait never exceeds MAX_TRANSMIT_WAIT (93 s).
+        assert_eq!(p.max_transmit_wait(), Duration::from_secs(93));
+        let total: Duration = p.timeouts(u32::MAX).sum();
+        assert!(total < p.max_transmit_wait());
+        let fast = Retransmission {
+            ack_timeout: Duration::from_millis(100),
+            max_retransmit: 1,
+        };
+        let ms: Vec<u128> = fast.timeouts(0).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [100, 200]);
+    }
+
+    #[test]
+    fn xorshift_is_deterministic_per_seed_and_never_stuck() {
+        let a: Vec<u32> = (0..4).scan(XorShift::new(1), |r, _| Some(r.next_u32())).collect();
+        let b: Vec<u32> = (0..4).scan(XorShift::new(1), |r, _| Some(r.next_u32())).collect();
+        assert_eq!(a, b);
+        let mut zero = XorShift::new(0);
+        assert_ne!(zero.next_u64(), zero.next_u64());
+    }
+
+    // -- messages ------------------------------------------------------------
+
+    #[test]
+    fn emitted_get_parses_with_coap_lite_oracle() {
+        let resource = Resource::parse("/updates/0d0ad509?x=1").unwrap();
+        let get = Get {
+            resource: &resource,
+            payload: &[0, 4, 0, 0],
+            block2: Some(Block {
+                num: 300,
+                more: false,
+                szx: 2,
+            }),
+            size2: Some(0),
+        };
+        let mut out = [0u8; 128];
+        let len = emit_get(&get, 0x1234, &[1, 2, 3, 4], Some(b"echo"), &mut out).unwrap();
+        let packet = coap_lite::Packet::from_bytes(&out[..len]).unwrap();
+        assert_eq!(packet.header.message_id, 0x1234);
+        assert_eq!(packet.header.get_type(), MessageType::Confirmable);
+        assert_eq!(packet.header.code, MessageClass::Request(RequestType::Get));
+        assert_eq!(packet.get_token(), &[1, 2, 3, 4]);
+        let path: Vec<&Vec<u8>> = packet.get_option(CoapOption::UriPath).unwrap().iter().collect();
+        assert_eq!(path, [&b"updates".to_vec(), &b"0d0ad509".to_vec()]);
+        let block = packet.get_option(CoapOption::Block2).unwrap().front().unwrap();
+        assert_eq!(block, &vec![0x12, 0xC2]); // NUM 300, M 0, SZX 2
+        let size2 = packet.get_option(CoapOption::Size2).unwrap().front().unwrap();
+        assert!(size2.is_empty()); // uint 0 is the empty string
+        let echo = packet.get_option(CoapOption::Unknown(wire::OPTION_ECHO)).unwrap();
+        assert_eq!(echo.front().unwrap(), b"echo");
+        assert_eq!(packet.payload, [0, 4, 0, 0]);
+        // And with the crate's own parser.
+        let msg = Message::parse(&out[..len]).unwrap();
+        assert_eq!(msg.query.as_slice(), &[&b"x=1"[..]]);
+    }
+
+    #[test]
+    fn emit_get_fails_cleanly_when_the_buffer_is_short() {
+        let resource = Resource::updates();
+        let get = Get {
+            resource: &resource,
+            payload: &[1; 40],
+            block2: None,
+            size2: None,
+        };
+        let mut out = [0u8; 20];
+        assert_eq!(
+            emit_get(&get, 1, &[], None, &mut out),
+            Err(wire::EmitError::BufferTooSmall)
+        );
+    }
+
+    /// An answer from the server: `mtype`, `code`, mid, token, options.
+    fn answer(mtype: MessageType, code: MessageClass, mid: u16, token: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut out = [0u8; 256];
+        let e = Emitter::new(&mut out, mtype, code, mid, token).unwrap();
+        let len = e.payload(payload).unwrap();
+        out[..len].to_vec()
+    }
+
+    const CONTENT: MessageClass = MessageClass::Response(ResponseType::Content);
+
+    #[test]
+    fn piggybacked_answer_matches_on_mid_and_token() {
+        let ack = MessageType::Acknowledgement;
+        let ok = answer(ack, CONTENT, 7, b"tok", b"hi");
+        match match_reply(&ok, 7, b"tok") {
+            Matched::Response(r) => assert_eq!(r.payload, b"hi"),
+            other => panic!("{other:?}"),
+        }
+        // Another exchange's answer (old MID: a late duplicate), or our MID
+        // with a foreign token: ignored.
+        assert_eq!(
+            match_reply(&answer(ack, CONTENT, 6, b"tok", b"x"), 7, b"tok"),
+            Matched::Stray
+        );
+        assert_eq!(
+            match_reply(&answer(ack, CONTENT, 7, b"tik", b"x"), 7, b"tok"),
+            Matched::Stray
+        );
+        // Not CoAP, or a request.
+        assert_eq!(match_reply(b"\xFF\x00", 7, b"tok"), Matched::Stray);
+        let get = MessageClass::Request(RequestType::Get);
+        assert_eq!(
+            match_reply(&answer(ack, get, 7, b"tok", b""), 7, b"tok"),
+            Matched::Stray
+        );
+    }
+
+    #[test]
+    fn empty_ack_reset_and_separate_answers_are_told_apart() {
+        let mut buf = [0u8; 4];
+        let n = wire::emit_empty(&mut buf, MessageType::Acknowledgement, 9).unwrap();
+        assert_eq!(match_reply(&buf[..n], 9, b"t"), Matched::EmptyAck);
+        let n = wire::emit_empty(&mut buf, MessageType::Reset, 9).unwrap();
+        assert_eq!(match_reply(&buf[..n], 9, b"t"), Matched::Reset);
+        assert_eq!(match_reply(&buf[..n], 10, b"t"), Matched::Stray);
+        let con = answer(MessageType::Confirmable, CONTENT, 500, b"t", b"late");
+        assert!(matches!(
+            match_reply(&con, 9, b"t"),
+            Matched::Separate(_, Some(500))
+        ));
+        let non = answer(MessageType::NonConfirmable, CONTENT, 501, b"t", b"late");
+        assert!(matches!(match_reply(&non, 9, b"t"), Matched::Separate(_, None)));
+        assert_eq!(match_reply(&non, 9, b"other"), Matched::Stray);
+    }
+
+    #[test]
+    fn retry_after_uses_max_age_default_1_cap_60() {
+        let mut r = match match_reply(
+            &answer(MessageType::Acknowledgement, CONTENT, 1, b"", b""),
+            1,
+            b"",
+        ) {
+            Matched::Response(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(retry_after(&r), Duration::from_secs(1));
+        r.max_age = Some(5);
+        assert_eq!(retry_after(&r), Duration::from_secs(5));
+        r.max_age = Some(3600);
+        assert_eq!(retry_after(&r), Duration::from_secs(60));
+    }
+
+    // -- block continuation --------------------------------------------------
+
+    fn block(num: u32, more: bool, szx: u8) -> Option<Result<Block, BlockError>> {
+        Some(Ok(Block { num, more, szx }))
+    }
+
+    const ETAG: &[u8] = &[1, 2, 3, 4, 5, 6, 7, 8];
+
+    #[test]
+    fn blocks_follow_one_another_at_the_asked_size() {
+        let mut c = BlockCursor::new(6);
+        assert_eq!(
+            c.next_block().unwrap(),
+            Block {
+                num: 0,
+                more: false,
+                szx: 6
+            }
+        );
+        assert_eq!(
+            c.accept(block(0, true, 6), Some(ETAG), Some(2000), 1024),
+            Ok(true)
+        );
+        assert_eq!(c.next_block().unwrap().num, 1);
+        assert_eq!(c.accept(block(1, false, 6), Some(ETAG), None, 976), Ok(false));
+        assert!(c.is_done());
+        let p = c.progress();
+        assert_eq!((p.bytes, p.blocks, p.total), (2000, 2, Some(2000)));
+        assert_eq!(c.etag(), Some(ETAG));
+    }
+
+    #[test]
+    fn smaller_server_size_continues_from_the_byte_position_rfc7959_2_4() {
+        // Asked for 1024, the server answers 256-byte block 0: the next
+        // request is block 1 at 256 bytes (byte 256), not block 1 at 1024.
+        let mut c = BlockCursor::new(6);
+        assert_eq!(c.accept(block(0, true, 4), Some(ETAG), Some(1000), 256), Ok(true));
+        assert_eq!(
+            c.next_block().unwrap(),
+            Block {
+                num: 1,
+                more: false,
+                szx: 4
+            }
+        );
+        // Shrinking again mid-way: byte 512 is block 8 at 64 bytes.
+        assert_eq!(c.accept(block(1, true, 4), Some(ETAG), None, 256), Ok(true));
+        assert_eq!(c.accept(block(8, true, 2), Some(ETAG), None, 64), Ok(true));
+        assert_eq!(
+            c.next_block().unwrap(),
+            Block {
+                num: 9,
+                more: false,
+                szx: 2
+            }
+        );
+        assert_eq!(c.progress().block_size, 64);
+    }
+
+    #[test]
+    fn a_larger_block_from_the_server_is_refused() {
+        let mut c = BlockCursor::new(4);
+        assert_eq!(
+            c.accept(block(0, true, 6), Some(ETAG), None, 1024),
+            Err(TransferError::SizeIncreased { asked: 4, got: 6 })
+        );
+    }
+
+    #[test]
+    fn an_answer_for_another_block_is_refused() {
+        let mut c = BlockCursor::new(0);
+        c.accept(block(0, true, 0), Some(ETAG), None, 16).unwrap();
+        assert_eq!(
+            c.accept(block(0, true, 0), Some(ETAG), None, 16),
+            Err(TransferError::UnexpectedNum { expected: 1, got: 0 })
+        );
+        // The refused answer changed nothing.
+        assert_eq!(c.next_block().unwrap().num, 1);
+    }
+
+    #[test]
+    fn etag_change_between_blocks_is_an_error() {
+        let mut c = BlockCursor::new(0);
+        c.accept(block(0, true, 0), Some(ETAG), None, 16).unwrap();
+        let other: &[u8] = &[9; 8];
+        assert_eq!(
+            c.accept(block(1, false, 0), Some(other), None, 3),
+            Err(TransferError::EtagChanged)
+        );
+        assert_eq!(
+            c.accept(block(1, false, 0), None, None, 3),
+            Err(TransferError::EtagChanged)
+        );
+        assert_eq!(c.accept(block(1, false, 0), Some(ETAG), None, 3), Ok(false));
+    }
+
+    #[test]
+    fn total_must_match_size2() {
+        let mut c = BlockCursor::new(0);
+        c.accept(block(0, true, 0), Some(ETAG), Some(20), 16).unwrap();
+        assert_eq!(
+            c.accept(block(1, false, 0), Some(ETAG), None, 3),
+            Err(TransferError::SizeMismatch { size2: 20, got: 19 })
+        );
+        let mut c = BlockCursor::new(0);
+        c.accept(block(0, true, 0), Some(ETAG), Some(20), 16).unwrap();
+        assert_eq!(
+            c.accept(block(1, true, 0), Some(ETAG), None, 16),
+            Err(TransferError::SizeMismatch { size2: 20, got: 32 })
+        );
+        let mut c = BlockCursor::new(0);
+        c.accept(block(0, true, 0), Some(ETAG), Some(20), 16).unwrap();
+        assert_eq!(
+            c.accept(block(1, false, 0), Some(ETAG), Some(21), 4),
+            Err(TransferError::Size2Changed { before: 20, now: 21 })
+        );
+    }
+
+    #[test]
+    fn short_or_oversized_blocks_are_refused() {
+        let mut c = BlockCursor::new(0);
+        assert_eq!(
+            c.accept(block(0, true, 0), Some(ETAG), None, 15),
+            Err(TransferError::BlockLength {
+                num: 0,
+                len: 15,
+                size: 16
+            })
+        );
+        assert_eq!(
+            c.accept(block(0, false, 0), Some(ETAG), None, 17),
+            Err(TransferError::BlockLength {
+                num: 0,
+                len: 17,
+                size: 16
+            })
+        );
+        // An empty last block is a valid empty body.
+        assert_eq!(c.accept(block(0, false, 0), Some(ETAG), Some(0), 0), Ok(false));
+        assert_eq!(c.progress().to_string(), " 100%  1/1 blocks  0/0 B");
+    }
+
+    #[test]
+    fn answer_without_block2_is_the_whole_body_only_first() {
+        let mut c = BlockCursor::new(6);
+        assert_eq!(c.accept(None, None, None, 8), Ok(false));
+        assert_eq!(c.progress().bytes, 8);
+        let mut c = BlockCursor::new(0);
+        c.accept(block(0, true, 0), None, None, 16).unwrap();
+        assert_eq!(c.accept(None, None, None, 8), Err(TransferError::MissingBlock2));
+        assert_eq!(
+            c.accept(Some(Err(BlockError::ReservedSzx)), None, None, 8),
+            Err(TransferError::BadBlock2)
+        );
+    }
+
+    #[test]
+    fn block_numbers_stop_at_20_bits() {
+        let mut c = BlockCursor::new(0);
+        c.position = u64::from(Block::MAX_NUM) * 16;
+        assert_eq!(c.next_block().unwrap().num, Block::MAX_NUM);
+        c.position += 16;
+        assert_eq!(c.next_block(), Err(TransferError::TooManyBlocks));
+    }
+
+    #[test]
+    fn progress_line_shows_percent_blocks_and_bytes() {
+        let p = Progress {
+            bytes: 13312,
+            blocks: 13,
+            total: Some(30000),
+            block_size: 1024,
+        };
+        assert_eq!(p.to_string(), "  44%  13/30 blocks  13312/30000 B");
+        let p = Progress { total: None, ..p };
+        assert_eq!(p.to_string(), "  13 blocks  13312 B");
+        let p = Progress {
+            blocks: 1,
+            bytes: 8,
+            ..p
+        };
+        assert_eq!(p.to_string(), "  1 block  8 B");
+    }
+
+    // -- the client against a scripted peer over loopback -------------------
+
+    /// A fake server on 127.0.0.1 that runs `script` on each request it
+    /// receives (with the datagram) and sends back what it returns; the
+    /// thread ends after `max` requests or 10 s without one.
+    fn scripted_server(
+        max: usize,
+        mut script: impl FnMut(usize, &[u8]) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (seen_tx, seen_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            for i in 0..max {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    return;
+                };
+                let _ = seen_tx.send(buf[..n].to_vec());
+                for reply in script(i, &buf[..n]) {
+                    let _ = socket.send_to(&reply, peer);
+                }
+            }
+        });
+        (addr, seen_rx)
+    }
+
+    /// Short enough for quick tests, long enough that a busy machine does
+    /// not retransmit before the scripted peer answers.
+    fn fast() -> Retransmission {
+        Retransmission {
+            ack_timeout: Duration::from_millis(300),
+            max_retransmit: 4,
+        }
+    }
+
+    /// The piggybacked reply to `request` with `code`, extra options and
+    /// payload.
+    fn reply_to(request: &[u8], code: ResponseType, options: &[(u16, &[u8])], payload: &[u8]) -> Vec<u8> {
+        let msg = Message::parse(request).unwrap();
+        let mut out = [0u8; 512];
+        let mut e = Emitter::new(
+            &mut out,
+            MessageType::Acknowledgement,
+            MessageClass::Response(code),
+            msg.mid,
+            msg.token,
+        )
+        .unwrap();
+        for (number, value) in options {
+            e.option(*number, value).unwrap();
+        }
+        let len = e.payload(payload).unwrap();
+        out[..len].to_vec()
+    }
+
+    fn get_root() -> Resource {
+        Resource::parse("/r").unwrap()
+    }
+
+    #[test]
+    fn lost_requests_are_retransmitted_with_the_same_mid_and_strays_ignored() {
+        // Drop the first two transmissions; answer the third after a stray
+        // (wrong token) and an unparsable datagram.
+        let (addr, seen) = scripted_server(3, |i, req| match i {
+            0 | 1 => vec![],
+            _ => {
+                let mut stray = reply_to(req, ResponseType::Content, &[], b"stray");
+                stray[4] ^= 0xFF; // flip the token's first byte
+                vec![
+                    b"junk".to_vec(),
+                    stray,
+                    reply_to(req, ResponseType::Content, &[], b"ok"),
+                ]
+            }
+        });
+        let params = Retransmission {
+            ack_timeout: Duration::from_millis(100),
+            max_retransmit: 4,
+        };
+        let mut client = Client::with_rng(addr, params, XorShift::new(3)).unwrap();
+        let resource = get_root();
+        let get = Get {
+            resource: &resource,
+            payload: &[],
+            block2: None,
+            size2: None,
+        };
+        let response = client.request(&get, &[0xAA, 0xBB]).unwrap();
+        assert_eq!(response.payload, b"ok");
+        let sent: Vec<Vec<u8>> = seen.try_iter().collect();
+        assert_eq!(sent.len(), 3);
+        assert!(
+            sent.iter().all(|d| d == &sent[0]),
+            "retransmissions are the same datagram"
+        );
+        let stats = client.stats();
+        assert_eq!((stats.requests, stats.retransmissions, stats.ignored), (1, 2, 2));
+    }
+
+    #[test]
+    fn silence_times_out_after_max_retransmit() {
+        let (addr, seen) = scripted_server(10, |_, _| vec![]);
+        let params = Retransmission {
+            ack_timeout: Duration::from_millis(20),
+            max_retransmit: 2,
+        };
+        let mut client = Client::with_rng(addr, params, XorShift::new(5)).unwrap();
+        let resource = get_root();
+        let get = Get {
+            resource: &resource,
+            payload: &[],
+            block2: None,
+            size2: None,
+        };
+        let started = Instant::now();
+        match client.request(&get, &[1]) {
+            Err(ClientError::Timeout { transmissions: 3, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // 20 + 40 + 80 ms at least, below 1.5 times that plus slack.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(140) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        for i in 0..3 {
+            seen.recv_timeout(Duration::from_secs(2))
+                .unwrap_or_else(|_| panic!("transmission {i} missing"));
+        }
+        assert!(seen.try_recv().is_err(), "no fourth transmission");
+    }
+
+    #[test]
+    fn echo_challenge_is_answered_and_the_value_kept() {
+        let (addr, seen) = scripted_server(3, |i, req| {
+            let msg = Message::parse(req).unwrap();
+            match (i, msg.echo) {
+                (0, None) => vec![reply_to(
+                    req,
+                    ResponseType::Unauthorized,
+                    &[(wire::OPTION_ECHO, b"e1")],
+                    b"",
+                )],
+                (_, Some(b"e1")) => vec![reply_to(req, ResponseType::Content, &[], b"ok")],
+                _ => vec![reply_to(req, ResponseType::BadRequest, &[], b"no echo")],
+            }
+        });
+        let mut client = Client::with_rng(addr, fast(), XorShift::new(9)).unwrap();
+        let resource = get_root();
+        let get = Get {
+            resource: &resource,
+            payload: &[],
+            block2: None,
+            size2: None,
+        };
+        assert_eq!(client.request(&get, &[1]).unwrap().payload, b"ok");
+        // The next request carries the Echo value from the start.
+        assert_eq!(client.request(&get, &[2]).unwrap().payload, b"ok");
+        let sent: Vec<Vec<u8>> = seen.try_iter().collect();
+        let mids: Vec<u16> = sent.iter().map(|d| Message::parse(d).unwrap().mid).collect();
+        assert_eq!(sent.len(), 3);
+        assert!(
+            mids[0] != mids[1] && mids[1] != mids[2],
+            "fresh Message IDs: {mids:?}"
+        );
+        assert_eq!(client.stats().echo_retries, 1);
+    }
+
+    #[test]
+    fn too_many_requests_waits_max_age_then_retries() {
+        let (addr, _seen) = scripted_server(2, |i, req| match i {
+            0 => vec![reply_to(req, ResponseType::TooManyRequests, &[(14, &[])], b"")], // Max-Age 0
+            _ => vec![reply_to(req, ResponseType::Content, &[], b"ok")],
+        });
+        let mut client = Client::with_rng(addr, fast(), XorShift::new(11)).unwrap();
+        let resource = get_root();
+        let get = Get {
+            resource: &resource,
+            payload: &[],
+            block2: None,
+            size2: None,
+        };
+        assert_eq!(client.request(&get, &[1]).unwrap().payload, b"ok");
+        assert_eq!(client.stats().rate_limit_waits, 1);
+    }
+
+    #[test]
+    fn rate_limit_waits_are_bounded() {
+        let (addr, _seen) = scripted_server(MAX_RATE_LIMIT_WAITS as usize + 1, |_, req| {
+            vec![reply_to(req, ResponseType::TooManyRequests, &[(14, &[])], b"")]
+        });
+        let mut client = Client::with_rng(addr, fast(), XorShift::new(13)).unwrap();
+        let resource = get_root();
+        let get = Get {
+            resource: &resource,
+            payload: &[],
+            block2: None,
+            size2: None,
+        };
+        let r = client.request(&get, &[1]).unwrap();
+        assert!(r.is(ResponseType::TooManyRequests));
+        assert_eq!(client.stats().rate_limit_waits, MAX_RATE_LIMIT_WAITS);
+    }
+
+    #[test]
+    fn separate_answer_after_empty_ack_is_taken_and_acknowledged() {
+        let (addr, seen) = scripted_server(2, |i, req| {
+            if i > 0 {
+                return vec![]; // the client's ACK of the separate answer
+            }
+            let msg = Message::parse(req).unwrap();
+            let mut empty = [0u8; 4];
+            let n = wire::emit_empty(&mut empty, MessageType::Acknowledgement, msg.mid).unwrap();
+            let separate = answer(MessageType::Confirmable, CONTENT, 0x7777, msg.token, b"later");
+            vec![empty[..n].to_vec(), separate.clone(), separate]
+        });
+        let mut client = Client::with_rng(addr, fast(), XorShift::new(17)).unwrap();
+        let resource = get_root();
+        let get = Get {
+            resource: &resource,
+            payload: &[],
+            block2: None,
+            size2: None,
+        };
+        assert_eq!(client.request(&get, &[4, 2]).unwrap().payload, b"later");
+        let ack = seen
+            .recv_timeout(Duration::from_secs(2))
+            .and_then(|_| seen.recv_timeout(Duration::from_secs(2)));
+        let ack = ack.expect("the client acknowledged the separate answer");
+        let msg = Message::parse(&ack).unwrap();
+        assert_eq!(
+            (msg.mtype, msg.mid, msg.code),
+            (MessageType::Acknowledgement, 0x7777, 0)
+        );
+    }
+
+    #[test]
+    fn download_with_a_shrinking_server_and_checked_etag() {
+        // A 100-byte body served at most 32 bytes a block, whatever asked.
+        let body: Vec<u8> = (0..100u8).collect();
+        let served = body.clone();
+        let (addr, _seen) = scripted_server(10, move |_, req| {
+            let msg = Message::parse(req).unwrap();
+            let asked = msg.block2.unwrap().unwrap();
+            let start = (asked.num as usize) << (asked.szx + 4);
+            let szx = asked.szx.min(1);
+            let end = (start + 32).min(served.len());
+            let b = Block {
+                num: (start >> 5) as u32,
+                more: end < served.len(),
+                szx,
+            };
+            let mut raw = [0u8; 4];
+            let block = b.encode(&mut raw).to_vec();
+            vec![reply_to(
+                req,
+                ResponseType::Content,
+                &[(4, b"etag0001"), (23, &block), (28, &[100])],
+                &served[start..end],
+            )]
+        });
+        let mut client = Client::with_rng(addr, fast(), XorShift::new(19)).unwrap();
+        let resource = get_root();
+        let mut out = Vec::new();
+        let mut updates = 0;
+        let request = BodyRequest {
+            resource: &resource,
+            payload: &[],
+            legacy: false,
+        };
+        let t = client
+            .download(&request, 6, &mut out, &mut |_| updates += 1)
+            .unwrap();
+        assert_eq!(out, body);
+        assert_eq!((t.bytes, t.blocks, t.block_size, updates), (100, 4, 32, 4));
+        assert_eq!(t.etag.as_deref(), Some(&b"etag0001"[..]));
+    }
+
+    #[test]
+    fn legacy_reset_to_the_first_block_means_no_update() {
+        let (addr, _seen) = scripted_server(1, |_, req| {
+            let msg = Message::parse(req).unwrap();
+            let mut rst = [0u8; 4];
+            let n = wire::emit_empty(&mut rst, MessageType::Reset, msg.mid).unwrap();
+            vec![rst[..n].to_vec()]
+        });
+        let mut client = Client::with_rng(addr, fast(), XorShift::new(23)).unwrap();
+        let resource = Resource::updates();
+        let request = BodyRequest {
+            resource: &resource,
+            payload: b"\x01A\x03\0\0\0\0\0\0\0\0",
+            legacy: true,
+        };
+        match client.download(&request, 6, &mut Vec::new(), &mut |_| {}) {
+            Err(ClientError::NoUpdate) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
