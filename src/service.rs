@@ -175,6 +175,9 @@ pub enum Dropped {
     NotARequest,
     /// A rate-limited request whose 4.29 would be larger than it.
     RateLimited,
+    /// With `--echo`, an unverified request so small that even the 4.01
+    /// challenge would be more than 3 times its size.
+    Unverified,
     /// A Non-confirmable request with an unrecognized critical option:
     /// RFC 7252 §5.4.1 has it rejected, i.e. ignored (§4.3).
     BadOptionNon,
@@ -413,7 +416,7 @@ impl Service {
                 .echo
                 .is_some_and(|echo| echo_is_valid(echo_key, &peer, now_ms, echo));
             if !verified {
-                return echo_challenge(echo_key, &msg, mid, &peer, now_ms, out);
+                return echo_challenge(echo_key, &msg, mid, &peer, now_ms, datagram.len(), out);
             }
         }
         let writes = ctx.writes;
@@ -510,6 +513,7 @@ fn echo_challenge(
     mid: u16,
     peer: &Peer,
     now_ms: u64,
+    request_len: usize,
     out: &mut [u8],
 ) -> Action<'static> {
     let mtype = match msg.mtype {
@@ -529,10 +533,13 @@ fn echo_challenge(
         Ok(e.finish())
     });
     match written {
-        Ok(len) => Action::Reply {
+        // The challenge must not amplify either: a request too small to
+        // carry a path is not worth one.
+        Ok(len) if len <= AMPLIFICATION_FACTOR.saturating_mul(request_len) => Action::Reply {
             len,
             outcome: Outcome::EchoChallenge,
         },
+        Ok(_) => Action::Drop(Dropped::Unverified),
         Err(_) => Action::Drop(Dropped::Overflow),
     }
 }

@@ -1697,3 +1697,18 @@ fn non_request_with_unknown_critical_option_is_rejected_silently() {
     );
     assert_error(&fx.ask(&req), ResponseType::BadOption);
 }
+
+#[test]
+fn echo_challenge_is_not_sent_when_it_would_amplify_itself() {
+    let limits = Limits {
+        echo: true,
+        ..Limits::default()
+    };
+    let mut fx = Fx::with(limits, false);
+    // A bare 4-byte GET: its 4.04 would be 5 times larger, the 4.01 with an
+    // 8-byte Echo still 3.5 times: nothing is sent.
+    assert_eq!(
+        fx.handle(peer(A), T0, &[0x40, 0x01, 0x00, 0x01]),
+        Err(Dropped::Unverified)
+    );
+}

@@ -1,0 +1,489 @@
+//! The checks of the fuzz target `handler` (also run by `tests/regressions.rs`
+//! under `cargo test`): the whole protocol core, `service::Service`,
+//! over a small catalog, fed a few datagrams from a few peers over time.
+//!
+//! # Input format
+//!
+//! ```text
+//! byte 0  flags: bit 0 --echo; bit 1 rate limit on, bits 2-3 its value - 1
+//!         (1..=4 requests a second); bits 4-6 SZX of the server's largest
+//!         block (7 means 6: 1024 bytes)
+//! byte 1  bits 0-2 continuation table capacity - 1; bits 3-5 rate table
+//!         capacity - 1 (small, so that eviction is exercised)
+//! then up to 64 frames:
+//!         PEER:u8  DT:u8  LEN:u16le  DATAGRAM:LEN bytes (cut at the input's end)
+//! ```
+//!
+//! PEER bits 0-1 choose the address (127.0.0.1, 127.0.0.2, ::1, 192.0.2.1,
+//! the service sees IPv4 as IPv4-mapped IPv6), bits 2-7 the port. DT
+//! advances the injected clock: below 200 by DT * 10 ms, else by
+//! (DT - 199) * 30 s, so rate windows (1 s), Echo windows (60 s) and
+//! continuation expiry (247 s) are all reached. The 8 bytes `EchoEcho`
+//! anywhere in a datagram are replaced by the last Echo value the peer's
+//! address was challenged with, so the fuzzer can pass the Echo check.
+//!
+//! # Properties
+//!
+//! * No panic; every reply is at most `MAX_REPLY_LEN` bytes and parses with
+//!   `wire::Message::parse` and with `coap_lite::Packet::from_bytes` to the
+//!   same header, token and payload.
+//! * Message layer: replies only to version 1 CON/NON datagrams; an RST
+//!   with the request's Message ID, to a CON, or to a NON only as the legacy
+//!   "no update" signal; otherwise ACK with the same Message ID for a CON,
+//!   NON for a NON, and the request's token.
+//! * 4.29 carries Max-Age; 4.01 carries Echo.
+//! * With `--echo`, a reply to a request without an Echo option is at most
+//!   three times the request, or is the Echo challenge itself.
+//! * Image bytes only at the requested position: a 2.05 whose ETag is an
+//!   image's entity tag must be a Block2 block whose byte position
+//!   (NUM * size) is the request's (0 without Block2), and whose payload is
+//!   exactly `image[offset + position..][..size]` cut at the end, with M
+//!   and Size2 consistent. `offset` is reconstructed from the request as
+//!   decoded by coap-lite, independently of the server's parser: 0 for
+//!   `/updates/{id}` without payload, its 4-byte LE payload otherwise, the
+//!   OFFSET of a legacy `/updates` payload, and for a payload-less
+//!   continuation one of the (image, OFFSET) pairs this peer asked for
+//!   before. The service's own `Outcome::Block` must agree.
+
+use coap_lite::{CoapOption, Packet};
+use iot_ota::catalog::{fnv1a32, fnv1a64, Catalog};
+use iot_ota::service::{Action, Limits, Outcome, Peer, Service, MAX_REPLY_LEN};
+use iot_ota::wire::{self, Block, Message};
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+/// (file name, length, content seed): sizes 0, 1, 100, 1500 and 70000
+/// bytes; 70000 bytes at 16-byte blocks need block numbers past 4095.
+const FILES: [(&str, usize, u32); 5] = [
+    ("Zero_1_0_0_APP.fmu", 0, 1),
+    ("One_1_0_0_APP.fmu", 1, 2),
+    ("Hundred_1_2_3_APP.fmu", 100, 3),
+    ("Mtu_2_0_0_7.fmu", 1500, 4),
+    ("Big_1_0_0_APP.fmu", 70_000, 5),
+];
+const ECHO_PLACEHOLDER: &[u8; 8] = b"EchoEcho";
+const MAX_FRAMES: usize = 64;
+const CODE_CONTENT: u8 = 0x45;
+const CODE_UNAUTHORIZED: u8 = 0x81;
+const CODE_TOO_MANY_REQUESTS: u8 = 0x9d;
+
+/// One image as the harness knows it, computed from the file list alone.
+struct Known {
+    name: &'static str,
+    pid: Vec<u8>,
+    fw_type: u8,
+    version: u32,
+    id_hex: Vec<u8>,
+    etag: [u8; 8],
+    bytes: Vec<u8>,
+}
+
+fn known() -> &'static [Known] {
+    static KNOWN: OnceLock<Vec<Known>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        FILES
+            .iter()
+            .map(|&(name, len, seed)| {
+                let bytes = content(len, seed);
+                let stem = name.strip_suffix(".fmu").expect("test names end in .fmu");
+                let fields: Vec<&str> = stem.split('_').collect();
+                let num = |i: usize| fields[i].parse::<u32>().expect("numeric field");
+                let fw_type = if fields[4] == "APP" { 3 } else { num(4) as u8 };
+                Known {
+                    name,
+                    pid: fields[0].as_bytes().to_vec(),
+                    fw_type,
+                    version: num(1) << 24 | num(2) << 16 | num(3),
+                    id_hex: format!("{:08x}", fnv1a32(name.as_bytes())).into_bytes(),
+                    etag: fnv1a64(&bytes).to_be_bytes(),
+                    bytes,
+                }
+            })
+            .collect()
+    })
+}
+
+fn content(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// What the harness remembers across the datagrams of one input.
+#[derive(Default)]
+struct Model {
+    /// Last Echo value each address was challenged with.
+    echo: HashMap<[u8; 16], Vec<u8>>,
+    /// (image index, OFFSET) of every legacy request a peer sent.
+    legacy: HashMap<Peer, HashSet<(usize, u32)>>,
+}
+
+/// Runs every property on one input; panics on a violation.
+pub fn check(data: &[u8]) {
+    let Some((&[flags, sizes], mut rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let server_szx = ((flags >> 4) & 7).min(6);
+    let limits = Limits {
+        max_block_size: 16 << server_szx,
+        continuation_capacity: 1 + usize::from(sizes & 7),
+        rate_limit: (flags & 2 != 0).then_some(1 + u32::from((flags >> 2) & 3)),
+        rate_table_capacity: 1 + usize::from((sizes >> 3) & 7),
+        echo: flags & 1 != 0,
+    };
+    let files = known()
+        .iter()
+        .map(|k| (k.name.to_owned(), k.bytes.clone()))
+        .collect();
+    let (catalog, skipped) = Catalog::from_files(files).expect("test catalog builds");
+    assert!(skipped.is_empty());
+    let mut service = Service::new(catalog, limits);
+    let mut model = Model::default();
+    let mut now_ms = 0u64;
+    let mut out = vec![0u8; MAX_REPLY_LEN];
+    for _ in 0..MAX_FRAMES {
+        let Some((&[p, dt, lo, hi], tail)) = rest.split_first_chunk::<4>() else {
+            break;
+        };
+        let len = usize::from(u16::from_le_bytes([lo, hi])).min(tail.len());
+        let (datagram, tail) = tail.split_at(len);
+        rest = tail;
+        now_ms += match dt {
+            0..=199 => u64::from(dt) * 10,
+            _ => u64::from(dt - 199) * 30_000,
+        };
+        let peer = peer(p);
+        let mut request = datagram.to_vec();
+        if let Some(echo) = model.echo.get(&peer.ip) {
+            substitute(&mut request, echo);
+        }
+        let sent = Sent::decode(&request);
+        if let Some(sent) = &sent {
+            model.note_legacy(peer, sent);
+        }
+        let (reply_len, block) = match service.handle(peer, now_ms, &request, &mut out) {
+            Action::Drop(_) => continue,
+            Action::Reply { len, outcome } => {
+                let block = match outcome {
+                    Outcome::Block(t) => Some((t.image.etag, t.offset, t.image.bytes.len())),
+                    _ => None,
+                };
+                (len, block)
+            }
+        };
+        assert!(reply_len <= MAX_REPLY_LEN);
+        let reply = &out[..reply_len];
+        check_reply(
+            &request,
+            sent.as_ref(),
+            reply,
+            block,
+            &limits,
+            server_szx,
+            peer,
+            &mut model,
+        );
+    }
+}
+
+fn peer(p: u8) -> Peer {
+    let v4 = |a: [u8; 4]| {
+        let mut ip = [0u8; 16];
+        ip[10] = 0xff;
+        ip[11] = 0xff;
+        ip[12..].copy_from_slice(&a);
+        ip
+    };
+    let ip = match p & 3 {
+        0 => v4([127, 0, 0, 1]),
+        1 => v4([127, 0, 0, 2]),
+        2 => {
+            let mut ip = [0u8; 16];
+            ip[15] = 1;
+            ip
+        }
+        _ => v4([192, 0, 2, 1]),
+    };
+    Peer {
+        ip,
+        port: 40_000 + u16::from(p >> 2),
+    }
+}
+
+fn substitute(request: &mut [u8], echo: &[u8]) {
+    if echo.len() != ECHO_PLACEHOLDER.len() {
+        return;
+    }
+    if let Some(at) = request
+        .windows(ECHO_PLACEHOLDER.len())
+        .position(|w| w == ECHO_PLACEHOLDER)
+    {
+        request[at..at + echo.len()].copy_from_slice(echo);
+    }
+}
+
+/// The request as coap-lite decodes it: the harness's own view, so the
+/// expected position does not come from the parser under test.
+struct Sent {
+    path: Vec<Vec<u8>>,
+    payload: Vec<u8>,
+    /// (NUM, SZX) of the first Block2 option, when it is 0 to 3 bytes.
+    block2: Option<(u32, u8)>,
+    has_echo: bool,
+}
+
+impl Sent {
+    fn decode(request: &[u8]) -> Option<Sent> {
+        let packet = Packet::from_bytes(request).ok()?;
+        let path = packet
+            .get_option(CoapOption::UriPath)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default();
+        let block2 = packet
+            .get_option(CoapOption::Block2)
+            .and_then(|l| l.front())
+            .filter(|v| v.len() <= 3)
+            .map(|v| {
+                let raw = v.iter().fold(0u32, |acc, &b| acc << 8 | u32::from(b));
+                (raw >> 4, (raw & 7) as u8)
+            });
+        let has_echo = packet
+            .get_option(CoapOption::Unknown(wire::OPTION_ECHO))
+            .is_some();
+        Some(Sent {
+            path,
+            payload: packet.payload,
+            block2,
+            has_echo,
+        })
+    }
+
+    fn is_updates(&self) -> bool {
+        self.path.len() == 1 && self.path[0] == b"updates"
+    }
+
+    /// The legacy device payload `PIDLEN PID TYPE VERSION OFFSET`, decoded:
+    /// (pid, type, version, offset).
+    fn legacy(&self) -> Option<(&[u8], u8, u32, u32)> {
+        let (&pid_len, rest) = self.payload.split_first()?;
+        let pid_len = usize::from(pid_len);
+        if pid_len == 0 || rest.len() != pid_len + 9 {
+            return None;
+        }
+        let (pid, rest) = rest.split_at(pid_len);
+        let version = u32::from_le_bytes(rest[1..5].try_into().ok()?);
+        let offset = u32::from_le_bytes(rest[5..9].try_into().ok()?);
+        Some((pid, rest[0], version, offset))
+    }
+}
+
+impl Model {
+    /// A legacy request may leave a continuation entry for its peer: note
+    /// the (image, OFFSET) it names whatever the reply turns out to be.
+    fn note_legacy(&mut self, peer: Peer, sent: &Sent) {
+        if !sent.is_updates() {
+            return;
+        }
+        let Some((pid, fw_type, version, offset)) = sent.legacy() else {
+            return;
+        };
+        if let Some(index) = candidate(pid, fw_type, version) {
+            self.legacy.entry(peer).or_default().insert((index, offset));
+        }
+    }
+}
+
+/// The newest image for (pid, type) if newer than `version`. Every PID of
+/// the test catalog has one image, so that is the only one to look at.
+fn candidate(pid: &[u8], fw_type: u8, version: u32) -> Option<usize> {
+    known()
+        .iter()
+        .position(|k| k.pid == pid && k.fw_type == fw_type && k.version > version)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_reply(
+    request: &[u8],
+    sent: Option<&Sent>,
+    reply: &[u8],
+    block: Option<([u8; 8], u32, usize)>,
+    limits: &Limits,
+    server_szx: u8,
+    peer: Peer,
+    model: &mut Model,
+) {
+    let r = Message::parse(reply).unwrap_or_else(|e| panic!("reply does not parse ({e}): {reply:02x?}"));
+    let lite = Packet::from_bytes(reply).unwrap_or_else(|e| panic!("coap-lite rejects reply: {e:?}"));
+    assert_eq!(lite.header.message_id, r.mid);
+    assert_eq!(lite.get_token(), r.token);
+    assert_eq!(lite.payload, r.payload);
+    assert_eq!(u8::from(lite.header.code), r.code);
+
+    // Message layer: only a readable version-1 CON or NON is answered.
+    assert!(request.len() >= 4, "reply to a datagram without a header");
+    assert_eq!(request[0] >> 6, 1, "reply to a foreign version");
+    let req_type = (request[0] >> 4) & 3;
+    let req_mid = u16::from_be_bytes([request[2], request[3]]);
+    let tkl = usize::from(request[0] & 0x0f);
+    assert!(req_type <= 1, "reply to an ACK or RST");
+    let r_type = reply[0] >> 4 & 3;
+    if r_type == 3 {
+        assert_eq!(r.mid, req_mid);
+        assert_eq!(r.code, 0);
+        // An RST rejects a CON (RFC 7252 §4.2); a NON gets one only as the
+        // legacy protocol's "no update" signal (PROTOCOL.md §2.1), which
+        // RFC 7252 §4.3 allows ("MAY involve sending a matching Reset").
+        if req_type == 1 {
+            let no_update = sent.is_some_and(|s| {
+                s.is_updates()
+                    && s.legacy()
+                        .is_some_and(|(pid, fw_type, version, _)| candidate(pid, fw_type, version).is_none())
+            });
+            assert!(
+                no_update,
+                "RST to a non-confirmable message other than a legacy request without update"
+            );
+        }
+        return;
+    }
+    assert!(tkl <= 8 && request.len() >= 4 + tkl);
+    assert_eq!(r.token, &request[4..4 + tkl], "reply token");
+    match req_type {
+        0 => {
+            assert_eq!(r_type, 2, "CON answered by ACK");
+            assert_eq!(r.mid, req_mid);
+        }
+        _ => assert_eq!(r_type, 1, "NON answered by NON"),
+    }
+    assert!(r.code >= 0x40, "reply code is a response");
+
+    match r.code {
+        CODE_TOO_MANY_REQUESTS => assert!(r.max_age.is_some(), "4.29 without Max-Age"),
+        CODE_UNAUTHORIZED => {
+            let echo = r.echo.expect("4.01 carries Echo");
+            model.echo.insert(peer.ip, echo.to_vec());
+        }
+        _ => {}
+    }
+
+    // RFC 9175 §2.4: no more than 3 times the request to an unverified peer,
+    // the challenge itself (a few bytes) aside.
+    let has_echo = sent.is_some_and(|s| s.has_echo);
+    if limits.echo && !has_echo && reply.len() > 3 * request.len() {
+        assert!(
+            r.code == CODE_UNAUTHORIZED && r.echo.is_some() && r.payload.is_empty(),
+            "amplification: {} byte reply to {} byte request without Echo",
+            reply.len(),
+            request.len()
+        );
+    }
+
+    let image_index = r
+        .etag
+        .and_then(|etag| known().iter().position(|k| k.etag == etag));
+    match (r.code, image_index) {
+        (CODE_CONTENT, Some(index)) => {
+            let (etag, offset, len) = block.expect("a 2.05 with an image ETag is a block outcome");
+            assert_eq!(etag, known()[index].etag);
+            assert_eq!(len, known()[index].bytes.len());
+            let sent = sent.expect("a served block's request decodes with coap-lite");
+            check_block(sent, &r, index, offset, server_szx, peer, model);
+        }
+        _ => assert!(block.is_none(), "block outcome without a 2.05 image reply"),
+    }
+}
+
+fn check_block(
+    sent: &Sent,
+    r: &Message<'_>,
+    index: usize,
+    outcome_offset: u32,
+    server_szx: u8,
+    peer: Peer,
+    model: &Model,
+) {
+    let image = &known()[index];
+    let block = match r.block2 {
+        Some(Ok(block)) => block,
+        other => panic!("image bytes without a valid Block2 option: {other:?}"),
+    };
+    assert!(block.szx <= server_szx, "block larger than the server's");
+    let position = u64::from(block.num) << (block.szx + 4);
+    let asked = match sent.block2 {
+        Some((num, szx)) => {
+            assert!(block.szx <= szx, "block larger than the client asked for");
+            u64::from(num) << (szx + 4)
+        }
+        None => 0,
+    };
+    assert_eq!(position, asked, "block position differs from the requested one");
+
+    // Where the body starts, from the request alone.
+    let offsets: Vec<u32> = match sent.path.as_slice() {
+        [updates, id] if updates.as_slice() == b"updates" => {
+            assert_eq!(id, &image.id_hex, "image served for another id");
+            match sent.payload.as_slice() {
+                [] => vec![0],
+                &[a, b, c, d] => vec![u32::from_le_bytes([a, b, c, d])],
+                other => panic!("block served for a payload of {} bytes", other.len()),
+            }
+        }
+        [updates] if updates.as_slice() == b"updates" && !sent.payload.is_empty() => {
+            let (pid, fw_type, version, offset) = sent.legacy().expect("block served for a lookup payload");
+            assert_eq!(
+                candidate(pid, fw_type, version),
+                Some(index),
+                "wrong image for the device"
+            );
+            vec![offset]
+        }
+        [updates] if updates.as_slice() == b"updates" => {
+            let seen = model
+                .legacy
+                .get(&peer)
+                .expect("continuation without an earlier legacy request");
+            seen.iter()
+                .filter(|(i, _)| *i == index)
+                .map(|&(_, o)| o)
+                .collect()
+        }
+        other => panic!("image bytes on path {other:?}"),
+    };
+    assert!(offsets.contains(&outcome_offset), "outcome offset not requested");
+
+    let size = block.size();
+    let body = &image.bytes[outcome_offset as usize..];
+    let start = position as usize;
+    assert!(
+        start < body.len() || (start == 0 && body.is_empty()),
+        "block past the body"
+    );
+    let end = (start + size).min(body.len());
+    assert_eq!(
+        r.payload,
+        &body[start..end],
+        "payload is not image[offset + position..][..size]"
+    );
+    assert_eq!(block.more, end < body.len(), "M flag");
+    if let Some(size2) = r.size2 {
+        assert_eq!(size2 as usize, body.len(), "Size2 is the body length");
+    }
+    if block.num == 0 {
+        assert!(r.size2.is_some(), "Size2 on block 0");
+    }
+    assert!(
+        r.payload.len()
+            <= Block {
+                num: 0,
+                more: false,
+                szx: server_szx
+            }
+            .size()
+    );
+}
