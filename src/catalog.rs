@@ -1523,6 +1523,20 @@ mod tests {
     }
 
     #[test]
+    fn file_that_vanishes_between_listing_and_reading_is_skipped_as_vanished() {
+        let dir = TempDir::new();
+        dir.write("GONE_1_0_0_APP.fmu", b"soon gone");
+        let entry = fs::read_dir(&dir.0).unwrap().next().unwrap().unwrap();
+        // Listed, then deleted before it is read: the race load() can meet.
+        fs::remove_file(entry.path()).unwrap();
+        match scan_entry(&entry) {
+            Scan::Skipped(reason) => assert_eq!(reason, SkipReason::Vanished),
+            Scan::Found(_) => panic!("a vanished file was loaded"),
+            Scan::Ignored => panic!("a vanished image was ignored, not reported"),
+        }
+    }
+
+    #[test]
     fn load_collision_names_both_files() {
         let dir = TempDir::new();
         dir.write("M_1_0_0_APP.fmu", b"x");
