@@ -1,0 +1,1111 @@
+//! `make bench` (`cargo test --release --test bench -- --bench`): the figures of the issue
+//! "Performance and footprint", measured with the release binaries over
+//! loopback, and the targets they are held to.
+//!
+//! * Throughput: `iot-ota-client bench` against the server and against the
+//!   raw baseline responder (`iot-ota-client baseline`), at 1, 16 and 256
+//!   devices, 1024-byte blocks, for the `/updates/{id}` path and the legacy
+//!   path. Runs of all configurations are interleaved, so a change in the
+//!   machine's load hits every configuration alike; each figure is the
+//!   median of at least 5 runs.
+//! * Flat cost: 16 devices with 10,000 images in the catalog, and with
+//!   requests spread over 10,000 client ports, against the 1-image row.
+//! * Peak RSS (VmHWM) of the server after the 256-device runs.
+//! * Start-up with 1,000 small images: spawn to the first answer to a
+//!   repeated `GET /.well-known/core`.
+//! * Binary sizes, including the static musl builds when present
+//!   (`make release-musl`, `make release-aarch64`).
+//!
+//! Benchmarks on a shared machine are noisy, so a missed target is printed
+//! as FAIL but does not fail the command; a mismatched block or a failed
+//! run does (exit status 1).
+//!
+//! Knobs for development (not for the figures): `OTA_BENCH_RUNS` (default
+//! 5), `OTA_BENCH_MS` (length of one run, default 1500).
+
+use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
+use iot_ota::catalog::fnv1a32;
+use iot_ota::wire::{Emitter, Message};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_iot-ota-client");
+const SERVER: &str = env!("CARGO_BIN_EXE_iot-ota-server");
+
+/// The image every device downloads: 256 KiB, 256 blocks of 1 KiB.
+const IMAGE_LEN: usize = 256 * 1024;
+const IMAGE_PID: &str = "BENCH-DEV";
+const IMAGE_NAME: &str = "BENCH-DEV_1_0_1_APP.fmu";
+/// Version the legacy devices report: older than the image's 1.0.1.
+const DEVICE_VERSION: &str = "1.0.0";
+const SMALL_IMAGE_LEN: usize = 64;
+const FLAT_IMAGES: usize = 10_000;
+const FLAT_PORTS: usize = 10_000;
+const STARTUP_IMAGES: usize = 1_000;
+const DEVICE_COUNTS: [usize; 3] = [1, 16, 256];
+const FLAT_DEVICES: usize = 16;
+/// Retransmission timeout the generator uses (loopback never needs the
+/// RFC's 2 s; a loss shows as a retransmission, not a 2 s stall).
+const TIMEOUT_MS: &str = "250";
+const MIN_RUNS: usize = 5;
+const DEFAULT_RUN_MS: u64 = 1500;
+const STARTUP_RUNS: usize = 5;
+const STARTUP_LIMIT_MS: f64 = 200.0;
+const RSS_ALLOWANCE: u64 = 3 * 1024 * 1024;
+const BINARY_LIMIT: u64 = 1024 * 1024;
+const MUSL_TARGETS: [&str; 2] = ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
+/// Linux reports process CPU time in these ticks a second (USER_HZ).
+const USER_HZ: f64 = 100.0;
+
+fn main() -> ExitCode {
+    // `make test` runs this target too, without `--bench`: the benchmark
+    // takes minutes, so there it only checks its own machinery quickly
+    // against the debug binaries, so that `make test` notices when
+    // `make bench` would break.
+    if !std::env::args().any(|a| a == "--bench") {
+        smoke::generator_checks_the_real_server_and_drives_the_baseline();
+        smoke::elf_reader_sees_the_interpreter_of_a_dynamic_binary();
+        println!("bench smoke checks: 2 passed, 0 failed (make bench runs the benchmark)");
+        return ExitCode::SUCCESS;
+    }
+    match bench() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed when dropped.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Responder {
+    Baseline,
+    Server,
+    ServerFlat,
+    /// A second 1-image server for the 10,000-port runs, so that their
+    /// per-peer state does not count in the 256-device peak RSS.
+    ServerPorts,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Route {
+    Id,
+    Legacy,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Id => "id",
+            Route::Legacy => "legacy",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Case {
+    responder: Responder,
+    route: Route,
+    devices: usize,
+    ports: Option<usize>,
+}
+
+/// One generator run as its RESULT line and the responder's CPU use.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    blocks_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    retransmissions: u64,
+    mismatches: u64,
+    failures: u64,
+    generator_cpu: f64,
+    responder_cpu: f64,
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Deterministic image bytes (xorshift32).
+fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Writes `count` small images named `{prefix}-{n}_1_0_0_APP.fmu` into
+/// `dir`, skipping names whose id (FNV-1a 32 of the name) collides with one
+/// already taken: the catalog refuses to start on a collision. Returns the
+/// bytes written.
+fn write_small_images(dir: &Path, prefix: &str, count: usize, taken: &mut Vec<u32>) -> Result<u64, String> {
+    let mut written = 0;
+    let mut total = 0u64;
+    let mut n = 0u32;
+    while written < count {
+        let name = format!("{prefix}-{n:05}_1_0_0_APP.fmu");
+        n += 1;
+        let id = fnv1a32(name.as_bytes());
+        if taken.contains(&id) {
+            continue;
+        }
+        taken.push(id);
+        let bytes = image_bytes(SMALL_IMAGE_LEN, n);
+        std::fs::write(dir.join(&name), &bytes).map_err(|e| format!("write {name}: {e}"))?;
+        total += bytes.len() as u64;
+        written += 1;
+    }
+    Ok(total)
+}
+
+/// CPUs for the responders and for the generator. Pinned apart, the
+/// generator never competes with the responder it measures, and the kernel
+/// cannot pull the woken generator onto the responder's CPU (it does, for
+/// synchronous wake-ups, and the two then share one core); the generator
+/// then polls instead of sleeping, so replies cost the responder no
+/// wake-up. `None` when taskset or a second CPU is missing.
+#[derive(Debug, Clone, Default)]
+struct Pinning {
+    responder: Option<String>,
+    generator: Option<String>,
+}
+
+impl Pinning {
+    fn detect() -> Pinning {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        let mut cpus = Vec::new();
+        for part in list.split(',').filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+                cpus.extend(a..=b);
+            }
+        }
+        let usable = Command::new("taskset")
+            .args(["-c", "0", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        match cpus.as_slice() {
+            [.., generator, responder] if usable => Pinning {
+                responder: Some(responder.to_string()),
+                generator: Some(generator.to_string()),
+            },
+            _ => Pinning::default(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (&self.responder, &self.generator) {
+            (Some(r), Some(g)) => format!("responders pinned to CPU {r}, generator to CPU {g} (polling)"),
+            _ => "not pinned (taskset or a second CPU missing): generator and responder may share a core"
+                .to_owned(),
+        }
+    }
+}
+
+/// `program`, under `taskset -c CPU` when `cpu` is given.
+fn pinned(program: &str, cpu: Option<&str>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpu, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A free loopback UDP port: bound, read, released. The server is given
+/// it explicitly because with `-q` it logs no "listening on" line; the
+/// short race with another process is caught by the readiness probe.
+fn free_port() -> Result<u16, String> {
+    let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    socket.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// `GET /.well-known/core`, Confirmable, until the first 2.05 or the
+/// deadline; returns when it arrived.
+fn probe(addr: SocketAddr, deadline: Instant) -> Option<Instant> {
+    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+    socket.set_read_timeout(Some(Duration::from_millis(1))).ok()?;
+    let mut request = [0u8; 64];
+    let mut rx = [0u8; 2048];
+    let mut mid: u16 = 0x4000;
+    while Instant::now() < deadline {
+        mid = mid.wrapping_add(1);
+        let len = Emitter::new(
+            &mut request,
+            MessageType::Confirmable,
+            MessageClass::Request(RequestType::Get),
+            mid,
+            b"probe",
+        )
+        .and_then(|mut e| {
+            e.option(CoapOption::UriPath.into(), b".well-known")?;
+            e.option(CoapOption::UriPath.into(), b"core")?;
+            Ok(e.finish())
+        })
+        .ok()?;
+        let _ = socket.send_to(&request[..len], addr);
+        match socket.recv_from(&mut rx) {
+            Ok((n, _)) => {
+                let answered = Message::parse(&rx[..n]).is_ok_and(|m| {
+                    m.mid == mid && m.class() == MessageClass::Response(ResponseType::Content)
+                });
+                if answered {
+                    return Some(Instant::now());
+                }
+            }
+            // Before the server binds, the kernel answers with an ICMP
+            // port unreachable, reported at once: pace the probes.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::thread::sleep(Duration::from_micros(500))
+            }
+            Err(_) => {}
+        }
+    }
+    None
+}
+
+/// Starts the server (release build, `-q`) over `dir` on a free port and
+/// waits until it answers.
+fn start_server(dir: &Path, cpu: Option<&str>) -> Result<Proc, String> {
+    for _attempt in 0..3 {
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = pinned(SERVER, cpu)
+            .arg("-q")
+            .arg("-d")
+            .arg(dir)
+            .arg("-l")
+            .arg(addr.to_string())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {SERVER}: {e}"))?;
+        let mut proc = Proc { child, addr };
+        if probe(addr, Instant::now() + Duration::from_secs(30)).is_some() {
+            return Ok(proc);
+        }
+        if matches!(proc.child.try_wait(), Ok(Some(_))) {
+            continue; // The port was taken in between: try another.
+        }
+        return Err(format!("the server on {addr} did not answer within 30 s"));
+    }
+    Err("the server could not bind a free port in 3 attempts".to_owned())
+}
+
+/// Starts `iot-ota-client baseline` on 127.0.0.1:0 and reads its address
+/// from its "listening on" line.
+fn start_baseline(cpu: Option<&str>) -> Result<Proc, String> {
+    let mut child = pinned(CLIENT, cpu)
+        .args(["baseline", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {CLIENT} baseline: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                let _ = tx.send(line.clone());
+                sent = line.contains("listening on ");
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else { break };
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap_or_default();
+            let addr = addr.parse().map_err(|_| format!("baseline printed '{line}'"))?;
+            return Ok(Proc { child, addr });
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!(
+        "`iot-ota-client baseline` did not report its address (does the client dispatch it?):\n{seen}"
+    ))
+}
+
+/// User plus system CPU ticks of a process.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `kB` field of /proc/PID/status, in bytes.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs the generator once against `responder` and parses its RESULT line.
+fn run_generator(
+    args: &[String],
+    responder: &Proc,
+    raise_fd_limit: bool,
+    cpu: Option<&str>,
+) -> Result<Run, String> {
+    let mut command = if raise_fd_limit {
+        // 10,000 sockets need more descriptors than some shells allow; the
+        // crate has no libc binding to raise RLIMIT_NOFILE itself.
+        let mut c = Command::new("sh");
+        c.arg("-c").arg("ulimit -n 20000 2>/dev/null; exec \"$0\" \"$@\"");
+        match cpu {
+            Some(cpu) => c.args(["taskset", "-c", cpu, CLIENT]),
+            None => c.arg(CLIENT),
+        };
+        c
+    } else {
+        pinned(CLIENT, cpu)
+    };
+    command.arg("bench").args(args);
+    if cpu.is_some() {
+        // A CPU of its own: poll, so that replies wake nobody up.
+        command.arg("--spin");
+    }
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let pid = responder.child.id();
+    let before = cpu_ticks(pid);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {CLIENT} bench: {e}"))?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let mut err = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        let _ = stderr.read_to_string(&mut err);
+        (out, err)
+    });
+    // The generator stops itself after its duration; this bound only
+    // guards against a hung process.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("generator did not finish: bench {}", args.join(" ")));
+            }
+        }
+    };
+    let after = cpu_ticks(pid);
+    let (out, err) = reader.join().map_err(|_| "reader thread panicked")?;
+    let Some(line) = out.lines().find(|l| l.starts_with("RESULT ")) else {
+        return Err(format!(
+            "generator printed no RESULT line ({status}): bench {}\n{out}{err}",
+            args.join(" ")
+        ));
+    };
+    let fields: HashMap<&str, &str> = line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let number = |key: &str| fields.get(key).and_then(|v| v.parse::<f64>().ok());
+    let secs = number("secs").unwrap_or(0.0);
+    let run = Run {
+        blocks_per_s: number("blocks_per_s").unwrap_or(0.0),
+        p50_us: number("p50_us").unwrap_or(0.0),
+        p99_us: number("p99_us").unwrap_or(0.0),
+        retransmissions: number("retransmissions").unwrap_or(0.0) as u64,
+        mismatches: number("mismatches").unwrap_or(0.0) as u64,
+        failures: number("failures").unwrap_or(0.0) as u64,
+        generator_cpu: number("cpu_pct").unwrap_or(f64::NAN),
+        responder_cpu: match (before, after) {
+            (Some(b), Some(a)) if secs > 0.0 => a.saturating_sub(b) as f64 / USER_HZ / secs * 100.0,
+            _ => f64::NAN,
+        },
+    };
+    if run.mismatches > 0 {
+        eprintln!("MISMATCH: bench {}\n{out}{err}", args.join(" "));
+    }
+    Ok(run)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Medians over the runs of one case, and the sums that must be zero.
+#[derive(Debug, Clone, Default)]
+struct Summary {
+    blocks_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    retransmissions: u64,
+    mismatches: u64,
+    failures: u64,
+    generator_cpu: f64,
+    responder_cpu: f64,
+}
+
+fn summarize(runs: &[Run]) -> Summary {
+    let med = |f: fn(&Run) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+    Summary {
+        blocks_per_s: med(|r| r.blocks_per_s),
+        p50_us: med(|r| r.p50_us),
+        p99_us: med(|r| r.p99_us),
+        retransmissions: runs.iter().map(|r| r.retransmissions).sum(),
+        mismatches: runs.iter().map(|r| r.mismatches).sum(),
+        failures: runs.iter().map(|r| r.failures).sum(),
+        generator_cpu: med(|r| r.generator_cpu),
+        responder_cpu: med(|r| r.responder_cpu),
+    }
+}
+
+/// ELF facts of a binary: machine name and whether it has an interpreter
+/// (PT_INTERP), i.e. is dynamically linked.
+fn elf_info(path: &Path) -> Option<(&'static str, bool)> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.get(..4)? != b"\x7fELF" || *bytes.get(4)? != 2 || *bytes.get(5)? != 1 {
+        return None; // Only 64-bit little-endian is expected here.
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?));
+    let machine = match u16_at(18)? {
+        62 => "x86_64",
+        183 => "aarch64",
+        _ => "other",
+    };
+    let phoff = usize::try_from(u64_at(32)?).ok()?;
+    let phentsize = usize::from(u16_at(54)?);
+    let phnum = usize::from(u16_at(56)?);
+    const PT_INTERP: u32 = 3;
+    let dynamic = (0..phnum).any(|i| u32_at(phoff + i * phentsize) == Some(PT_INTERP));
+    Some((machine, dynamic))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn kib(bytes: u64) -> String {
+    format!("{} KiB", bytes.div_ceil(1024))
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+/// Runs everything and prints the table; Ok(false) when a block
+/// mismatched or a run failed.
+fn bench() -> Result<bool, String> {
+    let runs = usize::try_from(env_number("OTA_BENCH_RUNS", MIN_RUNS as u64))
+        .unwrap_or(MIN_RUNS)
+        .max(1);
+    let run_ms = env_number("OTA_BENCH_MS", DEFAULT_RUN_MS).max(100);
+    let started = Instant::now();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+
+    // Catalogs.
+    let root = TempDir(std::env::temp_dir().join(format!("iot-ota-bench-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&root.0);
+    let one = root.0.join("one");
+    let flat = root.0.join("flat");
+    let startup = root.0.join("startup");
+    for dir in [&one, &flat, &startup] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let image = image_bytes(IMAGE_LEN, 7);
+    let image_path = one.join(IMAGE_NAME);
+    std::fs::write(&image_path, &image).map_err(|e| e.to_string())?;
+    std::fs::write(flat.join(IMAGE_NAME), &image).map_err(|e| e.to_string())?;
+    let image_id = format!("{:08x}", fnv1a32(IMAGE_NAME.as_bytes()));
+    let mut taken = vec![fnv1a32(IMAGE_NAME.as_bytes())];
+    let flat_total = IMAGE_LEN as u64 + write_small_images(&flat, "FLAT", FLAT_IMAGES, &mut taken)?;
+    write_small_images(&startup, "START", STARTUP_IMAGES, &mut Vec::new())?;
+
+    let pinning = Pinning::detect();
+    let responder_cpu = pinning.responder.as_deref();
+    let generator_cpu = pinning.generator.as_deref();
+    eprintln!(
+        "bench: starting the servers (1 image; 1 image for the port spread; {FLAT_IMAGES} + 1 images) and the baseline"
+    );
+    let server = start_server(&one, responder_cpu)?;
+    let server_ports = start_server(&one, responder_cpu)?;
+    let server_flat = start_server(&flat, responder_cpu)?;
+    let baseline = start_baseline(responder_cpu)?;
+
+    let mut cases = Vec::new();
+    for route in [Route::Id, Route::Legacy] {
+        for devices in DEVICE_COUNTS {
+            for responder in [Responder::Baseline, Responder::Server] {
+                cases.push(Case {
+                    responder,
+                    route,
+                    devices,
+                    ports: None,
+                });
+            }
+        }
+    }
+    let flat_images = Case {
+        responder: Responder::ServerFlat,
+        route: Route::Id,
+        devices: FLAT_DEVICES,
+        ports: None,
+    };
+    let flat_ports = Case {
+        responder: Responder::ServerPorts,
+        route: Route::Id,
+        devices: FLAT_DEVICES,
+        ports: Some(FLAT_PORTS),
+    };
+    // The same spread against the baseline: what the kernel and the
+    // generator lose with 10,000 sockets, whatever the responder.
+    let flat_ports_baseline = Case {
+        responder: Responder::Baseline,
+        ..flat_ports
+    };
+    cases.push(flat_images);
+    cases.push(flat_ports);
+    cases.push(flat_ports_baseline);
+
+    let args_for = |case: &Case, duration_ms: u64| -> (Vec<String>, &Proc) {
+        let proc = match case.responder {
+            Responder::Baseline => &baseline,
+            Responder::Server => &server,
+            Responder::ServerFlat => &server_flat,
+            Responder::ServerPorts => &server_ports,
+        };
+        let mut a: Vec<String> = vec![
+            proc.addr.to_string(),
+            "--devices".into(),
+            case.devices.to_string(),
+            "--duration-ms".into(),
+            duration_ms.to_string(),
+            "--timeout-ms".into(),
+            TIMEOUT_MS.into(),
+            "--block-size".into(),
+            "1024".into(),
+            "--expect".into(),
+            image_path.display().to_string(),
+            "--path".into(),
+            case.route.name().into(),
+        ];
+        match case.route {
+            Route::Id => a.extend(["--id".into(), image_id.clone()]),
+            Route::Legacy => a.extend([
+                "--pid".into(),
+                IMAGE_PID.into(),
+                "--type".into(),
+                "APP".into(),
+                "--version".into(),
+                DEVICE_VERSION.into(),
+            ]),
+        }
+        if let Some(p) = case.ports {
+            a.extend(["--ports".into(), p.to_string()]);
+        }
+        if case.responder == Responder::Baseline {
+            a.push("--baseline".into());
+        }
+        (a, proc)
+    };
+
+    // Warm-up: page in the binaries and the image, settle the CPUs.
+    for case in cases
+        .iter()
+        .filter(|c| c.devices == FLAT_DEVICES && c.ports.is_none())
+    {
+        let (args, proc) = args_for(case, 200);
+        run_generator(&args, proc, false, generator_cpu)?;
+    }
+
+    let mut results: HashMap<Case, Vec<Run>> = HashMap::new();
+    let mut ok = true;
+    for rep in 0..runs {
+        eprintln!(
+            "bench: round {} of {runs} ({} configurations)",
+            rep + 1,
+            cases.len()
+        );
+        for case in &cases {
+            let (args, proc) = args_for(case, run_ms);
+            match run_generator(&args, proc, case.ports.is_some(), generator_cpu) {
+                Ok(run) => results.entry(*case).or_default().push(run),
+                Err(e) => {
+                    eprintln!("bench: {e}");
+                    ok = false;
+                }
+            }
+        }
+    }
+    let summary: HashMap<Case, Summary> = results.iter().map(|(c, r)| (*c, summarize(r))).collect();
+    let rss_peak = status_bytes(server.child.id(), "VmHWM:");
+    let rss_flat_peak = status_bytes(server_flat.child.id(), "VmHWM:");
+    let rss_ports_peak = status_bytes(server_ports.child.id(), "VmHWM:");
+    drop(server);
+    drop(server_ports);
+    drop(server_flat);
+    drop(baseline);
+
+    // Start-up with 1,000 images.
+    let mut startup_ms = Vec::new();
+    for _ in 0..STARTUP_RUNS {
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let t0 = Instant::now();
+        let child = Command::new(SERVER)
+            .arg("-q")
+            .arg("-d")
+            .arg(&startup)
+            .arg("-l")
+            .arg(addr.to_string())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {SERVER}: {e}"))?;
+        let proc = Proc { child, addr };
+        if let Some(t1) = probe(proc.addr, t0 + Duration::from_secs(10)) {
+            startup_ms.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
+        }
+    }
+    let startup_median = median(&mut startup_ms);
+
+    // Report.
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "== iot-ota-server benchmark: median of {runs} runs of {run_ms} ms per figure, loopback, \
+         {IMAGE_LEN}-byte image, 1024-byte blocks =="
+    );
+    let _ = writeln!(
+        w,
+        "machine: {cpus} CPUs, load average at start {}; {}",
+        load_before
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        pinning.describe()
+    );
+    if runs < MIN_RUNS {
+        let _ = writeln!(
+            w,
+            "NOTE: OTA_BENCH_RUNS={runs} is below {MIN_RUNS}: not a valid report"
+        );
+    }
+    let _ = writeln!(
+        w,
+        "Benchmarks on a shared machine are noisy: a FAIL is reported, not fatal; the exit status is \
+         non-zero only when a block mismatched or a run failed."
+    );
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "Throughput. resp CPU: the responder's CPU use during the run (near 100% means the responder, \
+         not the generator, is the limit); retx: retransmissions, all runs."
+    );
+    let _ = writeln!(
+        w,
+        "{:<7} {:>7} {:<9} {:>10} {:>8} {:>8} {:>5} {:>9} {:>8} {:>16}",
+        "path",
+        "devices",
+        "responder",
+        "blocks/s",
+        "p50 us",
+        "p99 us",
+        "retx",
+        "resp CPU",
+        "gen CPU",
+        "server/baseline"
+    );
+    let mut ratios: HashMap<(Route, usize), f64> = HashMap::new();
+    let mut mismatches = 0u64;
+    let mut failures = 0u64;
+    for s in summary.values() {
+        mismatches += s.mismatches;
+        failures += s.failures;
+    }
+    let row = |w: &mut String, route: &str, devices: String, label: &str, s: &Summary, ratio: String| {
+        let _ = writeln!(
+            w,
+            "{:<7} {:>7} {:<9} {:>10.0} {:>8.0} {:>8.0} {:>5} {:>8.0}% {:>7.0}% {:>16}",
+            route,
+            devices,
+            label,
+            s.blocks_per_s,
+            s.p50_us,
+            s.p99_us,
+            s.retransmissions,
+            s.responder_cpu,
+            s.generator_cpu,
+            ratio
+        );
+    };
+    for route in [Route::Id, Route::Legacy] {
+        for devices in DEVICE_COUNTS {
+            let get = |responder| {
+                summary.get(&Case {
+                    responder,
+                    route,
+                    devices,
+                    ports: None,
+                })
+            };
+            let (Some(b), Some(s)) = (get(Responder::Baseline), get(Responder::Server)) else {
+                let _ = writeln!(w, "{:<7} {devices:>7} (no result)", route.name());
+                continue;
+            };
+            let ratio = s.blocks_per_s / b.blocks_per_s;
+            ratios.insert((route, devices), ratio);
+            row(w, route.name(), devices.to_string(), "baseline", b, String::new());
+            row(
+                w,
+                route.name(),
+                devices.to_string(),
+                "server",
+                s,
+                format!("{ratio:.3}"),
+            );
+        }
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "Flat cost ({FLAT_DEVICES} devices, id path; ratio to the 1-image, 1-port-per-device row)"
+    );
+    let at16 = |responder| {
+        summary.get(&Case {
+            responder,
+            route: Route::Id,
+            devices: FLAT_DEVICES,
+            ports: None,
+        })
+    };
+    // (label, ratio): judged within 10%.
+    let mut flat_ratios: Vec<(String, f64)> = Vec::new();
+    if let (Some(server_ref), Some(baseline_ref)) = (at16(Responder::Server), at16(Responder::Baseline)) {
+        let n = FLAT_DEVICES.to_string();
+        row(w, "id", n.clone(), "server", server_ref, "reference".to_owned());
+        if let Some(s) = summary.get(&flat_images) {
+            let ratio = s.blocks_per_s / server_ref.blocks_per_s;
+            flat_ratios.push((format!("{FLAT_IMAGES} images in the catalog / 1 image"), ratio));
+            row(
+                w,
+                "id",
+                n.clone(),
+                "server",
+                s,
+                format!("{FLAT_IMAGES} images {ratio:.3}"),
+            );
+        }
+        let spread = (summary.get(&flat_ports), summary.get(&flat_ports_baseline));
+        if let (Some(s), Some(b)) = spread {
+            let ratio = s.blocks_per_s / server_ref.blocks_per_s;
+            let kernel = b.blocks_per_s / baseline_ref.blocks_per_s;
+            row(
+                w,
+                "id",
+                n.clone(),
+                "server",
+                s,
+                format!("{FLAT_PORTS} ports {ratio:.3}"),
+            );
+            row(
+                w,
+                "id",
+                n.clone(),
+                "baseline",
+                baseline_ref,
+                "reference".to_owned(),
+            );
+            row(
+                w,
+                "id",
+                n,
+                "baseline",
+                b,
+                format!("{FLAT_PORTS} ports {kernel:.3}"),
+            );
+            flat_ratios.push((format!("{FLAT_PORTS} client ports / 1 port per device"), ratio));
+            flat_ratios.push((
+                format!("{FLAT_PORTS} ports, server's own share (server / baseline)"),
+                ratio / kernel,
+            ));
+        }
+    }
+    let _ = writeln!(
+        w,
+        "(The baseline rows show what 10,000 client sockets cost the kernel and the generator alone; \
+         the server's own share is its ratio divided by the baseline's.)"
+    );
+
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "{:<74} {:>14} {:>30}  result",
+        "Target", "measured", "required"
+    );
+    let target = |w: &mut String, name: String, measured: String, required: String, pass: bool| {
+        let _ = writeln!(w, "{name:<74} {measured:>14} {required:>30}  {}", verdict(pass));
+    };
+    for route in [Route::Id, Route::Legacy] {
+        for (devices, floor) in [(16, 0.90), (256, 0.85)] {
+            let ratio = ratios.get(&(route, devices)).copied().unwrap_or(f64::NAN);
+            target(
+                w,
+                format!(
+                    "{} path, {devices} devices: server / baseline blocks/s",
+                    route.name()
+                ),
+                format!("{ratio:.3}"),
+                format!(">= {floor:.2}"),
+                ratio >= floor,
+            );
+        }
+    }
+    for (label, ratio) in &flat_ratios {
+        target(
+            w,
+            format!("flat cost, {FLAT_DEVICES} devices: {label}"),
+            format!("{ratio:.3}"),
+            "within 10% (0.90..1.10)".to_owned(),
+            (ratio - 1.0).abs() <= 0.10,
+        );
+    }
+    let rss_limit = IMAGE_LEN as u64 + RSS_ALLOWANCE;
+    match rss_peak {
+        Some(peak) => target(
+            w,
+            "peak RSS (VmHWM) of the server after its 1-, 16- and 256-device runs".to_owned(),
+            mib(peak),
+            format!("<= {} (images + 3 MiB)", mib(rss_limit)),
+            peak <= rss_limit,
+        ),
+        None => target(
+            w,
+            "peak RSS".to_owned(),
+            "unreadable".to_owned(),
+            String::new(),
+            false,
+        ),
+    }
+    let startup_ok = startup_ms.len() == STARTUP_RUNS && startup_median < STARTUP_LIMIT_MS;
+    target(
+        w,
+        format!(
+            "start-up, {STARTUP_IMAGES} images: spawn to first answer ({} of {STARTUP_RUNS} ok)",
+            startup_ms.len()
+        ),
+        format!("{startup_median:.1} ms"),
+        format!("< {STARTUP_LIMIT_MS:.0} ms"),
+        startup_ok,
+    );
+    let target_dir = Path::new(SERVER)
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf);
+    let mut info = Vec::new();
+    for triple in MUSL_TARGETS {
+        let path = target_dir
+            .as_ref()
+            .map(|d| d.join(triple).join("release").join("iot-ota-server"));
+        match path
+            .as_ref()
+            .and_then(|p| Some((std::fs::metadata(p).ok()?.len(), elf_info(p))))
+        {
+            Some((size, elf)) => {
+                let linked = match elf {
+                    Some((_, false)) => "static",
+                    Some((_, true)) => "dynamic",
+                    None => "not ELF64",
+                };
+                target(
+                    w,
+                    format!("{triple} release server binary ({linked})"),
+                    kib(size),
+                    "<= 1024 KiB, static".to_owned(),
+                    size <= BINARY_LIMIT && linked == "static",
+                );
+            }
+            None => info.push(format!(
+                "{triple}: not built (make release-musl / make release-aarch64 build it)"
+            )),
+        }
+    }
+    let _ = writeln!(w);
+    for (name, path) in [("iot-ota-server", SERVER), ("iot-ota-client", CLIENT)] {
+        if let Ok(meta) = std::fs::metadata(path) {
+            info.push(format!(
+                "{name} release binary (host, glibc): {}",
+                kib(meta.len())
+            ));
+        }
+    }
+    if let Some(peak) = rss_ports_peak {
+        info.push(format!(
+            "peak RSS of the 1-image server after the {FLAT_PORTS}-port runs (per-peer tables at their bound): {}",
+            mib(peak)
+        ));
+    }
+    if let Some(peak) = rss_flat_peak {
+        info.push(format!(
+            "peak RSS of the server with {FLAT_IMAGES} + 1 images ({} of images): {} (images + {})",
+            mib(flat_total),
+            mib(peak),
+            mib(peak.saturating_sub(flat_total))
+        ));
+    }
+    info.push(format!(
+        "start-up runs: {}",
+        startup_ms
+            .iter()
+            .map(|m| format!("{m:.1} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    info.push(format!(
+        "mismatched blocks: {mismatches}; failed exchanges: {failures}"
+    ));
+    info.push(format!("bench took {:.0} s", started.elapsed().as_secs_f64()));
+    for line in info {
+        let _ = writeln!(w, "  {line}");
+    }
+    print!("{out}");
+    Ok(ok && mismatches == 0)
+}
+
+/// Quick checks of the bench machinery, run by `make test` (see `main`).
+mod smoke {
+    pub fn generator_checks_the_real_server_and_drives_the_baseline() {
+        use super::*;
+        let root = TempDir(std::env::temp_dir().join(format!("iot-ota-bench-test-{}", std::process::id())));
+        std::fs::create_dir_all(&root.0).unwrap();
+        let image = image_bytes(20_000, 3);
+        let path = root.0.join(IMAGE_NAME);
+        std::fs::write(&path, &image).unwrap();
+        let id = format!("{:08x}", fnv1a32(IMAGE_NAME.as_bytes()));
+        let server = start_server(&root.0, None).unwrap();
+        let baseline = start_baseline(None).unwrap();
+        let args = |server: &Proc, image: &Path, extra: &[&str]| -> Vec<String> {
+            let mut a = vec![
+                server.addr.to_string(),
+                "--duration-ms".to_owned(),
+                "300".to_owned(),
+                "--timeout-ms".to_owned(),
+                TIMEOUT_MS.to_owned(),
+                "--expect".to_owned(),
+                image.display().to_string(),
+            ];
+            a.extend(extra.iter().map(|s| s.to_string()));
+            a
+        };
+        let legacy = [
+            "--path",
+            "legacy",
+            "--pid",
+            IMAGE_PID,
+            "--version",
+            DEVICE_VERSION,
+        ];
+        for (responder, extra) in [
+            (&server, vec!["--devices", "4", "--id", &id]),
+            (&server, [&["--devices", "4"][..], &legacy].concat()),
+            (&server, vec!["--devices", "4", "--ports", "64", "--id", &id]),
+            (&baseline, vec!["--devices", "4", "--baseline"]),
+        ] {
+            let run = run_generator(&args(responder, &path, &extra), responder, false, None).unwrap();
+            assert!(run.blocks_per_s > 0.0, "{extra:?}: {run:?}");
+            assert_eq!(run.mismatches, 0, "{extra:?}");
+            assert_eq!(run.failures, 0, "{extra:?}");
+        }
+        // A wrong expectation is caught, block by block.
+        let other = root.0.join("other.bin");
+        std::fs::write(&other, image_bytes(20_000, 4)).unwrap();
+        let run = run_generator(&args(&server, &other, &["--id", &id]), &server, false, None).unwrap();
+        assert!(run.mismatches > 0, "{run:?}");
+    }
+
+    pub fn elf_reader_sees_the_interpreter_of_a_dynamic_binary() {
+        use super::*;
+        // The host release or debug build links glibc dynamically.
+        let (machine, dynamic) = elf_info(Path::new(SERVER)).unwrap();
+        assert_eq!(machine, std::env::consts::ARCH);
+        assert!(dynamic);
+        assert!(elf_info(Path::new("Cargo.toml")).is_none());
+    }
+}
