@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, DirEntry, File};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -88,6 +89,36 @@ pub const fn fnv1a64(bytes: &[u8]) -> u64 {
     }
     hash
 }
+
+/// FNV-1a 64 as a `Hasher`, for the catalog's maps. Their keys come from
+/// the operator's file names, fixed at start-up: a request can look keys
+/// up but never add one, so SipHash's resistance to crafted collisions
+/// buys nothing here, and FNV over 4 to 256 bytes is several times cheaper
+/// per lookup on the hot path.
+#[derive(Debug, Clone, Copy)]
+pub struct FnvHasher(u64);
+
+impl Default for FnvHasher {
+    fn default() -> Self {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Builds [`FnvHasher`]s for the catalog's maps.
+type FnvBuild = BuildHasherDefault<FnvHasher>;
 
 /// The version number devices compare: `major << 24 | minor << 16 | build`, exactly as the
 /// reference server computes it, so `(1, 1, 31)` is `0x0101_001F`.
@@ -598,9 +629,9 @@ pub struct Catalog {
     /// Sorted by file name.
     images: Vec<Image>,
     /// id → index into `images`.
-    by_id: HashMap<u32, usize>,
+    by_id: HashMap<u32, usize, FnvBuild>,
     /// `[fw_type] ++ pid` → index of the image with the highest version.
-    newest: HashMap<Box<[u8]>, usize>,
+    newest: HashMap<Box<[u8]>, usize, FnvBuild>,
     links: Vec<CoreLink>,
     core_body: Vec<u8>,
     core_etag: [u8; 8],
@@ -698,7 +729,7 @@ impl Catalog {
     fn build(mut found: Vec<Found>) -> Result<Catalog, Error> {
         found.sort_by(|a, b| a.file_name.cmp(&b.file_name));
         let mut images: Vec<Image> = Vec::with_capacity(found.len());
-        let mut by_id = HashMap::with_capacity(found.len());
+        let mut by_id = HashMap::with_capacity_and_hasher(found.len(), FnvBuild::default());
         let mut by_version: HashMap<(&[u8], u8, u32), usize> = HashMap::new();
         for f in found {
             let image = Image::new(f.file_name, f.name, f.bytes);
@@ -723,7 +754,7 @@ impl Catalog {
             by_version.insert(key, index);
         }
 
-        let mut newest: HashMap<Box<[u8]>, usize> = HashMap::new();
+        let mut newest: HashMap<Box<[u8]>, usize, FnvBuild> = HashMap::default();
         for (index, image) in images.iter().enumerate() {
             let mut key = Vec::with_capacity(1 + image.name.pid.len());
             key.push(image.name.fw_type);

@@ -17,10 +17,10 @@ use crate::{catalog::VersionText, firmware};
 use log::{debug, info, log_enabled, trace, warn, Level};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// How often the counters are logged (at info, when anything changed).
-const STATS_INTERVAL: Duration = Duration::from_secs(300);
+const STATS_INTERVAL_MS: u64 = 300_000;
 /// Transfer lines (start, last block) logged at info per second at most:
 /// anyone can send block-0 requests, and the log must not become the
 /// amplifier; the rest are counted in [`Stats::suppressed_log_lines`].
@@ -65,6 +65,8 @@ pub struct Server {
     stats: Stats,
     /// The second of the transfer-line budget and the lines used in it.
     log_budget: (u64, u32),
+    /// Milliseconds since start at the last received datagram.
+    now_ms: u64,
 }
 
 impl Server {
@@ -81,6 +83,7 @@ impl Server {
             started: Instant::now(),
             stats: Stats::default(),
             log_budget: (0, 0),
+            now_ms: 0,
         }
     }
 
@@ -104,16 +107,18 @@ impl Server {
 
     /// Serves until the process is stopped.
     pub fn run(&mut self) -> ! {
-        let mut last_report = Instant::now();
+        let mut last_report_ms = self.now_ms;
         let mut reported = self.stats;
         loop {
             self.serve_one();
-            if last_report.elapsed() >= STATS_INTERVAL {
+            // The time serve_one read for the datagram: no second clock
+            // read per datagram.
+            if self.now_ms.saturating_sub(last_report_ms) >= STATS_INTERVAL_MS {
                 if self.stats != reported {
                     info!("{}", StatsLine(&self.stats));
                     reported = self.stats;
                 }
-                last_report = Instant::now();
+                last_report_ms = self.now_ms;
             }
         }
     }
@@ -136,6 +141,7 @@ impl Server {
         };
         self.stats.received += 1;
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.now_ms = now_ms;
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         if log_enabled!(Level::Debug) {
             log_request(from, datagram);

@@ -28,7 +28,7 @@
 //! and with `--echo` it is checked again (Echo values stay valid for one
 //! to two minutes, longer than a client retransmits).
 
-use crate::catalog::{Catalog, Image};
+use crate::catalog::{fnv1a32, Catalog, Image};
 use crate::firmware::{self, DeviceRequest};
 use crate::table::BoundedTable;
 use crate::wire::{self, Block, BlockError, Emitter, Message, ParseError};
@@ -195,12 +195,26 @@ struct Continuation {
 /// A peer's last served continuation request: its Message ID, a
 /// fingerprint of its bytes (so that a new request that merely reuses the
 /// Message ID, as a rebooted device restarting its counter does, is not
-/// taken for a duplicate) and the state it was answered from.
-#[derive(Debug, Clone, Copy)]
+/// taken for a duplicate) and the transfer state it was answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Exchange {
     mid: u16,
-    fingerprint: u64,
+    fingerprint: u32,
     entry: Continuation,
+}
+
+/// Everything remembered about one peer, in one table entry so that a
+/// request costs at most one lookup and one update.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PeerState {
+    /// The image and OFFSET the peer's last transfer started with.
+    transfer: Option<Continuation>,
+    /// The peer's last payload-less continuation request.
+    last_continuation: Option<Exchange>,
+    /// The peer's two latest Confirmable requests that started a transfer
+    /// (Message ID, fingerprint), newest first: a late duplicate of one is
+    /// answered again without resetting a transfer started since.
+    starts: [Option<(u16, u32)>; 2],
 }
 
 /// State changes a request asks for, applied only once its reply is
@@ -208,12 +222,10 @@ struct Exchange {
 /// changes nothing.
 #[derive(Debug, Clone, Copy, Default)]
 struct Writes {
-    /// Store (or restamp) the peer's transfer.
-    continuation: Option<Continuation>,
-    /// Remember this Confirmable request as one that started a transfer.
-    start: Option<u64>,
-    /// Remember this continuation request as the peer's last.
-    exchange: Option<Exchange>,
+    /// The peer's new state (stored, and restamped).
+    state: Option<PeerState>,
+    /// A download by id with an explicit OFFSET was served.
+    offset_transfer: bool,
 }
 
 /// Requests counted in the current one-second window of an address.
@@ -229,15 +241,11 @@ pub struct Service {
     catalog: Catalog,
     limits: Limits,
     server_szx: u8,
-    continuations: BoundedTable<Peer, Continuation>,
-    /// The continuation each recent payload-less Confirmable request was
-    /// served from, by peer and Message ID: a duplicate of it is answered
-    /// from the same state even if the peer started another transfer since.
-    exchanges: BoundedTable<Peer, Exchange>,
-    /// Confirmable requests that started a transfer, by peer and Message
-    /// ID, with their fingerprint: a late duplicate of one is answered
-    /// again without resetting a transfer the peer started since.
-    starts: BoundedTable<(Peer, u16), u64>,
+    peers: BoundedTable<Peer, PeerState>,
+    /// Set once a download by id with an explicit OFFSET was served: until
+    /// then a payload-less request for a later block of `/updates/{id}`
+    /// can only mean OFFSET 0, and the common download pays no lookup.
+    offset_transfers: bool,
     rate: BoundedTable<[u8; 16], RateWindow>,
     echo_key: RandomState,
     next_mid: u16,
@@ -308,9 +316,8 @@ impl Service {
             catalog,
             limits,
             server_szx,
-            continuations: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
-            exchanges: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
-            starts: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
+            peers: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
+            offset_transfers: false,
             rate: BoundedTable::new(limits.rate_table_capacity, 1000),
             echo_key: RandomState::new(),
             next_mid: 0,
@@ -330,7 +337,7 @@ impl Service {
     /// Peers with a remembered legacy transfer (bounded by
     /// [`Limits::continuation_capacity`]).
     pub fn continuation_count(&self) -> usize {
-        self.continuations.len()
+        self.peers.len()
     }
 
     /// Addresses tracked by the rate limiter (bounded by
@@ -379,23 +386,19 @@ impl Service {
             ref catalog,
             ref limits,
             server_szx,
-            ref mut continuations,
-            ref mut exchanges,
-            ref mut starts,
+            ref mut peers,
+            ref mut offset_transfers,
             ref echo_key,
             ..
         } = *self;
-        let fingerprint = crate::catalog::fnv1a64(datagram);
-        let confirmable = msg.mtype == MessageType::Confirmable;
         let mut ctx = Ctx {
             catalog,
             server_szx,
-            continuations: &*continuations,
-            exchanges: &*exchanges,
-            duplicate_start: confirmable && starts.get(&(peer, msg.mid), now_ms) == Some(&fingerprint),
+            peers: &*peers,
+            offset_transfers: *offset_transfers,
             writes: Writes::default(),
             peer,
-            fingerprint,
+            datagram,
             now_ms,
             msg: &msg,
             mid,
@@ -420,15 +423,10 @@ impl Service {
             }
         }
         let writes = ctx.writes;
-        if let Some(entry) = writes.continuation {
-            continuations.insert(peer, entry, now_ms);
+        if let Some(state) = writes.state {
+            peers.insert(peer, state, now_ms);
         }
-        if let Some(exchange) = writes.exchange {
-            exchanges.insert(peer, exchange, now_ms);
-        }
-        if let (Some(fingerprint), true) = (writes.start, confirmable) {
-            starts.insert((peer, msg.mid), fingerprint, now_ms);
-        }
+        *offset_transfers |= writes.offset_transfer;
         Action::Reply { len, outcome }
     }
 
@@ -548,14 +546,11 @@ fn echo_challenge(
 struct Ctx<'s, 't, 'm> {
     catalog: &'s Catalog,
     server_szx: u8,
-    continuations: &'t BoundedTable<Peer, Continuation>,
-    exchanges: &'t BoundedTable<Peer, Exchange>,
-    /// This request is a duplicate of one that started a transfer: answer
-    /// it again but leave the peer's current transfer alone.
-    duplicate_start: bool,
+    peers: &'t BoundedTable<Peer, PeerState>,
+    offset_transfers: bool,
     writes: Writes,
     peer: Peer,
-    fingerprint: u64,
+    datagram: &'m [u8],
     now_ms: u64,
     msg: &'m Message<'m>,
     mid: u16,
@@ -637,40 +632,48 @@ impl<'s> Ctx<'s, '_, '_> {
     /// EXCHANGE_LIFETIME after the peer's last block, not its first.
     fn continued(&mut self, image_id: Option<&[u8; 8]>) -> Option<Continuation> {
         let msg = self.msg;
+        let mut state = self.peers.get(&self.peer, self.now_ms).copied()?;
         let confirmable = msg.mtype == MessageType::Confirmable;
-        let repeated = self
-            .exchanges
-            .get(&self.peer, self.now_ms)
-            .filter(|last| confirmable && last.mid == msg.mid && last.fingerprint == self.fingerprint)
+        let fingerprint = fingerprint(self.datagram);
+        let repeated = state
+            .last_continuation
+            .filter(|last| confirmable && last.mid == msg.mid && last.fingerprint == fingerprint)
             .map(|last| last.entry);
-        let current = self.continuations.get(&self.peer, self.now_ms).copied();
         let entry = repeated
-            .or(current)
+            .or(state.transfer)
             .filter(|entry| image_id.map_or(true, |id| *id == entry.image_id))?;
-        if current == Some(entry) {
-            self.writes.continuation = Some(entry);
-        }
         if confirmable {
-            self.writes.exchange = Some(Exchange {
+            state.last_continuation = Some(Exchange {
                 mid: msg.mid,
-                fingerprint: self.fingerprint,
+                fingerprint,
                 entry,
             });
         }
+        self.writes.state = Some(state);
         Some(entry)
     }
 
     /// Records a request that starts a transfer of `image` at `offset`,
-    /// unless it is a late duplicate of an earlier start.
+    /// unless it is a late duplicate of one of the peer's recent starts.
     fn start(&mut self, image: &Image, offset: u32) {
-        if self.duplicate_start {
-            return;
+        let mut state = self
+            .peers
+            .get(&self.peer, self.now_ms)
+            .copied()
+            .unwrap_or_default();
+        let fingerprint = fingerprint(self.datagram);
+        if self.msg.mtype == MessageType::Confirmable {
+            let this = Some((self.msg.mid, fingerprint));
+            if state.starts.contains(&this) {
+                return;
+            }
+            state.starts = [this, state.starts[0]];
         }
-        self.writes.continuation = Some(Continuation {
+        state.transfer = Some(Continuation {
             image_id: image.id_hex,
             offset,
         });
-        self.writes.start = Some(self.fingerprint);
+        self.writes.state = Some(state);
     }
 
     /// Lookup and query forms: the candidate's id as text/plain.
@@ -696,16 +699,10 @@ impl<'s> Ctx<'s, '_, '_> {
             .candidate(request.pid, request.fw_type, request.version)
             .ok_or(Failure::NoUpdate)?;
         let reply = self.body(image, offset, true, out)?;
-        if self.continuing() {
-            // Devices repeat the payload on every block: keep the entry
-            // fresh for a peer that may drop it later.
-            self.writes.continuation = Some(Continuation {
-                image_id: image.id_hex,
-                offset,
-            });
-        } else {
-            self.start(image, offset);
-        }
+        // Every legacy request names its transfer: deployed devices repeat
+        // it on every block, node-coap sends it with the first block it
+        // asks for (which may be a resumed NUM > 0).
+        self.start(image, offset);
         Ok(reply)
     }
 
@@ -749,12 +746,21 @@ impl<'s> Ctx<'s, '_, '_> {
             .ok_or(error(ResponseType::NotFound, "no image with this id"))?;
         let offset = match explicit {
             Some(offset) => offset,
-            None if self.continuing() => self.continued(Some(&image.id_hex)).map_or(0, |c| c.offset),
+            None if self.continuing() && self.offset_transfers => {
+                self.continued(Some(&image.id_hex)).map_or(0, |c| c.offset)
+            }
             None => 0,
         };
         let reply = self.body(image, offset, false, out)?;
-        if !self.continuing() {
+        // Block 0, or any block that names its OFFSET (a client resuming
+        // at NUM > 0 with the payload), starts a body: remembered when it
+        // has an OFFSET, and when it may replace an earlier transfer with
+        // one; plain downloads from offset 0 on a server that never saw an
+        // OFFSET need no state.
+        let names_offset = explicit.is_some() || !self.continuing();
+        if names_offset && (offset > 0 || self.offset_transfers) {
             self.start(image, offset);
+            self.writes.offset_transfer = offset > 0;
         }
         Ok(reply)
     }
@@ -921,6 +927,13 @@ impl<'s> Ctx<'s, '_, '_> {
             writer.len
         })?)
     }
+}
+
+/// Tells a duplicate from a new request that reuses its Message ID: 32
+/// bits, so a per-peer record stays small; a false match needs the same
+/// peer, Message ID and a 1 in 2^32 hash collision within 247 s.
+fn fingerprint(datagram: &[u8]) -> u32 {
+    fnv1a32(datagram)
 }
 
 /// ETag, Content-Format, Block2 and Size2 of a block response, in option

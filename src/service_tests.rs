@@ -1712,3 +1712,16 @@ fn echo_challenge_is_not_sent_when_it_would_amplify_itself() {
         Err(Dropped::Unverified)
     );
 }
+
+#[test]
+fn image_offset_payload_on_a_resumed_block_continues_from_that_offset() {
+    // node-coap resuming: the payload travels with the first block it asks
+    // for, which is not block 0, and the later blocks carry none.
+    let mut fx = Fx::new();
+    let img = fx.img(MOTE_NEW);
+    let uri = format!("updates/{}", img.id);
+    let first = fx.ask(&Req::get(&uri).block2(2, 4).payload(&100u32.to_le_bytes()));
+    assert_eq!(assert_block(&first, &img, 2, true, 4), &img.bytes[612..868]);
+    let next = fx.ask(&Req::get(&uri).block2(3, 4).mid(MID + 1));
+    assert_eq!(assert_block(&next, &img, 3, true, 4), &img.bytes[868..1124]);
+}

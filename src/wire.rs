@@ -567,6 +567,23 @@ impl<'b> Emitter<'b> {
     pub fn option(&mut self, number: u16, value: &[u8]) -> Result<(), EmitError> {
         debug_assert!(number >= self.last_option, "options out of order");
         let delta = number.saturating_sub(self.last_option);
+        if delta < 13 && value.len() < 13 {
+            // Every option a reply carries: one header byte, no extensions.
+            let end = self
+                .len
+                .checked_add(1 + value.len())
+                .ok_or(EmitError::BufferTooSmall)?;
+            let (header, rest) = self
+                .buf
+                .get_mut(self.len..end)
+                .and_then(|room| room.split_first_mut())
+                .ok_or(EmitError::BufferTooSmall)?;
+            *header = ((delta as u8) << 4) | value.len() as u8;
+            rest.copy_from_slice(value);
+            self.len = end;
+            self.last_option = number;
+            return Ok(());
+        }
         let length = u16::try_from(value.len()).map_err(|_| EmitError::BufferTooSmall)?;
         let (delta_nibble, delta_ext, delta_ext_len) = extended(delta);
         let (length_nibble, length_ext, length_ext_len) = extended(length);
