@@ -661,6 +661,16 @@ impl<'s> Ctx<'s, '_, '_> {
             .get(&self.peer, self.now_ms)
             .copied()
             .unwrap_or_default();
+        let transfer = Continuation {
+            image_id: image.id_hex,
+            offset,
+        };
+        if state.transfer == Some(transfer) {
+            // The transfer in force already (a device repeating its payload
+            // on every block): nothing to record, and a late duplicate of
+            // this request could only name it again.
+            return;
+        }
         let fingerprint = fingerprint(self.datagram);
         if self.msg.mtype == MessageType::Confirmable {
             let this = Some((self.msg.mid, fingerprint));
@@ -669,10 +679,7 @@ impl<'s> Ctx<'s, '_, '_> {
             }
             state.starts = [this, state.starts[0]];
         }
-        state.transfer = Some(Continuation {
-            image_id: image.id_hex,
-            offset,
-        });
+        state.transfer = Some(transfer);
         self.writes.state = Some(state);
     }
 
