@@ -29,8 +29,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use coap_lite::link_format::{
-    LinkFormatWrite, LINK_ATTR_CONTENT_FORMAT, LINK_ATTR_MAXIMUM_SIZE_ESTIMATE, LINK_ATTR_RESOURCE_TYPE,
-    LINK_ATTR_TITLE,
+    LinkFormatWrite, LINK_ATTR_CONTENT_FORMAT, LINK_ATTR_MAXIMUM_SIZE_ESTIMATE,
+    LINK_ATTR_RESOURCE_TYPE, LINK_ATTR_TITLE,
 };
 use coap_lite::ContentFormat;
 
@@ -284,7 +284,9 @@ fn valid_pid(pid: &[u8]) -> bool {
 /// [`NameError::Pid`], [`NameError::Major`], [`NameError::Minor`], [`NameError::Build`],
 /// [`NameError::Type`] and [`NameError::Crc`] in that order. Never panics, whatever the input.
 pub fn parse_image_name(name: &str) -> Result<ImageName, NameError> {
-    let stem = name.strip_suffix(IMAGE_SUFFIX).ok_or(NameError::Extension)?;
+    let stem = name
+        .strip_suffix(IMAGE_SUFFIX)
+        .ok_or(NameError::Extension)?;
     let mut fields: [&[u8]; 6] = [&[]; 6];
     let mut count = 0;
     for field in stem.as_bytes().split(|&b| b == b'_') {
@@ -374,7 +376,10 @@ impl fmt::Debug for Image {
             .field("name", &self.name)
             .field("version", &format_args!("{}", VersionText(self.version)))
             .field("id", &self.id_str())
-            .field("etag", &format_args!("{:016x}", u64::from_be_bytes(self.etag)))
+            .field(
+                "etag",
+                &format_args!("{:016x}", u64::from_be_bytes(self.etag)),
+            )
             .field("len", &self.bytes.len())
             .finish()
     }
@@ -523,17 +528,17 @@ impl fmt::Display for SkipReason {
             SkipReason::NotUtf8 => f.write_str("file name is not valid UTF-8"),
             SkipReason::Unreadable(e) => write!(f, "cannot read the file: {e}"),
             SkipReason::Vanished => f.write_str("the file disappeared while it was being loaded"),
-            SkipReason::NotRegularFile => {
-                f.write_str("not a regular file (a directory, a special file or a dangling symbolic link)")
-            }
+            SkipReason::NotRegularFile => f.write_str(
+                "not a regular file (a directory, a special file or a dangling symbolic link)",
+            ),
             SkipReason::TooLarge(len) => write!(
                 f,
                 "{len} bytes is more than the {MAX_IMAGE_LEN} bytes that CoAP offsets and Size2 \
                  can address"
             ),
-            SkipReason::ChangedWhileReading => {
-                f.write_str("the file changed size while it was being read (copy still in progress?)")
-            }
+            SkipReason::ChangedWhileReading => f.write_str(
+                "the file changed size while it was being read (copy still in progress?)",
+            ),
         }
     }
 }
@@ -588,7 +593,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::ReadDir { dir, error } => {
-                write!(f, "cannot list the firmware directory {}: {error}", dir.display())
+                write!(
+                    f,
+                    "cannot list the firmware directory {}: {error}",
+                    dir.display()
+                )
             }
             Error::DuplicateId { first, second, id } => write!(
                 f,
@@ -759,7 +768,9 @@ impl Catalog {
             key.push(image.name.fw_type);
             key.extend_from_slice(&image.name.pid);
             let slot = newest.entry(key.into_boxed_slice()).or_insert(index);
-            let kept_is_newer = images.get(*slot).is_some_and(|kept| kept.version > image.version);
+            let kept_is_newer = images
+                .get(*slot)
+                .is_some_and(|kept| kept.version > image.version);
             if !kept_is_newer {
                 *slot = index;
             }
@@ -768,7 +779,10 @@ impl Catalog {
         let mut links = Vec::with_capacity(1 + images.len());
         links.push(CoreLink::new(
             UPDATES_PATH,
-            vec![(LINK_ATTR_RESOURCE_TYPE, AttrValue::Quoted(RT_UPDATES.to_owned()))],
+            vec![(
+                LINK_ATTR_RESOURCE_TYPE,
+                AttrValue::Quoted(RT_UPDATES.to_owned()),
+            )],
         ));
         for image in &images {
             links.push(image_link(image));
@@ -810,7 +824,8 @@ impl Catalog {
     /// no allocation.
     pub fn by_id_hex(&self, id_hex: &[u8]) -> Option<&Image> {
         let text = <[u8; 8]>::try_from(id_hex).ok()?;
-        self.images.get(*self.by_id_text.get(&u64::from_le_bytes(text))?)
+        self.images
+            .get(*self.by_id_text.get(&u64::from_le_bytes(text))?)
     }
 
     /// The image with this PID (byte for byte) and TYPE that has the highest version, whatever
@@ -829,7 +844,8 @@ impl Catalog {
     /// PID and TYPE, if that version is strictly greater than `current`. `None` means "no
     /// update". O(1), no allocation.
     pub fn candidate(&self, pid: &[u8], fw_type: u8, current: u32) -> Option<&Image> {
-        self.newest(pid, fw_type).filter(|image| image.version > current)
+        self.newest(pid, fw_type)
+            .filter(|image| image.version > current)
     }
 
     /// The links of the discovery body: first `</updates>;rt="fw.updates"`, then one per image
@@ -871,7 +887,10 @@ fn image_link(image: &Image) -> CoreLink {
     CoreLink::new(
         &target,
         vec![
-            (LINK_ATTR_RESOURCE_TYPE, AttrValue::Quoted(RT_IMAGE.to_owned())),
+            (
+                LINK_ATTR_RESOURCE_TYPE,
+                AttrValue::Quoted(RT_IMAGE.to_owned()),
+            ),
             (LINK_ATTR_CONTENT_FORMAT, AttrValue::Number(ct)),
             (LINK_ATTR_MAXIMUM_SIZE_ESTIMATE, AttrValue::Number(size)),
             (LINK_ATTR_TITLE, AttrValue::Quoted(image.file_name.clone())),
@@ -984,7 +1003,10 @@ mod tests {
     }
 
     fn catalog(files: &[(&str, &[u8])]) -> Catalog {
-        let files = files.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect();
+        let files = files
+            .iter()
+            .map(|(n, b)| (n.to_string(), b.to_vec()))
+            .collect();
         let (catalog, skipped) = Catalog::from_files(files).expect("catalog builds");
         assert!(skipped.is_empty(), "{skipped:?}");
         catalog
@@ -1024,7 +1046,10 @@ mod tests {
     #[test]
     fn type_may_be_a_decimal_number() {
         assert_eq!(parse_image_name("P_1_2_3_7.fmu").map(|n| n.fw_type), Ok(7));
-        assert_eq!(parse_image_name("P_1_2_3_255.fmu").map(|n| n.fw_type), Ok(255));
+        assert_eq!(
+            parse_image_name("P_1_2_3_255.fmu").map(|n| n.fw_type),
+            Ok(255)
+        );
         assert_eq!(
             parse_image_name("P_1_2_3_3.fmu"),
             parse_image_name("P_1_2_3_APP.fmu")
@@ -1076,7 +1101,10 @@ mod tests {
 
     #[test]
     fn major_256_is_rejected() {
-        assert_eq!(parse_image_name("P_256_1_31_APP.fmu"), Err(NameError::Major));
+        assert_eq!(
+            parse_image_name("P_256_1_31_APP.fmu"),
+            Err(NameError::Major)
+        );
     }
 
     #[test]
@@ -1098,7 +1126,10 @@ mod tests {
 
     #[test]
     fn build_65536_is_rejected() {
-        assert_eq!(parse_image_name("P_1_1_65536_APP.fmu"), Err(NameError::Build));
+        assert_eq!(
+            parse_image_name("P_1_1_65536_APP.fmu"),
+            Err(NameError::Build)
+        );
         assert!(parse_image_name("P_1_1_65535_APP.fmu").is_ok());
     }
 
@@ -1111,7 +1142,10 @@ mod tests {
 
     #[test]
     fn crc_with_3_digits_is_rejected() {
-        assert_eq!(parse_image_name("P_1_1_31_APP_0x123.fmu"), Err(NameError::Crc));
+        assert_eq!(
+            parse_image_name("P_1_1_31_APP_0x123.fmu"),
+            Err(NameError::Crc)
+        );
     }
 
     #[test]
@@ -1124,7 +1158,10 @@ mod tests {
 
     #[test]
     fn crc_without_0x_or_with_non_hex_is_rejected() {
-        assert_eq!(parse_image_name("P_1_1_31_APP_F63D0305.fmu"), Err(NameError::Crc));
+        assert_eq!(
+            parse_image_name("P_1_1_31_APP_F63D0305.fmu"),
+            Err(NameError::Crc)
+        );
         assert_eq!(
             parse_image_name("P_1_1_31_APP_0xF63D030G.fmu"),
             Err(NameError::Crc)
@@ -1150,15 +1187,24 @@ mod tests {
 
     #[test]
     fn other_extension_is_rejected() {
-        assert_eq!(parse_image_name("P_1_1_31_APP.bin"), Err(NameError::Extension));
-        assert_eq!(parse_image_name("P_1_1_31_APP.FMU"), Err(NameError::Extension));
+        assert_eq!(
+            parse_image_name("P_1_1_31_APP.bin"),
+            Err(NameError::Extension)
+        );
+        assert_eq!(
+            parse_image_name("P_1_1_31_APP.FMU"),
+            Err(NameError::Extension)
+        );
         assert_eq!(parse_image_name(""), Err(NameError::Extension));
         assert_eq!(parse_image_name(".fmu"), Err(NameError::FieldCount));
     }
 
     #[test]
     fn name_error_text_names_the_field() {
-        assert_eq!(NameError::Major.to_string(), "MAJOR must be a decimal 0..=255");
+        assert_eq!(
+            NameError::Major.to_string(),
+            "MAJOR must be a decimal 0..=255"
+        );
         assert!(NameError::Crc.to_string().starts_with("CRC"));
     }
 
@@ -1241,7 +1287,10 @@ mod tests {
     fn candidate_only_when_strictly_newer_and_same_type() {
         let c = catalog(&[("M_1_2_0_APP.fmu", b"1"), ("M_9_0_0_4.fmu", b"2")]);
         let cand = |t, v| c.candidate(b"M", t, v).map(|i| i.file_name.as_str());
-        assert_eq!(cand(TYPE_APP, version(1, 1, 65535)), Some("M_1_2_0_APP.fmu"));
+        assert_eq!(
+            cand(TYPE_APP, version(1, 1, 65535)),
+            Some("M_1_2_0_APP.fmu")
+        );
         assert_eq!(cand(TYPE_APP, version(1, 2, 0)), None);
         assert_eq!(cand(TYPE_APP, version(2, 0, 0)), None);
         // The type-4 image is newer, but not for APP devices.
@@ -1318,7 +1367,10 @@ mod tests {
     #[test]
     fn core_body_lists_updates_then_images_in_name_order() {
         // Given in reverse order: the body follows file-name order regardless.
-        let c = catalog(&[("OTA-A_1_0_1_APP.fmu", b""), ("OTA-A_1_0_0_APP.fmu", b"abc")]);
+        let c = catalog(&[
+            ("OTA-A_1_0_1_APP.fmu", b""),
+            ("OTA-A_1_0_0_APP.fmu", b"abc"),
+        ]);
         let expected = concat!(
             r#"</updates>;rt="fw.updates","#,
             r#"</updates/7b4238ed>;rt="fw.image";ct=42;sz=3;title="OTA-A_1_0_0_APP.fmu","#,
@@ -1416,7 +1468,8 @@ mod tests {
             use std::sync::atomic::{AtomicUsize, Ordering};
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!("iot-ota-catalog-test-{}-{n}", std::process::id()));
+            let path = std::env::temp_dir()
+                .join(format!("iot-ota-catalog-test-{}-{n}", std::process::id()));
             let _ = fs::remove_dir_all(&path);
             fs::create_dir(&path).unwrap();
             TempDir(path)
@@ -1436,7 +1489,11 @@ mod tests {
     }
 
     fn reason_of<'a>(report: &'a LoadReport, file: &str) -> Option<&'a SkipReason> {
-        report.skipped.iter().find(|s| s.file == file).map(|s| &s.reason)
+        report
+            .skipped
+            .iter()
+            .find(|s| s.file == file)
+            .map(|s| &s.reason)
     }
 
     #[test]
@@ -1490,7 +1547,11 @@ mod tests {
             .iter()
             .map(|i| i.file_name.as_str())
             .collect();
-        let mut expected = vec!["A_1_0_0_APP.fmu", "Empty_1_0_0_APP.fmu", "Linked_1_0_0_APP.fmu"];
+        let mut expected = vec![
+            "A_1_0_0_APP.fmu",
+            "Empty_1_0_0_APP.fmu",
+            "Linked_1_0_0_APP.fmu",
+        ];
         if locked_is_readable {
             expected.push("Locked_1_0_0_APP.fmu");
         }

@@ -180,7 +180,10 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), UriError> {
         }
         match after {
             "" => (host, None),
-            _ => (host, Some(after.strip_prefix(':').ok_or(UriError::BadIpv6)?)),
+            _ => (
+                host,
+                Some(after.strip_prefix(':').ok_or(UriError::BadIpv6)?),
+            ),
         }
     } else {
         match authority.split_once(':') {
@@ -335,7 +338,8 @@ impl Retransmission {
     /// is at most MAX_TRANSMIT_WAIT (93 s with the defaults).
     pub fn timeouts(&self, random: u32) -> impl Iterator<Item = Duration> {
         let first = self.initial_timeout(random);
-        (0..=self.max_retransmit).map(move |i| first.saturating_mul(1u32.checked_shl(i).unwrap_or(u32::MAX)))
+        (0..=self.max_retransmit)
+            .map(move |i| first.saturating_mul(1u32.checked_shl(i).unwrap_or(u32::MAX)))
     }
 
     /// MAX_TRANSMIT_WAIT: `ACK_TIMEOUT * (2^(MAX_RETRANSMIT + 1) - 1) *
@@ -358,7 +362,11 @@ pub struct XorShift(u64);
 impl XorShift {
     /// A generator with a fixed seed (0 is replaced by a constant).
     pub fn new(seed: u64) -> XorShift {
-        XorShift(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+        XorShift(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
     }
 
     /// Seeded from std's per-process random SipHash keys, the time and the
@@ -485,7 +493,10 @@ impl Response {
     /// The payload as text for an error message (RFC 7252 §5.5.2
     /// diagnostic), lossy and cut at 200 characters.
     pub fn diagnostic(&self) -> String {
-        String::from_utf8_lossy(&self.payload).chars().take(200).collect()
+        String::from_utf8_lossy(&self.payload)
+            .chars()
+            .take(200)
+            .collect()
     }
 
     fn is(&self, code: ResponseType) -> bool {
@@ -521,7 +532,9 @@ pub fn match_reply(datagram: &[u8], mid: u16, token: &[u8]) -> Matched {
     match msg.mtype {
         MessageType::Acknowledgement if msg.mid == mid => match msg.class() {
             MessageClass::Empty => Matched::EmptyAck,
-            _ if is_response && msg.token == token => Matched::Response(Response::from_message(&msg)),
+            _ if is_response && msg.token == token => {
+                Matched::Response(Response::from_message(&msg))
+            }
             _ => Matched::Stray,
         },
         MessageType::Reset if msg.mid == mid => Matched::Reset,
@@ -612,7 +625,10 @@ impl fmt::Display for TransferError {
                 f.write_str("the ETag changed during the download: the image changed on the server")
             }
             TransferError::Size2Changed { before, now } => {
-                write!(f, "Size2 changed from {before} to {now} during the download")
+                write!(
+                    f,
+                    "Size2 changed from {before} to {now} during the download"
+                )
             }
             TransferError::SizeMismatch { size2, got } => {
                 write!(f, "received {got} bytes but Size2 announced {size2}")
@@ -770,20 +786,28 @@ impl BlockCursor {
         }
         if let Some(now) = size2 {
             match self.size2 {
-                Some(before) if before != now => return Err(TransferError::Size2Changed { before, now }),
+                Some(before) if before != now => {
+                    return Err(TransferError::Size2Changed { before, now })
+                }
                 _ => self.size2 = Some(now),
             }
         }
         let position = self.position.saturating_add(payload_len as u64);
         if let Some(size2) = self.size2 {
             if position > u64::from(size2) {
-                return Err(TransferError::SizeMismatch { size2, got: position });
+                return Err(TransferError::SizeMismatch {
+                    size2,
+                    got: position,
+                });
             }
         }
         let more = block.is_some_and(|b| b.more);
         if !more {
             if let Some(size2) = self.size2.filter(|s| u64::from(*s) != position) {
-                return Err(TransferError::SizeMismatch { size2, got: position });
+                return Err(TransferError::SizeMismatch {
+                    size2,
+                    got: position,
+                });
             }
         }
         self.position = position;
@@ -875,7 +899,11 @@ impl fmt::Display for ClientError {
                 write!(f, "the server answered {code} {}", code_name(*code))
             }
             ClientError::Status { code, diagnostic } => {
-                write!(f, "the server answered {code} {}: {diagnostic}", code_name(*code))
+                write!(
+                    f,
+                    "the server answered {code} {}: {diagnostic}",
+                    code_name(*code)
+                )
             }
             ClientError::BadId(text) => write!(f, "the lookup answer '{text}' is not an image id"),
             ClientError::Transfer(e) => e.fmt(f),
@@ -989,7 +1017,11 @@ impl Client {
     ///
     /// # Errors
     /// As [`UdpSocket::bind`] and [`UdpSocket::connect`].
-    pub fn with_rng(server: SocketAddr, params: Retransmission, mut rng: XorShift) -> io::Result<Client> {
+    pub fn with_rng(
+        server: SocketAddr,
+        params: Retransmission,
+        mut rng: XorShift,
+    ) -> io::Result<Client> {
         let bind: SocketAddr = if server.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -1074,7 +1106,8 @@ impl Client {
             ..*device
         };
         let mut payload = [0u8; MAX_DEVICE_PAYLOAD];
-        let len = firmware::write_payload(&lookup, &mut payload).ok_or(ClientError::RequestTooLarge)?;
+        let len =
+            firmware::write_payload(&lookup, &mut payload).ok_or(ClientError::RequestTooLarge)?;
         let resource = Resource::updates();
         let get = Get {
             resource: &resource,
@@ -1091,8 +1124,9 @@ impl Client {
             return Err(status(&response));
         }
         let id = String::from_utf8_lossy(&response.payload).into_owned();
-        let plausible =
-            !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+        let plausible = !id.is_empty()
+            && id.len() <= 255
+            && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
         if !plausible {
             return Err(ClientError::BadId(id.chars().take(64).collect()));
         }
@@ -1145,7 +1179,8 @@ impl Client {
                 response.size2,
                 response.payload.len(),
             )?;
-            sink.write_all(&response.payload).map_err(ClientError::Output)?;
+            sink.write_all(&response.payload)
+                .map_err(ClientError::Output)?;
             progress(&cursor.progress());
             if !more {
                 let done = cursor.progress();
@@ -1221,7 +1256,12 @@ impl Client {
 
     /// Receives until a datagram matches `mid`/`token` or `deadline`
     /// passes; acknowledges separate CON answers.
-    fn receive(&mut self, mid: u16, token: &[u8], deadline: Instant) -> Result<Received, ClientError> {
+    fn receive(
+        &mut self,
+        mid: u16,
+        token: &[u8],
+        deadline: Instant,
+    ) -> Result<Received, ClientError> {
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -1236,7 +1276,9 @@ impl Client {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) =>
                 {
                     continue
@@ -1308,7 +1350,9 @@ fn status(response: &Response) -> ClientError {
 fn is_unreachable(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
     )
 }
 
@@ -1327,7 +1371,10 @@ mod tests {
     #[test]
     fn host_port_forms_default_to_port_5683() {
         let t = target("127.0.0.1:5684");
-        assert_eq!((t.host.as_str(), t.port, t.resource), ("127.0.0.1", 5684, None));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.resource),
+            ("127.0.0.1", 5684, None)
+        );
         let t = target("[::1]:61616");
         assert_eq!((t.host.as_str(), t.port), ("::1", 61616));
         assert_eq!(t.authority(), "[::1]:61616");
@@ -1358,7 +1405,10 @@ mod tests {
             assert_eq!(target(text).resource, None, "{text}");
         }
         assert_eq!(target("coap://h:/").port, DEFAULT_PORT);
-        assert_eq!(target("coap://h?x").resource.unwrap().query, vec![b"x".to_vec()]);
+        assert_eq!(
+            target("coap://h?x").resource.unwrap().query,
+            vec![b"x".to_vec()]
+        );
     }
 
     #[test]
@@ -1419,7 +1469,10 @@ mod tests {
         let mut rng = XorShift::new(7);
         for _ in 0..1000 {
             let t = p.initial_timeout(rng.next_u32());
-            assert!(t >= Duration::from_secs(2) && t < Duration::from_secs(3), "{t:?}");
+            assert!(
+                t >= Duration::from_secs(2) && t < Duration::from_secs(3),
+                "{t:?}"
+            );
         }
     }
 
@@ -1444,8 +1497,12 @@ mod tests {
 
     #[test]
     fn xorshift_is_deterministic_per_seed_and_never_stuck() {
-        let a: Vec<u32> = (0..4).scan(XorShift::new(1), |r, _| Some(r.next_u32())).collect();
-        let b: Vec<u32> = (0..4).scan(XorShift::new(1), |r, _| Some(r.next_u32())).collect();
+        let a: Vec<u32> = (0..4)
+            .scan(XorShift::new(1), |r, _| Some(r.next_u32()))
+            .collect();
+        let b: Vec<u32> = (0..4)
+            .scan(XorShift::new(1), |r, _| Some(r.next_u32()))
+            .collect();
         assert_eq!(a, b);
         let mut zero = XorShift::new(0);
         assert_ne!(zero.next_u64(), zero.next_u64());
@@ -1473,13 +1530,27 @@ mod tests {
         assert_eq!(packet.header.get_type(), MessageType::Confirmable);
         assert_eq!(packet.header.code, MessageClass::Request(RequestType::Get));
         assert_eq!(packet.get_token(), &[1, 2, 3, 4]);
-        let path: Vec<&Vec<u8>> = packet.get_option(CoapOption::UriPath).unwrap().iter().collect();
+        let path: Vec<&Vec<u8>> = packet
+            .get_option(CoapOption::UriPath)
+            .unwrap()
+            .iter()
+            .collect();
         assert_eq!(path, [&b"updates".to_vec(), &b"0d0ad509".to_vec()]);
-        let block = packet.get_option(CoapOption::Block2).unwrap().front().unwrap();
+        let block = packet
+            .get_option(CoapOption::Block2)
+            .unwrap()
+            .front()
+            .unwrap();
         assert_eq!(block, &vec![0x12, 0xC2]); // NUM 300, M 0, SZX 2
-        let size2 = packet.get_option(CoapOption::Size2).unwrap().front().unwrap();
+        let size2 = packet
+            .get_option(CoapOption::Size2)
+            .unwrap()
+            .front()
+            .unwrap();
         assert!(size2.is_empty()); // uint 0 is the empty string
-        let echo = packet.get_option(CoapOption::Unknown(wire::OPTION_ECHO)).unwrap();
+        let echo = packet
+            .get_option(CoapOption::Unknown(wire::OPTION_ECHO))
+            .unwrap();
         assert_eq!(echo.front().unwrap(), b"echo");
         assert_eq!(packet.payload, [0, 4, 0, 0]);
         // And with the crate's own parser.
@@ -1504,7 +1575,13 @@ mod tests {
     }
 
     /// An answer from the server: `mtype`, `code`, mid, token, options.
-    fn answer(mtype: MessageType, code: MessageClass, mid: u16, token: &[u8], payload: &[u8]) -> Vec<u8> {
+    fn answer(
+        mtype: MessageType,
+        code: MessageClass,
+        mid: u16,
+        token: &[u8],
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut out = [0u8; 256];
         let e = Emitter::new(&mut out, mtype, code, mid, token).unwrap();
         let len = e.payload(payload).unwrap();
@@ -1554,7 +1631,10 @@ mod tests {
             Matched::Separate(_, Some(500))
         ));
         let non = answer(MessageType::NonConfirmable, CONTENT, 501, b"t", b"late");
-        assert!(matches!(match_reply(&non, 9, b"t"), Matched::Separate(_, None)));
+        assert!(matches!(
+            match_reply(&non, 9, b"t"),
+            Matched::Separate(_, None)
+        ));
         assert_eq!(match_reply(&non, 9, b"other"), Matched::Stray);
     }
 
@@ -1599,7 +1679,10 @@ mod tests {
             Ok(true)
         );
         assert_eq!(c.next_block().unwrap().num, 1);
-        assert_eq!(c.accept(block(1, false, 6), Some(ETAG), None, 976), Ok(false));
+        assert_eq!(
+            c.accept(block(1, false, 6), Some(ETAG), None, 976),
+            Ok(false)
+        );
         assert!(c.is_done());
         let p = c.progress();
         assert_eq!((p.bytes, p.blocks, p.total), (2000, 2, Some(2000)));
@@ -1611,7 +1694,10 @@ mod tests {
         // Asked for 1024, the server answers 256-byte block 0: the next
         // request is block 1 at 256 bytes (byte 256), not block 1 at 1024.
         let mut c = BlockCursor::new(6);
-        assert_eq!(c.accept(block(0, true, 4), Some(ETAG), Some(1000), 256), Ok(true));
+        assert_eq!(
+            c.accept(block(0, true, 4), Some(ETAG), Some(1000), 256),
+            Ok(true)
+        );
         assert_eq!(
             c.next_block().unwrap(),
             Block {
@@ -1649,7 +1735,10 @@ mod tests {
         c.accept(block(0, true, 0), Some(ETAG), None, 16).unwrap();
         assert_eq!(
             c.accept(block(0, true, 0), Some(ETAG), None, 16),
-            Err(TransferError::UnexpectedNum { expected: 1, got: 0 })
+            Err(TransferError::UnexpectedNum {
+                expected: 1,
+                got: 0
+            })
         );
         // The refused answer changed nothing.
         assert_eq!(c.next_block().unwrap().num, 1);
@@ -1674,22 +1763,28 @@ mod tests {
     #[test]
     fn total_must_match_size2() {
         let mut c = BlockCursor::new(0);
-        c.accept(block(0, true, 0), Some(ETAG), Some(20), 16).unwrap();
+        c.accept(block(0, true, 0), Some(ETAG), Some(20), 16)
+            .unwrap();
         assert_eq!(
             c.accept(block(1, false, 0), Some(ETAG), None, 3),
             Err(TransferError::SizeMismatch { size2: 20, got: 19 })
         );
         let mut c = BlockCursor::new(0);
-        c.accept(block(0, true, 0), Some(ETAG), Some(20), 16).unwrap();
+        c.accept(block(0, true, 0), Some(ETAG), Some(20), 16)
+            .unwrap();
         assert_eq!(
             c.accept(block(1, true, 0), Some(ETAG), None, 16),
             Err(TransferError::SizeMismatch { size2: 20, got: 32 })
         );
         let mut c = BlockCursor::new(0);
-        c.accept(block(0, true, 0), Some(ETAG), Some(20), 16).unwrap();
+        c.accept(block(0, true, 0), Some(ETAG), Some(20), 16)
+            .unwrap();
         assert_eq!(
             c.accept(block(1, false, 0), Some(ETAG), Some(21), 4),
-            Err(TransferError::Size2Changed { before: 20, now: 21 })
+            Err(TransferError::Size2Changed {
+                before: 20,
+                now: 21
+            })
         );
     }
 
@@ -1713,7 +1808,10 @@ mod tests {
             })
         );
         // An empty last block is a valid empty body.
-        assert_eq!(c.accept(block(0, false, 0), Some(ETAG), Some(0), 0), Ok(false));
+        assert_eq!(
+            c.accept(block(0, false, 0), Some(ETAG), Some(0), 0),
+            Ok(false)
+        );
         assert_eq!(c.progress().to_string(), " 100%  1/1 blocks  0/0 B");
     }
 
@@ -1724,7 +1822,10 @@ mod tests {
         assert_eq!(c.progress().bytes, 8);
         let mut c = BlockCursor::new(0);
         c.accept(block(0, true, 0), None, None, 16).unwrap();
-        assert_eq!(c.accept(None, None, None, 8), Err(TransferError::MissingBlock2));
+        assert_eq!(
+            c.accept(None, None, None, 8),
+            Err(TransferError::MissingBlock2)
+        );
         assert_eq!(
             c.accept(Some(Err(BlockError::ReservedSzx)), None, None, 8),
             Err(TransferError::BadBlock2)
@@ -1769,7 +1870,9 @@ mod tests {
         mut script: impl FnMut(usize, &[u8]) -> Vec<Vec<u8>> + Send + 'static,
     ) -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let addr = socket.local_addr().unwrap();
         let (seen_tx, seen_rx) = mpsc::channel();
         thread::spawn(move || {
@@ -1798,7 +1901,12 @@ mod tests {
 
     /// The piggybacked reply to `request` with `code`, extra options and
     /// payload.
-    fn reply_to(request: &[u8], code: ResponseType, options: &[(u16, &[u8])], payload: &[u8]) -> Vec<u8> {
+    fn reply_to(
+        request: &[u8],
+        code: ResponseType,
+        options: &[(u16, &[u8])],
+        payload: &[u8],
+    ) -> Vec<u8> {
         let msg = Message::parse(request).unwrap();
         let mut out = [0u8; 512];
         let mut e = Emitter::new(
@@ -1857,7 +1965,10 @@ mod tests {
             "retransmissions are the same datagram"
         );
         let stats = client.stats();
-        assert_eq!((stats.requests, stats.retransmissions, stats.ignored), (1, 2, 2));
+        assert_eq!(
+            (stats.requests, stats.retransmissions, stats.ignored),
+            (1, 2, 2)
+        );
     }
 
     #[test]
@@ -1877,7 +1988,9 @@ mod tests {
         };
         let started = Instant::now();
         match client.request(&get, &[1]) {
-            Err(ClientError::Timeout { transmissions: 3, .. }) => {}
+            Err(ClientError::Timeout {
+                transmissions: 3, ..
+            }) => {}
             other => panic!("{other:?}"),
         }
         // 20 + 40 + 80 ms at least, below 1.5 times that plus slack.
@@ -1920,7 +2033,10 @@ mod tests {
         // The next request carries the Echo value from the start.
         assert_eq!(client.request(&get, &[2]).unwrap().payload, b"ok");
         let sent: Vec<Vec<u8>> = seen.try_iter().collect();
-        let mids: Vec<u16> = sent.iter().map(|d| Message::parse(d).unwrap().mid).collect();
+        let mids: Vec<u16> = sent
+            .iter()
+            .map(|d| Message::parse(d).unwrap().mid)
+            .collect();
         assert_eq!(sent.len(), 3);
         assert!(
             mids[0] != mids[1] && mids[1] != mids[2],
@@ -1932,7 +2048,12 @@ mod tests {
     #[test]
     fn too_many_requests_waits_max_age_then_retries() {
         let (addr, _seen) = scripted_server(2, |i, req| match i {
-            0 => vec![reply_to(req, ResponseType::TooManyRequests, &[(14, &[])], b"")], // Max-Age 0
+            0 => vec![reply_to(
+                req,
+                ResponseType::TooManyRequests,
+                &[(14, &[])],
+                b"",
+            )], // Max-Age 0
             _ => vec![reply_to(req, ResponseType::Content, &[], b"ok")],
         });
         let mut client = Client::with_rng(addr, fast(), XorShift::new(11)).unwrap();
@@ -1950,7 +2071,12 @@ mod tests {
     #[test]
     fn rate_limit_waits_are_bounded() {
         let (addr, _seen) = scripted_server(MAX_RATE_LIMIT_WAITS as usize + 1, |_, req| {
-            vec![reply_to(req, ResponseType::TooManyRequests, &[(14, &[])], b"")]
+            vec![reply_to(
+                req,
+                ResponseType::TooManyRequests,
+                &[(14, &[])],
+                b"",
+            )]
         });
         let mut client = Client::with_rng(addr, fast(), XorShift::new(13)).unwrap();
         let resource = get_root();
@@ -1974,7 +2100,13 @@ mod tests {
             let msg = Message::parse(req).unwrap();
             let mut empty = [0u8; 4];
             let n = wire::emit_empty(&mut empty, MessageType::Acknowledgement, msg.mid).unwrap();
-            let separate = answer(MessageType::Confirmable, CONTENT, 0x7777, msg.token, b"later");
+            let separate = answer(
+                MessageType::Confirmable,
+                CONTENT,
+                0x7777,
+                msg.token,
+                b"later",
+            );
             vec![empty[..n].to_vec(), separate.clone(), separate]
         });
         let mut client = Client::with_rng(addr, fast(), XorShift::new(17)).unwrap();

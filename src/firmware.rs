@@ -66,7 +66,9 @@ pub fn parse_payload(payload: &[u8]) -> Result<DeviceRequest<'_>, PayloadError> 
         pid_len,
         got: payload.len(),
     };
-    let (pid, rest) = rest.split_at_checked(usize::from(pid_len)).ok_or(length_error)?;
+    let (pid, rest) = rest
+        .split_at_checked(usize::from(pid_len))
+        .ok_or(length_error)?;
     let (&fw_type, rest) = rest.split_first().ok_or(length_error)?;
     let (version, rest) = rest.split_first_chunk::<4>().ok_or(length_error)?;
     let offset = match rest.len() {
@@ -151,7 +153,10 @@ pub fn parse_query<'a>(query: &[&'a [u8]]) -> Result<DeviceRequest<'a>, QueryErr
         let Some(eq) = pair.iter().position(|&b| b == b'=') else {
             continue;
         };
-        let (key, value) = (pair.get(..eq).unwrap_or(&[]), pair.get(eq + 1..).unwrap_or(&[]));
+        let (key, value) = (
+            pair.get(..eq).unwrap_or(&[]),
+            pair.get(eq + 1..).unwrap_or(&[]),
+        );
         let slot_was_set = match key {
             b"pid" => pid.replace(value).is_some(),
             b"type" => fw_type
@@ -209,7 +214,10 @@ pub fn parse_version(text: &[u8]) -> Option<u32> {
     let mut fields = text.split(|&b| b == b'.');
     let first = fields.next()?;
     let Some(minor) = fields.next() else {
-        return match first.strip_prefix(b"0x").or_else(|| first.strip_prefix(b"0X")) {
+        return match first
+            .strip_prefix(b"0x")
+            .or_else(|| first.strip_prefix(b"0X"))
+        {
             Some(hex) => parse_hex(hex),
             None => parse_decimal(first),
         };
@@ -240,8 +248,9 @@ fn parse_hex(text: &[u8]) -> Option<u32> {
     if text.is_empty() || text.len() > 8 {
         return None;
     }
-    text.iter()
-        .try_fold(0u32, |acc, &b| Some((acc << 4) | char::from(b).to_digit(16)?))
+    text.iter().try_fold(0u32, |acc, &b| {
+        Some((acc << 4) | char::from(b).to_digit(16)?)
+    })
 }
 
 #[cfg(test)]
@@ -305,14 +314,20 @@ mod tests {
 
     #[test]
     fn zero_pidlen_is_rejected() {
-        assert_eq!(parse_payload(&[0, 3, 0, 0, 0, 0]), Err(PayloadError::EmptyPid));
+        assert_eq!(
+            parse_payload(&[0, 3, 0, 0, 0, 0]),
+            Err(PayloadError::EmptyPid)
+        );
     }
 
     #[test]
     fn query_form_parses_type_by_name_or_number_and_version_forms() {
         let q: [&[u8]; 3] = [b"pid=MOTE", b"type=APP", b"version=1.1.31"];
         let r = parse_query(&q).unwrap();
-        assert_eq!((r.pid, r.fw_type, r.version), (&b"MOTE"[..], 3, 0x0101_001F));
+        assert_eq!(
+            (r.pid, r.fw_type, r.version),
+            (&b"MOTE"[..], 3, 0x0101_001F)
+        );
         let q: [&[u8]; 4] = [b"version=0x0101001F", b"x=1", b"type=3", b"pid=MOTE"];
         assert_eq!(parse_query(&q).unwrap().version, 0x0101_001F);
         let q: [&[u8]; 3] = [b"version=16842783", b"type=7", b"pid=M"];
@@ -324,10 +339,16 @@ mod tests {
     fn query_form_names_what_is_missing_or_wrong() {
         let cases: [(&[&[u8]], QueryError); 7] = [
             (&[b"type=APP", b"version=1.0.0"], QueryError::MissingPid),
-            (&[b"pid=", b"type=APP", b"version=1.0.0"], QueryError::MissingPid),
+            (
+                &[b"pid=", b"type=APP", b"version=1.0.0"],
+                QueryError::MissingPid,
+            ),
             (&[b"pid=A", b"version=1.0.0"], QueryError::MissingType),
             (&[b"pid=A", b"type=APP"], QueryError::MissingVersion),
-            (&[b"pid=A", b"type=256", b"version=1.0.0"], QueryError::BadType),
+            (
+                &[b"pid=A", b"type=256", b"version=1.0.0"],
+                QueryError::BadType,
+            ),
             (
                 &[b"pid=A", b"type=APP", b"version=1.256.0"],
                 QueryError::BadVersion,
@@ -347,7 +368,10 @@ mod tests {
         let q: [&[u8]; 2] = [b"x=1", b"offset=1024"];
         assert_eq!(parse_offset_query(&q), Ok(Some(1024)));
         assert_eq!(parse_offset_query(&[]), Ok(None));
-        assert_eq!(parse_offset_query(&[b"offset=-1"]), Err(QueryError::BadOffset));
+        assert_eq!(
+            parse_offset_query(&[b"offset=-1"]),
+            Err(QueryError::BadOffset)
+        );
         assert_eq!(
             parse_offset_query(&[b"offset=4294967296"]),
             Err(QueryError::BadOffset)

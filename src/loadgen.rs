@@ -82,7 +82,11 @@ enum Route {
     Id([u8; 8]),
     /// The legacy one-request protocol: the device payload with OFFSET in
     /// every request (PROTOCOL.md §2.1).
-    Legacy { pid: Vec<u8>, fw_type: u8, version: u32 },
+    Legacy {
+        pid: Vec<u8>,
+        fw_type: u8,
+        version: u32,
+    },
 }
 
 impl Route {
@@ -148,7 +152,12 @@ impl Report {
 
 fn bench_options() -> Options {
     let mut o = Options::new();
-    o.optopt("n", "devices", "simulated devices, 1..60000 (default: 16)", "N");
+    o.optopt(
+        "n",
+        "devices",
+        "simulated devices, 1..60000 (default: 16)",
+        "N",
+    );
     o.optopt(
         "",
         "ports",
@@ -162,7 +171,12 @@ fn bench_options() -> Options {
         "PATH",
     );
     o.optopt("", "id", "image id, 8 hex digits (--path id)", "HEX");
-    o.optopt("", "pid", "product id the devices report (--path legacy)", "PID");
+    o.optopt(
+        "",
+        "pid",
+        "product id the devices report (--path legacy)",
+        "PID",
+    );
     o.optopt(
         "",
         "type",
@@ -209,7 +223,12 @@ fn bench_options() -> Options {
         "length of the run (default: 2000; with --downloads a cap, default 60000)",
         "MS",
     );
-    o.optopt("", "downloads", "stop each device after K whole downloads", "K");
+    o.optopt(
+        "",
+        "downloads",
+        "stop each device after K whole downloads",
+        "K",
+    );
     o.optopt(
         "",
         "timeout-ms",
@@ -305,7 +324,8 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
         [] => return Err("missing SERVER (e.g. 127.0.0.1:5683)".to_owned()),
         [_, extra, ..] => return Err(format!("unexpected argument '{extra}'")),
     };
-    let server = resolve(server_text).ok_or_else(|| format!("cannot resolve SERVER '{server_text}'"))?;
+    let server =
+        resolve(server_text).ok_or_else(|| format!("cannot resolve SERVER '{server_text}'"))?;
     let devices = number(m, "devices", 16usize, |n| (1..=MAX_SOCKETS).contains(n))?;
     let ports = match m.opt_str("ports") {
         None => None,
@@ -354,11 +374,15 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
         other => return Err(format!("invalid --path '{other}': id or legacy")),
     };
     if ports.is_some() && matches!(route, Route::Legacy { .. }) {
-        return Err("--ports needs --path id: a legacy continuation belongs to one client port".to_owned());
+        return Err(
+            "--ports needs --path id: a legacy continuation belongs to one client port".to_owned(),
+        );
     }
     let offset = number(m, "offset", 0u32, |_| true)?;
-    let block_size = number(m, "block-size", 1024usize, |b| Block::szx_for_size(*b).is_some())
-        .map_err(|e| format!("{e}: use 16, 32, 64, 128, 256, 512 or 1024"))?;
+    let block_size = number(m, "block-size", 1024usize, |b| {
+        Block::szx_for_size(*b).is_some()
+    })
+    .map_err(|e| format!("{e}: use 16, 32, 64, 128, 256, 512 or 1024"))?;
     let szx = Block::szx_for_size(block_size).unwrap_or(Block::MAX_SZX);
     let body = match m.opt_str("expect") {
         Some(file) => {
@@ -366,11 +390,20 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
                 .map_err(|e| format!("cannot read --expect {file}: {e}"))?;
             image
                 .get(offset as usize..)
-                .ok_or_else(|| format!("--offset {offset} is beyond the {} bytes of {file}", image.len()))?
+                .ok_or_else(|| {
+                    format!(
+                        "--offset {offset} is beyond the {} bytes of {file}",
+                        image.len()
+                    )
+                })?
                 .to_vec()
         }
         None if baseline => Vec::new(),
-        None => return Err("--expect FILE is needed to check the blocks (or use --baseline)".to_owned()),
+        None => {
+            return Err(
+                "--expect FILE is needed to check the blocks (or use --baseline)".to_owned(),
+            )
+        }
     };
     let downloads = match m.opt_str("downloads") {
         None => None,
@@ -378,7 +411,9 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
     };
     let default_ms = if downloads.is_some() { 60_000 } else { 2_000 };
     let duration = Duration::from_millis(number(m, "duration-ms", default_ms, |ms| *ms > 0)?);
-    let timeout = Duration::from_millis(number(m, "timeout-ms", 2_000u64, |ms| (1..=60_000).contains(ms))?);
+    let timeout = Duration::from_millis(number(m, "timeout-ms", 2_000u64, |ms| {
+        (1..=60_000).contains(ms)
+    })?);
     Ok(BenchConfig {
         server,
         devices,
@@ -399,7 +434,10 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
 fn resolve(text: &str) -> Option<SocketAddr> {
     let first = |mut addrs: std::vec::IntoIter<SocketAddr>| addrs.next();
     text.to_socket_addrs().ok().and_then(first).or_else(|| {
-        (text.trim_start_matches('[').trim_end_matches(']'), COAP_PORT)
+        (
+            text.trim_start_matches('[').trim_end_matches(']'),
+            COAP_PORT,
+        )
             .to_socket_addrs()
             .ok()
             .and_then(first)
@@ -564,7 +602,8 @@ fn run(config: &BenchConfig) -> io::Result<Report> {
     let mut report = generator.run_loop();
     if let (Some(before), Some(after)) = (cpu_before, process_cpu_ticks()) {
         if report.secs > 0.0 {
-            report.cpu_pct = Some(after.saturating_sub(before) as f64 / USER_HZ / report.secs * 100.0);
+            report.cpu_pct =
+                Some(after.saturating_sub(before) as f64 / USER_HZ / report.secs * 100.0);
         }
     }
     Ok(report)
@@ -602,7 +641,10 @@ impl Generator<'_> {
                 last_sweep = now;
                 continue;
             };
-            let (socket, head_seq) = self.devices.get(head).map_or((0, 0), |dev| (dev.socket, dev.seq));
+            let (socket, head_seq) = self
+                .devices
+                .get(head)
+                .map_or((0, 0), |dev| (dev.socket, dev.seq));
             let answered_before = self.answered_seq;
             if self.receive(socket, &mut rx, false) {
                 polls = 0;
@@ -729,7 +771,9 @@ impl Generator<'_> {
                 .map(|&(d, _)| d),
         );
         for &d in &order {
-            let Some(dev) = self.devices.get(d) else { break };
+            let Some(dev) = self.devices.get(d) else {
+                break;
+            };
             if !dev.outstanding {
                 continue;
             }
@@ -741,7 +785,9 @@ impl Generator<'_> {
                 };
                 self.on_datagram(socket, rx.get(..len).unwrap_or(&[]), now);
             }
-            let Some(dev) = self.devices.get(d) else { break };
+            let Some(dev) = self.devices.get(d) else {
+                break;
+            };
             if dev.outstanding && now.duration_since(dev.last_sent) >= dev.timeout {
                 self.retransmit(d, now);
             }
@@ -851,9 +897,9 @@ impl Generator<'_> {
                 .ok()
                 .map(|t| u32::from_be_bytes(t) as usize)
                 .filter(|&d| {
-                    self.devices
-                        .get(d)
-                        .is_some_and(|dev| dev.outstanding && dev.mid == msg.mid && dev.token == msg.token)
+                    self.devices.get(d).is_some_and(|dev| {
+                        dev.outstanding && dev.mid == msg.mid && dev.token == msg.token
+                    })
                 }),
         };
         let Some(d) = device else {
@@ -925,7 +971,11 @@ impl Generator<'_> {
             ));
         }
         if block.more != (end < body.len()) {
-            return Err(format!("M flag {} at byte {end} of {}", block.more, body.len()));
+            return Err(format!(
+                "M flag {} at byte {end} of {}",
+                block.more,
+                body.len()
+            ));
         }
         Ok(block)
     }
@@ -939,7 +989,8 @@ impl Generator<'_> {
         };
         self.answered_seq = self.answered_seq.max(dev.seq);
         let micros = now.duration_since(dev.first_sent).as_micros();
-        self.latencies_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
+        self.latencies_us
+            .push(u32::try_from(micros).unwrap_or(u32::MAX));
         self.report.blocks += 1;
         self.report.bytes += len as u64;
         if more {
@@ -992,7 +1043,8 @@ fn build_request(config: &BenchConfig, dev: &mut Device) -> Result<usize, crate:
             fw_type,
             version,
         } => {
-            let pid_len = u8::try_from(pid.len()).map_err(|_| crate::wire::EmitError::BufferTooSmall)?;
+            let pid_len =
+                u8::try_from(pid.len()).map_err(|_| crate::wire::EmitError::BufferTooSmall)?;
             e.payload_with(pid.len() + 10, |room| {
                 let mut written = 0;
                 for part in [
@@ -1035,7 +1087,11 @@ fn process_cpu_ticks() -> Option<u64> {
 }
 
 fn human_line(config: &BenchConfig, r: &Report) -> String {
-    let target = if config.baseline { "baseline" } else { "server" };
+    let target = if config.baseline {
+        "baseline"
+    } else {
+        "server"
+    };
     let ports = match config.ports {
         Some(p) => format!(" over {p} client ports"),
         None => String::new(),
@@ -1059,7 +1115,9 @@ fn human_line(config: &BenchConfig, r: &Report) -> String {
 }
 
 fn result_line(config: &BenchConfig, r: &Report) -> String {
-    let cpu = r.cpu_pct.map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
+    let cpu = r
+        .cpu_pct
+        .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
     format!(
         "RESULT mode={} target={} devices={} ports={} block_size={} blocks={} secs={:.6} blocks_per_s={:.1} \
          p50_us={} p99_us={} max_us={} retransmissions={} failures={} mismatches={} stale={} downloads={} late_heads={} sweeps={} cpu_pct={cpu}",
@@ -1134,10 +1192,19 @@ pub fn baseline_main(args: &[String]) -> ExitCode {
         return usage_error("baseline", &format!("unexpected argument '{extra}'"));
     }
     let listen_text = m.opt_str("l").unwrap_or_else(|| "[::]:5684".to_owned());
-    let Some(listen) = listen_text.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
-        return usage_error("baseline", &format!("invalid listen address '{listen_text}'"));
+    let Some(listen) = listen_text
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
+        return usage_error(
+            "baseline",
+            &format!("invalid listen address '{listen_text}'"),
+        );
     };
-    let size = match number(&m, "size", BASELINE_REPLY_LEN, |n| (1..=UDP_MAX).contains(n)) {
+    let size = match number(&m, "size", BASELINE_REPLY_LEN, |n| {
+        (1..=UDP_MAX).contains(n)
+    }) {
         Ok(size) => size,
         Err(e) => return usage_error("baseline", &format!("{e}: 1..{UDP_MAX}")),
     };
@@ -1231,7 +1298,9 @@ mod tests {
             ..Limits::default()
         };
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
         let addr = socket.local_addr().unwrap();
         let mut server = Server::new(socket, Service::new(catalog, limits));
         let stop = Arc::new(AtomicBool::new(false));
@@ -1411,7 +1480,10 @@ mod tests {
         let packet = coap_lite::Packet::from_bytes(&dev.request[..len]).unwrap();
         assert_eq!(packet.header.message_id, 0xBEEF);
         assert_eq!(packet.get_token(), &[0, 0, 0, 7]);
-        assert_eq!(packet.payload, [3, b'P', b'I', b'D', 3, 3, 0, 2, 1, 0, 0, 0, 0]);
+        assert_eq!(
+            packet.payload,
+            [3, b'P', b'I', b'D', 3, 3, 0, 2, 1, 0, 0, 0, 0]
+        );
         let msg = Message::parse(&dev.request[..len]).unwrap();
         assert_eq!(msg.path.as_slice(), [b"updates"]);
         assert_eq!(
@@ -1438,14 +1510,21 @@ mod tests {
         assert!(parse(&["127.0.0.1:1", "--baseline", "-b", "100"])
             .unwrap_err()
             .contains("1024"));
-        assert!(parse(&["127.0.0.1:1", "--baseline", "-n", "8", "--ports", "4"])
-            .unwrap_err()
-            .contains("at least as many"));
         assert!(
-            parse(&["127.0.0.1:1", "--baseline", "--path", "legacy", "--ports", "20"])
+            parse(&["127.0.0.1:1", "--baseline", "-n", "8", "--ports", "4"])
                 .unwrap_err()
-                .contains("--path id")
+                .contains("at least as many")
         );
+        assert!(parse(&[
+            "127.0.0.1:1",
+            "--baseline",
+            "--path",
+            "legacy",
+            "--ports",
+            "20"
+        ])
+        .unwrap_err()
+        .contains("--path id"));
         let ok = parse(&[
             "127.0.0.1",
             "--baseline",
@@ -1466,7 +1545,10 @@ mod tests {
         ));
         assert_eq!(bench_main(&args(&["--help"])), ExitCode::SUCCESS);
         assert_eq!(bench_main(&args(&["--bogus"])), ExitCode::from(USAGE_EXIT));
-        assert_eq!(baseline_main(&args(&["--size", "0"])), ExitCode::from(USAGE_EXIT));
+        assert_eq!(
+            baseline_main(&args(&["--size", "0"])),
+            ExitCode::from(USAGE_EXIT)
+        );
     }
 
     #[test]

@@ -99,7 +99,9 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| {
-            format!("invalid listen address '{listen_text}' (expected e.g. [::]:5683 or 0.0.0.0:5683)")
+            format!(
+                "invalid listen address '{listen_text}' (expected e.g. [::]:5683 or 0.0.0.0:5683)"
+            )
         })?;
     let mut limits = Limits::default();
     if let Some(b) = m.opt_str("b") {
@@ -107,7 +109,9 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             .parse()
             .ok()
             .filter(|n| iot_ota::wire::Block::szx_for_size(*n).is_some())
-            .ok_or_else(|| format!("invalid block size '{b}': use 16, 32, 64, 128, 256, 512 or 1024"))?;
+            .ok_or_else(|| {
+                format!("invalid block size '{b}': use 16, 32, 64, 128, 256, 512 or 1024")
+            })?;
     }
     if let Some(n) = m.opt_str("peers") {
         let peers = n
@@ -120,7 +124,9 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     }
     if let Some(n) = m.opt_str("rate-limit") {
         limits.rate_limit = Some(n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-            format!("invalid --rate-limit '{n}': use a whole number of requests a second, 1 or more")
+            format!(
+                "invalid --rate-limit '{n}': use a whole number of requests a second, 1 or more"
+            )
         })?);
     }
     limits.echo = m.opt_present("echo");
@@ -175,8 +181,8 @@ fn main() -> ExitCode {
 /// Loads the catalog, binds, serves; returns only on a start-up failure.
 fn serve(config: Config) -> Result<std::convert::Infallible, String> {
     let catalog = load_catalog(&config)?;
-    let socket =
-        UdpSocket::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let socket = UdpSocket::bind(config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let local = socket
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
@@ -198,8 +204,8 @@ fn serve(config: Config) -> Result<std::convert::Infallible, String> {
 
 fn load_catalog(config: &Config) -> Result<Catalog, String> {
     let dir = &config.dir;
-    let report =
-        Catalog::load(dir).map_err(|e| format!("cannot build the catalog from {}: {e}", dir.display()))?;
+    let report = Catalog::load(dir)
+        .map_err(|e| format!("cannot build the catalog from {}: {e}", dir.display()))?;
     for name in &report.ignored {
         debug!("ignored {name} (not a visible .fmu file)");
     }
@@ -217,7 +223,8 @@ fn load_catalog(config: &Config) -> Result<Catalog, String> {
             image.bytes.len(),
             image.id_str()
         );
-        let addressable = (iot_ota::wire::Block::MAX_NUM as u64 + 1) * config.limits.max_block_size as u64;
+        let addressable =
+            (iot_ota::wire::Block::MAX_NUM as u64 + 1) * config.limits.max_block_size as u64;
         if image.bytes.len() as u64 > addressable {
             warn!(
                 "{} is larger than 2^20 blocks of {} B: clients can fetch its end only with an OFFSET",

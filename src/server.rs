@@ -131,7 +131,9 @@ impl Server {
             Err(e) => {
                 if !matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) {
                     self.stats.receive_errors += 1;
                     debug!("receive error (ignored): {e}");
@@ -146,7 +148,10 @@ impl Server {
         if log_enabled!(Level::Debug) {
             log_request(from, datagram);
         }
-        match self.service.handle(peer(from), now_ms, datagram, &mut self.tx) {
+        match self
+            .service
+            .handle(peer(from), now_ms, datagram, &mut self.tx)
+        {
             Action::Reply { len, outcome } => {
                 count(&mut self.stats, &outcome);
                 if let Outcome::Block(t) = &outcome {
@@ -259,7 +264,11 @@ fn log_outcome(from: SocketAddr, outcome: &Outcome<'_>) {
 /// decoded device request. Parsed a second time, only when debug is on.
 fn log_request(from: SocketAddr, datagram: &[u8]) {
     let Ok(msg) = Message::parse(datagram) else {
-        debug!("{} malformed datagram of {} bytes", Shown(from), datagram.len());
+        debug!(
+            "{} malformed datagram of {} bytes",
+            Shown(from),
+            datagram.len()
+        );
         return;
     };
     let mut path = String::new();

@@ -350,7 +350,13 @@ impl Service {
     /// millisecond clock). A datagram longer than [`MAX_REQUEST_LEN`] is
     /// taken as truncated and answered 4.13. `out` should hold
     /// [`MAX_REPLY_LEN`] bytes.
-    pub fn handle(&mut self, peer: Peer, now_ms: u64, datagram: &[u8], out: &mut [u8]) -> Action<'_> {
+    pub fn handle(
+        &mut self,
+        peer: Peer,
+        now_ms: u64,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Action<'_> {
         if datagram.len() > MAX_REQUEST_LEN {
             self.next_mid = self.next_mid.wrapping_add(1);
             return too_large(datagram, self.next_mid, out);
@@ -359,13 +365,17 @@ impl Service {
             Ok(msg) => msg,
             Err(ParseError::TooShort) => return Action::Drop(Dropped::TooShort),
             Err(ParseError::BadVersion(_)) => return Action::Drop(Dropped::BadVersion),
-            Err(ParseError::Format { mtype, mid, .. }) => return reject(mtype, mid, out, Dropped::Malformed),
+            Err(ParseError::Format { mtype, mid, .. }) => {
+                return reject(mtype, mid, out, Dropped::Malformed)
+            }
         };
         match (msg.mtype, msg.class()) {
             (MessageType::Acknowledgement | MessageType::Reset, _) => {
                 return Action::Drop(Dropped::AckOrReset)
             }
-            (MessageType::Confirmable, MessageClass::Empty) => return reset(msg.mid, out, ResetReason::Ping),
+            (MessageType::Confirmable, MessageClass::Empty) => {
+                return reset(msg.mid, out, ResetReason::Ping)
+            }
             (_, MessageClass::Request(_)) => {}
             // RFC 7252 §5.8: an unassigned method code (0.08..0.31) is
             // still a request, answered 4.05 rather than reset.
@@ -450,7 +460,8 @@ impl Service {
             // A new second: a fresh window, stamped now, so that the entry
             // cannot expire (and its count restart) before the second ends.
             _ => {
-                self.rate.insert(peer.ip, RateWindow { second, count: 1 }, now_ms);
+                self.rate
+                    .insert(peer.ip, RateWindow { second, count: 1 }, now_ms);
                 false
             }
         };
@@ -502,7 +513,8 @@ fn echo_value(key: &RandomState, peer: &Peer, window: u64) -> [u8; ECHO_LEN] {
 
 fn echo_is_valid(key: &RandomState, peer: &Peer, now_ms: u64, echo: &[u8]) -> bool {
     let window = now_ms / ECHO_WINDOW_MS;
-    echo == echo_value(key, peer, window) || (window > 0 && echo == echo_value(key, peer, window - 1))
+    echo == echo_value(key, peer, window)
+        || (window > 0 && echo == echo_value(key, peer, window - 1))
 }
 
 fn echo_challenge(
@@ -558,7 +570,9 @@ struct Ctx<'s, 't, 'm> {
 
 impl<'s> Ctx<'s, '_, '_> {
     fn route(&mut self, out: &mut [u8]) -> Reply<'s> {
-        if let (Some(_), MessageType::NonConfirmable) = (self.msg.unrecognized_critical, self.msg.mtype) {
+        if let (Some(_), MessageType::NonConfirmable) =
+            (self.msg.unrecognized_critical, self.msg.mtype)
+        {
             return Err(Failure::Ignore(Dropped::BadOptionNon));
         }
         if let Some(option) = self.msg.unrecognized_critical {
@@ -871,7 +885,10 @@ impl<'s> Ctx<'s, '_, '_> {
                 return Err(error(ResponseType::BadRequest, "Block2 SZX 7 is reserved"))
             }
             Some(Err(BlockError::TooLong)) => {
-                return Err(error(ResponseType::BadOption, "Block2 value longer than 3 bytes"))
+                return Err(error(
+                    ResponseType::BadOption,
+                    "Block2 value longer than 3 bytes",
+                ))
             }
         };
         // The byte position the client asked for, kept when the server
@@ -920,12 +937,24 @@ impl<'s> Ctx<'s, '_, '_> {
         chunk: &[u8],
     ) -> Result<usize, Failure> {
         let mut e = self.emitter(ResponseType::Content, out)?;
-        block_options(&mut e, etag, format, block, body_len, self.msg.size2.is_some())?;
+        block_options(
+            &mut e,
+            etag,
+            format,
+            block,
+            body_len,
+            self.msg.size2.is_some(),
+        )?;
         Ok(e.payload(chunk)?)
     }
 
     /// An error response with its diagnostic payload.
-    fn error(&self, code: ResponseType, diagnostic: Diagnostic, out: &mut [u8]) -> Result<usize, Failure> {
+    fn error(
+        &self,
+        code: ResponseType,
+        diagnostic: Diagnostic,
+        out: &mut [u8],
+    ) -> Result<usize, Failure> {
         let e = self.emitter(code, out)?;
         Ok(e.payload_with(DIAGNOSTIC_MAX, |room| {
             let mut writer = SliceWriter { buf: room, len: 0 };
@@ -1015,14 +1044,15 @@ fn too_large<'c>(datagram: &[u8], non_mid: u16, out: &mut [u8]) -> Action<'c> {
         return Action::Drop(Dropped::Malformed);
     };
     let code = ResponseType::RequestEntityTooLarge;
-    let written = Emitter::new(out, mtype, MessageClass::Response(code), mid, token).and_then(|mut e| {
-        e.option_uint(CoapOption::Size1.into(), MAX_REQUEST_LEN as u32)?;
-        e.payload_with(DIAGNOSTIC_MAX, |room| {
-            let mut writer = SliceWriter { buf: room, len: 0 };
-            let _ = write!(writer, "{}", Diagnostic::TooLarge(MAX_REQUEST_LEN));
-            writer.len
-        })
-    });
+    let written =
+        Emitter::new(out, mtype, MessageClass::Response(code), mid, token).and_then(|mut e| {
+            e.option_uint(CoapOption::Size1.into(), MAX_REQUEST_LEN as u32)?;
+            e.payload_with(DIAGNOSTIC_MAX, |room| {
+                let mut writer = SliceWriter { buf: room, len: 0 };
+                let _ = write!(writer, "{}", Diagnostic::TooLarge(MAX_REQUEST_LEN));
+                writer.len
+            })
+        });
     match written {
         Ok(len) => Action::Reply {
             len,
@@ -1061,7 +1091,10 @@ impl fmt::Write for SliceWriter<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         let room = self.buf.len().saturating_sub(self.len);
         let n = s.len().min(room);
-        if let (Some(dst), Some(src)) = (self.buf.get_mut(self.len..self.len + n), s.as_bytes().get(..n)) {
+        if let (Some(dst), Some(src)) = (
+            self.buf.get_mut(self.len..self.len + n),
+            s.as_bytes().get(..n),
+        ) {
             dst.copy_from_slice(src);
             self.len += n;
         }

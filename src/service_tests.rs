@@ -260,7 +260,11 @@ fn class(reply: &[u8]) -> MessageClass {
 /// UTF-8, RFC 7252 §5.5.2); returns the text.
 fn assert_error(reply: &[u8], code: ResponseType) -> String {
     let msg = parse(reply);
-    assert_eq!(msg.class(), MessageClass::Response(code), "reply {reply:02x?}");
+    assert_eq!(
+        msg.class(),
+        MessageClass::Response(code),
+        "reply {reply:02x?}"
+    );
     assert!(!msg.payload.is_empty(), "error {code:?} without diagnostic");
     std::str::from_utf8(msg.payload)
         .expect("diagnostic is UTF-8")
@@ -307,7 +311,10 @@ fn cross_check(reply: &[u8]) {
         first(CoapOption::ContentFormat).map(|v| wire::decode_uint(v).unwrap() as u16),
         ours.content_format
     );
-    assert_eq!(first(CoapOption::Size2).and_then(wire::decode_uint), ours.size2);
+    assert_eq!(
+        first(CoapOption::Size2).and_then(wire::decode_uint),
+        ours.size2
+    );
     assert_eq!(first(CoapOption::Block2).map(Block::decode), ours.block2);
 }
 
@@ -359,14 +366,26 @@ fn legacy_form_sends_the_body_from_offset_block_wise() {
     assert_eq!(parse(&reply).size2, Some(MOTE_NEW_LEN as u32));
     cross_check(&reply);
     // The device repeats the request with Block2 for the next block.
-    let reply = fx.ask(&Req::get("updates").payload(&payload).block2(1, 6).mid(MID + 1));
+    let reply = fx.ask(
+        &Req::get("updates")
+            .payload(&payload)
+            .block2(1, 6)
+            .mid(MID + 1),
+    );
     assert_eq!(assert_block(&reply, &img, 1, false, 6), &img.bytes[1024..]);
-    assert_eq!(parse(&reply).size2, None, "Size2 only on block 0 unless asked");
+    assert_eq!(
+        parse(&reply).size2,
+        None,
+        "Size2 only on block 0 unless asked"
+    );
 
     // From OFFSET 100 the body is image[100..].
     let payload = device(b"MOTE", 3, version(1, 0, 0), Some(100));
     let reply = fx.ask(&Req::get("updates").payload(&payload));
-    assert_eq!(assert_block(&reply, &img, 0, true, 6), &img.bytes[100..1124]);
+    assert_eq!(
+        assert_block(&reply, &img, 0, true, 6),
+        &img.bytes[100..1124]
+    );
     assert_eq!(parse(&reply).size2, Some(MOTE_NEW_LEN as u32 - 100));
     let reply = fx.ask(&Req::get("updates").payload(&payload).block2(1, 6));
     assert_eq!(assert_block(&reply, &img, 1, false, 6), &img.bytes[1124..]);
@@ -427,11 +446,17 @@ fn continuation_without_payload_continues_the_same_body() {
     let reply = fx.ask_from(
         A,
         T0 + 10,
-        &Req::get("updates").block2(1, 6).mid(MID + 1).token(&[0x77; 8]),
+        &Req::get("updates")
+            .block2(1, 6)
+            .mid(MID + 1)
+            .token(&[0x77; 8]),
     );
     assert_eq!(parse(&reply).token, &[0x77; 8]);
     assert_eq!(parse(&reply).mid, MID + 1);
-    assert_eq!(assert_block(&reply, &img, 1, false, 6), &img.bytes[100 + 1024..]);
+    assert_eq!(
+        assert_block(&reply, &img, 1, false, 6),
+        &img.bytes[100 + 1024..]
+    );
     // At a smaller block size too.
     let reply = fx.ask_from(A, T0 + 20, &Req::get("updates").block2(3, 4).token(&[]));
     assert_eq!(
@@ -496,7 +521,11 @@ fn continuation_in_use_does_not_expire_mid_transfer() {
     );
     let step = EXCHANGE_LIFETIME_MS / 2;
     for i in 1..=6u32 {
-        let reply = fx.ask_from(A, T0 + u64::from(i) * step, &Req::get("updates").block2(i, 6));
+        let reply = fx.ask_from(
+            A,
+            T0 + u64::from(i) * step,
+            &Req::get("updates").block2(i, 6),
+        );
         let at = i as usize * 1024;
         assert_eq!(
             assert_block(&reply, &big, i, true, 6),
@@ -622,9 +651,15 @@ fn image_by_id_at_block_edges() {
         if len > 1024 {
             let reply = fx.ask(&Req::get(&uri).block2(1, 6));
             assert_eq!(assert_block(&reply, &img, 1, false, 6), &img.bytes[1024..]);
-            assert_error(&fx.ask(&Req::get(&uri).block2(2, 6)), ResponseType::BadOption);
+            assert_error(
+                &fx.ask(&Req::get(&uri).block2(2, 6)),
+                ResponseType::BadOption,
+            );
         } else {
-            assert_error(&fx.ask(&Req::get(&uri).block2(1, 6)), ResponseType::BadOption);
+            assert_error(
+                &fx.ask(&Req::get(&uri).block2(1, 6)),
+                ResponseType::BadOption,
+            );
         }
     }
 }
@@ -779,7 +814,11 @@ fn discovery_filters_by_rt_title_and_href() {
             "{query}"
         );
         assert_eq!(msg.content_format, Some(40));
-        assert_eq!(std::str::from_utf8(msg.payload).unwrap(), expected, "{query}");
+        assert_eq!(
+            std::str::from_utf8(msg.payload).unwrap(),
+            expected,
+            "{query}"
+        );
         assert_eq!(msg.size2, Some(expected.len() as u32));
     }
 }
@@ -810,7 +849,10 @@ fn discovery_is_block_wise_and_slices_filtered_links_correctly() {
             "title=SZ*",
             expected_links(&fx, &[SZ0, SZ1, SZ1023, SZ1024, SZ1025], false),
         ),
-        ("title=MOTE_1*", expected_links(&fx, &[MOTE_OLD, MOTE_NEW], false)),
+        (
+            "title=MOTE_1*",
+            expected_links(&fx, &[MOTE_OLD, MOTE_NEW], false),
+        ),
     ] {
         let uri = format!(".well-known/core?{query}");
         for szx in [0u8, 1, 2] {
@@ -905,7 +947,10 @@ fn block2_num_past_the_end_is_4_02() {
         (BIG, Block::MAX_NUM),
     ] {
         let uri = format!("updates/{}", fx.img(name).id);
-        let text = assert_error(&fx.ask(&Req::get(&uri).block2(num, 6)), ResponseType::BadOption);
+        let text = assert_error(
+            &fx.ask(&Req::get(&uri).block2(num, 6)),
+            ResponseType::BadOption,
+        );
         assert!(text.contains("NUM"), "{text}");
     }
 }
@@ -947,7 +992,9 @@ fn size2_on_block_0_and_when_requested() {
     let uri = format!("updates/{}", img.id);
     assert_eq!(parse(&fx.ask(&Req::get(&uri))).size2, Some(1025));
     assert_eq!(parse(&fx.ask(&Req::get(&uri).block2(1, 6))).size2, None);
-    let asked = Req::get(&uri).block2(1, 6).uint(CoapOption::Size2.into(), 0);
+    let asked = Req::get(&uri)
+        .block2(1, 6)
+        .uint(CoapOption::Size2.into(), 0);
     assert_eq!(parse(&fx.ask(&asked)).size2, Some(1025));
 }
 
@@ -1032,7 +1079,10 @@ fn unknown_critical_option_is_4_02() {
     );
     assert!(text.contains("2049"), "{text}");
     // If-Match (1) is not implemented; a second Block2 is unrecognised.
-    assert_error(&fx.ask(&Req::get(&uri).option(1, b"x")), ResponseType::BadOption);
+    assert_error(
+        &fx.ask(&Req::get(&uri).option(1, b"x")),
+        ResponseType::BadOption,
+    );
     let twice = Req::get(&uri).block2(0, 6).block2(0, 6);
     let text = assert_error(&fx.ask(&twice), ResponseType::BadOption);
     assert!(text.contains("23"), "{text}");
@@ -1135,7 +1185,10 @@ fn non_request_gets_non_with_fresh_mids_and_the_same_token() {
         mids.push(msg.mid);
     }
     for pair in mids.windows(2) {
-        assert_ne!(pair[0], pair[1], "consecutive NON replies share a MID: {mids:?}");
+        assert_ne!(
+            pair[0], pair[1],
+            "consecutive NON replies share a MID: {mids:?}"
+        );
     }
 }
 
@@ -1206,11 +1259,20 @@ fn format_error_in_con_is_rst_and_in_non_dropped() {
     }
     // TKL 9 and truncated token: header readable, so CON gets an RST.
     assert_rst(&fx.handle(peer(A), T0, &[0x49, 0x01, 0, 9]).unwrap(), 9);
-    assert_rst(&fx.handle(peer(A), T0, &[0x42, 0x01, 0, 10, 0xAA]).unwrap(), 10);
+    assert_rst(
+        &fx.handle(peer(A), T0, &[0x42, 0x01, 0, 10, 0xAA]).unwrap(),
+        10,
+    );
     // Empty message with a token.
-    assert_rst(&fx.handle(peer(A), T0, &[0x41, 0x00, 0, 11, 0xAA]).unwrap(), 11);
+    assert_rst(
+        &fx.handle(peer(A), T0, &[0x41, 0x00, 0, 11, 0xAA]).unwrap(),
+        11,
+    );
     // No header, or another version: nothing.
-    assert_eq!(fx.handle(peer(A), T0, &[0x40, 0x01, 0]), Err(Dropped::TooShort));
+    assert_eq!(
+        fx.handle(peer(A), T0, &[0x40, 0x01, 0]),
+        Err(Dropped::TooShort)
+    );
     assert_eq!(fx.handle(peer(A), T0, &[]), Err(Dropped::TooShort));
     assert_eq!(
         fx.handle(peer(A), T0, &[0x80, 0x01, 0, 1]),
@@ -1236,7 +1298,9 @@ fn duplicate_con_gets_a_byte_identical_reply() {
         .mid(100);
     let requests = [
         Req::get(&format!("updates/{id}")).block2(1, 6).mid(1),
-        Req::get("updates").payload(&device(b"MOTE", 3, 0, None)).mid(2),
+        Req::get("updates")
+            .payload(&device(b"MOTE", 3, 0, None))
+            .mid(2),
         Req::get("updates?pid=MOTE&type=APP&version=1.0.0").mid(3),
         Req::get(".well-known/core?rt=fw.image").block2(1, 0).mid(4),
         Req::get("nope").mid(5),
@@ -1263,7 +1327,10 @@ fn duplicate_con_gets_a_byte_identical_reply() {
         &Req::get("updates").block2(1, 6).mid(102).bytes(),
     )
     .unwrap();
-    assert_eq!(fx.handle(peer(A), T0 + 4, &legacy_a.bytes()).unwrap(), first);
+    assert_eq!(
+        fx.handle(peer(A), T0 + 4, &legacy_a.bytes()).unwrap(),
+        first
+    );
     assert_eq!(fx.handle(peer(A), T0 + 5, &cont_a).unwrap(), first_cont);
 }
 
@@ -1322,7 +1389,10 @@ fn datagram_longer_than_max_request_len_is_4_13_with_size1() {
     assert!(fx.handle(peer(A), T0, &response).is_err());
     // Exactly MAX_REQUEST_LEN is served (here: 4.04 for an empty path).
     let max = padded_request(0, 0, MAX_REQUEST_LEN);
-    assert_error(&fx.handle(peer(A), T0, &max).unwrap(), ResponseType::NotFound);
+    assert_error(
+        &fx.handle(peer(A), T0, &max).unwrap(),
+        ResponseType::NotFound,
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1330,7 +1400,10 @@ fn datagram_longer_than_max_request_len_is_4_13_with_size1() {
 
 fn echo_of(reply: &[u8]) -> Vec<u8> {
     let msg = parse(reply);
-    assert_eq!(msg.class(), MessageClass::Response(ResponseType::Unauthorized));
+    assert_eq!(
+        msg.class(),
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
     msg.echo.expect("Echo option").to_vec()
 }
 
@@ -1366,9 +1439,17 @@ fn echo_challenges_an_unverified_peer_whose_reply_would_amplify() {
     let reply = fx.ask(&req.clone().option(wire::OPTION_ECHO, &echo));
     assert_eq!(assert_block(&reply, &img, 0, false, 6), img.bytes);
     // Still valid in the next window, not two windows later.
-    let later = fx.ask_from(A, T0 + 61_000, &req.clone().option(wire::OPTION_ECHO, &echo));
+    let later = fx.ask_from(
+        A,
+        T0 + 61_000,
+        &req.clone().option(wire::OPTION_ECHO, &echo),
+    );
     assert_eq!(class(&later), MessageClass::Response(ResponseType::Content));
-    let stale = fx.ask_from(A, T0 + 200_000, &req.clone().option(wire::OPTION_ECHO, &echo));
+    let stale = fx.ask_from(
+        A,
+        T0 + 200_000,
+        &req.clone().option(wire::OPTION_ECHO, &echo),
+    );
     echo_of(&stale);
 
     // A wrong Echo, or another address's Echo, is challenged again.
@@ -1387,7 +1468,10 @@ fn echo_does_not_challenge_small_replies() {
     let mut fx = Fx::with(limits, false);
     assert_error(&fx.ask(&Req::get("nope")), ResponseType::NotFound);
     let lookup = fx.ask(&Req::get("updates").payload(&device(b"MOTE", 3, 0, None)));
-    assert_eq!(class(&lookup), MessageClass::Response(ResponseType::Content));
+    assert_eq!(
+        class(&lookup),
+        MessageClass::Response(ResponseType::Content)
+    );
     // A small image's block: 1 byte of body.
     let id = fx.img(SZ1).id;
     assert_eq!(
@@ -1440,7 +1524,10 @@ fn third_request_in_the_same_second_is_4_29_with_max_age() {
     }
     let reply = fx.ask_from(A, T0 + 999, &req.clone().mid(77));
     let msg = parse(&reply);
-    assert_eq!(msg.class(), MessageClass::Response(ResponseType::TooManyRequests));
+    assert_eq!(
+        msg.class(),
+        MessageClass::Response(ResponseType::TooManyRequests)
+    );
     assert_eq!(
         (msg.mtype, msg.mid, msg.token),
         (MessageType::Acknowledgement, 77, &TOKEN[..])
@@ -1483,7 +1570,10 @@ fn rate_limited_request_smaller_than_its_4_29_is_dropped() {
     let tiny = Req::get("").token(&[1; 8]).bytes();
     assert_eq!(tiny.len(), 12);
     for _ in 0..2 {
-        assert_error(&fx.handle(peer(A), T0, &tiny).unwrap(), ResponseType::NotFound);
+        assert_error(
+            &fx.handle(peer(A), T0, &tiny).unwrap(),
+            ResponseType::NotFound,
+        );
     }
     assert_eq!(fx.handle(peer(A), T0, &tiny), Err(Dropped::RateLimited));
 }
@@ -1514,7 +1604,10 @@ fn rate_limit_window_does_not_reopen_within_a_second() {
         MessageClass::Response(ResponseType::TooManyRequests)
     );
     for t in [second(0), second(500)] {
-        assert_error(&fx.handle(peer(A), t, &req).unwrap(), ResponseType::NotFound);
+        assert_error(
+            &fx.handle(peer(A), t, &req).unwrap(),
+            ResponseType::NotFound,
+        );
     }
     for t in [second(998), second(999)] {
         let reply = fx.handle(peer(A), t, &req).unwrap();
@@ -1562,7 +1655,10 @@ fn continuation_table_never_exceeds_its_capacity() {
         class(&fx.handle(peer(9_999), T0, &cont).unwrap()),
         MessageClass::Response(ResponseType::Content)
     );
-    assert_error(&fx.handle(peer(0), T0, &cont).unwrap(), ResponseType::BadRequest);
+    assert_error(
+        &fx.handle(peer(0), T0, &cont).unwrap(),
+        ResponseType::BadRequest,
+    );
 }
 
 #[test]
@@ -1574,7 +1670,10 @@ fn image_offset_query_resumes_on_every_block_without_payload() {
     assert_eq!(assert_block(&first, &img, 0, true, 4), &img.bytes[100..356]);
     // Stock clients send the query again, and no payload, with block 1.
     let second = fx.ask(&Req::get(&uri).block2(1, 4).mid(MID + 1).token(&[9]));
-    assert_eq!(assert_block(&second, &img, 1, true, 4), &img.bytes[356..612]);
+    assert_eq!(
+        assert_block(&second, &img, 1, true, 4),
+        &img.bytes[356..612]
+    );
     // A payload and a query that agree are served; that disagree, 4.00.
     let agree = Req::get(&uri)
         .block2(0, 4)
@@ -1603,7 +1702,10 @@ fn duplicate_continuation_is_answered_from_its_first_state_but_a_reused_mid_is_n
     fx.ask(&Req::get("updates").payload(&device(b"MOTE", 3, 0, Some(0))));
     let cont = Req::get("updates").block2(1, 4).mid(MID + 1);
     let first = fx.ask_from(A, T0 + 1, &cont);
-    assert_eq!(assert_block(&first, &mote, 1, true, 4), &mote.bytes[256..512]);
+    assert_eq!(
+        assert_block(&first, &mote, 1, true, 4),
+        &mote.bytes[256..512]
+    );
     // The peer starts another transfer; a late duplicate of the old
     // continuation still gets the bytes it got the first time.
     fx.ask_from(
@@ -1627,9 +1729,15 @@ fn image_offset_payload_sent_only_with_block_0_continues_from_that_offset() {
     let img = fx.img(MOTE_NEW);
     let uri = format!("updates/{}", img.id);
     let first = fx.ask(&Req::get(&uri).block2(0, 4).payload(&1000u32.to_le_bytes()));
-    assert_eq!(assert_block(&first, &img, 0, true, 4), &img.bytes[1000..1256]);
+    assert_eq!(
+        assert_block(&first, &img, 0, true, 4),
+        &img.bytes[1000..1256]
+    );
     let next = fx.ask(&Req::get(&uri).block2(1, 4).mid(MID + 1).token(&[3]));
-    assert_eq!(assert_block(&next, &img, 1, true, 4), &img.bytes[1256..1512]);
+    assert_eq!(
+        assert_block(&next, &img, 1, true, 4),
+        &img.bytes[1256..1512]
+    );
     // Another peer, or a new download from block 0, starts at 0.
     let other = fx.ask_from(B, T0, &Req::get(&uri).block2(1, 4).mid(MID + 2));
     assert_eq!(assert_block(&other, &img, 1, true, 4), &img.bytes[256..512]);

@@ -108,6 +108,9 @@ pub struct BoundedTable<K, V> {
     capacity: usize,
     lifetime_ms: u64,
     next_seq: u64,
+    /// Storage reserved for good the first time the table was full (not
+    /// judged by `HashMap::capacity()`, which tombstones make fluctuate).
+    settled: bool,
 }
 
 #[derive(Debug)]
@@ -126,6 +129,7 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
             capacity: capacity.max(1),
             lifetime_ms,
             next_seq: 0,
+            settled: false,
         }
     }
 
@@ -161,11 +165,30 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
             }
             return;
         }
+        if self.map.len() >= self.capacity && !self.settled {
+            self.settled = true;
+            // Full for the first time: room for twice the bound, so that
+            // churn from here on only ever rehashes in place (hashbrown
+            // grows a map whose tombstones run out only while it is more
+            // than half full), and the queue its full length: from now on
+            // nothing allocates.
+            self.map.reserve(self.capacity);
+            self.order.reserve(
+                self.capacity
+                    .saturating_mul(2)
+                    .saturating_sub(self.order.len())
+                    + 1,
+            );
+        }
         while self.map.len() >= self.capacity {
             let Some((oldest, queued)) = self.order.pop_front() else {
                 break;
             };
-            if self.map.get(&oldest).is_some_and(|e| e.queued_seq == queued) {
+            if self
+                .map
+                .get(&oldest)
+                .is_some_and(|e| e.queued_seq == queued)
+            {
                 self.map.remove(&oldest);
             }
         }
@@ -216,7 +239,10 @@ mod tests {
         let build = KeyedBuild::new();
         let mut seen = std::collections::HashSet::new();
         for port in 0..4096u16 {
-            let key = ([0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1], port);
+            let key = (
+                [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1],
+                port,
+            );
             // Bucket index bits (low) and hashbrown's tag bits (top 7).
             let h = build.hash_one(key);
             seen.insert((h & 0xfff, h >> 57));
@@ -270,6 +296,26 @@ mod tests {
         assert_eq!(t.len(), 3);
         assert_eq!(t.get(&2, 3), Some(&2));
         assert!(t.order.len() <= 2 * t.capacity());
+    }
+
+    #[test]
+    fn storage_stops_growing_once_the_table_has_been_full() {
+        // Random hash keys make hashbrown's tombstones fall differently on
+        // every run: whatever they do, a full table must never reallocate.
+        for _ in 0..20 {
+            let mut t = BoundedTable::new(256, u64::MAX);
+            for k in 0..257u32 {
+                t.insert(k, k, 0);
+            }
+            // (HashMap::capacity() shrinks as tombstones use up room and
+            // comes back on a rehash in place; only a reallocation raises it.)
+            let (map_room, queue_room) = (t.map.capacity(), t.order.capacity());
+            for k in 257..50_000u32 {
+                t.insert(k, k, 0);
+                t.insert(k - 7, k, 0);
+                assert!(t.map.capacity() <= map_room && t.order.capacity() == queue_room);
+            }
+        }
     }
 
     #[test]

@@ -641,7 +641,10 @@ impl<'b> Emitter<'b> {
     ) -> Result<usize, EmitError> {
         let start = self.len.checked_add(1).ok_or(EmitError::BufferTooSmall)?;
         let end = start.checked_add(max).ok_or(EmitError::BufferTooSmall)?;
-        let room = self.buf.get_mut(start..end).ok_or(EmitError::BufferTooSmall)?;
+        let room = self
+            .buf
+            .get_mut(start..end)
+            .ok_or(EmitError::BufferTooSmall)?;
         let written = fill(room).min(max);
         if written > 0 {
             if let Some(marker) = self.buf.get_mut(self.len) {

@@ -14,10 +14,13 @@ const FIG16_REQUEST: [u8; 16] = [
     0x40, 0x01, 0x7d, 0x34, 0xbb, b't', b'e', b'm', b'p', b'e', b'r', b'a', b't', b'u', b'r', b'e',
 ];
 /// RFC 7252 Appendix A, Figure 16: the piggybacked ACK 2.05 "22.3 C".
-const FIG16_RESPONSE: [u8; 11] = [0x60, 0x45, 0x7d, 0x34, 0xff, b'2', b'2', b'.', b'3', b' ', b'C'];
+const FIG16_RESPONSE: [u8; 11] = [
+    0x60, 0x45, 0x7d, 0x34, 0xff, b'2', b'2', b'.', b'3', b' ', b'C',
+];
 /// RFC 7252 Appendix A, Figure 17: the same request with Token 0x20.
 const FIG17_REQUEST: [u8; 17] = [
-    0x41, 0x01, 0x7d, 0x34, 0x20, 0xbb, b't', b'e', b'm', b'p', b'e', b'r', b'a', b't', b'u', b'r', b'e',
+    0x41, 0x01, 0x7d, 0x34, 0x20, 0xbb, b't', b'e', b'm', b'p', b'e', b'r', b'a', b't', b'u', b'r',
+    b'e',
 ];
 /// RFC 7252 Appendix A, Figure 17: ACK 2.05 with Token 0x20.
 const FIG17_RESPONSE: [u8; 12] = [
@@ -228,7 +231,10 @@ fn ignores_version_other_than_1() {
     for version in [0u8, 2, 3] {
         let mut d = FIG16_REQUEST;
         d[0] = (d[0] & 0x3F) | (version << 6);
-        assert_eq!(Message::parse(&d).unwrap_err(), ParseError::BadVersion(version));
+        assert_eq!(
+            Message::parse(&d).unwrap_err(),
+            ParseError::BadVersion(version)
+        );
     }
 }
 
@@ -343,7 +349,10 @@ fn rejects_payload_marker_without_payload() {
     d.push(PAYLOAD_MARKER);
     assert_eq!(format_error(&d), FormatError::EmptyPayload);
     // Directly after the header too.
-    assert_eq!(format_error(&[0x50, 0x01, 0, 1, 0xFF]), FormatError::EmptyPayload);
+    assert_eq!(
+        format_error(&[0x50, 0x01, 0, 1, 0xFF]),
+        FormatError::EmptyPayload
+    );
 }
 
 #[test]
@@ -403,7 +412,10 @@ fn parses_extended_length_13_and_14_forms() {
     d.extend_from_slice(&[0x55; 300]);
     d.extend_from_slice(&[0xFF, 0x01]);
     let msg = Message::parse(&d).unwrap();
-    assert_eq!(msg.query.as_slice(), &[&b"pid=ABCDEFGHI"[..], &[b'q'; 255][..]]);
+    assert_eq!(
+        msg.query.as_slice(),
+        &[&b"pid=ABCDEFGHI"[..], &[b'q'; 255][..]]
+    );
     assert_eq!(msg.unrecognized_critical, None);
     assert_eq!(msg.payload, &[0x01]);
 }
@@ -478,8 +490,8 @@ fn unknown_elective_option_is_ignored() {
     // not act on.
     let delta = (2048u16 - 11 - 269).to_be_bytes();
     let d = [
-        0x40, 0x01, 0, 1, 0x60, 0x57, b'u', b'p', b'd', b'a', b't', b'e', b's', 0xE1, delta[0], delta[1],
-        0x00,
+        0x40, 0x01, 0, 1, 0x60, 0x57, b'u', b'p', b'd', b'a', b't', b'e', b's', 0xE1, delta[0],
+        delta[1], 0x00,
     ];
     let msg = Message::parse(&d).unwrap();
     assert_eq!(msg.unrecognized_critical, None);
@@ -491,7 +503,10 @@ fn unknown_critical_option_is_reported() {
     // Option 2049 (odd: critical), after Uri-Path.
     let delta = (2049u16 - 11 - 269).to_be_bytes();
     let d = [0x40, 0x01, 0, 1, 0xB1, b'x', 0xE0, delta[0], delta[1]];
-    assert_eq!(Message::parse(&d).unwrap().unrecognized_critical, Some(2049));
+    assert_eq!(
+        Message::parse(&d).unwrap().unrecognized_critical,
+        Some(2049)
+    );
     // If-Match (1) is critical and not implemented.
     let d = [0x40, 0x01, 0, 1, 0x11, 0x00];
     assert_eq!(Message::parse(&d).unwrap().unrecognized_critical, Some(1));
@@ -559,7 +574,10 @@ fn option_values_outside_their_range_count_as_unrecognised() {
     );
     // Content-Format of 3 bytes: elective, ignored.
     let msg = Message::parse(&[0x40, 0x01, 0, 1, 0xC3, 0, 0, 42]).unwrap();
-    assert_eq!((msg.content_format, msg.unrecognized_critical), (None, None));
+    assert_eq!(
+        (msg.content_format, msg.unrecognized_critical),
+        (None, None)
+    );
     // Echo of 41 bytes: elective, ignored.
     let mut d = vec![0x40, 0x01, 0, 1, 0xDD, 239, 41 - 13];
     d.extend_from_slice(&[1; 41]);
@@ -697,7 +715,10 @@ fn block_num_2_pow_20_minus_1_roundtrips() {
 fn block_szx_7_is_reserved() {
     assert_eq!(Block::decode(&[0x07]), Err(BlockError::ReservedSzx));
     assert_eq!(Block::decode(&[0x01, 0x0F]), Err(BlockError::ReservedSzx));
-    assert_eq!(Block::decode(&[0xFF, 0xFF, 0xFF]), Err(BlockError::ReservedSzx));
+    assert_eq!(
+        Block::decode(&[0xFF, 0xFF, 0xFF]),
+        Err(BlockError::ReservedSzx)
+    );
 }
 
 #[test]
@@ -829,8 +850,9 @@ fn emits_delta_and_length_boundaries_12_13_268_269() {
 
 #[test]
 fn payload_marker_only_when_payload_non_empty() {
-    let header_only =
-        emit_to_vec(|buf| Emitter::new(buf, MessageType::Acknowledgement, CONTENT, 5, &[])?.payload(&[]));
+    let header_only = emit_to_vec(|buf| {
+        Emitter::new(buf, MessageType::Acknowledgement, CONTENT, 5, &[])?.payload(&[])
+    });
     assert_eq!(header_only, [0x60, 0x45, 0, 5]);
     let filled_nothing = emit_to_vec(|buf| {
         Emitter::new(buf, MessageType::Acknowledgement, CONTENT, 5, &[])?.payload_with(10, |_| 0)
@@ -856,7 +878,13 @@ fn payload_marker_only_when_payload_non_empty() {
 /// The message of `emits_options_in_order_…`, shortened, written into a
 /// buffer of `len` bytes.
 fn emit_sample(buf: &mut [u8]) -> Result<usize, EmitError> {
-    let mut e = Emitter::new(buf, MessageType::Acknowledgement, CONTENT, 0x0102, &[1, 2, 3, 4])?;
+    let mut e = Emitter::new(
+        buf,
+        MessageType::Acknowledgement,
+        CONTENT,
+        0x0102,
+        &[1, 2, 3, 4],
+    )?;
     e.option(CoapOption::ETag.into(), &[8; 8])?;
     e.option_uint(CoapOption::ContentFormat.into(), 42)?;
     e.option_block(
@@ -880,7 +908,10 @@ fn buffer_too_small_never_panics_and_never_writes_past_the_buffer() {
         let mut backing = [SENTINEL; 256];
         let result = emit_sample(&mut backing[..len]);
         assert_eq!(result, Err(EmitError::BufferTooSmall), "buffer of {len}");
-        assert!(backing[len..].iter().all(|&b| b == SENTINEL), "wrote past {len}");
+        assert!(
+            backing[len..].iter().all(|&b| b == SENTINEL),
+            "wrote past {len}"
+        );
     }
     let mut exact = vec![0u8; full.len()];
     assert_eq!(emit_sample(&mut exact), Ok(full.len()));

@@ -138,7 +138,10 @@ fn lookup_and_download_by_id_equals_the_image_at_16_and_1024_byte_blocks() {
         ]);
         let err = expect_exit(&out, 0, "download -b 1024");
         assert_eq!(out.stdout, mote, "{a}: -b 1024");
-        assert!(err.contains("in 3 blocks") && err.contains("etag "), "{err}");
+        assert!(
+            err.contains("in 3 blocks") && err.contains("etag "),
+            "{err}"
+        );
         // Block edges: exactly one full block, and an empty image.
         let out = client(&[&a, "--pid", "EDGE", "--version", "0.0.0", "-b", "1024"]);
         expect_exit(&out, 0, "1024-byte image");
@@ -160,7 +163,16 @@ fn legacy_protocol_equals_the_image() {
     for server in servers(dir.path(), &[]) {
         let a = addr(&server);
         for size in ["16", "1024"] {
-            let out = client(&[&a, "--pid", "MOTE", "--version", "1.0.0", "--legacy", "-b", size]);
+            let out = client(&[
+                &a,
+                "--pid",
+                "MOTE",
+                "--version",
+                "1.0.0",
+                "--legacy",
+                "-b",
+                size,
+            ]);
             let err = expect_exit(&out, 0, "legacy");
             assert_eq!(out.stdout, mote, "{a}: legacy -b {size}");
             assert!(err.contains("(legacy protocol)"), "{err}");
@@ -202,14 +214,34 @@ fn offset_gives_the_image_from_that_byte() {
                 size,
             ]);
             let err = expect_exit(&out, 0, "offset");
-            assert_eq!(out.stdout, &mote[offset..], "{a}: --offset {offset} -b {size}");
+            assert_eq!(
+                out.stdout,
+                &mote[offset..],
+                "{a}: --offset {offset} -b {size}"
+            );
             assert!(err.contains(&format!("from offset {offset}")), "{err}");
         }
         // At the end: an empty body. Past it: the server's 4.00, exit 1.
-        let out = client(&[&a, "--pid", "MOTE", "--version", "1.0.0", "--offset", "3000"]);
+        let out = client(&[
+            &a,
+            "--pid",
+            "MOTE",
+            "--version",
+            "1.0.0",
+            "--offset",
+            "3000",
+        ]);
         expect_exit(&out, 0, "offset at the end");
         assert!(out.stdout.is_empty());
-        let out = client(&[&a, "--pid", "MOTE", "--version", "1.0.0", "--offset", "3001"]);
+        let out = client(&[
+            &a,
+            "--pid",
+            "MOTE",
+            "--version",
+            "1.0.0",
+            "--offset",
+            "3001",
+        ]);
         let err = expect_exit(&out, 1, "offset past the end");
         assert!(err.contains("4.00"), "{err}");
     }
@@ -229,8 +261,14 @@ fn get_well_known_core_prints_the_listing() {
         ];
         let first = runs[0].stdout.clone();
         let listing = String::from_utf8(first.clone()).expect("UTF-8 listing");
-        assert!(listing.contains(r#"</updates>;rt="fw.updates""#), "{listing}");
-        assert!(listing.contains(r#"title="MOTE_1_0_5_APP.fmu""#), "{listing}");
+        assert!(
+            listing.contains(r#"</updates>;rt="fw.updates""#),
+            "{listing}"
+        );
+        assert!(
+            listing.contains(r#"title="MOTE_1_0_5_APP.fmu""#),
+            "{listing}"
+        );
         assert!(listing.contains("sz=3000"), "{listing}");
         for (i, out) in runs.iter().enumerate() {
             let err = expect_exit(out, 0, "--get");
@@ -310,7 +348,9 @@ fn closed_port_fails_with_exit_1_quickly() {
 fn silent_server_gets_5_transmissions_then_exit_1() {
     for loopback in ["127.0.0.1:0", "[::1]:0"] {
         let silent = UdpSocket::bind(loopback).expect("bind");
-        silent.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
         let target = silent.local_addr().unwrap().to_string();
         let started = Instant::now();
         let out = client(&[&target, "--get", "/x", "--timeout-ms", "100"]);
@@ -343,7 +383,15 @@ fn bad_options_exit_2_with_a_hint() {
         &["127.0.0.1:5683", "--pid", "A"],
         &["127.0.0.1:5683", "--pid", "A", "--version"],
         &["127.0.0.1:5683", "--pid", "A", "--version", "1.256.0"],
-        &["127.0.0.1:5683", "--pid", "A", "--version", "1.0.0", "-b", "100"],
+        &[
+            "127.0.0.1:5683",
+            "--pid",
+            "A",
+            "--version",
+            "1.0.0",
+            "-b",
+            "100",
+        ],
         &["127.0.0.1:5683", "--get", "/x", "--pid", "A"],
         &["127.0.0.1:5683", "--get", "/x", "--timeout-ms", "0"],
         &["coap://h/x", "--get", "/y"],
@@ -471,7 +519,15 @@ fn lossy_link_is_survived_by_retransmission() {
         let link = LossyLink::new(server.addr, 4, 5, 3);
         let a = link.addr.to_string();
         for legacy in [false, true] {
-            let mut args = vec![a.as_str(), "--pid", "MOTE", "--version", "1.0.0", "-b", "256"];
+            let mut args = vec![
+                a.as_str(),
+                "--pid",
+                "MOTE",
+                "--version",
+                "1.0.0",
+                "-b",
+                "256",
+            ];
             args.extend_from_slice(&["--timeout-ms", "50"]);
             if legacy {
                 args.push("--legacy");
@@ -528,7 +584,15 @@ fn smaller_server_block_size_is_followed() {
     for server in servers(dir.path(), &["-b", "64"]) {
         let a = addr(&server);
         for extra in [&[][..], &["--legacy"][..], &["--offset", "100"][..]] {
-            let mut args = vec![a.as_str(), "--pid", "MOTE", "--version", "1.0.0", "-b", "1024"];
+            let mut args = vec![
+                a.as_str(),
+                "--pid",
+                "MOTE",
+                "--version",
+                "1.0.0",
+                "-b",
+                "1024",
+            ];
             args.extend_from_slice(extra);
             let out = client(&args);
             let err = expect_exit(&out, 0, "shrinking server");

@@ -73,7 +73,14 @@ fn files() -> Vec<(String, Vec<u8>)> {
 }
 
 /// One request written with our emitter (options in any order: sorted).
-fn request(mtype: u8, code: u8, mid: u16, token: &[u8], options: &[(u16, &[u8])], payload: &[u8]) -> Vec<u8> {
+fn request(
+    mtype: u8,
+    code: u8,
+    mid: u16,
+    token: &[u8],
+    options: &[(u16, &[u8])],
+    payload: &[u8],
+) -> Vec<u8> {
     let mut sorted = options.to_vec();
     sorted.sort_by_key(|o| o.0);
     let mtype = match mtype {
@@ -160,11 +167,25 @@ fn seeds(ids: &[String]) -> Vec<Vec<u8>> {
         let payload = device(pid, fw_type, version, offset);
         seeds.push(request(0, 1, 9, tok, &[(PATH, updates)], &payload));
         let b = block(2, 4);
-        seeds.push(request(1, 1, 9, &[], &[(PATH, updates), (BLOCK2, &b)], &payload));
+        seeds.push(request(
+            1,
+            1,
+            9,
+            &[],
+            &[(PATH, updates), (BLOCK2, &b)],
+            &payload,
+        ));
     }
     for num in [1u32, 2, 4096] {
         let b = block(num, 6);
-        seeds.push(request(0, 1, 10, &[7; 8], &[(PATH, updates), (BLOCK2, &b)], &[]));
+        seeds.push(request(
+            0,
+            1,
+            10,
+            &[7; 8],
+            &[(PATH, updates), (BLOCK2, &b)],
+            &[],
+        ));
     }
     for q in [
         &[&b"pid=MOTE"[..], b"type=APP", b"version=1.0.0"][..],
@@ -177,7 +198,12 @@ fn seeds(ids: &[String]) -> Vec<Vec<u8>> {
     }
     let core: [(u16, &[u8]); 2] = [(PATH, b".well-known"), (PATH, b"core")];
     seeds.push(request(0, 1, 12, tok, &core, &[]));
-    for q in [&b"rt=fw.image"[..], b"title=MOTE*", b"href=/updates", b"rt=*"] {
+    for q in [
+        &b"rt=fw.image"[..],
+        b"title=MOTE*",
+        b"href=/updates",
+        b"rt=*",
+    ] {
         for num in [0u32, 3] {
             let b = block(num, 0);
             let options = [core[0], core[1], (QUERY, q), (BLOCK2, &b)];
@@ -189,7 +215,14 @@ fn seeds(ids: &[String]) -> Vec<Vec<u8>> {
     seeds.push(vec![0x60, 0x00, 0x12, 0x34]); // empty ACK
     seeds.push(request(0, 0x45, 1, tok, &[(12, &[42])], b"payload"));
     seeds.push(request(0, 2, 1, tok, &[(PATH, updates)], b"post"));
-    seeds.push(request(0, 1, 1, tok, &[(PATH, updates), (2051, b"crit")], &[]));
+    seeds.push(request(
+        0,
+        1,
+        1,
+        tok,
+        &[(PATH, updates), (2051, b"crit")],
+        &[],
+    ));
     seeds.push(request(0, 1, 1, tok, &[(PATH, updates), (17, &[0])], &[]));
     seeds.push(request(0, 1, 1, tok, &[(PATH, b"nope")], &[]));
     seeds.push(request(
@@ -200,7 +233,14 @@ fn seeds(ids: &[String]) -> Vec<Vec<u8>> {
         &[(PATH, updates), (PATH, ids[0].as_bytes()), (252, &[1; 8])],
         &[],
     ));
-    seeds.push(request(0, 1, 1, tok, &[(PATH, updates), (BLOCK2, &[0x07])], &[]));
+    seeds.push(request(
+        0,
+        1,
+        1,
+        tok,
+        &[(PATH, updates), (BLOCK2, &[0x07])],
+        &[],
+    ));
     seeds
 }
 
@@ -266,10 +306,15 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
 
 /// Checks one reply of `svc` to `datagram`.
 fn check_reply(datagram: &[u8], reply: &[u8], outcome: &Outcome<'_>) {
-    assert!(reply.len() <= MAX_REPLY_LEN, "reply of {} bytes", reply.len());
-    let ours = Message::parse(reply).unwrap_or_else(|e| panic!("wire rejects reply {reply:02x?}: {e}"));
-    let theirs =
-        Packet::from_bytes(reply).unwrap_or_else(|e| panic!("coap-lite rejects reply {reply:02x?}: {e:?}"));
+    assert!(
+        reply.len() <= MAX_REPLY_LEN,
+        "reply of {} bytes",
+        reply.len()
+    );
+    let ours =
+        Message::parse(reply).unwrap_or_else(|e| panic!("wire rejects reply {reply:02x?}: {e}"));
+    let theirs = Packet::from_bytes(reply)
+        .unwrap_or_else(|e| panic!("coap-lite rejects reply {reply:02x?}: {e:?}"));
     assert_eq!(theirs.header.message_id, ours.mid);
     assert_eq!(theirs.get_token(), ours.token);
     assert_eq!(theirs.payload, ours.payload);
@@ -281,9 +326,15 @@ fn check_reply(datagram: &[u8], reply: &[u8], outcome: &Outcome<'_>) {
     let request = Message::parse(datagram);
     if datagram.len() <= MAX_REQUEST_LEN {
         match request {
-            Err(ParseError::TooShort | ParseError::BadVersion(_)) => panic!("answered a headerless datagram"),
+            Err(ParseError::TooShort | ParseError::BadVersion(_)) => {
+                panic!("answered a headerless datagram")
+            }
             Err(ParseError::Format { mtype, mid, .. }) => {
-                assert_eq!(mtype, MessageType::Confirmable, "answered a malformed non-CON");
+                assert_eq!(
+                    mtype,
+                    MessageType::Confirmable,
+                    "answered a malformed non-CON"
+                );
                 assert_eq!(
                     reply,
                     [0x70, 0, (mid >> 8) as u8, mid as u8],
@@ -314,12 +365,18 @@ fn check_reply(datagram: &[u8], reply: &[u8], outcome: &Outcome<'_>) {
     }
     if let Ok(req) = &request {
         assert!(
-            matches!(req.mtype, MessageType::Confirmable | MessageType::NonConfirmable),
+            matches!(
+                req.mtype,
+                MessageType::Confirmable | MessageType::NonConfirmable
+            ),
             "answered an ACK/RST"
         );
     }
     if let MessageClass::Response(code) = ours.class() {
-        let exempt = matches!(code, ResponseType::Unauthorized | ResponseType::TooManyRequests);
+        let exempt = matches!(
+            code,
+            ResponseType::Unauthorized | ResponseType::TooManyRequests
+        );
         if code.is_error() && !exempt {
             assert!(!ours.payload.is_empty(), "{code:?} without diagnostic");
             assert!(
@@ -348,7 +405,10 @@ fn check_reply(datagram: &[u8], reply: &[u8], outcome: &Outcome<'_>) {
             t.offset
         );
         assert_eq!(b.more, end < t.image.bytes.len(), "M bit");
-        assert_eq!((b.num, b.szx, b.more), (t.block.num, t.block.szx, t.block.more));
+        assert_eq!(
+            (b.num, b.szx, b.more),
+            (t.block.num, t.block.szx, t.block.more)
+        );
     }
 }
 
@@ -443,7 +503,10 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
                         let reply_due = req.mtype == MessageType::Confirmable
                             && input.len() <= MAX_REQUEST_LEN
                             && svc.limits().rate_limit.is_none();
-                        assert!(!reply_due, "a Confirmable message went unanswered: {input:02x?}");
+                        assert!(
+                            !reply_due,
+                            "a Confirmable message went unanswered: {input:02x?}"
+                        );
                     }
                 }
             }
@@ -464,7 +527,11 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
 #[test]
 fn every_truncation_of_every_seed_is_handled() {
     let catalog = Catalog::from_files(files()).unwrap().0;
-    let ids: Vec<String> = catalog.images().iter().map(|i| i.id_str().to_owned()).collect();
+    let ids: Vec<String> = catalog
+        .images()
+        .iter()
+        .map(|i| i.id_str().to_owned())
+        .collect();
     let mut svc = Service::new(catalog, Limits::default());
     let mut out = vec![0u8; MAX_REPLY_LEN];
     let peer = Peer {
@@ -484,7 +551,14 @@ fn every_truncation_of_every_seed_is_handled() {
     // needs more than MAX_REPLY_LEN, and a shorter buffer is refused, not
     // overrun.
     let mut small = [0u8; 16];
-    let request = request(0, 1, 1, &[], &[(11, b"updates"), (11, ids[0].as_bytes())], &[]);
+    let request = request(
+        0,
+        1,
+        1,
+        &[],
+        &[(11, b"updates"), (11, ids[0].as_bytes())],
+        &[],
+    );
     assert!(matches!(
         svc.handle(peer, 2, &request, &mut small),
         Action::Drop(iot_ota::service::Dropped::Overflow)

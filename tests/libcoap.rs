@@ -68,7 +68,10 @@ fn uri(server: &TestServer, path_and_query: &str) -> String {
 
 /// Runs coap-client-notls with `args`, bounded by `-B 10` and RUN_TIMEOUT.
 fn coap_client(args: &[&str]) -> Output {
-    let output = support::run_bounded(Command::new(PROGRAM).arg("-B").arg("10").args(args), RUN_TIMEOUT);
+    let output = support::run_bounded(
+        Command::new(PROGRAM).arg("-B").arg("10").args(args),
+        RUN_TIMEOUT,
+    );
     assert!(
         output.status.success(),
         "{PROGRAM} {args:?} failed: {:?}\nstderr: {}",
@@ -80,7 +83,12 @@ fn coap_client(args: &[&str]) -> Output {
 
 /// GETs `uri` with block size `block` into `out` and returns what was
 /// written; coap-client writes no file for an empty body.
-fn get_to_file(uri: &str, block: usize, payload_file: Option<&Path>, out: &Path) -> (Vec<u8>, Output) {
+fn get_to_file(
+    uri: &str,
+    block: usize,
+    payload_file: Option<&Path>,
+    out: &Path,
+) -> (Vec<u8>, Output) {
     let _ = std::fs::remove_file(out);
     let block = block.to_string();
     let out_text = out.to_string_lossy().into_owned();
@@ -127,8 +135,12 @@ fn coap_client_downloads_every_image_by_id_at_1024_and_64() {
             for &block in sizes {
                 let what = format!("{} -b {block} on {}", image.file_name, server.addr);
                 let out = out_file(&fx, &format!("{}-{block}.bin", image.pid));
-                let (body, output) =
-                    get_to_file(&uri(server, &format!("updates/{}", image.id)), block, None, &out);
+                let (body, output) = get_to_file(
+                    &uri(server, &format!("updates/{}", image.id)),
+                    block,
+                    None,
+                    &out,
+                );
                 assert_same(&body, &image.bytes, &what, &output);
             }
         }
@@ -162,7 +174,10 @@ fn coap_client_reads_well_known_core_whole_and_filtered() {
     let fx = Fixture::new("libcoap-core", false);
     let cases = [
         (".well-known/core", listing(&fx, true, |_| true)),
-        (".well-known/core?rt=fw.image", listing(&fx, false, |_| true)),
+        (
+            ".well-known/core?rt=fw.image",
+            listing(&fx, false, |_| true),
+        ),
         (
             ".well-known/core?title=SIZE1*",
             listing(&fx, false, |i| i.pid.starts_with("SIZE1")),
@@ -173,7 +188,12 @@ fn coap_client_reads_well_known_core_whole_and_filtered() {
             for block in [1024, 64, 16] {
                 let out = out_file(&fx, "core.txt");
                 let (body, output) = get_to_file(&uri(server, path), block, None, &out);
-                assert_same(&body, expected.as_bytes(), &format!("{path} -b {block}"), &output);
+                assert_same(
+                    &body,
+                    expected.as_bytes(),
+                    &format!("{path} -b {block}"),
+                    &output,
+                );
             }
         }
     });
@@ -194,7 +214,8 @@ fn coap_client_query_form_names_the_image() {
             // Then the image by that id, as an operator would.
             let id = String::from_utf8(body).expect("the id is text");
             let out = out_file(&fx, "image.bin");
-            let (body, output) = get_to_file(&uri(server, &format!("updates/{id}")), 1024, None, &out);
+            let (body, output) =
+                get_to_file(&uri(server, &format!("updates/{id}")), 1024, None, &out);
             assert_same(&body, &image.bytes, &format!("image {id}"), &output);
         }
         // No newer image: 4.04, which coap-client reports and writes no file.
@@ -206,8 +227,12 @@ fn coap_client_query_form_names_the_image() {
             &out,
         );
         assert!(body.is_empty(), "a body for 4.04: {body:?}");
-        let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
-        assert!(said.contains("4.04"), "coap-client did not see a 4.04: {said}");
+        let said =
+            String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains("4.04"),
+            "coap-client did not see a 4.04: {said}"
+        );
     });
 }
 
@@ -233,11 +258,16 @@ fn coap_client_legacy_download_with_device_payload_file() {
         runs.push((big, 1000, 1024));
         runs.push((big, BIG_LEN - 1500, 16));
         for (image, offset, block) in runs {
-            let what = format!("{} offset {offset} -b {block} on {}", image.pid, server.addr);
-            let payload = device_payload(&image.pid, 3, 0, Some(u32::try_from(offset).expect("u32")));
+            let what = format!(
+                "{} offset {offset} -b {block} on {}",
+                image.pid, server.addr
+            );
+            let payload =
+                device_payload(&image.pid, 3, 0, Some(u32::try_from(offset).expect("u32")));
             let payload_file = fx.out.write("device.bin", &payload);
             let out = out_file(&fx, "legacy.bin");
-            let (body, output) = get_to_file(&uri(server, "updates"), block, Some(&payload_file), &out);
+            let (body, output) =
+                get_to_file(&uri(server, "updates"), block, Some(&payload_file), &out);
             assert_same(&body, &image.bytes[offset..], &what, &output);
         }
         // No newer image: the legacy "no update" RST, and no file.
@@ -245,9 +275,16 @@ fn coap_client_legacy_download_with_device_payload_file() {
         let payload_file = fx.out.write("device.bin", &payload);
         let out = out_file(&fx, "none.bin");
         let (body, output) = get_to_file(&uri(server, "updates"), 1024, Some(&payload_file), &out);
-        assert!(body.is_empty(), "a body for no update: {} bytes", body.len());
+        assert!(
+            body.is_empty(),
+            "a body for no update: {} bytes",
+            body.len()
+        );
         let said = String::from_utf8_lossy(&output.stderr);
-        assert!(said.contains("RST"), "coap-client did not report the RST: {said}");
+        assert!(
+            said.contains("RST"),
+            "coap-client did not report the RST: {said}"
+        );
     });
 }
 
@@ -259,15 +296,23 @@ fn coap_client_follows_a_server_with_64_byte_blocks() {
     let fx = Fixture::new("libcoap-b64", false);
     support::on_both_families(fx.dir.path(), &["-b", "64"], |server| {
         for image in fx.small() {
-            let what = format!("{} by id, -b 1024 against -b 64 on {}", image.pid, server.addr);
+            let what = format!(
+                "{} by id, -b 1024 against -b 64 on {}",
+                image.pid, server.addr
+            );
             let out = out_file(&fx, "b64.bin");
-            let (body, output) =
-                get_to_file(&uri(server, &format!("updates/{}", image.id)), 1024, None, &out);
+            let (body, output) = get_to_file(
+                &uri(server, &format!("updates/{}", image.id)),
+                1024,
+                None,
+                &out,
+            );
             assert_same(&body, &image.bytes, &what, &output);
 
             let payload = device_payload(&image.pid, 3, 0, Some(0));
             let payload_file = fx.out.write("device.bin", &payload);
-            let (body, output) = get_to_file(&uri(server, "updates"), 1024, Some(&payload_file), &out);
+            let (body, output) =
+                get_to_file(&uri(server, "updates"), 1024, Some(&payload_file), &out);
             assert_same(&body, &image.bytes, &format!("legacy {what}"), &output);
         }
     });
@@ -286,7 +331,10 @@ fn coap_client_resumes_by_id_with_offset_query() {
     support::on_both_families(fx.dir.path(), &[], |server| {
         let image = fx.image("SIZE1025");
         for (offset, block) in [(100usize, 64usize), (1000, 16), (1025, 1024)] {
-            let what = format!("{} ?offset={offset} -b {block} on {}", image.pid, server.addr);
+            let what = format!(
+                "{} ?offset={offset} -b {block} on {}",
+                image.pid, server.addr
+            );
             let out = out_file(&fx, "offset.bin");
             let path = format!("updates/{}?offset={offset}", image.id);
             let (body, output) = get_to_file(&uri(server, &path), block, None, &out);
@@ -307,7 +355,12 @@ fn coap_client_answers_the_echo_challenge() {
     support::on_both_families(fx.dir.path(), &["--echo", "-v"], |server| {
         let image = fx.image("SIZE1025");
         let out = out_file(&fx, "echo.bin");
-        let (body, output) = get_to_file(&uri(server, &format!("updates/{}", image.id)), 64, None, &out);
+        let (body, output) = get_to_file(
+            &uri(server, &format!("updates/{}", image.id)),
+            64,
+            None,
+            &out,
+        );
         assert_same(
             &body,
             &image.bytes,
@@ -334,7 +387,10 @@ fn coap_client_resumes_by_id_with_offset_payload_sent_once() {
     support::on_both_families(fx.dir.path(), &[], |server| {
         let image = fx.image("SIZE1025");
         for (offset, block) in [(100usize, 64usize), (1000, 16), (7, 1024)] {
-            let what = format!("{} OFFSET {offset} -b {block} on {}", image.pid, server.addr);
+            let what = format!(
+                "{} OFFSET {offset} -b {block} on {}",
+                image.pid, server.addr
+            );
             let payload_file = fx.out.write("offset.bin", &(offset as u32).to_le_bytes());
             let out = out_file(&fx, "offset-payload.bin");
             let path = format!("updates/{}", image.id);

@@ -159,7 +159,8 @@ impl Req {
         // Stable: repeated options keep their order.
         options.sort_by_key(|&(number, _)| number);
         let mut buf = vec![0u8; 4096];
-        let mut e = Emitter::new(&mut buf, self.mtype, self.code, mid, &self.token).expect("header fits");
+        let mut e =
+            Emitter::new(&mut buf, self.mtype, self.code, mid, &self.token).expect("header fits");
         for (number, value) in &options {
             e.option(*number, value).expect("option fits");
         }
@@ -188,13 +189,23 @@ impl Resp {
     /// Decodes a datagram the server sent; it must be well formed for both
     /// our parser and coap-lite (the oracle).
     fn decode(raw: &[u8]) -> Resp {
-        let m =
-            Message::parse(raw).unwrap_or_else(|e| panic!("server sent a malformed reply ({e}): {raw:02x?}"));
+        let m = Message::parse(raw)
+            .unwrap_or_else(|e| panic!("server sent a malformed reply ({e}): {raw:02x?}"));
         let oracle = coap_lite::Packet::from_bytes(raw)
             .unwrap_or_else(|e| panic!("coap-lite rejects the server's reply ({e:?}): {raw:02x?}"));
-        assert_eq!(oracle.header.message_id, m.mid, "coap-lite disagrees on the MID");
-        assert_eq!(oracle.payload, m.payload, "coap-lite disagrees on the payload");
-        assert_eq!(oracle.get_token(), m.token, "coap-lite disagrees on the token");
+        assert_eq!(
+            oracle.header.message_id, m.mid,
+            "coap-lite disagrees on the MID"
+        );
+        assert_eq!(
+            oracle.payload, m.payload,
+            "coap-lite disagrees on the payload"
+        );
+        assert_eq!(
+            oracle.get_token(),
+            m.token,
+            "coap-lite disagrees on the token"
+        );
         let block2 = m
             .block2
             .map(|b| b.unwrap_or_else(|e| panic!("server sent a bad Block2 ({e:?})")));
@@ -218,7 +229,8 @@ impl Resp {
 
     /// The payload as text (diagnostics, ids, link format).
     fn text(&self) -> String {
-        String::from_utf8(self.payload.clone()).unwrap_or_else(|_| panic!("payload is not UTF-8: {self:?}"))
+        String::from_utf8(self.payload.clone())
+            .unwrap_or_else(|_| panic!("payload is not UTF-8: {self:?}"))
     }
 
     /// Asserts an error reply: the code and a non-empty UTF-8 diagnostic
@@ -308,7 +320,10 @@ impl Client {
                 let matches = match mtype {
                     MessageType::Confirmable => {
                         reply.mid == mid
-                            && matches!(reply.mtype, MessageType::Acknowledgement | MessageType::Reset)
+                            && matches!(
+                                reply.mtype,
+                                MessageType::Acknowledgement | MessageType::Reset
+                            )
                     }
                     _ => reply.token == token && reply.mtype != MessageType::Acknowledgement,
                 };
@@ -325,7 +340,10 @@ impl Client {
         let mid = self.mid();
         let reply = self.exchange(&req.encode(mid), req.mtype, mid, &req.token);
         if reply.mtype == MessageType::Acknowledgement {
-            assert_eq!(reply.token, req.token, "piggybacked reply with another token");
+            assert_eq!(
+                reply.token, req.token,
+                "piggybacked reply with another token"
+            );
         }
         reply
     }
@@ -399,7 +417,10 @@ fn fetch(
             ));
         }
         if reply.payload.len() > block.size() {
-            return Err(format!("block {block:?} carries {} bytes", reply.payload.len()));
+            return Err(format!(
+                "block {block:?} carries {} bytes",
+                reply.payload.len()
+            ));
         }
         if index == 0 {
             got.size2 = reply.size2;
@@ -530,7 +551,8 @@ fn small_images_download_whole_in_every_form_and_block_size() {
             assert_eq!(by_query, image.id, "query lookup of {}", image.pid);
 
             for szx in SZXS {
-                let what = |form: &str| format!("{} {form} szx {szx} on {}", image.pid, server.addr);
+                let what =
+                    |form: &str| format!("{} {form} szx {szx} on {}", image.pid, server.addr);
                 let legacy = fetch_whole(&mut c, block(0, szx), len, legacy_req(image, 0))
                     .unwrap_or_else(|e| panic!("{}: {e}", what("legacy")));
                 assert_body(&legacy, &image.bytes, &what("legacy"));
@@ -538,7 +560,12 @@ fn small_images_download_whole_in_every_form_and_block_size() {
                 let by_id = fetch_whole(&mut c, block(0, szx), len, id_req(&by_payload, 0))
                     .unwrap_or_else(|e| panic!("{}: {e}", what("lookup + id")));
                 assert_body(&by_id, &image.bytes, &what("lookup + id"));
-                assert_eq!(legacy.etag, by_id.etag, "{}: one image, one ETag", what("id"));
+                assert_eq!(
+                    legacy.etag,
+                    by_id.etag,
+                    "{}: one image, one ETag",
+                    what("id")
+                );
 
                 let by_query_id = fetch_whole(&mut c, block(0, szx), len, id_req(&by_query, 0))
                     .unwrap_or_else(|e| panic!("{}: {e}", what("query + id")));
@@ -580,7 +607,11 @@ fn small_images_download_whole_in_every_form_and_block_size() {
                 }
             })
             .unwrap_or_else(|e| panic!("{} by id without Block2: {e}", image.pid));
-            assert_body(&no_block2, &image.bytes, "by id, first request without Block2");
+            assert_body(
+                &no_block2,
+                &image.bytes,
+                "by id, first request without Block2",
+            );
             etags.push((image.pid.clone(), no_block2.etag));
         }
     });
@@ -660,7 +691,11 @@ fn big_image_blocks_past_num_4095_at_16_and_64_bytes() {
         let last_num = u32::try_from((BIG_LEN - 1) / 16).expect("fits");
         let last = c.call(&Req::get(&format!("updates/{}", big.id)).block(block(last_num, 0)));
         assert!(last.is(ResponseType::Content), "{last:?}");
-        assert_eq!(last.block2, Some(block(last_num, 0)), "M clear on the last block");
+        assert_eq!(
+            last.block2,
+            Some(block(last_num, 0)),
+            "M clear on the last block"
+        );
         assert_eq!(last.payload, big.bytes[last_num as usize * 16..]);
         assert_eq!(last.payload.len(), 9);
         c.call(&Req::get(&format!("updates/{}", big.id)).block(block(last_num + 1, 0)))
@@ -668,8 +703,13 @@ fn big_image_blocks_past_num_4095_at_16_and_64_bytes() {
 
         // A resumed legacy download near the end, at 16-byte blocks.
         let offset = BIG_LEN - 100;
-        let tail = fetch_whole(&mut c, block(0, 0), 100, legacy_req(big, offset_u32(offset)))
-            .expect("legacy resumed near the end");
+        let tail = fetch_whole(
+            &mut c,
+            block(0, 0),
+            100,
+            legacy_req(big, offset_u32(offset)),
+        )
+        .expect("legacy resumed near the end");
         assert_body(&tail, &big.bytes[offset..], "legacy from BIG_LEN - 100");
         assert_eq!(tail.blocks, 7);
     });
@@ -690,13 +730,21 @@ fn resumed_downloads_start_at_the_offset() {
                 let expected = &image.bytes[offset..];
                 for szx in [0, 6] {
                     let what = format!("{pid} offset {offset} szx {szx} on {}", server.addr);
-                    let legacy =
-                        fetch_whole(&mut c, block(0, szx), len, legacy_req(image, offset_u32(offset)))
-                            .unwrap_or_else(|e| panic!("legacy {what}: {e}"));
+                    let legacy = fetch_whole(
+                        &mut c,
+                        block(0, szx),
+                        len,
+                        legacy_req(image, offset_u32(offset)),
+                    )
+                    .unwrap_or_else(|e| panic!("legacy {what}: {e}"));
                     assert_body(&legacy, expected, &format!("legacy {what}"));
-                    let by_id =
-                        fetch_whole(&mut c, block(0, szx), len, id_req(&image.id, offset_u32(offset)))
-                            .unwrap_or_else(|e| panic!("by id {what}: {e}"));
+                    let by_id = fetch_whole(
+                        &mut c,
+                        block(0, szx),
+                        len,
+                        id_req(&image.id, offset_u32(offset)),
+                    )
+                    .unwrap_or_else(|e| panic!("by id {what}: {e}"));
                     assert_body(&by_id, expected, &format!("by id {what}"));
                     if offset == len {
                         // An empty body: block 0, no payload, M clear.
@@ -783,12 +831,18 @@ fn errors_have_their_codes_and_a_diagnostic() {
         // Legacy form with the version the device already runs: an RST
         // with the request's MID, nothing else.
         let mid = c.mid();
-        let req = Req::get("updates").payload(device_payload(&image.pid, TYPE_APP, VERSION_1_0_1, Some(0)));
+        let req = Req::get("updates").payload(device_payload(
+            &image.pid,
+            TYPE_APP,
+            VERSION_1_0_1,
+            Some(0),
+        ));
         let reply = c.exchange(&req.encode(mid), MessageType::Confirmable, mid, &req.token);
         let [hi, lo] = mid.to_be_bytes();
         assert_eq!(reply.raw, [0x70, 0x00, hi, lo], "no update: a bare RST");
         // The same for a PID the catalog does not have.
-        let reply = c.call(&Req::get("updates").payload(device_payload("NOPE", TYPE_APP, 0, Some(0))));
+        let reply =
+            c.call(&Req::get("updates").payload(device_payload("NOPE", TYPE_APP, 0, Some(0))));
         assert_eq!(
             reply.mtype,
             MessageType::Reset,
@@ -797,7 +851,12 @@ fn errors_have_their_codes_and_a_diagnostic() {
 
         let cases: Vec<(Req, ResponseType, &str)> = vec![
             (
-                Req::get("updates").payload(device_payload(&image.pid, TYPE_APP, VERSION_1_0_1, None)),
+                Req::get("updates").payload(device_payload(
+                    &image.pid,
+                    TYPE_APP,
+                    VERSION_1_0_1,
+                    None,
+                )),
                 ResponseType::NotFound,
                 "lookup, no newer image",
             ),
@@ -818,7 +877,11 @@ fn errors_have_their_codes_and_a_diagnostic() {
                 "unknown sub-path",
             ),
             (Req::get(""), ResponseType::NotFound, "root path"),
-            (Req::get("updates/00000000"), ResponseType::NotFound, "unknown id"),
+            (
+                Req::get("updates/00000000"),
+                ResponseType::NotFound,
+                "unknown id",
+            ),
             (
                 Req::get("updates/zz").block(block(0, 6)),
                 ResponseType::NotFound,
@@ -938,7 +1001,10 @@ fn errors_have_their_codes_and_a_diagnostic() {
         }
         // Unknown elective options are ignored.
         let reply = c.call(&Req::get(&image_path).option(2048, b"x").option(65000, b"y"));
-        assert!(reply.is(ResponseType::Content), "elective options: {reply:?}");
+        assert!(
+            reply.is(ResponseType::Content),
+            "elective options: {reply:?}"
+        );
 
         // A request longer than the server accepts: 4.13, same MID and token.
         let req = Req::get(&image_path)
@@ -965,7 +1031,12 @@ fn pings_empty_messages_and_foreign_versions() {
     support::on_both_families(fx.dir.path(), &[], |server| {
         let c = Client::new(server);
         // An empty CON is a ping: RST with the same MID.
-        let reply = c.exchange(&[0x40, 0x00, 0x12, 0x34], MessageType::Confirmable, 0x1234, &[]);
+        let reply = c.exchange(
+            &[0x40, 0x00, 0x12, 0x34],
+            MessageType::Confirmable,
+            0x1234,
+            &[],
+        );
         assert_eq!(reply.raw, [0x70, 0x00, 0x12, 0x34]);
         c.assert_silent(&[0x50, 0x00, 0x12, 0x35], "empty NON");
         c.assert_silent(&[0x60, 0x00, 0x12, 0x36], "empty ACK");
@@ -1025,7 +1096,11 @@ fn duplicate_confirmable_requests_get_byte_identical_replies() {
             let first = c.exchange(&datagram, req.mtype, mid, &req.token);
             let second = c.exchange(&datagram, req.mtype, mid, &req.token);
             assert_eq!(first.raw, second.raw, "duplicate of {req:?}");
-            assert_eq!(first.mtype, MessageType::Acknowledgement, "{req:?}: {first:?}");
+            assert_eq!(
+                first.mtype,
+                MessageType::Acknowledgement,
+                "{req:?}: {first:?}"
+            );
         }
     });
 }
@@ -1072,7 +1147,10 @@ fn duplicate_continuation_is_identical_after_the_peer_started_another_transfer()
         let reply = c.call(&legacy_req(first_image, 0)(block(0, 4), 0));
         assert!(reply.is(ResponseType::Content), "{reply:?}");
         let mid = c.mid();
-        let continuation = Req::get("updates").token(&[5]).block(block(1, 4)).encode(mid);
+        let continuation = Req::get("updates")
+            .token(&[5])
+            .block(block(1, 4))
+            .encode(mid);
         let answer = c.exchange(&continuation, MessageType::Confirmable, mid, &[5]);
         assert_eq!(answer.payload, first_image.bytes[256..512]);
         let reply = c.call(&legacy_req(second_image, 0)(block(0, 4), 0));
@@ -1122,7 +1200,10 @@ fn well_known_core_lists_every_image_and_filters_whole_at_16_byte_blocks() {
         (vec!["rt=fw.updates"], updates_link.to_owned()),
         (vec!["title=SIZE1*"], links(&|i| i.pid.starts_with("SIZE1"))),
         (vec![href.as_str()], image_link(big)),
-        (vec!["rt=fw.image", "sz=1024"], image_link(fx.image("SIZE1024"))),
+        (
+            vec!["rt=fw.image", "sz=1024"],
+            image_link(fx.image("SIZE1024")),
+        ),
         (vec!["title=NOTHING*"], String::new()),
     ];
     support::on_both_families(fx.dir.path(), &[], |server| {
@@ -1133,7 +1214,11 @@ fn well_known_core_lists_every_image_and_filters_whole_at_16_byte_blocks() {
                 Req::get(".well-known/core").query(query).block(b)
             })
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert_eq!(String::from_utf8_lossy(&got.body), expected.as_str(), "{what}");
+            assert_eq!(
+                String::from_utf8_lossy(&got.body),
+                expected.as_str(),
+                "{what}"
+            );
             assert_eq!(got.content_format, Some(40), "{what}");
             assert_eq!(got.size2, Some(offset_u32(expected.len())), "{what}: Size2");
             assert_eq!(
@@ -1213,7 +1298,10 @@ fn server_keeps_serving_after_a_burst_of_garbage() {
             replies += 1;
             assert!(replies <= 1000, "more replies than datagrams sent");
         }
-        assert!(replies > 0, "the CON-shaped garbage got no RST or error at all");
+        assert!(
+            replies > 0,
+            "the CON-shaped garbage got no RST or error at all"
+        );
 
         let mut c = Client::new(&server);
         let got = fetch_whole(&mut c, block(0, 6), image.bytes.len(), legacy_req(image, 0))
@@ -1276,14 +1364,22 @@ fn options_the_server_understands_or_ignores() {
         );
         assert_eq!(reply.text(), image.id);
         // Uri-Host, Uri-Port (understood), Observe, an 8-byte token.
-        for (number, value) in [(3u16, b"localhost".as_slice()), (7, &[0x16, 0x33]), (6, &[])] {
+        for (number, value) in [
+            (3u16, b"localhost".as_slice()),
+            (7, &[0x16, 0x33]),
+            (6, &[]),
+        ] {
             let reply = c.call(&Req::get(&image_path).option(number, value));
-            assert!(reply.is(ResponseType::Content), "option {number}: {reply:?}");
+            assert!(
+                reply.is(ResponseType::Content),
+                "option {number}: {reply:?}"
+            );
         }
         let reply = c.call(&Req::get(&image_path).token(&[1, 2, 3, 4, 5, 6, 7, 8]));
         assert_eq!(reply.token, [1, 2, 3, 4, 5, 6, 7, 8]);
         // Query form with a numeric type and a hex version.
-        let reply = c.call(&Req::get("updates").query(&["pid=SIZE1", "type=3", "version=0x00000000"]));
+        let reply =
+            c.call(&Req::get("updates").query(&["pid=SIZE1", "type=3", "version=0x00000000"]));
         assert_eq!(reply.text(), fx.image("SIZE1").id);
 
         // Out of range or not understood.
@@ -1297,8 +1393,14 @@ fn options_the_server_understands_or_ignores() {
             .assert_error(ResponseType::NotFound, "5 path segments");
         c.call(&Req::get(&format!("updates/{}", image.id.to_uppercase())))
             .assert_error(ResponseType::NotFound, "id in upper case");
-        c.call(&Req::get("updates").query(&["pid=SIZE1", "type=APP", "version=0.0.0", "a=b", "c=d"]))
-            .assert_error(ResponseType::BadRequest, "5 query options on /updates");
+        c.call(&Req::get("updates").query(&[
+            "pid=SIZE1",
+            "type=APP",
+            "version=0.0.0",
+            "a=b",
+            "c=d",
+        ]))
+        .assert_error(ResponseType::BadRequest, "5 query options on /updates");
     });
 }
 
@@ -1319,7 +1421,11 @@ fn discovery_with_five_filters_applies_them_all_or_refuses() {
     let expected = image_link(fx.image("SIZE0"));
     support::on_both_families(fx.dir.path(), &[], |server| {
         let mut c = Client::new(server);
-        let first = c.call(&Req::get(".well-known/core").query(&query).block(block(0, 6)));
+        let first = c.call(
+            &Req::get(".well-known/core")
+                .query(&query)
+                .block(block(0, 6)),
+        );
         if first.is(ResponseType::BadRequest) {
             first.assert_error(ResponseType::BadRequest, "five filters");
             return;

@@ -124,13 +124,16 @@ impl Seen {
     fn held_prefix(&self) -> Vec<u8> {
         let mut prefix = Vec::new();
         while (prefix.len() as u64) < self.asked {
-            let block = self.delivered.get(&(prefix.len() as u64)).unwrap_or_else(|| {
-                panic!(
-                    "the client asked for position {} but block at {} never reached it",
-                    self.asked,
-                    prefix.len()
-                )
-            });
+            let block = self
+                .delivered
+                .get(&(prefix.len() as u64))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "the client asked for position {} but block at {} never reached it",
+                        self.asked,
+                        prefix.len()
+                    )
+                });
             assert!(!block.is_empty());
             prefix.extend_from_slice(block);
         }
@@ -265,7 +268,9 @@ fn note_reply(datagram: &[u8], seen: &mut Seen) {
 /// run that gives up, until the client completes; returns the whole body
 /// and the number of runs.
 fn download(server: SocketAddr, legacy: bool, seed: u64, out: &TempDir) -> (Vec<u8>, u64) {
-    let file = out.path().join(if legacy { "legacy.bin" } else { "by-id.bin" });
+    let file = out
+        .path()
+        .join(if legacy { "legacy.bin" } else { "by-id.bin" });
     let started = Instant::now();
     let mut have: Vec<u8> = Vec::new();
     for run in 0..MAX_RUNS {

@@ -11,7 +11,9 @@
 use coap_lite::{MessageClass, MessageType};
 use iot_ota::catalog::Catalog;
 use iot_ota::server::Server;
-use iot_ota::service::{Action, Dropped, Limits, Outcome, Peer, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
+use iot_ota::service::{
+    Action, Dropped, Limits, Outcome, Peer, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN,
+};
 use iot_ota::wire::{Block, Emitter, Message};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -194,8 +196,20 @@ fn requests_of_every_kind(ids: &[String], mid: u16) -> Vec<Vec<u8>> {
         &[(PATH, up)],
         &device(b"MOTE", 0, Some(10)),
     ));
-    v.push(request(false, 1, mid, &[(PATH, up), (BLOCK2, &block(2, 6))], &[]));
-    v.push(request(false, 1, mid, &[(PATH, up)], &device(b"BIG", 0, Some(0))));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up), (BLOCK2, &block(2, 6))],
+        &[],
+    ));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up)],
+        &device(b"BIG", 0, Some(0)),
+    ));
     v.push(request(
         true,
         1,
@@ -204,7 +218,13 @@ fn requests_of_every_kind(ids: &[String], mid: u16) -> Vec<Vec<u8>> {
         &[],
     ));
     // Lookup, query form, no update (RST), wrong lengths (4.00).
-    v.push(request(false, 1, mid, &[(PATH, up)], &device(b"MOTE", 0, None)));
+    v.push(request(
+        false,
+        1,
+        mid,
+        &[(PATH, up)],
+        &device(b"MOTE", 0, None),
+    ));
     v.push(request(
         false,
         1,
@@ -282,7 +302,11 @@ fn requests_of_every_kind(ids: &[String], mid: u16) -> Vec<Vec<u8>> {
         false,
         1,
         mid,
-        &[(PATH, up), (PATH, ids[0].as_bytes()), (BLOCK2, &block(9, 6))],
+        &[
+            (PATH, up),
+            (PATH, ids[0].as_bytes()),
+            (BLOCK2, &block(9, 6)),
+        ],
         &[],
     ));
     // Message layer: ping (RST), malformed CON (RST), malformed NON and
@@ -392,7 +416,13 @@ fn service_handle_allocates_nothing_in_steady_state() {
     // A continuation from a peer evicted long ago: 4.00.
     plan.push((
         peer(1),
-        request(false, 1, 1, &[(PATH, b"updates"), (BLOCK2, &block(2, 6))], &[]),
+        request(
+            false,
+            1,
+            1,
+            &[(PATH, b"updates"), (BLOCK2, &block(2, 6))],
+            &[],
+        ),
     ));
 
     let mut out = vec![0u8; MAX_REPLY_LEN];
@@ -439,7 +469,13 @@ fn echo_and_rate_limited_requests_allocate_nothing() {
     let mut out = vec![0u8; MAX_REPLY_LEN];
     // Window-aligned start: Echo values stay valid for the whole test.
     let start = 600_000_000u64;
-    let big_block = request(false, 1, 1, &[(PATH, b"updates"), (PATH, ids[0].as_bytes())], &[]);
+    let big_block = request(
+        false,
+        1,
+        1,
+        &[(PATH, b"updates"), (PATH, ids[0].as_bytes())],
+        &[],
+    );
     let mut plan: Vec<(Peer, Vec<u8>)> = Vec::new();
     for n in 0..PEERS {
         let p = peer(n);
@@ -462,13 +498,21 @@ fn echo_and_rate_limited_requests_allocate_nothing() {
             false,
             1,
             3,
-            &[(PATH, b"updates"), (PATH, ids[0].as_bytes()), (ECHO, &[0; 8])],
+            &[
+                (PATH, b"updates"),
+                (PATH, ids[0].as_bytes()),
+                (ECHO, &[0; 8]),
+            ],
             &[],
         );
         let tiny = vec![0x48, 0x01, 0, 4, 1, 2, 3, 4, 5, 6, 7, 8]; // 4.29 would be larger: dropped
                                                                    // Two requests a second are served (a challenge, then the
                                                                    // verified block); the rest of the second is 4.29 or dropped.
-        let challenged = if n % 2 == 0 { big_block.clone() } else { wrong_echo };
+        let challenged = if n % 2 == 0 {
+            big_block.clone()
+        } else {
+            wrong_echo
+        };
         let nope = request(false, 1, 5, &[(PATH, b"nope")], &[]);
         for datagram in [challenged, with_echo, nope, tiny] {
             plan.push((p, datagram));
@@ -492,7 +536,10 @@ fn echo_and_rate_limited_requests_allocate_nothing() {
     assert!(now < start + 60_000, "Echo values stayed in their window");
     assert!(svc.rate_table_len() <= 128);
     assert!(tally.echo > 100 && tally.blocks > 100, "{tally:?}");
-    assert!(tally.rate_limited > 100 && tally.dropped_rate > 100, "{tally:?}");
+    assert!(
+        tally.rate_limited > 100 && tally.dropped_rate > 100,
+        "{tally:?}"
+    );
 }
 
 #[test]
@@ -554,7 +601,9 @@ fn server_serve_one_allocates_nothing_in_steady_state() {
     assert_eq!(allocations(), before);
     let stats = server.stats();
     assert_eq!(stats.received, 4 * plan.len() as u64);
-    assert!(stats.blocks > 0 && stats.errors > 0 && stats.resets > 0 && stats.dropped_malformed > 0);
+    assert!(
+        stats.blocks > 0 && stats.errors > 0 && stats.resets > 0 && stats.dropped_malformed > 0
+    );
     assert_eq!((stats.receive_errors, stats.send_errors), (0, 0));
 }
 

@@ -28,7 +28,9 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 const JOB_TIMEOUT_MS: u32 = 40_000;
 
 fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("node")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("node")
 }
 
 /// node and the installed `coap` module, as `support::require_program`
@@ -37,7 +39,10 @@ fn require_node_coap() -> bool {
     if !support::require_program("node") {
         return false;
     }
-    let module = node_dir().join("node_modules").join("coap").join("package.json");
+    let module = node_dir()
+        .join("node_modules")
+        .join("coap")
+        .join("package.json");
     if module.is_file() {
         return true;
     }
@@ -76,9 +81,11 @@ fn legacy_job(out: &TempDir, image: &TestImage, offset: usize, szx: Option<u8>, 
         szx_json(szx)
     );
     let start = offset + num * szx.map_or(0, |s| 16 << s);
-    let file = out
-        .path()
-        .join(format!("legacy-{}-{offset}-{}.bin", image.pid, szx_json(szx)));
+    let file = out.path().join(format!(
+        "legacy-{}-{offset}-{}.bin",
+        image.pid,
+        szx_json(szx)
+    ));
     Job {
         json: format!(
             r#"{{"name":"{name}","mode":"legacy","pid":"{}","type":3,"version":0,"offset":{offset},"szx":{},"num":{num},"out":"{}","timeout_ms":{JOB_TIMEOUT_MS}}}"#,
@@ -120,7 +127,10 @@ fn run_jobs(server: &TestServer, jobs: &[Job]) {
     let spec = format!(
         r#"{{"host":"{host}","port":{},"jobs":[{}]}}"#,
         server.addr.port(),
-        jobs.iter().map(|j| j.json.as_str()).collect::<Vec<_>>().join(",")
+        jobs.iter()
+            .map(|j| j.json.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let output = support::run_bounded(
         Command::new("node")
@@ -154,7 +164,8 @@ fn run_jobs(server: &TestServer, jobs: &[Job]) {
             );
         }
         if let Some((file, expected)) = &job.expected {
-            let got = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {}: {e}", job.name, file.display()));
+            let got = std::fs::read(file)
+                .unwrap_or_else(|e| panic!("{}: {}: {e}", job.name, file.display()));
             assert!(
                 got == *expected,
                 "{} on {}: {} bytes, {} expected, first difference at {:?}",

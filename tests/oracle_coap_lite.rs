@@ -103,8 +103,8 @@ fn handle(svc: &mut Service, from: Peer, datagram: &[u8]) -> Option<Vec<u8>> {
 /// of `reply`; returns coap-lite's packet.
 fn assert_agree(reply: &[u8]) -> Packet {
     let ours = Message::parse(reply).unwrap_or_else(|e| panic!("wire rejects {reply:02x?}: {e}"));
-    let theirs =
-        Packet::from_bytes(reply).unwrap_or_else(|e| panic!("coap-lite rejects {reply:02x?}: {e:?}"));
+    let theirs = Packet::from_bytes(reply)
+        .unwrap_or_else(|e| panic!("coap-lite rejects {reply:02x?}: {e:?}"));
     assert_eq!(theirs.header.get_version(), 1);
     assert_eq!(theirs.header.get_type(), ours.mtype);
     assert_eq!(u8::from(theirs.header.code), ours.code);
@@ -120,7 +120,10 @@ fn assert_agree(reply: &[u8]) -> Packet {
         match CoapOption::from(number) {
             CoapOption::ETag => assert_eq!(Some(value), ours.etag),
             CoapOption::ContentFormat => {
-                assert_eq!(wire::decode_uint(value).map(|v| v as u16), ours.content_format)
+                assert_eq!(
+                    wire::decode_uint(value).map(|v| v as u16),
+                    ours.content_format
+                )
             }
             CoapOption::MaxAge => assert_eq!(wire::decode_uint(value), ours.max_age),
             CoapOption::Block2 => {
@@ -138,11 +141,17 @@ fn assert_agree(reply: &[u8]) -> Packet {
     // Nothing wire saw is missing from coap-lite's view.
     let has = |o: CoapOption| seen.contains(&u16::from(o));
     assert_eq!(ours.etag.is_some(), has(CoapOption::ETag));
-    assert_eq!(ours.content_format.is_some(), has(CoapOption::ContentFormat));
+    assert_eq!(
+        ours.content_format.is_some(),
+        has(CoapOption::ContentFormat)
+    );
     assert_eq!(ours.block2.is_some(), has(CoapOption::Block2));
     assert_eq!(ours.size2.is_some(), has(CoapOption::Size2));
     assert_eq!(ours.max_age.is_some(), has(CoapOption::MaxAge));
-    assert_eq!(ours.echo.is_some(), has(CoapOption::Unknown(wire::OPTION_ECHO)));
+    assert_eq!(
+        ours.echo.is_some(),
+        has(CoapOption::Unknown(wire::OPTION_ECHO))
+    );
     assert_eq!(ours.unrecognized_critical, None);
 
     // coap-lite writes the same message back byte for byte.
@@ -204,7 +213,11 @@ fn replies_decode_identically_with_coap_lite() {
     table.push(("filtered discovery block", p, content));
 
     let error = |r| MessageClass::Response(r);
-    table.push(("4.04 path", get(&["nope"], 20), error(ResponseType::NotFound)));
+    table.push((
+        "4.04 path",
+        get(&["nope"], 20),
+        error(ResponseType::NotFound),
+    ));
     table.push((
         "4.04 id",
         get(&["updates", "00000000"], 21),
@@ -235,8 +248,15 @@ fn replies_decode_identically_with_coap_lite() {
         let reply = handle(&mut svc, peer(1), &bytes).unwrap_or_else(|| panic!("{name}: no reply"));
         let theirs = assert_agree(&reply);
         assert_eq!(code(&theirs), *expected, "{name}");
-        assert_eq!(theirs.header.get_type(), MessageType::Acknowledgement, "{name}");
-        assert_eq!(theirs.header.message_id, request.header.message_id, "{name}");
+        assert_eq!(
+            theirs.header.get_type(),
+            MessageType::Acknowledgement,
+            "{name}"
+        );
+        assert_eq!(
+            theirs.header.message_id, request.header.message_id,
+            "{name}"
+        );
         assert_eq!(theirs.get_token(), request.get_token(), "{name}");
         if let MessageClass::Response(r) = expected {
             if r.is_error() {
@@ -267,7 +287,10 @@ fn block_replies_carry_the_image_bytes_coap_lite_sees() {
         let at = num as usize * 1024;
         assert_eq!(theirs.payload, &bytes[at..(at + 1024).min(bytes.len())]);
         assert_eq!(theirs.get_first_option(CoapOption::ETag).unwrap(), &etag);
-        assert_eq!(theirs.get_first_option(CoapOption::ContentFormat).unwrap(), &[42]);
+        assert_eq!(
+            theirs.get_first_option(CoapOption::ContentFormat).unwrap(),
+            &[42]
+        );
         if num == 0 {
             let size2 = theirs.get_first_option(CoapOption::Size2).unwrap();
             assert_eq!(wire::decode_uint(size2), Some(BIG_LEN as u32));
@@ -380,7 +403,10 @@ fn assert_parses_like_coap_lite(p: &Packet) -> Vec<u8> {
             .and_then(wire::decode_uint)
             .map(|v| v as u16)
     );
-    assert_eq!(ours.size2, first(CoapOption::Size2).and_then(wire::decode_uint));
+    assert_eq!(
+        ours.size2,
+        first(CoapOption::Size2).and_then(wire::decode_uint)
+    );
     assert_eq!(ours.block2, first(CoapOption::Block2).map(Block::decode));
     assert_eq!(ours.etag, first(CoapOption::ETag));
     assert_eq!(ours.echo, first(CoapOption::Unknown(wire::OPTION_ECHO)));
@@ -460,7 +486,10 @@ fn coap_lite_request_with_critical_option_past_268_is_reported() {
     p.add_option(CoapOption::Unknown(2051), vec![]);
     let bytes = assert_parses_like_coap_lite(&p);
     assert_eq!(option_nibbles(&bytes).last().unwrap().0, 14);
-    assert_eq!(Message::parse(&bytes).unwrap().unrecognized_critical, Some(2051));
+    assert_eq!(
+        Message::parse(&bytes).unwrap().unrecognized_critical,
+        Some(2051)
+    );
     // And the service answers 4.02 for it.
     let mut svc = Service::new(catalog(), Limits::default());
     let reply = handle(&mut svc, peer(5), &bytes).unwrap();

@@ -81,8 +81,8 @@ fn wire_parse_uri_path_of_269_bytes_is_not_a_segment() {
 #[test]
 fn handler_rst_to_a_non_legacy_request_without_update() {
     let datagram: [u8; 30] = [
-        0x52, 0x01, 0x12, 0x34, 0x01, 0x02, 0xb7, b'u', b'p', b'd', b'a', b't', b'e', b's', 0xc1, 0x05, 0xff,
-        0x03, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x64, 0x00, 0x00, 0x00,
+        0x52, 0x01, 0x12, 0x34, 0x01, 0x02, 0xb7, b'u', b'p', b'd', b'a', b't', b'e', b's', 0xc1,
+        0x05, 0xff, 0x03, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x64, 0x00, 0x00, 0x00,
     ];
     // No limits, then one frame from peer 0 at t = 10 ms.
     let mut input = vec![0x41, 0x01, 0x00, 0x01, datagram.len() as u8, 0x00];
@@ -90,11 +90,16 @@ fn handler_rst_to_a_non_legacy_request_without_update() {
     handler_check::check(&input);
 
     let (catalog, _) =
-        iot_ota::catalog::Catalog::from_files(vec![("A_1_0_0_APP.fmu".to_owned(), vec![1, 2, 3])]).unwrap();
+        iot_ota::catalog::Catalog::from_files(vec![("A_1_0_0_APP.fmu".to_owned(), vec![1, 2, 3])])
+            .unwrap();
     let mut service = iot_ota::service::Service::new(catalog, Default::default());
-    let peer = iot_ota::service::Peer { ip: [0; 16], port: 1 };
+    let peer = iot_ota::service::Peer {
+        ip: [0; 16],
+        port: 1,
+    };
     let mut out = [0u8; iot_ota::service::MAX_REPLY_LEN];
-    let iot_ota::service::Action::Reply { len, .. } = service.handle(peer, 0, &datagram, &mut out) else {
+    let iot_ota::service::Action::Reply { len, .. } = service.handle(peer, 0, &datagram, &mut out)
+    else {
         panic!("no reply to a legacy request without update");
     };
     assert_eq!(

@@ -35,7 +35,13 @@ fn id_of(file_name: &str) -> String {
 
 /// A GET request built with the crate's own emitter: Uri-Path segments,
 /// an optional Block2, an optional Echo, an optional payload.
-fn get(mid: u16, path: &[&[u8]], block2: Option<Block>, echo: Option<&[u8]>, payload: &[u8]) -> Vec<u8> {
+fn get(
+    mid: u16,
+    path: &[&[u8]],
+    block2: Option<Block>,
+    echo: Option<&[u8]>,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut buf = vec![0u8; 1152];
     let token = mid.to_be_bytes();
     let mut e = Emitter::new(
@@ -47,7 +53,8 @@ fn get(mid: u16, path: &[&[u8]], block2: Option<Block>, echo: Option<&[u8]>, pay
     )
     .expect("header fits");
     for segment in path {
-        e.option(CoapOption::UriPath.into(), segment).expect("path fits");
+        e.option(CoapOption::UriPath.into(), segment)
+            .expect("path fits");
     }
     if let Some(block) = block2 {
         e.option_block(CoapOption::Block2.into(), block)
@@ -128,7 +135,8 @@ fn download(server: SocketAddr, id: &str, szx: u8, first_mid: u16) -> Vec<u8> {
             None,
             &[],
         );
-        let reply = call(&socket, server, &request).unwrap_or_else(|| panic!("no reply for block {num}"));
+        let reply =
+            call(&socket, server, &request).unwrap_or_else(|| panic!("no reply for block {num}"));
         let msg = Message::parse(&reply).expect("reply parses");
         assert_eq!(
             msg.code,
@@ -191,9 +199,18 @@ fn clients_vanishing_mid_download_do_not_stop_the_server() {
         let mut server = spawn_server(dir.path(), listen, &[]);
         for client in 0..50u16 {
             let socket = local_socket(server.addr);
-            let first = get(client * 2, &[b"updates", id.as_bytes()], block(0, 6), None, &[]);
+            let first = get(
+                client * 2,
+                &[b"updates", id.as_bytes()],
+                block(0, 6),
+                None,
+                &[],
+            );
             let reply = call(&socket, server.addr, &first).expect("block 0 before vanishing");
-            assert_eq!(Message::parse(&reply).expect("reply parses").code, CODE_CONTENT);
+            assert_eq!(
+                Message::parse(&reply).expect("reply parses").code,
+                CODE_CONTENT
+            );
             let second = get(
                 client * 2 + 1,
                 &[b"updates", id.as_bytes()],
@@ -226,7 +243,8 @@ fn econnrefused_after_a_vanished_client_is_counted_and_survived() {
 
     let name = "Refused_1_0_0_APP.fmu";
     let image = image_bytes(4000, 81);
-    let (catalog, _) = Catalog::from_files(vec![(name.to_owned(), image.clone())]).expect("catalog");
+    let (catalog, _) =
+        Catalog::from_files(vec![(name.to_owned(), image.clone())]).expect("catalog");
     let id = id_of(name);
     let request = get(1, &[b"updates", id.as_bytes()], block(0, 6), None, &[]);
 
@@ -234,7 +252,9 @@ fn econnrefused_after_a_vanished_client_is_counted_and_survived() {
     let client_addr = client.local_addr().unwrap();
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind server socket");
     socket.connect(client_addr).expect("connect to the client");
-    socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let server_addr = socket.local_addr().unwrap();
     let mut server = Server::new(socket, Service::new(catalog, Limits::default()));
 
@@ -252,11 +272,14 @@ fn econnrefused_after_a_vanished_client_is_counted_and_survived() {
         "ECONNREFUSED was not reported: {stats:?}"
     );
 
-    let again = socket_on(client_addr, Duration::from_millis(1500)).expect("rebind the client address");
+    let again =
+        socket_on(client_addr, Duration::from_millis(1500)).expect("rebind the client address");
     again.send_to(&request, server_addr).expect("send");
     server.serve_one();
     let mut buf = [0u8; 2048];
-    let (n, _) = again.recv_from(&mut buf).expect("served after ECONNREFUSED");
+    let (n, _) = again
+        .recv_from(&mut buf)
+        .expect("served after ECONNREFUSED");
     let msg = Message::parse(&buf[..n]).expect("parses");
     assert_eq!(msg.code, CODE_CONTENT);
     assert_eq!(msg.payload, &image[..1024]);
@@ -280,7 +303,10 @@ fn server_stopped_and_continued_mid_download_completes_it() {
         &get(1, &[b"updates", id.as_bytes()], block(0, 6), None, &[]),
     )
     .expect("block 0");
-    assert_eq!(Message::parse(&first).expect("parses").payload, &image[..1024]);
+    assert_eq!(
+        Message::parse(&first).expect("parses").payload,
+        &image[..1024]
+    );
 
     let signal = |name: &str| {
         let status = std::process::Command::new("kill")
@@ -291,10 +317,17 @@ fn server_stopped_and_continued_mid_download_completes_it() {
     };
     signal("-STOP");
     let request = get(2, &[b"updates", id.as_bytes()], block(1, 6), None, &[]);
-    socket.send_to(&request, server.addr).expect("send while stopped");
-    socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    socket
+        .send_to(&request, server.addr)
+        .expect("send while stopped");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut buf = [0u8; 2048];
-    assert!(socket.recv_from(&mut buf).is_err(), "a stopped server answered");
+    assert!(
+        socket.recv_from(&mut buf).is_err(),
+        "a stopped server answered"
+    );
     signal("-CONT");
     socket
         .set_read_timeout(Some(Duration::from_millis(3000)))
@@ -428,7 +461,8 @@ fn floods_from_ten_thousand_peers_stay_within_the_memory_bound() {
     // is remembered and continues its body.
     let continuation = get(7, &[b"updates"], block(1, 6), None, &[]);
     let rebind = |addr| socket_on(addr, Duration::from_millis(1500)).expect("rebind a flood peer");
-    let reply = call(&rebind(first.first), server.addr, &continuation).expect("answer to the oldest peer");
+    let reply =
+        call(&rebind(first.first), server.addr, &continuation).expect("answer to the oldest peer");
     let msg = Message::parse(&reply).expect("parses");
     assert_eq!(
         msg.code,
@@ -437,7 +471,8 @@ fn floods_from_ten_thousand_peers_stay_within_the_memory_bound() {
         first.first,
         String::from_utf8_lossy(msg.payload)
     );
-    let reply = call(&rebind(second.last), server.addr, &continuation).expect("answer to the newest peer");
+    let reply =
+        call(&rebind(second.last), server.addr, &continuation).expect("answer to the newest peer");
     let msg = Message::parse(&reply).expect("parses");
     assert_eq!(
         msg.code,
@@ -486,14 +521,26 @@ fn echo_challenges_unverified_peers_then_serves_them() {
     assert_eq!(msg.code, CODE_CONTENT);
     assert_eq!(msg.payload, &image[..1024]);
 
-    let wrong = get(3, &[b"updates", id.as_bytes()], None, Some(b"12345678"), &[]);
+    let wrong = get(
+        3,
+        &[b"updates", id.as_bytes()],
+        None,
+        Some(b"12345678"),
+        &[],
+    );
     let reply = call(&socket, server.addr, &wrong).expect("challenge again");
-    assert_eq!(Message::parse(&reply).expect("parses").code, CODE_UNAUTHORIZED);
+    assert_eq!(
+        Message::parse(&reply).expect("parses").code,
+        CODE_UNAUTHORIZED
+    );
 
-    let other =
-        socket_on("127.0.0.2:0".parse().unwrap(), Duration::from_millis(1500)).expect("bind 127.0.0.2");
+    let other = socket_on("127.0.0.2:0".parse().unwrap(), Duration::from_millis(1500))
+        .expect("bind 127.0.0.2");
     let reply = call(&other, server.addr, &verified).expect("challenge for another address");
-    assert_eq!(Message::parse(&reply).expect("parses").code, CODE_UNAUTHORIZED);
+    assert_eq!(
+        Message::parse(&reply).expect("parses").code,
+        CODE_UNAUTHORIZED
+    );
 }
 
 /// Item 5, `--rate-limit 5`: 20 requests sent back to back from one
@@ -510,7 +557,9 @@ fn rate_limit_answers_the_excess_of_a_burst_with_4_29() {
     let id = id_of(name);
     let server = spawn_server(dir.path(), "127.0.0.1:0", &["--rate-limit", "5"]);
     let socket = local_socket(server.addr);
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
 
     let started = Instant::now();
     let (mut served, mut limited, mut silent) = (0, 0, 0);
@@ -541,13 +590,16 @@ fn rate_limit_answers_the_excess_of_a_burst_with_4_29() {
     let elapsed = started.elapsed();
     eprintln!("burst: {served} served, {limited} 4.29, {silent} unanswered in {elapsed:?}");
     if elapsed < Duration::from_millis(900) {
-        assert!((5..=10).contains(&served), "{served} served in a burst of 20");
+        assert!(
+            (5..=10).contains(&served),
+            "{served} served in a burst of 20"
+        );
         assert!(limited + silent >= 10);
         assert!(limited > 0, "the excess got no 4.29 at all");
     }
 
-    let other =
-        socket_on("127.0.0.3:0".parse().unwrap(), Duration::from_millis(1500)).expect("bind 127.0.0.3");
+    let other = socket_on("127.0.0.3:0".parse().unwrap(), Duration::from_millis(1500))
+        .expect("bind 127.0.0.3");
     let request = get(100, &[b"updates", id.as_bytes()], None, None, &[]);
     let reply = call(&other, server.addr, &request).expect("other address served");
     assert_eq!(Message::parse(&reply).expect("parses").code, CODE_CONTENT);
@@ -625,7 +677,11 @@ fn broken_catalog_entries_are_logged_and_skipped() {
     // One clear line for each broken entry, naming it and the reason.
     let expect_one = |file: &str, reason: &str| {
         let lines = lines_with(&log, file);
-        assert_eq!(lines.len(), 1, "{file}: expected one log line, got {lines:?}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "{file}: expected one log line, got {lines:?}"
+        );
         assert!(
             lines[0].contains(reason),
             "{file}: {:?} lacks {reason:?}",
@@ -651,11 +707,16 @@ fn broken_catalog_entries_are_logged_and_skipped() {
     } else {
         expect_one("Locked_1_0_0_APP.fmu", "cannot read the file");
     }
-    assert!(lines_with(&log, "image Huge_").is_empty() && lines_with(&log, "image DirLink_").is_empty());
+    assert!(
+        lines_with(&log, "image Huge_").is_empty() && lines_with(&log, "image DirLink_").is_empty()
+    );
 
     // The huge file was never read: 4 GiB would show in the RSS.
     let rss = rss_kib(server.pid());
-    assert!(rss < 64 * 1024, "server RSS {rss} KiB: the huge file was read?");
+    assert!(
+        rss < 64 * 1024,
+        "server RSS {rss} KiB: the huge file was read?"
+    );
 
     assert!(download(server.addr, &id_of("Good_1_0_0_APP.fmu"), 6, 1) == good);
     assert!(download(server.addr, &id_of("Linked_1_0_0_APP.fmu"), 5, 100) == linked);

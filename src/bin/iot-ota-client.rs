@@ -56,8 +56,18 @@ struct Config {
 
 fn options() -> Options {
     let mut o = Options::new();
-    o.optopt("", "pid", "product id the device sends (device mode)", "PID");
-    o.optopt("", "type", "firmware type: APP or 0..255 (default: APP)", "TYPE");
+    o.optopt(
+        "",
+        "pid",
+        "product id the device sends (device mode)",
+        "PID",
+    );
+    o.optopt(
+        "",
+        "type",
+        "firmware type: APP or 0..255 (default: APP)",
+        "TYPE",
+    );
     o.optopt(
         "",
         "version",
@@ -158,7 +168,8 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     if let Some(extra) = m.free.get(1) {
         return Err(format!("unexpected argument '{extra}'"));
     }
-    let server = |text: &str| Target::parse(text).map_err(|e| format!("invalid SERVER '{text}': {e}"));
+    let server =
+        |text: &str| Target::parse(text).map_err(|e| format!("invalid SERVER '{text}': {e}"));
 
     // Where to, and a plain GET's resource if any.
     let get = m.opt_str("get");
@@ -178,9 +189,9 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
                 (Some(_), Some(_)) => {
                     return Err("the path is given twice: in SERVER and to --get".to_owned())
                 }
-                (Some(path), None) => {
-                    Some(Resource::parse(&path).map_err(|e| format!("invalid --get '{path}': {e}"))?)
-                }
+                (Some(path), None) => Some(
+                    Resource::parse(&path).map_err(|e| format!("invalid --get '{path}': {e}"))?,
+                ),
                 (None, path) => path.clone(),
             };
             (target, resource)
@@ -208,7 +219,9 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
                 .opt_str("version")
                 .ok_or("device mode needs --version M.m.b (the version the device runs)")?;
             let version = firmware::parse_version(version.as_bytes()).ok_or_else(|| {
-                format!("invalid --version '{version}': use M.m.b (0..255.0..255.0..65535) or a u32")
+                format!(
+                    "invalid --version '{version}': use M.m.b (0..255.0..255.0..65535) or a u32"
+                )
             })?;
             let fw_type = match m.opt_str("type") {
                 None => firmware::TYPE_APP,
@@ -238,7 +251,9 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             .parse()
             .ok()
             .filter(|n| Block::szx_for_size(*n).is_some())
-            .ok_or_else(|| format!("invalid block size '{b}': use 16, 32, 64, 128, 256, 512 or 1024"))?,
+            .ok_or_else(|| {
+                format!("invalid block size '{b}': use 16, 32, 64, 128, 256, 512 or 1024")
+            })?,
     };
     let szx = Block::szx_for_size(block_size).unwrap_or(Block::MAX_SZX);
     let mut params = Retransmission::default();
@@ -371,8 +386,8 @@ fn fetch(
                     ..device
                 };
                 let mut payload = [0u8; MAX_DEVICE_PAYLOAD];
-                let len =
-                    firmware::write_payload(&legacy, &mut payload).ok_or(ClientError::RequestTooLarge)?;
+                let len = firmware::write_payload(&legacy, &mut payload)
+                    .ok_or(ClientError::RequestTooLarge)?;
                 let resource = Resource::updates();
                 let request = BodyRequest {
                     resource: &resource,
@@ -400,7 +415,9 @@ fn fetch(
 /// Writes the body to the file or standard output.
 fn write_body(output: Option<&PathBuf>, body: &[u8]) -> Result<(), String> {
     match output {
-        Some(path) => std::fs::write(path, body).map_err(|e| format!("cannot write {}: {e}", path.display())),
+        Some(path) => {
+            std::fs::write(path, body).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
         None => {
             let mut out = std::io::stdout().lock();
             let mut write = || -> std::io::Result<()> {
@@ -471,7 +488,10 @@ struct ProgressLine {
 
 impl ProgressLine {
     fn new(enabled: bool) -> ProgressLine {
-        ProgressLine { enabled, last: None }
+        ProgressLine {
+            enabled,
+            last: None,
+        }
     }
 
     fn show(&mut self, progress: &Progress) {

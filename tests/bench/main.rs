@@ -176,7 +176,12 @@ fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
 /// `dir`, skipping names whose id (FNV-1a 32 of the name) collides with one
 /// already taken: the catalog refuses to start on a collision. Returns the
 /// bytes written.
-fn write_small_images(dir: &Path, prefix: &str, count: usize, taken: &mut Vec<u32>) -> Result<u64, String> {
+fn write_small_images(
+    dir: &Path,
+    prefix: &str,
+    count: usize,
+    taken: &mut Vec<u32>,
+) -> Result<u64, String> {
     let mut written = 0;
     let mut total = 0u64;
     let mut n = 0u32;
@@ -265,14 +270,19 @@ fn pinned(program: &str, cpu: Option<&str>) -> Command {
 /// short race with another process is caught by the readiness probe.
 fn free_port() -> Result<u16, String> {
     let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    socket.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+    socket
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
 }
 
 /// `GET /.well-known/core`, Confirmable, until the first 2.05 or the
 /// deadline; returns when it arrived.
 fn probe(addr: SocketAddr, deadline: Instant) -> Option<Instant> {
     let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
-    socket.set_read_timeout(Some(Duration::from_millis(1))).ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .ok()?;
     let mut request = [0u8; 64];
     let mut rx = [0u8; 2048];
     let mut mid: u16 = 0x4000;
@@ -366,10 +376,14 @@ fn start_baseline(cpu: Option<&str>) -> Result<Proc, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = String::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Ok(line) = rx.recv_timeout(left) else { break };
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
         if let Some(rest) = line.split("listening on ").nth(1) {
             let addr = rest.split_whitespace().next().unwrap_or_default();
-            let addr = addr.parse().map_err(|_| format!("baseline printed '{line}'"))?;
+            let addr = addr
+                .parse()
+                .map_err(|_| format!("baseline printed '{line}'"))?;
             return Ok(Proc { child, addr });
         }
         seen.push_str(&line);
@@ -410,7 +424,8 @@ fn run_generator(
         // 10,000 sockets need more descriptors than some shells allow; the
         // crate has no libc binding to raise RLIMIT_NOFILE itself.
         let mut c = Command::new("sh");
-        c.arg("-c").arg("ulimit -n 20000 2>/dev/null; exec \"$0\" \"$@\"");
+        c.arg("-c")
+            .arg("ulimit -n 20000 2>/dev/null; exec \"$0\" \"$@\"");
         match cpu {
             Some(cpu) => c.args(["taskset", "-c", cpu, CLIENT]),
             None => c.arg(CLIENT),
@@ -452,7 +467,10 @@ fn run_generator(
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("generator did not finish: bench {}", args.join(" ")));
+                return Err(format!(
+                    "generator did not finish: bench {}",
+                    args.join(" ")
+                ));
             }
         }
     };
@@ -800,22 +818,23 @@ fn bench() -> Result<bool, String> {
         mismatches += s.mismatches;
         failures += s.failures;
     }
-    let row = |w: &mut String, route: &str, devices: String, label: &str, s: &Summary, ratio: String| {
-        let _ = writeln!(
-            w,
-            "{:<7} {:>7} {:<9} {:>10.0} {:>8.0} {:>8.0} {:>5} {:>8.0}% {:>7.0}% {:>16}",
-            route,
-            devices,
-            label,
-            s.blocks_per_s,
-            s.p50_us,
-            s.p99_us,
-            s.retransmissions,
-            s.responder_cpu,
-            s.generator_cpu,
-            ratio
-        );
-    };
+    let row =
+        |w: &mut String, route: &str, devices: String, label: &str, s: &Summary, ratio: String| {
+            let _ = writeln!(
+                w,
+                "{:<7} {:>7} {:<9} {:>10.0} {:>8.0} {:>8.0} {:>5} {:>8.0}% {:>7.0}% {:>16}",
+                route,
+                devices,
+                label,
+                s.blocks_per_s,
+                s.p50_us,
+                s.p99_us,
+                s.retransmissions,
+                s.responder_cpu,
+                s.generator_cpu,
+                ratio
+            );
+        };
     for route in [Route::Id, Route::Legacy] {
         for devices in DEVICE_COUNTS {
             let get = |responder| {
@@ -832,7 +851,14 @@ fn bench() -> Result<bool, String> {
             };
             let ratio = s.blocks_per_s / b.blocks_per_s;
             ratios.insert((route, devices), ratio);
-            row(w, route.name(), devices.to_string(), "baseline", b, String::new());
+            row(
+                w,
+                route.name(),
+                devices.to_string(),
+                "baseline",
+                b,
+                String::new(),
+            );
             row(
                 w,
                 route.name(),
@@ -858,12 +884,24 @@ fn bench() -> Result<bool, String> {
     };
     // (label, ratio): judged within 10%.
     let mut flat_ratios: Vec<(String, f64)> = Vec::new();
-    if let (Some(server_ref), Some(baseline_ref)) = (at16(Responder::Server), at16(Responder::Baseline)) {
+    if let (Some(server_ref), Some(baseline_ref)) =
+        (at16(Responder::Server), at16(Responder::Baseline))
+    {
         let n = FLAT_DEVICES.to_string();
-        row(w, "id", n.clone(), "server", server_ref, "reference".to_owned());
+        row(
+            w,
+            "id",
+            n.clone(),
+            "server",
+            server_ref,
+            "reference".to_owned(),
+        );
         if let Some(s) = summary.get(&flat_images) {
             let ratio = s.blocks_per_s / server_ref.blocks_per_s;
-            flat_ratios.push((format!("{FLAT_IMAGES} images in the catalog / 1 image"), ratio));
+            flat_ratios.push((
+                format!("{FLAT_IMAGES} images in the catalog / 1 image"),
+                ratio,
+            ));
             row(
                 w,
                 "id",
@@ -901,7 +939,10 @@ fn bench() -> Result<bool, String> {
                 b,
                 format!("{FLAT_PORTS} ports {kernel:.3}"),
             );
-            flat_ratios.push((format!("{FLAT_PORTS} client ports / 1 port per device"), ratio));
+            flat_ratios.push((
+                format!("{FLAT_PORTS} client ports / 1 port per device"),
+                ratio,
+            ));
             flat_ratios.push((
                 format!("{FLAT_PORTS} ports, server's own share (server / baseline)"),
                 ratio / kernel,
@@ -921,7 +962,11 @@ fn bench() -> Result<bool, String> {
         "Target", "measured", "required"
     );
     let target = |w: &mut String, name: String, measured: String, required: String, pass: bool| {
-        let _ = writeln!(w, "{name:<74} {measured:>14} {required:>30}  {}", verdict(pass));
+        let _ = writeln!(
+            w,
+            "{name:<74} {measured:>14} {required:>30}  {}",
+            verdict(pass)
+        );
     };
     for route in [Route::Id, Route::Legacy] {
         for (devices, floor) in [(16, 0.90), (256, 0.85)] {
@@ -1041,7 +1086,10 @@ fn bench() -> Result<bool, String> {
     info.push(format!(
         "mismatched blocks: {mismatches}; failed exchanges: {failures}"
     ));
-    info.push(format!("bench took {:.0} s", started.elapsed().as_secs_f64()));
+    info.push(format!(
+        "bench took {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
     for line in info {
         let _ = writeln!(w, "  {line}");
     }
@@ -1053,7 +1101,9 @@ fn bench() -> Result<bool, String> {
 mod smoke {
     pub fn generator_checks_the_real_server_and_drives_the_baseline() {
         use super::*;
-        let root = TempDir(std::env::temp_dir().join(format!("iot-ota-bench-test-{}", std::process::id())));
+        let root = TempDir(
+            std::env::temp_dir().join(format!("iot-ota-bench-test-{}", std::process::id())),
+        );
         std::fs::create_dir_all(&root.0).unwrap();
         let image = image_bytes(20_000, 3);
         let path = root.0.join(IMAGE_NAME);
@@ -1085,10 +1135,14 @@ mod smoke {
         for (responder, extra) in [
             (&server, vec!["--devices", "4", "--id", &id]),
             (&server, [&["--devices", "4"][..], &legacy].concat()),
-            (&server, vec!["--devices", "4", "--ports", "64", "--id", &id]),
+            (
+                &server,
+                vec!["--devices", "4", "--ports", "64", "--id", &id],
+            ),
             (&baseline, vec!["--devices", "4", "--baseline"]),
         ] {
-            let run = run_generator(&args(responder, &path, &extra), responder, false, None).unwrap();
+            let run =
+                run_generator(&args(responder, &path, &extra), responder, false, None).unwrap();
             assert!(run.blocks_per_s > 0.0, "{extra:?}: {run:?}");
             assert_eq!(run.mismatches, 0, "{extra:?}");
             assert_eq!(run.failures, 0, "{extra:?}");
@@ -1096,7 +1150,8 @@ mod smoke {
         // A wrong expectation is caught, block by block.
         let other = root.0.join("other.bin");
         std::fs::write(&other, image_bytes(20_000, 4)).unwrap();
-        let run = run_generator(&args(&server, &other, &["--id", &id]), &server, false, None).unwrap();
+        let run =
+            run_generator(&args(&server, &other, &["--id", &id]), &server, false, None).unwrap();
         assert!(run.mismatches > 0, "{run:?}");
     }
 

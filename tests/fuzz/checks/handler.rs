@@ -318,8 +318,10 @@ fn check_reply(
     peer: Peer,
     model: &mut Model,
 ) {
-    let r = Message::parse(reply).unwrap_or_else(|e| panic!("reply does not parse ({e}): {reply:02x?}"));
-    let lite = Packet::from_bytes(reply).unwrap_or_else(|e| panic!("coap-lite rejects reply: {e:?}"));
+    let r = Message::parse(reply)
+        .unwrap_or_else(|e| panic!("reply does not parse ({e}): {reply:02x?}"));
+    let lite =
+        Packet::from_bytes(reply).unwrap_or_else(|e| panic!("coap-lite rejects reply: {e:?}"));
     assert_eq!(lite.header.message_id, r.mid);
     assert_eq!(lite.get_token(), r.token);
     assert_eq!(lite.payload, r.payload);
@@ -342,8 +344,9 @@ fn check_reply(
         if req_type == 1 {
             let no_update = sent.is_some_and(|s| {
                 s.is_updates()
-                    && s.legacy()
-                        .is_some_and(|(pid, fw_type, version, _)| candidate(pid, fw_type, version).is_none())
+                    && s.legacy().is_some_and(|(pid, fw_type, version, _)| {
+                        candidate(pid, fw_type, version).is_none()
+                    })
             });
             assert!(
                 no_update,
@@ -422,7 +425,10 @@ fn check_block(
         }
         None => 0,
     };
-    assert_eq!(position, asked, "block position differs from the requested one");
+    assert_eq!(
+        position, asked,
+        "block position differs from the requested one"
+    );
 
     // Where the body starts, from the request alone.
     let offsets: Vec<u32> = match sent.path.as_slice() {
@@ -435,7 +441,8 @@ fn check_block(
             }
         }
         [updates] if updates.as_slice() == b"updates" && !sent.payload.is_empty() => {
-            let (pid, fw_type, version, offset) = sent.legacy().expect("block served for a lookup payload");
+            let (pid, fw_type, version, offset) =
+                sent.legacy().expect("block served for a lookup payload");
             assert_eq!(
                 candidate(pid, fw_type, version),
                 Some(index),
@@ -455,7 +462,10 @@ fn check_block(
         }
         other => panic!("image bytes on path {other:?}"),
     };
-    assert!(offsets.contains(&outcome_offset), "outcome offset not requested");
+    assert!(
+        offsets.contains(&outcome_offset),
+        "outcome offset not requested"
+    );
 
     let size = block.size();
     let body = &image.bytes[outcome_offset as usize..];

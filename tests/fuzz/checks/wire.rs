@@ -149,7 +149,13 @@ fn canonical_round_trip(data: &[u8], msg: &Message<'_>) {
 /// order: ETag 4, Uri-Path 11, Content-Format 12, Max-Age 14, Uri-Query 15,
 /// Accept 17, Block2 23, Size2 28, Echo 252.
 fn emit_canonical(msg: &Message<'_>, buf: &mut [u8]) -> Result<usize, wire::EmitError> {
-    let mut e = Emitter::new(buf, msg.mtype, MessageClass::from(msg.code), msg.mid, msg.token)?;
+    let mut e = Emitter::new(
+        buf,
+        msg.mtype,
+        MessageClass::from(msg.code),
+        msg.mid,
+        msg.token,
+    )?;
     if let Some(etag) = msg.etag {
         e.option(CoapOption::ETag.into(), etag)?;
     }
@@ -197,6 +203,9 @@ fn block_codec(data: &[u8]) {
     if let Some(value) = wire::decode_uint(&data[..data.len().min(4)]) {
         let encoded = wire::encode_uint(value, &mut out);
         assert_eq!(wire::decode_uint(encoded), Some(value));
-        assert!(encoded.first() != Some(&0), "shortest form has no leading zero");
+        assert!(
+            encoded.first() != Some(&0),
+            "shortest form has no leading zero"
+        );
     }
 }
