@@ -59,7 +59,9 @@ const AMPLIFICATION_FACTOR: usize = 3;
 pub struct Limits {
     /// Largest Block2 size the server sends, 16..=1024, a power of two.
     pub max_block_size: usize,
-    /// Peers whose legacy transfer is remembered (PROTOCOL §2.1).
+    /// Peers whose transfer state is remembered (`--peers`): the image and
+    /// OFFSET of their last transfer for payload-less continuations
+    /// (PROTOCOL §2.1), and what recognises their late duplicates.
     pub continuation_capacity: usize,
     /// `Some(n)`: at most `n` requests a second per peer address (4.29).
     pub rate_limit: Option<u32>,
@@ -334,7 +336,7 @@ impl Service {
         &self.limits
     }
 
-    /// Peers with a remembered legacy transfer (bounded by
+    /// Peers with remembered transfer state (bounded by
     /// [`Limits::continuation_capacity`]).
     pub fn continuation_count(&self) -> usize {
         self.peers.len()
