@@ -200,12 +200,13 @@ pub fn parse_offset_query(query: &[&[u8]]) -> Result<Option<u32>, QueryError> {
     Ok(offset)
 }
 
-/// `APP` (any case) or a decimal 0..=255.
+/// `APP` in any case (a query is typed by people), else as a file name's
+/// TYPE field: a decimal 0..=255.
 pub fn parse_type(text: &[u8]) -> Option<u8> {
     if text.eq_ignore_ascii_case(b"APP") {
         return Some(TYPE_APP);
     }
-    parse_decimal(text).and_then(|v| u8::try_from(v).ok())
+    crate::catalog::parse_fw_type(text)
 }
 
 /// `M.m.b` with decimal fields (0..=255, 0..=255, 0..=65535), or one u32
@@ -232,15 +233,13 @@ pub fn parse_version(text: &[u8]) -> Option<u32> {
     Some(crate::catalog::version(major, minor, build))
 }
 
-/// 1 to 10 decimal digits that fit a u32.
+/// 1 to 10 decimal digits that fit a u32: the file-name grammar's
+/// numbers, bounded in length as a query value is.
 fn parse_decimal(text: &[u8]) -> Option<u32> {
-    if text.is_empty() || text.len() > 10 {
+    if text.len() > 10 {
         return None;
     }
-    text.iter().try_fold(0u32, |acc, &b| {
-        let digit = char::from(b).to_digit(10)?;
-        acc.checked_mul(10)?.checked_add(digit)
-    })
+    crate::catalog::parse_decimal(text, u32::MAX)
 }
 
 /// 1 to 8 hex digits.

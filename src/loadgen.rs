@@ -42,8 +42,6 @@ use std::time::{Duration, Instant};
 
 const USAGE_EXIT: u8 = 2;
 const FAILURE_EXIT: u8 = 1;
-/// Default CoAP port when SERVER has none.
-const COAP_PORT: u16 = 5683;
 /// Room for the largest request: header, token, two Uri-Path options,
 /// Block2 and a legacy payload with a 255-byte PID.
 const REQUEST_MAX: usize = 320;
@@ -324,8 +322,10 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
         [] => return Err("missing SERVER (e.g. 127.0.0.1:5683)".to_owned()),
         [_, extra, ..] => return Err(format!("unexpected argument '{extra}'")),
     };
-    let server =
-        resolve(server_text).ok_or_else(|| format!("cannot resolve SERVER '{server_text}'"))?;
+    let server = crate::client::Target::parse(server_text)
+        .ok()
+        .and_then(|target| target.resolve().ok())
+        .ok_or_else(|| format!("cannot resolve SERVER '{server_text}'"))?;
     let devices = number(m, "devices", 16usize, |n| (1..=MAX_SOCKETS).contains(n))?;
     let ports = match m.opt_str("ports") {
         None => None,
@@ -427,20 +427,6 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
         duration,
         downloads,
         timeout,
-    })
-}
-
-/// `HOST:PORT`, or `HOST` alone with the CoAP port.
-fn resolve(text: &str) -> Option<SocketAddr> {
-    let first = |mut addrs: std::vec::IntoIter<SocketAddr>| addrs.next();
-    text.to_socket_addrs().ok().and_then(first).or_else(|| {
-        (
-            text.trim_start_matches('[').trim_end_matches(']'),
-            COAP_PORT,
-        )
-            .to_socket_addrs()
-            .ok()
-            .and_then(first)
     })
 }
 
@@ -1043,24 +1029,16 @@ fn build_request(config: &BenchConfig, dev: &mut Device) -> Result<usize, crate:
             fw_type,
             version,
         } => {
-            let pid_len =
-                u8::try_from(pid.len()).map_err(|_| crate::wire::EmitError::BufferTooSmall)?;
-            e.payload_with(pid.len() + 10, |room| {
-                let mut written = 0;
-                for part in [
-                    &[pid_len][..],
-                    pid,
-                    &[*fw_type],
-                    &version.to_le_bytes(),
-                    &config.offset.to_le_bytes(),
-                ] {
-                    if let Some(slot) = room.get_mut(written..written + part.len()) {
-                        slot.copy_from_slice(part);
-                        written += part.len();
-                    }
-                }
-                written
-            })
+            let request = firmware::DeviceRequest {
+                pid,
+                fw_type: *fw_type,
+                version: *version,
+                offset: Some(config.offset),
+            };
+            let mut payload = [0u8; 1 + 255 + 1 + 4 + 4];
+            let len = firmware::write_payload(&request, &mut payload)
+                .ok_or(crate::wire::EmitError::BufferTooSmall)?;
+            e.payload(payload.get(..len).unwrap_or(&[]))
         }
     }
 }
@@ -1534,7 +1512,7 @@ mod tests {
             "1.2.3",
         ])
         .unwrap();
-        assert_eq!(ok.server.port(), COAP_PORT);
+        assert_eq!(ok.server.port(), crate::client::DEFAULT_PORT);
         assert!(matches!(
             ok.route,
             Route::Legacy {

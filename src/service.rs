@@ -360,8 +360,7 @@ impl Service {
         out: &mut [u8],
     ) -> Action<'_> {
         if datagram.len() > MAX_REQUEST_LEN {
-            self.next_mid = self.next_mid.wrapping_add(1);
-            return too_large(datagram, self.next_mid, out);
+            return self.too_large(datagram, out);
         }
         let msg = match Message::parse(datagram) {
             Ok(msg) => msg,
@@ -384,16 +383,10 @@ impl Service {
             (_, MessageClass::Reserved(code)) if code >> 5 == 0 => {}
             (mtype, _) => return reject(mtype, msg.mid, out, Dropped::NotARequest),
         }
-        if let Some(limited) = self.rate_limit(&msg, peer, now_ms, datagram.len(), out) {
+        let reply_to = self.reply_to(msg.mtype, msg.mid, msg.token);
+        if let Some(limited) = self.rate_limit(reply_to, peer, now_ms, datagram.len(), out) {
             return limited;
         }
-        let mid = match msg.mtype {
-            MessageType::Confirmable => msg.mid,
-            _ => {
-                self.next_mid = self.next_mid.wrapping_add(1);
-                self.next_mid
-            }
-        };
         let Service {
             ref catalog,
             ref limits,
@@ -413,7 +406,7 @@ impl Service {
             datagram,
             now_ms,
             msg: &msg,
-            mid,
+            reply_to,
         };
         let reply = ctx.route(out);
         let (len, outcome) = match reply {
@@ -431,7 +424,7 @@ impl Service {
                 .echo
                 .is_some_and(|echo| echo_is_valid(echo_key, &peer, now_ms, echo));
             if !verified {
-                return echo_challenge(echo_key, &msg, mid, &peer, now_ms, datagram.len(), out);
+                return echo_challenge(echo_key, reply_to, &peer, now_ms, datagram.len(), out);
             }
         }
         let writes = ctx.writes;
@@ -446,7 +439,7 @@ impl Service {
     /// limit and must be answered 4.29 or dropped.
     fn rate_limit(
         &mut self,
-        msg: &Message<'_>,
+        reply_to: ReplyTo<'_>,
         peer: Peer,
         now_ms: u64,
         request_len: usize,
@@ -470,37 +463,128 @@ impl Service {
         if !over {
             return None;
         }
-        let (mtype, mid) = self.reply_header(msg);
-        let written = Emitter::new(
-            out,
-            mtype,
-            MessageClass::Response(ResponseType::TooManyRequests),
-            mid,
-            msg.token,
-        )
-        .and_then(|mut e| {
-            e.option_uint(CoapOption::MaxAge.into(), 1)?;
-            Ok(e.finish())
-        });
-        Some(match written {
-            // A 4.29 larger than the request would amplify a spoofed flood.
-            Ok(len) if len <= request_len => Action::Reply {
-                len,
-                outcome: Outcome::RateLimited,
-            },
-            _ => Action::Drop(Dropped::RateLimited),
-        })
+        let written = reply_to
+            .emitter(ResponseType::TooManyRequests, out)
+            .and_then(|mut e| {
+                e.option_uint(CoapOption::MaxAge.into(), 1)?;
+                Ok(e.finish())
+            });
+        // A 4.29 larger than the request would amplify a spoofed flood.
+        Some(bounded(
+            written,
+            request_len,
+            Outcome::RateLimited,
+            Dropped::RateLimited,
+        ))
     }
 
-    fn reply_header(&mut self, msg: &Message<'_>) -> (MessageType, u16) {
-        match msg.mtype {
-            MessageType::Confirmable => (MessageType::Acknowledgement, msg.mid),
+    /// Where a reply to a request of type `mtype` goes: a piggybacked ACK
+    /// with the request's Message ID for a CON, else a NON with a fresh one.
+    fn reply_to<'m>(&mut self, mtype: MessageType, mid: u16, token: &'m [u8]) -> ReplyTo<'m> {
+        match mtype {
+            MessageType::Confirmable => ReplyTo {
+                mtype: MessageType::Acknowledgement,
+                mid,
+                token,
+            },
             _ => {
                 self.next_mid = self.next_mid.wrapping_add(1);
-                (MessageType::NonConfirmable, self.next_mid)
+                ReplyTo {
+                    mtype: MessageType::NonConfirmable,
+                    mid: self.next_mid,
+                    token,
+                }
             }
         }
     }
+
+    /// 4.13 for a datagram longer than [`MAX_REQUEST_LEN`], when its header
+    /// and token can be read and it is a request.
+    fn too_large<'c>(&mut self, datagram: &[u8], out: &mut [u8]) -> Action<'c> {
+        let header = match wire::Header::parse(datagram) {
+            Ok((header, _)) => header,
+            Err(ParseError::TooShort) => return Action::Drop(Dropped::TooShort),
+            Err(ParseError::BadVersion(_)) => return Action::Drop(Dropped::BadVersion),
+            Err(ParseError::Format {
+                mtype: MessageType::Acknowledgement | MessageType::Reset,
+                ..
+            }) => return Action::Drop(Dropped::AckOrReset),
+            Err(ParseError::Format { .. }) => return Action::Drop(Dropped::Malformed),
+        };
+        match header.mtype {
+            MessageType::Acknowledgement | MessageType::Reset => {
+                return Action::Drop(Dropped::AckOrReset)
+            }
+            _ if !header.is_request() => return Action::Drop(Dropped::Malformed),
+            _ => {}
+        }
+        let code = ResponseType::RequestEntityTooLarge;
+        let written = self
+            .reply_to(header.mtype, header.mid, header.token)
+            .emitter(code, out)
+            .and_then(|mut e| {
+                e.option_uint(CoapOption::Size1.into(), MAX_REQUEST_LEN as u32)?;
+                write_diagnostic(e, Diagnostic::TooLarge(MAX_REQUEST_LEN))
+            });
+        match written {
+            Ok(len) => Action::Reply {
+                len,
+                outcome: Outcome::Error(code),
+            },
+            Err(_) => Action::Drop(Dropped::Overflow),
+        }
+    }
+}
+
+/// The type, Message ID and token a reply carries.
+#[derive(Debug, Clone, Copy)]
+struct ReplyTo<'m> {
+    mtype: MessageType,
+    mid: u16,
+    token: &'m [u8],
+}
+
+impl ReplyTo<'_> {
+    /// An emitter for a reply with `code`.
+    fn emitter<'o>(
+        &self,
+        code: ResponseType,
+        out: &'o mut [u8],
+    ) -> Result<Emitter<'o>, wire::EmitError> {
+        Emitter::new(
+            out,
+            self.mtype,
+            MessageClass::Response(code),
+            self.mid,
+            self.token,
+        )
+    }
+}
+
+/// A reply sent only when it is at most `max_len` bytes: the Echo
+/// challenge and the 4.29 must not amplify what they answer.
+fn bounded<'c>(
+    written: Result<usize, wire::EmitError>,
+    max_len: usize,
+    outcome: Outcome<'c>,
+    too_big: Dropped,
+) -> Action<'c> {
+    match written {
+        Ok(len) if len <= max_len => Action::Reply { len, outcome },
+        Ok(_) => Action::Drop(too_big),
+        Err(_) => Action::Drop(Dropped::Overflow),
+    }
+}
+
+/// Ends an error reply with its diagnostic text (RFC 7252 §5.5.2), cut at
+/// [`DIAGNOSTIC_MAX`] bytes.
+fn write_diagnostic(e: Emitter<'_>, diagnostic: Diagnostic) -> Result<usize, wire::EmitError> {
+    e.payload_with(DIAGNOSTIC_MAX, |room| {
+        let mut writer = SliceWriter { buf: room, len: 0 };
+        // A diagnostic cut short at DIAGNOSTIC_MAX is still useful.
+        let _ = write!(writer, "{diagnostic}");
+        writer.len
+    })
 }
 
 /// The Echo value for `peer` in the window `window`: a keyed SipHash
@@ -521,39 +605,27 @@ fn echo_is_valid(key: &RandomState, peer: &Peer, now_ms: u64, echo: &[u8]) -> bo
 
 fn echo_challenge(
     key: &RandomState,
-    msg: &Message<'_>,
-    mid: u16,
+    reply_to: ReplyTo<'_>,
     peer: &Peer,
     now_ms: u64,
     request_len: usize,
     out: &mut [u8],
 ) -> Action<'static> {
-    let mtype = match msg.mtype {
-        MessageType::Confirmable => MessageType::Acknowledgement,
-        _ => MessageType::NonConfirmable,
-    };
     let echo = echo_value(key, peer, now_ms / ECHO_WINDOW_MS);
-    let written = Emitter::new(
-        out,
-        mtype,
-        MessageClass::Response(ResponseType::Unauthorized),
-        mid,
-        msg.token,
+    let written = reply_to
+        .emitter(ResponseType::Unauthorized, out)
+        .and_then(|mut e| {
+            e.option(wire::OPTION_ECHO, &echo)?;
+            Ok(e.finish())
+        });
+    // The challenge must not amplify either: a request too small to carry
+    // a path is not worth one.
+    bounded(
+        written,
+        AMPLIFICATION_FACTOR.saturating_mul(request_len),
+        Outcome::EchoChallenge,
+        Dropped::Unverified,
     )
-    .and_then(|mut e| {
-        e.option(wire::OPTION_ECHO, &echo)?;
-        Ok(e.finish())
-    });
-    match written {
-        // The challenge must not amplify either: a request too small to
-        // carry a path is not worth one.
-        Ok(len) if len <= AMPLIFICATION_FACTOR.saturating_mul(request_len) => Action::Reply {
-            len,
-            outcome: Outcome::EchoChallenge,
-        },
-        Ok(_) => Action::Drop(Dropped::Unverified),
-        Err(_) => Action::Drop(Dropped::Overflow),
-    }
 }
 
 /// One request being answered: what `route` and its helpers need.
@@ -567,7 +639,7 @@ struct Ctx<'s, 't, 'm> {
     datagram: &'m [u8],
     now_ms: u64,
     msg: &'m Message<'m>,
-    mid: u16,
+    reply_to: ReplyTo<'m>,
 }
 
 impl<'s> Ctx<'s, '_, '_> {
@@ -916,17 +988,7 @@ impl<'s> Ctx<'s, '_, '_> {
     }
 
     fn emitter<'o>(&self, code: ResponseType, out: &'o mut [u8]) -> Result<Emitter<'o>, Failure> {
-        let mtype = match self.msg.mtype {
-            MessageType::Confirmable => MessageType::Acknowledgement,
-            _ => MessageType::NonConfirmable,
-        };
-        Ok(Emitter::new(
-            out,
-            mtype,
-            MessageClass::Response(code),
-            self.mid,
-            self.msg.token,
-        )?)
+        Ok(self.reply_to.emitter(code, out)?)
     }
 
     fn emit_block(
@@ -957,13 +1019,7 @@ impl<'s> Ctx<'s, '_, '_> {
         diagnostic: Diagnostic,
         out: &mut [u8],
     ) -> Result<usize, Failure> {
-        let e = self.emitter(code, out)?;
-        Ok(e.payload_with(DIAGNOSTIC_MAX, |room| {
-            let mut writer = SliceWriter { buf: room, len: 0 };
-            // A diagnostic cut short at DIAGNOSTIC_MAX is still useful.
-            let _ = write!(writer, "{diagnostic}");
-            writer.len
-        })?)
+        Ok(write_diagnostic(self.emitter(code, out)?, diagnostic)?)
     }
 }
 
@@ -1020,48 +1076,6 @@ fn copy_overlap(
 
 fn content_format(format: ContentFormat) -> u32 {
     usize::from(format) as u32
-}
-
-/// 4.13 for a datagram longer than [`MAX_REQUEST_LEN`], when its header
-/// and token can be read and it is a request.
-fn too_large<'c>(datagram: &[u8], non_mid: u16, out: &mut [u8]) -> Action<'c> {
-    let Some((&[first, code, mid_hi, mid_lo], rest)) = datagram.split_first_chunk::<4>() else {
-        return Action::Drop(Dropped::TooShort);
-    };
-    if first >> 6 != wire::VERSION {
-        return Action::Drop(Dropped::BadVersion);
-    }
-    let tkl = usize::from(first & 0x0F);
-    let mid = u16::from_be_bytes([mid_hi, mid_lo]);
-    let (mtype, mid) = match (first >> 4) & 0b11 {
-        0 => (MessageType::Acknowledgement, mid),
-        1 => (MessageType::NonConfirmable, non_mid),
-        _ => return Action::Drop(Dropped::AckOrReset),
-    };
-    // Any non-empty code of class 0 is a request (RFC 7252 §5.8).
-    let (Some(token), true) = (
-        rest.get(..tkl).filter(|_| tkl <= wire::TOKEN_MAX),
-        code != 0 && code >> 5 == 0,
-    ) else {
-        return Action::Drop(Dropped::Malformed);
-    };
-    let code = ResponseType::RequestEntityTooLarge;
-    let written =
-        Emitter::new(out, mtype, MessageClass::Response(code), mid, token).and_then(|mut e| {
-            e.option_uint(CoapOption::Size1.into(), MAX_REQUEST_LEN as u32)?;
-            e.payload_with(DIAGNOSTIC_MAX, |room| {
-                let mut writer = SliceWriter { buf: room, len: 0 };
-                let _ = write!(writer, "{}", Diagnostic::TooLarge(MAX_REQUEST_LEN));
-                writer.len
-            })
-        });
-    match written {
-        Ok(len) => Action::Reply {
-            len,
-            outcome: Outcome::Error(code),
-        },
-        Err(_) => Action::Drop(Dropped::Overflow),
-    }
 }
 
 fn reset<'c>(mid: u16, out: &mut [u8], reason: ResetReason) -> Action<'c> {

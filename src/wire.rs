@@ -198,28 +198,16 @@ impl<'a> Message<'a> {
     /// may be answered; [`ParseError::Format`] with the header fields a
     /// reset needs otherwise.
     pub fn parse(datagram: &'a [u8]) -> Result<Message<'a>, ParseError> {
-        let (header, rest) = datagram
-            .split_first_chunk::<HEADER_LEN>()
-            .ok_or(ParseError::TooShort)?;
-        let version = header[0] >> 6;
-        if version != VERSION {
-            return Err(ParseError::BadVersion(version));
-        }
-        let mtype = message_type(header[0] >> 4);
-        let tkl = usize::from(header[0] & 0x0F);
-        let code = header[1];
-        let mid = u16::from_be_bytes([header[2], header[3]]);
+        let (
+            Header {
+                mtype,
+                code,
+                mid,
+                token,
+            },
+            mut rest,
+        ) = Header::parse(datagram)?;
         let format = |error| ParseError::Format { error, mtype, mid };
-
-        if tkl > TOKEN_MAX {
-            return Err(format(FormatError::TokenLength));
-        }
-        if code == 0 && !(tkl == 0 && rest.is_empty()) {
-            return Err(format(FormatError::NonEmptyEmpty));
-        }
-        let (token, mut rest) = rest
-            .split_at_checked(tkl)
-            .ok_or(format(FormatError::TruncatedToken))?;
 
         let mut msg = Message {
             mtype,
@@ -325,6 +313,66 @@ impl<'a> Message<'a> {
         if !understood && is_critical(number) && self.unrecognized_critical.is_none() {
             self.unrecognized_critical = Some(number);
         }
+    }
+}
+
+/// The fixed header and the token: all a reply needs to be addressed,
+/// readable even from a datagram whose options are not (a truncated one).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Header<'a> {
+    /// CON, NON, ACK or RST.
+    pub mtype: MessageType,
+    /// The raw code byte.
+    pub code: u8,
+    /// Message ID.
+    pub mid: u16,
+    /// Token, 0 to 8 bytes.
+    pub token: &'a [u8],
+}
+
+impl<'a> Header<'a> {
+    /// Parses the first 4 bytes and the token, with the RFC 7252 §3 checks
+    /// that concern them; returns the header and the bytes after the token.
+    ///
+    /// # Errors
+    /// As [`Message::parse`], for the header and token only.
+    pub fn parse(datagram: &'a [u8]) -> Result<(Header<'a>, &'a [u8]), ParseError> {
+        let (header, rest) = datagram
+            .split_first_chunk::<HEADER_LEN>()
+            .ok_or(ParseError::TooShort)?;
+        let version = header[0] >> 6;
+        if version != VERSION {
+            return Err(ParseError::BadVersion(version));
+        }
+        let mtype = message_type(header[0] >> 4);
+        let tkl = usize::from(header[0] & 0x0F);
+        let code = header[1];
+        let mid = u16::from_be_bytes([header[2], header[3]]);
+        let format = |error| ParseError::Format { error, mtype, mid };
+        if tkl > TOKEN_MAX {
+            return Err(format(FormatError::TokenLength));
+        }
+        if code == 0 && !(tkl == 0 && rest.is_empty()) {
+            return Err(format(FormatError::NonEmptyEmpty));
+        }
+        let (token, rest) = rest
+            .split_at_checked(tkl)
+            .ok_or(format(FormatError::TruncatedToken))?;
+        Ok((
+            Header {
+                mtype,
+                code,
+                mid,
+                token,
+            },
+            rest,
+        ))
+    }
+
+    /// True for a request code: any non-empty code of class 0, assigned
+    /// or not (RFC 7252 §5.8: an unassigned method is answered 4.05).
+    pub fn is_request(&self) -> bool {
+        self.code != 0 && self.code >> 5 == 0
     }
 }
 
