@@ -160,11 +160,13 @@ impl Server {
                         if self.log_budget.0 != second {
                             self.log_budget = (second, 0);
                         }
-                        self.log_budget.1 += 1;
-                        if self.log_budget.1 <= TRANSFER_LINES_PER_SECOND {
+                        // A one-block body is both first and last: two lines.
+                        let lines = u32::from(t.is_first()) + u32::from(t.is_last());
+                        if self.log_budget.1 + lines <= TRANSFER_LINES_PER_SECOND {
+                            self.log_budget.1 += lines;
                             log_transfer(from, t);
                         } else {
-                            self.stats.suppressed_log_lines += 1;
+                            self.stats.suppressed_log_lines += u64::from(lines);
                         }
                     }
                 }

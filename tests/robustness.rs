@@ -742,3 +742,36 @@ fn broken_catalog_entries_are_logged_and_skipped() {
     );
     assert!(server.is_running());
 }
+
+/// Transfer log lines are capped (README: at most 20 a second) so that
+/// anyone sending block-0 requests cannot flood the operator's log: 150
+/// one-block downloads (two info lines each, 300 uncapped) leave at most
+/// 20 lines for every second the burst could have spanned.
+#[test]
+fn transfer_log_lines_are_capped_per_second() {
+    let name = "Logcap_1_0_0_APP.fmu";
+    let dir = one_image_dir("logcap", name, &image_bytes(100, 7));
+    let server = spawn_server(dir.path(), "127.0.0.1:0", &[]);
+    let socket = local_socket(server.addr);
+    let id = id_of(name);
+    let started = Instant::now();
+    for mid in 1..=150u16 {
+        let request = get(mid, &[b"updates", id.as_bytes()], block(0, 6), None, &[]);
+        let reply = call(&socket, server.addr, &request).expect("block answered");
+        assert_eq!(Message::parse(&reply).expect("parses").payload.len(), 100);
+    }
+    // The server counts whole seconds of its own clock: a burst of `n`
+    // seconds or less touches at most n + 1 of them.
+    let seconds = started.elapsed().as_secs() + 2;
+    // Lines are written before the reply is sent: all are in the log, or
+    // on their way through the pipe (give it a moment).
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.log();
+    let lines =
+        lines_with(&log, " starts ").len() + lines_with(&log, "fetched the last block").len();
+    assert!(lines >= 1, "no transfer line at all:\n{log}");
+    assert!(
+        lines as u64 <= 20 * seconds,
+        "{lines} transfer lines over at most {seconds} server seconds (cap 20 a second)"
+    );
+}
