@@ -1928,6 +1928,21 @@ mod tests {
         Resource::parse("/r").unwrap()
     }
 
+    /// A GET of `resource` with no payload, Block2 or Size2.
+    fn plain_get(resource: &Resource) -> Get<'_> {
+        Get {
+            resource,
+            payload: &[],
+            block2: None,
+            size2: None,
+        }
+    }
+
+    /// A client of `addr` on the [`fast`] schedule with a seeded RNG.
+    fn fast_client(addr: SocketAddr, seed: u64) -> Client {
+        Client::with_rng(addr, fast(), XorShift::new(seed)).unwrap()
+    }
+
     #[test]
     fn lost_requests_are_retransmitted_with_the_same_mid_and_strays_ignored() {
         // Drop the first two transmissions; answer the third after a stray
@@ -1950,12 +1965,7 @@ mod tests {
         };
         let mut client = Client::with_rng(addr, params, XorShift::new(3)).unwrap();
         let resource = get_root();
-        let get = Get {
-            resource: &resource,
-            payload: &[],
-            block2: None,
-            size2: None,
-        };
+        let get = plain_get(&resource);
         let response = client.request(&get, &[0xAA, 0xBB]).unwrap();
         assert_eq!(response.payload, b"ok");
         let sent: Vec<Vec<u8>> = seen.try_iter().collect();
@@ -1980,12 +1990,7 @@ mod tests {
         };
         let mut client = Client::with_rng(addr, params, XorShift::new(5)).unwrap();
         let resource = get_root();
-        let get = Get {
-            resource: &resource,
-            payload: &[],
-            block2: None,
-            size2: None,
-        };
+        let get = plain_get(&resource);
         let started = Instant::now();
         match client.request(&get, &[1]) {
             Err(ClientError::Timeout {
@@ -2021,14 +2026,9 @@ mod tests {
                 _ => vec![reply_to(req, ResponseType::BadRequest, &[], b"no echo")],
             }
         });
-        let mut client = Client::with_rng(addr, fast(), XorShift::new(9)).unwrap();
+        let mut client = fast_client(addr, 9);
         let resource = get_root();
-        let get = Get {
-            resource: &resource,
-            payload: &[],
-            block2: None,
-            size2: None,
-        };
+        let get = plain_get(&resource);
         assert_eq!(client.request(&get, &[1]).unwrap().payload, b"ok");
         // The next request carries the Echo value from the start.
         assert_eq!(client.request(&get, &[2]).unwrap().payload, b"ok");
@@ -2056,14 +2056,9 @@ mod tests {
             )], // Max-Age 0
             _ => vec![reply_to(req, ResponseType::Content, &[], b"ok")],
         });
-        let mut client = Client::with_rng(addr, fast(), XorShift::new(11)).unwrap();
+        let mut client = fast_client(addr, 11);
         let resource = get_root();
-        let get = Get {
-            resource: &resource,
-            payload: &[],
-            block2: None,
-            size2: None,
-        };
+        let get = plain_get(&resource);
         assert_eq!(client.request(&get, &[1]).unwrap().payload, b"ok");
         assert_eq!(client.stats().rate_limit_waits, 1);
     }
@@ -2078,14 +2073,9 @@ mod tests {
                 b"",
             )]
         });
-        let mut client = Client::with_rng(addr, fast(), XorShift::new(13)).unwrap();
+        let mut client = fast_client(addr, 13);
         let resource = get_root();
-        let get = Get {
-            resource: &resource,
-            payload: &[],
-            block2: None,
-            size2: None,
-        };
+        let get = plain_get(&resource);
         let r = client.request(&get, &[1]).unwrap();
         assert!(r.is(ResponseType::TooManyRequests));
         assert_eq!(client.stats().rate_limit_waits, MAX_RATE_LIMIT_WAITS);
@@ -2109,14 +2099,9 @@ mod tests {
             );
             vec![empty[..n].to_vec(), separate.clone(), separate]
         });
-        let mut client = Client::with_rng(addr, fast(), XorShift::new(17)).unwrap();
+        let mut client = fast_client(addr, 17);
         let resource = get_root();
-        let get = Get {
-            resource: &resource,
-            payload: &[],
-            block2: None,
-            size2: None,
-        };
+        let get = plain_get(&resource);
         assert_eq!(client.request(&get, &[4, 2]).unwrap().payload, b"later");
         let ack = seen
             .recv_timeout(Duration::from_secs(2))
@@ -2154,7 +2139,7 @@ mod tests {
                 &served[start..end],
             )]
         });
-        let mut client = Client::with_rng(addr, fast(), XorShift::new(19)).unwrap();
+        let mut client = fast_client(addr, 19);
         let resource = get_root();
         let mut out = Vec::new();
         let mut updates = 0;
@@ -2179,7 +2164,7 @@ mod tests {
             let n = wire::emit_empty(&mut rst, MessageType::Reset, msg.mid).unwrap();
             vec![rst[..n].to_vec()]
         });
-        let mut client = Client::with_rng(addr, fast(), XorShift::new(23)).unwrap();
+        let mut client = fast_client(addr, 23);
         let resource = Resource::updates();
         let request = BodyRequest {
             resource: &resource,

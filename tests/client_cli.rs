@@ -83,6 +83,14 @@ fn client(args: &[&str]) -> Output {
     }
 }
 
+/// Runs the client for an update of MOTE from `version` at `target`, with
+/// `extra` arguments after the version.
+fn client_mote(target: &str, version: &str, extra: &[&str]) -> Output {
+    let mut args = vec![target, "--pid", "MOTE", "--version", version];
+    args.extend_from_slice(extra);
+    client(&args)
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -108,17 +116,7 @@ fn lookup_and_download_by_id_equals_the_image_at_16_and_1024_byte_blocks() {
         // 16-byte blocks into a file.
         let file = out_dir.0.join("mote.bin");
         let file_arg = file.to_string_lossy().into_owned();
-        let out = client(&[
-            &a,
-            "--pid",
-            "MOTE",
-            "--version",
-            "1.0.4",
-            "-b",
-            "16",
-            "-o",
-            &file_arg,
-        ]);
+        let out = client_mote(&a, "1.0.4", &["-b", "16", "-o", &file_arg]);
         let err = expect_exit(&out, 0, "download -b 16");
         assert!(out.stdout.is_empty(), "the body went to the file");
         assert_eq!(std::fs::read(&file).unwrap(), mote, "{a}: -b 16");
@@ -163,32 +161,12 @@ fn legacy_protocol_equals_the_image() {
     for server in servers(dir.path(), &[]) {
         let a = addr(&server);
         for size in ["16", "1024"] {
-            let out = client(&[
-                &a,
-                "--pid",
-                "MOTE",
-                "--version",
-                "1.0.0",
-                "--legacy",
-                "-b",
-                size,
-            ]);
+            let out = client_mote(&a, "1.0.0", &["--legacy", "-b", size]);
             let err = expect_exit(&out, 0, "legacy");
             assert_eq!(out.stdout, mote, "{a}: legacy -b {size}");
             assert!(err.contains("(legacy protocol)"), "{err}");
         }
-        let out = client(&[
-            &a,
-            "--pid",
-            "MOTE",
-            "--version",
-            "1.0.0",
-            "--legacy",
-            "--offset",
-            "2999",
-            "-b",
-            "64",
-        ]);
+        let out = client_mote(&a, "1.0.0", &["--legacy", "--offset", "2999", "-b", "64"]);
         expect_exit(&out, 0, "legacy offset");
         assert_eq!(out.stdout, &mote[2999..]);
     }
@@ -202,17 +180,7 @@ fn offset_gives_the_image_from_that_byte() {
         let a = addr(&server);
         for (offset, size) in [(1000usize, "1024"), (1, "16"), (2048, "512")] {
             let n = offset.to_string();
-            let out = client(&[
-                &a,
-                "--pid",
-                "MOTE",
-                "--version",
-                "1.0.0",
-                "--offset",
-                &n,
-                "-b",
-                size,
-            ]);
+            let out = client_mote(&a, "1.0.0", &["--offset", &n, "-b", size]);
             let err = expect_exit(&out, 0, "offset");
             assert_eq!(
                 out.stdout,
@@ -222,26 +190,10 @@ fn offset_gives_the_image_from_that_byte() {
             assert!(err.contains(&format!("from offset {offset}")), "{err}");
         }
         // At the end: an empty body. Past it: the server's 4.00, exit 1.
-        let out = client(&[
-            &a,
-            "--pid",
-            "MOTE",
-            "--version",
-            "1.0.0",
-            "--offset",
-            "3000",
-        ]);
+        let out = client_mote(&a, "1.0.0", &["--offset", "3000"]);
         expect_exit(&out, 0, "offset at the end");
         assert!(out.stdout.is_empty());
-        let out = client(&[
-            &a,
-            "--pid",
-            "MOTE",
-            "--version",
-            "1.0.0",
-            "--offset",
-            "3001",
-        ]);
+        let out = client_mote(&a, "1.0.0", &["--offset", "3001"]);
         let err = expect_exit(&out, 1, "offset past the end");
         assert!(err.contains("4.00"), "{err}");
     }
@@ -323,15 +275,7 @@ fn closed_port_fails_with_exit_1_quickly() {
     for loopback in ["127.0.0.1:0", "[::1]:0"] {
         let target = closed_port(loopback).to_string();
         let started = Instant::now();
-        let out = client(&[
-            &target,
-            "--pid",
-            "MOTE",
-            "--version",
-            "1.0.0",
-            "--timeout-ms",
-            "100",
-        ]);
+        let out = client_mote(&target, "1.0.0", &["--timeout-ms", "100"]);
         let err = expect_exit(&out, 1, "closed port");
         // The ICMP port unreachable ends it at once; without it the
         // retransmissions would end it within 4.65 s.
@@ -519,20 +463,11 @@ fn lossy_link_is_survived_by_retransmission() {
         let link = LossyLink::new(server.addr, 4, 5, 3);
         let a = link.addr.to_string();
         for legacy in [false, true] {
-            let mut args = vec![
-                a.as_str(),
-                "--pid",
-                "MOTE",
-                "--version",
-                "1.0.0",
-                "-b",
-                "256",
-            ];
-            args.extend_from_slice(&["--timeout-ms", "50"]);
+            let mut extra = vec!["-b", "256", "--timeout-ms", "50"];
             if legacy {
-                args.push("--legacy");
+                extra.push("--legacy");
             }
-            let out = client(&args);
+            let out = client_mote(&a, "1.0.0", &extra);
             let err = expect_exit(&out, 0, "lossy link");
             assert_eq!(out.stdout, mote, "{a} legacy={legacy}");
             assert!(
@@ -549,7 +484,7 @@ fn echo_challenge_is_answered() {
     let mote = image(MOTE);
     for server in servers(dir.path(), &["--echo"]) {
         let a = addr(&server);
-        let out = client(&[&a, "--pid", "MOTE", "--version", "1.0.0"]);
+        let out = client_mote(&a, "1.0.0", &[]);
         let err = expect_exit(&out, 0, "echo");
         assert_eq!(out.stdout, mote);
         assert!(err.contains("1 Echo challenge"), "{err}");
@@ -563,15 +498,7 @@ fn rate_limited_requests_wait_and_complete() {
     let server = spawn_server(dir.path(), "127.0.0.1:0", &["--rate-limit", "1"]);
     // A lookup and 3 blocks in quick succession: however they fall into
     // the server's one-second windows, one window sees two of them.
-    let out = client(&[
-        &addr(&server),
-        "--pid",
-        "MOTE",
-        "--version",
-        "1.0.0",
-        "-b",
-        "1024",
-    ]);
+    let out = client_mote(&addr(&server), "1.0.0", &["-b", "1024"]);
     let err = expect_exit(&out, 0, "rate limit");
     assert_eq!(out.stdout, mote);
     assert!(err.contains("after 4.29"), "{err}");
@@ -584,17 +511,7 @@ fn smaller_server_block_size_is_followed() {
     for server in servers(dir.path(), &["-b", "64"]) {
         let a = addr(&server);
         for extra in [&[][..], &["--legacy"][..], &["--offset", "100"][..]] {
-            let mut args = vec![
-                a.as_str(),
-                "--pid",
-                "MOTE",
-                "--version",
-                "1.0.0",
-                "-b",
-                "1024",
-            ];
-            args.extend_from_slice(extra);
-            let out = client(&args);
+            let out = client_mote(&a, "1.0.0", &[&["-b", "1024"][..], extra].concat());
             let err = expect_exit(&out, 0, "shrinking server");
             let start = if extra.contains(&"--offset") { 100 } else { 0 };
             assert_eq!(out.stdout, &mote[start..], "{a} {extra:?}");

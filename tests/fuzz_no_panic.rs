@@ -17,6 +17,9 @@ use iot_ota::catalog::Catalog;
 use iot_ota::service::{Action, Limits, Outcome, Peer, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
 use iot_ota::wire::{Block, Emitter, Message, ParseError};
 use std::time::Instant;
+use support::{block2_value as block, device_payload_bytes as device};
+
+mod support;
 
 const INPUTS: usize = 100_000;
 const BIG_LEN: usize = 4 * 1024 * 1024 + 100;
@@ -42,20 +45,8 @@ impl Rng {
     }
 }
 
-fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn files() -> Vec<(String, Vec<u8>)> {
-    [
+    let sizes = [
         ("SZ0_1_0_0_APP.fmu", 0usize),
         ("SZ1_1_0_0_APP.fmu", 1),
         ("SZ1023_1_0_0_APP.fmu", 1023),
@@ -65,11 +56,8 @@ fn files() -> Vec<(String, Vec<u8>)> {
         ("MOTE_1_1_31_APP.fmu", 3000),
         ("MOTE_2_0_0_7.fmu", 50),
         ("BIG_1_0_0_APP.fmu", BIG_LEN),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, &(name, len))| (name.to_owned(), image_bytes(len, i as u32 + 7)))
-    .collect()
+    ];
+    support::seeded_files(&sizes, 7)
 }
 
 /// One request written with our emitter (options in any order: sorted).
@@ -97,27 +85,6 @@ fn request(
     let len = e.payload(payload).unwrap();
     buf.truncate(len);
     buf
-}
-
-fn device(pid: &[u8], fw_type: u8, version: u32, offset: Option<u32>) -> Vec<u8> {
-    let mut p = vec![pid.len() as u8];
-    p.extend_from_slice(pid);
-    p.push(fw_type);
-    p.extend_from_slice(&version.to_le_bytes());
-    if let Some(offset) = offset {
-        p.extend_from_slice(&offset.to_le_bytes());
-    }
-    p
-}
-
-fn block(num: u32, szx: u8) -> Vec<u8> {
-    Block {
-        num,
-        more: false,
-        szx,
-    }
-    .encode(&mut [0; 4])
-    .to_vec()
 }
 
 /// Valid requests of every form of PROTOCOL §2 and §3.

@@ -30,18 +30,8 @@ struct Fixture {
 
 impl Fixture {
     fn new(tag: &str, big: bool) -> Fixture {
-        let mut sizes = vec![
-            ("SIZE0", 0),
-            ("SIZE1", 1),
-            ("SIZE1023", 1023),
-            ("SIZE1024", 1024),
-            ("SIZE1025", 1025),
-        ];
-        if big {
-            sizes.push(("SIZEBIG", BIG_LEN));
-        }
         let dir = TempDir::new(tag);
-        let images = support::write_images(&dir, &sizes);
+        let images = support::write_size_images(&dir, big.then_some(BIG_LEN));
         Fixture {
             dir,
             out: TempDir::new(&format!("{tag}-out")),
@@ -50,10 +40,7 @@ impl Fixture {
     }
 
     fn image(&self, pid: &str) -> &TestImage {
-        self.images
-            .iter()
-            .find(|i| i.pid == pid)
-            .unwrap_or_else(|| panic!("no test image {pid}"))
+        support::find_image(&self.images, pid)
     }
 
     fn small(&self) -> impl Iterator<Item = &TestImage> {

@@ -41,31 +41,24 @@ struct Fixture {
 impl Fixture {
     /// The small images, and the 4 MiB one when `big`.
     fn new(tag: &str, big: bool) -> Fixture {
-        let mut sizes = vec![
-            ("SIZE0", 0),
-            ("SIZE1", 1),
-            ("SIZE1023", 1023),
-            ("SIZE1024", 1024),
-            ("SIZE1025", 1025),
-        ];
-        if big {
-            sizes.push(("SIZEBIG", BIG_LEN));
-        }
         let dir = TempDir::new(tag);
-        let images = support::write_images(&dir, &sizes);
+        let images = support::write_size_images(&dir, big.then_some(BIG_LEN));
         Fixture { dir, images }
     }
 
     fn image(&self, pid: &str) -> &Image {
-        self.images
-            .iter()
-            .find(|i| i.pid == pid)
-            .unwrap_or_else(|| panic!("no test image {pid}"))
+        support::find_image(&self.images, pid)
     }
 
     fn small(&self) -> impl Iterator<Item = &Image> {
         self.images.iter().filter(|i| i.bytes.len() < BIG_LEN)
     }
+}
+
+/// The device payload of `image`'s PID with TYPE APP and version 0.0.0:
+/// a lookup without `offset`, a legacy download with it.
+fn device_of(image: &Image, offset: Option<u32>) -> Vec<u8> {
+    device_payload(&image.pid, TYPE_APP, 0, offset)
 }
 
 fn offset_u32(offset: usize) -> u32 {
@@ -502,7 +495,7 @@ fn legacy_req(image: &Image, offset: u32) -> impl FnMut(Block, usize) -> Req + '
     move |b, _| {
         Req::get("updates")
             .token(&[0xd0, 0x01])
-            .payload(device_payload(&image.pid, TYPE_APP, 0, Some(offset)))
+            .payload(device_of(image, Some(offset)))
             .block(b)
     }
 }
@@ -538,10 +531,7 @@ fn small_images_download_whole_in_every_form_and_block_size() {
         for image in fx.small() {
             let len = image.bytes.len();
             // Lookup and query forms name the image.
-            let by_payload = lookup(
-                &mut c,
-                &Req::get("updates").payload(device_payload(&image.pid, TYPE_APP, 0, None)),
-            );
+            let by_payload = lookup(&mut c, &Req::get("updates").payload(device_of(image, None)));
             assert_eq!(by_payload, image.id, "lookup of {}", image.pid);
             let pid_query = format!("pid={}", image.pid);
             let by_query = lookup(
@@ -577,7 +567,7 @@ fn small_images_download_whole_in_every_form_and_block_size() {
                     let token = (0xc000_0000u32 + i as u32).to_be_bytes();
                     let req = Req::get("updates").token(&token).block(b);
                     if i == 0 {
-                        req.payload(device_payload(&image.pid, TYPE_APP, 0, Some(0)))
+                        req.payload(device_of(image, Some(0)))
                     } else {
                         req
                     }
@@ -591,7 +581,7 @@ fn small_images_download_whole_in_every_form_and_block_size() {
             // size (1024); node-coap's agent then continues without payload.
             let node_style = fetch_whole(&mut c, block(0, 6), len, |b, i| {
                 if i == 0 {
-                    Req::get("updates").payload(device_payload(&image.pid, TYPE_APP, 0, Some(0)))
+                    Req::get("updates").payload(device_of(image, Some(0)))
                 } else {
                     Req::get("updates").block(b)
                 }
@@ -677,7 +667,7 @@ fn big_image_blocks_past_num_4095_at_16_and_64_bytes() {
         // device payload, then Block2 alone at NUM 200000.
         let first = c.call(
             &Req::get("updates")
-                .payload(device_payload(&big.pid, TYPE_APP, 0, Some(0)))
+                .payload(device_of(big, Some(0)))
                 .block(block(0, 0)),
         );
         assert!(first.is(ResponseType::Content), "{first:?}");
@@ -806,7 +796,7 @@ fn server_block_size_64_answers_1024_requests_at_the_same_byte_position() {
             let continued = fetch_whole(&mut c, block(0, 6), len, |b, i| {
                 if i == 0 {
                     Req::get("updates")
-                        .payload(device_payload(&image.pid, TYPE_APP, 0, Some(0)))
+                        .payload(device_of(image, Some(0)))
                         .block(b)
                 } else {
                     Req::get("updates").block(b)
@@ -895,7 +885,7 @@ fn errors_have_their_codes_and_a_diagnostic() {
             (
                 Req::get("updates")
                     .code(RequestType::Post)
-                    .payload(device_payload(&image.pid, TYPE_APP, 0, Some(0))),
+                    .payload(device_of(image, Some(0))),
                 ResponseType::MethodNotAllowed,
                 "POST /updates",
             ),
@@ -946,7 +936,7 @@ fn errors_have_their_codes_and_a_diagnostic() {
             ),
             (
                 Req::get("updates").payload({
-                    let mut p = device_payload(&image.pid, TYPE_APP, 0, Some(0));
+                    let mut p = device_of(image, Some(0));
                     p.push(0);
                     p
                 }),
@@ -960,7 +950,7 @@ fn errors_have_their_codes_and_a_diagnostic() {
             ),
             (
                 Req::get("updates")
-                    .payload(device_payload(&image.pid, TYPE_APP, 0, Some(0)))
+                    .payload(device_of(image, Some(0)))
                     .option(23, &[0x1f]),
                 ResponseType::BadRequest,
                 "SZX 7 on legacy",
@@ -1085,7 +1075,7 @@ fn duplicate_confirmable_requests_get_byte_identical_replies() {
         let requests = [
             legacy_req(image, 7)(block(3, 4), 0),
             id_req(&image.id, 0)(block(5, 2), 0),
-            Req::get("updates").payload(device_payload(&image.pid, TYPE_APP, 0, None)),
+            Req::get("updates").payload(device_of(image, None)),
             Req::get("updates/00000000"),
             Req::get(".well-known/core").block(block(2, 0)),
             Req::get("updates").token(&[4, 4]).block(block(2, 4)),
@@ -1359,7 +1349,7 @@ fn options_the_server_understands_or_ignores() {
             .assert_error(ResponseType::NotAcceptable, "Accept 0 on an image");
         let reply = c.call(
             &Req::get("updates")
-                .payload(device_payload(&image.pid, TYPE_APP, 0, None))
+                .payload(device_of(image, None))
                 .option(17, &[]),
         );
         assert_eq!(reply.text(), image.id);

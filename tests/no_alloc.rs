@@ -14,12 +14,15 @@ use iot_ota::server::Server;
 use iot_ota::service::{
     Action, Dropped, Limits, Outcome, Peer, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN,
 };
-use iot_ota::wire::{Block, Emitter, Message};
+use iot_ota::wire::{Emitter, Message};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use support::block2_value as block;
+
+mod support;
 
 /// Allocation and reallocation calls made while armed.
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
@@ -79,31 +82,17 @@ const BIG_LEN: usize = 4 * 1024 * 1024 + 100;
 const CONTINUATION_CAPACITY: usize = 256;
 const PEERS: u32 = 1000;
 
-fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn catalog() -> Catalog {
-    let files = [
+    let sizes = [
         ("SZ0_1_0_0_APP.fmu", 0usize),
         ("SZ1025_1_0_0_APP.fmu", 1025),
         ("MOTE_1_0_0_APP.fmu", 100),
         ("MOTE_1_1_31_APP.fmu", 3000),
         ("BIG_1_0_0_APP.fmu", BIG_LEN),
-    ]
-    .iter()
-    .enumerate()
-    .map(|(i, &(name, len))| (name.to_owned(), image_bytes(len, i as u32 + 1)))
-    .collect();
-    Catalog::from_files(files).unwrap().0
+    ];
+    Catalog::from_files(support::seeded_files(&sizes, 1))
+        .unwrap()
+        .0
 }
 
 fn peer(n: u32) -> Peer {
@@ -134,25 +123,9 @@ fn request(non: bool, code: u8, mid: u16, options: &[(u16, &[u8])], payload: &[u
     buf
 }
 
+/// A device payload of type 3 (APP).
 fn device(pid: &[u8], version: u32, offset: Option<u32>) -> Vec<u8> {
-    let mut p = vec![pid.len() as u8];
-    p.extend_from_slice(pid);
-    p.push(3);
-    p.extend_from_slice(&version.to_le_bytes());
-    if let Some(offset) = offset {
-        p.extend_from_slice(&offset.to_le_bytes());
-    }
-    p
-}
-
-fn block(num: u32, szx: u8) -> Vec<u8> {
-    Block {
-        num,
-        more: false,
-        szx,
-    }
-    .encode(&mut [0; 4])
-    .to_vec()
+    support::device_payload_bytes(pid, 3, version, offset)
 }
 
 const PATH: u16 = 11;
@@ -166,6 +139,8 @@ const ECHO: u16 = 252;
 fn requests_of_every_kind(ids: &[String], mid: u16) -> Vec<Vec<u8>> {
     let up: &[u8] = b"updates";
     let core: [(u16, &[u8]); 2] = [(PATH, b".well-known"), (PATH, b"core")];
+    // A CON GET of /updates with a device payload (PROTOCOL §2.1).
+    let legacy = |payload: &[u8]| request(false, 1, mid, &[(PATH, up)], payload);
     let mut v = Vec::new();
     for id in ids {
         let id = id.as_bytes();
@@ -189,13 +164,7 @@ fn requests_of_every_kind(ids: &[String], mid: u16) -> Vec<Vec<u8>> {
         }
     }
     // Legacy, then a payload-less continuation from the same peer.
-    v.push(request(
-        false,
-        1,
-        mid,
-        &[(PATH, up)],
-        &device(b"MOTE", 0, Some(10)),
-    ));
+    v.push(legacy(&device(b"MOTE", 0, Some(10))));
     v.push(request(
         false,
         1,
@@ -203,13 +172,7 @@ fn requests_of_every_kind(ids: &[String], mid: u16) -> Vec<Vec<u8>> {
         &[(PATH, up), (BLOCK2, &block(2, 6))],
         &[],
     ));
-    v.push(request(
-        false,
-        1,
-        mid,
-        &[(PATH, up)],
-        &device(b"BIG", 0, Some(0)),
-    ));
+    v.push(legacy(&device(b"BIG", 0, Some(0))));
     v.push(request(
         true,
         1,
@@ -218,13 +181,7 @@ fn requests_of_every_kind(ids: &[String], mid: u16) -> Vec<Vec<u8>> {
         &[],
     ));
     // Lookup, query form, no update (RST), wrong lengths (4.00).
-    v.push(request(
-        false,
-        1,
-        mid,
-        &[(PATH, up)],
-        &device(b"MOTE", 0, None),
-    ));
+    v.push(legacy(&device(b"MOTE", 0, None)));
     v.push(request(
         false,
         1,
@@ -244,28 +201,10 @@ fn requests_of_every_kind(ids: &[String], mid: u16) -> Vec<Vec<u8>> {
         &[(PATH, up), (QUERY, b"pid=MOTE"), (QUERY, b"type=APP")],
         &[],
     ));
-    v.push(request(
-        false,
-        1,
-        mid,
-        &[(PATH, up)],
-        &device(b"MOTE", u32::MAX, Some(0)),
-    ));
-    v.push(request(
-        false,
-        1,
-        mid,
-        &[(PATH, up)],
-        &device(b"MOTE", 0, Some(5000)),
-    ));
-    v.push(request(
-        false,
-        1,
-        mid,
-        &[(PATH, up)],
-        &[4, b'M', b'O', b'T', b'E', 3, 0],
-    ));
-    v.push(request(false, 1, mid, &[(PATH, up)], &[]));
+    v.push(legacy(&device(b"MOTE", u32::MAX, Some(0))));
+    v.push(legacy(&device(b"MOTE", 0, Some(5000))));
+    v.push(legacy(&[4, b'M', b'O', b'T', b'E', 3, 0]));
+    v.push(legacy(&[]));
     // Discovery, whole and filtered, block-wise.
     v.push(request(false, 1, mid, &core, &[]));
     for q in [&b"rt=fw.image"[..], b"title=MOTE*", b"href=/updates"] {

@@ -13,21 +13,12 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, Resp
 use iot_ota::catalog::Catalog;
 use iot_ota::service::{Action, Limits, Peer, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
 use iot_ota::wire::{self, Block, Message};
+use support::{block2_value as block2, device_payload_bytes as device, image_bytes};
+
+mod support;
 
 const BIG_LEN: usize = 4 * 1024 * 1024 + 100;
 const NOW: u64 = 5_000_000;
-
-fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn catalog() -> Catalog {
     let files = vec![
@@ -65,28 +56,6 @@ fn get(path: &[&str], mid: u16) -> Packet {
     );
     for segment in path {
         p.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
-    }
-    p
-}
-
-fn block2(num: u32, szx: u8) -> Vec<u8> {
-    let mut buf = [0; 4];
-    Block {
-        num,
-        more: false,
-        szx,
-    }
-    .encode(&mut buf)
-    .to_vec()
-}
-
-fn device(pid: &[u8], fw_type: u8, version: u32, offset: Option<u32>) -> Vec<u8> {
-    let mut p = vec![pid.len() as u8];
-    p.extend_from_slice(pid);
-    p.push(fw_type);
-    p.extend_from_slice(&version.to_le_bytes());
-    if let Some(offset) = offset {
-        p.extend_from_slice(&offset.to_le_bytes());
     }
     p
 }

@@ -338,3 +338,64 @@ pub fn device_payload(pid: &str, fw_type: u8, version: u32, offset: Option<u32>)
     }
     payload
 }
+
+/// The same device payload as [`device_payload`] for a PID given as bytes
+/// (the in-process tests write PIDs as byte strings).
+pub fn device_payload_bytes(pid: &[u8], fw_type: u8, version: u32, offset: Option<u32>) -> Vec<u8> {
+    let mut payload = vec![u8::try_from(pid.len()).expect("a PID of at most 255 bytes")];
+    payload.extend_from_slice(pid);
+    payload.push(fw_type);
+    payload.extend_from_slice(&version.to_le_bytes());
+    if let Some(offset) = offset {
+        payload.extend_from_slice(&offset.to_le_bytes());
+    }
+    payload
+}
+
+/// The value of a Block2 option asking for block `num` of size
+/// `2^(szx+4)` (the `more` bit is clear, as in a request).
+pub fn block2_value(num: u32, szx: u8) -> Vec<u8> {
+    iot_ota::wire::Block {
+        num,
+        more: false,
+        szx,
+    }
+    .encode(&mut [0; 4])
+    .to_vec()
+}
+
+/// In-memory catalog files `(name, image_bytes(len, first_seed + i))` for
+/// the `i`-th `(name, len)` of `files`, for tests that build a `Catalog`
+/// without a directory.
+pub fn seeded_files(files: &[(&str, usize)], first_seed: u32) -> Vec<(String, Vec<u8>)> {
+    files
+        .iter()
+        .zip(first_seed..)
+        .map(|(&(name, len), seed)| (name.to_owned(), image_bytes(len, seed)))
+        .collect()
+}
+
+/// Writes images at the block edges, PIDs `SIZE0`, `SIZE1`, `SIZE1023`,
+/// `SIZE1024` and `SIZE1025` of that many bytes, then `SIZEBIG` of `big`
+/// bytes when given, as [`write_images`] does (same order, same seeds).
+pub fn write_size_images(dir: &TempDir, big: Option<usize>) -> Vec<TestImage> {
+    let mut sizes = vec![
+        ("SIZE0", 0),
+        ("SIZE1", 1),
+        ("SIZE1023", 1023),
+        ("SIZE1024", 1024),
+        ("SIZE1025", 1025),
+    ];
+    if let Some(len) = big {
+        sizes.push(("SIZEBIG", len));
+    }
+    write_images(dir, &sizes)
+}
+
+/// The image of `images` with PID `pid`; the test fails without one.
+pub fn find_image<'a>(images: &'a [TestImage], pid: &str) -> &'a TestImage {
+    images
+        .iter()
+        .find(|i| i.pid == pid)
+        .unwrap_or_else(|| panic!("no test image {pid}"))
+}
