@@ -90,6 +90,19 @@ pub const fn fnv1a64(bytes: &[u8]) -> u64 {
     hash
 }
 
+/// See [`Image::body_etag`].
+pub const fn body_etag(content_tag: &[u8; 8], offset: u32) -> [u8; 8] {
+    if offset == 0 {
+        return *content_tag;
+    }
+    let o = offset.to_le_bytes();
+    let t = content_tag;
+    let input = [
+        t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], o[0], o[1], o[2], o[3],
+    ];
+    fnv1a64(&input).to_be_bytes()
+}
+
 /// FNV-1a 64 as a `Hasher`, for the catalog's maps. Their keys come from
 /// the operator's file names, fixed at start-up: a request can look keys
 /// up but never add one, so SipHash's resistance to crafted collisions
@@ -348,6 +361,17 @@ pub struct Image {
 }
 
 impl Image {
+    /// The entity tag of the body `bytes[offset..]`: the content tag for
+    /// the whole image, else FNV-1a 64 of the content tag followed by
+    /// `offset` (little-endian). Each body a device can be sent is a
+    /// representation of its own: a block served under a tag always holds
+    /// the bytes of the one body that tag names (RFC 7959 §2.4), so a
+    /// client that checks ETags notices when a download it resumes is
+    /// answered from another body. Computed per request from 12 bytes.
+    pub fn body_etag(&self, offset: u32) -> [u8; 8] {
+        body_etag(&self.etag, offset)
+    }
+
     fn new(file_name: String, name: ImageName, bytes: Vec<u8>) -> Image {
         let id = fnv1a32(file_name.as_bytes());
         Image {

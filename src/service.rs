@@ -6,12 +6,18 @@
 //! do with it and what happened. It never touches a socket, a clock, a file
 //! or the logger, so every case of PROTOCOL.md §2 and §3 is a unit test.
 //!
-//! Its only state is bounded, each table by `Limits`: the continuation
-//! table (per peer, the image and OFFSET its last transfer started with,
-//! for clients that send the payload only with block 0, PROTOCOL §2.1),
-//! the record of each peer's last continuation request and of recent
-//! requests that started a transfer (for duplicates, below), the optional
-//! per-address rate limiter, the Echo key and the NON Message ID counter.
+//! Its only state is bounded, each table by `Limits`: the per-peer table
+//! (the image and OFFSET its last transfer started with, for clients that
+//! send the payload only with block 0; the record of its last continuation
+//! request and of recent requests that started a transfer, for duplicates,
+//! below; the Message ID of its next NON reply), the optional per-address
+//! rate limiter, and the Echo key.
+//!
+//! Every body a request can get (the whole image, or the image from an
+//! OFFSET) has its own ETag, and a block always holds the bytes its ETag
+//! names at its position: per-peer state only guesses which body a
+//! payload-less block continues, and a wrong guess is visible to the
+//! client (see `Ctx::image`).
 //! State changes are applied only when the reply is actually sent, so an
 //! unverified request answered with an Echo challenge changes nothing.
 //!
@@ -217,6 +223,8 @@ struct PeerState {
     /// (Message ID, fingerprint), newest first: a late duplicate of one is
     /// answered again without resetting a transfer started since.
     starts: [Option<(u16, u32)>; 2],
+    /// The Message ID of the next NON reply to this peer (RFC 7252 §4.4).
+    next_mid: Option<u16>,
 }
 
 /// State changes a request asks for, applied only once its reply is
@@ -226,8 +234,6 @@ struct PeerState {
 struct Writes {
     /// The peer's new state (stored, and restamped).
     state: Option<PeerState>,
-    /// A download by id with an explicit OFFSET was served.
-    offset_transfer: bool,
 }
 
 /// Requests counted in the current one-second window of an address.
@@ -244,13 +250,19 @@ pub struct Service {
     limits: Limits,
     server_szx: u8,
     peers: BoundedTable<Peer, PeerState>,
-    /// Set once a download by id with an explicit OFFSET was served: until
-    /// then a payload-less request for a later block of `/updates/{id}`
-    /// can only mean OFFSET 0, and the common download pays no lookup.
-    offset_transfers: bool,
     rate: BoundedTable<[u8; 16], RateWindow>,
     echo_key: RandomState,
-    next_mid: u16,
+}
+
+/// Where the OFFSET of a `/updates/{id}` request comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    /// `?offset=N` (and maybe an agreeing payload).
+    Query(u32),
+    /// A 4-byte OFFSET payload.
+    Payload(u32),
+    /// Neither: block 0 of the whole image, or a continuation.
+    Neither,
 }
 
 /// Where a request is going.
@@ -319,10 +331,8 @@ impl Service {
             limits,
             server_szx,
             peers: BoundedTable::new(limits.continuation_capacity, EXCHANGE_LIFETIME_MS),
-            offset_transfers: false,
             rate: BoundedTable::new(limits.rate_table_capacity, 1000),
             echo_key: RandomState::new(),
-            next_mid: 0,
         }
     }
 
@@ -360,7 +370,7 @@ impl Service {
         out: &mut [u8],
     ) -> Action<'_> {
         if datagram.len() > MAX_REQUEST_LEN {
-            return self.too_large(datagram, out);
+            return self.too_large(peer, now_ms, datagram, out);
         }
         let msg = match Message::parse(datagram) {
             Ok(msg) => msg,
@@ -383,7 +393,7 @@ impl Service {
             (_, MessageClass::Reserved(code)) if code >> 5 == 0 => {}
             (mtype, _) => return reject(mtype, msg.mid, out, Dropped::NotARequest),
         }
-        let reply_to = self.reply_to(msg.mtype, msg.mid, msg.token);
+        let reply_to = self.reply_to(peer, now_ms, msg.mtype, msg.mid, msg.token);
         if let Some(limited) = self.rate_limit(reply_to, peer, now_ms, datagram.len(), out) {
             return limited;
         }
@@ -392,7 +402,6 @@ impl Service {
             ref limits,
             server_szx,
             ref mut peers,
-            ref mut offset_transfers,
             ref echo_key,
             ..
         } = *self;
@@ -400,7 +409,6 @@ impl Service {
             catalog,
             server_szx,
             peers: &*peers,
-            offset_transfers: *offset_transfers,
             writes: Writes::default(),
             peer,
             datagram,
@@ -431,7 +439,6 @@ impl Service {
         if let Some(state) = writes.state {
             peers.insert(peer, state, now_ms);
         }
-        *offset_transfers |= writes.offset_transfer;
         Action::Reply { len, outcome }
     }
 
@@ -480,27 +487,64 @@ impl Service {
 
     /// Where a reply to a request of type `mtype` goes: a piggybacked ACK
     /// with the request's Message ID for a CON, else a NON with a fresh one.
-    fn reply_to<'m>(&mut self, mtype: MessageType, mid: u16, token: &'m [u8]) -> ReplyTo<'m> {
+    fn reply_to<'m>(
+        &mut self,
+        peer: Peer,
+        now_ms: u64,
+        mtype: MessageType,
+        mid: u16,
+        token: &'m [u8],
+    ) -> ReplyTo<'m> {
         match mtype {
             MessageType::Confirmable => ReplyTo {
                 mtype: MessageType::Acknowledgement,
                 mid,
                 token,
             },
-            _ => {
-                self.next_mid = self.next_mid.wrapping_add(1);
-                ReplyTo {
-                    mtype: MessageType::NonConfirmable,
-                    mid: self.next_mid,
-                    token,
-                }
-            }
+            _ => ReplyTo {
+                mtype: MessageType::NonConfirmable,
+                mid: self.next_non_mid(peer, now_ms),
+                token,
+            },
         }
+    }
+
+    /// The Message ID of a NON reply to `peer`: RFC 7252 §4.4 forbids
+    /// reusing one with the same endpoint within EXCHANGE_LIFETIME. Each
+    /// peer counts up from a keyed-random start kept in its table entry,
+    /// so traffic from other endpoints never moves it and a restart (new
+    /// key) starts elsewhere. Drawn when the reply is written, whether or
+    /// not it is then sent: skipping an ID is harmless.
+    ///
+    /// Residual risk: when the entry is gone (the server restarted, or more
+    /// than `--peers` endpoints were active within EXCHANGE_LIFETIME and
+    /// this one was evicted) the peer gets a new random start, which meets
+    /// one of the `k` IDs it was sent in the last 247 s with a chance of
+    /// about `k / 65536`.
+    fn next_non_mid(&mut self, peer: Peer, now_ms: u64) -> u16 {
+        let mut state = self.peers.get(&peer, now_ms).copied().unwrap_or_default();
+        let mid = state.next_mid.unwrap_or_else(|| {
+            let mut hasher = self.echo_key.build_hasher();
+            hasher.write(b"non-mid");
+            hasher.write(&peer.ip);
+            hasher.write_u16(peer.port);
+            hasher.write_u64(now_ms);
+            hasher.finish() as u16
+        });
+        state.next_mid = Some(mid.wrapping_add(1));
+        self.peers.insert(peer, state, now_ms);
+        mid
     }
 
     /// 4.13 for a datagram longer than [`MAX_REQUEST_LEN`], when its header
     /// and token can be read and it is a request.
-    fn too_large<'c>(&mut self, datagram: &[u8], out: &mut [u8]) -> Action<'c> {
+    fn too_large<'c>(
+        &mut self,
+        peer: Peer,
+        now_ms: u64,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Action<'c> {
         let header = match wire::Header::parse(datagram) {
             Ok((header, _)) => header,
             Err(ParseError::TooShort) => return Action::Drop(Dropped::TooShort),
@@ -520,7 +564,7 @@ impl Service {
         }
         let code = ResponseType::RequestEntityTooLarge;
         let written = self
-            .reply_to(header.mtype, header.mid, header.token)
+            .reply_to(peer, now_ms, header.mtype, header.mid, header.token)
             .emitter(code, out)
             .and_then(|mut e| {
                 e.option_uint(CoapOption::Size1.into(), MAX_REQUEST_LEN as u32)?;
@@ -633,7 +677,6 @@ struct Ctx<'s, 't, 'm> {
     catalog: &'s Catalog,
     server_szx: u8,
     peers: &'t BoundedTable<Peer, PeerState>,
-    offset_transfers: bool,
     writes: Writes,
     peer: Peer,
     datagram: &'m [u8],
@@ -644,6 +687,14 @@ struct Ctx<'s, 't, 'm> {
 
 impl<'s> Ctx<'s, '_, '_> {
     fn route(&mut self, out: &mut [u8]) -> Reply<'s> {
+        // RFC 7252 §5.10.2: an endpoint that is no forward-proxy answers
+        // 5.05, whatever else the request carries.
+        if self.msg.proxy {
+            return Err(error(
+                ResponseType::ProxyingNotSupported,
+                "this server is not a proxy",
+            ));
+        }
         if let (Some(_), MessageType::NonConfirmable) =
             (self.msg.unrecognized_critical, self.msg.mtype)
         {
@@ -744,11 +795,7 @@ impl<'s> Ctx<'s, '_, '_> {
     /// Records a request that starts a transfer of `image` at `offset`,
     /// unless it is a late duplicate of one of the peer's recent starts.
     fn start(&mut self, image: &Image, offset: u32) {
-        let mut state = self
-            .peers
-            .get(&self.peer, self.now_ms)
-            .copied()
-            .unwrap_or_default();
+        let mut state = self.pending_state().unwrap_or_default();
         let transfer = Continuation {
             image_id: image.id_hex,
             offset,
@@ -807,21 +854,39 @@ impl<'s> Ctx<'s, '_, '_> {
     }
 
     /// `GET /updates/{id}` with an optional 4-byte OFFSET payload or
-    /// `?offset=N`. Stock clients send a payload only with block 0, so a
-    /// payload-less request for a later block continues the body the
-    /// peer's block 0 of this image started (PROTOCOL §2.1's continuation,
-    /// applied to §2.2); `?offset=` is repeated on every block and needs
-    /// no state.
+    /// `?offset=N`.
+    ///
+    /// Which body (`image[OFFSET..]`) a request gets:
+    /// - `?offset=N` is repeated by stock clients on every block: served
+    ///   from what it carries, and it neither reads nor writes peer state;
+    /// - an OFFSET payload is served from what it carries, and remembered
+    ///   for the peer, because stock clients send it with block 0 only
+    ///   (or with the first block of a resume) and not with later blocks;
+    /// - a request with neither, for block 0, is a whole-image download
+    ///   and makes the peer's remembered OFFSET of this image forgotten;
+    /// - a request with neither, for a later block, continues the peer's
+    ///   remembered OFFSET of this image, else the whole image.
+    ///
+    /// That last case is a guess: the peer's state may be lost (restart,
+    /// eviction, a NAT rebinding the client's port) or belong to another
+    /// download from the same endpoint. It is made safe by the invariant
+    /// that every body carries its own ETag ([`Image::body_etag`]): the
+    /// block sent holds exactly the bytes that its ETag names at its
+    /// position, so a client checking ETags (RFC 7959 §2.4) sees a wrong
+    /// guess and starts over, and none can splice two bodies under one
+    /// tag. Once the last block of a remembered body was served, the body
+    /// is forgotten, so a later plain download is not taken for it.
     fn image(&mut self, id: &[u8], out: &mut [u8]) -> Reply<'s> {
         if self.msg.query.overflowed() {
             return Err(error(ResponseType::BadRequest, "too many query options"));
         }
         let queried = firmware::parse_offset_query(self.msg.query.as_slice())
             .map_err(|e| Failure::Error(ResponseType::BadRequest, Diagnostic::Query(e)))?;
-        let explicit = match (self.msg.payload, queried) {
-            ([], queried) => queried,
-            (&[a, b, c, d], None) => Some(u32::from_le_bytes([a, b, c, d])),
-            (&[a, b, c, d], Some(q)) if q == u32::from_le_bytes([a, b, c, d]) => Some(q),
+        let named = match (self.msg.payload, queried) {
+            ([], None) => Named::Neither,
+            ([], Some(q)) => Named::Query(q),
+            (&[a, b, c, d], None) => Named::Payload(u32::from_le_bytes([a, b, c, d])),
+            (&[a, b, c, d], Some(q)) if q == u32::from_le_bytes([a, b, c, d]) => Named::Query(q),
             (&[_, _, _, _], Some(_)) => {
                 return Err(error(
                     ResponseType::BadRequest,
@@ -839,25 +904,48 @@ impl<'s> Ctx<'s, '_, '_> {
             .catalog
             .by_id_hex(id)
             .ok_or(error(ResponseType::NotFound, "no image with this id"))?;
-        let offset = match explicit {
-            Some(offset) => offset,
-            None if self.continuing() && self.offset_transfers => {
-                self.continued(Some(&image.id_hex)).map_or(0, |c| c.offset)
-            }
-            None => 0,
+        let continuing = self.continuing();
+        let (offset, remembered) = match named {
+            Named::Query(offset) | Named::Payload(offset) => (offset, false),
+            Named::Neither if continuing => match self.continued(Some(&image.id_hex)) {
+                Some(entry) => (entry.offset, true),
+                None => (0, false),
+            },
+            Named::Neither => (0, false),
         };
         let reply = self.body(image, offset, false, out)?;
-        // Block 0, or any block that names its OFFSET (a client resuming
-        // at NUM > 0 with the payload), starts a body: remembered when it
-        // has an OFFSET, and when it may replace an earlier transfer with
-        // one; plain downloads from offset 0 on a server that never saw an
-        // OFFSET need no state.
-        let names_offset = explicit.is_some() || !self.continuing();
-        if names_offset && (offset > 0 || self.offset_transfers) {
+        let last = matches!(reply.1, Outcome::Block(t) if t.is_last());
+        let payload = matches!(named, Named::Payload(_));
+        if last && (payload || remembered) {
+            self.forget(image, Some(offset));
+        } else if payload {
             self.start(image, offset);
-            self.writes.offset_transfer = offset > 0;
+        } else if named == Named::Neither && !continuing {
+            self.forget(image, None);
         }
         Ok(reply)
+    }
+
+    /// The peer's state as this request has changed it so far.
+    fn pending_state(&self) -> Option<PeerState> {
+        self.writes
+            .state
+            .or_else(|| self.peers.get(&self.peer, self.now_ms).copied())
+    }
+
+    /// Forgets the peer's remembered transfer when it is of `image` (and
+    /// starts at `offset`, when given); keeps the duplicate records.
+    fn forget(&mut self, image: &Image, offset: Option<u32>) {
+        let Some(mut state) = self.pending_state() else {
+            return;
+        };
+        let Some(transfer) = state.transfer else {
+            return;
+        };
+        if transfer.image_id == image.id_hex && offset.map_or(true, |o| o == transfer.offset) {
+            state.transfer = None;
+            self.writes.state = Some(state);
+        }
     }
 
     /// One Block2 block of `image[offset..]`.
@@ -871,7 +959,7 @@ impl<'s> Ctx<'s, '_, '_> {
         let chunk = body.get(range).ok_or(Failure::Overflow)?;
         let len = self.emit_block(
             out,
-            &image.etag,
+            &image.body_etag(offset),
             ContentFormat::ApplicationOctetStream,
             block,
             body.len(),

@@ -82,10 +82,22 @@ const B: u32 = 0xC000_0202;
 
 /// What a test needs of an image, owned so the service can be borrowed
 /// mutably afterwards.
+#[derive(Clone)]
 struct Img {
     id: String,
     bytes: Vec<u8>,
     etag: [u8; 8],
+}
+
+impl Img {
+    /// The body from `offset`: the same bytes to index, under that body's
+    /// own ETag.
+    fn from(&self, offset: u32) -> Img {
+        Img {
+            etag: crate::catalog::body_etag(&self.etag, offset),
+            ..self.clone()
+        }
+    }
 }
 
 struct Fx {
@@ -383,12 +395,15 @@ fn legacy_form_sends_the_body_from_offset_block_wise() {
     let payload = device(b"MOTE", 3, version(1, 0, 0), Some(100));
     let reply = fx.ask(&Req::get("updates").payload(&payload));
     assert_eq!(
-        assert_block(&reply, &img, 0, true, 6),
+        assert_block(&reply, &img.from(100), 0, true, 6),
         &img.bytes[100..1124]
     );
     assert_eq!(parse(&reply).size2, Some(MOTE_NEW_LEN as u32 - 100));
     let reply = fx.ask(&Req::get("updates").payload(&payload).block2(1, 6));
-    assert_eq!(assert_block(&reply, &img, 1, false, 6), &img.bytes[1124..]);
+    assert_eq!(
+        assert_block(&reply, &img.from(100), 1, false, 6),
+        &img.bytes[1124..]
+    );
 }
 
 #[test]
@@ -426,7 +441,7 @@ fn legacy_offset_equal_to_length_is_an_empty_block_0_with_m_clear() {
     let img = fx.img(MOTE_NEW);
     let payload = device(b"MOTE", 3, 0, Some(MOTE_NEW_LEN as u32));
     let reply = fx.ask(&Req::get("updates").payload(&payload));
-    assert!(assert_block(&reply, &img, 0, false, 6).is_empty());
+    assert!(assert_block(&reply, &img.from(MOTE_NEW_LEN as u32), 0, false, 6).is_empty());
     assert_eq!(parse(&reply).size2, Some(0));
     // Nothing after the empty block.
     let reply = fx.ask(&Req::get("updates").payload(&payload).block2(1, 6));
@@ -454,13 +469,13 @@ fn continuation_without_payload_continues_the_same_body() {
     assert_eq!(parse(&reply).token, &[0x77; 8]);
     assert_eq!(parse(&reply).mid, MID + 1);
     assert_eq!(
-        assert_block(&reply, &img, 1, false, 6),
+        assert_block(&reply, &img.from(100), 1, false, 6),
         &img.bytes[100 + 1024..]
     );
     // At a smaller block size too.
     let reply = fx.ask_from(A, T0 + 20, &Req::get("updates").block2(3, 4).token(&[]));
     assert_eq!(
-        assert_block(&reply, &img, 3, true, 4),
+        assert_block(&reply, &img.from(100), 3, true, 4),
         &img.bytes[100 + 768..100 + 1024]
     );
 
@@ -670,12 +685,15 @@ fn image_by_id_with_4_byte_offset_payload() {
     let img = fx.img(SZ1025);
     let uri = format!("updates/{}", img.id);
     let reply = fx.ask(&Req::get(&uri).payload(&1000u32.to_le_bytes()));
-    assert_eq!(assert_block(&reply, &img, 0, false, 6), &img.bytes[1000..]);
+    assert_eq!(
+        assert_block(&reply, &img.from(1000), 0, false, 6),
+        &img.bytes[1000..]
+    );
     assert_eq!(parse(&reply).size2, Some(25));
     let reply = fx.ask(&Req::get(&uri).payload(&0u32.to_le_bytes()));
     assert_eq!(assert_block(&reply, &img, 0, true, 6), &img.bytes[..1024]);
     let reply = fx.ask(&Req::get(&uri).payload(&1025u32.to_le_bytes()));
-    assert!(assert_block(&reply, &img, 0, false, 6).is_empty());
+    assert!(assert_block(&reply, &img.from(1025), 0, false, 6).is_empty());
     let reply = fx.ask(&Req::get(&uri).payload(&1026u32.to_le_bytes()));
     assert_error(&reply, ResponseType::BadRequest);
 }
@@ -1666,12 +1684,16 @@ fn image_offset_query_resumes_on_every_block_without_payload() {
     let mut fx = Fx::new();
     let img = fx.img(MOTE_NEW);
     let uri = format!("updates/{}?offset=100", img.id);
+    let body = img.from(100);
     let first = fx.ask(&Req::get(&uri).block2(0, 4));
-    assert_eq!(assert_block(&first, &img, 0, true, 4), &img.bytes[100..356]);
+    assert_eq!(
+        assert_block(&first, &body, 0, true, 4),
+        &img.bytes[100..356]
+    );
     // Stock clients send the query again, and no payload, with block 1.
     let second = fx.ask(&Req::get(&uri).block2(1, 4).mid(MID + 1).token(&[9]));
     assert_eq!(
-        assert_block(&second, &img, 1, true, 4),
+        assert_block(&second, &body, 1, true, 4),
         &img.bytes[356..612]
     );
     // A payload and a query that agree are served; that disagree, 4.00.
@@ -1730,12 +1752,12 @@ fn image_offset_payload_sent_only_with_block_0_continues_from_that_offset() {
     let uri = format!("updates/{}", img.id);
     let first = fx.ask(&Req::get(&uri).block2(0, 4).payload(&1000u32.to_le_bytes()));
     assert_eq!(
-        assert_block(&first, &img, 0, true, 4),
+        assert_block(&first, &img.from(1000), 0, true, 4),
         &img.bytes[1000..1256]
     );
     let next = fx.ask(&Req::get(&uri).block2(1, 4).mid(MID + 1).token(&[3]));
     assert_eq!(
-        assert_block(&next, &img, 1, true, 4),
+        assert_block(&next, &img.from(1000), 1, true, 4),
         &img.bytes[1256..1512]
     );
     // Another peer, or a new download from block 0, starts at 0.
@@ -1763,7 +1785,10 @@ fn late_duplicate_of_an_older_start_does_not_reset_the_transfer() {
     // again, byte for byte, but the peer's transfer stays at OFFSET 700.
     fx.ask_from(A, T0 + 2, &old_start);
     let cont = fx.ask_from(A, T0 + 3, &Req::get("updates").block2(1, 4).mid(MID + 2));
-    assert_eq!(assert_block(&cont, &img, 1, true, 4), &img.bytes[956..1212]);
+    assert_eq!(
+        assert_block(&cont, &img.from(700), 1, true, 4),
+        &img.bytes[956..1212]
+    );
 }
 
 #[test]
@@ -1828,8 +1853,180 @@ fn image_offset_payload_on_a_resumed_block_continues_from_that_offset() {
     let mut fx = Fx::new();
     let img = fx.img(MOTE_NEW);
     let uri = format!("updates/{}", img.id);
+    let body = img.from(100);
     let first = fx.ask(&Req::get(&uri).block2(2, 4).payload(&100u32.to_le_bytes()));
-    assert_eq!(assert_block(&first, &img, 2, true, 4), &img.bytes[612..868]);
+    assert_eq!(
+        assert_block(&first, &body, 2, true, 4),
+        &img.bytes[612..868]
+    );
     let next = fx.ask(&Req::get(&uri).block2(3, 4).mid(MID + 1));
-    assert_eq!(assert_block(&next, &img, 3, true, 4), &img.bytes[868..1124]);
+    assert_eq!(
+        assert_block(&next, &body, 3, true, 4),
+        &img.bytes[868..1124]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// One ETag, one body: a wrong guess of the body is always visible
+
+#[test]
+fn every_body_has_its_own_etag_and_the_whole_image_keeps_the_content_tag() {
+    let mut fx = Fx::new();
+    let img = fx.img(MOTE_NEW);
+    let uri = format!("updates/{}", img.id);
+    let whole = parse(&fx.ask(&Req::get(&uri))).etag.map(<[u8]>::to_vec);
+    assert_eq!(whole.as_deref(), Some(&img.etag[..]));
+    let mut tags = vec![img.etag];
+    for offset in [1u32, 100, 1000, MOTE_NEW_LEN as u32] {
+        let reply = fx.ask(&Req::get(&uri).payload(&offset.to_le_bytes()).mid(MID + 1));
+        let tag: [u8; 8] = parse(&reply).etag.unwrap().try_into().unwrap();
+        assert_eq!(tag, img.from(offset).etag);
+        assert!(!tags.contains(&tag), "OFFSET {offset} shares a tag");
+        tags.push(tag);
+    }
+}
+
+#[test]
+fn offset_query_changes_no_state_a_plain_download_beside_it_could_pick_up() {
+    let mut fx = Fx::new();
+    let img = fx.img(MOTE_NEW);
+    let queried = format!("updates/{}?offset=1000", img.id);
+    let plain = format!("updates/{}", img.id);
+    fx.ask(&Req::get(&queried).block2(0, 6));
+    fx.ask(&Req::get(&plain).block2(0, 6).mid(MID + 1));
+    fx.ask(&Req::get(&queried).block2(0, 6).mid(MID + 2));
+    let reply = fx.ask(&Req::get(&plain).block2(1, 6).mid(MID + 3));
+    assert_eq!(
+        assert_block(&reply, &img, 1, false, 6),
+        &img.bytes[1024..2000]
+    );
+}
+
+#[test]
+fn plain_block_0_forgets_the_peers_remembered_offset() {
+    let mut fx = Fx::new();
+    let img = fx.img(MOTE_NEW);
+    let uri = format!("updates/{}", img.id);
+    fx.ask(&Req::get(&uri).block2(0, 4).payload(&500u32.to_le_bytes()));
+    fx.ask(&Req::get(&uri).block2(0, 4).mid(MID + 1));
+    let reply = fx.ask(&Req::get(&uri).block2(1, 4).mid(MID + 2));
+    assert_eq!(assert_block(&reply, &img, 1, true, 4), &img.bytes[256..512]);
+}
+
+#[test]
+fn remembered_offset_is_forgotten_after_its_last_block() {
+    // An OFFSET download run to its end, then a plain resume at block 5
+    // from the same endpoint: the whole image, not the old OFFSET body.
+    let mut fx = Fx::new();
+    let img = fx.img(MOTE_NEW);
+    let uri = format!("updates/{}", img.id);
+    fx.ask(&Req::get(&uri).block2(0, 4).payload(&1000u32.to_le_bytes()));
+    let mut mid = MID;
+    for num in 1..4 {
+        mid += 1;
+        fx.ask(&Req::get(&uri).block2(num, 4).mid(mid));
+    }
+    let last = fx.ask(&Req::get(&uri).block2(3, 4).mid(mid));
+    assert!(
+        !block2(&last).more,
+        "block 3 of 1000 bytes at 256 is the last"
+    );
+    let resumed = fx.ask(&Req::get(&uri).block2(5, 4).mid(mid + 1));
+    assert_eq!(
+        assert_block(&resumed, &img, 5, true, 4),
+        &img.bytes[1280..1536]
+    );
+    // Also when the device repeated its payload on every block.
+    let with_payload = |num: u32, mid: u16| {
+        Req::get(&uri)
+            .block2(num, 6)
+            .payload(&100u32.to_le_bytes())
+            .mid(mid)
+    };
+    fx.ask(&with_payload(0, mid + 2));
+    fx.ask(&with_payload(1, mid + 3));
+    let resumed = fx.ask(&Req::get(&uri).block2(1, 6).mid(mid + 4));
+    assert_eq!(
+        assert_block(&resumed, &img, 1, false, 6),
+        &img.bytes[1024..]
+    );
+}
+
+#[test]
+fn continuation_without_state_is_the_whole_image_under_its_own_tag() {
+    // The state of an OFFSET-on-block-0 download is lost (restart,
+    // eviction, a new NAT port): the next payload-less block is the whole
+    // image's, under the whole image's tag, so the client sees the change.
+    let mut fx = Fx::new();
+    let img = fx.img(MOTE_NEW);
+    let uri = format!("updates/{}", img.id);
+    let first = fx.ask(&Req::get(&uri).block2(0, 4).payload(&1000u32.to_le_bytes()));
+    let first_tag = parse(&first).etag.unwrap().to_vec();
+    let rebound = peer_port(A, 40_000);
+    let next = fx
+        .handle(
+            rebound,
+            T0 + 1,
+            &Req::get(&uri).block2(1, 4).mid(MID + 1).bytes(),
+        )
+        .unwrap();
+    assert_eq!(assert_block(&next, &img, 1, true, 4), &img.bytes[256..512]);
+    assert_ne!(parse(&next).etag.unwrap(), &first_tag[..]);
+}
+
+#[test]
+fn interleaved_legacy_transfers_keep_one_tag_per_body() {
+    let mut fx = Fx::with(Limits::default(), true);
+    let mote = fx.img(MOTE_NEW);
+    let big = fx.img(BIG);
+    let a = fx.ask(&Req::get("updates").payload(&device(b"MOTE", 3, 0, Some(0))));
+    let b = fx.ask(
+        &Req::get("updates")
+            .payload(&device(b"BIG", 3, 0, Some(500)))
+            .mid(MID + 1),
+    );
+    assert_ne!(parse(&a).etag, parse(&b).etag);
+    let next = fx.ask(&Req::get("updates").block2(1, 6).mid(MID + 2));
+    assert_eq!(
+        assert_block(&next, &big.from(500), 1, true, 6),
+        &big.bytes[500 + 1024..500 + 2048]
+    );
+    assert_ne!(parse(&next).etag, Some(&mote.etag[..]));
+}
+
+// ---------------------------------------------------------------------------
+// RFC 7252 §5.10.2 and §4.4
+
+#[test]
+fn proxy_uri_and_proxy_scheme_are_5_05_for_con_and_non() {
+    let mut fx = Fx::new();
+    for (number, value) in [(35u16, &b"coap://example.org/x"[..]), (39, b"coap")] {
+        let req = Req::get("updates").option(number, value);
+        let reply = fx.ask(&req);
+        assert_error(&reply, ResponseType::ProxyingNotSupported);
+        assert_eq!(parse(&reply).mtype, MessageType::Acknowledgement);
+        let reply = fx.ask(&req.clone().non());
+        assert_error(&reply, ResponseType::ProxyingNotSupported);
+        assert_eq!(parse(&reply).mtype, MessageType::NonConfirmable);
+    }
+}
+
+#[test]
+fn non_message_ids_count_per_endpoint_from_a_keyed_start() {
+    let mut fx = Fx::new();
+    let req = Req::get("nope").non();
+    let mid_to = |fx: &mut Fx, p: Peer| parse(&fx.handle(p, T0, &req.bytes()).unwrap()).mid;
+    let x = peer_port(A, 1000);
+    let first = mid_to(&mut fx, x);
+    // 70,000 NON replies to others, more than the Message ID space, do not
+    // move this endpoint's counter.
+    for i in 0..70_000u32 {
+        mid_to(&mut fx, peer_port(B, (i % 4) as u16 + 1));
+    }
+    assert_eq!(mid_to(&mut fx, x), first.wrapping_add(1));
+    // Another endpoint and another service (a restart) start elsewhere.
+    let y = peer_port(A, 1001);
+    assert_ne!(mid_to(&mut fx, y), first);
+    let mut restarted = Fx::new();
+    assert_ne!(mid_to(&mut restarted, x), first);
 }

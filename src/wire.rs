@@ -182,6 +182,9 @@ pub struct Message<'a> {
     pub max_age: Option<u32>,
     /// Echo (RFC 9175).
     pub echo: Option<&'a [u8]>,
+    /// Proxy-Uri or Proxy-Scheme is present: a forward-proxy request,
+    /// answered 5.05 by an endpoint that is no proxy (RFC 7252 §5.10.2).
+    pub proxy: bool,
     /// The first critical option that is unknown, repeated although not
     /// repeatable, or of a length outside its range: a request carrying it
     /// gets 4.02 Bad Option (RFC 7252 §5.4.1).
@@ -223,6 +226,7 @@ impl<'a> Message<'a> {
             accept: None,
             max_age: None,
             echo: None,
+            proxy: false,
             unrecognized_critical: None,
             payload: &[],
         };
@@ -300,6 +304,16 @@ impl<'a> Message<'a> {
             }
             CoapOption::MaxAge if len <= 4 && self.max_age.is_none() => {
                 self.max_age = decode_uint(value);
+                true
+            }
+            // RFC 7252 §5.10.2: recognised, so that the request is answered
+            // 5.05 rather than 4.02.
+            CoapOption::ProxyUri if (1..=1034).contains(&len) => {
+                self.proxy = true;
+                true
+            }
+            CoapOption::ProxyScheme if (1..=255).contains(&len) => {
+                self.proxy = true;
                 true
             }
             CoapOption::Unknown(OPTION_ECHO) if (1..=ECHO_MAX).contains(&len) => {

@@ -965,3 +965,27 @@ fn display_texts_are_static_and_non_empty() {
     assert!(!ParseError::TooShort.to_string().is_empty());
     assert!(!EmitError::BufferTooSmall.to_string().is_empty());
 }
+
+/// RFC 7252 §5.10.2: Proxy-Uri (35) and Proxy-Scheme (39) are understood,
+/// so that a non-proxy answers 5.05 instead of 4.02; outside their length
+/// ranges they are unrecognised critical options like any other.
+#[test]
+fn proxy_uri_and_proxy_scheme_are_recognised_for_a_5_05() {
+    // CON GET, MID 1, no token; option 35 (delta 13, ext 22) "coap://h/x".
+    let mut proxy_uri = vec![0x40, 0x01, 0x00, 0x01, 0xDA, 35 - 13];
+    proxy_uri.extend_from_slice(b"coap://h/x");
+    let msg = Message::parse(&proxy_uri).unwrap();
+    assert!(msg.proxy);
+    assert_eq!(msg.unrecognized_critical, None);
+    // Option 39 (delta 13, ext 26) "coap".
+    let mut proxy_scheme = vec![0x40, 0x01, 0x00, 0x01, 0xD4, 39 - 13];
+    proxy_scheme.extend_from_slice(b"coap");
+    let msg = Message::parse(&proxy_scheme).unwrap();
+    assert!(msg.proxy);
+    assert_eq!(msg.unrecognized_critical, None);
+    // An empty Proxy-Scheme is outside 1..=255.
+    let empty = [0x40, 0x01, 0x00, 0x01, 0xD0, 39 - 13];
+    let msg = Message::parse(&empty).unwrap();
+    assert!(!msg.proxy);
+    assert_eq!(msg.unrecognized_critical, Some(39));
+}

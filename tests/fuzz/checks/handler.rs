@@ -46,7 +46,7 @@
 //!   before. The service's own `Outcome::Block` must agree.
 
 use coap_lite::{CoapOption, Packet};
-use iot_ota::catalog::{fnv1a32, fnv1a64, Catalog};
+use iot_ota::catalog::{body_etag, fnv1a32, fnv1a64, Catalog};
 use iot_ota::service::{Action, Limits, Outcome, Peer, Service, MAX_REPLY_LEN};
 use iot_ota::wire::{self, Block, Message};
 use std::collections::{HashMap, HashSet};
@@ -122,6 +122,8 @@ struct Model {
     echo: HashMap<[u8; 16], Vec<u8>>,
     /// (image index, OFFSET) of every legacy request a peer sent.
     legacy: HashMap<Peer, HashSet<(usize, u32)>>,
+    /// (id, OFFSET) of every request by id with an OFFSET payload a peer sent.
+    by_id: HashMap<Peer, HashSet<(Vec<u8>, u32)>>,
 }
 
 /// Runs every property on one input; panics on a violation.
@@ -166,6 +168,7 @@ pub fn check(data: &[u8]) {
         let sent = Sent::decode(&request);
         if let Some(sent) = &sent {
             model.note_legacy(peer, sent);
+            model.note_by_id(peer, sent);
         }
         let (reply_len, block) = match service.handle(peer, now_ms, &request, &mut out) {
             Action::Drop(_) => continue,
@@ -232,6 +235,7 @@ fn substitute(request: &mut [u8], echo: &[u8]) {
 /// expected position does not come from the parser under test.
 struct Sent {
     path: Vec<Vec<u8>>,
+    query: Vec<Vec<u8>>,
     payload: Vec<u8>,
     /// (NUM, SZX) of the first Block2 option, when it is 0 to 3 bytes.
     block2: Option<(u32, u8)>,
@@ -243,6 +247,10 @@ impl Sent {
         let packet = Packet::from_bytes(request).ok()?;
         let path = packet
             .get_option(CoapOption::UriPath)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default();
+        let query = packet
+            .get_option(CoapOption::UriQuery)
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default();
         let block2 = packet
@@ -258,10 +266,22 @@ impl Sent {
             .is_some();
         Some(Sent {
             path,
+            query,
             payload: packet.payload,
             block2,
             has_echo,
         })
+    }
+
+    /// The OFFSET a `?offset=N` query names, when it is the only query.
+    fn offset_query(&self) -> Option<u32> {
+        match self.query.as_slice() {
+            [q] => std::str::from_utf8(q.strip_prefix(b"offset=")?)
+                .ok()?
+                .parse()
+                .ok(),
+            _ => None,
+        }
     }
 
     fn is_updates(&self) -> bool {
@@ -295,6 +315,20 @@ impl Model {
         };
         if let Some(index) = candidate(pid, fw_type, version) {
             self.legacy.entry(peer).or_default().insert((index, offset));
+        }
+    }
+
+    /// A request by id with an OFFSET payload may be remembered for its
+    /// peer's payload-less continuations: note the (id, OFFSET).
+    fn note_by_id(&mut self, peer: Peer, sent: &Sent) {
+        if let ([updates, id], &[a, b, c, d]) = (sent.path.as_slice(), sent.payload.as_slice()) {
+            if updates.as_slice() == b"updates" {
+                let offset = u32::from_le_bytes([a, b, c, d]);
+                self.by_id
+                    .entry(peer)
+                    .or_default()
+                    .insert((id.clone(), offset));
+            }
         }
     }
 }
@@ -387,9 +421,15 @@ fn check_reply(
         );
     }
 
-    let image_index = r
-        .etag
-        .and_then(|etag| known().iter().position(|k| k.etag == etag));
+    // Every body has its own ETag: the whole image its content tag, a body
+    // from OFFSET o > 0 a tag derived from both. The tag alone must name
+    // the image and the body whose bytes the block holds.
+    let outcome_offset = block.map_or(0, |(_, offset, _)| offset);
+    let image_index = r.etag.and_then(|etag| {
+        known()
+            .iter()
+            .position(|k| body_etag(&k.etag, outcome_offset) == etag)
+    });
     match (r.code, image_index) {
         (CODE_CONTENT, Some(index)) => {
             let (etag, offset, len) = block.expect("a 2.05 with an image ETag is a block outcome");
@@ -434,10 +474,23 @@ fn check_block(
     let offsets: Vec<u32> = match sent.path.as_slice() {
         [updates, id] if updates.as_slice() == b"updates" => {
             assert_eq!(id, &image.id_hex, "image served for another id");
-            match sent.payload.as_slice() {
-                [] => vec![0],
-                &[a, b, c, d] => vec![u32::from_le_bytes([a, b, c, d])],
-                other => panic!("block served for a payload of {} bytes", other.len()),
+            match (sent.payload.as_slice(), sent.offset_query()) {
+                ([], Some(offset)) => vec![offset],
+                // A continuation: the whole image, or an OFFSET this peer
+                // named for this image before.
+                ([], None) => std::iter::once(0)
+                    .chain(
+                        model
+                            .by_id
+                            .get(&peer)
+                            .into_iter()
+                            .flatten()
+                            .filter(|(i, _)| i == &image.id_hex)
+                            .map(|&(_, o)| o),
+                    )
+                    .collect(),
+                (&[a, b, c, d], _) => vec![u32::from_le_bytes([a, b, c, d])],
+                (other, _) => panic!("block served for a payload of {} bytes", other.len()),
             }
         }
         [updates] if updates.as_slice() == b"updates" && !sent.payload.is_empty() => {
