@@ -1055,23 +1055,20 @@ impl<'s> Ctx<'s, '_, '_> {
         };
         // The byte position the client asked for, kept when the server
         // answers with smaller blocks (RFC 7959 §2.4).
-        let start = u64::from(requested.num) << (u32::from(requested.szx) + 4);
-        let szx = requested.szx.min(self.server_szx);
-        let size = 16u64 << szx;
-        let num = start >> (u32::from(szx) + 4);
+        let start = requested.position();
         let past_end = start >= body_len as u64 && !(start == 0 && body_len == 0);
-        if past_end || num > u64::from(Block::MAX_NUM) {
+        let Some(mut block) =
+            Block::at(start, requested.szx.min(self.server_szx)).filter(|_| !past_end)
+        else {
             return Err(error(
                 ResponseType::BadOption,
                 "Block2 NUM is past the end of the body",
             ));
-        }
-        let end = (start + size).min(body_len as u64);
-        let block = Block {
-            num: num as u32,
-            more: end < body_len as u64,
-            szx,
         };
+        let end = start
+            .saturating_add(block.size() as u64)
+            .min(body_len as u64);
+        block.more = end < body_len as u64;
         Ok((block, start as usize..end as usize))
     }
 

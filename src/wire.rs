@@ -506,6 +506,28 @@ impl Block {
         16usize << self.szx.min(Self::MAX_SZX)
     }
 
+    /// The byte position of the block's first byte in the body:
+    /// `num * 2^(szx + 4)`. The only NUM-to-byte arithmetic of the crate;
+    /// at most `(2^20 - 1) * 1024`, so it never overflows a `u64`.
+    pub fn position(&self) -> u64 {
+        u64::from(self.num) << (u32::from(self.szx.min(Self::MAX_SZX)) + 4)
+    }
+
+    /// The block of size `2^(szx + 4)` that starts at or contains byte
+    /// `position` (RFC 7959 §2.4: a server answering with smaller blocks
+    /// than asked keeps the byte position). `None` when its number would
+    /// not fit the 20 bits of a Block option. `more` is left clear: only
+    /// the body's length tells.
+    pub fn at(position: u64, szx: u8) -> Option<Block> {
+        let szx = szx.min(Self::MAX_SZX);
+        let num = u32::try_from(position >> (u32::from(szx) + 4)).ok()?;
+        (num <= Self::MAX_NUM).then_some(Block {
+            num,
+            more: false,
+            szx,
+        })
+    }
+
     /// The SZX of a power-of-two block size 16..=1024, `None` otherwise.
     pub fn szx_for_size(size: usize) -> Option<u8> {
         match size {

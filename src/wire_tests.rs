@@ -989,3 +989,25 @@ fn proxy_uri_and_proxy_scheme_are_recognised_for_a_5_05() {
     assert!(!msg.proxy);
     assert_eq!(msg.unrecognized_critical, Some(39));
 }
+
+/// RFC 7959 §2.2: NUM counts blocks of the size SZX gives, so the byte
+/// position is NUM << (SZX + 4); a smaller size keeps the position.
+#[test]
+fn block_position_and_block_at_keep_the_byte_position() {
+    let b = Block {
+        num: 300,
+        more: true,
+        szx: 6,
+    };
+    assert_eq!(b.position(), 300 * 1024);
+    let smaller = Block::at(b.position(), 4).unwrap();
+    assert_eq!((smaller.num, smaller.szx, smaller.more), (1200, 4, false));
+    assert_eq!(smaller.position(), b.position());
+    // Inside a block: the block that holds the byte.
+    assert_eq!(Block::at(1500, 6).unwrap().num, 1);
+    // NUM past 20 bits cannot be expressed.
+    let last = u64::from(Block::MAX_NUM) * 16;
+    assert_eq!(Block::at(last, 0).unwrap().num, Block::MAX_NUM);
+    assert_eq!(Block::at(last + 16, 0), None);
+    assert_eq!(Block::at(u64::MAX, 0), None);
+}
