@@ -187,6 +187,10 @@ fn serve(config: Config) -> Result<std::convert::Infallible, String> {
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     server::check_dual_stack(local);
+    // Before "listening on": Server::new asks for each datagram's
+    // destination address, and a datagram queued before that would be
+    // answered from whatever address the kernel picks.
+    let mut server = Server::new(socket, Service::new(catalog, config.limits));
     let mut extra = String::new();
     if let Some(n) = config.limits.rate_limit {
         extra.push_str(&format!(", rate limit {n}/s per address"));
@@ -198,7 +202,6 @@ fn serve(config: Config) -> Result<std::convert::Infallible, String> {
         "listening on {local} (block size {} B, {} peers kept{extra})",
         config.limits.max_block_size, config.limits.continuation_capacity
     );
-    let mut server = Server::new(socket, Service::new(catalog, config.limits));
     server.run()
 }
 

@@ -8,10 +8,16 @@
 //! connected sockets and with IP_RECVERR, other systems on any socket), a
 //! send can fail with unreachable hosts or full buffers, a call can be
 //! interrupted; a device that vanished mid-download must not stop the others.
+//!
+//! Each reply leaves from the address its request was sent to (RFC 7252
+//! §5.3.2), also on a wildcard socket of a host with several addresses,
+//! where `send_to` would let the kernel pick another: [`sockio`] receives
+//! the destination with the datagram and sends from it.
 
 use crate::service::{
     Action, Dropped, Outcome, Peer, ResetReason, Service, Transfer, MAX_REPLY_LEN, MAX_REQUEST_LEN,
 };
+use crate::sockio::{self, Received};
 use crate::wire::Message;
 use crate::{catalog::VersionText, firmware};
 use log::{debug, info, log_enabled, trace, warn, Level};
@@ -70,14 +76,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Wraps a bound socket; both buffers are allocated here, once.
+    /// Wraps a bound socket; both buffers are allocated here, once. Asks
+    /// the kernel for each datagram's destination address, so that replies
+    /// leave from it; where it refuses, warns and replies as `send_to`
+    /// does (right on a socket bound to one address, maybe not on a
+    /// wildcard one).
     pub fn new(socket: UdpSocket, service: Service) -> Server {
+        if let Err(e) = sockio::enable_pktinfo(&socket) {
+            warn!("cannot learn the destination address of requests ({e}): on a host with several addresses, replies may leave from another address than the one asked");
+        }
         Server {
             socket,
             service,
             // One byte more than the largest accepted request, so that a
-            // datagram filling it is known to be truncated (recv_from
-            // truncates silently).
+            // datagram filling it, cut or not, is too long for the service
+            // (which answers 4.13).
             rx: vec![0; MAX_REQUEST_LEN + 1],
             tx: vec![0; MAX_REPLY_LEN],
             started: Instant::now(),
@@ -126,7 +139,12 @@ impl Server {
     /// Receives one datagram (blocking, or until the socket's read timeout)
     /// and answers it. Never fails: errors are counted and logged at debug.
     pub fn serve_one(&mut self) {
-        let (len, from) = match self.socket.recv_from(&mut self.rx) {
+        let Received {
+            len,
+            from,
+            dest,
+            truncated,
+        } = match sockio::recv_with_dest(&self.socket, &mut self.rx) {
             Ok(received) => received,
             Err(e) => {
                 if !matches!(
@@ -145,6 +163,9 @@ impl Server {
         let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.now_ms = now_ms;
         let datagram = self.rx.get(..len).unwrap_or(&[]);
+        if truncated {
+            trace!("{} datagram cut at {len} bytes", Shown(from));
+        }
         if log_enabled!(Level::Debug) {
             log_request(from, datagram);
         }
@@ -171,7 +192,8 @@ impl Server {
                     }
                 }
                 log_outcome(from, &outcome);
-                match self.socket.send_to(self.tx.get(..len).unwrap_or(&[]), from) {
+                let reply = self.tx.get(..len).unwrap_or(&[]);
+                match sockio::send_from(&self.socket, reply, from, dest) {
                     Ok(_) => self.stats.sent += 1,
                     Err(e) => {
                         self.stats.send_errors += 1;

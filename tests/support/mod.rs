@@ -112,7 +112,23 @@ impl Drop for TestServer {
 /// `dir` with extra command-line arguments, and waits for its
 /// "listening on" line (at most 20 s).
 pub fn spawn_server(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
-    let mut child = Command::new(SERVER_BIN)
+    spawn_server_via(&[], dir, listen, extra)
+}
+
+/// As [`spawn_server`], with the server started by `launcher` (program and
+/// arguments before the server's path, e.g. `["ip", "netns", "exec", NS]`;
+/// empty: the server itself). The launcher must exec the server, so that
+/// dropping the [`TestServer`] stops it.
+pub fn spawn_server_via(launcher: &[&str], dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
+    let mut command = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(SERVER_BIN);
+            command
+        }
+        None => Command::new(SERVER_BIN),
+    };
+    let mut child = command
         .arg("-d")
         .arg(dir)
         .arg("-l")
