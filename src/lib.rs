@@ -19,9 +19,9 @@
 pub mod catalog;
 pub mod client;
 pub mod firmware;
+pub mod hash;
 pub mod loadgen;
 pub mod logfmt;
 pub mod server;
 pub mod service;
-pub mod table;
 pub mod wire;

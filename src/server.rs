@@ -9,11 +9,11 @@
 //! send can fail with unreachable hosts or full buffers, a call can be
 //! interrupted; a device that vanished mid-download must not stop the others.
 
+use crate::firmware::{self, VersionText};
 use crate::service::{
     Action, Dropped, Outcome, Peer, ResetReason, Service, Transfer, MAX_REPLY_LEN, MAX_REQUEST_LEN,
 };
 use crate::wire::Message;
-use crate::{catalog::VersionText, firmware};
 use log::{debug, info, log_enabled, trace, warn, Level};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
