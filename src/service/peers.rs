@@ -340,7 +340,7 @@ mod tests {
         let p = peers();
         let mut pending = p.pending(peer(1), T0, con(1, b"x"));
         pending.start(IMG, 5);
-        drop(pending);
+        assert!(pending.into_write().is_some());
         assert_eq!(p.len(), 0);
     }
 
