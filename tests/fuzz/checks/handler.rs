@@ -168,7 +168,7 @@ pub fn check(data: &[u8]) {
         };
         let peer = peer(p);
         let request = datagram;
-        let sent = Sent::decode(&request);
+        let sent = Sent::decode(request);
         if let Some(sent) = &sent {
             model.note_legacy(peer, sent);
             model.note_by_id(peer, sent);
