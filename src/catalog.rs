@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, DirEntry, File};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -34,14 +33,13 @@ use coap_lite::link_format::{
 };
 use coap_lite::ContentFormat;
 
-/// The TYPE number of an application image, written `APP` in file names and queries.
-pub const TYPE_APP: u8 = 3;
+use crate::firmware::{
+    parse_decimal_field, parse_fw_type, valid_pid, version, VersionText, MAX_PID_LEN,
+};
+use crate::hash::{body_etag, fnv1a32, fnv1a64, FnvBuild};
 
 /// Largest image the server can address: offsets and Size2 are u32 on the wire.
 pub const MAX_IMAGE_LEN: u64 = u32::MAX as u64;
-
-/// Longest PID in bytes: devices send the PID behind a one-byte length (PROTOCOL.md §2.1).
-pub const MAX_PID_LEN: usize = 255;
 
 /// Every image file name ends with this suffix (case-sensitive).
 pub const IMAGE_SUFFIX: &str = ".fmu";
@@ -55,108 +53,9 @@ pub const RT_UPDATES: &str = "fw.updates";
 /// Resource type (`rt`) of each image resource `/updates/{id}` in the discovery body.
 pub const RT_IMAGE: &str = "fw.image";
 
-const TYPE_APP_NAME: &[u8] = b"APP";
 const CRC_PREFIX: &[u8] = b"0x";
 const CRC_DIGITS: usize = 8;
 const LOWER_HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// FNV-1a, 32-bit, over `bytes`: the image id is this hash of the file name.
-///
-/// Chosen because it is tiny, dependency-free and stable across platforms and releases
-/// (`fnv1a32(b"a") == 0xe40c292c`); it is not a cryptographic hash.
-pub const fn fnv1a32(bytes: &[u8]) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u32;
-        hash = hash.wrapping_mul(0x0100_0193);
-        i += 1;
-    }
-    hash
-}
-
-/// FNV-1a, 64-bit, over `bytes`: the entity tag of an image is this hash of its content.
-///
-/// Content-derived, so the tag is identical on every server and across restarts for the same
-/// file (`fnv1a64(b"a") == 0xaf63dc4c8601ec8c`). It detects a replaced image, not an attack.
-pub const fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
-    hash
-}
-
-/// See [`Image::body_etag`].
-pub const fn body_etag(content_tag: &[u8; 8], offset: u32) -> [u8; 8] {
-    if offset == 0 {
-        return *content_tag;
-    }
-    let o = offset.to_le_bytes();
-    let t = content_tag;
-    let input = [
-        t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], o[0], o[1], o[2], o[3],
-    ];
-    fnv1a64(&input).to_be_bytes()
-}
-
-/// FNV-1a 64 as a `Hasher`, for the catalog's maps. Their keys come from
-/// the operator's file names, fixed at start-up: a request can look keys
-/// up but never add one, so SipHash's resistance to crafted collisions
-/// buys nothing here, and FNV over 4 to 256 bytes is several times cheaper
-/// per lookup on the hot path.
-#[derive(Debug, Clone, Copy)]
-pub struct FnvHasher(u64);
-
-impl Default for FnvHasher {
-    fn default() -> Self {
-        FnvHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for FnvHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    /// A u64 key (an id's 8 ASCII digits) in one folded multiply instead
-    /// of eight FNV rounds.
-    fn write_u64(&mut self, n: u64) {
-        let product = u128::from(self.0 ^ n) * 0x9e37_79b9_7f4a_7c15;
-        self.0 = (product as u64) ^ ((product >> 64) as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// Builds [`FnvHasher`]s for the catalog's maps.
-type FnvBuild = BuildHasherDefault<FnvHasher>;
-
-/// The version number devices compare: `major << 24 | minor << 16 | build`, exactly as the
-/// reference server computes it, so `(1, 1, 31)` is `0x0101_001F`.
-pub const fn version(major: u8, minor: u8, build: u16) -> u32 {
-    (major as u32) << 24 | (minor as u32) << 16 | build as u32
-}
-
-/// Formats a version u32 as "M.m.b" (`0x0101_001F` is written `1.1.31`), the form used in
-/// file names, queries and log lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VersionText(pub u32);
-
-impl fmt::Display for VersionText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v = self.0;
-        write!(f, "{}.{}.{}", v >> 24, (v >> 16) & 0xff, v & 0xffff)
-    }
-}
 
 /// The fields of an image file name `PID_MAJOR_MINOR_BUILD_TYPE[_CRC].fmu` (PROTOCOL.md §1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,31 +131,6 @@ impl fmt::Display for NameError {
 
 impl std::error::Error for NameError {}
 
-/// Parses a decimal field: ASCII digits only (no sign, not empty, leading zeros allowed),
-/// at most `max`.
-pub(crate) fn parse_decimal(field: &[u8], max: u32) -> Option<u32> {
-    if field.is_empty() {
-        return None;
-    }
-    let mut value: u32 = 0;
-    for &b in field {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        value = value.checked_mul(10)?.checked_add(u32::from(b - b'0'))?;
-    }
-    (value <= max).then_some(value)
-}
-
-/// Parses a TYPE as it appears in a file name: `APP` (exactly, upper case) is
-/// [`TYPE_APP`], else a decimal 0..=255. `None` for anything else.
-pub fn parse_fw_type(field: &[u8]) -> Option<u8> {
-    if field == TYPE_APP_NAME {
-        return Some(TYPE_APP);
-    }
-    parse_decimal(field, u32::from(u8::MAX)).and_then(|v| u8::try_from(v).ok())
-}
-
 fn parse_crc(field: &[u8]) -> Option<u32> {
     let digits = field.strip_prefix(CRC_PREFIX)?;
     if digits.len() != CRC_DIGITS || !digits.iter().all(u8::is_ascii_hexdigit) {
@@ -274,13 +148,6 @@ fn hex_value(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
-}
-
-fn valid_pid(pid: &[u8]) -> bool {
-    (1..=MAX_PID_LEN).contains(&pid.len())
-        && pid
-            .iter()
-            .all(|&b| (0x20..=0x7e).contains(&b) && b != b'_' && b != b'/')
 }
 
 /// Parses an image file name `PID_MAJOR_MINOR_BUILD_TYPE[_CRC].fmu` (PROTOCOL.md §1), e.g.
@@ -316,13 +183,13 @@ pub fn parse_image_name(name: &str) -> Result<ImageName, NameError> {
     if !valid_pid(pid) {
         return Err(NameError::Pid);
     }
-    let major = parse_decimal(major, 255)
+    let major = parse_decimal_field(major, 255)
         .and_then(|v| u8::try_from(v).ok())
         .ok_or(NameError::Major)?;
-    let minor = parse_decimal(minor, 255)
+    let minor = parse_decimal_field(minor, 255)
         .and_then(|v| u8::try_from(v).ok())
         .ok_or(NameError::Minor)?;
-    let build = parse_decimal(build, 65535)
+    let build = parse_decimal_field(build, 65535)
         .and_then(|v| u16::try_from(v).ok())
         .ok_or(NameError::Build)?;
     let fw_type = parse_fw_type(fw_type).ok_or(NameError::Type)?;
@@ -1014,6 +881,7 @@ fn check_regular(meta: &fs::Metadata) -> Result<(), SkipReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firmware::TYPE_APP;
 
     fn name(pid: &str, major: u8, minor: u8, build: u16, fw_type: u8) -> ImageName {
         ImageName {
@@ -1248,17 +1116,9 @@ mod tests {
     }
 
     #[test]
-    fn fnv1a32_of_a_is_e40c292c() {
-        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
-        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+    fn image_ids_are_8_lowercase_hex_digits() {
         assert_eq!(hex8(0xe40c_292c), *b"e40c292c");
         assert_eq!(hex8(0x0000_00ff), *b"000000ff");
-    }
-
-    #[test]
-    fn fnv1a64_of_a_is_af63dc4c8601ec8c() {
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
     }
 
     #[test]

@@ -5,8 +5,69 @@
 
 use core::fmt;
 
-/// `APP` as a firmware TYPE number, as the reference server defines it.
-pub const TYPE_APP: u8 = crate::catalog::TYPE_APP;
+/// The TYPE number of an application image, written `APP` in file names and queries.
+pub const TYPE_APP: u8 = 3;
+
+/// `APP` as a file name writes it (exactly, upper case).
+const TYPE_APP_NAME: &[u8] = b"APP";
+
+/// Longest PID in bytes: devices send the PID behind a one-byte length.
+pub const MAX_PID_LEN: usize = 255;
+
+/// Longest device payload: PIDLEN, a 255-byte PID, TYPE, VERSION, OFFSET.
+pub const MAX_PAYLOAD_LEN: usize = 1 + MAX_PID_LEN + 1 + 4 + 4;
+
+/// The version number devices compare: `major << 24 | minor << 16 | build`, exactly as the
+/// reference server computes it, so `(1, 1, 31)` is `0x0101_001F`.
+pub const fn version(major: u8, minor: u8, build: u16) -> u32 {
+    (major as u32) << 24 | (minor as u32) << 16 | build as u32
+}
+
+/// Formats a version u32 as "M.m.b" (`0x0101_001F` is written `1.1.31`), the form used in
+/// file names, queries and log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionText(pub u32);
+
+impl fmt::Display for VersionText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        write!(f, "{}.{}.{}", v >> 24, (v >> 16) & 0xff, v & 0xffff)
+    }
+}
+
+/// Parses a decimal field: ASCII digits only (no sign, not empty, leading zeros allowed),
+/// at most `max`.
+pub(crate) fn parse_decimal_field(field: &[u8], max: u32) -> Option<u32> {
+    if field.is_empty() {
+        return None;
+    }
+    let mut value: u32 = 0;
+    for &b in field {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(u32::from(b - b'0'))?;
+    }
+    (value <= max).then_some(value)
+}
+
+/// Parses a TYPE as it appears in a file name: `APP` (exactly, upper case) is
+/// [`TYPE_APP`], else a decimal 0..=255. `None` for anything else.
+pub fn parse_fw_type(field: &[u8]) -> Option<u8> {
+    if field == TYPE_APP_NAME {
+        return Some(TYPE_APP);
+    }
+    parse_decimal_field(field, u32::from(u8::MAX)).and_then(|v| u8::try_from(v).ok())
+}
+
+/// A PID as file names and device payloads carry it: 1 to 255 printable
+/// ASCII bytes without `_` (the name's field separator) or `/`.
+pub(crate) fn valid_pid(pid: &[u8]) -> bool {
+    (1..=MAX_PID_LEN).contains(&pid.len())
+        && pid
+            .iter()
+            .all(|&b| (0x20..=0x7e).contains(&b) && b != b'_' && b != b'/')
+}
 
 /// A device's question: "is there something newer than `version` for my
 /// `pid` and `fw_type`?", and for the legacy form where to start sending.
@@ -206,7 +267,7 @@ pub fn parse_type(text: &[u8]) -> Option<u8> {
     if text.eq_ignore_ascii_case(b"APP") {
         return Some(TYPE_APP);
     }
-    crate::catalog::parse_fw_type(text)
+    parse_fw_type(text)
 }
 
 /// `M.m.b` with decimal fields (0..=255, 0..=255, 0..=65535), or one u32
@@ -230,7 +291,7 @@ pub fn parse_version(text: &[u8]) -> Option<u32> {
     let major = u8::try_from(parse_decimal(first)?).ok()?;
     let minor = u8::try_from(parse_decimal(minor)?).ok()?;
     let build = u16::try_from(parse_decimal(build)?).ok()?;
-    Some(crate::catalog::version(major, minor, build))
+    Some(version(major, minor, build))
 }
 
 /// 1 to 10 decimal digits that fit a u32: the file-name grammar's
@@ -239,7 +300,7 @@ fn parse_decimal(text: &[u8]) -> Option<u32> {
     if text.len() > 10 {
         return None;
     }
-    crate::catalog::parse_decimal(text, u32::MAX)
+    parse_decimal_field(text, u32::MAX)
 }
 
 /// 1 to 8 hex digits.

@@ -21,6 +21,7 @@
 pub mod catalog;
 pub mod client;
 pub mod firmware;
+pub mod hash;
 pub mod loadgen;
 pub mod logfmt;
 pub mod server;
@@ -28,5 +29,4 @@ pub mod service;
 // recvmsg/sendmsg with packet information: the only unsafe code.
 #[allow(unsafe_code)]
 pub mod sockio;
-pub mod table;
 pub mod wire;

@@ -1232,7 +1232,8 @@ fn serve_baseline(socket: &UdpSocket, size: usize, count: Option<u64>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{fnv1a32, Catalog};
+    use crate::catalog::Catalog;
+    use crate::hash::fnv1a32;
     use crate::server::Server;
     use crate::service::{Limits, Service};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -1280,7 +1281,10 @@ mod tests {
             .set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
         let addr = socket.local_addr().unwrap();
-        let mut server = Server::new(socket, Service::new(catalog, limits));
+        let mut server = Server::new(
+            socket,
+            Service::new(catalog, limits, crate::service::Keys::from_bytes([7; 48])),
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {

@@ -4,12 +4,14 @@
 //! must fix (missing directory, catalog collision, address in use).
 
 use getopts::Options;
-use iot_ota::catalog::{Catalog, VersionText};
+use iot_ota::catalog::Catalog;
+use iot_ota::firmware::VersionText;
 use iot_ota::logfmt::Timestamp;
 use iot_ota::server::{self, Server};
-use iot_ota::service::{Limits, Service};
+use iot_ota::service::{Keys, Limits, Service};
 use log::{debug, error, info, warn, LevelFilter};
-use std::io::Write;
+use std::hash::BuildHasher;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -190,7 +192,7 @@ fn serve(config: Config) -> Result<std::convert::Infallible, String> {
     // Before "listening on": Server::new asks for each datagram's
     // destination address, and a datagram queued before that would be
     // answered from whatever address the kernel picks.
-    let mut server = Server::new(socket, Service::new(catalog, config.limits));
+    let mut server = Server::new(socket, Service::new(catalog, config.limits, secret_keys()));
     let mut extra = String::new();
     if let Some(n) = config.limits.rate_limit {
         extra.push_str(&format!(", rate limit {n}/s per address"));
@@ -203,6 +205,22 @@ fn serve(config: Config) -> Result<std::convert::Infallible, String> {
         config.limits.max_block_size, config.limits.continuation_capacity
     );
     server.run()
+}
+
+/// The service's secrets, fresh at every start: 48 bytes from the
+/// kernel's random source, or, where `/dev/urandom` cannot be read (a
+/// chroot without /dev), from std's per-process random SipHash keys.
+fn secret_keys() -> Keys {
+    let mut random = [0u8; 48];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random));
+    if let Err(e) = read {
+        warn!("cannot read /dev/urandom ({e}); keys drawn from std's RandomState instead");
+        for (i, chunk) in random.chunks_mut(8).enumerate() {
+            let word = std::collections::hash_map::RandomState::new().hash_one(i);
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+    }
+    Keys::from_bytes(random)
 }
 
 fn load_catalog(config: &Config) -> Result<Catalog, String> {

@@ -14,12 +14,12 @@
 //! where `send_to` would let the kernel pick another: [`sockio`] receives
 //! the destination with the datagram and sends from it.
 
+use crate::firmware::{self, VersionText};
 use crate::service::{
     Action, Dropped, Outcome, Peer, ResetReason, Service, Transfer, MAX_REPLY_LEN, MAX_REQUEST_LEN,
 };
 use crate::sockio::{self, Received};
 use crate::wire::Message;
-use crate::{catalog::VersionText, firmware};
 use log::{debug, info, log_enabled, trace, warn, Level};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};

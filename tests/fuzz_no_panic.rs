@@ -385,7 +385,7 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
     let files = files();
     let catalog = || Catalog::from_files(files.clone()).unwrap().0;
     let mut services = [
-        Service::new(catalog(), Limits::default()),
+        Service::new(catalog(), Limits::default(), support::TEST_KEYS),
         Service::new(
             catalog(),
             Limits {
@@ -395,6 +395,7 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
                 rate_table_capacity: 8,
                 echo: true,
             },
+            support::TEST_KEYS,
         ),
     ];
     let ids: Vec<String> = services[0]
@@ -499,7 +500,7 @@ fn every_truncation_of_every_seed_is_handled() {
         .iter()
         .map(|i| i.id_str().to_owned())
         .collect();
-    let mut svc = Service::new(catalog, Limits::default());
+    let mut svc = Service::new(catalog, Limits::default(), support::TEST_KEYS);
     let mut out = vec![0u8; MAX_REPLY_LEN];
     let peer = Peer {
         ip: [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],

@@ -338,7 +338,7 @@ fn service_handle_allocates_nothing_in_steady_state() {
         continuation_capacity: CONTINUATION_CAPACITY,
         ..Limits::default()
     };
-    let mut svc = Service::new(catalog(), limits);
+    let mut svc = Service::new(catalog(), limits, support::TEST_KEYS);
     let ids = ids(&svc);
     let mut plan: Vec<(Peer, Vec<u8>)> = Vec::new();
     for n in 0..PEERS {
@@ -403,7 +403,7 @@ fn echo_and_rate_limited_requests_allocate_nothing() {
         echo: true,
         ..Limits::default()
     };
-    let mut svc = Service::new(catalog(), limits);
+    let mut svc = Service::new(catalog(), limits, support::TEST_KEYS);
     let ids = ids(&svc);
     let mut out = vec![0u8; MAX_REPLY_LEN];
     // Window-aligned start: Echo values stay valid for the whole test.
@@ -490,7 +490,7 @@ fn server_serve_one_allocates_nothing_in_steady_state() {
         continuation_capacity: 4,
         ..Limits::default()
     };
-    let mut server = Server::new(socket, Service::new(catalog(), limits));
+    let mut server = Server::new(socket, Service::new(catalog(), limits, support::TEST_KEYS));
     let server_addr: SocketAddr = server.local_addr().unwrap();
     let ids = ids(server.service());
     // Eight clients, so the 4-entry continuation table keeps evicting.

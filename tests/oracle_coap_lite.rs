@@ -136,7 +136,7 @@ fn code(p: &Packet) -> MessageClass {
 
 #[test]
 fn replies_decode_identically_with_coap_lite() {
-    let mut svc = Service::new(catalog(), Limits::default());
+    let mut svc = Service::new(catalog(), Limits::default(), support::TEST_KEYS);
     let (mote, big, empty) = {
         let images = svc.catalog().images();
         let find = |name: &str| images.iter().find(|i| i.file_name == name).unwrap();
@@ -238,7 +238,7 @@ fn replies_decode_identically_with_coap_lite() {
 
 #[test]
 fn block_replies_carry_the_image_bytes_coap_lite_sees() {
-    let mut svc = Service::new(catalog(), Limits::default());
+    let mut svc = Service::new(catalog(), Limits::default(), support::TEST_KEYS);
     let (id, bytes, etag) = {
         let image = svc
             .catalog()
@@ -271,7 +271,7 @@ fn block_replies_carry_the_image_bytes_coap_lite_sees() {
 
 #[test]
 fn message_layer_replies_decode_identically_with_coap_lite() {
-    let mut svc = Service::new(catalog(), Limits::default());
+    let mut svc = Service::new(catalog(), Limits::default(), support::TEST_KEYS);
     // Ping: empty CON built with coap-lite gets an RST.
     let ping = packet(MessageType::Confirmable, MessageClass::Empty, 0x0BAD, &[]);
     let rst = handle(&mut svc, peer(3), &ping.to_bytes().unwrap()).unwrap();
@@ -310,7 +310,7 @@ fn echo_and_rate_limit_replies_decode_identically_with_coap_lite() {
         rate_limit: Some(1),
         ..Limits::default()
     };
-    let mut svc = Service::new(catalog(), limits);
+    let mut svc = Service::new(catalog(), limits, support::TEST_KEYS);
     let id = svc.catalog().images()[0].id_str().to_owned();
     let request = get(&["updates", &id], 0x0F0F).to_bytes().unwrap();
     let challenge = handle(&mut svc, peer(4), &request).unwrap();
@@ -460,7 +460,7 @@ fn coap_lite_request_with_critical_option_past_268_is_reported() {
         Some(2051)
     );
     // And the service answers 4.02 for it.
-    let mut svc = Service::new(catalog(), Limits::default());
+    let mut svc = Service::new(catalog(), Limits::default(), support::TEST_KEYS);
     let reply = handle(&mut svc, peer(5), &bytes).unwrap();
     assert_eq!(
         assert_agree(&reply).header.code,
@@ -502,7 +502,7 @@ fn coap_lite_request_with_long_uri_query_uses_extended_length_14() {
 
 #[test]
 fn coap_lite_requests_are_served() {
-    let mut svc = Service::new(catalog(), Limits::default());
+    let mut svc = Service::new(catalog(), Limits::default(), support::TEST_KEYS);
     // Legacy request as a device would send it, then a payload-less
     // continuation with a new token, both built with coap-lite.
     let mut p = get(&["updates"], 0x100);

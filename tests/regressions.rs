@@ -92,7 +92,8 @@ fn handler_rst_to_a_non_legacy_request_without_update() {
     let (catalog, _) =
         iot_ota::catalog::Catalog::from_files(vec![("A_1_0_0_APP.fmu".to_owned(), vec![1, 2, 3])])
             .unwrap();
-    let mut service = iot_ota::service::Service::new(catalog, Default::default());
+    let mut service =
+        iot_ota::service::Service::new(catalog, Default::default(), handler_check::FUZZ_KEYS);
     let peer = iot_ota::service::Peer {
         ip: [0; 16],
         port: 1,

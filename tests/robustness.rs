@@ -16,7 +16,7 @@
 mod support;
 
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
-use iot_ota::catalog::fnv1a32;
+use iot_ota::hash::fnv1a32;
 use iot_ota::wire::{self, Block, Emitter, Message};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
@@ -256,7 +256,10 @@ fn econnrefused_after_a_vanished_client_is_counted_and_survived() {
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let server_addr = socket.local_addr().unwrap();
-    let mut server = Server::new(socket, Service::new(catalog, Limits::default()));
+    let mut server = Server::new(
+        socket,
+        Service::new(catalog, Limits::default(), support::TEST_KEYS),
+    );
 
     client.send_to(&request, server_addr).expect("send");
     drop(client);

@@ -322,7 +322,7 @@ fn run(config: &Config) -> ExitCode {
                 eprintln!(
                     "no update available for {} type {type_name} version {}",
                     String::from_utf8_lossy(pid),
-                    iot_ota::catalog::VersionText(*version)
+                    iot_ota::firmware::VersionText(*version)
                 );
             }
             return ExitCode::from(NO_UPDATE_EXIT);

@@ -24,7 +24,7 @@
 //! 5), `OTA_BENCH_MS` (length of one run, default 1500).
 
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
-use iot_ota::catalog::fnv1a32;
+use iot_ota::hash::fnv1a32;
 use iot_ota::wire::{Emitter, Message};
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -12,6 +12,14 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Fixed secrets for in-process services: Echo values and Message ID
+/// starts are the same on every run.
+pub const TEST_KEYS: iot_ota::service::Keys = iot_ota::service::Keys {
+    echo: iot_ota::hash::SipKey([0x5eed, 0xec40]),
+    message_ids: iot_ota::hash::SipKey([0x4d49, 0x4453]),
+    tables: [0x7461, 0x626c],
+};
+
 /// Path of the server binary cargo built for these tests.
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_iot-ota-server");
 /// Path of the client binary cargo built for these tests.

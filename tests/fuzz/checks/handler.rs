@@ -18,9 +18,10 @@
 //! the service sees IPv4 as IPv4-mapped IPv6), bits 2-7 the port. DT
 //! advances the injected clock: below 200 by DT * 10 ms, else by
 //! (DT - 199) * 30 s, so rate windows (1 s), Echo windows (60 s) and
-//! continuation expiry (247 s) are all reached. The 8 bytes `EchoEcho`
-//! anywhere in a datagram are replaced by the last Echo value the peer's
-//! address was challenged with, so the fuzzer can pass the Echo check.
+//! continuation expiry (247 s) are all reached. The service's keys are
+//! fixed ([`FUZZ_KEYS`]), so the Echo value a peer is challenged with is a
+//! function of the input alone: a fuzzer that traces comparisons learns it
+//! and passes the Echo check, and every crash reproduces.
 //!
 //! # Properties
 //!
@@ -46,8 +47,10 @@
 //!   before. The service's own `Outcome::Block` must agree.
 
 use coap_lite::{CoapOption, Packet};
-use iot_ota::catalog::{body_etag, fnv1a32, fnv1a64, Catalog};
-use iot_ota::service::{Action, Limits, Outcome, Peer, Service, MAX_REPLY_LEN};
+use iot_ota::catalog::Catalog;
+use iot_ota::hash::SipKey;
+use iot_ota::hash::{body_etag, fnv1a32, fnv1a64};
+use iot_ota::service::{Action, Keys, Limits, Outcome, Peer, Service, MAX_REPLY_LEN};
 use iot_ota::wire::{self, Block, Message};
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -61,7 +64,12 @@ const FILES: [(&str, usize, u32); 5] = [
     ("Mtu_2_0_0_7.fmu", 1500, 4),
     ("Big_1_0_0_APP.fmu", 70_000, 5),
 ];
-const ECHO_PLACEHOLDER: &[u8; 8] = b"EchoEcho";
+/// The service's secrets: fixed, see the module docs.
+pub const FUZZ_KEYS: Keys = Keys {
+    echo: SipKey([0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210]),
+    message_ids: SipKey([1, 2]),
+    tables: [3, 4],
+};
 const MAX_FRAMES: usize = 64;
 const CODE_CONTENT: u8 = 0x45;
 const CODE_UNAUTHORIZED: u8 = 0x81;
@@ -118,8 +126,6 @@ fn content(len: usize, seed: u32) -> Vec<u8> {
 /// What the harness remembers across the datagrams of one input.
 #[derive(Default)]
 struct Model {
-    /// Last Echo value each address was challenged with.
-    echo: HashMap<[u8; 16], Vec<u8>>,
     /// (image index, OFFSET) of every legacy request a peer sent.
     legacy: HashMap<Peer, HashSet<(usize, u32)>>,
     /// (id, OFFSET) of every request by id with an OFFSET payload a peer sent.
@@ -145,7 +151,7 @@ pub fn check(data: &[u8]) {
         .collect();
     let (catalog, skipped) = Catalog::from_files(files).expect("test catalog builds");
     assert!(skipped.is_empty());
-    let mut service = Service::new(catalog, limits);
+    let mut service = Service::new(catalog, limits, FUZZ_KEYS);
     let mut model = Model::default();
     let mut now_ms = 0u64;
     let mut out = vec![0u8; MAX_REPLY_LEN];
@@ -161,16 +167,13 @@ pub fn check(data: &[u8]) {
             _ => u64::from(dt - 199) * 30_000,
         };
         let peer = peer(p);
-        let mut request = datagram.to_vec();
-        if let Some(echo) = model.echo.get(&peer.ip) {
-            substitute(&mut request, echo);
-        }
-        let sent = Sent::decode(&request);
+        let request = datagram;
+        let sent = Sent::decode(request);
         if let Some(sent) = &sent {
             model.note_legacy(peer, sent);
             model.note_by_id(peer, sent);
         }
-        let (reply_len, block) = match service.handle(peer, now_ms, &request, &mut out) {
+        let (reply_len, block) = match service.handle(peer, now_ms, request, &mut out) {
             Action::Drop(_) => continue,
             Action::Reply { len, outcome } => {
                 let block = match outcome {
@@ -183,7 +186,7 @@ pub fn check(data: &[u8]) {
         assert!(reply_len <= MAX_REPLY_LEN);
         let reply = &out[..reply_len];
         check_reply(
-            &request,
+            request,
             sent.as_ref(),
             reply,
             block,
@@ -216,18 +219,6 @@ fn peer(p: u8) -> Peer {
     Peer {
         ip,
         port: 40_000 + u16::from(p >> 2),
-    }
-}
-
-fn substitute(request: &mut [u8], echo: &[u8]) {
-    if echo.len() != ECHO_PLACEHOLDER.len() {
-        return;
-    }
-    if let Some(at) = request
-        .windows(ECHO_PLACEHOLDER.len())
-        .position(|w| w == ECHO_PLACEHOLDER)
-    {
-        request[at..at + echo.len()].copy_from_slice(echo);
     }
 }
 
@@ -402,10 +393,7 @@ fn check_reply(
 
     match r.code {
         CODE_TOO_MANY_REQUESTS => assert!(r.max_age.is_some(), "4.29 without Max-Age"),
-        CODE_UNAUTHORIZED => {
-            let echo = r.echo.expect("4.01 carries Echo");
-            model.echo.insert(peer.ip, echo.to_vec());
-        }
+        CODE_UNAUTHORIZED => assert!(r.echo.is_some(), "4.01 carries Echo"),
         _ => {}
     }
 

@@ -8,91 +8,9 @@
 //! allocate. Time is injected (milliseconds on any monotonic clock the
 //! caller likes), so the table is sans-IO.
 
-use std::collections::hash_map::RandomState;
+use crate::hash::KeyedBuild;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
-
-/// Keys for [`KeyedHasher`], drawn from the operating system's randomness
-/// (through std's `RandomState`) once per table.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyedBuild {
-    seed: u64,
-    key: u64,
-}
-
-impl KeyedBuild {
-    /// Fresh random keys.
-    pub fn new() -> KeyedBuild {
-        let random = RandomState::new();
-        KeyedBuild {
-            seed: random.hash_one(0x5eed_u64),
-            key: random.hash_one(0x006b_6579_u64) | 1,
-        }
-    }
-}
-
-impl Default for KeyedBuild {
-    fn default() -> Self {
-        KeyedBuild::new()
-    }
-}
-
-impl BuildHasher for KeyedBuild {
-    type Hasher = KeyedHasher;
-    fn build_hasher(&self) -> KeyedHasher {
-        KeyedHasher {
-            acc: self.seed,
-            key: self.key,
-        }
-    }
-}
-
-/// A keyed hash for per-peer tables, whose keys (source address and port)
-/// an attacker chooses: a folded 64x64→128-bit multiply per 8 bytes with
-/// secret random keys, so collisions cannot be computed offline, at a
-/// fraction of SipHash's cost for an 18-byte peer. (The same construction
-/// as the fast hashers of hashbrown's ecosystem; the Echo MAC, which must
-/// be unforgeable, keeps SipHash.)
-#[derive(Debug, Clone, Copy)]
-pub struct KeyedHasher {
-    acc: u64,
-    key: u64,
-}
-
-/// The high and low halves of a 128-bit product, folded.
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let product = u128::from(a) * u128::from(b);
-    (product as u64) ^ ((product >> 64) as u64)
-}
-
-impl Hasher for KeyedHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.acc = folded_multiply(self.acc ^ u64::from_le_bytes(word), self.key);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            if let Some(head) = word.get_mut(..rest.len()) {
-                head.copy_from_slice(rest);
-            }
-            // The length keeps [1] and [1, 0] apart.
-            let tail = u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59);
-            self.acc = folded_multiply(self.acc ^ tail, self.key);
-        }
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.acc = folded_multiply(self.acc ^ u64::from(n) ^ (1 << 62), self.key);
-    }
-
-    fn finish(&self) -> u64 {
-        folded_multiply(self.acc, self.key.rotate_left(32) | 1)
-    }
-}
+use std::hash::Hash;
 
 /// A map of at most `capacity` entries. When full, inserting a new key
 /// evicts about the least recently written one: a key is queued again when
@@ -100,7 +18,7 @@ impl Hasher for KeyedHasher {
 /// the middle of a download is not pushed out by idle ones, and an update
 /// costs one hash lookup. Entries older than `lifetime_ms` read as absent.
 #[derive(Debug)]
-pub struct BoundedTable<K, V> {
+pub(crate) struct BoundedTable<K, V> {
     map: HashMap<K, Entry<V>, KeyedBuild>,
     /// Keys in queue order, each with the sequence number it was queued
     /// at; a slot whose number no longer matches its entry's is stale.
@@ -121,10 +39,11 @@ struct Entry<V> {
 }
 
 impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
-    /// An empty table for up to `capacity` keys (at least 1).
-    pub fn new(capacity: usize, lifetime_ms: u64) -> Self {
+    /// An empty table for up to `capacity` keys (at least 1), hashed with
+    /// the secret `keys`.
+    pub(crate) fn new(capacity: usize, lifetime_ms: u64, keys: [u64; 2]) -> Self {
         BoundedTable {
-            map: HashMap::with_hasher(KeyedBuild::new()),
+            map: HashMap::with_hasher(KeyedBuild::new(keys)),
             order: VecDeque::new(),
             capacity: capacity.max(1),
             lifetime_ms,
@@ -134,7 +53,7 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
     }
 
     /// The live value for `key`, if one was stored within the lifetime.
-    pub fn get(&self, key: &K, now_ms: u64) -> Option<&V> {
+    pub(crate) fn get(&self, key: &K, now_ms: u64) -> Option<&V> {
         self.map
             .get(key)
             .filter(|e| now_ms.saturating_sub(e.stamp_ms) < self.lifetime_ms)
@@ -142,7 +61,7 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
     }
 
     /// The live value for `key` to change in place; its age is unchanged.
-    pub fn get_mut(&mut self, key: &K, now_ms: u64) -> Option<&mut V> {
+    pub(crate) fn get_mut(&mut self, key: &K, now_ms: u64) -> Option<&mut V> {
         let lifetime = self.lifetime_ms;
         self.map
             .get_mut(key)
@@ -152,7 +71,7 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
 
     /// Stores `value` for `key`, stamped `now_ms`. A new key in a full
     /// table evicts about the least recently written key first.
-    pub fn insert(&mut self, key: K, value: V, now_ms: u64) {
+    pub(crate) fn insert(&mut self, key: K, value: V, now_ms: u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let requeue_after = (self.capacity / 2) as u64;
@@ -215,17 +134,13 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
     }
 
     /// Number of stored keys, live or expired: never more than `capacity`.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
-    /// True when nothing is stored.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// The bound given to [`BoundedTable::new`].
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
         self.capacity
     }
 }
@@ -234,28 +149,11 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keyed_hash_spreads_neighbouring_peers_and_depends_on_the_key() {
-        let build = KeyedBuild::new();
-        let mut seen = std::collections::HashSet::new();
-        for port in 0..4096u16 {
-            let key = (
-                [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1],
-                port,
-            );
-            // Bucket index bits (low) and hashbrown's tag bits (top 7).
-            let h = build.hash_one(key);
-            seen.insert((h & 0xfff, h >> 57));
-        }
-        assert!(seen.len() > 3900, "{} distinct of 4096", seen.len());
-        let other = KeyedBuild::new();
-        assert_ne!(build.hash_one(1u64), other.hash_one(1u64));
-        assert_ne!(build.hash_one([1u8]), build.hash_one([1u8, 0]));
-    }
+    const KEYS: [u64; 2] = [0x1234_5678, 0x9abc_def0];
 
     #[test]
     fn entries_expire_after_lifetime() {
-        let mut t = BoundedTable::new(4, 1000);
+        let mut t = BoundedTable::new(4, 1000, KEYS);
         t.insert(1u32, "a", 0);
         assert_eq!(t.get(&1, 999), Some(&"a"));
         assert_eq!(t.get(&1, 1000), None);
@@ -263,7 +161,7 @@ mod tests {
 
     #[test]
     fn full_table_evicts_oldest_inserted() {
-        let mut t = BoundedTable::new(3, u64::MAX);
+        let mut t = BoundedTable::new(3, u64::MAX, KEYS);
         for k in 0..3u32 {
             t.insert(k, k, 0);
         }
@@ -276,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_rewritten_key_is_evicted_last() {
-        let mut t = BoundedTable::new(3, u64::MAX);
+        let mut t = BoundedTable::new(3, u64::MAX, KEYS);
         for k in 0..3u32 {
             t.insert(k, k, 0);
         }
@@ -303,7 +201,7 @@ mod tests {
         // Random hash keys make hashbrown's tombstones fall differently on
         // every run: whatever they do, a full table must never reallocate.
         for _ in 0..20 {
-            let mut t = BoundedTable::new(256, u64::MAX);
+            let mut t = BoundedTable::new(256, u64::MAX, KEYS);
             for k in 0..257u32 {
                 t.insert(k, k, 0);
             }
@@ -320,7 +218,7 @@ mod tests {
 
     #[test]
     fn never_grows_past_capacity_under_churn() {
-        let mut t = BoundedTable::new(100, 50);
+        let mut t = BoundedTable::new(100, 50, KEYS);
         for k in 0..100_000u32 {
             t.insert(k, (), u64::from(k));
             assert!(t.len() <= 100);

@@ -4,13 +4,20 @@
 //! [`Message::parse`]; a few are cross-checked with coap-lite.
 
 use super::*;
-use crate::catalog::{version, Catalog};
+use crate::catalog::Catalog;
+use crate::firmware::version;
 use coap_lite::{Packet, RequestType};
 
 const GET: MessageClass = MessageClass::Request(RequestType::Get);
 /// Any start time: the service only compares differences.
 const T0: u64 = 10_000_000;
 const MID: u16 = 0x1234;
+/// Fixed secrets: Echo values and Message ID starts are reproducible.
+const KEYS: Keys = Keys {
+    echo: SipKey([1, 2]),
+    message_ids: SipKey([3, 4]),
+    tables: [5, 6],
+};
 const TOKEN: [u8; 2] = [0xA1, 0xB2];
 
 const SZ0: &str = "SZ0_1_0_0_APP.fmu";
@@ -94,7 +101,7 @@ impl Img {
     /// own ETag.
     fn from(&self, offset: u32) -> Img {
         Img {
-            etag: crate::catalog::body_etag(&self.etag, offset),
+            etag: crate::hash::body_etag(&self.etag, offset),
             ..self.clone()
         }
     }
@@ -107,8 +114,12 @@ struct Fx {
 
 impl Fx {
     fn with(limits: Limits, with_big: bool) -> Fx {
+        Fx::with_keys(limits, with_big, KEYS)
+    }
+
+    fn with_keys(limits: Limits, with_big: bool, keys: Keys) -> Fx {
         Fx {
-            svc: Service::new(catalog(with_big), limits),
+            svc: Service::new(catalog(with_big), limits, keys),
             out: vec![0; MAX_REPLY_LEN],
         }
     }
@@ -2027,6 +2038,10 @@ fn non_message_ids_count_per_endpoint_from_a_keyed_start() {
     // Another endpoint and another service (a restart) start elsewhere.
     let y = peer_port(A, 1001);
     assert_ne!(mid_to(&mut fx, y), first);
-    let mut restarted = Fx::new();
+    let restarted_keys = Keys {
+        message_ids: SipKey([7, 8]),
+        ..KEYS
+    };
+    let mut restarted = Fx::with_keys(Limits::default(), false, restarted_keys);
     assert_ne!(mid_to(&mut restarted, x), first);
 }

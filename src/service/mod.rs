@@ -1,0 +1,560 @@
+//! The protocol core: one datagram in, at most one datagram out.
+//!
+//! [`Service::handle`] is sans-IO in the quinn-proto sense: it gets the
+//! datagram, the peer as a plain value and the time as a number, writes any
+//! reply into the caller's buffer and returns an [`Action`] saying what to
+//! do with it and what happened. It never touches a socket, a clock, a file
+//! or the logger, and draws no randomness (its keys come from the caller),
+//! so every case of the protocol is a unit test and a reproducible fuzz
+//! input.
+//!
+//! Its only state is bounded, each table by `Limits`: the per-peer table
+//! (the image and OFFSET its last transfer started with, for clients that
+//! send the payload only with block 0; the record of its last continuation
+//! request and of recent requests that started a transfer, for duplicates,
+//! below; the Message ID of its next NON reply), the optional per-address
+//! rate limiter, and the Echo key.
+//!
+//! Every body a request can get (the whole image, or the image from an
+//! OFFSET) has its own ETag, and a block always holds the bytes its ETag
+//! names at its position: per-peer state only guesses which body a
+//! payload-less block continues, and a wrong guess is visible to the
+//! client (see `routes`).
+//!
+//! One file per concern: `routes` (resources, bodies, Block2 slicing),
+//! `peers` (per-peer transfer, duplicate and Message ID state), `guard`
+//! (rate limit and Echo), `table` (the bounded expiring map they use).
+//! State changes are applied only when the reply is actually sent, so an
+//! unverified request answered with an Echo challenge changes nothing.
+//!
+//! Duplicate Confirmable requests (RFC 7252 §4.5) are answered by
+//! deterministic regeneration rather than a cache of replies: the catalog
+//! is immutable and a reply is a pure function of the request bytes and the
+//! continuation state it was resolved from. A duplicate of a request that
+//! started a transfer is recognised (peer, Message ID, fingerprint of its
+//! bytes) and does not reset the transfer the peer started since; a
+//! duplicate of the peer's last continuation is answered from the state its
+//! first copy used. That costs a few dozen bytes per peer, where a cache of
+//! 1 KiB replies would cost a kilobyte per device of a fleet. Exceptions:
+//! with `--rate-limit` a duplicate counts as a request (and may get 4.29),
+//! and with `--echo` it is checked again (Echo values stay valid for one
+//! to two minutes, longer than a client retransmits).
+
+mod guard;
+mod peers;
+mod routes;
+mod table;
+
+use crate::catalog::{Catalog, Image};
+use crate::firmware;
+use crate::hash::SipKey;
+use crate::wire::{self, Block, Emitter, Message, ParseError};
+use coap_lite::{CoapOption, MessageClass, MessageType, ResponseType};
+use core::fmt::{self, Write as _};
+use guard::Guard;
+use peers::{Peers, RequestId};
+use routes::Ctx;
+
+/// RFC 7252 §4.8.2 EXCHANGE_LIFETIME: how long per-peer state is kept
+/// after the peer's last request that used it.
+pub const EXCHANGE_LIFETIME_MS: u64 = 247_000;
+/// Largest request the server accepts; a longer one gets 4.13. Device
+/// payloads are at most 265 bytes, so this leaves room for options.
+pub const MAX_REQUEST_LEN: usize = 1152;
+/// Room a reply needs: header, token, options, a 1024-byte block.
+pub const MAX_REPLY_LEN: usize = 1152;
+/// Longest diagnostic payload of an error reply (RFC 7252 §5.5.2).
+const DIAGNOSTIC_MAX: usize = 120;
+
+/// The secrets of a [`Service`], drawn by the caller: `main` from the
+/// operating system at every start, tests and fuzzers fixed, so that Echo
+/// values, Message ID starts and table layouts are reproducible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys {
+    /// The Echo MAC (RFC 9175): unforgeable without it.
+    pub echo: SipKey,
+    /// The random start of each peer's NON Message IDs.
+    pub message_ids: SipKey,
+    /// The hash of the per-peer tables, whose keys attackers choose.
+    pub tables: [u64; 2],
+}
+
+impl Keys {
+    /// Keys spread from 48 bytes of secret randomness.
+    pub fn from_bytes(random: [u8; 48]) -> Keys {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            if let Some(src) = random.get(i * 8..i * 8 + 8) {
+                w.copy_from_slice(src);
+            }
+            u64::from_le_bytes(w)
+        };
+        Keys {
+            echo: SipKey([word(0), word(1)]),
+            message_ids: SipKey([word(2), word(3)]),
+            tables: [word(4), word(5)],
+        }
+    }
+}
+
+/// Configuration of [`Service`], fixed at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest Block2 size the server sends, 16..=1024, a power of two.
+    pub max_block_size: usize,
+    /// Peers whose state is remembered (`--peers`): the image and OFFSET
+    /// of their last transfer for payload-less continuations, what
+    /// recognises their late duplicates, their next NON Message ID.
+    pub continuation_capacity: usize,
+    /// `Some(n)`: at most `n` requests a second per peer address (4.29).
+    pub rate_limit: Option<u32>,
+    /// Addresses the rate limiter tracks.
+    pub rate_table_capacity: usize,
+    /// Answer unverified peers whose reply would be more than 3 times their
+    /// request with a 4.01 Echo challenge (RFC 9175 §2.4).
+    pub echo: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_block_size: 1024,
+            continuation_capacity: 4096,
+            rate_limit: None,
+            rate_table_capacity: 4096,
+            echo: false,
+        }
+    }
+}
+
+/// A peer as a hashable value: IPv4 addresses as IPv4-mapped IPv6, so the
+/// service needs nothing from `std::net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// IPv6 address bytes (or `::ffff:a.b.c.d`).
+    pub ip: [u8; 16],
+    /// UDP port.
+    pub port: u16,
+}
+
+/// What the caller does with a datagram once handled.
+#[derive(Debug, Clone, Copy)]
+pub enum Action<'c> {
+    /// Send `out[..len]` back to the peer.
+    Reply {
+        /// Length written into the caller's buffer.
+        len: usize,
+        /// What the reply is, for counters and log lines.
+        outcome: Outcome<'c>,
+    },
+    /// Send nothing.
+    Drop(Dropped),
+}
+
+/// What a reply is.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'c> {
+    /// One block of a firmware body.
+    Block(Transfer<'c>),
+    /// Another 2.05: a lookup answer or the discovery listing.
+    Content,
+    /// An error response; its code.
+    Error(ResponseType),
+    /// A 4.01 with an Echo option (RFC 9175).
+    EchoChallenge,
+    /// A 4.29 (RFC 8516).
+    RateLimited,
+    /// An RST; why.
+    Reset(ResetReason),
+}
+
+/// Why an RST was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// An empty Confirmable message: a CoAP ping.
+    Ping,
+    /// The legacy protocol's "no update" signal.
+    NoUpdate,
+    /// A Confirmable message that could not be parsed or is not a request.
+    Rejected,
+}
+
+/// One block of a firmware body on its way to a device.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer<'c> {
+    /// The image.
+    pub image: &'c Image,
+    /// Where the body starts in the image.
+    pub offset: u32,
+    /// The block sent.
+    pub block: Block,
+    /// Bytes of the image in this block.
+    pub block_len: usize,
+    /// True through the legacy `/updates` protocol.
+    pub legacy: bool,
+}
+
+impl Transfer<'_> {
+    /// The first block of the body.
+    pub fn is_first(&self) -> bool {
+        self.block.num == 0
+    }
+    /// The last block of the body.
+    pub fn is_last(&self) -> bool {
+        !self.block.more
+    }
+}
+
+/// Why nothing was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Shorter than a header.
+    TooShort,
+    /// Version other than 1.
+    BadVersion,
+    /// A malformed message that is not Confirmable.
+    Malformed,
+    /// An ACK or RST from a client: nothing to answer.
+    AckOrReset,
+    /// A Non-confirmable message that is empty or not a request.
+    NotARequest,
+    /// A rate-limited request whose 4.29 would be larger than it.
+    RateLimited,
+    /// With `--echo`, an unverified request so small that even the 4.01
+    /// challenge would be more than 3 times its size.
+    Unverified,
+    /// A Non-confirmable request with an unrecognized critical option:
+    /// RFC 7252 §5.4.1 has it rejected, i.e. ignored (§4.3).
+    BadOptionNon,
+    /// The reply did not fit the output buffer (a bug, never expected).
+    Overflow,
+}
+
+/// Why a request cannot be served as asked: one variant per reply that
+/// is not a 2.05 or a block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Failure {
+    Error(ResponseType, Diagnostic),
+    NoUpdate,
+    Ignore(Dropped),
+    Overflow,
+}
+
+/// Diagnostic payloads, formatted only when an error is sent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Diagnostic {
+    Text(&'static str),
+    Payload(firmware::PayloadError),
+    Query(firmware::QueryError),
+    Critical(u16),
+    TooLarge(usize),
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Diagnostic::Text(text) => f.write_str(text),
+            Diagnostic::Payload(e) => e.fmt(f),
+            Diagnostic::Query(e) => e.fmt(f),
+            Diagnostic::Critical(n) => write!(f, "unrecognized critical option {n}"),
+            Diagnostic::TooLarge(max) => write!(f, "request larger than {max} bytes"),
+        }
+    }
+}
+
+pub(crate) fn error(code: ResponseType, text: &'static str) -> Failure {
+    Failure::Error(code, Diagnostic::Text(text))
+}
+
+impl From<wire::EmitError> for Failure {
+    fn from(_: wire::EmitError) -> Self {
+        Failure::Overflow
+    }
+}
+
+/// The protocol core with its bounded state; see the module docs.
+#[derive(Debug)]
+pub struct Service {
+    catalog: Catalog,
+    limits: Limits,
+    server_szx: u8,
+    peers: Peers,
+    guard: Guard,
+}
+
+impl Service {
+    /// A service over `catalog` with the secrets `keys`.
+    ///
+    /// # Panics
+    /// When `limits.max_block_size` is not a power of two in 16..=1024:
+    /// `main` validates it first.
+    pub fn new(catalog: Catalog, limits: Limits, keys: Keys) -> Service {
+        let server_szx = Block::szx_for_size(limits.max_block_size)
+            .expect("max_block_size is a power of two in 16..=1024");
+        Service {
+            catalog,
+            limits,
+            server_szx,
+            peers: Peers::new(
+                limits.continuation_capacity,
+                EXCHANGE_LIFETIME_MS,
+                keys.tables,
+                keys.message_ids,
+            ),
+            guard: Guard::new(
+                limits.rate_limit,
+                limits.rate_table_capacity,
+                keys.tables,
+                limits.echo,
+                keys.echo,
+            ),
+        }
+    }
+
+    /// The catalog served.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Peers with remembered state (bounded by
+    /// [`Limits::continuation_capacity`]).
+    pub fn continuation_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Addresses tracked by the rate limiter (bounded by
+    /// [`Limits::rate_table_capacity`]).
+    pub fn rate_table_len(&self) -> usize {
+        self.guard.rate_table_len()
+    }
+
+    /// Handles one datagram from `peer` received at `now_ms` (any monotonic
+    /// millisecond clock). A datagram longer than [`MAX_REQUEST_LEN`] is
+    /// taken as truncated and answered 4.13. `out` should hold
+    /// [`MAX_REPLY_LEN`] bytes.
+    pub fn handle(
+        &mut self,
+        peer: Peer,
+        now_ms: u64,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Action<'_> {
+        if datagram.len() > MAX_REQUEST_LEN {
+            return self.too_large(peer, now_ms, datagram, out);
+        }
+        let msg = match Message::parse(datagram) {
+            Ok(msg) => msg,
+            Err(ParseError::TooShort) => return Action::Drop(Dropped::TooShort),
+            Err(ParseError::BadVersion(_)) => return Action::Drop(Dropped::BadVersion),
+            Err(ParseError::Format { mtype, mid, .. }) => {
+                return reject(mtype, mid, out, Dropped::Malformed)
+            }
+        };
+        match (msg.mtype, msg.class()) {
+            (MessageType::Acknowledgement | MessageType::Reset, _) => {
+                return Action::Drop(Dropped::AckOrReset)
+            }
+            (MessageType::Confirmable, MessageClass::Empty) => {
+                return reset(msg.mid, out, ResetReason::Ping)
+            }
+            (_, MessageClass::Request(_)) => {}
+            // RFC 7252 §5.8: an unassigned method code (0.08..0.31) is
+            // still a request, answered 4.05 rather than reset.
+            (_, MessageClass::Reserved(code)) if code >> 5 == 0 => {}
+            (mtype, _) => return reject(mtype, msg.mid, out, Dropped::NotARequest),
+        }
+        let reply_to = self.reply_to(peer, now_ms, msg.mtype, msg.mid, msg.token);
+        let request_len = datagram.len();
+        if let Some(limited) = self
+            .guard
+            .rate_limit(reply_to, peer, now_ms, request_len, out)
+        {
+            return limited;
+        }
+        let confirmable = msg.mtype == MessageType::Confirmable;
+        let mut ctx = Ctx {
+            catalog: &self.catalog,
+            server_szx: self.server_szx,
+            peer_state: self.peers.pending(
+                peer,
+                now_ms,
+                RequestId::new(msg.mid, confirmable, datagram),
+            ),
+            msg: &msg,
+            reply_to,
+        };
+        let (len, outcome) = match ctx.route(out) {
+            Ok(done) => done,
+            Err(Failure::NoUpdate) => return reset(msg.mid, out, ResetReason::NoUpdate),
+            Err(Failure::Ignore(reason)) => return Action::Drop(reason),
+            Err(Failure::Error(code, diagnostic)) => match ctx.error(code, diagnostic, out) {
+                Ok(len) => (len, Outcome::Error(code)),
+                Err(_) => return Action::Drop(Dropped::Overflow),
+            },
+            Err(Failure::Overflow) => return Action::Drop(Dropped::Overflow),
+        };
+        let write = ctx.peer_state.into_write();
+        if let Some(challenge) =
+            self.guard
+                .check_echo(reply_to, &peer, now_ms, msg.echo, request_len, len, out)
+        {
+            return challenge;
+        }
+        self.peers.commit(peer, write, now_ms);
+        Action::Reply { len, outcome }
+    }
+
+    /// Where a reply to a request of type `mtype` goes: a piggybacked ACK
+    /// with the request's Message ID for a CON, else a NON with a fresh one.
+    fn reply_to<'m>(
+        &mut self,
+        peer: Peer,
+        now_ms: u64,
+        mtype: MessageType,
+        mid: u16,
+        token: &'m [u8],
+    ) -> ReplyTo<'m> {
+        match mtype {
+            MessageType::Confirmable => ReplyTo {
+                mtype: MessageType::Acknowledgement,
+                mid,
+                token,
+            },
+            _ => ReplyTo {
+                mtype: MessageType::NonConfirmable,
+                mid: self.peers.next_non_mid(peer, now_ms),
+                token,
+            },
+        }
+    }
+
+    /// 4.13 for a datagram longer than [`MAX_REQUEST_LEN`], when its header
+    /// and token can be read and it is a request.
+    fn too_large<'c>(
+        &mut self,
+        peer: Peer,
+        now_ms: u64,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Action<'c> {
+        let header = match wire::Header::parse(datagram) {
+            Ok((header, _)) => header,
+            Err(ParseError::TooShort) => return Action::Drop(Dropped::TooShort),
+            Err(ParseError::BadVersion(_)) => return Action::Drop(Dropped::BadVersion),
+            Err(ParseError::Format {
+                mtype: MessageType::Acknowledgement | MessageType::Reset,
+                ..
+            }) => return Action::Drop(Dropped::AckOrReset),
+            Err(ParseError::Format { .. }) => return Action::Drop(Dropped::Malformed),
+        };
+        match header.mtype {
+            MessageType::Acknowledgement | MessageType::Reset => {
+                return Action::Drop(Dropped::AckOrReset)
+            }
+            _ if !header.is_request() => return Action::Drop(Dropped::Malformed),
+            _ => {}
+        }
+        let code = ResponseType::RequestEntityTooLarge;
+        let written = self
+            .reply_to(peer, now_ms, header.mtype, header.mid, header.token)
+            .emitter(code, out)
+            .and_then(|mut e| {
+                e.option_uint(CoapOption::Size1.into(), MAX_REQUEST_LEN as u32)?;
+                write_diagnostic(e, Diagnostic::TooLarge(MAX_REQUEST_LEN))
+            });
+        match written {
+            Ok(len) => Action::Reply {
+                len,
+                outcome: Outcome::Error(code),
+            },
+            Err(_) => Action::Drop(Dropped::Overflow),
+        }
+    }
+}
+
+/// The type, Message ID and token a reply carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplyTo<'m> {
+    mtype: MessageType,
+    mid: u16,
+    token: &'m [u8],
+}
+
+impl ReplyTo<'_> {
+    /// An emitter for a reply with `code`.
+    pub(crate) fn emitter<'o>(
+        &self,
+        code: ResponseType,
+        out: &'o mut [u8],
+    ) -> Result<Emitter<'o>, wire::EmitError> {
+        Emitter::new(
+            out,
+            self.mtype,
+            MessageClass::Response(code),
+            self.mid,
+            self.token,
+        )
+    }
+}
+
+/// Ends an error reply with its diagnostic text (RFC 7252 §5.5.2), cut at
+/// [`DIAGNOSTIC_MAX`] bytes.
+fn write_diagnostic(e: Emitter<'_>, diagnostic: Diagnostic) -> Result<usize, wire::EmitError> {
+    e.payload_with(DIAGNOSTIC_MAX, |room| {
+        let mut writer = SliceWriter { buf: room, len: 0 };
+        // A diagnostic cut short at DIAGNOSTIC_MAX is still useful.
+        let _ = write!(writer, "{diagnostic}");
+        writer.len
+    })
+}
+
+fn reset<'c>(mid: u16, out: &mut [u8], reason: ResetReason) -> Action<'c> {
+    match wire::emit_empty(out, MessageType::Reset, mid) {
+        Ok(len) => Action::Reply {
+            len,
+            outcome: Outcome::Reset(reason),
+        },
+        Err(_) => Action::Drop(Dropped::Overflow),
+    }
+}
+
+/// RFC 7252 §4.2/§4.3: a Confirmable message that cannot be processed is
+/// rejected with an RST; anything else is silently ignored.
+fn reject<'c>(mtype: MessageType, mid: u16, out: &mut [u8], dropped: Dropped) -> Action<'c> {
+    match mtype {
+        MessageType::Confirmable => reset(mid, out, ResetReason::Rejected),
+        _ => Action::Drop(dropped),
+    }
+}
+
+/// `fmt::Write` into a byte slice, silently cut at its end.
+struct SliceWriter<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len().saturating_sub(self.len);
+        let n = s.len().min(room);
+        if let (Some(dst), Some(src)) = (
+            self.buf.get_mut(self.len..self.len + n),
+            s.as_bytes().get(..n),
+        ) {
+            dst.copy_from_slice(src);
+            self.len += n;
+        }
+        if n < s.len() {
+            return Err(fmt::Error);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

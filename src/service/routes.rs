@@ -1,0 +1,441 @@
+//! The routes: `/updates` (lookup, query and legacy forms),
+//! `/updates/{id}` and `/.well-known/core`, and the Block2 slicing of their
+//! bodies (RFC 7959). Each answer is written straight into the caller's
+//! buffer; a block is copied once from the image's bytes.
+
+use super::peers::Pending;
+use super::{error, write_diagnostic, Diagnostic, Dropped, Failure, Outcome, ReplyTo, Transfer};
+use crate::catalog::{Catalog, CoreLink, Image};
+use crate::firmware::{self, DeviceRequest};
+use crate::wire::{Block, BlockError, Emitter, Message};
+use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, RequestType, ResponseType};
+
+/// The answer chosen for a request before it is written.
+pub(super) type Reply<'c> = Result<(usize, Outcome<'c>), Failure>;
+
+/// Where the OFFSET of a `/updates/{id}` request comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    /// `?offset=N` (and maybe an agreeing payload).
+    Query(u32),
+    /// A 4-byte OFFSET payload.
+    Payload(u32),
+    /// Neither: block 0 of the whole image, or a continuation.
+    Neither,
+}
+
+/// Where a request is going.
+enum Route<'a> {
+    Updates,
+    Image(&'a [u8]),
+    Discovery,
+}
+
+/// One request being answered: what `route` and its helpers need.
+pub(super) struct Ctx<'s, 't, 'm> {
+    /// The catalog served.
+    pub(super) catalog: &'s Catalog,
+    /// The server's largest block size.
+    pub(super) server_szx: u8,
+    /// The peer's state, read and changed for this request.
+    pub(super) peer_state: Pending<'t>,
+    /// The request.
+    pub(super) msg: &'m Message<'m>,
+    /// How the reply is addressed.
+    pub(super) reply_to: ReplyTo<'m>,
+}
+
+impl<'s> Ctx<'s, '_, '_> {
+    /// The answer to the request, written into `out`, or why there is none.
+    pub(super) fn route(&mut self, out: &mut [u8]) -> Reply<'s> {
+        // RFC 7252 §5.10.2: an endpoint that is no forward-proxy answers
+        // 5.05, whatever else the request carries.
+        if self.msg.proxy {
+            return Err(error(
+                ResponseType::ProxyingNotSupported,
+                "this server is not a proxy",
+            ));
+        }
+        if let (Some(_), MessageType::NonConfirmable) =
+            (self.msg.unrecognized_critical, self.msg.mtype)
+        {
+            return Err(Failure::Ignore(Dropped::BadOptionNon));
+        }
+        if let Some(option) = self.msg.unrecognized_critical {
+            return Err(Failure::Error(
+                ResponseType::BadOption,
+                Diagnostic::Critical(option),
+            ));
+        }
+        let route = match self.msg.path.as_slice() {
+            _ if self.msg.path.overflowed() => None,
+            [b"updates"] => Some(Route::Updates),
+            [b"updates", id] => Some(Route::Image(id)),
+            [b".well-known", b"core"] => Some(Route::Discovery),
+            _ => None,
+        };
+        let Some(route) = route else {
+            return Err(error(ResponseType::NotFound, "no such resource"));
+        };
+        if self.msg.class() != MessageClass::Request(RequestType::Get) {
+            return Err(error(ResponseType::MethodNotAllowed, "only GET is allowed"));
+        }
+        match route {
+            Route::Updates => self.updates(out),
+            Route::Image(id) => self.image(id, out),
+            Route::Discovery => self.discovery(out),
+        }
+    }
+
+    /// `GET /updates`: the three forms of PROTOCOL §2.1.
+    fn updates(&mut self, out: &mut [u8]) -> Reply<'s> {
+        let msg = self.msg;
+        if !msg.payload.is_empty() {
+            let request = firmware::parse_payload(msg.payload)
+                .map_err(|e| Failure::Error(ResponseType::BadRequest, Diagnostic::Payload(e)))?;
+            return match request.offset {
+                None => self.lookup(&request, out),
+                Some(offset) => self.legacy(&request, offset, out),
+            };
+        }
+        if !msg.query.is_empty() {
+            if msg.query.overflowed() {
+                return Err(error(ResponseType::BadRequest, "too many query options"));
+            }
+            let request = firmware::parse_query(msg.query.as_slice())
+                .map_err(|e| Failure::Error(ResponseType::BadRequest, Diagnostic::Query(e)))?;
+            return self.lookup(&request, out);
+        }
+        let continued = matches!(msg.block2, Some(Ok(block)) if block.num > 0);
+        if !continued {
+            return Err(error(
+                ResponseType::BadRequest,
+                "GET /updates needs a device payload or ?pid=&type=&version=",
+            ));
+        }
+        let entry = self.peer_state.continued(None).ok_or(error(
+            ResponseType::BadRequest,
+            "no transfer in progress for this peer: send the device payload",
+        ))?;
+        let image = self.catalog.by_id_hex(&entry.image_id).ok_or(error(
+            ResponseType::NotFound,
+            "the image of this transfer is gone",
+        ))?;
+        self.body(image, entry.offset, true, out)
+    }
+
+    /// Lookup and query forms: the candidate's id as text/plain.
+    fn lookup(&self, request: &DeviceRequest<'_>, out: &mut [u8]) -> Reply<'s> {
+        let image = self
+            .catalog
+            .candidate(request.pid, request.fw_type, request.version)
+            .ok_or(error(ResponseType::NotFound, "no newer image"))?;
+        self.check_accept(ContentFormat::TextPlain)?;
+        let mut e = self.emitter(ResponseType::Content, out)?;
+        e.option_uint(
+            CoapOption::ContentFormat.into(),
+            content_format(ContentFormat::TextPlain),
+        )?;
+        Ok((e.payload(&image.id_hex)?, Outcome::Content))
+    }
+
+    /// The legacy one-request protocol: the body from OFFSET, and the
+    /// peer remembered for payload-less continuations.
+    fn legacy(&mut self, request: &DeviceRequest<'_>, offset: u32, out: &mut [u8]) -> Reply<'s> {
+        let catalog = self.catalog;
+        let image = catalog
+            .candidate(request.pid, request.fw_type, request.version)
+            .ok_or(Failure::NoUpdate)?;
+        let reply = self.body(image, offset, true, out)?;
+        // Every legacy request names its transfer: deployed devices repeat
+        // it on every block, node-coap sends it with the first block it
+        // asks for (which may be a resumed NUM > 0).
+        self.peer_state.start(image.id_hex, offset);
+        Ok(reply)
+    }
+
+    /// True when the request asks for a block after the first.
+    fn continuing(&self) -> bool {
+        matches!(self.msg.block2, Some(Ok(block)) if block.num > 0)
+    }
+
+    /// `GET /updates/{id}` with an optional 4-byte OFFSET payload or
+    /// `?offset=N`.
+    ///
+    /// Which body (`image[OFFSET..]`) a request gets:
+    /// - `?offset=N` is repeated by stock clients on every block: served
+    ///   from what it carries, and it neither reads nor writes peer state;
+    /// - an OFFSET payload is served from what it carries, and remembered
+    ///   for the peer, because stock clients send it with block 0 only
+    ///   (or with the first block of a resume) and not with later blocks;
+    /// - a request with neither, for block 0, is a whole-image download
+    ///   and makes the peer's remembered OFFSET of this image forgotten;
+    /// - a request with neither, for a later block, continues the peer's
+    ///   remembered OFFSET of this image, else the whole image.
+    ///
+    /// That last case is a guess: the peer's state may be lost (restart,
+    /// eviction, a NAT rebinding the client's port) or belong to another
+    /// download from the same endpoint. It is made safe by the invariant
+    /// that every body carries its own ETag ([`Image::body_etag`]): the
+    /// block sent holds exactly the bytes that its ETag names at its
+    /// position, so a client checking ETags (RFC 7959 §2.4) sees a wrong
+    /// guess and starts over, and none can splice two bodies under one
+    /// tag. Once the last block of a remembered body was served, the body
+    /// is forgotten, so a later plain download is not taken for it.
+    fn image(&mut self, id: &[u8], out: &mut [u8]) -> Reply<'s> {
+        if self.msg.query.overflowed() {
+            return Err(error(ResponseType::BadRequest, "too many query options"));
+        }
+        let queried = firmware::parse_offset_query(self.msg.query.as_slice())
+            .map_err(|e| Failure::Error(ResponseType::BadRequest, Diagnostic::Query(e)))?;
+        let named = match (self.msg.payload, queried) {
+            ([], None) => Named::Neither,
+            ([], Some(q)) => Named::Query(q),
+            (&[a, b, c, d], None) => Named::Payload(u32::from_le_bytes([a, b, c, d])),
+            (&[a, b, c, d], Some(q)) if q == u32::from_le_bytes([a, b, c, d]) => Named::Query(q),
+            (&[_, _, _, _], Some(_)) => {
+                return Err(error(
+                    ResponseType::BadRequest,
+                    "OFFSET payload and ?offset= disagree",
+                ))
+            }
+            _ => {
+                return Err(error(
+                    ResponseType::BadRequest,
+                    "payload must be empty or a 4-byte little-endian OFFSET",
+                ))
+            }
+        };
+        let image = self
+            .catalog
+            .by_id_hex(id)
+            .ok_or(error(ResponseType::NotFound, "no image with this id"))?;
+        let continuing = self.continuing();
+        let (offset, remembered) = match named {
+            Named::Query(offset) | Named::Payload(offset) => (offset, false),
+            Named::Neither if continuing => match self.peer_state.continued(Some(&image.id_hex)) {
+                Some(entry) => (entry.offset, true),
+                None => (0, false),
+            },
+            Named::Neither => (0, false),
+        };
+        let reply = self.body(image, offset, false, out)?;
+        let last = matches!(reply.1, Outcome::Block(t) if t.is_last());
+        let payload = matches!(named, Named::Payload(_));
+        if last && (payload || remembered) {
+            self.peer_state.forget(image.id_hex, Some(offset));
+        } else if payload {
+            self.peer_state.start(image.id_hex, offset);
+        } else if named == Named::Neither && !continuing {
+            self.peer_state.forget(image.id_hex, None);
+        }
+        Ok(reply)
+    }
+
+    /// One Block2 block of `image[offset..]`.
+    fn body(&self, image: &'s Image, offset: u32, legacy: bool, out: &mut [u8]) -> Reply<'s> {
+        let body = image.bytes.get(offset as usize..).ok_or(error(
+            ResponseType::BadRequest,
+            "OFFSET is beyond the end of the image",
+        ))?;
+        self.check_accept(ContentFormat::ApplicationOctetStream)?;
+        let (block, range) = self.block_for(body.len())?;
+        let chunk = body.get(range).ok_or(Failure::Overflow)?;
+        let len = self.emit_block(
+            out,
+            &image.body_etag(offset),
+            ContentFormat::ApplicationOctetStream,
+            block,
+            body.len(),
+            chunk,
+        )?;
+        let transfer = Transfer {
+            image,
+            offset,
+            block,
+            block_len: chunk.len(),
+            legacy,
+        };
+        Ok((len, Outcome::Block(transfer)))
+    }
+
+    /// `GET /.well-known/core`, whole or filtered (RFC 6690 §4.1): the
+    /// filtered body is never built; its blocks are copied link by link.
+    fn discovery(&self, out: &mut [u8]) -> Reply<'s> {
+        // Filters past the kept ones would be silently dropped, and the
+        // listing would be wider than asked: refuse instead.
+        if self.msg.query.overflowed() {
+            return Err(error(ResponseType::BadRequest, "too many query options"));
+        }
+        let links = self.catalog.core_links();
+        let query = self.msg.query.as_slice();
+        let selected = |link: &&CoreLink| query.iter().all(|q| link.matches(q));
+        let total = links
+            .iter()
+            .filter(selected)
+            .enumerate()
+            .map(|(i, link)| link.text.len() + usize::from(i > 0))
+            .sum::<usize>();
+        self.check_accept(ContentFormat::ApplicationLinkFormat)?;
+        let (block, range) = self.block_for(total)?;
+        let etag = self.catalog.core_etag();
+        let mut e = self.emitter(ResponseType::Content, out)?;
+        block_options(
+            &mut e,
+            &etag,
+            ContentFormat::ApplicationLinkFormat,
+            block,
+            total,
+            self.msg.size2.is_some(),
+        )?;
+        let len = e.payload_with(range.len(), |room| {
+            let mut position = 0usize;
+            let mut written = 0usize;
+            for (i, link) in links.iter().filter(selected).enumerate() {
+                let separator: &[u8] = if i > 0 { b"," } else { b"" };
+                for part in [separator, &link.text[..]] {
+                    written += copy_overlap(part, position, &range, room, written);
+                    position += part.len();
+                }
+                if position >= range.end {
+                    break;
+                }
+            }
+            written
+        })?;
+        Ok((len, Outcome::Content))
+    }
+
+    /// RFC 7252 §5.10.4: an Accept the resource cannot meet is 4.06.
+    fn check_accept(&self, format: ContentFormat) -> Result<(), Failure> {
+        match self.msg.accept {
+            Some(accept) if u32::from(accept) != content_format(format) => Err(error(
+                ResponseType::NotAcceptable,
+                "Accept does not match the resource's format",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The block to send of a body of `body_len` bytes and its byte range,
+    /// after SZX negotiation (PROTOCOL §2.4).
+    fn block_for(&self, body_len: usize) -> Result<(Block, core::ops::Range<usize>), Failure> {
+        let requested = match self.msg.block2 {
+            None => Block {
+                num: 0,
+                more: false,
+                szx: self.server_szx,
+            },
+            Some(Ok(block)) => block,
+            Some(Err(BlockError::ReservedSzx)) => {
+                return Err(error(ResponseType::BadRequest, "Block2 SZX 7 is reserved"))
+            }
+            Some(Err(BlockError::TooLong)) => {
+                return Err(error(
+                    ResponseType::BadOption,
+                    "Block2 value longer than 3 bytes",
+                ))
+            }
+        };
+        // The byte position the client asked for, kept when the server
+        // answers with smaller blocks (RFC 7959 §2.4).
+        let start = requested.position();
+        let past_end = start >= body_len as u64 && !(start == 0 && body_len == 0);
+        let Some(mut block) =
+            Block::at(start, requested.szx.min(self.server_szx)).filter(|_| !past_end)
+        else {
+            return Err(error(
+                ResponseType::BadOption,
+                "Block2 NUM is past the end of the body",
+            ));
+        };
+        let end = start
+            .saturating_add(block.size() as u64)
+            .min(body_len as u64);
+        block.more = end < body_len as u64;
+        Ok((block, start as usize..end as usize))
+    }
+
+    fn emitter<'o>(&self, code: ResponseType, out: &'o mut [u8]) -> Result<Emitter<'o>, Failure> {
+        Ok(self.reply_to.emitter(code, out)?)
+    }
+
+    fn emit_block(
+        &self,
+        out: &mut [u8],
+        etag: &[u8; 8],
+        format: ContentFormat,
+        block: Block,
+        body_len: usize,
+        chunk: &[u8],
+    ) -> Result<usize, Failure> {
+        let mut e = self.emitter(ResponseType::Content, out)?;
+        block_options(
+            &mut e,
+            etag,
+            format,
+            block,
+            body_len,
+            self.msg.size2.is_some(),
+        )?;
+        Ok(e.payload(chunk)?)
+    }
+
+    /// An error response with its diagnostic payload.
+    pub(super) fn error(
+        &self,
+        code: ResponseType,
+        diagnostic: Diagnostic,
+        out: &mut [u8],
+    ) -> Result<usize, Failure> {
+        Ok(write_diagnostic(self.emitter(code, out)?, diagnostic)?)
+    }
+}
+
+/// ETag, Content-Format, Block2 and Size2 of a block response, in option
+/// number order.
+fn block_options(
+    e: &mut Emitter<'_>,
+    etag: &[u8; 8],
+    format: ContentFormat,
+    block: Block,
+    body_len: usize,
+    size2_asked: bool,
+) -> Result<(), Failure> {
+    e.option(CoapOption::ETag.into(), etag)?;
+    e.option_uint(CoapOption::ContentFormat.into(), content_format(format))?;
+    e.option_block(CoapOption::Block2.into(), block)?;
+    if block.num == 0 || size2_asked {
+        let size = u32::try_from(body_len).map_err(|_| Failure::Overflow)?;
+        e.option_uint(CoapOption::Size2.into(), size)?;
+    }
+    Ok(())
+}
+
+/// Copies the part of `part` (at body position `position`) that falls in
+/// `range` into `room` after `written` bytes; returns how many it copied.
+fn copy_overlap(
+    part: &[u8],
+    position: usize,
+    range: &core::ops::Range<usize>,
+    room: &mut [u8],
+    written: usize,
+) -> usize {
+    let from = range.start.max(position);
+    let to = range.end.min(position + part.len());
+    if from >= to {
+        return 0;
+    }
+    let (Some(src), Some(dst)) = (
+        part.get(from - position..to - position),
+        room.get_mut(written..written + (to - from)),
+    ) else {
+        return 0;
+    };
+    dst.copy_from_slice(src);
+    to - from
+}
+
+fn content_format(format: ContentFormat) -> u32 {
+    usize::from(format) as u32
+}
