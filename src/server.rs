@@ -69,8 +69,7 @@ pub struct Server {
     tx: Vec<u8>,
     started: Instant,
     stats: Stats,
-    /// The second of the transfer-line budget and the lines used in it.
-    log_budget: (u64, u32),
+    log_budget: LogBudget,
     /// Milliseconds since start at the last received datagram.
     now_ms: u64,
 }
@@ -95,7 +94,7 @@ impl Server {
             tx: vec![0; MAX_REPLY_LEN],
             started: Instant::now(),
             stats: Stats::default(),
-            log_budget: (0, 0),
+            log_budget: LogBudget::default(),
             now_ms: 0,
         }
     }
@@ -139,29 +138,16 @@ impl Server {
     /// Receives one datagram (blocking, or until the socket's read timeout)
     /// and answers it. Never fails: errors are counted and logged at debug.
     pub fn serve_one(&mut self) {
-        let Received {
+        let Some(Received {
             len,
             from,
             dest,
             truncated,
-        } = match sockio::recv_with_dest(&self.socket, &mut self.rx) {
-            Ok(received) => received,
-            Err(e) => {
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) {
-                    self.stats.receive_errors += 1;
-                    debug!("receive error (ignored): {e}");
-                }
-                return;
-            }
+        }) = self.receive()
+        else {
+            return;
         };
-        self.stats.received += 1;
-        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.now_ms = now_ms;
+        self.now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         if truncated {
             trace!("{} datagram cut at {len} bytes", Shown(from));
@@ -171,25 +157,13 @@ impl Server {
         }
         match self
             .service
-            .handle(peer(from), now_ms, datagram, &mut self.tx)
+            .handle(peer(from), self.now_ms, datagram, &mut self.tx)
         {
             Action::Reply { len, outcome } => {
-                count(&mut self.stats, &outcome);
+                self.stats.count(&outcome);
                 if let Outcome::Block(t) = &outcome {
-                    if (t.is_first() || t.is_last()) && log_enabled!(Level::Info) {
-                        let second = now_ms / 1000;
-                        if self.log_budget.0 != second {
-                            self.log_budget = (second, 0);
-                        }
-                        // A one-block body is both first and last: two lines.
-                        let lines = u32::from(t.is_first()) + u32::from(t.is_last());
-                        if self.log_budget.1 + lines <= TRANSFER_LINES_PER_SECOND {
-                            self.log_budget.1 += lines;
-                            log_transfer(from, t);
-                        } else {
-                            self.stats.suppressed_log_lines += u64::from(lines);
-                        }
-                    }
+                    self.log_budget
+                        .log_transfer(from, t, self.now_ms, &mut self.stats);
                 }
                 log_outcome(from, &outcome);
                 let reply = self.tx.get(..len).unwrap_or(&[]);
@@ -202,29 +176,90 @@ impl Server {
                 }
             }
             Action::Drop(reason) => {
-                match reason {
-                    Dropped::TooShort | Dropped::BadVersion | Dropped::Malformed => {
-                        self.stats.dropped_malformed += 1
-                    }
-                    _ => self.stats.dropped_other += 1,
-                }
+                self.stats.count_drop(reason);
                 trace!("{} dropped: {reason:?}", Shown(from));
+            }
+        }
+    }
+
+    /// The next datagram, or `None` after a timeout, an interruption or a
+    /// counted receive error.
+    fn receive(&mut self) -> Option<Received> {
+        match sockio::recv_with_dest(&self.socket, &mut self.rx) {
+            Ok(received) => {
+                self.stats.received += 1;
+                Some(received)
+            }
+            Err(e) => {
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) {
+                    self.stats.receive_errors += 1;
+                    debug!("receive error (ignored): {e}");
+                }
+                None
             }
         }
     }
 }
 
-fn count(stats: &mut Stats, outcome: &Outcome<'_>) {
-    match outcome {
-        Outcome::Block(_) => stats.blocks += 1,
-        Outcome::Content => stats.content += 1,
-        Outcome::Error(_) | Outcome::EchoChallenge | Outcome::RateLimited => stats.errors += 1,
-        Outcome::Reset(_) => stats.resets += 1,
+impl Stats {
+    fn count(&mut self, outcome: &Outcome<'_>) {
+        match outcome {
+            Outcome::Block(_) => self.blocks += 1,
+            Outcome::Content => self.content += 1,
+            Outcome::Error(_) | Outcome::EchoChallenge | Outcome::RateLimited => self.errors += 1,
+            Outcome::Reset(_) => self.resets += 1,
+        }
+    }
+
+    fn count_drop(&mut self, reason: Dropped) {
+        match reason {
+            Dropped::TooShort | Dropped::BadVersion | Dropped::Malformed => {
+                self.dropped_malformed += 1
+            }
+            _ => self.dropped_other += 1,
+        }
+    }
+}
+
+/// The per-second budget of transfer lines at info: anyone can send
+/// block-0 requests, and the log must not become the amplifier.
+#[derive(Debug, Default)]
+struct LogBudget {
+    /// The second the budget is for.
+    second: u64,
+    /// Lines logged in it.
+    used: u32,
+}
+
+impl LogBudget {
+    /// Logs the start and the end of a transfer while the budget of the
+    /// current second lasts; counts the lines left out.
+    fn log_transfer(&mut self, from: SocketAddr, t: &Transfer<'_>, now_ms: u64, stats: &mut Stats) {
+        if !(t.is_first() || t.is_last()) || !log_enabled!(Level::Info) {
+            return;
+        }
+        let second = now_ms / 1000;
+        if self.second != second {
+            *self = LogBudget { second, used: 0 };
+        }
+        // A one-block body is both first and last: two lines.
+        let lines = u32::from(t.is_first()) + u32::from(t.is_last());
+        if self.used + lines <= TRANSFER_LINES_PER_SECOND {
+            self.used += lines;
+            log_transfer(from, t);
+        } else {
+            stats.suppressed_log_lines += u64::from(lines);
+        }
     }
 }
 
 /// The peer as the service sees it: IPv4 as IPv4-mapped IPv6.
-pub fn peer(addr: SocketAddr) -> Peer {
+fn peer(addr: SocketAddr) -> Peer {
     let ip = match addr.ip() {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
@@ -332,7 +367,7 @@ fn log_request(from: SocketAddr, datagram: &[u8]) {
 }
 
 /// Bytes as lowercase hex.
-pub struct Hex<'a>(pub &'a [u8]);
+struct Hex<'a>(&'a [u8]);
 
 impl std::fmt::Display for Hex<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -341,7 +376,7 @@ impl std::fmt::Display for Hex<'_> {
 }
 
 /// The counters as one log line.
-pub struct StatsLine<'a>(pub &'a Stats);
+struct StatsLine<'a>(&'a Stats);
 
 impl std::fmt::Display for StatsLine<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
