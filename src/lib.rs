@@ -17,9 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod catalog;
-pub mod client;
 pub mod firmware;
-pub mod loadgen;
 pub mod logfmt;
 pub mod server;
 pub mod service;

@@ -29,19 +29,20 @@
 //! a fixed 1 KiB datagram. `bench --baseline` drives it with the same loop
 //! and the same requests, minus the CoAP checks.
 
-use crate::firmware;
-use crate::wire::{Block, Emitter, Message};
+use crate::{number, usage_error, ERROR_EXIT};
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
 use getopts::{Matches, Options};
+use iot_ota::firmware;
+use iot_ota::wire::{Block, Emitter, Message};
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE_EXIT: u8 = 2;
-const FAILURE_EXIT: u8 = 1;
+/// The command name in messages.
+const COMMAND: &str = "iot-ota-client bench";
 /// Room for the largest request: header, token, two Uri-Path options,
 /// Block2 and a legacy payload with a 255-byte PID.
 const REQUEST_MAX: usize = 320;
@@ -64,10 +65,6 @@ const LOOK_AHEAD: usize = 16;
 const TIMER_SWEEP: Duration = Duration::from_millis(5);
 /// Blocks a baseline "download" has when no image is given.
 const BASELINE_BLOCKS: usize = 256;
-/// Default length of a baseline reply: a fixed 1 KiB datagram.
-const BASELINE_REPLY_LEN: usize = 1024;
-/// Largest UDP payload over IPv4.
-const UDP_MAX: usize = 65_507;
 /// Upper bound of `--devices` and `--ports` (each is a file descriptor).
 const MAX_SOCKETS: usize = 60_000;
 /// Linux reports process CPU time in these ticks a second (USER_HZ).
@@ -261,11 +258,11 @@ fn bench_usage(o: &Options) -> String {
 /// `args` are the arguments after `bench`. Exit status 0 when every block
 /// matched, 1 on a mismatch, a failed run or no block at all, 2 on a usage
 /// error.
-pub fn bench_main(args: &[String]) -> ExitCode {
+pub(crate) fn bench_main(args: &[String]) -> ExitCode {
     let o = bench_options();
     let matches = match o.parse(args) {
         Ok(m) => m,
-        Err(e) => return usage_error("bench", &e.to_string()),
+        Err(e) => return usage_error(COMMAND, &e.to_string()),
     };
     if matches.opt_present("h") {
         print!("{}", bench_usage(&o));
@@ -273,46 +270,24 @@ pub fn bench_main(args: &[String]) -> ExitCode {
     }
     let config = match bench_config(&matches) {
         Ok(config) => config,
-        Err(message) => return usage_error("bench", &message),
+        Err(message) => return usage_error(COMMAND, &message),
     };
     let report = match run(&config) {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("iot-ota-client bench: {e}");
-            return ExitCode::from(FAILURE_EXIT);
+            eprintln!("{COMMAND}: {e}");
+            return ExitCode::from(ERROR_EXIT);
         }
     };
     println!("{}", human_line(&config, &report));
     println!("{}", result_line(&config, &report));
     if let Some(first) = &report.first_mismatch {
-        eprintln!("iot-ota-client bench: first mismatch: {first}");
+        eprintln!("{COMMAND}: first mismatch: {first}");
     }
     if report.mismatches > 0 || report.blocks == 0 {
-        ExitCode::from(FAILURE_EXIT)
+        ExitCode::from(ERROR_EXIT)
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-fn usage_error(command: &str, message: &str) -> ExitCode {
-    eprintln!("iot-ota-client {command}: {message}");
-    eprintln!("Try 'iot-ota-client {command} --help' for more information.");
-    ExitCode::from(USAGE_EXIT)
-}
-
-fn number<T: std::str::FromStr>(
-    m: &Matches,
-    name: &str,
-    default: T,
-    ok: impl Fn(&T) -> bool,
-) -> Result<T, String> {
-    match m.opt_str(name) {
-        None => Ok(default),
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|v| ok(v))
-            .ok_or_else(|| format!("invalid --{name} '{text}'")),
     }
 }
 
@@ -322,7 +297,7 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
         [] => return Err("missing SERVER (e.g. 127.0.0.1:5683)".to_owned()),
         [_, extra, ..] => return Err(format!("unexpected argument '{extra}'")),
     };
-    let server = crate::client::Target::parse(server_text)
+    let server = crate::coap::Target::parse(server_text)
         .ok()
         .and_then(|target| target.resolve().ok())
         .ok_or_else(|| format!("cannot resolve SERVER '{server_text}'"))?;
@@ -1001,7 +976,10 @@ impl Generator<'_> {
 
 /// Writes a Confirmable GET for the device's current block into its
 /// request buffer; returns the length.
-fn build_request(config: &BenchConfig, dev: &mut Device) -> Result<usize, crate::wire::EmitError> {
+fn build_request(
+    config: &BenchConfig,
+    dev: &mut Device,
+) -> Result<usize, iot_ota::wire::EmitError> {
     let mut e = Emitter::new(
         &mut dev.request,
         MessageType::Confirmable,
@@ -1037,7 +1015,7 @@ fn build_request(config: &BenchConfig, dev: &mut Device) -> Result<usize, crate:
             };
             let mut payload = [0u8; 1 + 255 + 1 + 4 + 4];
             let len = firmware::write_payload(&request, &mut payload)
-                .ok_or(crate::wire::EmitError::BufferTooSmall)?;
+                .ok_or(iot_ota::wire::EmitError::BufferTooSmall)?;
             e.payload(payload.get(..len).unwrap_or(&[]))
         }
     }
@@ -1120,121 +1098,12 @@ fn result_line(config: &BenchConfig, r: &Report) -> String {
     )
 }
 
-fn baseline_options() -> Options {
-    let mut o = Options::new();
-    o.optopt(
-        "l",
-        "listen",
-        "UDP address to answer on (default: [::]:5684)",
-        "ADDR",
-    );
-    o.optopt(
-        "",
-        "size",
-        "length of every reply in bytes (default: 1024)",
-        "BYTES",
-    );
-    o.optopt(
-        "",
-        "count",
-        "exit after answering N datagrams (default: never)",
-        "N",
-    );
-    o.optflag("h", "help", "print this help");
-    o
-}
-
-/// `iot-ota-client baseline --listen ADDR`: the raw ceiling for `make
-/// bench`. A blocking single-thread loop with buffers allocated once that
-/// answers every datagram with the same fixed 1 KiB datagram, whatever it
-/// holds. Prints `listening on ADDR` on stderr (useful with port 0) and
-/// serves until killed (or `--count` datagrams).
-///
-/// `args` are the arguments after `baseline`. Exit status 1 when the
-/// address cannot be bound, 2 on a usage error.
-pub fn baseline_main(args: &[String]) -> ExitCode {
-    let o = baseline_options();
-    let m = match o.parse(args) {
-        Ok(m) => m,
-        Err(e) => return usage_error("baseline", &e.to_string()),
-    };
-    if m.opt_present("h") {
-        let brief = "Usage: iot-ota-client baseline [-l ADDR] [--size BYTES] [--count N]\n\n\
-                     A minimal single-thread blocking UDP responder: every datagram is answered with \
-                     one fixed datagram (1 KiB by default), so `iot-ota-client bench --baseline` \
-                     measures what the kernel's UDP path allows a request/response server here.";
-        print!("{}", o.usage(brief));
-        return ExitCode::SUCCESS;
-    }
-    if let Some(extra) = m.free.first() {
-        return usage_error("baseline", &format!("unexpected argument '{extra}'"));
-    }
-    let listen_text = m.opt_str("l").unwrap_or_else(|| "[::]:5684".to_owned());
-    let Some(listen) = listen_text
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-    else {
-        return usage_error(
-            "baseline",
-            &format!("invalid listen address '{listen_text}'"),
-        );
-    };
-    let size = match number(&m, "size", BASELINE_REPLY_LEN, |n| {
-        (1..=UDP_MAX).contains(n)
-    }) {
-        Ok(size) => size,
-        Err(e) => return usage_error("baseline", &format!("{e}: 1..{UDP_MAX}")),
-    };
-    let count = match m.opt_str("count") {
-        None => None,
-        Some(_) => match number(&m, "count", 0u64, |n| *n > 0) {
-            Ok(n) => Some(n),
-            Err(e) => return usage_error("baseline", &e),
-        },
-    };
-    let socket = match UdpSocket::bind(listen) {
-        Ok(socket) => socket,
-        Err(e) => {
-            eprintln!("iot-ota-client baseline: cannot listen on {listen}: {e}");
-            return ExitCode::from(FAILURE_EXIT);
-        }
-    };
-    let local = socket
-        .local_addr()
-        .map_or_else(|_| listen.to_string(), |a| a.to_string());
-    eprintln!("iot-ota-client baseline: listening on {local} (fixed {size}-byte replies)");
-    let answered = serve_baseline(&socket, size, count);
-    eprintln!("iot-ota-client baseline: answered {answered} datagrams");
-    ExitCode::SUCCESS
-}
-
-/// The baseline loop: receive, send the fixed reply, repeat; returns the
-/// number of datagrams answered (only when `count` is reached). Errors are
-/// ignored as the server ignores them: an ICMP error for an earlier reply
-/// must not stop it.
-fn serve_baseline(socket: &UdpSocket, size: usize, count: Option<u64>) -> u64 {
-    let reply: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    let mut rx = vec![0u8; RECEIVE_MAX];
-    let mut answered = 0u64;
-    loop {
-        if count.is_some_and(|n| answered >= n) {
-            return answered;
-        }
-        if let Ok((_, from)) = socket.recv_from(&mut rx) {
-            if socket.send_to(&reply, from).is_ok() {
-                answered += 1;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{fnv1a32, Catalog};
-    use crate::server::Server;
-    use crate::service::{Limits, Service};
+    use iot_ota::catalog::{fnv1a32, Catalog};
+    use iot_ota::server::Server;
+    use iot_ota::service::{Limits, Service};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -1410,7 +1279,8 @@ mod tests {
     fn baseline_responder_completes_requests_without_checks() {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
-        let responder = std::thread::spawn(move || serve_baseline(&socket, 1024, Some(30)));
+        let responder =
+            std::thread::spawn(move || crate::baseline::serve_baseline(&socket, 1024, Some(30)));
         let mut c = config(addr, Route::Id(*b"00000000"), Vec::new());
         c.baseline = true;
         c.devices = 3;
@@ -1512,7 +1382,7 @@ mod tests {
             "1.2.3",
         ])
         .unwrap();
-        assert_eq!(ok.server.port(), crate::client::DEFAULT_PORT);
+        assert_eq!(ok.server.port(), crate::coap::DEFAULT_PORT);
         assert!(matches!(
             ok.route,
             Route::Legacy {
@@ -1522,10 +1392,13 @@ mod tests {
             }
         ));
         assert_eq!(bench_main(&args(&["--help"])), ExitCode::SUCCESS);
-        assert_eq!(bench_main(&args(&["--bogus"])), ExitCode::from(USAGE_EXIT));
         assert_eq!(
-            baseline_main(&args(&["--size", "0"])),
-            ExitCode::from(USAGE_EXIT)
+            bench_main(&args(&["--bogus"])),
+            ExitCode::from(crate::USAGE_EXIT)
+        );
+        assert_eq!(
+            crate::baseline::baseline_main(&args(&["--size", "0"])),
+            ExitCode::from(crate::USAGE_EXIT)
         );
     }
 
