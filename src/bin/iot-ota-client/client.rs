@@ -12,15 +12,15 @@
 //! allocation or two per block.
 
 use crate::coap::{
-    code_name, emit_get, match_reply, retry_after, BlockCursor, Get, Matched, Progress, Resource,
-    Response, Retransmission, Target, TransferError, XorShift, MAX_DEVICE_PAYLOAD,
+    code_name, emit_get, match_reply, retry_after, BlockCursor, DevicePayload, Get, Matched,
+    MessageIds, Progress, Resource, Response, Retransmission, Target, TransferError, XorShift,
 };
 use coap_lite::{MessageClass, MessageType, ResponseType};
 use core::fmt;
-use iot_ota::firmware::{self, DeviceRequest};
+use iot_ota::firmware::DeviceRequest;
 use iot_ota::wire;
 use std::io::{self, Write};
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// How often a request challenged with a 4.01 Echo is repeated: a second
@@ -37,6 +37,20 @@ const RX_LEN: usize = 4096 + 1;
 // ---------------------------------------------------------------------------
 // The client
 // ---------------------------------------------------------------------------
+
+/// Binds an ephemeral UDP port of `server`'s address family: the one way
+/// the client and the load generator open their sockets.
+///
+/// # Errors
+/// As [`UdpSocket::bind`].
+pub(crate) fn bind_ephemeral(server: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    UdpSocket::bind(local)
+}
 
 impl Target {
     /// The first socket address the host resolves to.
@@ -178,7 +192,7 @@ pub(crate) struct Client {
     socket: UdpSocket,
     params: Retransmission,
     rng: XorShift,
-    next_mid: u16,
+    mids: MessageIds,
     echo: Option<Vec<u8>>,
     last_separate_mid: Option<u16>,
     stats: Stats,
@@ -206,20 +220,13 @@ impl Client {
         params: Retransmission,
         mut rng: XorShift,
     ) -> io::Result<Client> {
-        let bind: SocketAddr = if server.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(bind)?;
+        let socket = bind_ephemeral(server)?;
         socket.connect(server)?;
-        // RFC 7252 §4.4: start Message IDs at a random value.
-        let next_mid = rng.next_u32() as u16;
         Ok(Client {
             socket,
             params,
+            mids: MessageIds::starting_at_random(&mut rng),
             rng,
-            next_mid,
             echo: None,
             last_separate_mid: None,
             stats: Stats::default(),
@@ -231,11 +238,6 @@ impl Client {
     /// What the client did so far.
     pub(crate) fn stats(&self) -> Stats {
         self.stats
-    }
-
-    /// A fresh random 4-byte token.
-    pub(crate) fn new_token(&mut self) -> [u8; 4] {
-        self.rng.next_u32().to_be_bytes()
     }
 
     /// Sends `get` and returns the answer. A 4.01 with an Echo option is
@@ -283,17 +285,15 @@ impl Client {
             offset: None,
             ..*device
         };
-        let mut payload = [0u8; MAX_DEVICE_PAYLOAD];
-        let len =
-            firmware::write_payload(&lookup, &mut payload).ok_or(ClientError::RequestTooLarge)?;
+        let payload = DevicePayload::new(&lookup).ok_or(ClientError::RequestTooLarge)?;
         let resource = Resource::updates();
         let get = Get {
             resource: &resource,
-            payload: payload.get(..len).unwrap_or(&[]),
+            payload: payload.as_bytes(),
             block2: None,
             size2: None,
         };
-        let token = self.new_token();
+        let token = self.rng.token();
         let response = self.request(&get, &token)?;
         if response.is(ResponseType::NotFound) {
             return Err(ClientError::NoUpdate);
@@ -328,7 +328,7 @@ impl Client {
         sink: &mut dyn Write,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<Transfer, ClientError> {
-        let token = self.new_token();
+        let token = self.rng.token();
         let mut cursor = BlockCursor::new(szx);
         let mut content_format = None;
         loop {
@@ -376,8 +376,7 @@ impl Client {
     /// One Confirmable exchange: send, retransmit on the RFC 7252 §4.2
     /// schedule, return the first matching answer.
     fn exchange(&mut self, get: &Get<'_>, token: &[u8]) -> Result<Response, ClientError> {
-        let mid = self.next_mid;
-        self.next_mid = self.next_mid.wrapping_add(1);
+        let mid = self.mids.fresh();
         let len = emit_get(get, mid, token, self.echo.as_deref(), &mut self.tx)
             .map_err(|_| ClientError::RequestTooLarge)?;
         self.stats.requests += 1;

@@ -20,6 +20,7 @@
 
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
 use core::fmt;
+use iot_ota::firmware::{self, DeviceRequest};
 use iot_ota::wire::{self, Block, BlockError, Emitter, Message};
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -34,7 +35,11 @@ const DEFAULT_RETRY_AFTER_S: u32 = 1;
 /// Longest wait after a 4.29, in seconds, whatever its Max-Age says.
 const MAX_RETRY_AFTER_S: u32 = 60;
 /// Longest device payload: PIDLEN, 255 PID bytes, TYPE, VERSION, OFFSET.
-pub(crate) const MAX_DEVICE_PAYLOAD: usize = 1 + 255 + 1 + 4 + 4;
+const MAX_DEVICE_PAYLOAD: usize = 1 + 255 + 1 + 4 + 4;
+/// Length of the tokens sent.
+pub(crate) const TOKEN_LEN: usize = 4;
+/// Longest ETag (RFC 7252 §5.10.6).
+const MAX_ETAG_LEN: usize = 8;
 
 // ---------------------------------------------------------------------------
 // SERVER and PATH arguments
@@ -312,9 +317,15 @@ impl Retransmission {
     /// after every retransmission, `MAX_RETRANSMIT + 1` of them. The sum
     /// is at most MAX_TRANSMIT_WAIT (93 s with the defaults).
     pub(crate) fn timeouts(&self, random: u32) -> impl Iterator<Item = Duration> {
-        let first = self.initial_timeout(random);
-        (0..=self.max_retransmit)
-            .map(move |i| first.saturating_mul(1u32.checked_shl(i).unwrap_or(u32::MAX)))
+        let params = *self;
+        (0..=self.max_retransmit).map(move |i| params.timeout(random, i))
+    }
+
+    /// The wait after the transmission that follows `retransmissions`
+    /// earlier ones: the initial timeout doubled once per retransmission.
+    pub(crate) fn timeout(&self, random: u32, retransmissions: u32) -> Duration {
+        let doubling = 1u32.checked_shl(retransmissions).unwrap_or(u32::MAX);
+        self.initial_timeout(random).saturating_mul(doubling)
     }
 
     /// MAX_TRANSMIT_WAIT: `ACK_TIMEOUT * (2^(MAX_RETRANSMIT + 1) - 1) *
@@ -371,6 +382,35 @@ impl XorShift {
     pub(crate) fn next_u32(&mut self) -> u32 {
         (self.next_u64() >> 32) as u32
     }
+
+    /// A fresh random token (RFC 7252 §5.3.1).
+    pub(crate) fn token(&mut self) -> [u8; TOKEN_LEN] {
+        self.next_u32().to_be_bytes()
+    }
+}
+
+/// The Message IDs one endpoint sends to one server: consecutive from a
+/// random start (RFC 7252 §4.4), so that endpoints started together do not
+/// collide and none repeats before 65536 exchanges.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageIds {
+    next: u16,
+}
+
+impl MessageIds {
+    /// A sequence that starts at a value drawn from `rng`.
+    pub(crate) fn starting_at_random(rng: &mut XorShift) -> MessageIds {
+        MessageIds {
+            next: rng.next_u32() as u16,
+        }
+    }
+
+    /// The Message ID of a new exchange.
+    pub(crate) fn fresh(&mut self) -> u16 {
+        let mid = self.next;
+        self.next = mid.wrapping_add(1);
+        mid
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -425,6 +465,29 @@ pub(crate) fn emit_get(
         e.option(wire::OPTION_ECHO, echo)?;
     }
     e.payload(get.payload)
+}
+
+/// A device payload (PROTOCOL.md §2.1), written once into a buffer of the
+/// longest size, so that sending it again allocates nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct DevicePayload {
+    bytes: [u8; MAX_DEVICE_PAYLOAD],
+    len: usize,
+}
+
+impl DevicePayload {
+    /// The payload of `request`: its OFFSET included when it has one.
+    /// `None` when the PID is empty or longer than 255 bytes.
+    pub(crate) fn new(request: &DeviceRequest<'_>) -> Option<DevicePayload> {
+        let mut bytes = [0u8; MAX_DEVICE_PAYLOAD];
+        let len = firmware::write_payload(request, &mut bytes)?;
+        Some(DevicePayload { bytes, len })
+    }
+
+    /// The payload bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
+    }
 }
 
 /// An answer, copied out of the datagram.
@@ -497,30 +560,60 @@ pub(crate) enum Matched {
     Stray,
 }
 
-/// Classifies a datagram from the server for the exchange `mid`/`token`
-/// (RFC 7252 §5.3.2: a piggybacked answer matches on both, an RST on the
-/// Message ID, a separate answer on the token).
+/// Classifies a datagram from the server for the exchange `mid`/`token`,
+/// copying an answer out of it (see [`classify_reply`]).
 pub(crate) fn match_reply(datagram: &[u8], mid: u16, token: &[u8]) -> Matched {
     let Ok(msg) = Message::parse(datagram) else {
         return Matched::Stray;
     };
+    match classify_reply(&msg, mid, token) {
+        Reply::Piggybacked => Matched::Response(Response::from_message(&msg)),
+        Reply::EmptyAck => Matched::EmptyAck,
+        Reply::Reset => Matched::Reset,
+        Reply::Separate { ack } => Matched::Separate(Response::from_message(&msg), ack),
+        Reply::Stray => Matched::Stray,
+    }
+}
+
+/// What a parsed message is for one exchange; [`Matched`] without the
+/// copy, for a caller that must not allocate per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// ACK with our Message ID and token, carrying the answer.
+    Piggybacked,
+    /// An empty ACK with our Message ID: the answer follows separately.
+    EmptyAck,
+    /// An RST with our Message ID: the server rejected the request.
+    Reset,
+    /// A CON or NON answer with our token; a CON one must be acknowledged
+    /// with the Message ID in `ack`.
+    Separate {
+        /// The Message ID to acknowledge, for a CON answer.
+        ack: Option<u16>,
+    },
+    /// Anything else: another exchange's, a duplicate, a request.
+    Stray,
+}
+
+/// Classifies `msg` for the exchange `mid`/`token` (RFC 7252 §5.3.2: a
+/// piggybacked answer matches on both, an RST on the Message ID, a
+/// separate answer on the token).
+pub(crate) fn classify_reply(msg: &Message<'_>, mid: u16, token: &[u8]) -> Reply {
     let is_response = matches!(msg.class(), MessageClass::Response(_));
     match msg.mtype {
         MessageType::Acknowledgement if msg.mid == mid => match msg.class() {
-            MessageClass::Empty => Matched::EmptyAck,
-            _ if is_response && msg.token == token => {
-                Matched::Response(Response::from_message(&msg))
-            }
-            _ => Matched::Stray,
+            MessageClass::Empty => Reply::EmptyAck,
+            _ if is_response && msg.token == token => Reply::Piggybacked,
+            _ => Reply::Stray,
         },
-        MessageType::Reset if msg.mid == mid => Matched::Reset,
+        MessageType::Reset if msg.mid == mid => Reply::Reset,
         MessageType::Confirmable if is_response && msg.token == token => {
-            Matched::Separate(Response::from_message(&msg), Some(msg.mid))
+            Reply::Separate { ack: Some(msg.mid) }
         }
         MessageType::NonConfirmable if is_response && msg.token == token => {
-            Matched::Separate(Response::from_message(&msg), None)
+            Reply::Separate { ack: None }
         }
-        _ => Matched::Stray,
+        _ => Reply::Stray,
     }
 }
 
@@ -528,11 +621,37 @@ pub(crate) fn match_reply(datagram: &[u8], mid: u16, token: &[u8]) -> Matched {
 // Block-wise transfer
 // ---------------------------------------------------------------------------
 
+/// An ETag kept in place, so that a download (of the load generator, many
+/// a second) allocates nothing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoredEtag {
+    bytes: [u8; MAX_ETAG_LEN],
+    len: usize,
+}
+
+impl StoredEtag {
+    /// `None` for an ETag longer than RFC 7252 allows.
+    fn new(etag: &[u8]) -> Option<StoredEtag> {
+        let mut bytes = [0u8; MAX_ETAG_LEN];
+        bytes.get_mut(..etag.len())?.copy_from_slice(etag);
+        Some(StoredEtag {
+            bytes,
+            len: etag.len(),
+        })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
+    }
+}
+
 /// Why a block-wise body is not one consistent representation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TransferError {
     /// A later block came without Block2.
     MissingBlock2,
+    /// An ETag longer than the 8 bytes RFC 7252 §5.10.6 allows.
+    BadEtag,
     /// Block2 with the reserved SZX 7 or longer than 3 bytes.
     BadBlock2,
     /// The server raised the block size, which RFC 7959 §2.4 does not allow.
@@ -585,6 +704,7 @@ impl fmt::Display for TransferError {
         match *self {
             TransferError::MissingBlock2 => f.write_str("a block came without Block2 option"),
             TransferError::BadBlock2 => f.write_str("the server sent an invalid Block2 option"),
+            TransferError::BadEtag => f.write_str("the server sent an ETag longer than 8 bytes"),
             TransferError::SizeIncreased { asked, got } => write!(
                 f,
                 "the server answered {}-byte blocks to a request for {}-byte blocks",
@@ -672,7 +792,7 @@ pub(crate) struct BlockCursor {
     position: u64,
     szx: u8,
     blocks: u32,
-    etag: Option<Vec<u8>>,
+    etag: Option<StoredEtag>,
     size2: Option<u32>,
     done: bool,
 }
@@ -696,16 +816,7 @@ impl BlockCursor {
     /// # Errors
     /// [`TransferError::TooManyBlocks`] past NUM 2^20 - 1.
     pub(crate) fn next_block(&self) -> Result<Block, TransferError> {
-        let num = self.position >> (u32::from(self.szx) + 4);
-        let num = u32::try_from(num)
-            .ok()
-            .filter(|n| *n <= Block::MAX_NUM)
-            .ok_or(TransferError::TooManyBlocks)?;
-        Ok(Block {
-            num,
-            more: false,
-            szx: self.szx,
-        })
+        Block::at(self.position, self.szx).ok_or(TransferError::TooManyBlocks)
     }
 
     /// Takes the answer to the request for [`BlockCursor::next_block`];
@@ -738,11 +849,12 @@ impl BlockCursor {
                 });
             }
             // The position reached is a multiple of every size up to the
-            // current one, so the answered NUM is exact at a smaller size.
-            let expected = self.position >> (u32::from(block.szx) + 4);
-            if u64::from(block.num) != expected {
+            // current one, so an answer at a smaller size starts exactly
+            // there too.
+            if block.position() != self.position {
+                let expected = Block::at(self.position, block.szx);
                 return Err(TransferError::UnexpectedNum {
-                    expected: u32::try_from(expected).unwrap_or(u32::MAX),
+                    expected: expected.map_or(u32::MAX, |b| b.num),
                     got: block.num,
                 });
             }
@@ -756,8 +868,11 @@ impl BlockCursor {
             }
         }
         if self.blocks == 0 {
-            self.etag = etag.map(<[u8]>::to_vec);
-        } else if self.etag.as_deref() != etag {
+            self.etag = match etag {
+                Some(etag) => Some(StoredEtag::new(etag).ok_or(TransferError::BadEtag)?),
+                None => None,
+            };
+        } else if self.etag() != etag {
             return Err(TransferError::EtagChanged);
         }
         if let Some(now) = size2 {
@@ -807,7 +922,7 @@ impl BlockCursor {
 
     /// The ETag of the body, once the first block came.
     pub(crate) fn etag(&self) -> Option<&[u8]> {
-        self.etag.as_deref()
+        self.etag.as_ref().map(StoredEtag::as_bytes)
     }
 
     /// True once the last block was accepted.
@@ -1247,6 +1362,54 @@ pub(crate) mod tests {
             Err(TransferError::EtagChanged)
         );
         assert_eq!(c.accept(block(1, false, 0), Some(ETAG), None, 3), Ok(false));
+    }
+
+    #[test]
+    fn an_etag_longer_than_8_bytes_is_refused() {
+        let mut c = BlockCursor::new(0);
+        assert_eq!(
+            c.accept(block(0, true, 0), Some(&[7; 9]), None, 16),
+            Err(TransferError::BadEtag)
+        );
+    }
+
+    #[test]
+    fn message_ids_are_consecutive_and_wrap() {
+        let mut ids = MessageIds { next: u16::MAX };
+        assert_eq!((ids.fresh(), ids.fresh()), (u16::MAX, 0));
+        let mut rng = XorShift::new(1);
+        let mut a = MessageIds::starting_at_random(&mut rng);
+        let mut b = MessageIds::starting_at_random(&mut rng);
+        assert_ne!(a.fresh(), b.fresh(), "two endpoints start apart");
+    }
+
+    #[test]
+    fn device_payload_is_the_firmware_encoding() {
+        let request = DeviceRequest {
+            pid: b"PID",
+            fw_type: 3,
+            version: 0x0102_0003,
+            offset: Some(0),
+        };
+        let payload = DevicePayload::new(&request).unwrap();
+        assert_eq!(
+            payload.as_bytes(),
+            [3, b'P', b'I', b'D', 3, 3, 0, 2, 1, 0, 0, 0, 0]
+        );
+        let long = [b'x'; 255];
+        let longest = DeviceRequest {
+            pid: &long,
+            ..request
+        };
+        assert_eq!(
+            DevicePayload::new(&longest).unwrap().as_bytes().len(),
+            MAX_DEVICE_PAYLOAD
+        );
+        assert!(DevicePayload::new(&DeviceRequest {
+            pid: b"",
+            ..request
+        })
+        .is_none());
     }
 
     #[test]

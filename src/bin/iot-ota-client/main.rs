@@ -12,7 +12,7 @@ mod client;
 mod coap;
 
 use client::{BodyRequest, Client, ClientError, Transfer};
-use coap::{Progress, Resource, Retransmission, Target, DEFAULT_BLOCK_SIZE, MAX_DEVICE_PAYLOAD};
+use coap::{DevicePayload, Progress, Resource, Retransmission, Target, DEFAULT_BLOCK_SIZE};
 use getopts::{Fail, Matches, Options};
 use iot_ota::firmware::{self, DeviceRequest};
 use iot_ota::wire::Block;
@@ -405,13 +405,11 @@ fn fetch(
                     offset: Some(offset.unwrap_or(0)),
                     ..device
                 };
-                let mut payload = [0u8; MAX_DEVICE_PAYLOAD];
-                let len = firmware::write_payload(&legacy, &mut payload)
-                    .ok_or(ClientError::RequestTooLarge)?;
+                let payload = DevicePayload::new(&legacy).ok_or(ClientError::RequestTooLarge)?;
                 let resource = Resource::updates();
                 let request = BodyRequest {
                     resource: &resource,
-                    payload: payload.get(..len).unwrap_or(&[]),
+                    payload: payload.as_bytes(),
                     legacy: true,
                 };
                 let transfer = client.download(&request, config.szx, body, progress)?;
