@@ -29,11 +29,16 @@
 //! a fixed 1 KiB datagram. `bench --baseline` drives it with the same loop
 //! and the same requests, minus the CoAP checks.
 
+use crate::client::bind_ephemeral;
+use crate::coap::{
+    classify_reply, emit_get, BlockCursor, DevicePayload, Get, MessageIds, Reply, Resource,
+    Retransmission, Target, XorShift, TOKEN_LEN,
+};
 use crate::{number, usage_error, ERROR_EXIT};
-use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
+use coap_lite::{MessageClass, MessageType, ResponseType};
 use getopts::{Matches, Options};
-use iot_ota::firmware;
-use iot_ota::wire::{Block, Emitter, Message};
+use iot_ota::firmware::{self, DeviceRequest};
+use iot_ota::wire::{Block, Message};
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -48,11 +53,6 @@ const COMMAND: &str = "iot-ota-client bench";
 const REQUEST_MAX: usize = 320;
 /// Larger than any reply a 1 KiB block makes, and than the baseline's.
 const RECEIVE_MAX: usize = 2048;
-/// Token length: the device index, big-endian, so a reply that arrives on
-/// any pool socket finds its device.
-const TOKEN_LEN: usize = 4;
-/// RFC 7252 §4.8: after this many retransmissions the exchange fails.
-const MAX_RETRANSMIT: u32 = 4;
 /// Non-blocking polls of the head socket before blocking on it: a reply
 /// within a few microseconds is cheaper to catch than to be woken for.
 const SPIN_POLLS: u32 = 8;
@@ -111,7 +111,8 @@ struct BenchConfig {
     spin: bool,
     duration: Duration,
     downloads: Option<u32>,
-    timeout: Duration,
+    /// ACK_TIMEOUT from `--timeout-ms`; MAX_RETRANSMIT as RFC 7252 says.
+    retransmission: Retransmission,
 }
 
 /// What a run measured.
@@ -297,7 +298,7 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
         [] => return Err("missing SERVER (e.g. 127.0.0.1:5683)".to_owned()),
         [_, extra, ..] => return Err(format!("unexpected argument '{extra}'")),
     };
-    let server = crate::coap::Target::parse(server_text)
+    let server = Target::parse(server_text)
         .ok()
         .and_then(|target| target.resolve().ok())
         .ok_or_else(|| format!("cannot resolve SERVER '{server_text}'"))?;
@@ -386,7 +387,7 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
     };
     let default_ms = if downloads.is_some() { 60_000 } else { 2_000 };
     let duration = Duration::from_millis(number(m, "duration-ms", default_ms, |ms| *ms > 0)?);
-    let timeout = Duration::from_millis(number(m, "timeout-ms", 2_000u64, |ms| {
+    let ack_timeout = Duration::from_millis(number(m, "timeout-ms", 2_000u64, |ms| {
         (1..=60_000).contains(ms)
     })?);
     Ok(BenchConfig {
@@ -401,7 +402,10 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
         spin: m.opt_present("spin"),
         duration,
         downloads,
-        timeout,
+        retransmission: Retransmission {
+            ack_timeout,
+            ..Retransmission::default()
+        },
     })
 }
 
@@ -416,18 +420,24 @@ fn parse_id(text: &str) -> Option<[u8; 8]> {
 /// One simulated device and its outstanding exchange.
 #[derive(Debug)]
 struct Device {
+    /// The device index, big-endian, rather than a random token: a reply
+    /// that arrives on any pool socket finds its device without a search.
     token: [u8; TOKEN_LEN],
+    /// Message ID of the outstanding request.
     mid: u16,
+    /// The device's own Message IDs (without `--ports`).
+    mids: MessageIds,
     /// Socket the outstanding request left from.
     socket: usize,
-    /// Block asked for, in units of `16 << szx`.
-    num: u32,
-    szx: u8,
+    /// Where the download stands: the block to ask for next.
+    cursor: BlockCursor,
+    /// NUM of the block the outstanding request asks for (for messages).
+    asked_num: u32,
     request: [u8; REQUEST_MAX],
     request_len: usize,
     first_sent: Instant,
     last_sent: Instant,
-    timeout: Duration,
+    /// Retransmissions of the outstanding request so far.
     retransmits: u32,
     /// Sequence number of its latest transmission (one counter for all
     /// devices); queue entries with another value are stale.
@@ -444,9 +454,11 @@ struct Generator<'c> {
     /// carry no token).
     owner: Vec<usize>,
     next_socket: usize,
-    /// Message IDs for `--ports`: one counter, so no two requests from one
+    /// Message IDs for `--ports`: one sequence, so no two requests from one
     /// port share an ID (RFC 7252 §4.4).
-    shared_mid: u16,
+    shared_mids: MessageIds,
+    /// Resource and payload of every request.
+    requests: Requests,
     devices: Vec<Device>,
     /// (device, seq) in transmission order: the oldest outstanding request
     /// is at the front once stale entries are skipped.
@@ -476,27 +488,10 @@ fn wait_on(socket: &UdpSocket, rx: &mut [u8]) -> Option<(usize, SocketAddr)> {
     received
 }
 
-/// A pseudo-random 16-bit start for a device's Message IDs (RFC 7252 §4.4
-/// recommends a randomised start), from the clock and the device index.
-fn initial_mid(index: usize) -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut x = nanos ^ (index as u32).wrapping_mul(0x9E37_79B9) ^ 0x5bd1_e995;
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    (x >> 8) as u16
-}
-
+/// A client socket for the generator's loop: non-blocking, with HEAD_WAIT
+/// as the bound of [`wait_on`].
 fn bind_socket(server: SocketAddr) -> io::Result<UdpSocket> {
-    let local: SocketAddr = if server.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).map_err(|e| {
+    let socket = bind_ephemeral(server).map_err(|e| {
         if e.raw_os_error() == Some(24) {
             io::Error::new(e.kind(), format!("{e}: raise the limit with `ulimit -n`"))
         } else {
@@ -519,19 +514,22 @@ fn run(config: &BenchConfig) -> io::Result<Report> {
     for _ in 0..socket_count {
         sockets.push(bind_socket(config.server)?);
     }
+    let requests = Requests::new(config)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the request does not fit"))?;
+    let mut rng = XorShift::from_entropy();
     let now = Instant::now();
     let devices = (0..config.devices)
         .map(|i| Device {
             token: (i as u32).to_be_bytes(),
-            mid: initial_mid(i),
+            mid: 0,
+            mids: MessageIds::starting_at_random(&mut rng),
             socket: i % socket_count,
-            num: 0,
-            szx: config.szx,
+            cursor: BlockCursor::new(config.szx),
+            asked_num: 0,
             request: [0; REQUEST_MAX],
             request_len: 0,
             first_sent: now,
             last_sent: now,
-            timeout: config.timeout,
             retransmits: 0,
             seq: 0,
             outstanding: false,
@@ -548,7 +546,8 @@ fn run(config: &BenchConfig) -> io::Result<Report> {
         owner: vec![0; sockets.len()],
         sockets,
         next_socket: 0,
-        shared_mid: initial_mid(usize::MAX),
+        shared_mids: MessageIds::starting_at_random(&mut rng),
+        requests,
         devices,
         queue: VecDeque::with_capacity(config.devices * 4),
         next_seq: 0,
@@ -749,7 +748,7 @@ impl Generator<'_> {
             let Some(dev) = self.devices.get(d) else {
                 break;
             };
-            if dev.outstanding && now.duration_since(dev.last_sent) >= dev.timeout {
+            if dev.outstanding && now.duration_since(dev.last_sent) >= self.timeout(dev) {
                 self.retransmit(d, now);
             }
         }
@@ -767,22 +766,28 @@ impl Generator<'_> {
             }
             None => d,
         };
-        let mid = if self.config.ports.is_some() {
-            self.shared_mid = self.shared_mid.wrapping_add(1);
-            Some(self.shared_mid)
-        } else {
-            None
-        };
-        let config = self.config;
         let Some(dev) = self.devices.get_mut(d) else {
             return;
         };
-        dev.mid = mid.unwrap_or(dev.mid.wrapping_add(1));
+        dev.mid = match self.config.ports {
+            Some(_) => self.shared_mids.fresh(),
+            None => dev.mids.fresh(),
+        };
         dev.socket = socket;
-        dev.request_len = build_request(config, dev).unwrap_or(0);
+        // A block past NUM 2^20 - 1 was refused in `check`; an empty
+        // request would just time out.
+        dev.request_len = dev
+            .cursor
+            .next_block()
+            .ok()
+            .and_then(|block| {
+                dev.asked_num = block.num;
+                let get = self.requests.get(block);
+                emit_get(&get, dev.mid, &dev.token, None, &mut dev.request).ok()
+            })
+            .unwrap_or(0);
         dev.first_sent = now;
         dev.retransmits = 0;
-        dev.timeout = config.timeout;
         if !dev.outstanding {
             dev.outstanding = true;
             self.active += 1;
@@ -793,22 +798,27 @@ impl Generator<'_> {
         self.transmit(d, now);
     }
 
-    /// Sends the device's request bytes again (same Message ID), doubling
-    /// the timeout; after MAX_RETRANSMIT the exchange fails and the device
-    /// starts its download again.
+    /// How long the device's outstanding request waits for an answer: the
+    /// RFC 7252 §4.2 doubling, without the random factor, so that runs
+    /// compare and `--timeout-ms` is the first wait exactly.
+    fn timeout(&self, dev: &Device) -> Duration {
+        self.config.retransmission.timeout(0, dev.retransmits)
+    }
+
+    /// Sends the device's request bytes again (same Message ID); after
+    /// MAX_RETRANSMIT the exchange fails and the device starts its
+    /// download again.
     fn retransmit(&mut self, d: usize, now: Instant) {
         let Some(dev) = self.devices.get_mut(d) else {
             return;
         };
-        if dev.retransmits >= MAX_RETRANSMIT {
+        if dev.retransmits >= self.config.retransmission.max_retransmit {
             self.report.failures += 1;
-            dev.num = 0;
-            dev.szx = self.config.szx;
+            dev.cursor = BlockCursor::new(self.config.szx);
             self.send_new(d, now);
             return;
         }
         dev.retransmits += 1;
-        dev.timeout = dev.timeout.saturating_mul(2);
         self.report.retransmissions += 1;
         self.transmit(d, now);
     }
@@ -832,16 +842,7 @@ impl Generator<'_> {
     /// A datagram arrived on `socket`: find its device, check it, move on.
     fn on_datagram(&mut self, socket: usize, datagram: &[u8], now: Instant) {
         if self.config.baseline {
-            let d = self.owner.get(socket).copied().unwrap_or(0);
-            match self.devices.get(d) {
-                Some(dev) if dev.outstanding && dev.socket == socket => {
-                    let pos = (dev.num as usize) << (dev.szx + 4);
-                    let size = 16usize << dev.szx;
-                    let len = size.min(self.body_len.saturating_sub(pos));
-                    self.complete(d, now, datagram.len(), pos + len < self.body_len, dev.szx);
-                }
-                _ => self.report.stale += 1,
-            }
+            self.on_baseline_reply(socket, datagram.len(), now);
             return;
         }
         let Ok(msg) = Message::parse(datagram) else {
@@ -856,66 +857,84 @@ impl Generator<'_> {
                 .position(|dev| dev.outstanding && dev.mid == msg.mid && dev.socket == socket),
             _ => <[u8; TOKEN_LEN]>::try_from(msg.token)
                 .ok()
-                .map(|t| u32::from_be_bytes(t) as usize)
-                .filter(|&d| {
-                    self.devices.get(d).is_some_and(|dev| {
-                        dev.outstanding && dev.mid == msg.mid && dev.token == msg.token
-                    })
-                }),
+                .map(|t| u32::from_be_bytes(t) as usize),
         };
-        let Some(d) = device else {
+        let reply = device
+            .and_then(|d| self.devices.get(d))
+            .filter(|dev| dev.outstanding)
+            .map_or(Reply::Stray, |dev| {
+                classify_reply(&msg, dev.mid, &dev.token)
+            });
+        let d = device.unwrap_or(0);
+        let checked = match reply {
+            Reply::Piggybacked => self.check(d, &msg),
+            Reply::Reset => Err(format!("{:?} instead of a piggybacked ACK", msg.mtype)),
             // A duplicate answer to a retransmitted request, or noise.
-            self.report.stale += 1;
-            return;
-        };
-        match self.check(d, &msg) {
-            Ok(block) => self.complete(d, now, msg.payload.len(), block.more, block.szx),
-            Err(problem) => {
-                self.report.mismatches += 1;
-                if self.report.first_mismatch.is_none() {
-                    let num = self.devices.get(d).map_or(0, |dev| dev.num);
-                    self.report.first_mismatch = Some(format!(
-                        "device {d} block {num} (code {}, {} byte payload): {problem}",
-                        msg.class(),
-                        msg.payload.len()
-                    ));
-                }
-                // Start over: a device that got a wrong block cannot go on.
-                if let Some(dev) = self.devices.get_mut(d) {
-                    dev.num = 0;
-                    dev.szx = self.config.szx;
-                }
-                self.send_new(d, now);
+            Reply::EmptyAck | Reply::Separate { .. } | Reply::Stray => {
+                self.report.stale += 1;
+                return;
             }
+        };
+        match checked {
+            Ok(more) => self.complete(d, now, msg.payload.len(), more),
+            Err(problem) => self.mismatch(d, &msg, &problem, now),
         }
     }
 
-    /// Checks a reply matched to device `d` against the expected body
-    /// (RFC 7959 §2.4: the server may answer with a smaller block at the
-    /// same byte position).
-    fn check(&self, d: usize, msg: &Message<'_>) -> Result<Block, String> {
-        let dev = self.devices.get(d).ok_or("no such device")?;
-        if msg.mtype != MessageType::Acknowledgement {
-            return Err(format!("{:?} instead of a piggybacked ACK", msg.mtype));
+    /// A baseline reply on `socket` completes the request of the device
+    /// that last sent from it (baseline replies carry no token); its
+    /// content is not looked at, only its length counted.
+    fn on_baseline_reply(&mut self, socket: usize, len: usize, now: Instant) {
+        let d = self.owner.get(socket).copied().unwrap_or(0);
+        let body_len = self.body_len as u64;
+        let more = match self.devices.get_mut(d) {
+            Some(dev) if dev.outstanding && dev.socket == socket => {
+                let start = dev.cursor.progress().bytes;
+                dev.cursor.next_block().and_then(|block| {
+                    // The block a CoAP server would have sent there.
+                    let len = (block.size() as u64).min(body_len.saturating_sub(start));
+                    let more = start + len < body_len;
+                    let answer = Block { more, ..block };
+                    dev.cursor
+                        .accept(Some(Ok(answer)), None, None, len as usize)
+                })
+            }
+            _ => {
+                self.report.stale += 1;
+                return;
+            }
+        };
+        match more {
+            Ok(more) => self.complete(d, now, len, more),
+            // Past 2^20 blocks: start over as a device would.
+            Err(_) => self.complete(d, now, len, false),
         }
+    }
+
+    /// Checks a piggybacked answer matched to device `d` against the
+    /// expected body; returns whether more blocks follow. The block-wise
+    /// rules are the client's ([`BlockCursor::accept`]); what is added here
+    /// is the byte-for-byte comparison with the image.
+    fn check(&mut self, d: usize, msg: &Message<'_>) -> Result<bool, String> {
+        let body = &self.config.body;
+        let dev = self.devices.get_mut(d).ok_or("no such device")?;
         if msg.class() != MessageClass::Response(ResponseType::Content) {
             return Err("not 2.05 Content".to_owned());
         }
-        let block = match msg.block2 {
-            Some(Ok(block)) => block,
-            _ => return Err("no valid Block2 option".to_owned()),
-        };
-        let asked = u64::from(dev.num) << (dev.szx + 4);
-        let got = u64::from(block.num) << (block.szx + 4);
-        if block.szx > dev.szx || got != asked {
-            return Err(format!(
-                "block {}/SZX {} answers byte {got}, asked for byte {asked} (SZX {})",
-                block.num, block.szx, dev.szx
-            ));
+        // Every request asks for a block: an answer without one is wrong
+        // here, although the client takes it as a whole body.
+        if !matches!(msg.block2, Some(Ok(_))) {
+            return Err("no valid Block2 option".to_owned());
         }
-        let body = &self.config.body;
-        let start = usize::try_from(got).map_err(|_| "position overflow")?;
-        let end = start.saturating_add(block.size()).min(body.len());
+        let start = dev.cursor.progress().bytes;
+        let more = dev
+            .cursor
+            .accept(msg.block2, msg.etag, msg.size2, msg.payload.len())
+            .map_err(|e| e.to_string())?;
+        let start = usize::try_from(start).map_err(|_| "position overflow")?;
+        let end = start
+            .saturating_add(dev.cursor.progress().block_size)
+            .min(body.len());
         let expected = body.get(start..end).unwrap_or(&[]);
         if msg.payload != expected {
             let at = msg
@@ -931,20 +950,38 @@ impl Generator<'_> {
                 start + at
             ));
         }
-        if block.more != (end < body.len()) {
-            return Err(format!(
-                "M flag {} at byte {end} of {}",
-                block.more,
-                body.len()
+        if more != (end < body.len()) {
+            return Err(format!("M flag {more} at byte {end} of {}", body.len()));
+        }
+        if more {
+            dev.cursor.next_block().map_err(|e| e.to_string())?;
+        }
+        Ok(more)
+    }
+
+    /// Counts a wrong answer, keeps the first one's description, and
+    /// starts the device over: a device that got a wrong block cannot go
+    /// on.
+    fn mismatch(&mut self, d: usize, msg: &Message<'_>, problem: &str, now: Instant) {
+        self.report.mismatches += 1;
+        let Some(dev) = self.devices.get_mut(d) else {
+            return;
+        };
+        if self.report.first_mismatch.is_none() {
+            self.report.first_mismatch = Some(format!(
+                "device {d} block {} (code {}, {} byte payload): {problem}",
+                dev.asked_num,
+                msg.class(),
+                msg.payload.len()
             ));
         }
-        Ok(block)
+        dev.cursor = BlockCursor::new(self.config.szx);
+        self.send_new(d, now);
     }
 
     /// Records a completed block and sends the device's next request.
-    fn complete(&mut self, d: usize, now: Instant, len: usize, more: bool, szx: u8) {
+    fn complete(&mut self, d: usize, now: Instant, len: usize, more: bool) {
         let downloads_wanted = self.config.downloads;
-        let default_szx = self.config.szx;
         let Some(dev) = self.devices.get_mut(d) else {
             return;
         };
@@ -954,16 +991,10 @@ impl Generator<'_> {
             .push(u32::try_from(micros).unwrap_or(u32::MAX));
         self.report.blocks += 1;
         self.report.bytes += len as u64;
-        if more {
-            // The next block in the size the server chose.
-            let next = ((u64::from(dev.num) << (dev.szx + 4)) >> (szx + 4)) + 1;
-            dev.num = u32::try_from(next).unwrap_or(Block::MAX_NUM);
-            dev.szx = szx;
-        } else {
+        if !more {
             dev.downloads += 1;
             self.report.downloads += 1;
-            dev.num = 0;
-            dev.szx = default_szx;
+            dev.cursor = BlockCursor::new(self.config.szx);
             if downloads_wanted.is_some_and(|k| dev.downloads >= k) {
                 dev.outstanding = false;
                 self.active -= 1;
@@ -974,49 +1005,52 @@ impl Generator<'_> {
     }
 }
 
-/// Writes a Confirmable GET for the device's current block into its
-/// request buffer; returns the length.
-fn build_request(
-    config: &BenchConfig,
-    dev: &mut Device,
-) -> Result<usize, iot_ota::wire::EmitError> {
-    let mut e = Emitter::new(
-        &mut dev.request,
-        MessageType::Confirmable,
-        MessageClass::Request(RequestType::Get),
-        dev.mid,
-        &dev.token,
-    )?;
-    e.option(CoapOption::UriPath.into(), b"updates")?;
-    if let Route::Id(id) = &config.route {
-        e.option(CoapOption::UriPath.into(), id)?;
-    }
-    e.option_block(
-        CoapOption::Block2.into(),
-        Block {
-            num: dev.num,
-            more: false,
-            szx: dev.szx,
-        },
-    )?;
-    match &config.route {
-        Route::Id(_) if config.offset == 0 => Ok(e.finish()),
-        Route::Id(_) => e.payload(&config.offset.to_le_bytes()),
-        Route::Legacy {
-            pid,
-            fw_type,
-            version,
-        } => {
-            let request = firmware::DeviceRequest {
+/// What every request of a run shares, built once: a request is then only
+/// a Message ID, a token and a Block2 option away, and costs no allocation.
+#[derive(Debug)]
+struct Requests {
+    resource: Resource,
+    /// OFFSET (little-endian, none when 0) or the legacy device payload.
+    payload: Vec<u8>,
+}
+
+impl Requests {
+    /// The requests of `config`'s route; `None` when a legacy PID does not
+    /// make a device payload (the command line checks it first).
+    fn new(config: &BenchConfig) -> Option<Requests> {
+        let (resource, payload) = match &config.route {
+            Route::Id(id) => {
+                let offset = match config.offset {
+                    0 => Vec::new(),
+                    offset => offset.to_le_bytes().to_vec(),
+                };
+                (Resource::image(id), offset)
+            }
+            Route::Legacy {
                 pid,
-                fw_type: *fw_type,
-                version: *version,
-                offset: Some(config.offset),
-            };
-            let mut payload = [0u8; 1 + 255 + 1 + 4 + 4];
-            let len = firmware::write_payload(&request, &mut payload)
-                .ok_or(iot_ota::wire::EmitError::BufferTooSmall)?;
-            e.payload(payload.get(..len).unwrap_or(&[]))
+                fw_type,
+                version,
+            } => {
+                let device = DeviceRequest {
+                    pid,
+                    fw_type: *fw_type,
+                    version: *version,
+                    offset: Some(config.offset),
+                };
+                let payload = DevicePayload::new(&device)?;
+                (Resource::updates(), payload.as_bytes().to_vec())
+            }
+        };
+        Some(Requests { resource, payload })
+    }
+
+    /// The Confirmable GET of `block`.
+    fn get(&self, block: Block) -> Get<'_> {
+        Get {
+            resource: &self.resource,
+            payload: &self.payload,
+            block2: Some(block),
+            size2: None,
         }
     }
 }
@@ -1109,16 +1143,10 @@ mod tests {
 
     const IMAGE_NAME: &str = "LOADGEN-TEST_1_0_1_APP.fmu";
 
+    /// A deterministic image of `len` bytes.
     fn image(len: usize) -> Vec<u8> {
-        let mut x = 0x1234_5678u32;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 24) as u8
-            })
-            .collect()
+        let mut rng = XorShift::new(0x1234_5678);
+        (0..len).map(|_| rng.next_u32() as u8).collect()
     }
 
     /// A real server on 127.0.0.1:0 in a thread, stopped when dropped.
@@ -1181,7 +1209,10 @@ mod tests {
             spin: false,
             duration: Duration::from_secs(10),
             downloads: Some(2),
-            timeout: Duration::from_millis(250),
+            retransmission: Retransmission {
+                ack_timeout: Duration::from_millis(250),
+                ..Retransmission::default()
+            },
         }
     }
 
@@ -1265,7 +1296,7 @@ mod tests {
         let mut c = config(silent.local_addr().unwrap(), Route::Id(id()), image(10));
         c.devices = 2;
         c.downloads = None;
-        c.timeout = Duration::from_millis(5);
+        c.retransmission.ack_timeout = Duration::from_millis(5);
         c.duration = Duration::from_millis(400);
         let report = run(&c).unwrap();
         assert_eq!(report.blocks, 0);
@@ -1308,31 +1339,23 @@ mod tests {
             },
             Vec::new(),
         );
-        let mut dev = Device {
-            token: 7u32.to_be_bytes(),
-            mid: 0xBEEF,
-            socket: 0,
+        let requests = Requests::new(&c).unwrap();
+        let block = Block {
             num: 300,
+            more: false,
             szx: 6,
-            request: [0; REQUEST_MAX],
-            request_len: 0,
-            first_sent: Instant::now(),
-            last_sent: Instant::now(),
-            timeout: Duration::from_secs(1),
-            retransmits: 0,
-            seq: 0,
-            outstanding: false,
-            downloads: 0,
         };
-        let len = build_request(&c, &mut dev).unwrap();
-        let packet = coap_lite::Packet::from_bytes(&dev.request[..len]).unwrap();
+        let mut request = [0u8; REQUEST_MAX];
+        let token = 7u32.to_be_bytes();
+        let len = emit_get(&requests.get(block), 0xBEEF, &token, None, &mut request).unwrap();
+        let packet = coap_lite::Packet::from_bytes(&request[..len]).unwrap();
         assert_eq!(packet.header.message_id, 0xBEEF);
         assert_eq!(packet.get_token(), &[0, 0, 0, 7]);
         assert_eq!(
             packet.payload,
             [3, b'P', b'I', b'D', 3, 3, 0, 2, 1, 0, 0, 0, 0]
         );
-        let msg = Message::parse(&dev.request[..len]).unwrap();
+        let msg = Message::parse(&request[..len]).unwrap();
         assert_eq!(msg.path.as_slice(), [b"updates"]);
         assert_eq!(
             msg.block2,

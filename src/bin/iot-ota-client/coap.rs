@@ -228,9 +228,9 @@ impl Resource {
     }
 
     /// `/updates/{id}`, one image.
-    pub(crate) fn image(id: &str) -> Resource {
+    pub(crate) fn image(id: &[u8]) -> Resource {
         Resource {
-            path: vec![b"updates".to_vec(), id.as_bytes().to_vec()],
+            path: vec![b"updates".to_vec(), id.to_vec()],
             query: Vec::new(),
         }
     }
@@ -1054,7 +1054,10 @@ pub(crate) mod tests {
         assert_eq!(Resource::parse("updates").unwrap(), Resource::updates());
         assert!(Resource::parse("/").unwrap().is_root());
         assert!(Resource::parse("").unwrap().is_root());
-        assert_eq!(Resource::image("0d0ad509").to_string(), "/updates/0d0ad509");
+        assert_eq!(
+            Resource::image(b"0d0ad509").to_string(),
+            "/updates/0d0ad509"
+        );
         assert_eq!(Resource::default().to_string(), "/");
     }
 

@@ -416,7 +416,7 @@ fn fetch(
                 Ok((format!("{pid_text} (legacy protocol){from}"), transfer))
             } else {
                 let id = client.lookup(&device)?;
-                let resource = Resource::image(&id);
+                let resource = Resource::image(id.as_bytes());
                 let offset_payload = offset.map(u32::to_le_bytes);
                 let request = BodyRequest {
                     resource: &resource,
