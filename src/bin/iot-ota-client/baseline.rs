@@ -4,7 +4,7 @@
 //! (1 KiB by default), whatever it holds: the ceiling for a
 //! request/response server on the machine at hand. It never parses CoAP.
 
-use crate::{number, usage_error, ERROR_EXIT};
+use crate::{number, parse_subcommand, usage_error, ERROR_EXIT};
 use getopts::Options;
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::process::ExitCode;
@@ -17,6 +17,13 @@ const BASELINE_REPLY_LEN: usize = 1024;
 const UDP_MAX: usize = 65_507;
 /// Larger than any request the load generator sends.
 const RECEIVE_MAX: usize = 2048;
+
+/// The help text above the options.
+const BASELINE_BRIEF: &str =
+    "Usage: iot-ota-client baseline [-l ADDR] [--size BYTES] [--count N]\n\n\
+     A minimal single-thread blocking UDP responder: every datagram is answered with \
+     one fixed datagram (1 KiB by default), so `iot-ota-client bench --baseline` \
+     measures what the kernel's UDP path allows a request/response server here.";
 
 fn baseline_options() -> Options {
     let mut o = Options::new();
@@ -51,19 +58,10 @@ fn baseline_options() -> Options {
 /// `args` are the arguments after `baseline`. Exit status 1 when the
 /// address cannot be bound, 2 on a usage error.
 pub(crate) fn baseline_main(args: &[String]) -> ExitCode {
-    let o = baseline_options();
-    let m = match o.parse(args) {
+    let m = match parse_subcommand(COMMAND, &baseline_options(), args, BASELINE_BRIEF) {
         Ok(m) => m,
-        Err(e) => return usage_error(COMMAND, &e.to_string()),
+        Err(done) => return done,
     };
-    if m.opt_present("h") {
-        let brief = "Usage: iot-ota-client baseline [-l ADDR] [--size BYTES] [--count N]\n\n\
-                     A minimal single-thread blocking UDP responder: every datagram is answered with \
-                     one fixed datagram (1 KiB by default), so `iot-ota-client bench --baseline` \
-                     measures what the kernel's UDP path allows a request/response server here.";
-        print!("{}", o.usage(brief));
-        return ExitCode::SUCCESS;
-    }
     if let Some(extra) = m.free.first() {
         return usage_error(COMMAND, &format!("unexpected argument '{extra}'"));
     }

@@ -34,7 +34,7 @@ use crate::coap::{
     classify_reply, emit_get, BlockCursor, DevicePayload, Get, MessageIds, Reply, Resource,
     Retransmission, Target, XorShift, TOKEN_LEN,
 };
-use crate::{number, usage_error, ERROR_EXIT};
+use crate::{number, parse_subcommand, usage_error, ERROR_EXIT};
 use coap_lite::{MessageClass, MessageType, ResponseType};
 use getopts::{Matches, Options};
 use iot_ota::firmware::{self, DeviceRequest};
@@ -235,8 +235,8 @@ fn bench_options() -> Options {
     o
 }
 
-fn bench_usage(o: &Options) -> String {
-    let brief = "Usage: iot-ota-client bench SERVER [--devices N] [--ports P] [--path id|legacy] \
+/// The help text above the options.
+const BENCH_BRIEF: &str = "Usage: iot-ota-client bench SERVER [--devices N] [--ports P] [--path id|legacy] \
                  [--id HEX | --pid PID --type T --version V] [--offset BYTES] [--expect FILE] \
                  [--block-size BYTES] [--baseline] [--spin] [--duration-ms MS | --downloads K] [--timeout-ms MS]\n\n\
                  Simulates N devices, each downloading a whole image block by block with Confirmable \
@@ -250,8 +250,6 @@ fn bench_usage(o: &Options) -> String {
                  retransmissions; stale: duplicate or unmatched replies; late_heads: requests found lost; \
                  cpu_pct: the generator's own CPU use)\n\
                  Exit status: 0 when every block matched, 1 on a mismatch or when no block arrived, 2 on a usage error.";
-    o.usage(brief)
-}
 
 /// `iot-ota-client bench SERVER ...`: runs the load generator and prints a
 /// human line and a `RESULT key=value ...` line on stdout.
@@ -260,15 +258,10 @@ fn bench_usage(o: &Options) -> String {
 /// matched, 1 on a mismatch, a failed run or no block at all, 2 on a usage
 /// error.
 pub(crate) fn bench_main(args: &[String]) -> ExitCode {
-    let o = bench_options();
-    let matches = match o.parse(args) {
+    let matches = match parse_subcommand(COMMAND, &bench_options(), args, BENCH_BRIEF) {
         Ok(m) => m,
-        Err(e) => return usage_error(COMMAND, &e.to_string()),
+        Err(done) => return done,
     };
-    if matches.opt_present("h") {
-        print!("{}", bench_usage(&o));
-        return ExitCode::SUCCESS;
-    }
     let config = match bench_config(&matches) {
         Ok(config) => config,
         Err(message) => return usage_error(COMMAND, &message),

@@ -150,6 +150,25 @@ pub(crate) fn usage_error(command: &str, message: &str) -> ExitCode {
     ExitCode::from(USAGE_EXIT)
 }
 
+/// Parses the arguments of `command` (a subcommand) with `options`.
+/// `Err` is the exit code when the run is over already: the help, headed
+/// by `brief`, printed on `--help`, or a usage error.
+pub(crate) fn parse_subcommand(
+    command: &str,
+    options: &Options,
+    args: &[String],
+    brief: &str,
+) -> Result<Matches, ExitCode> {
+    let matches = options
+        .parse(args)
+        .map_err(|e| usage_error(command, &e.to_string()))?;
+    if matches.opt_present("h") {
+        print!("{}", options.usage(brief));
+        return Err(ExitCode::SUCCESS);
+    }
+    Ok(matches)
+}
+
 /// The value of the numeric option `--name`: `default` when absent, an
 /// error naming the option when it does not parse or fails `ok`.
 pub(crate) fn number<T: std::str::FromStr>(
