@@ -1,5 +1,8 @@
-//! Load generator and raw baseline responder behind `iot-ota-client bench`
-//! and `iot-ota-client baseline`, used by `make bench`.
+//! The load generator behind `iot-ota-client bench`, used by `make bench`.
+//! The protocol is the client's ([`crate::coap`]: requests, reply matching,
+//! the block cursor, Message IDs, the retransmission schedule); what is
+//! its own is the single-thread scheduling of many devices and the
+//! byte-for-byte check against the image. It never allocates per request.
 //!
 //! The generator simulates N devices. Each runs a stop-and-wait Confirmable
 //! download of a whole image, block by block (RFC 7252 §4.2, RFC 7959
@@ -24,10 +27,9 @@
 //! Against a server that answers out of order the generator stays correct,
 //! only slower.
 //!
-//! The baseline is the ceiling for a single-thread request/response server
-//! on the machine at hand: a blocking loop that answers every datagram with
-//! a fixed 1 KiB datagram. `bench --baseline` drives it with the same loop
-//! and the same requests, minus the CoAP checks.
+//! `bench --baseline` drives [`crate::baseline`], the ceiling for a
+//! single-thread request/response server on the machine at hand, with the
+//! same loop and the same requests, minus the CoAP checks.
 
 use crate::client::bind_ephemeral;
 use crate::coap::{

@@ -1,7 +1,9 @@
 //! `iot-ota-client`: a device emulator and operator tool on the same `wire`
-//! code as the server. The protocol work is in `iot_ota::client`; this file
-//! reads the command line, calls it, and turns the outcome into output and
-//! an exit code.
+//! code as the server, and the `bench` and `baseline` subcommands of `make
+//! bench`. The protocol work is in [`coap`] (sans-IO) and [`client`] (the
+//! socket loop); this file reads the command line, calls them, and turns
+//! the outcome into output and an exit code. It never builds or parses a
+//! message itself.
 //!
 //! Exit codes: 0 downloaded (or GET done), 3 no update available, 1 error
 //! (timeout, unreachable, error response, inconsistent body), 2 usage.
