@@ -19,10 +19,8 @@
 #![warn(missing_docs)]
 
 pub mod catalog;
-pub mod client;
 pub mod firmware;
 pub mod hash;
-pub mod loadgen;
 pub mod logfmt;
 pub mod server;
 pub mod service;

@@ -1,54 +1,45 @@
-//! A CoAP client for operators and device emulation, built on the same
-//! [`crate::wire`] codec as the server.
+//! The sans-IO client core shared by the client ([`crate::client`]) and the
+//! load generator ([`crate::bench`]), on the library's [`iot_ota::wire`]
+//! codec:
 //!
 //! * [`Target::parse`] and [`Resource::parse`] read the command line's
 //!   SERVER and PATH (`host:port`, `[v6]:port`, `coap://host[:port]/path?q`),
 //!   decomposing a URI into Uri-Path and Uri-Query options as RFC 7252 §6.4
 //!   says.
-//! * [`Client`] owns one UDP socket connected to one server. It sends
-//!   Confirmable GETs with the retransmission of RFC 7252 §4.2
-//!   ([`Retransmission`]), matches answers by Message ID and token
-//!   (§5.3.2, [`match_reply`]) and ignores anything else, repeats a request
-//!   challenged with a 4.01 Echo (RFC 9175 §2.3) or refused with 4.29
-//!   (RFC 8516), and downloads Block2 bodies (RFC 7959).
-//! * [`BlockCursor`] is the block-wise state machine without I/O: which block
-//!   to ask for next, following a server that answers with a smaller block
-//!   size (RFC 7959 §2.4), and the checks that the body is one consistent
+//! * [`Retransmission`] is the RFC 7252 §4.2 schedule, [`XorShift`] the one
+//!   random source of Message IDs, tokens and jitter.
+//! * [`emit_get`] writes a request, [`match_reply`] classifies a datagram
+//!   for an exchange (RFC 7252 §5.3.2).
+//! * [`BlockCursor`] is the block-wise state machine: which block to ask
+//!   for next, following a server that answers with a smaller block size
+//!   (RFC 7959 §2.4), and the checks that the body is one consistent
 //!   representation (same ETag, expected NUM, full blocks, Size2).
 //!
-//! Unlike the server this is not a hot path: answers are copied into owned
-//! [`Response`] values, one small allocation or two per block.
+//! Nothing here touches a socket, a clock or the terminal; that is
+//! [`crate::client`]'s and [`crate::bench`]'s work.
 
-use crate::firmware::{self, DeviceRequest};
-use crate::wire::{self, Block, BlockError, Emitter, Message};
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
 use core::fmt;
+use iot_ota::firmware::{self, DeviceRequest};
+use iot_ota::wire::{self, Block, BlockError, Emitter, Message};
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, Write};
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The CoAP default port (RFC 7252 §6.1).
-pub const DEFAULT_PORT: u16 = 5683;
+pub(crate) const DEFAULT_PORT: u16 = 5683;
 /// Block size asked for unless told otherwise: the largest of RFC 7959.
-pub const DEFAULT_BLOCK_SIZE: usize = 1024;
-/// How often a request challenged with a 4.01 Echo is repeated: a second
-/// challenge can happen when the server's Echo window turns over.
-pub const MAX_ECHO_RETRIES: u32 = 3;
-/// How often one request refused with 4.29 is repeated before giving up.
-pub const MAX_RATE_LIMIT_WAITS: u32 = 10;
+pub(crate) const DEFAULT_BLOCK_SIZE: usize = 1024;
 /// Wait after a 4.29 without Max-Age, in seconds.
-pub const DEFAULT_RETRY_AFTER_S: u32 = 1;
+const DEFAULT_RETRY_AFTER_S: u32 = 1;
 /// Longest wait after a 4.29, in seconds, whatever its Max-Age says.
-pub const MAX_RETRY_AFTER_S: u32 = 60;
+const MAX_RETRY_AFTER_S: u32 = 60;
 /// Longest device payload: PIDLEN, 255 PID bytes, TYPE, VERSION, OFFSET.
 const MAX_DEVICE_PAYLOAD: usize = 1 + 255 + 1 + 4 + 4;
-/// Longest datagram sent: a request with a long path, query and payload.
-const TX_LEN: usize = 2048;
-/// Receive buffer; one byte more than any answer taken, so that a datagram
-/// filling it is known to be truncated (recv truncates silently).
-const RX_LEN: usize = 4096 + 1;
+/// Length of the tokens sent.
+pub(crate) const TOKEN_LEN: usize = 4;
+/// Longest ETag (RFC 7252 §5.10.6).
+const MAX_ETAG_LEN: usize = 8;
 
 // ---------------------------------------------------------------------------
 // SERVER and PATH arguments
@@ -56,7 +47,7 @@ const RX_LEN: usize = 4096 + 1;
 
 /// Why a SERVER or PATH argument cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UriError {
+pub(crate) enum UriError {
     /// A scheme other than `coap://` (`coaps` needs DTLS, which this tool
     /// does not speak).
     Scheme,
@@ -99,13 +90,13 @@ impl fmt::Display for UriError {
 /// A server to talk to, and the resource when the argument was a URI with
 /// a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// Host name or IP address, without brackets.
-    pub host: String,
+    pub(crate) host: String,
     /// UDP port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// The URI's path and query, `None` when it had neither (or just `/`).
-    pub resource: Option<Resource>,
+    pub(crate) resource: Option<Resource>,
 }
 
 impl Target {
@@ -114,7 +105,7 @@ impl Target {
     ///
     /// # Errors
     /// [`UriError`] naming what is wrong.
-    pub fn parse(text: &str) -> Result<Target, UriError> {
+    pub(crate) fn parse(text: &str) -> Result<Target, UriError> {
         let (authority, rest) = match split_scheme(text)? {
             Some(after) => {
                 // A fragment is never sent (RFC 7252 §6.4 step 7).
@@ -139,23 +130,12 @@ impl Target {
     }
 
     /// `host:port`, with brackets around an IPv6 address.
-    pub fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
         }
-    }
-
-    /// The first socket address the host resolves to.
-    ///
-    /// # Errors
-    /// As [`ToSocketAddrs`]; `NotFound` when the name has no address.
-    pub fn resolve(&self) -> io::Result<SocketAddr> {
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the name has no address"))
     }
 }
 
@@ -209,11 +189,11 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), UriError> {
 
 /// A resource as Uri-Path and Uri-Query option values (percent-decoded).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resource {
+pub(crate) struct Resource {
     /// One value per path segment.
-    pub path: Vec<Vec<u8>>,
+    pub(crate) path: Vec<Vec<u8>>,
     /// One value per `&`-separated query item.
-    pub query: Vec<Vec<u8>>,
+    pub(crate) query: Vec<Vec<u8>>,
 }
 
 impl Resource {
@@ -222,7 +202,7 @@ impl Resource {
     ///
     /// # Errors
     /// [`UriError::Percent`] or [`UriError::SegmentTooLong`].
-    pub fn parse(text: &str) -> Result<Resource, UriError> {
+    pub(crate) fn parse(text: &str) -> Result<Resource, UriError> {
         let (path, query) = text.split_once('?').unwrap_or((text, ""));
         let path = path.strip_prefix('/').unwrap_or(path);
         let mut resource = Resource::default();
@@ -240,7 +220,7 @@ impl Resource {
     }
 
     /// `/updates`, where devices ask for updates.
-    pub fn updates() -> Resource {
+    pub(crate) fn updates() -> Resource {
         Resource {
             path: vec![b"updates".to_vec()],
             query: Vec::new(),
@@ -248,15 +228,15 @@ impl Resource {
     }
 
     /// `/updates/{id}`, one image.
-    pub fn image(id: &str) -> Resource {
+    pub(crate) fn image(id: &[u8]) -> Resource {
         Resource {
-            path: vec![b"updates".to_vec(), id.as_bytes().to_vec()],
+            path: vec![b"updates".to_vec(), id.to_vec()],
             query: Vec::new(),
         }
     }
 
     /// True for `/` (or nothing): no Uri-Path, no Uri-Query.
-    pub fn is_root(&self) -> bool {
+    pub(crate) fn is_root(&self) -> bool {
         self.path.is_empty() && self.query.is_empty()
     }
 }
@@ -306,11 +286,11 @@ fn percent_decode(text: &str) -> Result<Vec<u8>, UriError> {
 /// RFC 7252 §4.8 transmission parameters. ACK_RANDOM_FACTOR is fixed at
 /// the RFC's 1.5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retransmission {
+pub(crate) struct Retransmission {
     /// ACK_TIMEOUT: the shortest initial wait for an answer.
-    pub ack_timeout: Duration,
+    pub(crate) ack_timeout: Duration,
     /// MAX_RETRANSMIT: retransmissions after the first transmission.
-    pub max_retransmit: u32,
+    pub(crate) max_retransmit: u32,
 }
 
 impl Default for Retransmission {
@@ -326,7 +306,7 @@ impl Default for Retransmission {
 impl Retransmission {
     /// The first timeout, in `[ACK_TIMEOUT, ACK_TIMEOUT * 1.5)`, chosen by
     /// `random` spread over the whole `u32` range (RFC 7252 §4.2).
-    pub fn initial_timeout(&self, random: u32) -> Duration {
+    pub(crate) fn initial_timeout(&self, random: u32) -> Duration {
         let base = self.ack_timeout.as_nanos();
         // base * (1 + 0.5 * random / 2^32)
         let extra = (base * u128::from(random)) >> 33;
@@ -336,15 +316,21 @@ impl Retransmission {
     /// The waits after each transmission: the initial timeout, doubled
     /// after every retransmission, `MAX_RETRANSMIT + 1` of them. The sum
     /// is at most MAX_TRANSMIT_WAIT (93 s with the defaults).
-    pub fn timeouts(&self, random: u32) -> impl Iterator<Item = Duration> {
-        let first = self.initial_timeout(random);
-        (0..=self.max_retransmit)
-            .map(move |i| first.saturating_mul(1u32.checked_shl(i).unwrap_or(u32::MAX)))
+    pub(crate) fn timeouts(&self, random: u32) -> impl Iterator<Item = Duration> {
+        let params = *self;
+        (0..=self.max_retransmit).map(move |i| params.timeout(random, i))
+    }
+
+    /// The wait after the transmission that follows `retransmissions`
+    /// earlier ones: the initial timeout doubled once per retransmission.
+    pub(crate) fn timeout(&self, random: u32, retransmissions: u32) -> Duration {
+        let doubling = 1u32.checked_shl(retransmissions).unwrap_or(u32::MAX);
+        self.initial_timeout(random).saturating_mul(doubling)
     }
 
     /// MAX_TRANSMIT_WAIT: `ACK_TIMEOUT * (2^(MAX_RETRANSMIT + 1) - 1) *
     /// 1.5`; how long an answer separate from an empty ACK is awaited.
-    pub fn max_transmit_wait(&self) -> Duration {
+    pub(crate) fn max_transmit_wait(&self) -> Duration {
         let factor = 1u32
             .checked_shl(self.max_retransmit.saturating_add(1))
             .unwrap_or(u32::MAX)
@@ -357,11 +343,11 @@ impl Retransmission {
 /// enough that clients started together do not act in lockstep and that
 /// tokens are not guessable from the outside (RFC 7252 §5.3.1).
 #[derive(Debug, Clone)]
-pub struct XorShift(u64);
+pub(crate) struct XorShift(u64);
 
 impl XorShift {
     /// A generator with a fixed seed (0 is replaced by a constant).
-    pub fn new(seed: u64) -> XorShift {
+    pub(crate) fn new(seed: u64) -> XorShift {
         XorShift(if seed == 0 {
             0x9E37_79B9_7F4A_7C15
         } else {
@@ -371,7 +357,7 @@ impl XorShift {
 
     /// Seeded from std's per-process random SipHash keys, the time and the
     /// process id.
-    pub fn from_entropy() -> XorShift {
+    pub(crate) fn from_entropy() -> XorShift {
         let mut hasher = RandomState::new().build_hasher();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -383,7 +369,7 @@ impl XorShift {
     }
 
     /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -393,8 +379,37 @@ impl XorShift {
     }
 
     /// The next 32 random bits.
-    pub fn next_u32(&mut self) -> u32 {
+    pub(crate) fn next_u32(&mut self) -> u32 {
         (self.next_u64() >> 32) as u32
+    }
+
+    /// A fresh random token (RFC 7252 §5.3.1).
+    pub(crate) fn token(&mut self) -> [u8; TOKEN_LEN] {
+        self.next_u32().to_be_bytes()
+    }
+}
+
+/// The Message IDs one endpoint sends to one server: consecutive from a
+/// random start (RFC 7252 §4.4), so that endpoints started together do not
+/// collide and none repeats before 65536 exchanges.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageIds {
+    next: u16,
+}
+
+impl MessageIds {
+    /// A sequence that starts at a value drawn from `rng`.
+    pub(crate) fn starting_at_random(rng: &mut XorShift) -> MessageIds {
+        MessageIds {
+            next: rng.next_u32() as u16,
+        }
+    }
+
+    /// The Message ID of a new exchange.
+    pub(crate) fn fresh(&mut self) -> u16 {
+        let mid = self.next;
+        self.next = mid.wrapping_add(1);
+        mid
     }
 }
 
@@ -404,15 +419,15 @@ impl XorShift {
 
 /// One GET as the client sends it.
 #[derive(Debug, Clone, Copy)]
-pub struct Get<'a> {
+pub(crate) struct Get<'a> {
     /// Uri-Path and Uri-Query.
-    pub resource: &'a Resource,
+    pub(crate) resource: &'a Resource,
     /// Payload (the device payload for `/updates`), empty for none.
-    pub payload: &'a [u8],
+    pub(crate) payload: &'a [u8],
     /// Block2 option: the block asked for.
-    pub block2: Option<Block>,
+    pub(crate) block2: Option<Block>,
     /// Size2 option (0 asks the server for the body's size, RFC 7959 §4).
-    pub size2: Option<u32>,
+    pub(crate) size2: Option<u32>,
 }
 
 /// Writes `get` as a Confirmable message with Message ID `mid`, `token`
@@ -420,7 +435,7 @@ pub struct Get<'a> {
 ///
 /// # Errors
 /// [`wire::EmitError::BufferTooSmall`] when it does not fit `out`.
-pub fn emit_get(
+pub(crate) fn emit_get(
     get: &Get<'_>,
     mid: u16,
     token: &[u8],
@@ -452,27 +467,50 @@ pub fn emit_get(
     e.payload(get.payload)
 }
 
+/// A device payload (PROTOCOL.md §2.1), written once into a buffer of the
+/// longest size, so that sending it again allocates nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct DevicePayload {
+    bytes: [u8; MAX_DEVICE_PAYLOAD],
+    len: usize,
+}
+
+impl DevicePayload {
+    /// The payload of `request`: its OFFSET included when it has one.
+    /// `None` when the PID is empty or longer than 255 bytes.
+    pub(crate) fn new(request: &DeviceRequest<'_>) -> Option<DevicePayload> {
+        let mut bytes = [0u8; MAX_DEVICE_PAYLOAD];
+        let len = firmware::write_payload(request, &mut bytes)?;
+        Some(DevicePayload { bytes, len })
+    }
+
+    /// The payload bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
+    }
+}
+
 /// An answer, copied out of the datagram.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Response {
+pub(crate) struct Response {
     /// ACK (piggybacked), or CON/NON (a separate response).
-    pub mtype: MessageType,
+    pub(crate) mtype: MessageType,
     /// Response code.
-    pub code: MessageClass,
+    pub(crate) code: MessageClass,
     /// Block2, `Err` when unusable (SZX 7).
-    pub block2: Option<Result<Block, BlockError>>,
+    pub(crate) block2: Option<Result<Block, BlockError>>,
     /// Size2.
-    pub size2: Option<u32>,
+    pub(crate) size2: Option<u32>,
     /// ETag.
-    pub etag: Option<Vec<u8>>,
+    pub(crate) etag: Option<Vec<u8>>,
     /// Content-Format.
-    pub content_format: Option<u16>,
+    pub(crate) content_format: Option<u16>,
     /// Max-Age.
-    pub max_age: Option<u32>,
+    pub(crate) max_age: Option<u32>,
     /// Echo (RFC 9175).
-    pub echo: Option<Vec<u8>>,
+    pub(crate) echo: Option<Vec<u8>>,
     /// Payload.
-    pub payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl Response {
@@ -492,21 +530,22 @@ impl Response {
 
     /// The payload as text for an error message (RFC 7252 §5.5.2
     /// diagnostic), lossy and cut at 200 characters.
-    pub fn diagnostic(&self) -> String {
+    pub(crate) fn diagnostic(&self) -> String {
         String::from_utf8_lossy(&self.payload)
             .chars()
             .take(200)
             .collect()
     }
 
-    fn is(&self, code: ResponseType) -> bool {
+    /// True when the answer has response code `code`.
+    pub(crate) fn is(&self, code: ResponseType) -> bool {
         self.code == MessageClass::Response(code)
     }
 }
 
 /// What one received datagram means for the exchange `mid`/`token`.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Matched {
+pub(crate) enum Matched {
     /// A piggybacked answer: ACK with our Message ID and token.
     Response(Response),
     /// An empty ACK with our Message ID: the answer follows separately.
@@ -521,30 +560,60 @@ pub enum Matched {
     Stray,
 }
 
-/// Classifies a datagram from the server for the exchange `mid`/`token`
-/// (RFC 7252 §5.3.2: a piggybacked answer matches on both, an RST on the
-/// Message ID, a separate answer on the token).
-pub fn match_reply(datagram: &[u8], mid: u16, token: &[u8]) -> Matched {
+/// Classifies a datagram from the server for the exchange `mid`/`token`,
+/// copying an answer out of it (see [`classify_reply`]).
+pub(crate) fn match_reply(datagram: &[u8], mid: u16, token: &[u8]) -> Matched {
     let Ok(msg) = Message::parse(datagram) else {
         return Matched::Stray;
     };
+    match classify_reply(&msg, mid, token) {
+        Reply::Piggybacked => Matched::Response(Response::from_message(&msg)),
+        Reply::EmptyAck => Matched::EmptyAck,
+        Reply::Reset => Matched::Reset,
+        Reply::Separate { ack } => Matched::Separate(Response::from_message(&msg), ack),
+        Reply::Stray => Matched::Stray,
+    }
+}
+
+/// What a parsed message is for one exchange; [`Matched`] without the
+/// copy, for a caller that must not allocate per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// ACK with our Message ID and token, carrying the answer.
+    Piggybacked,
+    /// An empty ACK with our Message ID: the answer follows separately.
+    EmptyAck,
+    /// An RST with our Message ID: the server rejected the request.
+    Reset,
+    /// A CON or NON answer with our token; a CON one must be acknowledged
+    /// with the Message ID in `ack`.
+    Separate {
+        /// The Message ID to acknowledge, for a CON answer.
+        ack: Option<u16>,
+    },
+    /// Anything else: another exchange's, a duplicate, a request.
+    Stray,
+}
+
+/// Classifies `msg` for the exchange `mid`/`token` (RFC 7252 §5.3.2: a
+/// piggybacked answer matches on both, an RST on the Message ID, a
+/// separate answer on the token).
+pub(crate) fn classify_reply(msg: &Message<'_>, mid: u16, token: &[u8]) -> Reply {
     let is_response = matches!(msg.class(), MessageClass::Response(_));
     match msg.mtype {
         MessageType::Acknowledgement if msg.mid == mid => match msg.class() {
-            MessageClass::Empty => Matched::EmptyAck,
-            _ if is_response && msg.token == token => {
-                Matched::Response(Response::from_message(&msg))
-            }
-            _ => Matched::Stray,
+            MessageClass::Empty => Reply::EmptyAck,
+            _ if is_response && msg.token == token => Reply::Piggybacked,
+            _ => Reply::Stray,
         },
-        MessageType::Reset if msg.mid == mid => Matched::Reset,
+        MessageType::Reset if msg.mid == mid => Reply::Reset,
         MessageType::Confirmable if is_response && msg.token == token => {
-            Matched::Separate(Response::from_message(&msg), Some(msg.mid))
+            Reply::Separate { ack: Some(msg.mid) }
         }
         MessageType::NonConfirmable if is_response && msg.token == token => {
-            Matched::Separate(Response::from_message(&msg), None)
+            Reply::Separate { ack: None }
         }
-        _ => Matched::Stray,
+        _ => Reply::Stray,
     }
 }
 
@@ -552,11 +621,37 @@ pub fn match_reply(datagram: &[u8], mid: u16, token: &[u8]) -> Matched {
 // Block-wise transfer
 // ---------------------------------------------------------------------------
 
+/// An ETag kept in place, so that a download (of the load generator, many
+/// a second) allocates nothing for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StoredEtag {
+    bytes: [u8; MAX_ETAG_LEN],
+    len: usize,
+}
+
+impl StoredEtag {
+    /// `None` for an ETag longer than RFC 7252 allows.
+    fn new(etag: &[u8]) -> Option<StoredEtag> {
+        let mut bytes = [0u8; MAX_ETAG_LEN];
+        bytes.get_mut(..etag.len())?.copy_from_slice(etag);
+        Some(StoredEtag {
+            bytes,
+            len: etag.len(),
+        })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
+    }
+}
+
 /// Why a block-wise body is not one consistent representation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransferError {
+pub(crate) enum TransferError {
     /// A later block came without Block2.
     MissingBlock2,
+    /// An ETag longer than the 8 bytes RFC 7252 §5.10.6 allows.
+    BadEtag,
     /// Block2 with the reserved SZX 7 or longer than 3 bytes.
     BadBlock2,
     /// The server raised the block size, which RFC 7959 §2.4 does not allow.
@@ -609,6 +704,7 @@ impl fmt::Display for TransferError {
         match *self {
             TransferError::MissingBlock2 => f.write_str("a block came without Block2 option"),
             TransferError::BadBlock2 => f.write_str("the server sent an invalid Block2 option"),
+            TransferError::BadEtag => f.write_str("the server sent an ETag longer than 8 bytes"),
             TransferError::SizeIncreased { asked, got } => write!(
                 f,
                 "the server answered {}-byte blocks to a request for {}-byte blocks",
@@ -640,21 +736,21 @@ impl fmt::Display for TransferError {
 
 /// How far a block-wise download got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
+pub(crate) struct Progress {
     /// Bytes received.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Blocks received.
-    pub blocks: u32,
+    pub(crate) blocks: u32,
     /// The body's length when the server said (Size2).
-    pub total: Option<u32>,
+    pub(crate) total: Option<u32>,
     /// Current block size.
-    pub block_size: usize,
+    pub(crate) block_size: usize,
 }
 
 impl Progress {
     /// Blocks the whole body takes at the current size, when known. Blocks
     /// already received at a larger size count as they were.
-    pub fn total_blocks(&self) -> Option<u64> {
+    pub(crate) fn total_blocks(&self) -> Option<u64> {
         let total = u64::from(self.total?);
         let size = self.block_size.max(1) as u64;
         let remaining = total.saturating_sub(self.bytes).div_ceil(size);
@@ -692,18 +788,18 @@ impl fmt::Display for Progress {
 /// [`next_block`]: BlockCursor::next_block
 /// [`accept`]: BlockCursor::accept
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockCursor {
+pub(crate) struct BlockCursor {
     position: u64,
     szx: u8,
     blocks: u32,
-    etag: Option<Vec<u8>>,
+    etag: Option<StoredEtag>,
     size2: Option<u32>,
     done: bool,
 }
 
 impl BlockCursor {
     /// A download that asks for `2^(szx + 4)`-byte blocks (SZX capped at 6).
-    pub fn new(szx: u8) -> BlockCursor {
+    pub(crate) fn new(szx: u8) -> BlockCursor {
         BlockCursor {
             position: 0,
             szx: szx.min(Block::MAX_SZX),
@@ -719,17 +815,8 @@ impl BlockCursor {
     ///
     /// # Errors
     /// [`TransferError::TooManyBlocks`] past NUM 2^20 - 1.
-    pub fn next_block(&self) -> Result<Block, TransferError> {
-        let num = self.position >> (u32::from(self.szx) + 4);
-        let num = u32::try_from(num)
-            .ok()
-            .filter(|n| *n <= Block::MAX_NUM)
-            .ok_or(TransferError::TooManyBlocks)?;
-        Ok(Block {
-            num,
-            more: false,
-            szx: self.szx,
-        })
+    pub(crate) fn next_block(&self) -> Result<Block, TransferError> {
+        Block::at(self.position, self.szx).ok_or(TransferError::TooManyBlocks)
     }
 
     /// Takes the answer to the request for [`BlockCursor::next_block`];
@@ -741,7 +828,7 @@ impl BlockCursor {
     /// # Errors
     /// A [`TransferError`] when the answer is not the next part of the
     /// same body; the download must stop.
-    pub fn accept(
+    pub(crate) fn accept(
         &mut self,
         block2: Option<Result<Block, BlockError>>,
         etag: Option<&[u8]>,
@@ -762,11 +849,12 @@ impl BlockCursor {
                 });
             }
             // The position reached is a multiple of every size up to the
-            // current one, so the answered NUM is exact at a smaller size.
-            let expected = self.position >> (u32::from(block.szx) + 4);
-            if u64::from(block.num) != expected {
+            // current one, so an answer at a smaller size starts exactly
+            // there too.
+            if block.position() != self.position {
+                let expected = Block::at(self.position, block.szx);
                 return Err(TransferError::UnexpectedNum {
-                    expected: u32::try_from(expected).unwrap_or(u32::MAX),
+                    expected: expected.map_or(u32::MAX, |b| b.num),
                     got: block.num,
                 });
             }
@@ -780,8 +868,11 @@ impl BlockCursor {
             }
         }
         if self.blocks == 0 {
-            self.etag = etag.map(<[u8]>::to_vec);
-        } else if self.etag.as_deref() != etag {
+            self.etag = match etag {
+                Some(etag) => Some(StoredEtag::new(etag).ok_or(TransferError::BadEtag)?),
+                None => None,
+            };
+        } else if self.etag() != etag {
             return Err(TransferError::EtagChanged);
         }
         if let Some(now) = size2 {
@@ -820,7 +911,7 @@ impl BlockCursor {
     }
 
     /// Where the download stands.
-    pub fn progress(&self) -> Progress {
+    pub(crate) fn progress(&self) -> Progress {
         Progress {
             bytes: self.position,
             blocks: self.blocks,
@@ -830,99 +921,18 @@ impl BlockCursor {
     }
 
     /// The ETag of the body, once the first block came.
-    pub fn etag(&self) -> Option<&[u8]> {
-        self.etag.as_deref()
+    pub(crate) fn etag(&self) -> Option<&[u8]> {
+        self.etag.as_ref().map(StoredEtag::as_bytes)
     }
 
     /// True once the last block was accepted.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.done
     }
 }
 
-// ---------------------------------------------------------------------------
-// The client
-// ---------------------------------------------------------------------------
-
-/// Why a request or download failed.
-#[derive(Debug)]
-pub enum ClientError {
-    /// A socket error.
-    Io(io::Error),
-    /// The kernel reported an ICMP error (port or host unreachable):
-    /// nothing listens at the address.
-    Unreachable(io::Error),
-    /// No answer after every retransmission.
-    Timeout {
-        /// Times the request was sent.
-        transmissions: u32,
-        /// Time waited in all.
-        waited: Duration,
-    },
-    /// The server rejected the request with an RST.
-    Reset,
-    /// No newer image: 4.04 to a lookup, RST to the legacy request.
-    NoUpdate,
-    /// An answer with an unexpected code.
-    Status {
-        /// The code, e.g. 4.00.
-        code: MessageClass,
-        /// Its diagnostic payload.
-        diagnostic: String,
-    },
-    /// A lookup answer that is not an image id.
-    BadId(String),
-    /// The body is not one consistent representation.
-    Transfer(TransferError),
-    /// The request does not fit a datagram.
-    RequestTooLarge,
-    /// The body could not be written out.
-    Output(io::Error),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Io(e) => write!(f, "socket error: {e}"),
-            ClientError::Unreachable(e) => write!(f, "unreachable, no CoAP server there ({e})"),
-            ClientError::Timeout {
-                transmissions,
-                waited,
-            } => write!(
-                f,
-                "no answer after {transmissions} transmissions in {:.1} s",
-                waited.as_secs_f64()
-            ),
-            ClientError::Reset => f.write_str("the server rejected the request (RST)"),
-            ClientError::NoUpdate => f.write_str("no update available"),
-            ClientError::Status { code, diagnostic } if diagnostic.is_empty() => {
-                write!(f, "the server answered {code} {}", code_name(*code))
-            }
-            ClientError::Status { code, diagnostic } => {
-                write!(
-                    f,
-                    "the server answered {code} {}: {diagnostic}",
-                    code_name(*code)
-                )
-            }
-            ClientError::BadId(text) => write!(f, "the lookup answer '{text}' is not an image id"),
-            ClientError::Transfer(e) => e.fmt(f),
-            ClientError::RequestTooLarge => f.write_str("the request does not fit a datagram"),
-            ClientError::Output(e) => write!(f, "cannot write the body: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-impl From<TransferError> for ClientError {
-    fn from(e: TransferError) -> Self {
-        ClientError::Transfer(e)
-    }
-}
-
 /// The reason phrase of a response code, for messages.
-pub fn code_name(code: MessageClass) -> &'static str {
+pub(crate) fn code_name(code: MessageClass) -> &'static str {
     match code {
         MessageClass::Response(r) => match r {
             ResponseType::Content => "Content",
@@ -943,395 +953,8 @@ pub fn code_name(code: MessageClass) -> &'static str {
     }
 }
 
-/// What the client did so far, for the summary line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Requests (exchanges), each with a fresh Message ID.
-    pub requests: u32,
-    /// Datagrams sent again after a timeout.
-    pub retransmissions: u32,
-    /// Datagrams received that matched nothing (late duplicates, strays).
-    pub ignored: u32,
-    /// Requests repeated with an Echo value.
-    pub echo_retries: u32,
-    /// Waits after a 4.29.
-    pub rate_limit_waits: u32,
-}
-
-/// A body to download block-wise.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyRequest<'a> {
-    /// Uri-Path and Uri-Query.
-    pub resource: &'a Resource,
-    /// Sent with every block request (an OFFSET, or the legacy device
-    /// payload).
-    pub payload: &'a [u8],
-    /// The legacy `/updates` protocol: an RST to the first block means "no
-    /// update", and no Size2 is asked for, exactly as devices do.
-    pub legacy: bool,
-}
-
-/// A finished download.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transfer {
-    /// Body length.
-    pub bytes: u64,
-    /// Blocks received (1 for an answer without Block2).
-    pub blocks: u32,
-    /// The body's ETag.
-    pub etag: Option<Vec<u8>>,
-    /// Block size at the end (the server may have lowered it).
-    pub block_size: usize,
-    /// Content-Format of the first block.
-    pub content_format: Option<u16>,
-}
-
-/// One UDP socket connected to one server, with the per-server state of
-/// RFC 7252 (next Message ID) and RFC 9175 (the last Echo value).
-#[derive(Debug)]
-pub struct Client {
-    socket: UdpSocket,
-    server: SocketAddr,
-    params: Retransmission,
-    rng: XorShift,
-    next_mid: u16,
-    echo: Option<Vec<u8>>,
-    last_separate_mid: Option<u16>,
-    stats: Stats,
-    tx: Vec<u8>,
-    rx: Vec<u8>,
-}
-
-impl Client {
-    /// Binds an ephemeral port of the server's address family and connects
-    /// it to `server`, so that only the server's datagrams arrive and an
-    /// ICMP port unreachable is reported ([`ClientError::Unreachable`]).
-    ///
-    /// # Errors
-    /// As [`UdpSocket::bind`] and [`UdpSocket::connect`].
-    pub fn connect(server: SocketAddr, params: Retransmission) -> io::Result<Client> {
-        Client::with_rng(server, params, XorShift::from_entropy())
-    }
-
-    /// As [`Client::connect`] with a given random source (for tests).
-    ///
-    /// # Errors
-    /// As [`UdpSocket::bind`] and [`UdpSocket::connect`].
-    pub fn with_rng(
-        server: SocketAddr,
-        params: Retransmission,
-        mut rng: XorShift,
-    ) -> io::Result<Client> {
-        let bind: SocketAddr = if server.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(bind)?;
-        socket.connect(server)?;
-        // RFC 7252 §4.4: start Message IDs at a random value.
-        let next_mid = rng.next_u32() as u16;
-        Ok(Client {
-            socket,
-            server,
-            params,
-            rng,
-            next_mid,
-            echo: None,
-            last_separate_mid: None,
-            stats: Stats::default(),
-            tx: vec![0; TX_LEN],
-            rx: vec![0; RX_LEN],
-        })
-    }
-
-    /// The server's address.
-    pub fn server(&self) -> SocketAddr {
-        self.server
-    }
-
-    /// What the client did so far.
-    pub fn stats(&self) -> Stats {
-        self.stats
-    }
-
-    /// A fresh random 4-byte token.
-    pub fn new_token(&mut self) -> [u8; 4] {
-        self.rng.next_u32().to_be_bytes()
-    }
-
-    /// Sends `get` and returns the answer. A 4.01 with an Echo option is
-    /// answered by repeating the request with that value, which is then
-    /// sent with every later request (RFC 9175 §2.3); a 4.29 by waiting
-    /// Max-Age seconds (1 without, at most 60) and repeating, at most
-    /// [`MAX_RATE_LIMIT_WAITS`] times. Each repetition is a new message.
-    ///
-    /// # Errors
-    /// [`ClientError::Timeout`], [`ClientError::Reset`],
-    /// [`ClientError::Unreachable`], [`ClientError::Io`],
-    /// [`ClientError::RequestTooLarge`]. Error codes are answers, not
-    /// errors.
-    pub fn request(&mut self, get: &Get<'_>, token: &[u8]) -> Result<Response, ClientError> {
-        let mut echo_retries = 0;
-        let mut waits = 0;
-        loop {
-            let response = self.exchange(get, token)?;
-            if response.is(ResponseType::Unauthorized) && echo_retries < MAX_ECHO_RETRIES {
-                if let Some(echo) = &response.echo {
-                    self.echo = Some(echo.clone());
-                    echo_retries += 1;
-                    self.stats.echo_retries += 1;
-                    continue;
-                }
-            }
-            if response.is(ResponseType::TooManyRequests) && waits < MAX_RATE_LIMIT_WAITS {
-                waits += 1;
-                self.stats.rate_limit_waits += 1;
-                std::thread::sleep(retry_after(&response));
-                continue;
-            }
-            return Ok(response);
-        }
-    }
-
-    /// Asks `/updates` whether there is an image newer than the device's
-    /// version (PROTOCOL.md §2.1, lookup form) and returns its id.
-    ///
-    /// # Errors
-    /// [`ClientError::NoUpdate`] on 4.04, [`ClientError::Status`] on other
-    /// codes, [`ClientError::BadId`], and those of [`Client::request`].
-    pub fn lookup(&mut self, device: &DeviceRequest<'_>) -> Result<String, ClientError> {
-        let lookup = DeviceRequest {
-            offset: None,
-            ..*device
-        };
-        let mut payload = [0u8; MAX_DEVICE_PAYLOAD];
-        let len =
-            firmware::write_payload(&lookup, &mut payload).ok_or(ClientError::RequestTooLarge)?;
-        let resource = Resource::updates();
-        let get = Get {
-            resource: &resource,
-            payload: payload.get(..len).unwrap_or(&[]),
-            block2: None,
-            size2: None,
-        };
-        let token = self.new_token();
-        let response = self.request(&get, &token)?;
-        if response.is(ResponseType::NotFound) {
-            return Err(ClientError::NoUpdate);
-        }
-        if !response.is(ResponseType::Content) {
-            return Err(status(&response));
-        }
-        let id = String::from_utf8_lossy(&response.payload).into_owned();
-        let plausible = !id.is_empty()
-            && id.len() <= 255
-            && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
-        if !plausible {
-            return Err(ClientError::BadId(id.chars().take(64).collect()));
-        }
-        Ok(id)
-    }
-
-    /// Downloads a body block-wise with `szx`-sized blocks (or the server's
-    /// smaller ones) into `sink`, calling `progress` after every block.
-    /// Every block request carries the same payload and token, and a fresh
-    /// Message ID; the first one Size2 0 unless `legacy`.
-    ///
-    /// # Errors
-    /// [`ClientError::Transfer`] when the blocks are not one body,
-    /// [`ClientError::Status`] on a code other than 2.05,
-    /// [`ClientError::NoUpdate`] on an RST to the first legacy request,
-    /// [`ClientError::Output`], and those of [`Client::request`].
-    pub fn download(
-        &mut self,
-        body: &BodyRequest<'_>,
-        szx: u8,
-        sink: &mut dyn Write,
-        progress: &mut dyn FnMut(&Progress),
-    ) -> Result<Transfer, ClientError> {
-        let token = self.new_token();
-        let mut cursor = BlockCursor::new(szx);
-        let mut content_format = None;
-        loop {
-            let block = cursor.next_block()?;
-            let get = Get {
-                resource: body.resource,
-                payload: body.payload,
-                block2: Some(block),
-                size2: (block.num == 0 && !body.legacy).then_some(0),
-            };
-            let response = match self.request(&get, &token) {
-                Err(ClientError::Reset) if body.legacy && cursor.progress().blocks == 0 => {
-                    return Err(ClientError::NoUpdate)
-                }
-                other => other?,
-            };
-            if !response.is(ResponseType::Content) {
-                return Err(status(&response));
-            }
-            if cursor.progress().blocks == 0 {
-                content_format = response.content_format;
-            }
-            let more = cursor.accept(
-                response.block2,
-                response.etag.as_deref(),
-                response.size2,
-                response.payload.len(),
-            )?;
-            sink.write_all(&response.payload)
-                .map_err(ClientError::Output)?;
-            progress(&cursor.progress());
-            if !more {
-                let done = cursor.progress();
-                return Ok(Transfer {
-                    bytes: done.bytes,
-                    blocks: done.blocks,
-                    etag: cursor.etag().map(<[u8]>::to_vec),
-                    block_size: done.block_size,
-                    content_format,
-                });
-            }
-        }
-    }
-
-    /// One Confirmable exchange: send, retransmit on the RFC 7252 §4.2
-    /// schedule, return the first matching answer.
-    fn exchange(&mut self, get: &Get<'_>, token: &[u8]) -> Result<Response, ClientError> {
-        let mid = self.next_mid;
-        self.next_mid = self.next_mid.wrapping_add(1);
-        let len = emit_get(get, mid, token, self.echo.as_deref(), &mut self.tx)
-            .map_err(|_| ClientError::RequestTooLarge)?;
-        self.stats.requests += 1;
-        let started = Instant::now();
-        let mut timeouts = self.params.timeouts(self.rng.next_u32());
-        let mut transmissions = 0u32;
-        let mut separate_deadline = None;
-        loop {
-            let deadline = match separate_deadline {
-                Some(deadline) => deadline,
-                None => {
-                    let Some(timeout) = timeouts.next() else {
-                        return Err(ClientError::Timeout {
-                            transmissions,
-                            waited: started.elapsed(),
-                        });
-                    };
-                    self.send(len)?;
-                    if transmissions > 0 {
-                        self.stats.retransmissions += 1;
-                    }
-                    transmissions += 1;
-                    Instant::now() + timeout
-                }
-            };
-            match self.receive(mid, token, deadline)? {
-                Received::Response(response) => return Ok(response),
-                Received::Reset => return Err(ClientError::Reset),
-                // The request arrived; stop retransmitting and wait for
-                // the separate answer (RFC 7252 §5.2.2).
-                Received::EmptyAck if separate_deadline.is_none() => {
-                    separate_deadline = Some(Instant::now() + self.params.max_transmit_wait());
-                }
-                Received::EmptyAck => {}
-                Received::Deadline if separate_deadline.is_some() => {
-                    return Err(ClientError::Timeout {
-                        transmissions,
-                        waited: started.elapsed(),
-                    })
-                }
-                Received::Deadline => {}
-            }
-        }
-    }
-
-    fn send(&mut self, len: usize) -> Result<(), ClientError> {
-        let datagram = self.tx.get(..len).ok_or(ClientError::RequestTooLarge)?;
-        match self.socket.send(datagram) {
-            Ok(_) => Ok(()),
-            Err(e) if is_unreachable(&e) => Err(ClientError::Unreachable(e)),
-            Err(e) => Err(ClientError::Io(e)),
-        }
-    }
-
-    /// Receives until a datagram matches `mid`/`token` or `deadline`
-    /// passes; acknowledges separate CON answers.
-    fn receive(
-        &mut self,
-        mid: u16,
-        token: &[u8],
-        deadline: Instant,
-    ) -> Result<Received, ClientError> {
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(Received::Deadline);
-            }
-            self.socket
-                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
-                .map_err(ClientError::Io)?;
-            let len = match self.socket.recv(&mut self.rx) {
-                Ok(len) => len,
-                Err(e) if is_unreachable(&e) => return Err(ClientError::Unreachable(e)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(ClientError::Io(e)),
-            };
-            if len >= self.rx.len() {
-                self.stats.ignored += 1;
-                continue;
-            }
-            let datagram = self.rx.get(..len).unwrap_or(&[]);
-            match match_reply(datagram, mid, token) {
-                Matched::Response(response) => return Ok(Received::Response(response)),
-                Matched::EmptyAck => return Ok(Received::EmptyAck),
-                Matched::Reset => return Ok(Received::Reset),
-                Matched::Separate(response, confirm) => {
-                    if let Some(their_mid) = confirm {
-                        self.acknowledge(their_mid)?;
-                        // A retransmitted separate answer already taken.
-                        if self.last_separate_mid == Some(their_mid) {
-                            self.stats.ignored += 1;
-                            continue;
-                        }
-                        self.last_separate_mid = Some(their_mid);
-                    }
-                    return Ok(Received::Response(response));
-                }
-                Matched::Stray => self.stats.ignored += 1,
-            }
-        }
-    }
-
-    fn acknowledge(&mut self, mid: u16) -> Result<(), ClientError> {
-        let mut ack = [0u8; wire::HEADER_LEN];
-        let len = wire::emit_empty(&mut ack, MessageType::Acknowledgement, mid)
-            .map_err(|_| ClientError::RequestTooLarge)?;
-        self.socket
-            .send(ack.get(..len).unwrap_or(&[]))
-            .map(|_| ())
-            .map_err(ClientError::Io)
-    }
-}
-
-/// What [`Client::receive`] got before its deadline.
-enum Received {
-    Response(Response),
-    EmptyAck,
-    Reset,
-    Deadline,
-}
-
 /// How long to wait after a 4.29: Max-Age seconds, 1 without, at most 60.
-pub fn retry_after(response: &Response) -> Duration {
+pub(crate) fn retry_after(response: &Response) -> Duration {
     let seconds = response
         .max_age
         .unwrap_or(DEFAULT_RETRY_AFTER_S)
@@ -1339,28 +962,9 @@ pub fn retry_after(response: &Response) -> Duration {
     Duration::from_secs(u64::from(seconds))
 }
 
-fn status(response: &Response) -> ClientError {
-    ClientError::Status {
-        code: response.code,
-        diagnostic: response.diagnostic(),
-    }
-}
-
-/// The errors an ICMP unreachable turns into on a connected UDP socket.
-fn is_unreachable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use std::sync::mpsc;
-    use std::thread;
 
     // -- SERVER and PATH ---------------------------------------------------
 
@@ -1450,7 +1054,10 @@ mod tests {
         assert_eq!(Resource::parse("updates").unwrap(), Resource::updates());
         assert!(Resource::parse("/").unwrap().is_root());
         assert!(Resource::parse("").unwrap().is_root());
-        assert_eq!(Resource::image("0d0ad509").to_string(), "/updates/0d0ad509");
+        assert_eq!(
+            Resource::image(b"0d0ad509").to_string(),
+            "/updates/0d0ad509"
+        );
         assert_eq!(Resource::default().to_string(), "/");
     }
 
@@ -1575,7 +1182,7 @@ mod tests {
     }
 
     /// An answer from the server: `mtype`, `code`, mid, token, options.
-    fn answer(
+    pub(crate) fn answer(
         mtype: MessageType,
         code: MessageClass,
         mid: u16,
@@ -1588,7 +1195,7 @@ mod tests {
         out[..len].to_vec()
     }
 
-    const CONTENT: MessageClass = MessageClass::Response(ResponseType::Content);
+    pub(crate) const CONTENT: MessageClass = MessageClass::Response(ResponseType::Content);
 
     #[test]
     fn piggybacked_answer_matches_on_mid_and_token() {
@@ -1761,6 +1368,54 @@ mod tests {
     }
 
     #[test]
+    fn an_etag_longer_than_8_bytes_is_refused() {
+        let mut c = BlockCursor::new(0);
+        assert_eq!(
+            c.accept(block(0, true, 0), Some(&[7; 9]), None, 16),
+            Err(TransferError::BadEtag)
+        );
+    }
+
+    #[test]
+    fn message_ids_are_consecutive_and_wrap() {
+        let mut ids = MessageIds { next: u16::MAX };
+        assert_eq!((ids.fresh(), ids.fresh()), (u16::MAX, 0));
+        let mut rng = XorShift::new(1);
+        let mut a = MessageIds::starting_at_random(&mut rng);
+        let mut b = MessageIds::starting_at_random(&mut rng);
+        assert_ne!(a.fresh(), b.fresh(), "two endpoints start apart");
+    }
+
+    #[test]
+    fn device_payload_is_the_firmware_encoding() {
+        let request = DeviceRequest {
+            pid: b"PID",
+            fw_type: 3,
+            version: 0x0102_0003,
+            offset: Some(0),
+        };
+        let payload = DevicePayload::new(&request).unwrap();
+        assert_eq!(
+            payload.as_bytes(),
+            [3, b'P', b'I', b'D', 3, 3, 0, 2, 1, 0, 0, 0, 0]
+        );
+        let long = [b'x'; 255];
+        let longest = DeviceRequest {
+            pid: &long,
+            ..request
+        };
+        assert_eq!(
+            DevicePayload::new(&longest).unwrap().as_bytes().len(),
+            MAX_DEVICE_PAYLOAD
+        );
+        assert!(DevicePayload::new(&DeviceRequest {
+            pid: b"",
+            ..request
+        })
+        .is_none());
+    }
+
+    #[test]
     fn total_must_match_size2() {
         let mut c = BlockCursor::new(0);
         c.accept(block(0, true, 0), Some(ETAG), Some(20), 16)
@@ -1858,322 +1513,5 @@ mod tests {
             ..p
         };
         assert_eq!(p.to_string(), "  1 block  8 B");
-    }
-
-    // -- the client against a scripted peer over loopback -------------------
-
-    /// A fake server on 127.0.0.1 that runs `script` on each request it
-    /// receives (with the datagram) and sends back what it returns; the
-    /// thread ends after `max` requests or 10 s without one.
-    fn scripted_server(
-        max: usize,
-        mut script: impl FnMut(usize, &[u8]) -> Vec<Vec<u8>> + Send + 'static,
-    ) -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let (seen_tx, seen_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            for i in 0..max {
-                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
-                    return;
-                };
-                let _ = seen_tx.send(buf[..n].to_vec());
-                for reply in script(i, &buf[..n]) {
-                    let _ = socket.send_to(&reply, peer);
-                }
-            }
-        });
-        (addr, seen_rx)
-    }
-
-    /// Short enough for quick tests, long enough that a busy machine does
-    /// not retransmit before the scripted peer answers.
-    fn fast() -> Retransmission {
-        Retransmission {
-            ack_timeout: Duration::from_millis(300),
-            max_retransmit: 4,
-        }
-    }
-
-    /// The piggybacked reply to `request` with `code`, extra options and
-    /// payload.
-    fn reply_to(
-        request: &[u8],
-        code: ResponseType,
-        options: &[(u16, &[u8])],
-        payload: &[u8],
-    ) -> Vec<u8> {
-        let msg = Message::parse(request).unwrap();
-        let mut out = [0u8; 512];
-        let mut e = Emitter::new(
-            &mut out,
-            MessageType::Acknowledgement,
-            MessageClass::Response(code),
-            msg.mid,
-            msg.token,
-        )
-        .unwrap();
-        for (number, value) in options {
-            e.option(*number, value).unwrap();
-        }
-        let len = e.payload(payload).unwrap();
-        out[..len].to_vec()
-    }
-
-    fn get_root() -> Resource {
-        Resource::parse("/r").unwrap()
-    }
-
-    /// A GET of `resource` with no payload, Block2 or Size2.
-    fn plain_get(resource: &Resource) -> Get<'_> {
-        Get {
-            resource,
-            payload: &[],
-            block2: None,
-            size2: None,
-        }
-    }
-
-    /// A client of `addr` on the [`fast`] schedule with a seeded RNG.
-    fn fast_client(addr: SocketAddr, seed: u64) -> Client {
-        Client::with_rng(addr, fast(), XorShift::new(seed)).unwrap()
-    }
-
-    #[test]
-    fn lost_requests_are_retransmitted_with_the_same_mid_and_strays_ignored() {
-        // Drop the first two transmissions; answer the third after a stray
-        // (wrong token) and an unparsable datagram.
-        let (addr, seen) = scripted_server(3, |i, req| match i {
-            0 | 1 => vec![],
-            _ => {
-                let mut stray = reply_to(req, ResponseType::Content, &[], b"stray");
-                stray[4] ^= 0xFF; // flip the token's first byte
-                vec![
-                    b"junk".to_vec(),
-                    stray,
-                    reply_to(req, ResponseType::Content, &[], b"ok"),
-                ]
-            }
-        });
-        let params = Retransmission {
-            ack_timeout: Duration::from_millis(100),
-            max_retransmit: 4,
-        };
-        let mut client = Client::with_rng(addr, params, XorShift::new(3)).unwrap();
-        let resource = get_root();
-        let get = plain_get(&resource);
-        let response = client.request(&get, &[0xAA, 0xBB]).unwrap();
-        assert_eq!(response.payload, b"ok");
-        let sent: Vec<Vec<u8>> = seen.try_iter().collect();
-        assert_eq!(sent.len(), 3);
-        assert!(
-            sent.iter().all(|d| d == &sent[0]),
-            "retransmissions are the same datagram"
-        );
-        let stats = client.stats();
-        assert_eq!(
-            (stats.requests, stats.retransmissions, stats.ignored),
-            (1, 2, 2)
-        );
-    }
-
-    #[test]
-    fn silence_times_out_after_max_retransmit() {
-        let (addr, seen) = scripted_server(10, |_, _| vec![]);
-        let params = Retransmission {
-            ack_timeout: Duration::from_millis(20),
-            max_retransmit: 2,
-        };
-        let mut client = Client::with_rng(addr, params, XorShift::new(5)).unwrap();
-        let resource = get_root();
-        let get = plain_get(&resource);
-        let started = Instant::now();
-        match client.request(&get, &[1]) {
-            Err(ClientError::Timeout {
-                transmissions: 3, ..
-            }) => {}
-            other => panic!("{other:?}"),
-        }
-        // 20 + 40 + 80 ms at least, below 1.5 times that plus slack.
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_millis(140) && waited < Duration::from_secs(2),
-            "{waited:?}"
-        );
-        for i in 0..3 {
-            seen.recv_timeout(Duration::from_secs(2))
-                .unwrap_or_else(|_| panic!("transmission {i} missing"));
-        }
-        assert!(seen.try_recv().is_err(), "no fourth transmission");
-    }
-
-    #[test]
-    fn echo_challenge_is_answered_and_the_value_kept() {
-        let (addr, seen) = scripted_server(3, |i, req| {
-            let msg = Message::parse(req).unwrap();
-            match (i, msg.echo) {
-                (0, None) => vec![reply_to(
-                    req,
-                    ResponseType::Unauthorized,
-                    &[(wire::OPTION_ECHO, b"e1")],
-                    b"",
-                )],
-                (_, Some(b"e1")) => vec![reply_to(req, ResponseType::Content, &[], b"ok")],
-                _ => vec![reply_to(req, ResponseType::BadRequest, &[], b"no echo")],
-            }
-        });
-        let mut client = fast_client(addr, 9);
-        let resource = get_root();
-        let get = plain_get(&resource);
-        assert_eq!(client.request(&get, &[1]).unwrap().payload, b"ok");
-        // The next request carries the Echo value from the start.
-        assert_eq!(client.request(&get, &[2]).unwrap().payload, b"ok");
-        let sent: Vec<Vec<u8>> = seen.try_iter().collect();
-        let mids: Vec<u16> = sent
-            .iter()
-            .map(|d| Message::parse(d).unwrap().mid)
-            .collect();
-        assert_eq!(sent.len(), 3);
-        assert!(
-            mids[0] != mids[1] && mids[1] != mids[2],
-            "fresh Message IDs: {mids:?}"
-        );
-        assert_eq!(client.stats().echo_retries, 1);
-    }
-
-    #[test]
-    fn too_many_requests_waits_max_age_then_retries() {
-        let (addr, _seen) = scripted_server(2, |i, req| match i {
-            0 => vec![reply_to(
-                req,
-                ResponseType::TooManyRequests,
-                &[(14, &[])],
-                b"",
-            )], // Max-Age 0
-            _ => vec![reply_to(req, ResponseType::Content, &[], b"ok")],
-        });
-        let mut client = fast_client(addr, 11);
-        let resource = get_root();
-        let get = plain_get(&resource);
-        assert_eq!(client.request(&get, &[1]).unwrap().payload, b"ok");
-        assert_eq!(client.stats().rate_limit_waits, 1);
-    }
-
-    #[test]
-    fn rate_limit_waits_are_bounded() {
-        let (addr, _seen) = scripted_server(MAX_RATE_LIMIT_WAITS as usize + 1, |_, req| {
-            vec![reply_to(
-                req,
-                ResponseType::TooManyRequests,
-                &[(14, &[])],
-                b"",
-            )]
-        });
-        let mut client = fast_client(addr, 13);
-        let resource = get_root();
-        let get = plain_get(&resource);
-        let r = client.request(&get, &[1]).unwrap();
-        assert!(r.is(ResponseType::TooManyRequests));
-        assert_eq!(client.stats().rate_limit_waits, MAX_RATE_LIMIT_WAITS);
-    }
-
-    #[test]
-    fn separate_answer_after_empty_ack_is_taken_and_acknowledged() {
-        let (addr, seen) = scripted_server(2, |i, req| {
-            if i > 0 {
-                return vec![]; // the client's ACK of the separate answer
-            }
-            let msg = Message::parse(req).unwrap();
-            let mut empty = [0u8; 4];
-            let n = wire::emit_empty(&mut empty, MessageType::Acknowledgement, msg.mid).unwrap();
-            let separate = answer(
-                MessageType::Confirmable,
-                CONTENT,
-                0x7777,
-                msg.token,
-                b"later",
-            );
-            vec![empty[..n].to_vec(), separate.clone(), separate]
-        });
-        let mut client = fast_client(addr, 17);
-        let resource = get_root();
-        let get = plain_get(&resource);
-        assert_eq!(client.request(&get, &[4, 2]).unwrap().payload, b"later");
-        let ack = seen
-            .recv_timeout(Duration::from_secs(2))
-            .and_then(|_| seen.recv_timeout(Duration::from_secs(2)));
-        let ack = ack.expect("the client acknowledged the separate answer");
-        let msg = Message::parse(&ack).unwrap();
-        assert_eq!(
-            (msg.mtype, msg.mid, msg.code),
-            (MessageType::Acknowledgement, 0x7777, 0)
-        );
-    }
-
-    #[test]
-    fn download_with_a_shrinking_server_and_checked_etag() {
-        // A 100-byte body served at most 32 bytes a block, whatever asked.
-        let body: Vec<u8> = (0..100u8).collect();
-        let served = body.clone();
-        let (addr, _seen) = scripted_server(10, move |_, req| {
-            let msg = Message::parse(req).unwrap();
-            let asked = msg.block2.unwrap().unwrap();
-            let start = (asked.num as usize) << (asked.szx + 4);
-            let szx = asked.szx.min(1);
-            let end = (start + 32).min(served.len());
-            let b = Block {
-                num: (start >> 5) as u32,
-                more: end < served.len(),
-                szx,
-            };
-            let mut raw = [0u8; 4];
-            let block = b.encode(&mut raw).to_vec();
-            vec![reply_to(
-                req,
-                ResponseType::Content,
-                &[(4, b"etag0001"), (23, &block), (28, &[100])],
-                &served[start..end],
-            )]
-        });
-        let mut client = fast_client(addr, 19);
-        let resource = get_root();
-        let mut out = Vec::new();
-        let mut updates = 0;
-        let request = BodyRequest {
-            resource: &resource,
-            payload: &[],
-            legacy: false,
-        };
-        let t = client
-            .download(&request, 6, &mut out, &mut |_| updates += 1)
-            .unwrap();
-        assert_eq!(out, body);
-        assert_eq!((t.bytes, t.blocks, t.block_size, updates), (100, 4, 32, 4));
-        assert_eq!(t.etag.as_deref(), Some(&b"etag0001"[..]));
-    }
-
-    #[test]
-    fn legacy_reset_to_the_first_block_means_no_update() {
-        let (addr, _seen) = scripted_server(1, |_, req| {
-            let msg = Message::parse(req).unwrap();
-            let mut rst = [0u8; 4];
-            let n = wire::emit_empty(&mut rst, MessageType::Reset, msg.mid).unwrap();
-            vec![rst[..n].to_vec()]
-        });
-        let mut client = fast_client(addr, 23);
-        let resource = Resource::updates();
-        let request = BodyRequest {
-            resource: &resource,
-            payload: b"\x01A\x03\0\0\0\0\0\0\0\0",
-            legacy: true,
-        };
-        match client.download(&request, 6, &mut Vec::new(), &mut |_| {}) {
-            Err(ClientError::NoUpdate) => {}
-            other => panic!("{other:?}"),
-        }
     }
 }

@@ -1,19 +1,22 @@
 //! `iot-ota-client`: a device emulator and operator tool on the same `wire`
-//! code as the server. The protocol work is in `iot_ota::client`; this file
-//! reads the command line, calls it, and turns the outcome into output and
-//! an exit code.
+//! code as the server, and the `bench` and `baseline` subcommands of `make
+//! bench`. The protocol work is in [`coap`] (sans-IO) and [`client`] (the
+//! socket loop); this file reads the command line, calls them, and turns
+//! the outcome into output and an exit code. It never builds or parses a
+//! message itself.
 //!
 //! Exit codes: 0 downloaded (or GET done), 3 no update available, 1 error
 //! (timeout, unreachable, error response, inconsistent body), 2 usage.
 
-use getopts::{Fail, Options};
-use iot_ota::client::{
-    BodyRequest, Client, ClientError, Progress, Resource, Retransmission, Target, Transfer,
-    DEFAULT_BLOCK_SIZE,
-};
+mod baseline;
+mod bench;
+mod client;
+mod coap;
+
+use client::{BodyRequest, Client, ClientError, Transfer};
+use coap::{DevicePayload, Progress, Resource, Retransmission, Target, DEFAULT_BLOCK_SIZE};
+use getopts::{Fail, Matches, Options};
 use iot_ota::firmware::{self, DeviceRequest};
-// `bench` and `baseline` subcommands (src/loadgen.rs).
-use iot_ota::loadgen;
 use iot_ota::wire::Block;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -21,13 +24,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const PROGRAM: &str = "iot-ota-client";
-const ERROR_EXIT: u8 = 1;
-const USAGE_EXIT: u8 = 2;
+/// Exit status of a failed run (of every subcommand).
+pub(crate) const ERROR_EXIT: u8 = 1;
+/// Exit status of a usage error (of every subcommand).
+pub(crate) const USAGE_EXIT: u8 = 2;
 const NO_UPDATE_EXIT: u8 = 3;
 /// Upper bound of --timeout-ms: an hour-long ACK_TIMEOUT is a typo.
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
-/// Longest device payload (PIDLEN, 255 PID bytes, TYPE, VERSION, OFFSET).
-const MAX_DEVICE_PAYLOAD: usize = 265;
 
 /// What to ask the server.
 enum Mode {
@@ -141,11 +144,49 @@ fn usage_text(o: &Options) -> String {
     o.usage(&brief)
 }
 
-/// A usage error: one line, a hint, exit 2.
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("{PROGRAM}: {message}");
-    eprintln!("Try '{PROGRAM} --help' for more information.");
+/// A usage error of `command` (`iot-ota-client` or a subcommand such as
+/// `iot-ota-client bench`): one line, a hint, exit 2.
+pub(crate) fn usage_error(command: &str, message: &str) -> ExitCode {
+    eprintln!("{command}: {message}");
+    eprintln!("Try '{command} --help' for more information.");
     ExitCode::from(USAGE_EXIT)
+}
+
+/// Parses the arguments of `command` (a subcommand) with `options`.
+/// `Err` is the exit code when the run is over already: the help, headed
+/// by `brief`, printed on `--help`, or a usage error.
+pub(crate) fn parse_subcommand(
+    command: &str,
+    options: &Options,
+    args: &[String],
+    brief: &str,
+) -> Result<Matches, ExitCode> {
+    let matches = options
+        .parse(args)
+        .map_err(|e| usage_error(command, &e.to_string()))?;
+    if matches.opt_present("h") {
+        print!("{}", options.usage(brief));
+        return Err(ExitCode::SUCCESS);
+    }
+    Ok(matches)
+}
+
+/// The value of the numeric option `--name`: `default` when absent, an
+/// error naming the option when it does not parse or fails `ok`.
+pub(crate) fn number<T: std::str::FromStr>(
+    m: &Matches,
+    name: &str,
+    default: T,
+    ok: impl Fn(&T) -> bool,
+) -> Result<T, String> {
+    match m.opt_str(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|v| ok(v))
+            .ok_or_else(|| format!("invalid --{name} '{text}'")),
+    }
 }
 
 fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
@@ -278,14 +319,14 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("bench") => return loadgen::bench_main(args.get(1..).unwrap_or(&[])),
-        Some("baseline") => return loadgen::baseline_main(args.get(1..).unwrap_or(&[])),
+        Some("bench") => return bench::bench_main(args.get(1..).unwrap_or(&[])),
+        Some("baseline") => return baseline::baseline_main(args.get(1..).unwrap_or(&[])),
         _ => {}
     }
     let config = match parse_args(&args) {
         Ok(Some(config)) => config,
         Ok(None) => return ExitCode::SUCCESS,
-        Err(message) => return usage_error(&message),
+        Err(message) => return usage_error(PROGRAM, &message),
     };
     run(&config)
 }
@@ -385,20 +426,18 @@ fn fetch(
                     offset: Some(offset.unwrap_or(0)),
                     ..device
                 };
-                let mut payload = [0u8; MAX_DEVICE_PAYLOAD];
-                let len = firmware::write_payload(&legacy, &mut payload)
-                    .ok_or(ClientError::RequestTooLarge)?;
+                let payload = DevicePayload::new(&legacy).ok_or(ClientError::RequestTooLarge)?;
                 let resource = Resource::updates();
                 let request = BodyRequest {
                     resource: &resource,
-                    payload: payload.get(..len).unwrap_or(&[]),
+                    payload: payload.as_bytes(),
                     legacy: true,
                 };
                 let transfer = client.download(&request, config.szx, body, progress)?;
                 Ok((format!("{pid_text} (legacy protocol){from}"), transfer))
             } else {
                 let id = client.lookup(&device)?;
-                let resource = Resource::image(&id);
+                let resource = Resource::image(id.as_bytes());
                 let offset_payload = offset.map(u32::to_le_bytes);
                 let request = BodyRequest {
                     resource: &resource,

@@ -1,5 +1,8 @@
-//! Load generator and raw baseline responder behind `iot-ota-client bench`
-//! and `iot-ota-client baseline`, used by `make bench`.
+//! The load generator behind `iot-ota-client bench`, used by `make bench`.
+//! The protocol is the client's ([`crate::coap`]: requests, reply matching,
+//! the block cursor, Message IDs, the retransmission schedule); what is
+//! its own is the single-thread scheduling of many devices and the
+//! byte-for-byte check against the image. It never allocates per request.
 //!
 //! The generator simulates N devices. Each runs a stop-and-wait Confirmable
 //! download of a whole image, block by block (RFC 7252 §4.2, RFC 7959
@@ -24,34 +27,34 @@
 //! Against a server that answers out of order the generator stays correct,
 //! only slower.
 //!
-//! The baseline is the ceiling for a single-thread request/response server
-//! on the machine at hand: a blocking loop that answers every datagram with
-//! a fixed 1 KiB datagram. `bench --baseline` drives it with the same loop
-//! and the same requests, minus the CoAP checks.
+//! `bench --baseline` drives [`crate::baseline`], the ceiling for a
+//! single-thread request/response server on the machine at hand, with the
+//! same loop and the same requests, minus the CoAP checks.
 
-use crate::firmware;
-use crate::wire::{Block, Emitter, Message};
-use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
+use crate::client::bind_ephemeral;
+use crate::coap::{
+    classify_reply, emit_get, BlockCursor, DevicePayload, Get, MessageIds, Reply, Resource,
+    Retransmission, Target, XorShift, TOKEN_LEN,
+};
+use crate::{number, parse_subcommand, usage_error, ERROR_EXIT};
+use coap_lite::{MessageClass, MessageType, ResponseType};
 use getopts::{Matches, Options};
+use iot_ota::firmware::{self, DeviceRequest};
+use iot_ota::wire::{Block, Message};
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE_EXIT: u8 = 2;
-const FAILURE_EXIT: u8 = 1;
+/// The command name in messages.
+const COMMAND: &str = "iot-ota-client bench";
 /// Room for the largest request: header, token, two Uri-Path options,
 /// Block2 and a legacy payload with a 255-byte PID.
 const REQUEST_MAX: usize = 320;
 /// Larger than any reply a 1 KiB block makes, and than the baseline's.
 const RECEIVE_MAX: usize = 2048;
-/// Token length: the device index, big-endian, so a reply that arrives on
-/// any pool socket finds its device.
-const TOKEN_LEN: usize = 4;
-/// RFC 7252 §4.8: after this many retransmissions the exchange fails.
-const MAX_RETRANSMIT: u32 = 4;
 /// Non-blocking polls of the head socket before blocking on it: a reply
 /// within a few microseconds is cheaper to catch than to be woken for.
 const SPIN_POLLS: u32 = 8;
@@ -64,10 +67,6 @@ const LOOK_AHEAD: usize = 16;
 const TIMER_SWEEP: Duration = Duration::from_millis(5);
 /// Blocks a baseline "download" has when no image is given.
 const BASELINE_BLOCKS: usize = 256;
-/// Default length of a baseline reply: a fixed 1 KiB datagram.
-const BASELINE_REPLY_LEN: usize = 1024;
-/// Largest UDP payload over IPv4.
-const UDP_MAX: usize = 65_507;
 /// Upper bound of `--devices` and `--ports` (each is a file descriptor).
 const MAX_SOCKETS: usize = 60_000;
 /// Linux reports process CPU time in these ticks a second (USER_HZ).
@@ -114,7 +113,8 @@ struct BenchConfig {
     spin: bool,
     duration: Duration,
     downloads: Option<u32>,
-    timeout: Duration,
+    /// ACK_TIMEOUT from `--timeout-ms`; MAX_RETRANSMIT as RFC 7252 says.
+    retransmission: Retransmission,
 }
 
 /// What a run measured.
@@ -237,8 +237,8 @@ fn bench_options() -> Options {
     o
 }
 
-fn bench_usage(o: &Options) -> String {
-    let brief = "Usage: iot-ota-client bench SERVER [--devices N] [--ports P] [--path id|legacy] \
+/// The help text above the options.
+const BENCH_BRIEF: &str = "Usage: iot-ota-client bench SERVER [--devices N] [--ports P] [--path id|legacy] \
                  [--id HEX | --pid PID --type T --version V] [--offset BYTES] [--expect FILE] \
                  [--block-size BYTES] [--baseline] [--spin] [--duration-ms MS | --downloads K] [--timeout-ms MS]\n\n\
                  Simulates N devices, each downloading a whole image block by block with Confirmable \
@@ -252,8 +252,6 @@ fn bench_usage(o: &Options) -> String {
                  retransmissions; stale: duplicate or unmatched replies; late_heads: requests found lost; \
                  cpu_pct: the generator's own CPU use)\n\
                  Exit status: 0 when every block matched, 1 on a mismatch or when no block arrived, 2 on a usage error.";
-    o.usage(brief)
-}
 
 /// `iot-ota-client bench SERVER ...`: runs the load generator and prints a
 /// human line and a `RESULT key=value ...` line on stdout.
@@ -261,58 +259,31 @@ fn bench_usage(o: &Options) -> String {
 /// `args` are the arguments after `bench`. Exit status 0 when every block
 /// matched, 1 on a mismatch, a failed run or no block at all, 2 on a usage
 /// error.
-pub fn bench_main(args: &[String]) -> ExitCode {
-    let o = bench_options();
-    let matches = match o.parse(args) {
+pub(crate) fn bench_main(args: &[String]) -> ExitCode {
+    let matches = match parse_subcommand(COMMAND, &bench_options(), args, BENCH_BRIEF) {
         Ok(m) => m,
-        Err(e) => return usage_error("bench", &e.to_string()),
+        Err(done) => return done,
     };
-    if matches.opt_present("h") {
-        print!("{}", bench_usage(&o));
-        return ExitCode::SUCCESS;
-    }
     let config = match bench_config(&matches) {
         Ok(config) => config,
-        Err(message) => return usage_error("bench", &message),
+        Err(message) => return usage_error(COMMAND, &message),
     };
     let report = match run(&config) {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("iot-ota-client bench: {e}");
-            return ExitCode::from(FAILURE_EXIT);
+            eprintln!("{COMMAND}: {e}");
+            return ExitCode::from(ERROR_EXIT);
         }
     };
     println!("{}", human_line(&config, &report));
     println!("{}", result_line(&config, &report));
     if let Some(first) = &report.first_mismatch {
-        eprintln!("iot-ota-client bench: first mismatch: {first}");
+        eprintln!("{COMMAND}: first mismatch: {first}");
     }
     if report.mismatches > 0 || report.blocks == 0 {
-        ExitCode::from(FAILURE_EXIT)
+        ExitCode::from(ERROR_EXIT)
     } else {
         ExitCode::SUCCESS
-    }
-}
-
-fn usage_error(command: &str, message: &str) -> ExitCode {
-    eprintln!("iot-ota-client {command}: {message}");
-    eprintln!("Try 'iot-ota-client {command} --help' for more information.");
-    ExitCode::from(USAGE_EXIT)
-}
-
-fn number<T: std::str::FromStr>(
-    m: &Matches,
-    name: &str,
-    default: T,
-    ok: impl Fn(&T) -> bool,
-) -> Result<T, String> {
-    match m.opt_str(name) {
-        None => Ok(default),
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|v| ok(v))
-            .ok_or_else(|| format!("invalid --{name} '{text}'")),
     }
 }
 
@@ -322,7 +293,7 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
         [] => return Err("missing SERVER (e.g. 127.0.0.1:5683)".to_owned()),
         [_, extra, ..] => return Err(format!("unexpected argument '{extra}'")),
     };
-    let server = crate::client::Target::parse(server_text)
+    let server = Target::parse(server_text)
         .ok()
         .and_then(|target| target.resolve().ok())
         .ok_or_else(|| format!("cannot resolve SERVER '{server_text}'"))?;
@@ -411,7 +382,7 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
     };
     let default_ms = if downloads.is_some() { 60_000 } else { 2_000 };
     let duration = Duration::from_millis(number(m, "duration-ms", default_ms, |ms| *ms > 0)?);
-    let timeout = Duration::from_millis(number(m, "timeout-ms", 2_000u64, |ms| {
+    let ack_timeout = Duration::from_millis(number(m, "timeout-ms", 2_000u64, |ms| {
         (1..=60_000).contains(ms)
     })?);
     Ok(BenchConfig {
@@ -426,7 +397,10 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
         spin: m.opt_present("spin"),
         duration,
         downloads,
-        timeout,
+        retransmission: Retransmission {
+            ack_timeout,
+            ..Retransmission::default()
+        },
     })
 }
 
@@ -441,18 +415,24 @@ fn parse_id(text: &str) -> Option<[u8; 8]> {
 /// One simulated device and its outstanding exchange.
 #[derive(Debug)]
 struct Device {
+    /// The device index, big-endian, rather than a random token: a reply
+    /// that arrives on any pool socket finds its device without a search.
     token: [u8; TOKEN_LEN],
+    /// Message ID of the outstanding request.
     mid: u16,
+    /// The device's own Message IDs (without `--ports`).
+    mids: MessageIds,
     /// Socket the outstanding request left from.
     socket: usize,
-    /// Block asked for, in units of `16 << szx`.
-    num: u32,
-    szx: u8,
+    /// Where the download stands: the block to ask for next.
+    cursor: BlockCursor,
+    /// NUM of the block the outstanding request asks for (for messages).
+    asked_num: u32,
     request: [u8; REQUEST_MAX],
     request_len: usize,
     first_sent: Instant,
     last_sent: Instant,
-    timeout: Duration,
+    /// Retransmissions of the outstanding request so far.
     retransmits: u32,
     /// Sequence number of its latest transmission (one counter for all
     /// devices); queue entries with another value are stale.
@@ -469,9 +449,11 @@ struct Generator<'c> {
     /// carry no token).
     owner: Vec<usize>,
     next_socket: usize,
-    /// Message IDs for `--ports`: one counter, so no two requests from one
+    /// Message IDs for `--ports`: one sequence, so no two requests from one
     /// port share an ID (RFC 7252 §4.4).
-    shared_mid: u16,
+    shared_mids: MessageIds,
+    /// Resource and payload of every request.
+    requests: Requests,
     devices: Vec<Device>,
     /// (device, seq) in transmission order: the oldest outstanding request
     /// is at the front once stale entries are skipped.
@@ -501,27 +483,10 @@ fn wait_on(socket: &UdpSocket, rx: &mut [u8]) -> Option<(usize, SocketAddr)> {
     received
 }
 
-/// A pseudo-random 16-bit start for a device's Message IDs (RFC 7252 §4.4
-/// recommends a randomised start), from the clock and the device index.
-fn initial_mid(index: usize) -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut x = nanos ^ (index as u32).wrapping_mul(0x9E37_79B9) ^ 0x5bd1_e995;
-    x ^= x << 13;
-    x ^= x >> 17;
-    x ^= x << 5;
-    (x >> 8) as u16
-}
-
+/// A client socket for the generator's loop: non-blocking, with HEAD_WAIT
+/// as the bound of [`wait_on`].
 fn bind_socket(server: SocketAddr) -> io::Result<UdpSocket> {
-    let local: SocketAddr = if server.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).map_err(|e| {
+    let socket = bind_ephemeral(server).map_err(|e| {
         if e.raw_os_error() == Some(24) {
             io::Error::new(e.kind(), format!("{e}: raise the limit with `ulimit -n`"))
         } else {
@@ -544,19 +509,22 @@ fn run(config: &BenchConfig) -> io::Result<Report> {
     for _ in 0..socket_count {
         sockets.push(bind_socket(config.server)?);
     }
+    let requests = Requests::new(config)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the request does not fit"))?;
+    let mut rng = XorShift::from_entropy();
     let now = Instant::now();
     let devices = (0..config.devices)
         .map(|i| Device {
             token: (i as u32).to_be_bytes(),
-            mid: initial_mid(i),
+            mid: 0,
+            mids: MessageIds::starting_at_random(&mut rng),
             socket: i % socket_count,
-            num: 0,
-            szx: config.szx,
+            cursor: BlockCursor::new(config.szx),
+            asked_num: 0,
             request: [0; REQUEST_MAX],
             request_len: 0,
             first_sent: now,
             last_sent: now,
-            timeout: config.timeout,
             retransmits: 0,
             seq: 0,
             outstanding: false,
@@ -573,7 +541,8 @@ fn run(config: &BenchConfig) -> io::Result<Report> {
         owner: vec![0; sockets.len()],
         sockets,
         next_socket: 0,
-        shared_mid: initial_mid(usize::MAX),
+        shared_mids: MessageIds::starting_at_random(&mut rng),
+        requests,
         devices,
         queue: VecDeque::with_capacity(config.devices * 4),
         next_seq: 0,
@@ -774,7 +743,7 @@ impl Generator<'_> {
             let Some(dev) = self.devices.get(d) else {
                 break;
             };
-            if dev.outstanding && now.duration_since(dev.last_sent) >= dev.timeout {
+            if dev.outstanding && now.duration_since(dev.last_sent) >= self.timeout(dev) {
                 self.retransmit(d, now);
             }
         }
@@ -792,22 +761,28 @@ impl Generator<'_> {
             }
             None => d,
         };
-        let mid = if self.config.ports.is_some() {
-            self.shared_mid = self.shared_mid.wrapping_add(1);
-            Some(self.shared_mid)
-        } else {
-            None
-        };
-        let config = self.config;
         let Some(dev) = self.devices.get_mut(d) else {
             return;
         };
-        dev.mid = mid.unwrap_or(dev.mid.wrapping_add(1));
+        dev.mid = match self.config.ports {
+            Some(_) => self.shared_mids.fresh(),
+            None => dev.mids.fresh(),
+        };
         dev.socket = socket;
-        dev.request_len = build_request(config, dev).unwrap_or(0);
+        // A block past NUM 2^20 - 1 was refused in `check`; an empty
+        // request would just time out.
+        dev.request_len = dev
+            .cursor
+            .next_block()
+            .ok()
+            .and_then(|block| {
+                dev.asked_num = block.num;
+                let get = self.requests.get(block);
+                emit_get(&get, dev.mid, &dev.token, None, &mut dev.request).ok()
+            })
+            .unwrap_or(0);
         dev.first_sent = now;
         dev.retransmits = 0;
-        dev.timeout = config.timeout;
         if !dev.outstanding {
             dev.outstanding = true;
             self.active += 1;
@@ -818,22 +793,27 @@ impl Generator<'_> {
         self.transmit(d, now);
     }
 
-    /// Sends the device's request bytes again (same Message ID), doubling
-    /// the timeout; after MAX_RETRANSMIT the exchange fails and the device
-    /// starts its download again.
+    /// How long the device's outstanding request waits for an answer: the
+    /// RFC 7252 §4.2 doubling, without the random factor, so that runs
+    /// compare and `--timeout-ms` is the first wait exactly.
+    fn timeout(&self, dev: &Device) -> Duration {
+        self.config.retransmission.timeout(0, dev.retransmits)
+    }
+
+    /// Sends the device's request bytes again (same Message ID); after
+    /// MAX_RETRANSMIT the exchange fails and the device starts its
+    /// download again.
     fn retransmit(&mut self, d: usize, now: Instant) {
         let Some(dev) = self.devices.get_mut(d) else {
             return;
         };
-        if dev.retransmits >= MAX_RETRANSMIT {
+        if dev.retransmits >= self.config.retransmission.max_retransmit {
             self.report.failures += 1;
-            dev.num = 0;
-            dev.szx = self.config.szx;
+            dev.cursor = BlockCursor::new(self.config.szx);
             self.send_new(d, now);
             return;
         }
         dev.retransmits += 1;
-        dev.timeout = dev.timeout.saturating_mul(2);
         self.report.retransmissions += 1;
         self.transmit(d, now);
     }
@@ -857,16 +837,7 @@ impl Generator<'_> {
     /// A datagram arrived on `socket`: find its device, check it, move on.
     fn on_datagram(&mut self, socket: usize, datagram: &[u8], now: Instant) {
         if self.config.baseline {
-            let d = self.owner.get(socket).copied().unwrap_or(0);
-            match self.devices.get(d) {
-                Some(dev) if dev.outstanding && dev.socket == socket => {
-                    let pos = (dev.num as usize) << (dev.szx + 4);
-                    let size = 16usize << dev.szx;
-                    let len = size.min(self.body_len.saturating_sub(pos));
-                    self.complete(d, now, datagram.len(), pos + len < self.body_len, dev.szx);
-                }
-                _ => self.report.stale += 1,
-            }
+            self.on_baseline_reply(socket, datagram.len(), now);
             return;
         }
         let Ok(msg) = Message::parse(datagram) else {
@@ -881,66 +852,84 @@ impl Generator<'_> {
                 .position(|dev| dev.outstanding && dev.mid == msg.mid && dev.socket == socket),
             _ => <[u8; TOKEN_LEN]>::try_from(msg.token)
                 .ok()
-                .map(|t| u32::from_be_bytes(t) as usize)
-                .filter(|&d| {
-                    self.devices.get(d).is_some_and(|dev| {
-                        dev.outstanding && dev.mid == msg.mid && dev.token == msg.token
-                    })
-                }),
+                .map(|t| u32::from_be_bytes(t) as usize),
         };
-        let Some(d) = device else {
+        let reply = device
+            .and_then(|d| self.devices.get(d))
+            .filter(|dev| dev.outstanding)
+            .map_or(Reply::Stray, |dev| {
+                classify_reply(&msg, dev.mid, &dev.token)
+            });
+        let d = device.unwrap_or(0);
+        let checked = match reply {
+            Reply::Piggybacked => self.check(d, &msg),
+            Reply::Reset => Err(format!("{:?} instead of a piggybacked ACK", msg.mtype)),
             // A duplicate answer to a retransmitted request, or noise.
-            self.report.stale += 1;
-            return;
-        };
-        match self.check(d, &msg) {
-            Ok(block) => self.complete(d, now, msg.payload.len(), block.more, block.szx),
-            Err(problem) => {
-                self.report.mismatches += 1;
-                if self.report.first_mismatch.is_none() {
-                    let num = self.devices.get(d).map_or(0, |dev| dev.num);
-                    self.report.first_mismatch = Some(format!(
-                        "device {d} block {num} (code {}, {} byte payload): {problem}",
-                        msg.class(),
-                        msg.payload.len()
-                    ));
-                }
-                // Start over: a device that got a wrong block cannot go on.
-                if let Some(dev) = self.devices.get_mut(d) {
-                    dev.num = 0;
-                    dev.szx = self.config.szx;
-                }
-                self.send_new(d, now);
+            Reply::EmptyAck | Reply::Separate { .. } | Reply::Stray => {
+                self.report.stale += 1;
+                return;
             }
+        };
+        match checked {
+            Ok(more) => self.complete(d, now, msg.payload.len(), more),
+            Err(problem) => self.mismatch(d, &msg, &problem, now),
         }
     }
 
-    /// Checks a reply matched to device `d` against the expected body
-    /// (RFC 7959 §2.4: the server may answer with a smaller block at the
-    /// same byte position).
-    fn check(&self, d: usize, msg: &Message<'_>) -> Result<Block, String> {
-        let dev = self.devices.get(d).ok_or("no such device")?;
-        if msg.mtype != MessageType::Acknowledgement {
-            return Err(format!("{:?} instead of a piggybacked ACK", msg.mtype));
+    /// A baseline reply on `socket` completes the request of the device
+    /// that last sent from it (baseline replies carry no token); its
+    /// content is not looked at, only its length counted.
+    fn on_baseline_reply(&mut self, socket: usize, len: usize, now: Instant) {
+        let d = self.owner.get(socket).copied().unwrap_or(0);
+        let body_len = self.body_len as u64;
+        let more = match self.devices.get_mut(d) {
+            Some(dev) if dev.outstanding && dev.socket == socket => {
+                let start = dev.cursor.progress().bytes;
+                dev.cursor.next_block().and_then(|block| {
+                    // The block a CoAP server would have sent there.
+                    let len = (block.size() as u64).min(body_len.saturating_sub(start));
+                    let more = start + len < body_len;
+                    let answer = Block { more, ..block };
+                    dev.cursor
+                        .accept(Some(Ok(answer)), None, None, len as usize)
+                })
+            }
+            _ => {
+                self.report.stale += 1;
+                return;
+            }
+        };
+        match more {
+            Ok(more) => self.complete(d, now, len, more),
+            // Past 2^20 blocks: start over as a device would.
+            Err(_) => self.complete(d, now, len, false),
         }
+    }
+
+    /// Checks a piggybacked answer matched to device `d` against the
+    /// expected body; returns whether more blocks follow. The block-wise
+    /// rules are the client's ([`BlockCursor::accept`]); what is added here
+    /// is the byte-for-byte comparison with the image.
+    fn check(&mut self, d: usize, msg: &Message<'_>) -> Result<bool, String> {
+        let body = &self.config.body;
+        let dev = self.devices.get_mut(d).ok_or("no such device")?;
         if msg.class() != MessageClass::Response(ResponseType::Content) {
             return Err("not 2.05 Content".to_owned());
         }
-        let block = match msg.block2 {
-            Some(Ok(block)) => block,
-            _ => return Err("no valid Block2 option".to_owned()),
-        };
-        let asked = u64::from(dev.num) << (dev.szx + 4);
-        let got = u64::from(block.num) << (block.szx + 4);
-        if block.szx > dev.szx || got != asked {
-            return Err(format!(
-                "block {}/SZX {} answers byte {got}, asked for byte {asked} (SZX {})",
-                block.num, block.szx, dev.szx
-            ));
+        // Every request asks for a block: an answer without one is wrong
+        // here, although the client takes it as a whole body.
+        if !matches!(msg.block2, Some(Ok(_))) {
+            return Err("no valid Block2 option".to_owned());
         }
-        let body = &self.config.body;
-        let start = usize::try_from(got).map_err(|_| "position overflow")?;
-        let end = start.saturating_add(block.size()).min(body.len());
+        let start = dev.cursor.progress().bytes;
+        let more = dev
+            .cursor
+            .accept(msg.block2, msg.etag, msg.size2, msg.payload.len())
+            .map_err(|e| e.to_string())?;
+        let start = usize::try_from(start).map_err(|_| "position overflow")?;
+        let end = start
+            .saturating_add(dev.cursor.progress().block_size)
+            .min(body.len());
         let expected = body.get(start..end).unwrap_or(&[]);
         if msg.payload != expected {
             let at = msg
@@ -956,20 +945,38 @@ impl Generator<'_> {
                 start + at
             ));
         }
-        if block.more != (end < body.len()) {
-            return Err(format!(
-                "M flag {} at byte {end} of {}",
-                block.more,
-                body.len()
+        if more != (end < body.len()) {
+            return Err(format!("M flag {more} at byte {end} of {}", body.len()));
+        }
+        if more {
+            dev.cursor.next_block().map_err(|e| e.to_string())?;
+        }
+        Ok(more)
+    }
+
+    /// Counts a wrong answer, keeps the first one's description, and
+    /// starts the device over: a device that got a wrong block cannot go
+    /// on.
+    fn mismatch(&mut self, d: usize, msg: &Message<'_>, problem: &str, now: Instant) {
+        self.report.mismatches += 1;
+        let Some(dev) = self.devices.get_mut(d) else {
+            return;
+        };
+        if self.report.first_mismatch.is_none() {
+            self.report.first_mismatch = Some(format!(
+                "device {d} block {} (code {}, {} byte payload): {problem}",
+                dev.asked_num,
+                msg.class(),
+                msg.payload.len()
             ));
         }
-        Ok(block)
+        dev.cursor = BlockCursor::new(self.config.szx);
+        self.send_new(d, now);
     }
 
     /// Records a completed block and sends the device's next request.
-    fn complete(&mut self, d: usize, now: Instant, len: usize, more: bool, szx: u8) {
+    fn complete(&mut self, d: usize, now: Instant, len: usize, more: bool) {
         let downloads_wanted = self.config.downloads;
-        let default_szx = self.config.szx;
         let Some(dev) = self.devices.get_mut(d) else {
             return;
         };
@@ -979,16 +986,10 @@ impl Generator<'_> {
             .push(u32::try_from(micros).unwrap_or(u32::MAX));
         self.report.blocks += 1;
         self.report.bytes += len as u64;
-        if more {
-            // The next block in the size the server chose.
-            let next = ((u64::from(dev.num) << (dev.szx + 4)) >> (szx + 4)) + 1;
-            dev.num = u32::try_from(next).unwrap_or(Block::MAX_NUM);
-            dev.szx = szx;
-        } else {
+        if !more {
             dev.downloads += 1;
             self.report.downloads += 1;
-            dev.num = 0;
-            dev.szx = default_szx;
+            dev.cursor = BlockCursor::new(self.config.szx);
             if downloads_wanted.is_some_and(|k| dev.downloads >= k) {
                 dev.outstanding = false;
                 self.active -= 1;
@@ -999,46 +1000,52 @@ impl Generator<'_> {
     }
 }
 
-/// Writes a Confirmable GET for the device's current block into its
-/// request buffer; returns the length.
-fn build_request(config: &BenchConfig, dev: &mut Device) -> Result<usize, crate::wire::EmitError> {
-    let mut e = Emitter::new(
-        &mut dev.request,
-        MessageType::Confirmable,
-        MessageClass::Request(RequestType::Get),
-        dev.mid,
-        &dev.token,
-    )?;
-    e.option(CoapOption::UriPath.into(), b"updates")?;
-    if let Route::Id(id) = &config.route {
-        e.option(CoapOption::UriPath.into(), id)?;
-    }
-    e.option_block(
-        CoapOption::Block2.into(),
-        Block {
-            num: dev.num,
-            more: false,
-            szx: dev.szx,
-        },
-    )?;
-    match &config.route {
-        Route::Id(_) if config.offset == 0 => Ok(e.finish()),
-        Route::Id(_) => e.payload(&config.offset.to_le_bytes()),
-        Route::Legacy {
-            pid,
-            fw_type,
-            version,
-        } => {
-            let request = firmware::DeviceRequest {
+/// What every request of a run shares, built once: a request is then only
+/// a Message ID, a token and a Block2 option away, and costs no allocation.
+#[derive(Debug)]
+struct Requests {
+    resource: Resource,
+    /// OFFSET (little-endian, none when 0) or the legacy device payload.
+    payload: Vec<u8>,
+}
+
+impl Requests {
+    /// The requests of `config`'s route; `None` when a legacy PID does not
+    /// make a device payload (the command line checks it first).
+    fn new(config: &BenchConfig) -> Option<Requests> {
+        let (resource, payload) = match &config.route {
+            Route::Id(id) => {
+                let offset = match config.offset {
+                    0 => Vec::new(),
+                    offset => offset.to_le_bytes().to_vec(),
+                };
+                (Resource::image(id), offset)
+            }
+            Route::Legacy {
                 pid,
-                fw_type: *fw_type,
-                version: *version,
-                offset: Some(config.offset),
-            };
-            let mut payload = [0u8; 1 + 255 + 1 + 4 + 4];
-            let len = firmware::write_payload(&request, &mut payload)
-                .ok_or(crate::wire::EmitError::BufferTooSmall)?;
-            e.payload(payload.get(..len).unwrap_or(&[]))
+                fw_type,
+                version,
+            } => {
+                let device = DeviceRequest {
+                    pid,
+                    fw_type: *fw_type,
+                    version: *version,
+                    offset: Some(config.offset),
+                };
+                let payload = DevicePayload::new(&device)?;
+                (Resource::updates(), payload.as_bytes().to_vec())
+            }
+        };
+        Some(Requests { resource, payload })
+    }
+
+    /// The Confirmable GET of `block`.
+    fn get(&self, block: Block) -> Get<'_> {
+        Get {
+            resource: &self.resource,
+            payload: &self.payload,
+            block2: Some(block),
+            size2: None,
         }
     }
 }
@@ -1120,137 +1127,22 @@ fn result_line(config: &BenchConfig, r: &Report) -> String {
     )
 }
 
-fn baseline_options() -> Options {
-    let mut o = Options::new();
-    o.optopt(
-        "l",
-        "listen",
-        "UDP address to answer on (default: [::]:5684)",
-        "ADDR",
-    );
-    o.optopt(
-        "",
-        "size",
-        "length of every reply in bytes (default: 1024)",
-        "BYTES",
-    );
-    o.optopt(
-        "",
-        "count",
-        "exit after answering N datagrams (default: never)",
-        "N",
-    );
-    o.optflag("h", "help", "print this help");
-    o
-}
-
-/// `iot-ota-client baseline --listen ADDR`: the raw ceiling for `make
-/// bench`. A blocking single-thread loop with buffers allocated once that
-/// answers every datagram with the same fixed 1 KiB datagram, whatever it
-/// holds. Prints `listening on ADDR` on stderr (useful with port 0) and
-/// serves until killed (or `--count` datagrams).
-///
-/// `args` are the arguments after `baseline`. Exit status 1 when the
-/// address cannot be bound, 2 on a usage error.
-pub fn baseline_main(args: &[String]) -> ExitCode {
-    let o = baseline_options();
-    let m = match o.parse(args) {
-        Ok(m) => m,
-        Err(e) => return usage_error("baseline", &e.to_string()),
-    };
-    if m.opt_present("h") {
-        let brief = "Usage: iot-ota-client baseline [-l ADDR] [--size BYTES] [--count N]\n\n\
-                     A minimal single-thread blocking UDP responder: every datagram is answered with \
-                     one fixed datagram (1 KiB by default), so `iot-ota-client bench --baseline` \
-                     measures what the kernel's UDP path allows a request/response server here.";
-        print!("{}", o.usage(brief));
-        return ExitCode::SUCCESS;
-    }
-    if let Some(extra) = m.free.first() {
-        return usage_error("baseline", &format!("unexpected argument '{extra}'"));
-    }
-    let listen_text = m.opt_str("l").unwrap_or_else(|| "[::]:5684".to_owned());
-    let Some(listen) = listen_text
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-    else {
-        return usage_error(
-            "baseline",
-            &format!("invalid listen address '{listen_text}'"),
-        );
-    };
-    let size = match number(&m, "size", BASELINE_REPLY_LEN, |n| {
-        (1..=UDP_MAX).contains(n)
-    }) {
-        Ok(size) => size,
-        Err(e) => return usage_error("baseline", &format!("{e}: 1..{UDP_MAX}")),
-    };
-    let count = match m.opt_str("count") {
-        None => None,
-        Some(_) => match number(&m, "count", 0u64, |n| *n > 0) {
-            Ok(n) => Some(n),
-            Err(e) => return usage_error("baseline", &e),
-        },
-    };
-    let socket = match UdpSocket::bind(listen) {
-        Ok(socket) => socket,
-        Err(e) => {
-            eprintln!("iot-ota-client baseline: cannot listen on {listen}: {e}");
-            return ExitCode::from(FAILURE_EXIT);
-        }
-    };
-    let local = socket
-        .local_addr()
-        .map_or_else(|_| listen.to_string(), |a| a.to_string());
-    eprintln!("iot-ota-client baseline: listening on {local} (fixed {size}-byte replies)");
-    let answered = serve_baseline(&socket, size, count);
-    eprintln!("iot-ota-client baseline: answered {answered} datagrams");
-    ExitCode::SUCCESS
-}
-
-/// The baseline loop: receive, send the fixed reply, repeat; returns the
-/// number of datagrams answered (only when `count` is reached). Errors are
-/// ignored as the server ignores them: an ICMP error for an earlier reply
-/// must not stop it.
-fn serve_baseline(socket: &UdpSocket, size: usize, count: Option<u64>) -> u64 {
-    let reply: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    let mut rx = vec![0u8; RECEIVE_MAX];
-    let mut answered = 0u64;
-    loop {
-        if count.is_some_and(|n| answered >= n) {
-            return answered;
-        }
-        if let Ok((_, from)) = socket.recv_from(&mut rx) {
-            if socket.send_to(&reply, from).is_ok() {
-                answered += 1;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Catalog;
-    use crate::hash::fnv1a32;
-    use crate::server::Server;
-    use crate::service::{Limits, Service};
+    use iot_ota::catalog::Catalog;
+    use iot_ota::hash::fnv1a32;
+    use iot_ota::server::Server;
+    use iot_ota::service::{Keys, Limits, Service};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
     const IMAGE_NAME: &str = "LOADGEN-TEST_1_0_1_APP.fmu";
 
+    /// A deterministic image of `len` bytes.
     fn image(len: usize) -> Vec<u8> {
-        let mut x = 0x1234_5678u32;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 24) as u8
-            })
-            .collect()
+        let mut rng = XorShift::new(0x1234_5678);
+        (0..len).map(|_| rng.next_u32() as u8).collect()
     }
 
     /// A real server on 127.0.0.1:0 in a thread, stopped when dropped.
@@ -1283,7 +1175,7 @@ mod tests {
         let addr = socket.local_addr().unwrap();
         let mut server = Server::new(
             socket,
-            Service::new(catalog, limits, crate::service::Keys::from_bytes([7; 48])),
+            Service::new(catalog, limits, Keys::from_bytes([7; 48])),
         );
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
@@ -1316,7 +1208,10 @@ mod tests {
             spin: false,
             duration: Duration::from_secs(10),
             downloads: Some(2),
-            timeout: Duration::from_millis(250),
+            retransmission: Retransmission {
+                ack_timeout: Duration::from_millis(250),
+                ..Retransmission::default()
+            },
         }
     }
 
@@ -1400,7 +1295,7 @@ mod tests {
         let mut c = config(silent.local_addr().unwrap(), Route::Id(id()), image(10));
         c.devices = 2;
         c.downloads = None;
-        c.timeout = Duration::from_millis(5);
+        c.retransmission.ack_timeout = Duration::from_millis(5);
         c.duration = Duration::from_millis(400);
         let report = run(&c).unwrap();
         assert_eq!(report.blocks, 0);
@@ -1414,7 +1309,8 @@ mod tests {
     fn baseline_responder_completes_requests_without_checks() {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
-        let responder = std::thread::spawn(move || serve_baseline(&socket, 1024, Some(30)));
+        let responder =
+            std::thread::spawn(move || crate::baseline::serve_baseline(&socket, 1024, Some(30)));
         let mut c = config(addr, Route::Id(*b"00000000"), Vec::new());
         c.baseline = true;
         c.devices = 3;
@@ -1442,31 +1338,23 @@ mod tests {
             },
             Vec::new(),
         );
-        let mut dev = Device {
-            token: 7u32.to_be_bytes(),
-            mid: 0xBEEF,
-            socket: 0,
+        let requests = Requests::new(&c).unwrap();
+        let block = Block {
             num: 300,
+            more: false,
             szx: 6,
-            request: [0; REQUEST_MAX],
-            request_len: 0,
-            first_sent: Instant::now(),
-            last_sent: Instant::now(),
-            timeout: Duration::from_secs(1),
-            retransmits: 0,
-            seq: 0,
-            outstanding: false,
-            downloads: 0,
         };
-        let len = build_request(&c, &mut dev).unwrap();
-        let packet = coap_lite::Packet::from_bytes(&dev.request[..len]).unwrap();
+        let mut request = [0u8; REQUEST_MAX];
+        let token = 7u32.to_be_bytes();
+        let len = emit_get(&requests.get(block), 0xBEEF, &token, None, &mut request).unwrap();
+        let packet = coap_lite::Packet::from_bytes(&request[..len]).unwrap();
         assert_eq!(packet.header.message_id, 0xBEEF);
         assert_eq!(packet.get_token(), &[0, 0, 0, 7]);
         assert_eq!(
             packet.payload,
             [3, b'P', b'I', b'D', 3, 3, 0, 2, 1, 0, 0, 0, 0]
         );
-        let msg = Message::parse(&dev.request[..len]).unwrap();
+        let msg = Message::parse(&request[..len]).unwrap();
         assert_eq!(msg.path.as_slice(), [b"updates"]);
         assert_eq!(
             msg.block2,
@@ -1516,7 +1404,7 @@ mod tests {
             "1.2.3",
         ])
         .unwrap();
-        assert_eq!(ok.server.port(), crate::client::DEFAULT_PORT);
+        assert_eq!(ok.server.port(), crate::coap::DEFAULT_PORT);
         assert!(matches!(
             ok.route,
             Route::Legacy {
@@ -1526,10 +1414,13 @@ mod tests {
             }
         ));
         assert_eq!(bench_main(&args(&["--help"])), ExitCode::SUCCESS);
-        assert_eq!(bench_main(&args(&["--bogus"])), ExitCode::from(USAGE_EXIT));
         assert_eq!(
-            baseline_main(&args(&["--size", "0"])),
-            ExitCode::from(USAGE_EXIT)
+            bench_main(&args(&["--bogus"])),
+            ExitCode::from(crate::USAGE_EXIT)
+        );
+        assert_eq!(
+            crate::baseline::baseline_main(&args(&["--size", "0"])),
+            ExitCode::from(crate::USAGE_EXIT)
         );
     }
 
