@@ -1,4 +1,4 @@
-//! The firmware catalog: the images of the `updates/` directory (PROTOCOL.md §1), read once.
+//! The firmware catalog: the images of the `updates/` directory, read once.
 //!
 //! # Contract
 //!
@@ -10,9 +10,9 @@
 //! - Lookups ([`Catalog::by_id_hex`], [`Catalog::newest`], [`Catalog::candidate`]) are O(1)
 //!   hash lookups whatever the number of images, and allocate nothing, because they run once
 //!   per request.
-//! - The `/.well-known/core` body (RFC 6690) is prebuilt, once as a whole ([`Catalog::core_body`])
-//!   and once per link ([`Catalog::core_links`]) so that query filters (RFC 6690 §4.1) select
-//!   links without building strings per request.
+//! - The `/.well-known/core` links (RFC 6690) are prebuilt, one string per link
+//!   ([`Catalog::core_links`]), so that query filters (RFC 6690 §4.1) select links and the
+//!   blocks of the body are copied link by link without building the body per request.
 //! - The result does not depend on the order in which the operating system lists the
 //!   directory: files are sorted by name before anything is decided, so [`Catalog::images`],
 //!   the discovery body and the files named by a collision error are the same on every run.
@@ -36,34 +36,35 @@ use coap_lite::ContentFormat;
 use crate::firmware::{
     parse_decimal_field, parse_fw_type, valid_pid, version, VersionText, MAX_PID_LEN,
 };
-use crate::hash::{body_etag, fnv1a32, fnv1a64, FnvBuild};
+use crate::hash::{body_etag, fnv1a32, fnv1a64, fnv1a64_concat, FnvBuild};
 
 /// Largest image the server can address: offsets and Size2 are u32 on the wire.
 pub const MAX_IMAGE_LEN: u64 = u32::MAX as u64;
 
 /// Every image file name ends with this suffix (case-sensitive).
-pub const IMAGE_SUFFIX: &str = ".fmu";
+pub(crate) const IMAGE_SUFFIX: &str = ".fmu";
 
 /// Path of the resource that lists and finds images; the first link of the discovery body.
-pub const UPDATES_PATH: &str = "/updates";
+pub(crate) const UPDATES_PATH: &str = "/updates";
 
 /// Resource type (`rt`) of [`UPDATES_PATH`] in the discovery body.
-pub const RT_UPDATES: &str = "fw.updates";
+pub(crate) const RT_UPDATES: &str = "fw.updates";
 
 /// Resource type (`rt`) of each image resource `/updates/{id}` in the discovery body.
-pub const RT_IMAGE: &str = "fw.image";
+pub(crate) const RT_IMAGE: &str = "fw.image";
 
 const CRC_PREFIX: &[u8] = b"0x";
 const CRC_DIGITS: usize = 8;
 const LOWER_HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// The fields of an image file name `PID_MAJOR_MINOR_BUILD_TYPE[_CRC].fmu` (PROTOCOL.md §1).
+/// The fields of an image file name `PID_MAJOR_MINOR_BUILD_TYPE[_CRC].fmu`
+/// (README, "The catalog").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageName {
     /// Product id, 1 to 255 printable ASCII bytes without `_` or `/`, matched byte for byte
     /// against the PID a device sends.
     pub pid: Vec<u8>,
-    /// Firmware type: [`TYPE_APP`] for `APP`, else the decimal number of the name.
+    /// Firmware type: [`TYPE_APP`](crate::firmware::TYPE_APP) for `APP`, else the decimal number of the name.
     pub fw_type: u8,
     /// MAJOR field, the top byte of the version.
     pub major: u8,
@@ -82,7 +83,7 @@ impl ImageName {
     }
 }
 
-/// The field of an image file name that does not follow the grammar of PROTOCOL.md §1.
+/// The field of an image file name that does not follow the name grammar.
 ///
 /// Its `Display` text names the field and the rule, so that the operator can fix the name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +151,7 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-/// Parses an image file name `PID_MAJOR_MINOR_BUILD_TYPE[_CRC].fmu` (PROTOCOL.md §1), e.g.
+/// Parses an image file name `PID_MAJOR_MINOR_BUILD_TYPE[_CRC].fmu`, e.g.
 /// `OTA-STM32L1-SPIRIT1_1_1_31_APP_0xF63D0305.fmu`.
 ///
 /// The PID may contain spaces (printable ASCII is 0x20..=0x7E) but not `_`, which separates
@@ -163,7 +164,7 @@ fn hex_value(b: u8) -> Option<u8> {
 /// without `.fmu`, [`NameError::FieldCount`] unless there are 5 or 6 fields, then
 /// [`NameError::Pid`], [`NameError::Major`], [`NameError::Minor`], [`NameError::Build`],
 /// [`NameError::Type`] and [`NameError::Crc`] in that order. Never panics, whatever the input.
-pub fn parse_image_name(name: &str) -> Result<ImageName, NameError> {
+pub(crate) fn parse_image_name(name: &str) -> Result<ImageName, NameError> {
     let stem = name
         .strip_suffix(IMAGE_SUFFIX)
         .ok_or(NameError::Extension)?;
@@ -524,7 +525,6 @@ pub struct LoadReport {
 pub struct Catalog {
     /// Sorted by file name.
     images: Vec<Image>,
-    /// id → index into `images`.
     /// Images by id, keyed by the id's 8 ASCII digits read as one u64: the
     /// path segment of a request is looked up without parsing it (only ids
     /// written as 8 lowercase hex digits are keys, so any other text misses).
@@ -532,7 +532,6 @@ pub struct Catalog {
     /// `[fw_type] ++ pid` → index of the image with the highest version.
     newest: HashMap<Box<[u8]>, usize, FnvBuild>,
     links: Vec<CoreLink>,
-    core_body: Vec<u8>,
     core_etag: [u8; 8],
     total_bytes: u64,
 }
@@ -545,7 +544,7 @@ struct Found {
 }
 
 impl Catalog {
-    /// Scan `dir` (PROTOCOL §1). Fails only when the directory cannot be listed or on a collision.
+    /// Scan `dir`. Fails only when the directory cannot be listed or on a collision.
     ///
     /// Candidates are the entries whose name ends in `.fmu` and does not start with `.`; all
     /// other entries, and real sub-directories, go to [`LoadReport::ignored`]. Symbolic links
@@ -678,14 +677,7 @@ impl Catalog {
         for image in &images {
             links.push(image_link(image));
         }
-        let mut core_body = Vec::new();
-        for (i, link) in links.iter().enumerate() {
-            if i > 0 {
-                core_body.push(b',');
-            }
-            core_body.extend_from_slice(&link.text);
-        }
-        let core_etag = fnv1a64(&core_body).to_be_bytes();
+        let core_etag = fnv1a64_concat(joined(&links)).to_be_bytes();
         let total_bytes = images.iter().map(|i| i.bytes.len() as u64).sum();
         let by_id_text = images
             .iter()
@@ -697,7 +689,6 @@ impl Catalog {
             by_id_text,
             newest,
             links,
-            core_body,
             core_etag,
             total_bytes,
         })
@@ -747,12 +738,13 @@ impl Catalog {
     }
 
     /// The whole `/.well-known/core` body (Content-Format 40): [`Catalog::core_links`] joined by
-    /// `,`, built once.
-    pub fn core_body(&self) -> &[u8] {
-        &self.core_body
+    /// `,`. Only tests build it: discovery streams the links into each block.
+    #[cfg(test)]
+    pub(crate) fn core_body(&self) -> Vec<u8> {
+        joined(&self.links).flatten().copied().collect()
     }
 
-    /// Entity tag of [`Catalog::core_body`]: `fnv1a64(core_body).to_be_bytes()`.
+    /// Entity tag of the whole `/.well-known/core` body: FNV-1a 64 of the links joined by `,`.
     pub fn core_etag(&self) -> [u8; 8] {
         self.core_etag
     }
@@ -761,6 +753,14 @@ impl Catalog {
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
     }
+}
+
+/// The parts of the discovery body in order: the links with `,` between.
+fn joined(links: &[CoreLink]) -> impl Iterator<Item = &[u8]> {
+    links
+        .iter()
+        .enumerate()
+        .flat_map(|(i, link)| [if i > 0 { &b","[..] } else { &[][..] }, &link.text[..]])
 }
 
 fn file_name_at(images: &[Image], index: usize) -> String {
@@ -904,7 +904,7 @@ mod tests {
         catalog
     }
 
-    // ---- file-name grammar (PROTOCOL.md §1) ----
+    // ---- file-name grammar ----
 
     #[test]
     fn name_with_crc_parses() {
@@ -1260,7 +1260,7 @@ mod tests {
             r#"</updates/7b4238ed>;rt="fw.image";ct=42;sz=3;title="OTA-A_1_0_0_APP.fmu","#,
             r#"</updates/1d734daa>;rt="fw.image";ct=42;sz=0;title="OTA-A_1_0_1_APP.fmu""#,
         );
-        assert_eq!(std::str::from_utf8(c.core_body()), Ok(expected));
+        assert_eq!(std::str::from_utf8(&c.core_body()), Ok(expected));
         assert_eq!(c.core_etag(), fnv1a64(expected.as_bytes()).to_be_bytes());
         assert_eq!(c.core_links().len(), 3);
         assert_eq!(

@@ -1,4 +1,4 @@
-//! What a device asks `/updates` for (PROTOCOL.md §2.1): the binary payload
+//! What a device asks `/updates` for: the binary payload
 //! of deployed devices and the query form for stock CoAP clients.
 //!
 //! Pure functions over borrowed bytes: no I/O, no allocation.
@@ -53,7 +53,7 @@ pub(crate) fn parse_decimal_field(field: &[u8], max: u32) -> Option<u32> {
 
 /// Parses a TYPE as it appears in a file name: `APP` (exactly, upper case) is
 /// [`TYPE_APP`], else a decimal 0..=255. `None` for anything else.
-pub fn parse_fw_type(field: &[u8]) -> Option<u8> {
+pub(crate) fn parse_fw_type(field: &[u8]) -> Option<u8> {
     if field == TYPE_APP_NAME {
         return Some(TYPE_APP);
     }
@@ -116,7 +116,7 @@ impl fmt::Display for PayloadError {
 /// # Errors
 /// [`PayloadError`] for any other shape; the caller answers 4.00 with its
 /// text.
-pub fn parse_payload(payload: &[u8]) -> Result<DeviceRequest<'_>, PayloadError> {
+pub(crate) fn parse_payload(payload: &[u8]) -> Result<DeviceRequest<'_>, PayloadError> {
     let Some((&pid_len, rest)) = payload.split_first() else {
         return Err(PayloadError::Length { pid_len: 0, got: 0 });
     };
@@ -147,7 +147,7 @@ pub fn parse_payload(payload: &[u8]) -> Result<DeviceRequest<'_>, PayloadError> 
 
 /// Writes the device payload for `request` into `out` and returns its
 /// length, or `None` when `out` is too small or the PID is empty or longer
-/// than 255 bytes. The inverse of [`parse_payload`], for clients and tests.
+/// than 255 bytes. The inverse of the server's payload parser, for clients and tests.
 pub fn write_payload(request: &DeviceRequest<'_>, out: &mut [u8]) -> Option<usize> {
     let pid_len = u8::try_from(request.pid.len()).ok().filter(|&n| n > 0)?;
     let mut len = 0;
@@ -208,7 +208,7 @@ impl fmt::Display for QueryError {
 ///
 /// # Errors
 /// [`QueryError`] naming the missing or malformed key.
-pub fn parse_query<'a>(query: &[&'a [u8]]) -> Result<DeviceRequest<'a>, QueryError> {
+pub(crate) fn parse_query<'a>(query: &[&'a [u8]]) -> Result<DeviceRequest<'a>, QueryError> {
     let (mut pid, mut fw_type, mut version) = (None, None, None);
     for &pair in query {
         let Some(eq) = pair.iter().position(|&b| b == b'=') else {
@@ -248,7 +248,7 @@ pub fn parse_query<'a>(query: &[&'a [u8]]) -> Result<DeviceRequest<'a>, QueryErr
 ///
 /// # Errors
 /// [`QueryError::BadOffset`] or [`QueryError::Repeated`].
-pub fn parse_offset_query(query: &[&[u8]]) -> Result<Option<u32>, QueryError> {
+pub(crate) fn parse_offset_query(query: &[&[u8]]) -> Result<Option<u32>, QueryError> {
     let mut offset = None;
     for pair in query {
         if let Some(value) = pair.strip_prefix(b"offset=") {

@@ -36,7 +36,17 @@ pub const fn fnv1a64(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// See [`Image::body_etag`].
+/// FNV-1a 64 over the concatenation of `parts`, without building it.
+pub(crate) fn fnv1a64_concat<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in parts.into_iter().flatten() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// See [`Image::body_etag`](crate::catalog::Image::body_etag).
 pub const fn body_etag(content_tag: &[u8; 8], offset: u32) -> [u8; 8] {
     if offset == 0 {
         return *content_tag;
@@ -55,7 +65,7 @@ pub const fn body_etag(content_tag: &[u8; 8], offset: u32) -> [u8; 8] {
 /// buys nothing here, and FNV over 4 to 256 bytes is several times cheaper
 /// per lookup on the hot path.
 #[derive(Debug, Clone, Copy)]
-pub struct FnvHasher(u64);
+pub(crate) struct FnvHasher(u64);
 
 impl Default for FnvHasher {
     fn default() -> Self {
@@ -84,19 +94,19 @@ impl Hasher for FnvHasher {
 }
 
 /// Builds [`FnvHasher`]s for the catalog's maps.
-pub type FnvBuild = BuildHasherDefault<FnvHasher>;
+pub(crate) type FnvBuild = BuildHasherDefault<FnvHasher>;
 
 /// Builds [`KeyedHasher`]s from two secret keys that the caller draws
 /// (`main` from the operating system; tests and fuzzers pass fixed ones).
 #[derive(Debug, Clone, Copy)]
-pub struct KeyedBuild {
+pub(crate) struct KeyedBuild {
     seed: u64,
     key: u64,
 }
 
 impl KeyedBuild {
     /// A hasher family keyed by `keys`.
-    pub fn new(keys: [u64; 2]) -> KeyedBuild {
+    pub(crate) fn new(keys: [u64; 2]) -> KeyedBuild {
         KeyedBuild {
             seed: keys[0],
             // Odd, so that the multiply is a bijection.
@@ -129,7 +139,7 @@ impl BuildHasher for KeyedBuild {
 /// memory (the table's capacity is fixed). The Echo MAC, which must be
 /// unforgeable, uses SipHash ([`SipKey`]).
 #[derive(Debug, Clone, Copy)]
-pub struct KeyedHasher {
+pub(crate) struct KeyedHasher {
     acc: u64,
     key: u64,
 }
@@ -199,6 +209,8 @@ mod tests {
     fn fnv1a64_of_a_is_af63dc4c8601ec8c() {
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        let parts: [&[u8]; 3] = [b"ab", b"", b"c"];
+        assert_eq!(fnv1a64_concat(parts), fnv1a64(b"abc"));
     }
 
     #[test]

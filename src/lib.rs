@@ -1,22 +1,42 @@
 //! iot-ota-server: an over-the-air firmware update server for constrained
 //! devices, speaking CoAP (RFC 7252) over UDP with block-wise transfer
-//! (RFC 7959).
+//! (RFC 7959). This library is the server core; the binaries
+//! `iot-ota-server` (options and logging) and `iot-ota-client` (device
+//! emulator, operator tool, load generator) are built on it.
 //!
-//! Data flows one way, one module per step:
+//! # Architecture
+//!
+//! One process, one thread, one blocking loop. Data flows one way:
 //!
 //! ```text
-//!  datagram ─► wire::Message::parse   borrowed view, every RFC 7252 §3 check
-//!           ─► service::Service::handle   pure: request, peer, now → Action
-//!           ─► wire::Emitter          reply written into the caller's buffer
-//!           ─► server                 socket, counters, log lines
+//!  datagram + peer + destination   sockio::recv_with_dest (recvmsg, packet info)
+//!   ─► wire::Message::parse        borrowed view over the receive buffer,
+//!                                  every RFC 7252 §3 check in one pass
+//!   ─► service::Service::handle    pure: (peer, now, datagram, catalog) → Action,
+//!                                  the reply written into the caller's buffer
+//!   ─► server                      sends from the address the request was sent
+//!                                  to; counters and log lines
 //! ```
 //!
-//! `wire`, `firmware`, `catalog` and `service` never touch a socket, a clock
-//! or the logger; only `server` and the binaries do. `sockio` holds the
-//! crate's only unsafe code: the system calls behind `server`'s replies
-//! from the address each request was sent to.
+//! The layers, lowest first; each uses only those above it in this list:
+//!
+//! | module | knows | never touches |
+//! |---|---|---|
+//! | [`hash`] | FNV ids and ETags, keyed hashes (keys from the caller) | randomness, I/O |
+//! | [`wire`] | CoAP parse and emit, the Block option and its NUM↔byte math | sockets, files, clocks, log |
+//! | [`firmware`] | device payloads, queries, the version/TYPE/PID grammar | sockets, files |
+//! | [`catalog`] | a directory → an immutable set of images with O(1) indexes | sockets, CoAP messages |
+//! | [`service`] | routes, block slicing, per-peer state, rate limit, Echo | sockets, files, clocks, log, randomness |
+//! | [`server`] | the socket loop, counters, log lines | CoAP encoding |
+//!
+//! The per-request path allocates nothing: buffers and bounded tables are
+//! allocated before the first datagram. `wire`, `firmware`, `catalog` and
+//! `service` never touch a socket, a clock or the logger, so every protocol
+//! case is a unit test and a reproducible fuzz input. The crate's only
+//! unsafe code is the private `sockio` module: the `recvmsg`/`sendmsg`
+//! calls that learn each request's destination address, which std cannot.
 #![deny(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod catalog;
 pub mod firmware;
@@ -24,7 +44,6 @@ pub mod hash;
 pub mod logfmt;
 pub mod server;
 pub mod service;
-// recvmsg/sendmsg with packet information: the only unsafe code.
 #[allow(unsafe_code)]
-pub mod sockio;
+mod sockio;
 pub mod wire;

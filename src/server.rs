@@ -11,12 +11,13 @@
 //!
 //! Each reply leaves from the address its request was sent to (RFC 7252
 //! §5.3.2), also on a wildcard socket of a host with several addresses,
-//! where `send_to` would let the kernel pick another: [`sockio`] receives
+//! where `send_to` would let the kernel pick another: `sockio` receives
 //! the destination with the datagram and sends from it.
 
 use crate::firmware::{self, VersionText};
 use crate::service::{
-    Action, Dropped, Outcome, Peer, ResetReason, Service, Transfer, MAX_REPLY_LEN, MAX_REQUEST_LEN,
+    Action, Dropped, Outcome, Peer, ResetReason, Service, Transfer, Via, MAX_REPLY_LEN,
+    MAX_REQUEST_LEN,
 };
 use crate::sockio::{self, Received};
 use crate::wire::Message;
@@ -289,7 +290,10 @@ impl std::fmt::Display for Shown {
 /// a transfer, one when it fetches the last block.
 fn log_transfer(from: SocketAddr, t: &Transfer<'_>) {
     let body = t.image.bytes.len().saturating_sub(t.offset as usize);
-    let how = if t.legacy { "legacy" } else { "by id" };
+    let how = match t.via {
+        Via::Legacy => "legacy",
+        Via::ById => "by id",
+    };
     if t.is_first() {
         info!(
             "{} starts {} v{} at offset {} ({body} bytes, {} B blocks, {how})",

@@ -26,28 +26,28 @@ use std::os::fd::AsRawFd;
 
 /// Where a datagram arrived: its destination address and the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LocalDest {
+pub(crate) struct LocalDest {
     /// The address the datagram was sent to, in the form the socket reports
     /// it: `IpAddr::V4` from IP_PKTINFO on an IPv4 socket, `IpAddr::V6` from
     /// IPV6_PKTINFO on an IPv6 socket (IPv4 traffic on a dual-stack socket
     /// as IPv4-mapped IPv6). [`send_from`] answers with the same kind.
-    pub addr: IpAddr,
+    pub(crate) addr: IpAddr,
     /// Index of the interface it arrived on.
-    pub ifindex: u32,
+    pub(crate) ifindex: u32,
 }
 
 /// One received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Received {
+pub(crate) struct Received {
     /// Bytes written into the buffer.
-    pub len: usize,
+    pub(crate) len: usize,
     /// The sender.
-    pub from: SocketAddr,
+    pub(crate) from: SocketAddr,
     /// Where it was sent to; `None` when packet information is not enabled
     /// on the socket (or the kernel gave none).
-    pub dest: Option<LocalDest>,
+    pub(crate) dest: Option<LocalDest>,
     /// The datagram was longer than the buffer and cut (MSG_TRUNC).
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 /// Room for the one control message asked for (`in6_pktinfo`, 20 bytes,
@@ -66,7 +66,7 @@ struct Control([u8; CONTROL_LEN]);
 ///
 /// # Errors
 /// As `getsockname` and `setsockopt`.
-pub fn enable_pktinfo(socket: &UdpSocket) -> io::Result<()> {
+pub(crate) fn enable_pktinfo(socket: &UdpSocket) -> io::Result<()> {
     let (level, name) = match socket.local_addr()? {
         SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
         SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
@@ -97,7 +97,7 @@ pub fn enable_pktinfo(socket: &UdpSocket) -> io::Result<()> {
 /// # Errors
 /// As `recvmsg` (`WouldBlock` on a read timeout); `InvalidData` for a
 /// sender address of a family other than IPv4 or IPv6.
-pub fn recv_with_dest(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+pub(crate) fn recv_with_dest(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
     // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
     let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut control = Control([0; CONTROL_LEN]);
@@ -270,7 +270,7 @@ fn source_for(dest: LocalDest) -> Source {
 ///
 /// # Errors
 /// As `sendmsg`.
-pub fn send_from(
+pub(crate) fn send_from(
     socket: &UdpSocket,
     buf: &[u8],
     to: SocketAddr,

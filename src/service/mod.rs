@@ -59,7 +59,8 @@ use routes::Ctx;
 /// after the peer's last request that used it.
 pub const EXCHANGE_LIFETIME_MS: u64 = 247_000;
 /// Largest request the server accepts; a longer one gets 4.13. Device
-/// payloads are at most 265 bytes, so this leaves room for options.
+/// payloads are at most [`firmware::MAX_PAYLOAD_LEN`] bytes, so this
+/// leaves room for options.
 pub const MAX_REQUEST_LEN: usize = 1152;
 /// Room a reply needs: header, token, options, a 1024-byte block.
 pub const MAX_REPLY_LEN: usize = 1152;
@@ -190,8 +191,8 @@ pub struct Transfer<'c> {
     pub block: Block,
     /// Bytes of the image in this block.
     pub block_len: usize,
-    /// True through the legacy `/updates` protocol.
-    pub legacy: bool,
+    /// The request form that asked for it.
+    pub via: Via,
 }
 
 impl Transfer<'_> {
@@ -203,6 +204,16 @@ impl Transfer<'_> {
     pub fn is_last(&self) -> bool {
         !self.block.more
     }
+}
+
+/// Which request form a body is sent through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The reference server's one-request protocol, `GET /updates` with
+    /// the device payload (or its payload-less continuation).
+    Legacy,
+    /// `GET /updates/{id}`.
+    ById,
 }
 
 /// Why nothing was sent.

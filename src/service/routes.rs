@@ -4,7 +4,9 @@
 //! buffer; a block is copied once from the image's bytes.
 
 use super::peers::Pending;
-use super::{error, write_diagnostic, Diagnostic, Dropped, Failure, Outcome, ReplyTo, Transfer};
+use super::{
+    error, write_diagnostic, Diagnostic, Dropped, Failure, Outcome, ReplyTo, Transfer, Via,
+};
 use crate::catalog::{Catalog, CoreLink, Image};
 use crate::firmware::{self, DeviceRequest};
 use crate::wire::{Block, BlockError, Emitter, Message};
@@ -87,7 +89,8 @@ impl<'s> Ctx<'s, '_, '_> {
         }
     }
 
-    /// `GET /updates`: the three forms of PROTOCOL §2.1.
+    /// `GET /updates`: the lookup, legacy and query forms, and the
+    /// payload-less continuation of a legacy transfer.
     fn updates(&mut self, out: &mut [u8]) -> Reply<'s> {
         let msg = self.msg;
         if !msg.payload.is_empty() {
@@ -121,7 +124,7 @@ impl<'s> Ctx<'s, '_, '_> {
             ResponseType::NotFound,
             "the image of this transfer is gone",
         ))?;
-        self.body(image, entry.offset, true, out)
+        self.body(image, entry.offset, Via::Legacy, out)
     }
 
     /// Lookup and query forms: the candidate's id as text/plain.
@@ -146,7 +149,7 @@ impl<'s> Ctx<'s, '_, '_> {
         let image = catalog
             .candidate(request.pid, request.fw_type, request.version)
             .ok_or(Failure::NoUpdate)?;
-        let reply = self.body(image, offset, true, out)?;
+        let reply = self.body(image, offset, Via::Legacy, out)?;
         // Every legacy request names its transfer: deployed devices repeat
         // it on every block, node-coap sends it with the first block it
         // asks for (which may be a resumed NUM > 0).
@@ -219,7 +222,7 @@ impl<'s> Ctx<'s, '_, '_> {
             },
             Named::Neither => (0, false),
         };
-        let reply = self.body(image, offset, false, out)?;
+        let reply = self.body(image, offset, Via::ById, out)?;
         let last = matches!(reply.1, Outcome::Block(t) if t.is_last());
         let payload = matches!(named, Named::Payload(_));
         if last && (payload || remembered) {
@@ -233,7 +236,7 @@ impl<'s> Ctx<'s, '_, '_> {
     }
 
     /// One Block2 block of `image[offset..]`.
-    fn body(&self, image: &'s Image, offset: u32, legacy: bool, out: &mut [u8]) -> Reply<'s> {
+    fn body(&self, image: &'s Image, offset: u32, via: Via, out: &mut [u8]) -> Reply<'s> {
         let body = image.bytes.get(offset as usize..).ok_or(error(
             ResponseType::BadRequest,
             "OFFSET is beyond the end of the image",
@@ -254,7 +257,7 @@ impl<'s> Ctx<'s, '_, '_> {
             offset,
             block,
             block_len: chunk.len(),
-            legacy,
+            via,
         };
         Ok((len, Outcome::Block(transfer)))
     }
@@ -318,7 +321,8 @@ impl<'s> Ctx<'s, '_, '_> {
     }
 
     /// The block to send of a body of `body_len` bytes and its byte range,
-    /// after SZX negotiation (PROTOCOL §2.4).
+    /// after SZX negotiation (RFC 7959 §2.4: the client's size, capped at
+    /// the server's, at the byte position the client asked for).
     fn block_for(&self, body_len: usize) -> Result<(Block, core::ops::Range<usize>), Failure> {
         let requested = match self.msg.block2 {
             None => Block {

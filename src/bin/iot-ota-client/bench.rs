@@ -78,7 +78,7 @@ enum Route {
     /// `GET /updates/{id}`, OFFSET as a 4-byte payload when not 0.
     Id([u8; 8]),
     /// The legacy one-request protocol: the device payload with OFFSET in
-    /// every request (PROTOCOL.md §2.1).
+    /// every request (the reference protocol's devices do).
     Legacy {
         pid: Vec<u8>,
         fw_type: u8,

@@ -275,7 +275,7 @@ impl Client {
     }
 
     /// Asks `/updates` whether there is an image newer than the device's
-    /// version (PROTOCOL.md §2.1, lookup form) and returns its id.
+    /// version (the lookup form of `GET /updates`) and returns its id.
     ///
     /// # Errors
     /// [`ClientError::NoUpdate`] on 4.04, [`ClientError::Status`] on other

@@ -34,8 +34,6 @@ pub(crate) const DEFAULT_BLOCK_SIZE: usize = 1024;
 const DEFAULT_RETRY_AFTER_S: u32 = 1;
 /// Longest wait after a 4.29, in seconds, whatever its Max-Age says.
 const MAX_RETRY_AFTER_S: u32 = 60;
-/// Longest device payload: PIDLEN, 255 PID bytes, TYPE, VERSION, OFFSET.
-const MAX_DEVICE_PAYLOAD: usize = 1 + 255 + 1 + 4 + 4;
 /// Length of the tokens sent.
 pub(crate) const TOKEN_LEN: usize = 4;
 /// Longest ETag (RFC 7252 §5.10.6).
@@ -467,11 +465,11 @@ pub(crate) fn emit_get(
     e.payload(get.payload)
 }
 
-/// A device payload (PROTOCOL.md §2.1), written once into a buffer of the
+/// A device payload (`PIDLEN PID TYPE VERSION [OFFSET]`), written once into a buffer of the
 /// longest size, so that sending it again allocates nothing.
 #[derive(Debug, Clone)]
 pub(crate) struct DevicePayload {
-    bytes: [u8; MAX_DEVICE_PAYLOAD],
+    bytes: [u8; iot_ota::firmware::MAX_PAYLOAD_LEN],
     len: usize,
 }
 
@@ -479,7 +477,7 @@ impl DevicePayload {
     /// The payload of `request`: its OFFSET included when it has one.
     /// `None` when the PID is empty or longer than 255 bytes.
     pub(crate) fn new(request: &DeviceRequest<'_>) -> Option<DevicePayload> {
-        let mut bytes = [0u8; MAX_DEVICE_PAYLOAD];
+        let mut bytes = [0u8; iot_ota::firmware::MAX_PAYLOAD_LEN];
         let len = firmware::write_payload(request, &mut bytes)?;
         Some(DevicePayload { bytes, len })
     }
@@ -1406,7 +1404,7 @@ pub(crate) mod tests {
         };
         assert_eq!(
             DevicePayload::new(&longest).unwrap().as_bytes().len(),
-            MAX_DEVICE_PAYLOAD
+            iot_ota::firmware::MAX_PAYLOAD_LEN
         );
         assert!(DevicePayload::new(&DeviceRequest {
             pid: b"",
