@@ -41,6 +41,7 @@
 pub mod catalog;
 pub mod firmware;
 pub mod hash;
+pub mod iface;
 pub mod logfmt;
 pub mod server;
 pub mod service;
