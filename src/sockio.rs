@@ -687,7 +687,6 @@ pub(crate) fn bind_freebind(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// Waits until one of `sockets` is readable or `timeout_ms` passed
 /// (`None`: no timeout); returns the index of a readable one. Interrupted
 /// waits return `None` like timeouts.
-#[allow(dead_code)] // used by the server's multicast and listen set-up, next
 pub(crate) fn wait_readable(sockets: &[UdpSocket], timeout_ms: Option<u64>) -> Option<usize> {
     const MAX_SOCKETS: usize = 16;
     let mut fds = [libc::pollfd {

@@ -216,6 +216,16 @@ pub enum Via {
     ById,
 }
 
+/// How a request arrived, beyond its sender: what the socket layer learns
+/// from the datagram's destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Arrival {
+    /// It was sent to a multicast group (RFC 7252 §8).
+    pub multicast: bool,
+    /// The index of the interface it arrived on; 0 when unknown.
+    pub ifindex: u32,
+}
+
 /// Why nothing was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
@@ -237,6 +247,10 @@ pub enum Dropped {
     /// A Non-confirmable request with an unrecognized critical option:
     /// RFC 7252 §5.4.1 has it rejected, i.e. ignored (§4.3).
     BadOptionNon,
+    /// A request sent to a multicast group that gets no answer: a
+    /// Confirmable one, or one whose answer would be an error, an RST or
+    /// empty (RFC 7252 §8).
+    Multicast,
     /// The reply did not fit the output buffer (a bug, never expected).
     Overflow,
 }
@@ -342,6 +356,38 @@ impl Service {
     /// [`Limits::rate_table_capacity`]).
     pub fn rate_table_len(&self) -> usize {
         self.guard.rate_table_len()
+    }
+
+    /// Handles one datagram from `peer` that arrived as `arrival` says: a
+    /// unicast request as [`Service::handle`]; a request sent to a
+    /// multicast group by RFC 7252 §8: only Non-confirmable requests are
+    /// answered, and only with something useful: never an RST, an error or
+    /// an empty answer (§8.2.1), so a group of servers stays quiet except
+    /// for the ones that have what was asked for. The caller sends a
+    /// multicast answer after a random delay within the Leisure period
+    /// (§8.2), from a unicast address of the interface it arrived on.
+    pub fn handle_arrival(
+        &mut self,
+        peer: Peer,
+        arrival: Arrival,
+        now_ms: u64,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Action<'_> {
+        if !arrival.multicast {
+            return self.handle(peer, now_ms, datagram, out);
+        }
+        match wire::Header::parse(datagram) {
+            Ok((header, _)) if header.mtype == MessageType::NonConfirmable => {}
+            _ => return Action::Drop(Dropped::Multicast),
+        }
+        match self.handle(peer, now_ms, datagram, out) {
+            Action::Reply { len, outcome } if useful(&outcome, out.get(..len)) => {
+                Action::Reply { len, outcome }
+            }
+            Action::Reply { .. } => Action::Drop(Dropped::Multicast),
+            dropped => dropped,
+        }
     }
 
     /// Handles one datagram from `peer` received at `now_ms` (any monotonic
@@ -522,6 +568,18 @@ fn write_diagnostic(e: Emitter<'_>, diagnostic: Diagnostic) -> Result<usize, wir
         let _ = write!(writer, "{diagnostic}");
         writer.len
     })
+}
+
+/// Whether a reply is worth sending to a multicast request: a block, or a
+/// 2.05 with a payload (RFC 7252 §8.2.1: no empty answers).
+fn useful(outcome: &Outcome<'_>, reply: Option<&[u8]>) -> bool {
+    match outcome {
+        Outcome::Block(_) => true,
+        Outcome::Content => reply
+            .and_then(|r| Message::parse(r).ok())
+            .is_some_and(|m| !m.payload.is_empty()),
+        _ => false,
+    }
 }
 
 fn reset<'c>(mid: u16, out: &mut [u8], reason: ResetReason) -> Action<'c> {

@@ -2045,3 +2045,76 @@ fn non_message_ids_count_per_endpoint_from_a_keyed_start() {
     let mut restarted = Fx::with_keys(Limits::default(), false, restarted_keys);
     assert_ne!(mid_to(&mut restarted, x), first);
 }
+
+// ---------------------------------------------------------------------------
+// RFC 7252 §8: requests sent to a multicast group
+
+/// The reply to `req` sent to a group, or why there is none.
+fn by_multicast(fx: &mut Fx, req: &Req) -> Result<Vec<u8>, Dropped> {
+    let arrival = Arrival {
+        multicast: true,
+        ifindex: 3,
+    };
+    match fx
+        .svc
+        .handle_arrival(peer(A), arrival, T0, &req.bytes(), &mut fx.out)
+    {
+        Action::Reply { len, .. } => Ok(fx.out[..len].to_vec()),
+        Action::Drop(reason) => Err(reason),
+    }
+}
+
+#[test]
+fn multicast_non_discovery_and_a_found_lookup_are_answered() {
+    let mut fx = Fx::new();
+    let listing = by_multicast(&mut fx, &Req::get(".well-known/core?rt=fw.image").non()).unwrap();
+    assert!(!parse(&listing).payload.is_empty());
+    let lookup = Req::get("updates")
+        .payload(&device(b"MOTE", 3, 0, None))
+        .non();
+    let reply = by_multicast(&mut fx, &lookup).unwrap();
+    assert_eq!(parse(&reply).payload, fx.img(MOTE_NEW).id.as_bytes());
+}
+
+#[test]
+fn multicast_gets_no_error_no_rst_no_empty_answer_and_no_con() {
+    let mut fx = Fx::new();
+    let silent = [
+        Req::get("nothing").non(),
+        Req::get(".well-known/core?rt=no-such-type").non(),
+        Req::get("updates")
+            .payload(&device(b"MOTE", 3, u32::MAX, Some(0)))
+            .non(),
+        Req::get("updates")
+            .payload(&device(b"MOTE", 3, u32::MAX, None))
+            .non(),
+        Req::get(".well-known/core"),
+    ];
+    for req in &silent {
+        assert_eq!(
+            by_multicast(&mut fx, req),
+            Err(Dropped::Multicast),
+            "{req:?}"
+        );
+    }
+    // A malformed Confirmable message or a ping sent to a group: no RST.
+    let mut fx = Fx::new();
+    for datagram in [
+        &[0x40u8, 0x00, 0x00, 0x01][..],
+        &[0x40, 0x01, 0x00, 0x02, 0xFF],
+    ] {
+        let got = fx.svc.handle_arrival(
+            peer(A),
+            Arrival {
+                multicast: true,
+                ifindex: 3,
+            },
+            T0,
+            datagram,
+            &mut fx.out,
+        );
+        assert!(matches!(got, Action::Drop(_)), "{datagram:?}: {got:?}");
+    }
+    // The same requests by unicast are answered.
+    assert_error(&fx.ask(&Req::get("nothing").non()), ResponseType::NotFound);
+}

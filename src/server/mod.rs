@@ -13,14 +13,22 @@
 //! §5.3.2), also on a wildcard socket of a host with several addresses,
 //! where `send_to` would let the kernel pick another: `sockio` receives
 //! the destination with the datagram and sends from it.
+//!
+//! With several listen sockets, or with multicast on, the loop waits on
+//! all sockets at once (`poll`) with a timeout that is the next held-back
+//! multicast answer's due time ([`leisure`]); with one socket and no
+//! multicast it blocks in `recvmsg`, as cheap as it gets.
+
+mod leisure;
 
 use crate::firmware::{self, VersionText};
 use crate::service::{
-    Action, Dropped, Outcome, Peer, ResetReason, Service, Transfer, Via, MAX_REPLY_LEN,
+    Action, Arrival, Dropped, Outcome, Peer, ResetReason, Service, Transfer, Via, MAX_REPLY_LEN,
     MAX_REQUEST_LEN,
 };
-use crate::sockio::{self, Received};
+use crate::sockio::{self, LocalDest, Received};
 use crate::wire::Message;
+use leisure::Leisure;
 use log::{debug, info, log_enabled, trace, warn, Level};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -59,12 +67,16 @@ pub struct Stats {
     pub send_errors: u64,
     /// Transfer log lines left out over the per-second budget.
     pub suppressed_log_lines: u64,
+    /// Answers to multicast requests held back for the Leisure period.
+    pub multicast_answers: u64,
+    /// Answers to multicast requests dropped because the queue was full.
+    pub multicast_dropped: u64,
 }
 
 /// The server: socket, buffers, service and counters.
 #[derive(Debug)]
 pub struct Server {
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
     service: Service,
     rx: Vec<u8>,
     tx: Vec<u8>,
@@ -73,6 +85,8 @@ pub struct Server {
     log_budget: LogBudget,
     /// Milliseconds since start at the last received datagram.
     now_ms: u64,
+    /// Held-back answers to multicast requests.
+    leisure: Leisure,
 }
 
 impl Server {
@@ -82,11 +96,9 @@ impl Server {
     /// does (right on a socket bound to one address, maybe not on a
     /// wildcard one).
     pub fn new(socket: UdpSocket, service: Service) -> Server {
-        if let Err(e) = sockio::enable_pktinfo(&socket) {
-            warn!("cannot learn the destination address of requests ({e}): on a host with several addresses, replies may leave from another address than the one asked");
-        }
+        enable_pktinfo(&socket);
         Server {
-            socket,
+            sockets: vec![socket],
             service,
             // One byte more than the largest accepted request, so that a
             // datagram filling it, cut or not, is too long for the service
@@ -97,15 +109,50 @@ impl Server {
             stats: Stats::default(),
             log_budget: LogBudget::default(),
             now_ms: 0,
+            leisure: Leisure::off(),
         }
     }
 
-    /// The socket's address (useful with port 0).
+    /// Serves `socket` too (a repeated `-l`). The loop then waits on all
+    /// sockets with `poll`, and they are made non-blocking.
+    ///
+    /// # Errors
+    /// As `set_nonblocking`.
+    pub fn add_socket(&mut self, socket: UdpSocket) -> io::Result<()> {
+        enable_pktinfo(&socket);
+        self.sockets.push(socket);
+        self.sockets
+            .iter()
+            .try_for_each(|s| s.set_nonblocking(true))
+    }
+
+    /// Answers requests that arrive by multicast after a random delay
+    /// within `leisure_ms` (RFC 7252 §8.2), holding at most `capacity`
+    /// answers at once; `seed` spreads the delays.
+    ///
+    /// # Errors
+    /// As `set_nonblocking`.
+    pub fn enable_multicast_answers(
+        &mut self,
+        leisure_ms: u64,
+        capacity: usize,
+        seed: u64,
+    ) -> io::Result<()> {
+        self.leisure = Leisure::new(leisure_ms, capacity, seed);
+        self.sockets
+            .iter()
+            .try_for_each(|s| s.set_nonblocking(true))
+    }
+
+    /// The first socket's address (useful with port 0).
     ///
     /// # Errors
     /// As [`UdpSocket::local_addr`].
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
+        self.sockets
+            .first()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?
+            .local_addr()
     }
 
     /// The counters so far.
@@ -137,18 +184,33 @@ impl Server {
     }
 
     /// Receives one datagram (blocking, or until the socket's read timeout)
-    /// and answers it. Never fails: errors are counted and logged at debug.
+    /// and answers it, after sending the held-back multicast answers that
+    /// are due. Never fails: errors are counted and logged at debug.
     pub fn serve_one(&mut self) {
+        let index = if self.sockets.len() == 1 && !self.leisure.is_on() {
+            0
+        } else {
+            self.send_due_answers();
+            let now = self.clock_ms();
+            let timeout = self
+                .leisure
+                .next_due_ms()
+                .map(|due| due.saturating_sub(now));
+            match sockio::wait_readable(&self.sockets, timeout) {
+                Some(index) => index,
+                None => return,
+            }
+        };
         let Some(Received {
             len,
             from,
             dest,
             truncated,
-        }) = self.receive()
+        }) = self.receive(index)
         else {
             return;
         };
-        self.now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.now_ms = self.clock_ms();
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         if truncated {
             trace!("{} datagram cut at {len} bytes", Shown(from));
@@ -156,9 +218,10 @@ impl Server {
         if log_enabled!(Level::Debug) {
             log_request(from, datagram);
         }
+        let arrival = arrival(dest);
         match self
             .service
-            .handle(peer(from), self.now_ms, datagram, &mut self.tx)
+            .handle_arrival(peer(from), arrival, self.now_ms, datagram, &mut self.tx)
         {
             Action::Reply { len, outcome } => {
                 self.stats.count(&outcome);
@@ -168,12 +231,12 @@ impl Server {
                 }
                 log_outcome(from, &outcome);
                 let reply = self.tx.get(..len).unwrap_or(&[]);
-                match sockio::send_from(&self.socket, reply, from, dest) {
-                    Ok(_) => self.stats.sent += 1,
-                    Err(e) => {
-                        self.stats.send_errors += 1;
-                        debug!("{} send failed (ignored): {e}", Shown(from));
-                    }
+                if !arrival.multicast {
+                    send(&self.sockets, index, reply, from, dest, &mut self.stats);
+                } else if self.leisure.schedule(self.now_ms, index, from, dest, reply) {
+                    self.stats.multicast_answers += 1;
+                } else {
+                    self.stats.multicast_dropped += 1;
                 }
             }
             Action::Drop(reason) => {
@@ -183,10 +246,31 @@ impl Server {
         }
     }
 
-    /// The next datagram, or `None` after a timeout, an interruption or a
-    /// counted receive error.
-    fn receive(&mut self) -> Option<Received> {
-        match sockio::recv_with_dest(&self.socket, &mut self.rx) {
+    /// Sends the held-back multicast answers whose time has come.
+    fn send_due_answers(&mut self) {
+        let now = self.clock_ms();
+        while let Some(due) = self.leisure.take_due(now) {
+            send(
+                &self.sockets,
+                due.socket,
+                due.bytes,
+                due.to,
+                due.dest,
+                &mut self.stats,
+            );
+        }
+    }
+
+    /// Milliseconds since start.
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The next datagram of socket `index`, or `None` after a timeout, an
+    /// interruption or a counted receive error.
+    fn receive(&mut self, index: usize) -> Option<Received> {
+        let socket = self.sockets.get(index)?;
+        match sockio::recv_with_dest(socket, &mut self.rx) {
             Ok(received) => {
                 self.stats.received += 1;
                 Some(received)
@@ -204,6 +288,55 @@ impl Server {
                 None
             }
         }
+    }
+}
+
+/// Asks the kernel for each datagram's destination address, so that
+/// replies leave from it; where it refuses, warns: replies then leave as
+/// `send_to` sends them (right on a socket bound to one address, maybe not
+/// on a wildcard one).
+fn enable_pktinfo(socket: &UdpSocket) {
+    if let Err(e) = sockio::enable_pktinfo(socket) {
+        warn!("cannot learn the destination address of requests ({e}): on a host with several addresses, replies may leave from another address than the one asked");
+    }
+}
+
+/// Sends `reply` to `to` from socket `index`, from the address the request
+/// arrived at; a failure is counted and the loop goes on.
+fn send(
+    sockets: &[UdpSocket],
+    index: usize,
+    reply: &[u8],
+    to: SocketAddr,
+    dest: Option<LocalDest>,
+    stats: &mut Stats,
+) {
+    let Some(socket) = sockets.get(index) else {
+        return;
+    };
+    match sockio::send_from(socket, reply, to, dest) {
+        Ok(_) => stats.sent += 1,
+        Err(e) => {
+            stats.send_errors += 1;
+            debug!("{} send failed (ignored): {e}", Shown(to));
+        }
+    }
+}
+
+/// What the service needs of where a datagram arrived.
+fn arrival(dest: Option<LocalDest>) -> Arrival {
+    let Some(dest) = dest else {
+        return Arrival::default();
+    };
+    let multicast = match dest.addr {
+        IpAddr::V4(v4) => v4.is_multicast(),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_multicast(), |v4| v4.is_multicast()),
+    };
+    Arrival {
+        multicast,
+        ifindex: dest.ifindex,
     }
 }
 
@@ -271,18 +404,13 @@ fn peer(addr: SocketAddr) -> Peer {
     }
 }
 
-/// A peer address as an operator reads it: `::ffff:a.b.c.d` as `a.b.c.d`.
+/// A peer address as an operator reads it: `::ffff:a.b.c.d` as `a.b.c.d`,
+/// a link-local address with its zone by interface name.
 struct Shown(SocketAddr);
 
 impl std::fmt::Display for Shown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.ip() {
-            IpAddr::V6(v6) => match Ipv6Addr::to_ipv4_mapped(&v6) {
-                Some(v4) => write!(f, "{v4}:{}", self.0.port()),
-                None => write!(f, "{}", self.0),
-            },
-            IpAddr::V4(_) => write!(f, "{}", self.0),
-        }
+        f.write_str(&crate::iface::display(self.0))
     }
 }
 
@@ -387,8 +515,8 @@ impl std::fmt::Display for StatsLine<'_> {
         let s = self.0;
         write!(
             f,
-            "stats: received {} sent {} blocks {} content {} errors {} resets {} dropped malformed {} other {} receive errors {} send errors {} log lines suppressed {}",
-            s.received, s.sent, s.blocks, s.content, s.errors, s.resets, s.dropped_malformed, s.dropped_other, s.receive_errors, s.send_errors, s.suppressed_log_lines
+            "stats: received {} sent {} blocks {} content {} errors {} resets {} dropped malformed {} other {} receive errors {} send errors {} log lines suppressed {} multicast answers {} dropped {}",
+            s.received, s.sent, s.blocks, s.content, s.errors, s.resets, s.dropped_malformed, s.dropped_other, s.receive_errors, s.send_errors, s.suppressed_log_lines, s.multicast_answers, s.multicast_dropped
         )
     }
 }
