@@ -13,7 +13,7 @@ use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType
 use iot_ota::wire::{Block, Emitter, Message};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-use support::{device_payload, TempDir, TestImage as Image, TestServer};
+use support::{device_payload, TempDir, TestImage as Image, TestServer, XorShift};
 
 /// The large image: 4 MiB + 777 bytes, 4097 blocks of 1 KiB.
 const BIG_LEN: usize = 4 * 1024 * 1024 + 777;
@@ -1232,18 +1232,6 @@ fn well_known_core_lists_every_image_and_filters_whole_at_16_byte_blocks() {
 }
 
 // ---------------------------------------------------------------- robustness
-
-/// xorshift32: deterministic noise without a dependency.
-struct XorShift(u32);
-
-impl XorShift {
-    fn next(&mut self) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 17;
-        self.0 ^= self.0 << 5;
-        self.0
-    }
-}
 
 #[test]
 fn server_keeps_serving_after_a_burst_of_garbage() {

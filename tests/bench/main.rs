@@ -30,13 +30,17 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const CLIENT: &str = env!("CARGO_BIN_EXE_iot-ota-client");
-const SERVER: &str = env!("CARGO_BIN_EXE_iot-ota-server");
+// The integration tests' kit: image bytes, temporary directories and the
+// binaries' paths are the same here as in every other test.
+#[path = "../support/mod.rs"]
+mod support;
+
+use support::{image_bytes, TempDir, CLIENT_BIN as CLIENT, SERVER_BIN as SERVER};
 
 /// The image every device downloads: 256 KiB, 256 blocks of 1 KiB.
 const IMAGE_LEN: usize = 256 * 1024;
@@ -81,15 +85,6 @@ fn main() -> ExitCode {
             eprintln!("bench: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -157,19 +152,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Deterministic image bytes (xorshift32).
-fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// Writes `count` small images named `{prefix}-{n}_1_0_0_APP.fmu` into
@@ -594,11 +576,10 @@ fn bench() -> Result<bool, String> {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
 
     // Catalogs.
-    let root = TempDir(std::env::temp_dir().join(format!("iot-ota-bench-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&root.0);
-    let one = root.0.join("one");
-    let flat = root.0.join("flat");
-    let startup = root.0.join("startup");
+    let root = TempDir::new("bench");
+    let one = root.path().join("one");
+    let flat = root.path().join("flat");
+    let startup = root.path().join("startup");
     for dir in [&one, &flat, &startup] {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
@@ -1101,15 +1082,12 @@ fn bench() -> Result<bool, String> {
 mod smoke {
     pub fn generator_checks_the_real_server_and_drives_the_baseline() {
         use super::*;
-        let root = TempDir(
-            std::env::temp_dir().join(format!("iot-ota-bench-test-{}", std::process::id())),
-        );
-        std::fs::create_dir_all(&root.0).unwrap();
+        let root = TempDir::new("bench-test");
         let image = image_bytes(20_000, 3);
-        let path = root.0.join(IMAGE_NAME);
+        let path = root.path().join(IMAGE_NAME);
         std::fs::write(&path, &image).unwrap();
         let id = format!("{:08x}", fnv1a32(IMAGE_NAME.as_bytes()));
-        let server = start_server(&root.0, None).unwrap();
+        let server = start_server(root.path(), None).unwrap();
         let baseline = start_baseline(None).unwrap();
         let args = |server: &Proc, image: &Path, extra: &[&str]| -> Vec<String> {
             let mut a = vec![
@@ -1148,7 +1126,7 @@ mod smoke {
             assert_eq!(run.failures, 0, "{extra:?}");
         }
         // A wrong expectation is caught, block by block.
-        let other = root.0.join("other.bin");
+        let other = root.path().join("other.bin");
         std::fs::write(&other, image_bytes(20_000, 4)).unwrap();
         let run =
             run_generator(&args(&server, &other, &["--id", &id]), &server, false, None).unwrap();

@@ -12,6 +12,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod images;
+#[allow(unused_imports)] // Not every test uses every part of the kit.
+pub use images::{image_bytes, XorShift};
+
 /// Fixed secrets for in-process services: Echo values and Message ID
 /// starts are the same on every run.
 pub const TEST_KEYS: iot_ota::service::Keys = iot_ota::service::Keys {
@@ -24,20 +28,6 @@ pub const TEST_KEYS: iot_ota::service::Keys = iot_ota::service::Keys {
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_iot-ota-server");
 /// Path of the client binary cargo built for these tests.
 pub const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_iot-ota-client");
-
-/// Deterministic image bytes (xorshift32 seeded by `seed`), so every test
-/// run and every peer sees the same content.
-pub fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
