@@ -29,4 +29,6 @@ pub mod service;
 // recvmsg/sendmsg with packet information: the only unsafe code.
 #[allow(unsafe_code)]
 pub mod sockio;
+#[cfg(test)]
+mod testkit;
 pub mod wire;
