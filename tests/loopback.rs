@@ -12,7 +12,7 @@ mod support;
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
 use iot_ota::wire::{Block, Emitter, Message};
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{device_payload, TempDir, TestImage as Image, TestServer, XorShift};
 
 /// The large image: 4 MiB + 777 bytes, 4097 blocks of 1 KiB.
@@ -283,49 +283,29 @@ impl Client {
 
     /// The next datagram from the server within `within`, or `None`.
     fn receive(&self, within: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + within;
-        let mut buf = [0u8; 2048];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.socket
-                .set_read_timeout(Some(left))
-                .expect("set read timeout");
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) if from == self.server => return Some(buf[..n].to_vec()),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
+        support::coap::receive_from(&self.socket, self.server, within)
     }
 
     /// Sends `datagram` and waits for the reply whose MID is `mid` (CON) or
     /// whose token is `token` (NON); other datagrams are skipped. The
     /// datagram is sent again after each REPLY_TIMEOUT, ATTEMPTS times.
     fn exchange(&self, datagram: &[u8], mtype: MessageType, mid: u16, token: &[u8]) -> Resp {
-        for _ in 0..ATTEMPTS {
-            self.send(datagram);
-            let deadline = Instant::now() + REPLY_TIMEOUT;
-            while let Some(raw) = self.receive(deadline.saturating_duration_since(Instant::now())) {
-                let reply = Resp::decode(&raw);
-                let matches = match mtype {
-                    MessageType::Confirmable => {
-                        reply.mid == mid
-                            && matches!(
-                                reply.mtype,
-                                MessageType::Acknowledgement | MessageType::Reset
-                            )
-                    }
-                    _ => reply.token == token && reply.mtype != MessageType::Acknowledgement,
-                };
-                if matches {
-                    return reply;
+        let limits = (ATTEMPTS, REPLY_TIMEOUT);
+        support::coap::exchange_until(&self.socket, self.server, datagram, limits, |raw| {
+            let reply = Resp::decode(raw);
+            let matches = match mtype {
+                MessageType::Confirmable => {
+                    reply.mid == mid
+                        && matches!(
+                            reply.mtype,
+                            MessageType::Acknowledgement | MessageType::Reset
+                        )
                 }
-            }
-        }
-        panic!("no reply to {datagram:02x?} after {ATTEMPTS} attempts");
+                _ => reply.token == token && reply.mtype != MessageType::Acknowledgement,
+            };
+            matches.then_some(reply)
+        })
+        .unwrap_or_else(|| panic!("no reply to {datagram:02x?} after {ATTEMPTS} attempts"))
     }
 
     /// Sends `req` with a fresh Message ID and returns the reply.

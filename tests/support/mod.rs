@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod coap;
 mod images;
 #[allow(unused_imports)] // Not every test uses every part of the kit.
 pub use images::{image_bytes, XorShift};
