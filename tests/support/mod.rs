@@ -344,14 +344,7 @@ pub fn write_images(dir: &TempDir, images: &[(&str, usize)]) -> Vec<TestImage> {
 /// A device payload `PIDLEN | PID | TYPE | VERSION:u32le [| OFFSET:u32le]`
 /// (PROTOCOL §2.1), built here again rather than with `firmware`.
 pub fn device_payload(pid: &str, fw_type: u8, version: u32, offset: Option<u32>) -> Vec<u8> {
-    let mut payload = vec![u8::try_from(pid.len()).expect("a PID of at most 255 bytes")];
-    payload.extend_from_slice(pid.as_bytes());
-    payload.push(fw_type);
-    payload.extend_from_slice(&version.to_le_bytes());
-    if let Some(offset) = offset {
-        payload.extend_from_slice(&offset.to_le_bytes());
-    }
-    payload
+    device_payload_bytes(pid.as_bytes(), fw_type, version, offset)
 }
 
 /// The same device payload as [`device_payload`] for a PID given as bytes
