@@ -304,21 +304,29 @@ fn probe(addr: SocketAddr, deadline: Instant) -> Option<Instant> {
     None
 }
 
+/// The server (`-q`) over `dir` on `addr`, under `taskset` when `cpu` is
+/// given, without input or output; the caller decides on stderr.
+fn server_command(dir: &Path, addr: SocketAddr, cpu: Option<&str>) -> Command {
+    let mut command = pinned(SERVER, cpu);
+    command
+        .arg("-q")
+        .arg("-d")
+        .arg(dir)
+        .arg("-l")
+        .arg(addr.to_string())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
 /// Starts the server (release build, `-q`) over `dir` on a free port and
 /// waits until it answers.
 fn start_server(dir: &Path, cpu: Option<&str>) -> Result<Proc, String> {
     for _attempt in 0..3 {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = pinned(SERVER, cpu)
-            .arg("-q")
-            .arg("-d")
-            .arg(dir)
-            .arg("-l")
-            .arg(addr.to_string())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let child = server_command(dir, addr, cpu)
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot start {SERVER}: {e}"))?;
@@ -786,15 +794,7 @@ fn measure_startup(startup: &Path) -> Result<Vec<f64>, String> {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let t0 = Instant::now();
-        let child = Command::new(SERVER)
-            .arg("-q")
-            .arg("-d")
-            .arg(startup)
-            .arg("-l")
-            .arg(addr.to_string())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let child = server_command(startup, addr, None)
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {SERVER}: {e}"))?;
