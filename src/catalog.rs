@@ -882,6 +882,7 @@ fn check_regular(meta: &fs::Metadata) -> Result<(), SkipReason> {
 mod tests {
     use super::*;
     use crate::firmware::TYPE_APP;
+    use crate::testkit::TempDir;
 
     fn name(pid: &str, major: u8, minor: u8, build: u16, fw_type: u8) -> ImageName {
         ImageName {
@@ -1345,33 +1346,6 @@ mod tests {
 
     // ---- Catalog::load on a real directory ----
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            use std::sync::atomic::{AtomicUsize, Ordering};
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir()
-                .join(format!("iot-ota-catalog-test-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir(&path).unwrap();
-            TempDir(path)
-        }
-
-        fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-            let path = self.0.join(name);
-            fs::write(&path, bytes).unwrap();
-            path
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn reason_of<'a>(report: &'a LoadReport, file: &str) -> Option<&'a SkipReason> {
         report
             .skipped
@@ -1382,8 +1356,8 @@ mod tests {
 
     #[test]
     fn load_of_missing_directory_is_read_dir_error() {
-        let dir = TempDir::new();
-        let missing = dir.0.join("nope");
+        let dir = TempDir::new("catalog-test");
+        let missing = dir.path().join("nope");
         match Catalog::load(&missing) {
             Err(e @ Error::ReadDir { .. }) => assert!(e.to_string().contains("nope"), "{e}"),
             other => panic!("expected ReadDir, got {other:?}"),
@@ -1392,8 +1366,8 @@ mod tests {
 
     #[test]
     fn load_of_empty_directory_gives_empty_catalog() {
-        let dir = TempDir::new();
-        let report = Catalog::load(&dir.0).unwrap();
+        let dir = TempDir::new("catalog-test");
+        let report = Catalog::load(dir.path()).unwrap();
         assert!(report.catalog.images().is_empty());
         assert!(report.skipped.is_empty() && report.ignored.is_empty());
     }
@@ -1404,26 +1378,30 @@ mod tests {
         use std::os::unix::ffi::OsStrExt;
         use std::os::unix::fs::{symlink, PermissionsExt};
 
-        let dir = TempDir::new();
-        let target_dir = TempDir::new();
+        let dir = TempDir::new("catalog-test");
+        let target_dir = TempDir::new("catalog-test");
         dir.write("A_1_0_0_APP.fmu", b"abc");
         dir.write("Empty_1_0_0_APP.fmu", b"");
         dir.write(".Hidden_1_0_0_APP.fmu", b"h");
         dir.write("notes.txt", b"t");
         dir.write("Bad_x_0_0_APP.fmu", b"b");
-        fs::create_dir(dir.0.join("Sub_1_0_0_APP.fmu")).unwrap();
+        fs::create_dir(dir.path().join("Sub_1_0_0_APP.fmu")).unwrap();
         let real = target_dir.write("Real_1_0_0_APP.fmu", b"link");
-        symlink(&real, dir.0.join("Linked_1_0_0_APP.fmu")).unwrap();
-        symlink(&target_dir.0, dir.0.join("x_1_1_1_APP.fmu")).unwrap();
-        symlink(dir.0.join("missing"), dir.0.join("Dangling_1_0_0_APP.fmu")).unwrap();
+        symlink(&real, dir.path().join("Linked_1_0_0_APP.fmu")).unwrap();
+        symlink(target_dir.path(), dir.path().join("x_1_1_1_APP.fmu")).unwrap();
+        symlink(
+            dir.path().join("missing"),
+            dir.path().join("Dangling_1_0_0_APP.fmu"),
+        )
+        .unwrap();
         let locked = dir.write("Locked_1_0_0_APP.fmu", b"l");
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
         let locked_is_readable = fs::read(&locked).is_ok(); // true when running as root
         let non_utf8 = OsStr::from_bytes(b"Bad\xff_1_0_0_APP.fmu");
         // Some file systems refuse such names; then there is nothing to test.
-        let made_non_utf8 = fs::write(dir.0.join(non_utf8), b"n").is_ok();
+        let made_non_utf8 = fs::write(dir.path().join(non_utf8), b"n").is_ok();
 
-        let report = Catalog::load(&dir.0).unwrap();
+        let report = Catalog::load(dir.path()).unwrap();
 
         let loaded: Vec<&str> = report
             .catalog
@@ -1486,8 +1464,8 @@ mod tests {
 
     #[test]
     fn load_skips_file_larger_than_max_image_len_without_reading_it() {
-        let dir = TempDir::new();
-        let path = dir.0.join("Huge_1_0_0_APP.fmu");
+        let dir = TempDir::new("catalog-test");
+        let path = dir.path().join("Huge_1_0_0_APP.fmu");
         let file = File::create(&path).unwrap();
         // A sparse file: no data blocks are written. Where the file system
         // refuses one the test says so, and fails under CI rather than
@@ -1501,7 +1479,7 @@ mod tests {
             return;
         }
         drop(file);
-        let report = Catalog::load(&dir.0).unwrap();
+        let report = Catalog::load(dir.path()).unwrap();
         assert!(report.catalog.images().is_empty());
         assert_eq!(
             reason_of(&report, "Huge_1_0_0_APP.fmu"),
@@ -1511,9 +1489,9 @@ mod tests {
 
     #[test]
     fn file_that_vanishes_between_listing_and_reading_is_skipped_as_vanished() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("catalog-test");
         dir.write("GONE_1_0_0_APP.fmu", b"soon gone");
-        let entry = fs::read_dir(&dir.0).unwrap().next().unwrap().unwrap();
+        let entry = fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap();
         // Listed, then deleted before it is read: the race load() can meet.
         fs::remove_file(entry.path()).unwrap();
         match scan_entry(&entry) {
@@ -1525,10 +1503,10 @@ mod tests {
 
     #[test]
     fn load_collision_names_both_files() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("catalog-test");
         dir.write("M_1_0_0_APP.fmu", b"x");
         dir.write("M_1_0_0_3.fmu", b"y");
-        match Catalog::load(&dir.0) {
+        match Catalog::load(dir.path()) {
             Err(Error::DuplicateVersion { first, second }) => {
                 assert_eq!(
                     (first.as_str(), second.as_str()),

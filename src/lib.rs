@@ -47,4 +47,6 @@ pub mod server;
 pub mod service;
 #[allow(unsafe_code)]
 mod sockio;
+#[cfg(test)]
+mod testkit;
 pub mod wire;

@@ -296,27 +296,6 @@ impl Dev {
         }
     }
 
-    /// Receives one datagram from the server within `within`.
-    fn receive(&self, within: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + within;
-        let mut buf = [0u8; 2048];
-        for _ in 0..64 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.socket
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .expect("set read timeout");
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) if from == self.server => return Some(buf[..n].to_vec()),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-        None
-    }
-
     /// Sends `req` with a fresh Message ID and token and returns the reply
     /// (the ACK or RST with that Message ID for CON, the non-ACK with that
     /// token for NON), sending again after REPLY_TIMEOUT.
@@ -325,27 +304,22 @@ impl Dev {
         self.next_token = self.next_token.wrapping_add(1);
         let (mid, token) = (self.next_mid, self.next_token.to_be_bytes());
         let datagram = req.encode(mid, &token);
-        for _ in 0..ATTEMPTS {
-            self.socket
-                .send_to(&datagram, self.server)
-                .expect("send to server");
-            let deadline = Instant::now() + REPLY_TIMEOUT;
-            while let Some(raw) = self.receive(deadline.saturating_duration_since(Instant::now())) {
-                let reply = Reply::parse(&raw);
-                let matches = if req.non {
-                    reply.token == token && reply.mtype != ACK
-                } else {
-                    reply.mid == mid && (reply.mtype == ACK || reply.mtype == RST)
-                };
-                if matches {
-                    return reply;
-                }
-            }
-        }
-        panic!(
-            "{}: no reply to {req:?} from {} after {ATTEMPTS} attempts",
-            self.name, self.server
-        );
+        let limits = (ATTEMPTS, REPLY_TIMEOUT);
+        support::coap::exchange_until(&self.socket, self.server, &datagram, limits, |raw| {
+            let reply = Reply::parse(raw);
+            let matches = if req.non {
+                reply.token == token && reply.mtype != ACK
+            } else {
+                reply.mid == mid && (reply.mtype == ACK || reply.mtype == RST)
+            };
+            matches.then_some(reply)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no reply to {req:?} from {} after {ATTEMPTS} attempts",
+                self.name, self.server
+            )
+        })
     }
 }
 

@@ -12,8 +12,8 @@ mod support;
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
 use iot_ota::wire::{Block, Emitter, Message};
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
-use support::{device_payload, TempDir, TestImage as Image, TestServer};
+use std::time::Duration;
+use support::{device_payload, TempDir, TestImage as Image, TestServer, XorShift};
 
 /// The large image: 4 MiB + 777 bytes, 4097 blocks of 1 KiB.
 const BIG_LEN: usize = 4 * 1024 * 1024 + 777;
@@ -283,49 +283,29 @@ impl Client {
 
     /// The next datagram from the server within `within`, or `None`.
     fn receive(&self, within: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + within;
-        let mut buf = [0u8; 2048];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            self.socket
-                .set_read_timeout(Some(left))
-                .expect("set read timeout");
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) if from == self.server => return Some(buf[..n].to_vec()),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
+        support::coap::receive_from(&self.socket, self.server, within)
     }
 
     /// Sends `datagram` and waits for the reply whose MID is `mid` (CON) or
     /// whose token is `token` (NON); other datagrams are skipped. The
     /// datagram is sent again after each REPLY_TIMEOUT, ATTEMPTS times.
     fn exchange(&self, datagram: &[u8], mtype: MessageType, mid: u16, token: &[u8]) -> Resp {
-        for _ in 0..ATTEMPTS {
-            self.send(datagram);
-            let deadline = Instant::now() + REPLY_TIMEOUT;
-            while let Some(raw) = self.receive(deadline.saturating_duration_since(Instant::now())) {
-                let reply = Resp::decode(&raw);
-                let matches = match mtype {
-                    MessageType::Confirmable => {
-                        reply.mid == mid
-                            && matches!(
-                                reply.mtype,
-                                MessageType::Acknowledgement | MessageType::Reset
-                            )
-                    }
-                    _ => reply.token == token && reply.mtype != MessageType::Acknowledgement,
-                };
-                if matches {
-                    return reply;
+        let limits = (ATTEMPTS, REPLY_TIMEOUT);
+        support::coap::exchange_until(&self.socket, self.server, datagram, limits, |raw| {
+            let reply = Resp::decode(raw);
+            let matches = match mtype {
+                MessageType::Confirmable => {
+                    reply.mid == mid
+                        && matches!(
+                            reply.mtype,
+                            MessageType::Acknowledgement | MessageType::Reset
+                        )
                 }
-            }
-        }
-        panic!("no reply to {datagram:02x?} after {ATTEMPTS} attempts");
+                _ => reply.token == token && reply.mtype != MessageType::Acknowledgement,
+            };
+            matches.then_some(reply)
+        })
+        .unwrap_or_else(|| panic!("no reply to {datagram:02x?} after {ATTEMPTS} attempts"))
     }
 
     /// Sends `req` with a fresh Message ID and returns the reply.
@@ -810,11 +790,28 @@ fn server_block_size_64_answers_1024_requests_at_the_same_byte_position() {
 
 // ---------------------------------------------------------------- errors
 
-#[test]
-fn errors_have_their_codes_and_a_diagnostic() {
-    let fx = Fixture::new("loop-errors", false);
+/// An error case: the request, the code it must get and what it is.
+type ErrorCase = (Req, ResponseType, &'static str);
+
+/// The driver of the error tests: on both families, each request `cases`
+/// builds for the SIZE1025 image (and its `updates/{id}` path) gets its
+/// code with a diagnostic payload.
+fn assert_error_cases(tag: &str, cases: impl Fn(&Image, &str) -> Vec<ErrorCase>) {
+    let fx = Fixture::new(tag, false);
     let image = fx.image("SIZE1025");
-    let image_path = format!("updates/{}", image.id);
+    let cases = cases(image, &format!("updates/{}", image.id));
+    support::on_both_families(fx.dir.path(), &[], |server| {
+        let mut c = Client::new(server);
+        for (req, code, what) in &cases {
+            c.call(req).assert_error(*code, what);
+        }
+    });
+}
+
+#[test]
+fn no_update_in_the_legacy_form_is_a_bare_reset() {
+    let fx = Fixture::new("loop-errors-rst", false);
+    let image = fx.image("SIZE1025");
     support::on_both_families(fx.dir.path(), &[], |server| {
         let mut c = Client::new(server);
 
@@ -838,8 +835,13 @@ fn errors_have_their_codes_and_a_diagnostic() {
             MessageType::Reset,
             "unknown PID, legacy form: {reply:?}"
         );
+    });
+}
 
-        let cases: Vec<(Req, ResponseType, &str)> = vec![
+#[test]
+fn what_is_not_there_is_4_04() {
+    assert_error_cases("loop-errors-404", |image, _| {
+        vec![
             (
                 Req::get("updates").payload(device_payload(
                     &image.pid,
@@ -877,8 +879,16 @@ fn errors_have_their_codes_and_a_diagnostic() {
                 ResponseType::NotFound,
                 "malformed id",
             ),
+        ]
+    });
+}
+
+#[test]
+fn methods_other_than_get_are_4_05() {
+    assert_error_cases("loop-errors-405", |image, image_path| {
+        vec![
             (
-                Req::get(&image_path).code(RequestType::Post),
+                Req::get(image_path).code(RequestType::Post),
                 ResponseType::MethodNotAllowed,
                 "POST image",
             ),
@@ -895,17 +905,25 @@ fn errors_have_their_codes_and_a_diagnostic() {
                 "PUT discovery",
             ),
             (
-                Req::get(&image_path).code(RequestType::Delete),
+                Req::get(image_path).code(RequestType::Delete),
                 ResponseType::MethodNotAllowed,
                 "DELETE image",
             ),
+        ]
+    });
+}
+
+#[test]
+fn unknown_critical_options_and_bad_block2_are_4_02() {
+    assert_error_cases("loop-errors-402", |image, image_path| {
+        vec![
             (
-                Req::get(&image_path).option(2049, b"x"),
+                Req::get(image_path).option(2049, b"x"),
                 ResponseType::BadOption,
                 "critical option 2049",
             ),
             (
-                Req::get(&image_path).option(9, b""),
+                Req::get(image_path).option(9, b""),
                 ResponseType::BadOption,
                 "critical option 9",
             ),
@@ -915,15 +933,23 @@ fn errors_have_their_codes_and_a_diagnostic() {
                 "critical option 65001 on legacy",
             ),
             (
-                Req::get(&image_path).block(block(0, 6)).option(23, &[0x16]),
+                Req::get(image_path).block(block(0, 6)).option(23, &[0x16]),
                 ResponseType::BadOption,
                 "second Block2",
             ),
             (
-                Req::get(&image_path).block(block(65, 4)),
+                Req::get(image_path).block(block(65, 4)),
                 ResponseType::BadOption,
                 "Block2 NUM past the end",
             ),
+        ]
+    });
+}
+
+#[test]
+fn malformed_payloads_queries_and_szx_are_4_00() {
+    assert_error_cases("loop-errors-400", |image, image_path| {
+        vec![
             (
                 Req::get("updates").payload(vec![5, b'A', b'B']),
                 ResponseType::BadRequest,
@@ -944,7 +970,7 @@ fn errors_have_their_codes_and_a_diagnostic() {
                 "payload one byte too long",
             ),
             (
-                Req::get(&image_path).option(23, &[0x07]),
+                Req::get(image_path).option(23, &[0x07]),
                 ResponseType::BadRequest,
                 "SZX 7",
             ),
@@ -981,21 +1007,34 @@ fn errors_have_their_codes_and_a_diagnostic() {
                 "query without version",
             ),
             (
-                Req::get(&image_path).payload(vec![1, 2, 3]),
+                Req::get(image_path).payload(vec![1, 2, 3]),
                 ResponseType::BadRequest,
                 "3-byte OFFSET",
             ),
-        ];
-        for (req, code, what) in &cases {
-            c.call(req).assert_error(*code, what);
-        }
-        // Unknown elective options are ignored.
+        ]
+    });
+}
+
+#[test]
+fn unknown_elective_options_are_ignored() {
+    let fx = Fixture::new("loop-errors-elective", false);
+    let image_path = format!("updates/{}", fx.image("SIZE1025").id);
+    support::on_both_families(fx.dir.path(), &[], |server| {
+        let mut c = Client::new(server);
         let reply = c.call(&Req::get(&image_path).option(2048, b"x").option(65000, b"y"));
         assert!(
             reply.is(ResponseType::Content),
             "elective options: {reply:?}"
         );
+    });
+}
 
+#[test]
+fn an_oversized_request_is_4_13_with_its_mid_and_token() {
+    let fx = Fixture::new("loop-errors-413", false);
+    let image_path = format!("updates/{}", fx.image("SIZE1025").id);
+    support::on_both_families(fx.dir.path(), &[], |server| {
+        let mut c = Client::new(server);
         // A request longer than the server accepts: 4.13, same MID and token.
         let req = Req::get(&image_path)
             .token(&[1, 2, 3, 4])
@@ -1232,18 +1271,6 @@ fn well_known_core_lists_every_image_and_filters_whole_at_16_byte_blocks() {
 }
 
 // ---------------------------------------------------------------- robustness
-
-/// xorshift32: deterministic noise without a dependency.
-struct XorShift(u32);
-
-impl XorShift {
-    fn next(&mut self) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 17;
-        self.0 ^= self.0 << 5;
-        self.0
-    }
-}
 
 #[test]
 fn server_keeps_serving_after_a_burst_of_garbage() {

@@ -6,18 +6,13 @@
 use super::*;
 use crate::catalog::Catalog;
 use crate::firmware::version;
+use crate::testkit::{image_bytes, seeded_files, KEYS};
 use coap_lite::{Packet, RequestType};
 
 const GET: MessageClass = MessageClass::Request(RequestType::Get);
 /// Any start time: the service only compares differences.
 const T0: u64 = 10_000_000;
 const MID: u16 = 0x1234;
-/// Fixed secrets: Echo values and Message ID starts are reproducible.
-const KEYS: Keys = Keys {
-    echo: SipKey([1, 2]),
-    message_ids: SipKey([3, 4]),
-    tables: [5, 6],
-};
 const TOKEN: [u8; 2] = [0xA1, 0xB2];
 
 const SZ0: &str = "SZ0_1_0_0_APP.fmu";
@@ -44,25 +39,8 @@ const SMALL: [(&str, usize); 8] = [
     (MOTE_TYPE7, 50),
 ];
 
-/// Deterministic bytes (xorshift32 seeded by `seed`).
-fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn catalog(with_big: bool) -> Catalog {
-    let mut files: Vec<(String, Vec<u8>)> = SMALL
-        .iter()
-        .enumerate()
-        .map(|(i, &(name, len))| (name.to_owned(), image_bytes(len, i as u32 + 1)))
-        .collect();
+    let mut files = seeded_files(&SMALL, 1);
     if with_big {
         files.push((BIG.to_owned(), image_bytes(BIG_LEN, 99)));
     }

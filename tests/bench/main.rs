@@ -35,8 +35,12 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const CLIENT: &str = env!("CARGO_BIN_EXE_iot-ota-client");
-const SERVER: &str = env!("CARGO_BIN_EXE_iot-ota-server");
+// The integration tests' kit: image bytes, temporary directories and the
+// binaries' paths are the same here as in every other test.
+#[path = "../support/mod.rs"]
+mod support;
+
+use support::{image_bytes, TempDir, CLIENT_BIN as CLIENT, SERVER_BIN as SERVER};
 
 /// The image every device downloads: 256 KiB, 256 blocks of 1 KiB.
 const IMAGE_LEN: usize = 256 * 1024;
@@ -81,15 +85,6 @@ fn main() -> ExitCode {
             eprintln!("bench: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -157,19 +152,6 @@ fn env_number(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Deterministic image bytes (xorshift32).
-fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// Writes `count` small images named `{prefix}-{n}_1_0_0_APP.fmu` into
@@ -322,21 +304,29 @@ fn probe(addr: SocketAddr, deadline: Instant) -> Option<Instant> {
     None
 }
 
+/// The server (`-q`) over `dir` on `addr`, under `taskset` when `cpu` is
+/// given, without input or output; the caller decides on stderr.
+fn server_command(dir: &Path, addr: SocketAddr, cpu: Option<&str>) -> Command {
+    let mut command = pinned(SERVER, cpu);
+    command
+        .arg("-q")
+        .arg("-d")
+        .arg(dir)
+        .arg("-l")
+        .arg(addr.to_string())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
 /// Starts the server (release build, `-q`) over `dir` on a free port and
 /// waits until it answers.
 fn start_server(dir: &Path, cpu: Option<&str>) -> Result<Proc, String> {
     for _attempt in 0..3 {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = pinned(SERVER, cpu)
-            .arg("-q")
-            .arg("-d")
-            .arg(dir)
-            .arg("-l")
-            .arg(addr.to_string())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let child = server_command(dir, addr, cpu)
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("cannot start {SERVER}: {e}"))?;
@@ -582,46 +572,119 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-/// Runs everything and prints the table; Ok(false) when a block
-/// mismatched or a run failed.
-fn bench() -> Result<bool, String> {
-    let runs = usize::try_from(env_number("OTA_BENCH_RUNS", MIN_RUNS as u64))
-        .unwrap_or(MIN_RUNS)
-        .max(1);
-    let run_ms = env_number("OTA_BENCH_MS", DEFAULT_RUN_MS).max(100);
-    let started = Instant::now();
-    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+/// The three updates directories of the benchmark.
+struct Catalogs {
+    /// The 256 KiB image alone.
+    one: PathBuf,
+    /// The same image and FLAT_IMAGES small ones.
+    flat: PathBuf,
+    /// STARTUP_IMAGES small images.
+    startup: PathBuf,
+    /// The image every device downloads, and its id.
+    image_path: PathBuf,
+    image_id: String,
+    /// Bytes of all images in `flat`.
+    flat_total: u64,
+}
 
-    // Catalogs.
-    let root = TempDir(std::env::temp_dir().join(format!("iot-ota-bench-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&root.0);
-    let one = root.0.join("one");
-    let flat = root.0.join("flat");
-    let startup = root.0.join("startup");
-    for dir in [&one, &flat, &startup] {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+impl Catalogs {
+    fn write(root: &Path) -> Result<Catalogs, String> {
+        let one = root.join("one");
+        let flat = root.join("flat");
+        let startup = root.join("startup");
+        for dir in [&one, &flat, &startup] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
+        let image = image_bytes(IMAGE_LEN, 7);
+        let image_path = one.join(IMAGE_NAME);
+        std::fs::write(&image_path, &image).map_err(|e| e.to_string())?;
+        std::fs::write(flat.join(IMAGE_NAME), &image).map_err(|e| e.to_string())?;
+        let image_id = format!("{:08x}", fnv1a32(IMAGE_NAME.as_bytes()));
+        let mut taken = vec![fnv1a32(IMAGE_NAME.as_bytes())];
+        let flat_total =
+            IMAGE_LEN as u64 + write_small_images(&flat, "FLAT", FLAT_IMAGES, &mut taken)?;
+        write_small_images(&startup, "START", STARTUP_IMAGES, &mut Vec::new())?;
+        Ok(Catalogs {
+            one,
+            flat,
+            startup,
+            image_path,
+            image_id,
+            flat_total,
+        })
     }
-    let image = image_bytes(IMAGE_LEN, 7);
-    let image_path = one.join(IMAGE_NAME);
-    std::fs::write(&image_path, &image).map_err(|e| e.to_string())?;
-    std::fs::write(flat.join(IMAGE_NAME), &image).map_err(|e| e.to_string())?;
-    let image_id = format!("{:08x}", fnv1a32(IMAGE_NAME.as_bytes()));
-    let mut taken = vec![fnv1a32(IMAGE_NAME.as_bytes())];
-    let flat_total = IMAGE_LEN as u64 + write_small_images(&flat, "FLAT", FLAT_IMAGES, &mut taken)?;
-    write_small_images(&startup, "START", STARTUP_IMAGES, &mut Vec::new())?;
+}
 
-    let pinning = Pinning::detect();
-    let responder_cpu = pinning.responder.as_deref();
-    let generator_cpu = pinning.generator.as_deref();
-    eprintln!(
-        "bench: starting the servers (1 image; 1 image for the port spread; {FLAT_IMAGES} + 1 images) and the baseline"
-    );
-    let server = start_server(&one, responder_cpu)?;
-    let server_ports = start_server(&one, responder_cpu)?;
-    let server_flat = start_server(&flat, responder_cpu)?;
-    let baseline = start_baseline(responder_cpu)?;
+/// The running responders; dropped (stopped) in declaration order.
+struct Responders {
+    server: Proc,
+    server_ports: Proc,
+    server_flat: Proc,
+    baseline: Proc,
+}
 
+impl Responders {
+    fn start(catalogs: &Catalogs, cpu: Option<&str>) -> Result<Responders, String> {
+        eprintln!(
+            "bench: starting the servers (1 image; 1 image for the port spread; {FLAT_IMAGES} + 1 images) and the baseline"
+        );
+        Ok(Responders {
+            server: start_server(&catalogs.one, cpu)?,
+            server_ports: start_server(&catalogs.one, cpu)?,
+            server_flat: start_server(&catalogs.flat, cpu)?,
+            baseline: start_baseline(cpu)?,
+        })
+    }
+
+    fn get(&self, responder: Responder) -> &Proc {
+        match responder {
+            Responder::Baseline => &self.baseline,
+            Responder::Server => &self.server,
+            Responder::ServerFlat => &self.server_flat,
+            Responder::ServerPorts => &self.server_ports,
+        }
+    }
+
+    fn peaks(&self) -> Peaks {
+        Peaks {
+            server: status_bytes(self.server.child.id(), "VmHWM:"),
+            flat: status_bytes(self.server_flat.child.id(), "VmHWM:"),
+            ports: status_bytes(self.server_ports.child.id(), "VmHWM:"),
+        }
+    }
+}
+
+/// Peak RSS (VmHWM) of the servers after their runs.
+struct Peaks {
+    server: Option<u64>,
+    flat: Option<u64>,
+    ports: Option<u64>,
+}
+
+/// Flat cost: 16 devices against the 10,000 + 1-image catalog.
+const FLAT_IMAGES_CASE: Case = Case {
+    responder: Responder::ServerFlat,
+    route: Route::Id,
+    devices: FLAT_DEVICES,
+    ports: None,
+};
+/// Flat cost: 16 devices spread over 10,000 client ports.
+const FLAT_PORTS_CASE: Case = Case {
+    responder: Responder::ServerPorts,
+    route: Route::Id,
+    devices: FLAT_DEVICES,
+    ports: Some(FLAT_PORTS),
+};
+/// The same spread against the baseline: what the kernel and the
+/// generator lose with 10,000 sockets, whatever the responder.
+const FLAT_PORTS_BASELINE_CASE: Case = Case {
+    responder: Responder::Baseline,
+    ..FLAT_PORTS_CASE
+};
+
+/// Every configuration: each route and device count against the baseline
+/// and the server, then the flat-cost cases.
+fn all_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for route in [Route::Id, Route::Legacy] {
         for devices in DEVICE_COUNTS {
@@ -635,79 +698,73 @@ fn bench() -> Result<bool, String> {
             }
         }
     }
-    let flat_images = Case {
-        responder: Responder::ServerFlat,
-        route: Route::Id,
-        devices: FLAT_DEVICES,
-        ports: None,
-    };
-    let flat_ports = Case {
-        responder: Responder::ServerPorts,
-        route: Route::Id,
-        devices: FLAT_DEVICES,
-        ports: Some(FLAT_PORTS),
-    };
-    // The same spread against the baseline: what the kernel and the
-    // generator lose with 10,000 sockets, whatever the responder.
-    let flat_ports_baseline = Case {
-        responder: Responder::Baseline,
-        ..flat_ports
-    };
-    cases.push(flat_images);
-    cases.push(flat_ports);
-    cases.push(flat_ports_baseline);
+    cases.extend([FLAT_IMAGES_CASE, FLAT_PORTS_CASE, FLAT_PORTS_BASELINE_CASE]);
+    cases
+}
 
-    let args_for = |case: &Case, duration_ms: u64| -> (Vec<String>, &Proc) {
-        let proc = match case.responder {
-            Responder::Baseline => &baseline,
-            Responder::Server => &server,
-            Responder::ServerFlat => &server_flat,
-            Responder::ServerPorts => &server_ports,
-        };
-        let mut a: Vec<String> = vec![
-            proc.addr.to_string(),
-            "--devices".into(),
-            case.devices.to_string(),
-            "--duration-ms".into(),
-            duration_ms.to_string(),
-            "--timeout-ms".into(),
-            TIMEOUT_MS.into(),
-            "--block-size".into(),
-            "1024".into(),
-            "--expect".into(),
-            image_path.display().to_string(),
-            "--path".into(),
-            case.route.name().into(),
-        ];
-        match case.route {
-            Route::Id => a.extend(["--id".into(), image_id.clone()]),
-            Route::Legacy => a.extend([
-                "--pid".into(),
-                IMAGE_PID.into(),
-                "--type".into(),
-                "APP".into(),
-                "--version".into(),
-                DEVICE_VERSION.into(),
-            ]),
-        }
-        if let Some(p) = case.ports {
-            a.extend(["--ports".into(), p.to_string()]);
-        }
-        if case.responder == Responder::Baseline {
-            a.push("--baseline".into());
-        }
-        (a, proc)
-    };
+/// The generator's arguments for one run of `case` against `addr`.
+fn generator_args(
+    case: &Case,
+    addr: SocketAddr,
+    duration_ms: u64,
+    catalogs: &Catalogs,
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        addr.to_string(),
+        "--devices".into(),
+        case.devices.to_string(),
+        "--duration-ms".into(),
+        duration_ms.to_string(),
+        "--timeout-ms".into(),
+        TIMEOUT_MS.into(),
+        "--block-size".into(),
+        "1024".into(),
+        "--expect".into(),
+        catalogs.image_path.display().to_string(),
+        "--path".into(),
+        case.route.name().into(),
+    ];
+    match case.route {
+        Route::Id => a.extend(["--id".into(), catalogs.image_id.clone()]),
+        Route::Legacy => a.extend([
+            "--pid".into(),
+            IMAGE_PID.into(),
+            "--type".into(),
+            "APP".into(),
+            "--version".into(),
+            DEVICE_VERSION.into(),
+        ]),
+    }
+    if let Some(p) = case.ports {
+        a.extend(["--ports".into(), p.to_string()]);
+    }
+    if case.responder == Responder::Baseline {
+        a.push("--baseline".into());
+    }
+    a
+}
 
+/// Warm-up, then `runs` interleaved rounds over all `cases`: the runs of
+/// each case, and false when a run failed.
+fn measure(
+    cases: &[Case],
+    responders: &Responders,
+    catalogs: &Catalogs,
+    (runs, run_ms): (usize, u64),
+    generator_cpu: Option<&str>,
+) -> Result<(HashMap<Case, Vec<Run>>, bool), String> {
+    let run = |case: &Case, duration_ms: u64| {
+        let proc = responders.get(case.responder);
+        let args = generator_args(case, proc.addr, duration_ms, catalogs);
+        run_generator(&args, proc, case.ports.is_some(), generator_cpu)
+    };
     // Warm-up: page in the binaries and the image, settle the CPUs.
     for case in cases
         .iter()
         .filter(|c| c.devices == FLAT_DEVICES && c.ports.is_none())
     {
-        let (args, proc) = args_for(case, 200);
-        run_generator(&args, proc, false, generator_cpu)?;
+        run(case, 200)?;
     }
-
     let mut results: HashMap<Case, Vec<Run>> = HashMap::new();
     let mut ok = true;
     for rep in 0..runs {
@@ -716,9 +773,8 @@ fn bench() -> Result<bool, String> {
             rep + 1,
             cases.len()
         );
-        for case in &cases {
-            let (args, proc) = args_for(case, run_ms);
-            match run_generator(&args, proc, case.ports.is_some(), generator_cpu) {
+        for case in cases {
+            match run(case, run_ms) {
                 Ok(run) => results.entry(*case).or_default().push(run),
                 Err(e) => {
                     eprintln!("bench: {e}");
@@ -727,30 +783,18 @@ fn bench() -> Result<bool, String> {
             }
         }
     }
-    let summary: HashMap<Case, Summary> = results.iter().map(|(c, r)| (*c, summarize(r))).collect();
-    let rss_peak = status_bytes(server.child.id(), "VmHWM:");
-    let rss_flat_peak = status_bytes(server_flat.child.id(), "VmHWM:");
-    let rss_ports_peak = status_bytes(server_ports.child.id(), "VmHWM:");
-    drop(server);
-    drop(server_ports);
-    drop(server_flat);
-    drop(baseline);
+    Ok((results, ok))
+}
 
-    // Start-up with 1,000 images.
+/// Start-up with STARTUP_IMAGES images: spawn to the first answer, in ms,
+/// for each run that got one.
+fn measure_startup(startup: &Path) -> Result<Vec<f64>, String> {
     let mut startup_ms = Vec::new();
     for _ in 0..STARTUP_RUNS {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let t0 = Instant::now();
-        let child = Command::new(SERVER)
-            .arg("-q")
-            .arg("-d")
-            .arg(&startup)
-            .arg("-l")
-            .arg(addr.to_string())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let child = server_command(startup, addr, None)
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {SERVER}: {e}"))?;
@@ -759,11 +803,106 @@ fn bench() -> Result<bool, String> {
             startup_ms.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
         }
     }
+    Ok(startup_ms)
+}
+
+/// Runs everything and prints the table; Ok(false) when a block
+/// mismatched or a run failed.
+fn bench() -> Result<bool, String> {
+    let runs = usize::try_from(env_number("OTA_BENCH_RUNS", MIN_RUNS as u64))
+        .unwrap_or(MIN_RUNS)
+        .max(1);
+    let run_ms = env_number("OTA_BENCH_MS", DEFAULT_RUN_MS).max(100);
+    let started = Instant::now();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+
+    let root = TempDir::new("bench");
+    let catalogs = Catalogs::write(root.path())?;
+    let pinning = Pinning::detect();
+    let responders = Responders::start(&catalogs, pinning.responder.as_deref())?;
+    let cases = all_cases();
+    let (results, ok) = measure(
+        &cases,
+        &responders,
+        &catalogs,
+        (runs, run_ms),
+        pinning.generator.as_deref(),
+    )?;
+    let summary: HashMap<Case, Summary> = results.iter().map(|(c, r)| (*c, summarize(r))).collect();
+    let peaks = responders.peaks();
+    drop(responders);
+    let mut startup_ms = measure_startup(&catalogs.startup)?;
+    // Sorts the runs too: the report lists them in order.
     let startup_median = median(&mut startup_ms);
 
-    // Report.
+    let figures = Figures {
+        runs,
+        run_ms,
+        cpus,
+        load_before,
+        pinning,
+        summary,
+        peaks,
+        startup_ms,
+        startup_median,
+        flat_total: catalogs.flat_total,
+        started,
+    };
+    let (out, mismatches) = report(&figures);
+    print!("{out}");
+    Ok(ok && mismatches == 0)
+}
+
+// ---------------------------------------------------------------- the report
+
+/// Everything the report prints.
+struct Figures {
+    runs: usize,
+    run_ms: u64,
+    cpus: usize,
+    load_before: String,
+    pinning: Pinning,
+    summary: HashMap<Case, Summary>,
+    peaks: Peaks,
+    /// Sorted.
+    startup_ms: Vec<f64>,
+    startup_median: f64,
+    flat_total: u64,
+    started: Instant,
+}
+
+/// The report's text, and the number of mismatched blocks.
+fn report(f: &Figures) -> (String, u64) {
     let mut out = String::new();
     let w = &mut out;
+    let mismatches: u64 = f.summary.values().map(|s| s.mismatches).sum();
+    let failures: u64 = f.summary.values().map(|s| s.failures).sum();
+    write_header(w, f);
+    let ratios = write_throughput(w, &f.summary);
+    let flat_ratios = write_flat_cost(w, &f.summary);
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "{:<74} {:>14} {:>30}  result",
+        "Target", "measured", "required"
+    );
+    write_ratio_targets(w, &ratios, &flat_ratios);
+    write_rss_target(w, f.peaks.server);
+    write_startup_target(w, &f.startup_ms, f.startup_median);
+    let mut info = write_binary_targets(w);
+    let _ = writeln!(w);
+    info.extend(notes(f, mismatches, failures));
+    for line in info {
+        let _ = writeln!(w, "  {line}");
+    }
+    (out, mismatches)
+}
+
+/// The title, the machine and the rules.
+fn write_header(w: &mut String, f: &Figures) {
+    let runs = f.runs;
+    let run_ms = f.run_ms;
     let _ = writeln!(w);
     let _ = writeln!(
         w,
@@ -772,13 +911,14 @@ fn bench() -> Result<bool, String> {
     );
     let _ = writeln!(
         w,
-        "machine: {cpus} CPUs, load average at start {}; {}",
-        load_before
+        "machine: {} CPUs, load average at start {}; {}",
+        f.cpus,
+        f.load_before
             .split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
             .join(" "),
-        pinning.describe()
+        f.pinning.describe()
     );
     if runs < MIN_RUNS {
         let _ = writeln!(
@@ -792,6 +932,32 @@ fn bench() -> Result<bool, String> {
          non-zero only when a block mismatched or a run failed."
     );
     let _ = writeln!(w);
+}
+
+/// One row of the throughput and flat-cost tables.
+fn row(w: &mut String, route: &str, devices: String, label: &str, s: &Summary, ratio: String) {
+    let _ = writeln!(
+        w,
+        "{:<7} {:>7} {:<9} {:>10.0} {:>8.0} {:>8.0} {:>5} {:>8.0}% {:>7.0}% {:>16}",
+        route,
+        devices,
+        label,
+        s.blocks_per_s,
+        s.p50_us,
+        s.p99_us,
+        s.retransmissions,
+        s.responder_cpu,
+        s.generator_cpu,
+        ratio
+    );
+}
+
+/// The throughput table; returns server / baseline blocks/s by route and
+/// device count.
+fn write_throughput(
+    w: &mut String,
+    summary: &HashMap<Case, Summary>,
+) -> HashMap<(Route, usize), f64> {
     let _ = writeln!(
         w,
         "Throughput. resp CPU: the responder's CPU use during the run (near 100% means the responder, \
@@ -811,30 +977,7 @@ fn bench() -> Result<bool, String> {
         "gen CPU",
         "server/baseline"
     );
-    let mut ratios: HashMap<(Route, usize), f64> = HashMap::new();
-    let mut mismatches = 0u64;
-    let mut failures = 0u64;
-    for s in summary.values() {
-        mismatches += s.mismatches;
-        failures += s.failures;
-    }
-    let row =
-        |w: &mut String, route: &str, devices: String, label: &str, s: &Summary, ratio: String| {
-            let _ = writeln!(
-                w,
-                "{:<7} {:>7} {:<9} {:>10.0} {:>8.0} {:>8.0} {:>5} {:>8.0}% {:>7.0}% {:>16}",
-                route,
-                devices,
-                label,
-                s.blocks_per_s,
-                s.p50_us,
-                s.p99_us,
-                s.retransmissions,
-                s.responder_cpu,
-                s.generator_cpu,
-                ratio
-            );
-        };
+    let mut ratios = HashMap::new();
     for route in [Route::Id, Route::Legacy] {
         for devices in DEVICE_COUNTS {
             let get = |responder| {
@@ -851,24 +994,16 @@ fn bench() -> Result<bool, String> {
             };
             let ratio = s.blocks_per_s / b.blocks_per_s;
             ratios.insert((route, devices), ratio);
-            row(
-                w,
-                route.name(),
-                devices.to_string(),
-                "baseline",
-                b,
-                String::new(),
-            );
-            row(
-                w,
-                route.name(),
-                devices.to_string(),
-                "server",
-                s,
-                format!("{ratio:.3}"),
-            );
+            let n = devices.to_string();
+            row(w, route.name(), n.clone(), "baseline", b, String::new());
+            row(w, route.name(), n, "server", s, format!("{ratio:.3}"));
         }
     }
+    ratios
+}
+
+/// The flat-cost table; returns (label, ratio) pairs judged within 10%.
+fn write_flat_cost(w: &mut String, summary: &HashMap<Case, Summary>) -> Vec<(String, f64)> {
     let _ = writeln!(w);
     let _ = writeln!(
         w,
@@ -882,7 +1017,6 @@ fn bench() -> Result<bool, String> {
             ports: None,
         })
     };
-    // (label, ratio): judged within 10%.
     let mut flat_ratios: Vec<(String, f64)> = Vec::new();
     if let (Some(server_ref), Some(baseline_ref)) =
         (at16(Responder::Server), at16(Responder::Baseline))
@@ -896,49 +1030,28 @@ fn bench() -> Result<bool, String> {
             server_ref,
             "reference".to_owned(),
         );
-        if let Some(s) = summary.get(&flat_images) {
+        if let Some(s) = summary.get(&FLAT_IMAGES_CASE) {
             let ratio = s.blocks_per_s / server_ref.blocks_per_s;
             flat_ratios.push((
                 format!("{FLAT_IMAGES} images in the catalog / 1 image"),
                 ratio,
             ));
-            row(
-                w,
-                "id",
-                n.clone(),
-                "server",
-                s,
-                format!("{FLAT_IMAGES} images {ratio:.3}"),
-            );
+            let label = format!("{FLAT_IMAGES} images {ratio:.3}");
+            row(w, "id", n.clone(), "server", s, label);
         }
-        let spread = (summary.get(&flat_ports), summary.get(&flat_ports_baseline));
+        let spread = (
+            summary.get(&FLAT_PORTS_CASE),
+            summary.get(&FLAT_PORTS_BASELINE_CASE),
+        );
         if let (Some(s), Some(b)) = spread {
             let ratio = s.blocks_per_s / server_ref.blocks_per_s;
             let kernel = b.blocks_per_s / baseline_ref.blocks_per_s;
-            row(
-                w,
-                "id",
-                n.clone(),
-                "server",
-                s,
-                format!("{FLAT_PORTS} ports {ratio:.3}"),
-            );
-            row(
-                w,
-                "id",
-                n.clone(),
-                "baseline",
-                baseline_ref,
-                "reference".to_owned(),
-            );
-            row(
-                w,
-                "id",
-                n,
-                "baseline",
-                b,
-                format!("{FLAT_PORTS} ports {kernel:.3}"),
-            );
+            let label = format!("{FLAT_PORTS} ports {ratio:.3}");
+            row(w, "id", n.clone(), "server", s, label);
+            let reference = "reference".to_owned();
+            row(w, "id", n.clone(), "baseline", baseline_ref, reference);
+            let label = format!("{FLAT_PORTS} ports {kernel:.3}");
+            row(w, "id", n, "baseline", b, label);
             flat_ratios.push((
                 format!("{FLAT_PORTS} client ports / 1 port per device"),
                 ratio,
@@ -954,20 +1067,24 @@ fn bench() -> Result<bool, String> {
         "(The baseline rows show what 10,000 client sockets cost the kernel and the generator alone; \
          the server's own share is its ratio divided by the baseline's.)"
     );
+    flat_ratios
+}
 
-    let _ = writeln!(w);
+/// One row of the targets table.
+fn target(w: &mut String, name: String, measured: String, required: String, pass: bool) {
     let _ = writeln!(
         w,
-        "{:<74} {:>14} {:>30}  result",
-        "Target", "measured", "required"
+        "{name:<74} {measured:>14} {required:>30}  {}",
+        verdict(pass)
     );
-    let target = |w: &mut String, name: String, measured: String, required: String, pass: bool| {
-        let _ = writeln!(
-            w,
-            "{name:<74} {measured:>14} {required:>30}  {}",
-            verdict(pass)
-        );
-    };
+}
+
+/// The throughput floors and the flat-cost band.
+fn write_ratio_targets(
+    w: &mut String,
+    ratios: &HashMap<(Route, usize), f64>,
+    flat_ratios: &[(String, f64)],
+) {
     for route in [Route::Id, Route::Legacy] {
         for (devices, floor) in [(16, 0.90), (256, 0.85)] {
             let ratio = ratios.get(&(route, devices)).copied().unwrap_or(f64::NAN);
@@ -983,7 +1100,7 @@ fn bench() -> Result<bool, String> {
             );
         }
     }
-    for (label, ratio) in &flat_ratios {
+    for (label, ratio) in flat_ratios {
         target(
             w,
             format!("flat cost, {FLAT_DEVICES} devices: {label}"),
@@ -992,6 +1109,10 @@ fn bench() -> Result<bool, String> {
             (ratio - 1.0).abs() <= 0.10,
         );
     }
+}
+
+/// Peak RSS of the server after the 256-device runs.
+fn write_rss_target(w: &mut String, rss_peak: Option<u64>) {
     let rss_limit = IMAGE_LEN as u64 + RSS_ALLOWANCE;
     match rss_peak {
         Some(peak) => target(
@@ -1009,6 +1130,10 @@ fn bench() -> Result<bool, String> {
             false,
         ),
     }
+}
+
+/// Start-up: every run answered, and the median below the limit.
+fn write_startup_target(w: &mut String, startup_ms: &[f64], startup_median: f64) {
     let startup_ok = startup_ms.len() == STARTUP_RUNS && startup_median < STARTUP_LIMIT_MS;
     target(
         w,
@@ -1020,6 +1145,11 @@ fn bench() -> Result<bool, String> {
         format!("< {STARTUP_LIMIT_MS:.0} ms"),
         startup_ok,
     );
+}
+
+/// Size and linking of the static musl builds; returns a note for each
+/// one not built.
+fn write_binary_targets(w: &mut String) -> Vec<String> {
     let target_dir = Path::new(SERVER)
         .parent()
         .and_then(Path::parent)
@@ -1052,7 +1182,13 @@ fn bench() -> Result<bool, String> {
             )),
         }
     }
-    let _ = writeln!(w);
+    info
+}
+
+/// The figures without a target: host binary sizes, the other peaks, the
+/// start-up runs, the error counts and the time taken.
+fn notes(f: &Figures, mismatches: u64, failures: u64) -> Vec<String> {
+    let mut info = Vec::new();
     for (name, path) in [("iot-ota-server", SERVER), ("iot-ota-client", CLIENT)] {
         if let Ok(meta) = std::fs::metadata(path) {
             info.push(format!(
@@ -1061,23 +1197,23 @@ fn bench() -> Result<bool, String> {
             ));
         }
     }
-    if let Some(peak) = rss_ports_peak {
+    if let Some(peak) = f.peaks.ports {
         info.push(format!(
             "peak RSS of the 1-image server after the {FLAT_PORTS}-port runs (per-peer tables at their bound): {}",
             mib(peak)
         ));
     }
-    if let Some(peak) = rss_flat_peak {
+    if let Some(peak) = f.peaks.flat {
         info.push(format!(
             "peak RSS of the server with {FLAT_IMAGES} + 1 images ({} of images): {} (images + {})",
-            mib(flat_total),
+            mib(f.flat_total),
             mib(peak),
-            mib(peak.saturating_sub(flat_total))
+            mib(peak.saturating_sub(f.flat_total))
         ));
     }
     info.push(format!(
         "start-up runs: {}",
-        startup_ms
+        f.startup_ms
             .iter()
             .map(|m| format!("{m:.1} ms"))
             .collect::<Vec<_>>()
@@ -1088,28 +1224,21 @@ fn bench() -> Result<bool, String> {
     ));
     info.push(format!(
         "bench took {:.0} s",
-        started.elapsed().as_secs_f64()
+        f.started.elapsed().as_secs_f64()
     ));
-    for line in info {
-        let _ = writeln!(w, "  {line}");
-    }
-    print!("{out}");
-    Ok(ok && mismatches == 0)
+    info
 }
 
 /// Quick checks of the bench machinery, run by `make test` (see `main`).
 mod smoke {
     pub fn generator_checks_the_real_server_and_drives_the_baseline() {
         use super::*;
-        let root = TempDir(
-            std::env::temp_dir().join(format!("iot-ota-bench-test-{}", std::process::id())),
-        );
-        std::fs::create_dir_all(&root.0).unwrap();
+        let root = TempDir::new("bench-test");
         let image = image_bytes(20_000, 3);
-        let path = root.0.join(IMAGE_NAME);
+        let path = root.path().join(IMAGE_NAME);
         std::fs::write(&path, &image).unwrap();
         let id = format!("{:08x}", fnv1a32(IMAGE_NAME.as_bytes()));
-        let server = start_server(&root.0, None).unwrap();
+        let server = start_server(root.path(), None).unwrap();
         let baseline = start_baseline(None).unwrap();
         let args = |server: &Proc, image: &Path, extra: &[&str]| -> Vec<String> {
             let mut a = vec![
@@ -1148,7 +1277,7 @@ mod smoke {
             assert_eq!(run.failures, 0, "{extra:?}");
         }
         // A wrong expectation is caught, block by block.
-        let other = root.0.join("other.bin");
+        let other = root.path().join("other.bin");
         std::fs::write(&other, image_bytes(20_000, 4)).unwrap();
         let run =
             run_generator(&args(&server, &other, &["--id", &id]), &server, false, None).unwrap();

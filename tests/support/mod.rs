@@ -12,6 +12,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod coap;
+mod images;
+#[allow(unused_imports)] // Not every test uses every part of the kit.
+pub use images::{image_bytes, XorShift};
+
 /// Fixed secrets for in-process services: Echo values and Message ID
 /// starts are the same on every run.
 pub const TEST_KEYS: iot_ota::service::Keys = iot_ota::service::Keys {
@@ -24,20 +29,6 @@ pub const TEST_KEYS: iot_ota::service::Keys = iot_ota::service::Keys {
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_iot-ota-server");
 /// Path of the client binary cargo built for these tests.
 pub const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_iot-ota-client");
-
-/// Deterministic image bytes (xorshift32 seeded by `seed`), so every test
-/// run and every peer sees the same content.
-pub fn image_bytes(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
@@ -353,14 +344,7 @@ pub fn write_images(dir: &TempDir, images: &[(&str, usize)]) -> Vec<TestImage> {
 /// A device payload `PIDLEN | PID | TYPE | VERSION:u32le [| OFFSET:u32le]`
 /// (PROTOCOL §2.1), built here again rather than with `firmware`.
 pub fn device_payload(pid: &str, fw_type: u8, version: u32, offset: Option<u32>) -> Vec<u8> {
-    let mut payload = vec![u8::try_from(pid.len()).expect("a PID of at most 255 bytes")];
-    payload.extend_from_slice(pid.as_bytes());
-    payload.push(fw_type);
-    payload.extend_from_slice(&version.to_le_bytes());
-    if let Some(offset) = offset {
-        payload.extend_from_slice(&offset.to_le_bytes());
-    }
-    payload
+    device_payload_bytes(pid.as_bytes(), fw_type, version, offset)
 }
 
 /// The same device payload as [`device_payload`] for a PID given as bytes

@@ -55,6 +55,11 @@ use iot_ota::wire::{self, Block, Message};
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
+// The generator the integration tests use, dependency-free so that the
+// fuzz crate can include it too.
+#[path = "../../support/images.rs"]
+mod images;
+
 /// (file name, length, content seed): sizes 0, 1, 100, 1500 and 70000
 /// bytes; 70000 bytes at 16-byte blocks need block numbers past 4095.
 const FILES: [(&str, usize, u32); 5] = [
@@ -92,7 +97,7 @@ fn known() -> &'static [Known] {
         FILES
             .iter()
             .map(|&(name, len, seed)| {
-                let bytes = content(len, seed);
+                let bytes = images::image_bytes(len, seed);
                 let stem = name.strip_suffix(".fmu").expect("test names end in .fmu");
                 let fields: Vec<&str> = stem.split('_').collect();
                 let num = |i: usize| fields[i].parse::<u32>().expect("numeric field");
@@ -109,18 +114,6 @@ fn known() -> &'static [Known] {
             })
             .collect()
     })
-}
-
-fn content(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// What the harness remembers across the datagrams of one input.
