@@ -1,5 +1,5 @@
 //! Byte-literal fixtures for [`Message::parse`], the Block codec and
-//! [`Emitter`], one test per RFC rule (STYLE.md §9). Parse and emit tests
+//! [`Emitter`], one test per RFC rule (byte fixtures named after their RFC figure). Parse and emit tests
 //! come in pairs over the same fixture where both directions exist.
 
 use super::*;

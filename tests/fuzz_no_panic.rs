@@ -1,5 +1,5 @@
-//! A deterministic, dependency-free mutation fuzzer (STYLE.md §10): valid
-//! requests of every form of PROTOCOL.md §2 plus random bytes, mutated by
+//! A deterministic, dependency-free mutation fuzzer: valid
+//! requests of every form of README's protocol section plus random bytes, mutated by
 //! bit flips, byte insertion and deletion, truncation, option length and
 //! delta nibble tweaks and splicing, go through `wire::Message::parse` and
 //! through `Service::handle` with the Echo and rate limits off and on.
@@ -87,7 +87,7 @@ fn request(
     buf
 }
 
-/// Valid requests of every form of PROTOCOL §2 and §3.
+/// Valid requests of every form of README's protocol section.
 fn seeds(ids: &[String]) -> Vec<Vec<u8>> {
     const PATH: u16 = 11;
     const QUERY: u16 = 15;

@@ -5,7 +5,7 @@
 //!
 //! coap-client sends the `-f` payload with block 0 only and a new token on
 //! every block, so the legacy downloads here exercise the payload-less
-//! continuation of PROTOCOL.md §2.1.
+//! continuation of README, "Continuations without payload".
 
 mod support;
 
@@ -134,7 +134,7 @@ fn coap_client_downloads_every_image_by_id_at_1024_and_64() {
     });
 }
 
-/// The listing as PROTOCOL §2.3 writes it, images in file-name order.
+/// The listing as README, "Requests and answers" writes it, images in file-name order.
 fn listing(fx: &Fixture, with_updates: bool, filter: impl Fn(&TestImage) -> bool) -> String {
     let mut images: Vec<&TestImage> = fx.images.iter().filter(|i| filter(i)).collect();
     images.sort_by(|a, b| a.file_name.cmp(&b.file_name));
@@ -307,7 +307,7 @@ fn coap_client_follows_a_server_with_64_byte_blocks() {
 
 /// Resuming a download by id with stock clients: coap-client repeats the
 /// URI's query on every block but sends a `-f` payload only with block 0,
-/// so `?offset=N` is the resume form that works with it (PROTOCOL §2.2
+/// so `?offset=N` is the resume form that works with it (README, "Continuations without payload"
 /// extension; the 4-byte OFFSET payload needs a client that repeats it).
 #[test]
 fn coap_client_resumes_by_id_with_offset_query() {

@@ -1,7 +1,7 @@
 //! The real server process over loopback UDP (127.0.0.1 and [::1]), driven
 //! with raw datagrams: requests built with `iot_ota::wire::Emitter`, replies
 //! decoded with `iot_ota::wire::Message::parse` and cross-checked with
-//! coap-lite. Each test covers a part of PROTOCOL.md on both families.
+//! coap-lite. Each test covers a part of README's protocol section on both families.
 //!
 //! Images are generated (support::image_bytes, one seed each) with sizes at
 //! block edges, 0, 1, 1023, 1024 and 1025 bytes, and one of 4 MiB + 777
@@ -585,7 +585,7 @@ fn small_images_download_whole_in_every_form_and_block_size() {
             etags.push((image.pid.clone(), no_block2.etag));
         }
     });
-    // PROTOCOL §1: the ETag derives from the content, the same on every
+    // README, "Images, versions and ids": the ETag derives from the content, the same on every
     // server that holds the file.
     let (v4, v6) = etags.split_at(etags.len() / 2);
     assert_eq!(v4, v6, "ETags differ between the two server processes");
@@ -1161,7 +1161,7 @@ fn non_confirmable_requests_get_non_replies_with_their_token() {
     });
 }
 
-/// PROTOCOL §3: "A duplicate Confirmable request (same peer, same Message
+/// README, "Message layer": "A duplicate Confirmable request (same peer, same Message
 /// ID, within EXCHANGE_LIFETIME) gets a byte-identical answer." The server
 /// regenerates answers instead of caching them, and a payload-less
 /// continuation reads the peer's continuation entry, which a later legacy
@@ -1196,7 +1196,7 @@ fn duplicate_continuation_is_identical_after_the_peer_started_another_transfer()
 
 // ---------------------------------------------------------------- discovery
 
-/// The link of one image, as PROTOCOL §2.3 writes it.
+/// The link of one image, as README, "Requests and answers" writes it.
 fn image_link(image: &Image) -> String {
     format!(
         "</updates/{}>;rt=\"fw.image\";ct=42;sz={};title=\"{}\"",

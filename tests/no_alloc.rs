@@ -1,4 +1,4 @@
-//! Steady state allocates nothing per request (DESIGN.md): a counting
+//! Steady state allocates nothing per request (README, "Security and reliability"): a counting
 //! global allocator wraps the system one, and after a warm-up, thousands of
 //! requests of every kind go through `Service::handle`, then through the
 //! real socket loop `Server::serve_one`, without a single allocation.
@@ -139,7 +139,7 @@ const ECHO: u16 = 252;
 fn requests_of_every_kind(ids: &[String], mid: u16) -> Vec<Vec<u8>> {
     let up: &[u8] = b"updates";
     let core: [(u16, &[u8]); 2] = [(PATH, b".well-known"), (PATH, b"core")];
-    // A CON GET of /updates with a device payload (PROTOCOL §2.1).
+    // A CON GET of /updates with a device payload (README, "Requests and answers").
     let legacy = |payload: &[u8]| request(false, 1, mid, &[(PATH, up)], payload);
     let mut v = Vec::new();
     for id in ids {

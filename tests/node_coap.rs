@@ -5,7 +5,7 @@
 //!
 //! node-coap's agent continues a Block2 body with the same token, a new
 //! Message ID, Block2 NUM+1 and no payload, so every legacy download here
-//! relies on the payload-less continuation of PROTOCOL.md §2.1.
+//! relies on the payload-less continuation of README, "Continuations without payload".
 //!
 //! Needs `node` and `tests/node/node_modules/coap` (installed by .ci/run
 //! with `npm --prefix tests/node install`): without them the test is

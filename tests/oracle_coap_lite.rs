@@ -1,4 +1,4 @@
-//! coap-lite as a differential oracle, both ways (STYLE.md §10):
+//! coap-lite as a differential oracle, both ways:
 //!
 //! (a) replies written by `Service::handle` (blocks, errors, lookups,
 //!     discovery, RST, Echo, 4.29, 4.13) decode with

@@ -74,7 +74,7 @@ fn wire_parse_uri_path_of_269_bytes_is_not_a_segment() {
 /// Found by `handler` after 408,086 runs (a fault of the check, not of the
 /// server): a Non-confirmable legacy request for which there is no newer
 /// image gets an RST with its Message ID. That is the reference server's
-/// "no update" signal (PROTOCOL.md §2.1) and RFC 7252 §4.3 allows an RST
+/// "no update" signal (README, "Continuations without payload") and RFC 7252 §4.3 allows an RST
 /// to a NON; the check had allowed RSTs to CONs only. The first datagram of
 /// the crash input: NON GET /updates, Block2 0/512, payload PIDLEN 3, PID
 /// 01 00 00, TYPE 0, VERSION 0x64000000, OFFSET 0.

@@ -28,7 +28,7 @@ const CODE_BAD_REQUEST: u8 = 0x80;
 const CODE_UNAUTHORIZED: u8 = 0x81;
 const CODE_TOO_MANY_REQUESTS: u8 = 0x9d;
 
-/// The image id of PROTOCOL.md §1: FNV-1a 32 of the file name, in hex.
+/// The image id of README, "Images, versions and ids": FNV-1a 32 of the file name, in hex.
 fn id_of(file_name: &str) -> String {
     format!("{:08x}", fnv1a32(file_name.as_bytes()))
 }

@@ -1,4 +1,4 @@
-//! Every route and answer of PROTOCOL.md §2 and §3 through
+//! Every route and answer of the protocol (README, "Protocol") through
 //! [`Service::handle`], over a catalog built with `Catalog::from_files`
 //! from deterministic test images. Replies are decoded with
 //! [`Message::parse`]; a few are cross-checked with coap-lite.

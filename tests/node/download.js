@@ -19,7 +19,7 @@
 // new Message ID, the same token, Block2 NUM+1 at the response's size and
 // *no payload*, and emits one 'response' with the concatenated body. So
 // the legacy protocol through node-coap relies on the server remembering
-// the device payload of block 0 (PROTOCOL.md §2.1, continuation).
+// the device payload of block 0 (the payload-less continuation README describes).
 //
 // For each job one line of JSON goes to stdout: {"name", "code", "bytes",
 // "content_format"} or {"name", "error"}. The exit code is 0 when every job

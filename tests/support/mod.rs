@@ -305,13 +305,13 @@ pub struct TestImage {
     pub file_name: String,
     /// The PID field of the name.
     pub pid: String,
-    /// FNV-1a 32 of the file name, 8 lowercase hex digits (PROTOCOL §1).
+    /// FNV-1a 32 of the file name, 8 lowercase hex digits (README, "Images, versions and ids").
     pub id: String,
     /// The content.
     pub bytes: Vec<u8>,
 }
 
-/// The image id of PROTOCOL §1 (FNV-1a 32 of the file name as 8 lowercase
+/// The image id of README, "Images, versions and ids" (FNV-1a 32 of the file name as 8 lowercase
 /// hex digits), computed here again so tests do not take the server's word.
 pub fn image_id(file_name: &str) -> String {
     let hash = file_name.bytes().fold(0x811c_9dc5u32, |h, b| {
@@ -342,7 +342,7 @@ pub fn write_images(dir: &TempDir, images: &[(&str, usize)]) -> Vec<TestImage> {
 }
 
 /// A device payload `PIDLEN | PID | TYPE | VERSION:u32le [| OFFSET:u32le]`
-/// (PROTOCOL §2.1), built here again rather than with `firmware`.
+/// (README, "Requests and answers"), built here again rather than with `firmware`.
 pub fn device_payload(pid: &str, fw_type: u8, version: u32, offset: Option<u32>) -> Vec<u8> {
     device_payload_bytes(pid.as_bytes(), fw_type, version, offset)
 }

@@ -357,7 +357,7 @@ fn check_reply(
         assert_eq!(r.mid, req_mid);
         assert_eq!(r.code, 0);
         // An RST rejects a CON (RFC 7252 §4.2); a NON gets one only as the
-        // legacy protocol's "no update" signal (PROTOCOL.md §2.1), which
+        // legacy protocol's "no update" signal (README, "Continuations without payload"), which
         // RFC 7252 §4.3 allows ("MAY involve sending a matching Reset").
         if req_type == 1 {
             let no_update = sent.is_some_and(|s| {
