@@ -54,6 +54,54 @@ pub fn is_configured(ip: IpAddr) -> bool {
         .unwrap_or(true)
 }
 
+/// The All-CoAP-Nodes groups of RFC 7252 §12.8: link-local and
+/// site-local IPv6, and IPv4.
+pub const ALL_COAP_NODES_V6: [std::net::Ipv6Addr; 2] = [
+    std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfd),
+    std::net::Ipv6Addr::new(0xff05, 0, 0, 0, 0, 0, 0, 0xfd),
+];
+/// The IPv4 All-CoAP-Nodes group.
+pub const ALL_COAP_NODES_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(224, 0, 1, 187);
+
+/// Joins the All-CoAP-Nodes groups on `interface` that `socket` can
+/// receive: the IPv6 ones on an IPv6 socket, and the IPv4 one when the
+/// socket serves IPv4 (an IPv4 socket, or a dual-stack wildcard) and the
+/// interface has an IPv4 address. Returns the groups joined.
+///
+/// # Errors
+/// The first membership the kernel refuses.
+pub fn join_all_coap_nodes(
+    socket: &std::net::UdpSocket,
+    interface: &Interface,
+) -> std::io::Result<Vec<IpAddr>> {
+    let local = socket.local_addr()?;
+    let mut joined = Vec::new();
+    if let SocketAddr::V6(v6) = local {
+        for group in ALL_COAP_NODES_V6 {
+            socket.join_multicast_v6(&group, interface.index)?;
+            joined.push(IpAddr::V6(group));
+        }
+        if !v6.ip().is_unspecified() {
+            return Ok(joined);
+        }
+    }
+    if interface.has_ipv4 {
+        crate::sockio::join_v4_on(socket, ALL_COAP_NODES_V4, interface.index)?;
+        joined.push(IpAddr::V4(ALL_COAP_NODES_V4));
+    }
+    Ok(joined)
+}
+
+/// A UDP socket bound to `addr` although no interface has that address
+/// yet (IP_FREEBIND): at boot a border router's server may start before
+/// its ULA is configured; datagrams arrive once it is.
+///
+/// # Errors
+/// As `socket`, `setsockopt` and `bind`.
+pub fn bind_before_configured(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    crate::sockio::bind_freebind(addr)
+}
+
 /// Why a scoped address did not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScopeError {

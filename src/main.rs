@@ -6,6 +6,7 @@
 use getopts::Options;
 use iot_ota::catalog::Catalog;
 use iot_ota::firmware::VersionText;
+use iot_ota::iface::{self, ScopeError};
 use iot_ota::logfmt::Timestamp;
 use iot_ota::server::{self, Server};
 use iot_ota::service::{Keys, Limits, Service};
@@ -16,13 +17,26 @@ use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// RFC 7252 §4.8 DEFAULT_LEISURE.
+const DEFAULT_LEISURE_MS: u64 = 5000;
+/// Multicast answers held back at once; more are dropped.
+const LEISURE_QUEUE: usize = 64;
 const USAGE_EXIT: u8 = 2;
 const RUNTIME_EXIT: u8 = 1;
 
 /// Everything the command line decides.
 struct Config {
     dir: PathBuf,
-    listen: SocketAddr,
+    /// One socket each; `-l` repeated.
+    listen: Vec<SocketAddr>,
+    /// Exit when a listen address does not exist, instead of waiting for
+    /// it with IP_FREEBIND.
+    strict_bind: bool,
+    /// Interfaces whose All-CoAP-Nodes groups are joined (`all`: every
+    /// multicast-capable one).
+    multicast: Vec<String>,
+    /// RFC 7252 §8.2 Leisure, milliseconds.
+    leisure_ms: u64,
     limits: Limits,
     level: LevelFilter,
 }
@@ -30,11 +44,30 @@ struct Config {
 fn options() -> Options {
     let mut o = Options::new();
     o.optopt("d", "dir", "firmware directory (default: updates)", "DIR");
-    o.optopt(
+    o.optmulti(
         "l",
         "listen",
-        "UDP address to serve (default: [::]:5683, IPv4 and IPv6)",
+        "UDP address to serve, repeatable; a zone names the interface of a link-local \
+         address: [fe80::1%wpan0]:5683 (default: [::]:5683, IPv4 and IPv6)",
         "ADDR",
+    );
+    o.optflag(
+        "",
+        "strict-bind",
+        "exit when a listen address is not configured yet, instead of waiting for it",
+    );
+    o.optmulti(
+        "",
+        "multicast",
+        "join the All-CoAP-Nodes groups (ff02::fd, ff05::fd, 224.0.1.187) on IFACE, \
+         repeatable; 'all' for every multicast interface (default: none)",
+        "IFACE",
+    );
+    o.optopt(
+        "",
+        "leisure",
+        "delay answers to multicast requests by up to MS, at random (default: 5000)",
+        "MS",
     );
     o.optopt(
         "b",
@@ -67,8 +100,8 @@ fn options() -> Options {
 }
 
 fn usage_text(o: &Options) -> String {
-    let brief = "Usage: iot-ota-server [-d DIR] [-l ADDR] [-b BYTES] [--peers N] [--rate-limit N] [--echo]\n\
-                 \x20                     [-v]... [-q] [-h] [-V]\n\n\
+    let brief = "Usage: iot-ota-server [-d DIR] [-l ADDR]... [-b BYTES] [--peers N] [--rate-limit N] [--echo]\n\
+                 \x20                     [--multicast IFACE]... [--leisure MS] [--strict-bind] [-v]... [-q] [-h] [-V]\n\n\
                  Serves the .fmu firmware images in DIR to devices over CoAP (RFC 7252, Block2 RFC 7959).\n\
                  RUST_LOG overrides the log level (e.g. RUST_LOG=debug).";
     o.usage(brief)
@@ -95,16 +128,22 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     if let Some(extra) = m.free.first() {
         return Err(format!("unexpected argument '{extra}'"));
     }
-    let listen_text = m.opt_str("l").unwrap_or_else(|| "[::]:5683".to_owned());
-    let listen = listen_text
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| {
-            format!(
-                "invalid listen address '{listen_text}' (expected e.g. [::]:5683 or 0.0.0.0:5683)"
-            )
-        })?;
+    let mut listen_texts = m.opt_strs("l");
+    if listen_texts.is_empty() {
+        listen_texts.push("[::]:5683".to_owned());
+    }
+    let listen = listen_texts
+        .iter()
+        .map(|text| parse_listen(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let leisure_ms = match m.opt_str("leisure") {
+        None => DEFAULT_LEISURE_MS,
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|ms| *ms <= 600_000)
+            .ok_or_else(|| format!("invalid --leisure '{text}': use 0..600000 milliseconds"))?,
+    };
     let mut limits = Limits::default();
     if let Some(b) = m.opt_str("b") {
         limits.max_block_size = b
@@ -142,9 +181,32 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     Ok(Some(Config {
         dir: PathBuf::from(m.opt_str("d").unwrap_or_else(|| "updates".to_owned())),
         listen,
+        strict_bind: m.opt_present("strict-bind"),
+        multicast: m.opt_strs("multicast"),
+        leisure_ms,
         limits,
         level,
     }))
+}
+
+/// A listen address: `IP:PORT`, `[IPv6%ZONE]:PORT` (an interface name or
+/// index), or a host name that resolves.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    match iface::parse_socket_addr(text) {
+        Ok(addr) => Ok(addr),
+        Err(ScopeError::UnknownZone(zone)) => Err(format!(
+            "invalid listen address '{text}': no interface named '{zone}'"
+        )),
+        Err(ScopeError::Syntax) => text
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                format!(
+                    "invalid listen address '{text}' (expected e.g. [::]:5683, 0.0.0.0:5683 or [fe80::1%wpan0]:5683)"
+                )
+            }),
+    }
 }
 
 fn init_logging(level: LevelFilter) {
@@ -183,16 +245,34 @@ fn main() -> ExitCode {
 /// Loads the catalog, binds, serves; returns only on a start-up failure.
 fn serve(config: Config) -> Result<std::convert::Infallible, String> {
     let catalog = load_catalog(&config)?;
-    let socket = UdpSocket::bind(config.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let local = socket
-        .local_addr()
-        .map_err(|e| format!("cannot read the bound address: {e}"))?;
-    server::check_dual_stack(local);
-    // Before "listening on": Server::new asks for each datagram's
+    let sockets = config
+        .listen
+        .iter()
+        .map(|&addr| bind(addr, config.strict_bind))
+        .collect::<Result<Vec<_>, _>>()?;
+    let interfaces = multicast_interfaces(&config.multicast)?;
+    for socket in &sockets {
+        join_groups(socket, &interfaces);
+    }
+    let mut sockets = sockets.into_iter();
+    let first = sockets
+        .next()
+        .ok_or_else(|| "no listen address".to_owned())?;
+    // Before "listening on": the server asks for each datagram's
     // destination address, and a datagram queued before that would be
     // answered from whatever address the kernel picks.
-    let mut server = Server::new(socket, Service::new(catalog, config.limits, secret_keys()));
+    let keys = secret_keys();
+    let mut server = Server::new(first, Service::new(catalog, config.limits, keys));
+    for socket in sockets {
+        server
+            .add_socket(socket)
+            .map_err(|e| format!("cannot serve several sockets: {e}"))?;
+    }
+    if !interfaces.is_empty() {
+        server
+            .enable_multicast_answers(config.leisure_ms, LEISURE_QUEUE, leisure_seed())
+            .map_err(|e| format!("cannot serve multicast: {e}"))?;
+    }
     let mut extra = String::new();
     if let Some(n) = config.limits.rate_limit {
         extra.push_str(&format!(", rate limit {n}/s per address"));
@@ -200,11 +280,127 @@ fn serve(config: Config) -> Result<std::convert::Infallible, String> {
     if config.limits.echo {
         extra.push_str(", Echo amplification check on");
     }
-    info!(
-        "listening on {local} (block size {} B, {} peers kept{extra})",
-        config.limits.max_block_size, config.limits.continuation_capacity
-    );
+    if !interfaces.is_empty() {
+        extra.push_str(&format!(", multicast leisure {} ms", config.leisure_ms));
+    }
+    for addr in server.local_addrs() {
+        // The address as Rust prints it (zone by index), so that scripts
+        // can parse it; the interface's name follows.
+        let zone = match addr {
+            SocketAddr::V6(v6) if v6.scope_id() != 0 => iface::name_of(v6.scope_id())
+                .map(|name| format!("on {name}, "))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        info!(
+            "listening on {addr} ({zone}block size {} B, {} peers kept{extra})",
+            config.limits.max_block_size, config.limits.continuation_capacity
+        );
+    }
     server.run()
+}
+
+/// Binds `addr`; an address not configured yet is waited for (bound with
+/// IP_FREEBIND, served once it exists) unless `strict`.
+fn bind(addr: SocketAddr, strict: bool) -> Result<UdpSocket, String> {
+    let socket = match UdpSocket::bind(addr) {
+        Ok(socket) => socket,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && !strict => {
+            warn!(
+                "{} is not configured on any interface yet: waiting for it (requests are served as soon as it exists)",
+                Listen(addr)
+            );
+            iface::bind_before_configured(addr)
+                .map_err(|e| format!("cannot listen on {}: {e}", Listen(addr)))?
+        }
+        Err(e) => return Err(format!("cannot listen on {}: {e}", Listen(addr))),
+    };
+    if let Ok(local) = socket.local_addr() {
+        server::check_dual_stack(local);
+    }
+    Ok(socket)
+}
+
+/// The interfaces `--multicast` names (`all`: every multicast-capable
+/// one).
+fn multicast_interfaces(names: &[String]) -> Result<Vec<iface::Interface>, String> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let available = iface::multicast_interfaces()
+        .map_err(|e| format!("cannot list the network interfaces: {e}"))?;
+    if names.iter().any(|n| n == "all") {
+        if available.is_empty() {
+            warn!("--multicast all: no multicast-capable interface");
+        }
+        return Ok(available);
+    }
+    names
+        .iter()
+        .map(|name| {
+            available
+                .iter()
+                .find(|i| i.name == *name || i.index.to_string() == *name)
+                .cloned()
+                .ok_or_else(|| {
+                    format!("--multicast {name}: no multicast-capable interface of that name")
+                })
+        })
+        .collect()
+}
+
+/// Joins the All-CoAP-Nodes groups on `interfaces` for `socket`; a socket
+/// bound to one unicast address cannot receive group traffic.
+fn join_groups(socket: &UdpSocket, interfaces: &[iface::Interface]) {
+    let Ok(local) = socket.local_addr() else {
+        return;
+    };
+    if interfaces.is_empty() {
+        return;
+    }
+    if !local.ip().is_unspecified() {
+        warn!(
+            "{} is not a wildcard address: it receives no multicast (listen on [::]:PORT for that)",
+            Listen(local)
+        );
+        return;
+    }
+    for interface in interfaces {
+        match iface::join_all_coap_nodes(socket, interface) {
+            Ok(groups) => {
+                let groups: Vec<String> = groups.iter().map(ToString::to_string).collect();
+                info!(
+                    "{}: joined {} on {}",
+                    Listen(local),
+                    groups.join(", "),
+                    interface.name
+                );
+            }
+            Err(e) => warn!(
+                "{}: cannot join the All-CoAP-Nodes groups on {}: {e}",
+                Listen(local),
+                interface.name
+            ),
+        }
+    }
+}
+
+/// A listen address as an operator writes it, with its zone by name.
+struct Listen(SocketAddr);
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            SocketAddr::V6(v6) if v6.scope_id() != 0 => f.write_str(&iface::display(self.0)),
+            addr => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// A seed for the random multicast delays: they need to be spread, not
+/// secret.
+fn leisure_seed() -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one(0x1e15_u64)
 }
 
 /// The service's secrets, fresh at every start: 48 bytes from the

@@ -612,7 +612,6 @@ unsafe fn socket_addr_of(addr: *const libc::sockaddr) -> Option<IpAddr> {
 ///
 /// # Errors
 /// As `setsockopt(IP_ADD_MEMBERSHIP)`.
-#[allow(dead_code)] // used by the server's multicast and listen set-up, next
 pub(crate) fn join_v4_on(socket: &UdpSocket, group: Ipv4Addr, ifindex: u32) -> io::Result<()> {
     let request = libc::ip_mreqn {
         imr_multiaddr: libc::in_addr {
@@ -644,7 +643,6 @@ pub(crate) fn join_v4_on(socket: &UdpSocket, group: Ipv4Addr, ifindex: u32) -> i
 ///
 /// # Errors
 /// As `socket`, `setsockopt` and `bind`.
-#[allow(dead_code)] // used by the server's multicast and listen set-up, next
 pub(crate) fn bind_freebind(addr: SocketAddr) -> io::Result<UdpSocket> {
     use std::os::fd::{FromRawFd, OwnedFd};
     let domain = match addr {

@@ -144,6 +144,14 @@ impl Server {
             .try_for_each(|s| s.set_nonblocking(true))
     }
 
+    /// The addresses of the sockets served.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
     /// The first socket's address (useful with port 0).
     ///
     /// # Errors
