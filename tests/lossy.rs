@@ -46,23 +46,9 @@ const MAX_RUNS: u64 = 40;
 const CODE_CONTENT: u8 = 0x45;
 const OCTET_STREAM: u16 = 42;
 
-/// xorshift64: a deterministic generator, seeded per direction.
-struct XorShift(u64);
-
-impl XorShift {
-    fn percent(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x % 100
-    }
-}
-
 /// The fate of the datagrams of one direction.
 struct Lossy {
-    rng: XorShift,
+    rng: support::XorShift,
     held: Option<Vec<u8>>,
     counts: [u32; 4],
 }
@@ -74,7 +60,7 @@ impl Lossy {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         Lossy {
-            rng: XorShift((z ^ (z >> 31)) | 1),
+            rng: support::XorShift::seeded((z ^ (z >> 31)) as u32),
             held: None,
             counts: [0; 4],
         }
@@ -82,7 +68,7 @@ impl Lossy {
 
     /// The datagrams to send now, in order, for one received datagram.
     fn process(&mut self, datagram: Vec<u8>) -> Vec<Vec<u8>> {
-        let roll = self.rng.percent();
+        let roll = self.rng.next() % 100;
         let released = self.held.take();
         let mut out = Vec::new();
         match roll {
