@@ -96,15 +96,25 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         return Err(format!("unexpected argument '{extra}'"));
     }
     let listen_text = m.opt_str("l").unwrap_or_else(|| "[::]:5683".to_owned());
-    let listen = listen_text
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| {
-            format!(
-                "invalid listen address '{listen_text}' (expected e.g. [::]:5683 or 0.0.0.0:5683)"
-            )
-        })?;
+    // A zone (`[fe80::1%wpan0]:5683`) by interface name or index; host
+    // names (`localhost:5683`) still resolve.
+    let listen = match iot_ota::iface::parse_socket_addr(&listen_text) {
+        Ok(addr) => Some(addr),
+        Err(iot_ota::iface::ScopeError::UnknownZone(zone)) => {
+            return Err(format!(
+                "invalid listen address '{listen_text}': no interface named '{zone}'"
+            ))
+        }
+        Err(iot_ota::iface::ScopeError::Syntax) => listen_text
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next()),
+    }
+    .ok_or_else(|| {
+        format!(
+            "invalid listen address '{listen_text}' (expected e.g. [::]:5683, 0.0.0.0:5683 or [fe80::1%eth0]:5683)"
+        )
+    })?;
     let mut limits = Limits::default();
     if let Some(b) = m.opt_str("b") {
         limits.max_block_size = b
