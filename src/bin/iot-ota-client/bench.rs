@@ -294,9 +294,9 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
         [_, extra, ..] => return Err(format!("unexpected argument '{extra}'")),
     };
     let server = Target::parse(server_text)
-        .ok()
-        .and_then(|target| target.resolve().ok())
-        .ok_or_else(|| format!("cannot resolve SERVER '{server_text}'"))?;
+        .map_err(|e| e.to_string())
+        .and_then(|target| target.resolve().map_err(|e| e.to_string()))
+        .map_err(|e| format!("cannot resolve SERVER '{server_text}': {e}"))?;
     let devices = number(m, "devices", 16usize, |n| (1..=MAX_SOCKETS).contains(n))?;
     let ports = match m.opt_str("ports") {
         None => None,
@@ -1086,7 +1086,7 @@ fn human_line(config: &BenchConfig, r: &Report) -> String {
          latency p50 {} us p99 {} us, {} retransmissions, {} failed exchanges, {} mismatches",
         config.devices,
         config.route.name(),
-        config.server,
+        iot_ota::iface::display(config.server),
         r.blocks,
         r.secs,
         r.blocks_per_s(),

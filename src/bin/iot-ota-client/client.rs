@@ -18,9 +18,10 @@ use crate::coap::{
 use coap_lite::{MessageClass, MessageType, ResponseType};
 use core::fmt;
 use iot_ota::firmware::DeviceRequest;
+use iot_ota::iface;
 use iot_ota::wire;
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// How often a request challenged with a 4.01 Echo is repeated: a second
@@ -53,11 +54,47 @@ pub(crate) fn bind_ephemeral(server: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 impl Target {
-    /// The first socket address the host resolves to.
+    /// The scope id of the zone: the index of the interface it names or
+    /// is; 0 without a zone. A zone that names no interface is refused
+    /// here, before anything is sent. As the server's `-l`, a zone of the
+    /// form `25NAME` is NAME when no interface is called `25NAME` (a `%25`
+    /// copied from a URI).
     ///
     /// # Errors
-    /// As [`ToSocketAddrs`]; `NotFound` when the name has no address.
+    /// A message naming the zone that is no interface.
+    pub(crate) fn scope_id(&self) -> Result<u32, String> {
+        let Some(zone) = &self.zone else {
+            return Ok(0);
+        };
+        let index = iface::index_of(zone)
+            .or_else(|| {
+                zone.strip_prefix("25")
+                    .filter(|rest| !rest.is_empty())
+                    .and_then(iface::index_of)
+            })
+            .ok_or_else(|| format!("no interface named '{zone}'"))?;
+        if iface::name_of(index).is_none() {
+            return Err(format!("no interface with index {index}"));
+        }
+        Ok(index)
+    }
+
+    /// The first socket address the host resolves to; for an IPv6 literal
+    /// with a zone, the address with the zone's interface as scope id.
+    ///
+    /// # Errors
+    /// As [`ToSocketAddrs`]; `NotFound` when the name has no address or
+    /// the zone no interface.
     pub(crate) fn resolve(&self) -> io::Result<SocketAddr> {
+        if self.zone.is_some() {
+            let scope_id = self
+                .scope_id()
+                .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
+            let ip: Ipv6Addr = self.host.parse().map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "a zone needs an IPv6 address")
+            })?;
+            return Ok(SocketAddrV6::new(ip, self.port, 0, scope_id).into());
+        }
         (self.host.as_str(), self.port)
             .to_socket_addrs()?
             .next()
@@ -614,6 +651,89 @@ mod tests {
     /// A client of `addr` on the [`fast`] schedule with a seeded RNG.
     fn fast_client(addr: SocketAddr, seed: u64) -> Client {
         Client::with_rng(addr, fast(), XorShift::new(seed)).unwrap()
+    }
+
+    // -- zones ------------------------------------------------------------
+
+    fn lo() -> u32 {
+        iface::index_of("lo").expect("every Linux host has lo")
+    }
+
+    #[test]
+    fn a_zone_by_name_or_index_is_the_scope_id_sent_to() {
+        let lo = lo();
+        let by_index = format!("[::1%{lo}]:7");
+        for text in [
+            "[::1%lo]:7",
+            by_index.as_str(),
+            "[::1%25lo]:7",
+            "coap://[::1%25lo]:7/x",
+            "coap://[::1%lo]:7/x",
+        ] {
+            let target = Target::parse(text).unwrap();
+            assert_eq!(target.scope_id(), Ok(lo), "{text}");
+            let SocketAddr::V6(v6) = target.resolve().unwrap() else {
+                panic!("{text} is IPv6");
+            };
+            assert_eq!(
+                (*v6.ip(), v6.port(), v6.scope_id()),
+                (Ipv6Addr::LOCALHOST, 7, lo)
+            );
+            assert_eq!(iface::display(v6.into()), "[::1%lo]:7", "{text}");
+        }
+        let plain = Target::parse("[fe80::1]:7").unwrap();
+        assert_eq!(plain.scope_id(), Ok(0));
+        let SocketAddr::V6(v6) = plain.resolve().unwrap() else {
+            panic!("IPv6");
+        };
+        assert_eq!(v6.scope_id(), 0);
+    }
+
+    #[test]
+    fn a_zone_that_is_no_interface_is_named_in_the_error() {
+        for (text, needle) in [
+            (
+                "[fe80::1%no-such-if0]:1",
+                "no interface named 'no-such-if0'",
+            ),
+            (
+                "coap://[fe80::1%25no-such-if0]/",
+                "no interface named 'no-such-if0'",
+            ),
+            ("[fe80::1%0]:1", "no interface with index 0"),
+            (
+                "[fe80::1%4000000000]:1",
+                "no interface with index 4000000000",
+            ),
+        ] {
+            let target = Target::parse(text).unwrap();
+            let error = target.scope_id().unwrap_err();
+            assert!(error.contains(needle), "{text}: {error}");
+            let error = target.resolve().unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::NotFound, "{text}");
+            assert!(error.to_string().contains(needle), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_client_of_a_zoned_address_gets_its_answer() {
+        let socket = UdpSocket::bind("[::1]:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let peer = thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, from) = socket.recv_from(&mut buf).unwrap();
+            let reply = reply_to(&buf[..n], ResponseType::Content, &[], b"zoned");
+            socket.send_to(&reply, from).unwrap();
+        });
+        let target = Target::parse(&format!("[::1%lo]:{port}")).unwrap();
+        let mut client = fast_client(target.resolve().unwrap(), 5);
+        let resource = get_root();
+        let response = client.request(&plain_get(&resource), b"z").unwrap();
+        assert_eq!(response.payload, b"zoned");
+        peer.join().unwrap();
     }
 
     #[test]

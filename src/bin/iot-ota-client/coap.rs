@@ -3,9 +3,9 @@
 //! codec:
 //!
 //! * [`Target::parse`] and [`Resource::parse`] read the command line's
-//!   SERVER and PATH (`host:port`, `[v6]:port`, `coap://host[:port]/path?q`),
-//!   decomposing a URI into Uri-Path and Uri-Query options as RFC 7252 §6.4
-//!   says.
+//!   SERVER and PATH (`host:port`, `[v6]:port`, `[v6%zone]:port`,
+//!   `coap://host[:port]/path?q`), decomposing a URI into Uri-Path and
+//!   Uri-Query options as RFC 7252 §6.4 says.
 //! * [`Retransmission`] is the RFC 7252 §4.2 schedule, [`XorShift`] the one
 //!   random source of Message IDs, tokens and jitter.
 //! * [`emit_get`] writes a request, [`match_reply`] classifies a datagram
@@ -67,6 +67,11 @@ pub(crate) enum UriError {
     SegmentTooLong,
     /// A path given in the `host:port` form, which has none.
     PathWithoutScheme,
+    /// `[fe80::1%]`, or `%25` with nothing after it in a URI.
+    EmptyZone,
+    /// A zone after an IPv4 address or a host name: only IPv6 addresses
+    /// have zones, and only in brackets.
+    ZoneWithoutIpv6,
 }
 
 impl fmt::Display for UriError {
@@ -81,6 +86,12 @@ impl fmt::Display for UriError {
             UriError::Percent => "% must be followed by two hex digits",
             UriError::SegmentTooLong => "a path segment or query item is longer than 255 bytes",
             UriError::PathWithoutScheme => "a path needs the coap://host:port/path form",
+            UriError::EmptyZone => {
+                "no zone after %: write [fe80::1%eth0]:5683, or coap://[fe80::1%25eth0]/ in a URI"
+            }
+            UriError::ZoneWithoutIpv6 => {
+                "a zone (%IFACE) goes with an IPv6 address in brackets, e.g. [fe80::1%eth0]:5683"
+            }
         })
     }
 }
@@ -89,8 +100,13 @@ impl fmt::Display for UriError {
 /// a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    /// Host name or IP address, without brackets.
+    /// Host name or IP address, without brackets or zone.
     pub(crate) host: String,
+    /// The zone of an IPv6 literal (`[fe80::1%eth0]`): an interface name
+    /// or decimal index, as written (in a URI, after the RFC 6874 `%25`,
+    /// percent-decoded). Never sent: it is the scope id of the address
+    /// sent to, which the socket side looks up.
+    pub(crate) zone: Option<String>,
     /// UDP port.
     pub(crate) port: u16,
     /// The URI's path and query, `None` when it had neither (or just `/`).
@@ -100,11 +116,16 @@ pub(crate) struct Target {
 impl Target {
     /// Parses `host:port`, `[v6]:port`, `host`, `[v6]` or
     /// `coap://host[:port][/path][?query]`; the port defaults to 5683.
+    /// An IPv6 address may carry a zone: `[fe80::1%eth0]:5683`, and in a
+    /// URI `coap://[fe80::1%25eth0]/` (RFC 6874), or leniently
+    /// `coap://[fe80::1%eth0]/` as browsers and libcoap take it.
     ///
     /// # Errors
     /// [`UriError`] naming what is wrong.
     pub(crate) fn parse(text: &str) -> Result<Target, UriError> {
-        let (authority, rest) = match split_scheme(text)? {
+        let scheme = split_scheme(text)?;
+        let is_uri = scheme.is_some();
+        let (authority, rest) = match scheme {
             Some(after) => {
                 // A fragment is never sent (RFC 7252 §6.4 step 7).
                 let after = after.split('#').next().unwrap_or("");
@@ -117,19 +138,23 @@ impl Target {
         if authority.contains('@') {
             return Err(UriError::UserInfo);
         }
-        let (host, port) = split_host_port(authority)?;
+        let (host, zone, port) = split_host_port(authority, is_uri)?;
         let resource = Resource::parse(rest)?;
         let resource = (!resource.is_root()).then_some(resource);
         Ok(Target {
             host: host.to_owned(),
+            zone,
             port,
             resource,
         })
     }
 
-    /// `host:port`, with brackets around an IPv6 address.
+    /// `host:port`, with brackets around an IPv6 address and its zone
+    /// (`[fe80::1%eth0]:5683`).
     pub(crate) fn authority(&self) -> String {
-        if self.host.contains(':') {
+        if let Some(zone) = &self.zone {
+            format!("[{}%{zone}]:{}", self.host, self.port)
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -150,25 +175,40 @@ fn split_scheme(text: &str) -> Result<Option<&str>, UriError> {
     }
 }
 
-fn split_host_port(authority: &str) -> Result<(&str, u16), UriError> {
-    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed.split_once(']').ok_or(UriError::BadIpv6)?;
+/// `host[:port]` → (host, zone, port). `is_uri`: the authority of a
+/// `coap://` URI, where the zone is written `%25ZONE` (RFC 6874).
+fn split_host_port(authority: &str, is_uri: bool) -> Result<(&str, Option<String>, u16), UriError> {
+    let (host, zone, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (inside, after) = bracketed.split_once(']').ok_or(UriError::BadIpv6)?;
+        let (host, zone) = match inside.split_once('%') {
+            Some((host, zone)) => (host, Some(parse_zone(zone, is_uri)?)),
+            None => (inside, None),
+        };
         if host.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(UriError::BadIpv6);
         }
         match after {
-            "" => (host, None),
+            "" => (host, zone, None),
             _ => (
                 host,
+                zone,
                 Some(after.strip_prefix(':').ok_or(UriError::BadIpv6)?),
             ),
         }
     } else {
-        match authority.split_once(':') {
+        let (host, port) = match authority.split_once(':') {
             Some((_, port)) if port.contains(':') => return Err(UriError::UnbracketedIpv6),
             Some((host, port)) => (host, Some(port)),
             None => (authority, None),
+        };
+        // `127.0.0.1%lo`: a zone where there can be none (and in a URI
+        // not a percent-encoded name either: an address is no reg-name).
+        if let Some((ip, _)) = host.split_once('%') {
+            if ip.parse::<std::net::IpAddr>().is_ok() {
+                return Err(UriError::ZoneWithoutIpv6);
+            }
         }
+        (host, None, port)
     };
     if host.is_empty() {
         return Err(UriError::EmptyHost);
@@ -182,7 +222,28 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), UriError> {
             .filter(|p| *p != 0 && text.bytes().all(|b| b.is_ascii_digit()))
             .ok_or(UriError::Port)?,
     };
-    Ok((host, port))
+    Ok((host, zone, port))
+}
+
+/// The zone after the `%` of `[IPv6%...]`. In a URI the `%` is itself
+/// percent-encoded (`%25eth0`, RFC 6874 §2) and the zone may hold
+/// percent-encoded bytes; a bare `%eth0` is taken too, as browsers and
+/// libcoap do. Outside URIs the zone is taken as written.
+fn parse_zone(text: &str, is_uri: bool) -> Result<String, UriError> {
+    let zone = if is_uri {
+        let encoded = match text.strip_prefix("25") {
+            Some("") => return Err(UriError::EmptyZone),
+            Some(rfc6874) => rfc6874,
+            None => text,
+        };
+        String::from_utf8(percent_decode(encoded)?).map_err(|_| UriError::BadIpv6)?
+    } else {
+        text.to_owned()
+    };
+    if zone.is_empty() {
+        return Err(UriError::EmptyZone);
+    }
+    Ok(zone)
 }
 
 /// A resource as Uri-Path and Uri-Query option values (percent-decoded).
@@ -1042,6 +1103,83 @@ pub(crate) mod tests {
         assert_eq!(Target::parse(&long), Err(UriError::SegmentTooLong));
         let max = format!("coap://h/{}", "a".repeat(255));
         assert!(Target::parse(&max).is_ok());
+    }
+
+    #[test]
+    fn ipv6_zones_plain_and_in_uris_rfc6874() {
+        // (argument, zone, port, path)
+        let cases: [(&str, &str, u16, &str); 9] = [
+            ("[fe80::1%eth0]:5683", "eth0", 5683, "/"),
+            ("[fe80::1%5]:5683", "5", 5683, "/"),
+            ("[fe80::1%eth0]", "eth0", DEFAULT_PORT, "/"),
+            // Outside URIs the zone is as written (the socket side takes
+            // a `25` copied from a URI leniently).
+            ("[fe80::1%25eth0]:1", "25eth0", 1, "/"),
+            ("coap://[fe80::1%25eth0]:5683/a/b", "eth0", 5683, "/a/b"),
+            ("coap://[fe80::1%25eth0]/a?q", "eth0", DEFAULT_PORT, "/a?q"),
+            ("coap://[fe80::1%25en%30]/", "en0", DEFAULT_PORT, "/"),
+            // Bare `%` in a URI, as browsers and libcoap take it.
+            ("coap://[fe80::1%eth0]/a", "eth0", DEFAULT_PORT, "/a"),
+            ("coap://[fe80::1%7]:9/", "7", 9, "/"),
+        ];
+        for (text, zone, port, path) in cases {
+            let t = target(text);
+            assert_eq!(t.host, "fe80::1", "{text}");
+            assert_eq!(t.zone.as_deref(), Some(zone), "{text}");
+            assert_eq!(t.port, port, "{text}");
+            assert_eq!(t.resource.unwrap_or_default().to_string(), path, "{text}");
+        }
+        assert_eq!(target("[fe80::1%eth0]").authority(), "[fe80::1%eth0]:5683");
+        assert_eq!(
+            target("coap://[fe80::1%25wpan0]:7/").authority(),
+            "[fe80::1%wpan0]:7"
+        );
+        assert_eq!(target("[fe80::1]:1").zone, None);
+        assert_eq!(target("coap://h/").zone, None);
+    }
+
+    #[test]
+    fn bad_zones_say_why() {
+        let cases = [
+            ("[fe80::1%]:5683", UriError::EmptyZone),
+            ("[fe80::1%]", UriError::EmptyZone),
+            ("coap://[fe80::1%25]/", UriError::EmptyZone),
+            ("coap://[fe80::1%]/", UriError::EmptyZone),
+            ("coap://[fe80::1%25e%zz]/", UriError::Percent),
+            ("[not-v6%eth0]:1", UriError::BadIpv6),
+            ("[fe80::1%eth0]5683", UriError::BadIpv6),
+            ("[fe80::1%eth0]:0", UriError::Port),
+            ("fe80::1%eth0:5683", UriError::UnbracketedIpv6),
+            ("127.0.0.1%lo:5683", UriError::ZoneWithoutIpv6),
+            ("127.0.0.1%lo", UriError::ZoneWithoutIpv6),
+            ("coap://127.0.0.1%25lo/", UriError::ZoneWithoutIpv6),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(Target::parse(text), Err(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_zoned_literal_sends_no_uri_host_rfc7252_section_6_4() {
+        // An IP-literal host is the destination address: no Uri-Host, and
+        // the zone, local to this host, goes nowhere on the wire.
+        let t = target("coap://[fe80::1%25lo]:5683/.well-known/core");
+        let resource = t.resource.unwrap();
+        let mut out = [0u8; 128];
+        let len = emit_get(&plain(&resource), 1, b"t", None, &mut out).unwrap();
+        let packet = coap_lite::Packet::from_bytes(&out[..len]).unwrap();
+        assert!(packet.get_option(CoapOption::UriHost).is_none());
+        assert!(packet.get_option(CoapOption::UriPort).is_none());
+        assert!(!out[..len].windows(2).any(|w| w == b"lo"));
+    }
+
+    fn plain(resource: &Resource) -> Get<'_> {
+        Get {
+            resource,
+            payload: &[],
+            block2: None,
+            size2: None,
+        }
     }
 
     #[test]

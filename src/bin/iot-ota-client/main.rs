@@ -133,6 +133,8 @@ fn usage_text(o: &Options) -> String {
          (Confirmable requests with RFC 7252 retransmission, Block2 per RFC 7959, Echo per RFC 9175, and\n\
          a wait of Max-Age seconds after 4.29 Too Many Requests), or GETs any resource.\n\n\
          SERVER is HOST:PORT, [IPv6]:PORT or coap://HOST[:PORT][/PATH][?QUERY]; the port defaults to 5683.\n\
+         A link-local address needs its interface (zone), by name or index: [fe80::1%eth0]:5683, or\n\
+         coap://[fe80::1%25eth0]/PATH in a URI (RFC 6874).\n\
          Device mode sends GET /updates with the device payload (PIDLEN|PID|TYPE|VERSION) and downloads\n\
          /updates/ID of the answer, with OFFSET as payload when --offset is given; with --legacy it sends\n\
          GET /updates with PIDLEN|PID|TYPE|VERSION|OFFSET and a Block2 option for every block instead.\n\
@@ -209,8 +211,15 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     if let Some(extra) = m.free.get(1) {
         return Err(format!("unexpected argument '{extra}'"));
     }
-    let server =
-        |text: &str| Target::parse(text).map_err(|e| format!("invalid SERVER '{text}': {e}"));
+    // A zone naming no interface is a usage error too, found before
+    // anything is sent.
+    let server = |text: &str| {
+        let target = Target::parse(text).map_err(|e| format!("invalid SERVER '{text}': {e}"))?;
+        target
+            .scope_id()
+            .map_err(|e| format!("invalid SERVER '{text}': {e}"))?;
+        Ok::<_, String>(target)
+    };
 
     // Where to, and a plain GET's resource if any.
     let get = m.opt_str("get");
@@ -337,9 +346,15 @@ fn run(config: &Config) -> ExitCode {
         Ok(server) => server,
         Err(e) => return fail(&format!("cannot resolve {authority}: {e}")),
     };
+    let shown = iot_ota::iface::display(server);
     let mut client = match Client::connect(server, config.params) {
         Ok(client) => client,
-        Err(e) => return fail(&format!("cannot open a UDP socket to {server}: {e}")),
+        Err(e) => {
+            return fail(&format!(
+                "cannot open a UDP socket to {shown}: {e}{}",
+                zone_hint(server)
+            ))
+        }
     };
     let started = Instant::now();
     let mut body = Vec::new();
@@ -368,7 +383,7 @@ fn run(config: &Config) -> ExitCode {
             }
             return ExitCode::from(NO_UPDATE_EXIT);
         }
-        Err(e) => return fail(&format!("{server}: {e}")),
+        Err(e) => return fail(&format!("{shown}: {e}{}", zone_hint(server))),
     };
     if let Err(e) = write_body(config.output.as_ref(), &body) {
         return fail(&e);
@@ -378,6 +393,24 @@ fn run(config: &Config) -> ExitCode {
         summary(&what, &transfer, &client, config.szx, started.elapsed())
     );
     ExitCode::SUCCESS
+}
+
+/// Why a link-local address without a zone fails (the kernel says only
+/// "Invalid argument"): the hint appended to the error.
+fn zone_hint(server: std::net::SocketAddr) -> String {
+    match server {
+        // fe80::/10 (Ipv6Addr::is_unicast_link_local is newer than the MSRV).
+        std::net::SocketAddr::V6(v6)
+            if v6.scope_id() == 0 && v6.ip().segments()[0] & 0xffc0 == 0xfe80 =>
+        {
+            format!(
+                "; a link-local address needs its interface: [{}%IFACE]:{}",
+                v6.ip(),
+                v6.port()
+            )
+        }
+        _ => String::new(),
+    }
 }
 
 fn fail(message: &str) -> ExitCode {
@@ -549,5 +582,69 @@ impl ProgressLine {
         if self.enabled && self.last.is_some() {
             eprint!("\r\x1b[K");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn config(list: &[&str]) -> Config {
+        parse_args(&args(list))
+            .unwrap_or_else(|e| panic!("{list:?}: {e}"))
+            .expect("a run")
+    }
+
+    #[test]
+    fn zoned_servers_are_accepted_in_every_form() {
+        let lo = iot_ota::iface::index_of("lo").unwrap();
+        let by_index = format!("[::1%{lo}]:5684");
+        for list in [
+            &["[::1%lo]:5684", "--get", "/x"][..],
+            &[by_index.as_str(), "--get", "/x"],
+            &["[::1%lo]", "--get", "/x"],
+            &["coap://[::1%25lo]:5684/x"],
+            &["coap://[::1%25lo]/x"],
+            &["coap://[::1%lo]/x"],
+            &["--get", "coap://[::1%25lo]:5684/x"],
+        ] {
+            let c = config(list);
+            assert_eq!(c.target.scope_id(), Ok(lo), "{list:?}");
+            assert!(
+                matches!(c.mode, Mode::Get(ref r) if r.to_string() == "/x"),
+                "{list:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_zone_is_a_usage_error_naming_it() {
+        for list in [
+            &["[fe80::1%no-such-if0]:5683", "--get", "/x"][..],
+            &["coap://[fe80::1%25no-such-if0]/x"],
+            &["--get", "coap://[fe80::1%no-such-if0]/x"],
+        ] {
+            let error = parse_args(&args(list)).err().expect("refused");
+            assert!(
+                error.contains("no interface named 'no-such-if0'"),
+                "{list:?}: {error}"
+            );
+        }
+        let error = parse_args(&args(&["[fe80::1%]:1", "--get", "/x"]))
+            .err()
+            .expect("refused");
+        assert!(error.contains("no zone after %"), "{error}");
+    }
+
+    #[test]
+    fn a_link_local_address_without_zone_gets_a_hint() {
+        let hint = zone_hint("[fe80::1]:5683".parse().unwrap());
+        assert!(hint.contains("[fe80::1%IFACE]:5683"), "{hint}");
+        assert_eq!(zone_hint("[::1]:5683".parse().unwrap()), "");
+        assert_eq!(zone_hint("127.0.0.1:5683".parse().unwrap()), "");
     }
 }
