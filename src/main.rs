@@ -1,7 +1,8 @@
 //! `iot-ota-server`: command line, logging set-up, catalog, socket, loop.
 //!
-//! Exit codes: 2 for a usage error, 1 for a start-up failure an operator
-//! must fix (missing directory, catalog collision, address in use).
+//! Exit codes: 0 after SIGTERM or SIGINT, 2 for a usage error, 1 for a
+//! start-up failure an operator must fix (missing directory, catalog
+//! collision, address in use).
 
 use getopts::Options;
 use iot_ota::catalog::Catalog;
@@ -234,7 +235,7 @@ fn main() -> ExitCode {
     };
     init_logging(config.level);
     match serve(config) {
-        Ok(never) => match never {},
+        Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             error!("{message}");
             ExitCode::from(RUNTIME_EXIT)
@@ -242,8 +243,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads the catalog, binds, serves; returns only on a start-up failure.
-fn serve(config: Config) -> Result<std::convert::Infallible, String> {
+/// Loads the catalog, binds, serves until SIGTERM or SIGINT.
+fn serve(config: Config) -> Result<(), String> {
     let catalog = load_catalog(&config)?;
     let sockets = config
         .listen
@@ -297,7 +298,9 @@ fn serve(config: Config) -> Result<std::convert::Infallible, String> {
             config.limits.max_block_size, config.limits.continuation_capacity
         );
     }
-    server.run()
+    server
+        .run()
+        .map_err(|e| format!("cannot install the signal handlers: {e}"))
 }
 
 /// Binds `addr`; an address not configured yet is waited for (bound with

@@ -173,11 +173,23 @@ impl Server {
         &self.service
     }
 
-    /// Serves until the process is stopped.
-    pub fn run(&mut self) -> ! {
+    /// Serves until SIGTERM or SIGINT (installed here: the handlers only
+    /// set flags), then logs the counters and returns.
+    ///
+    /// # Errors
+    /// When the signal handlers cannot be installed.
+    pub fn run(&mut self) -> io::Result<()> {
+        sockio::install_signal_flags()?;
         let mut last_report_ms = self.now_ms;
         let mut reported = self.stats;
         loop {
+            if sockio::terminating() {
+                info!("stopping on a signal; {}", StatsLine(&self.stats));
+                return Ok(());
+            }
+            if sockio::take_hangup() {
+                self.on_hangup();
+            }
             self.serve_one();
             // The time serve_one read for the datagram: no second clock
             // read per datagram.
@@ -189,6 +201,11 @@ impl Server {
                 last_report_ms = self.now_ms;
             }
         }
+    }
+
+    /// SIGHUP: what the catalog would do on a rescan.
+    fn on_hangup(&mut self) {
+        info!("SIGHUP: nothing to reload yet");
     }
 
     /// Receives one datagram (blocking, or until the socket's read timeout)
