@@ -407,3 +407,204 @@ pub fn find_image<'a>(images: &'a [TestImage], pid: &str) -> &'a TestImage {
         .find(|i| i.pid == pid)
         .unwrap_or_else(|| panic!("no test image {pid}"))
 }
+
+// ---------------------------------------------------------------------------
+// Network namespaces: a server namespace and a client namespace joined by
+// a veth pair, for what the loopback cannot show (multicast: `lo` carries
+// none on Linux; link-local zones; addresses added after start-up).
+
+/// Bound on one `ip` command or one short outside program.
+pub const NETNS_RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// The server namespace's end of the veth pair of a [`NetnsPair`].
+pub const SERVER_DEV: &str = "vs";
+/// The client namespace's end of the veth pair of a [`NetnsPair`].
+pub const CLIENT_DEV: &str = "vc";
+
+/// True when network namespaces can be made (root and `ip`). When they
+/// cannot: under CI (`CI=true`) the test fails; on a developer's machine
+/// it prints SKIPPED and the test returns.
+pub fn can_make_namespaces() -> bool {
+    let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
+    if !require_program("ip") {
+        return false;
+    }
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if uid != "0" {
+        assert!(!ci, "this test needs root under CI=true (uid {uid:?})");
+        eprintln!("SKIPPED: network namespaces need root");
+        return false;
+    }
+    true
+}
+
+/// Runs `ip ARGS`, bounded; the test fails when it does.
+pub fn ip(args: &[&str]) {
+    let output = run_bounded(Command::new("ip").args(args), NETNS_RUN_LIMIT);
+    assert!(
+        output.status.success(),
+        "ip {}: {}\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `program`, or `launcher` (e.g. `ip netns exec NS`) running it.
+pub fn launched(launcher: &[&str], program: &str) -> Command {
+    match launcher.split_first() {
+        Some((first, rest)) => {
+            let mut command = Command::new(first);
+            command.args(rest).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Two network namespaces, the server's and the client's, joined by a
+/// veth pair ([`SERVER_DEV`] in the first, [`CLIENT_DEV`] in the second),
+/// both deleted when dropped, also when the test panics. Names are unique
+/// per process and call, so tests can run in parallel.
+pub struct NetnsPair {
+    /// The server's namespace.
+    pub server: String,
+    /// The client's namespace.
+    pub client: String,
+}
+
+impl NetnsPair {
+    /// Makes the pair, with `server_addrs` on [`SERVER_DEV`] and
+    /// `client_addrs` on [`CLIENT_DEV`] (`ADDR/PREFIX`; IPv6 ones without
+    /// duplicate address detection), no automatic link-local address, and
+    /// both ends and both loopbacks up.
+    pub fn new(tag: &str, server_addrs: &[&str], client_addrs: &[&str]) -> NetnsPair {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let pair = NetnsPair {
+            server: format!("iotota-{tag}-{pid}-{n}-s"),
+            client: format!("iotota-{tag}-{pid}-{n}-c"),
+        };
+        for ns in [&pair.server, &pair.client] {
+            // A namespace left by an earlier run with the same pid goes first.
+            delete_netns(ns);
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&[
+            "link",
+            "add",
+            SERVER_DEV,
+            "netns",
+            &pair.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            CLIENT_DEV,
+            "netns",
+            &pair.client,
+        ]);
+        for (ns, dev, addrs) in [
+            (&pair.server, SERVER_DEV, server_addrs),
+            (&pair.client, CLIENT_DEV, client_addrs),
+        ] {
+            ip(&["-n", ns, "link", "set", dev, "addrgenmode", "none"]);
+            for addr in addrs {
+                pair.add_addr(ns, dev, addr);
+            }
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        for (ns, dev) in [(&pair.server, SERVER_DEV), (&pair.client, CLIENT_DEV)] {
+            wait_link_ready(ns, dev);
+        }
+        pair
+    }
+
+    /// Adds `addr` (`ADDR/PREFIX`) to `dev` in namespace `ns`.
+    pub fn add_addr(&self, ns: &str, dev: &str, addr: &str) {
+        let mut args = vec!["-n", ns, "addr", "add", addr, "dev", dev];
+        if addr.contains(':') {
+            args.push("nodad");
+        }
+        ip(&args);
+    }
+
+    /// `ip netns exec SERVER`, to put before a program.
+    pub fn in_server(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", self.server.as_str()]
+    }
+
+    /// `ip netns exec CLIENT`, to put before a program.
+    pub fn in_client(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", self.client.as_str()]
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        delete_netns(&self.server);
+        delete_netns(&self.client);
+    }
+}
+
+/// Waits (at most 10 s) until IPv6 has configured `dev` in `ns`: its
+/// multicast route `ff00::/8` appears only once the kernel saw the carrier
+/// (the link watch runs up to a second after "up"), and before it a
+/// datagram to a group fails with "Network is unreachable".
+fn wait_link_ready(ns: &str, dev: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = run_bounded(
+            Command::new("ip").args([
+                "-n", ns, "-6", "route", "show", "table", "local", "dev", dev,
+            ]),
+            NETNS_RUN_LIMIT,
+        );
+        if String::from_utf8_lossy(&output.stdout).contains("ff00::/8") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{dev} in {ns} got no IPv6 multicast route within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn delete_netns(name: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Every address the server logged a "listening on" line for, once
+/// `count` of them are there (at most `timeout`); the test fails before.
+pub fn listening_addrs(server: &TestServer, count: usize, timeout: Duration) -> Vec<SocketAddr> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let addrs: Vec<SocketAddr> = server
+            .log()
+            .lines()
+            .filter_map(|line| line.split("listening on ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect();
+        if addrs.len() >= count {
+            return addrs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server logged {} of {count} \"listening on\" lines within {timeout:?}; log:\n{}",
+            addrs.len(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
