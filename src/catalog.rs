@@ -26,6 +26,7 @@ use std::fmt;
 use std::fs::{self, DirEntry, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use coap_lite::link_format::{
     LinkFormatWrite, LINK_ATTR_CONTENT_FORMAT, LINK_ATTR_MAXIMUM_SIZE_ESTIMATE,
@@ -210,6 +211,9 @@ pub(crate) fn parse_image_name(name: &str) -> Result<ImageName, NameError> {
 }
 
 /// One firmware image, held whole in memory.
+///
+/// Cloning is cheap: the bytes are shared, not copied.
+#[derive(Clone)]
 pub struct Image {
     /// The file name (valid UTF-8 by construction: other names are skipped).
     pub file_name: String,
@@ -224,8 +228,10 @@ pub struct Image {
     pub id_hex: [u8; 8],
     /// Entity tag: `fnv1a64(bytes).to_be_bytes()`, derived from the content only.
     pub etag: [u8; 8],
-    /// The whole image; at most [`MAX_IMAGE_LEN`] bytes, possibly empty.
-    pub bytes: Vec<u8>,
+    /// The whole image; at most [`MAX_IMAGE_LEN`] bytes, possibly empty. Shared, so that a
+    /// catalog rebuilt from the same directory reuses an unchanged image without copying it,
+    /// while the catalog it replaces keeps its own reference until it is dropped.
+    pub bytes: Arc<Vec<u8>>,
 }
 
 impl Image {
@@ -249,7 +255,7 @@ impl Image {
             etag: fnv1a64(&bytes).to_be_bytes(),
             file_name,
             name,
-            bytes,
+            bytes: Arc::new(bytes),
         }
     }
 
@@ -1419,7 +1425,7 @@ mod tests {
         }
         assert_eq!(loaded, expected);
         let linked = report.catalog.newest(b"Linked", TYPE_APP).unwrap();
-        assert_eq!(linked.bytes, b"link");
+        assert_eq!(linked.bytes[..], b"link"[..]);
         assert!(report
             .catalog
             .newest(b"Empty", TYPE_APP)
