@@ -27,6 +27,7 @@ use std::fs::{self, DirEntry, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use coap_lite::link_format::{
     LinkFormatWrite, LINK_ATTR_CONTENT_FORMAT, LINK_ATTR_MAXIMUM_SIZE_ESTIMATE,
@@ -232,7 +233,15 @@ pub struct Image {
     /// catalog rebuilt from the same directory reuses an unchanged image without copying it,
     /// while the catalog it replaces keeps its own reference until it is dropped.
     pub bytes: Arc<Vec<u8>>,
+    /// The length and modification time the file had when it was opened to be read (the
+    /// target's, for a symbolic link); `None` for [`Catalog::from_files`], or where the file
+    /// system gives no modification time. A rescan reuses the image while the file still
+    /// shows the same stamp.
+    pub stamp: Option<Stamp>,
 }
+
+/// The length in bytes and the modification time of a file, from one `stat`.
+pub type Stamp = (u64, SystemTime);
 
 impl Image {
     /// The entity tag of the body `bytes[offset..]`: the content tag for
@@ -246,7 +255,7 @@ impl Image {
         body_etag(&self.etag, offset)
     }
 
-    fn new(file_name: String, name: ImageName, bytes: Vec<u8>) -> Image {
+    fn new(file_name: String, name: ImageName, bytes: Vec<u8>, stamp: Option<Stamp>) -> Image {
         let id = fnv1a32(file_name.as_bytes());
         Image {
             version: name.version(),
@@ -256,6 +265,7 @@ impl Image {
             file_name,
             name,
             bytes: Arc::new(bytes),
+            stamp,
         }
     }
 
@@ -279,6 +289,7 @@ impl fmt::Debug for Image {
                 &format_args!("{:016x}", u64::from_be_bytes(self.etag)),
             )
             .field("len", &self.bytes.len())
+            .field("stamp", &self.stamp)
             .finish()
     }
 }
@@ -547,6 +558,7 @@ struct Found {
     file_name: String,
     name: ImageName,
     bytes: Vec<u8>,
+    stamp: Option<Stamp>,
 }
 
 impl Catalog {
@@ -616,6 +628,7 @@ impl Catalog {
                         file_name,
                         name,
                         bytes,
+                        stamp: None,
                     });
                     continue;
                 }
@@ -636,7 +649,7 @@ impl Catalog {
         let mut by_id = HashMap::with_capacity_and_hasher(found.len(), FnvBuild::default());
         let mut by_version: HashMap<(&[u8], u8, u32), usize> = HashMap::new();
         for f in found {
-            let image = Image::new(f.file_name, f.name, f.bytes);
+            let image = Image::new(f.file_name, f.name, f.bytes, f.stamp);
             if let Some(&first) = by_id.get(&image.id) {
                 return Err(Error::DuplicateId {
                     first: file_name_at(&images, first),
@@ -827,10 +840,11 @@ fn scan_entry(entry: &DirEntry) -> Scan {
         Err(e) => return Scan::Skipped(SkipReason::BadName(e)),
     };
     match read_image(&entry.path()) {
-        Ok(bytes) => Scan::Found(Found {
+        Ok((bytes, stamp)) => Scan::Found(Found {
             file_name: file_name.to_owned(),
             name,
             bytes,
+            stamp,
         }),
         Err(reason) => Scan::Skipped(reason),
     }
@@ -844,7 +858,11 @@ fn io_reason(e: &io::Error) -> SkipReason {
 }
 
 /// Reads one regular file completely, or says why not. Never returns a partial image.
-fn read_image(path: &Path) -> Result<Vec<u8>, SkipReason> {
+///
+/// The stamp is the one the open file had before it was read: if the file changes while it
+/// is read without changing length, the stamp is already out of date, so a rescan reads the
+/// file again rather than keeping what may be a mix of two versions.
+fn read_image(path: &Path) -> Result<(Vec<u8>, Option<Stamp>), SkipReason> {
     // Follows symbolic links, and is checked before opening: opening a FIFO would block.
     let meta = fs::metadata(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound && fs::symlink_metadata(path).is_ok() {
@@ -859,6 +877,7 @@ fn read_image(path: &Path) -> Result<Vec<u8>, SkipReason> {
     let meta = file.metadata().map_err(|e| io_reason(&e))?;
     check_regular(&meta)?;
     let expected = meta.len();
+    let stamp = meta.modified().ok().map(|mtime| (expected, mtime));
     let capacity = usize::try_from(expected).map_err(|_| SkipReason::TooLarge(expected))?;
     let mut bytes = Vec::new();
     bytes
@@ -871,7 +890,7 @@ fn read_image(path: &Path) -> Result<Vec<u8>, SkipReason> {
     if bytes.len() as u64 != expected {
         return Err(SkipReason::ChangedWhileReading);
     }
-    Ok(bytes)
+    Ok((bytes, stamp))
 }
 
 fn check_regular(meta: &fs::Metadata) -> Result<(), SkipReason> {
@@ -1505,6 +1524,20 @@ mod tests {
             Scan::Found(_) => panic!("a vanished file was loaded"),
             Scan::Ignored => panic!("a vanished image was ignored, not reported"),
         }
+    }
+
+    #[test]
+    fn load_stamps_each_image_with_its_length_and_mtime() {
+        let dir = TempDir::new("catalog-test");
+        let path = dir.write("A_1_0_0_APP.fmu", b"abc");
+        let meta = fs::metadata(&path).unwrap();
+        let report = Catalog::load(dir.path()).unwrap();
+        let image = &report.catalog.images()[0];
+        assert_eq!(image.stamp, Some((3, meta.modified().unwrap())));
+        assert_eq!(
+            catalog(&[("A_1_0_0_APP.fmu", b"abc")]).images()[0].stamp,
+            None
+        );
     }
 
     #[test]
