@@ -863,6 +863,9 @@ impl Catalog {
             }
         }
 
+        out.skipped.sort_by(|a, b| a.file.cmp(&b.file));
+        out.pending.sort_by(|a, b| a.file.cmp(&b.file));
+
         // Images of self alone cannot collide: check only when there is something to read.
         if !to_read.is_empty() {
             let mut names: Vec<(&str, &ImageName)> = kept
@@ -895,6 +898,7 @@ impl Catalog {
                 }),
             }
         }
+        // Reads may have added to both.
         out.skipped.sort_by(|a, b| a.file.cmp(&b.file));
         out.pending.sort_by(|a, b| a.file.cmp(&b.file));
 
@@ -2245,6 +2249,18 @@ mod tests {
             ),
             other => panic!("expected DuplicateVersion, got {other:?}"),
         }
+        // What else the directory holds is still reported, sorted.
+        write_at(&dir, "Z_x_0_0_APP.fmu", b"bad", at(0));
+        write_at(&dir, "B_x_0_0_APP.fmu", b"bad", at(0));
+        write_at(&dir, "P_1_0_0_APP.fmu", b"soon", at(100));
+        let r = current.refresh(dir.path(), at(100), SETTLE);
+        assert!(r.next.is_none() && r.error.is_some());
+        let files: Vec<&str> = r.skipped.iter().map(|s| s.file.as_str()).collect();
+        assert_eq!(files, ["B_x_0_0_APP.fmu", "Z_x_0_0_APP.fmu"]);
+        assert_eq!(r.pending.len(), 1);
+        fs::remove_file(dir.path().join("Z_x_0_0_APP.fmu")).unwrap();
+        fs::remove_file(dir.path().join("B_x_0_0_APP.fmu")).unwrap();
+        fs::remove_file(dir.path().join("P_1_0_0_APP.fmu")).unwrap();
         // Once the operator removes one, the rest goes in.
         fs::remove_file(dir.path().join("M_1_0_0_3.fmu")).unwrap();
         let r = current.refresh(dir.path(), at(101), SETTLE);
