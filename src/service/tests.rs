@@ -116,7 +116,7 @@ impl Fx {
             .expect("image in catalog");
         Img {
             id: image.id_str().to_owned(),
-            bytes: image.bytes.clone(),
+            bytes: image.bytes.to_vec(),
             etag: image.etag,
         }
     }
