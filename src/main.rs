@@ -18,6 +18,10 @@ use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// How often the directory is scanned for new images by default.
+const DEFAULT_RESCAN_MS: u64 = 1000;
+/// How long a new or changed file must stay unchanged before it is served.
+const DEFAULT_SETTLE_MS: u64 = 200;
 /// RFC 7252 §4.8 DEFAULT_LEISURE.
 const DEFAULT_LEISURE_MS: u64 = 5000;
 /// Multicast answers held back at once; more are dropped.
@@ -38,6 +42,10 @@ struct Config {
     multicast: Vec<String>,
     /// RFC 7252 §8.2 Leisure, milliseconds.
     leisure_ms: u64,
+    /// Milliseconds between rescans of the directory; 0: none on a timer.
+    rescan_ms: u64,
+    /// Milliseconds a changed file must stay unchanged before it is served.
+    settle_ms: u64,
     limits: Limits,
     level: LevelFilter,
 }
@@ -68,6 +76,19 @@ fn options() -> Options {
         "",
         "leisure",
         "delay answers to multicast requests by up to MS, at random (default: 5000)",
+        "MS",
+    );
+    o.optopt(
+        "",
+        "rescan",
+        "look for new, replaced and removed images every MS; 0: only on SIGHUP and when a \
+         request misses (default: 1000)",
+        "MS",
+    );
+    o.optopt(
+        "",
+        "settle",
+        "serve a new or changed file once it has not changed for MS (default: 200)",
         "MS",
     );
     o.optopt(
@@ -102,7 +123,8 @@ fn options() -> Options {
 
 fn usage_text(o: &Options) -> String {
     let brief = "Usage: iot-ota-server [-d DIR] [-l ADDR]... [-b BYTES] [--peers N] [--rate-limit N] [--echo]\n\
-                 \x20                     [--multicast IFACE]... [--leisure MS] [--strict-bind] [-v]... [-q] [-h] [-V]\n\n\
+                 \x20                     [--multicast IFACE]... [--leisure MS] [--strict-bind] [--rescan MS] [--settle MS]\n\
+                 \x20                     [-v]... [-q] [-h] [-V]\n\n\
                  Serves the .fmu firmware images in DIR to devices over CoAP (RFC 7252, Block2 RFC 7959).\n\
                  RUST_LOG overrides the log level (e.g. RUST_LOG=debug).";
     o.usage(brief)
@@ -137,6 +159,8 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         .iter()
         .map(|text| parse_listen(text))
         .collect::<Result<Vec<_>, _>>()?;
+    let rescan_ms = milliseconds(&m, "rescan", DEFAULT_RESCAN_MS, 3_600_000)?;
+    let settle_ms = milliseconds(&m, "settle", DEFAULT_SETTLE_MS, 600_000)?;
     let leisure_ms = match m.opt_str("leisure") {
         None => DEFAULT_LEISURE_MS,
         Some(text) => text
@@ -185,9 +209,23 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         strict_bind: m.opt_present("strict-bind"),
         multicast: m.opt_strs("multicast"),
         leisure_ms,
+        rescan_ms,
+        settle_ms,
         limits,
         level,
     }))
+}
+
+/// The value of option `name` in milliseconds, at most `max`.
+fn milliseconds(m: &getopts::Matches, name: &str, default: u64, max: u64) -> Result<u64, String> {
+    match m.opt_str(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|ms| *ms <= max)
+            .ok_or_else(|| format!("invalid --{name} '{text}': use 0..{max} milliseconds")),
+    }
 }
 
 /// A listen address: `IP:PORT`, `[IPv6%ZONE]:PORT` (an interface name or
@@ -269,6 +307,9 @@ fn serve(config: Config) -> Result<(), String> {
             .add_socket(socket)
             .map_err(|e| format!("cannot serve several sockets: {e}"))?;
     }
+    server
+        .watch(config.dir.clone(), config.rescan_ms, config.settle_ms)
+        .map_err(|e| format!("cannot watch {}: {e}", config.dir.display()))?;
     if !interfaces.is_empty() {
         server
             .enable_multicast_answers(config.leisure_ms, LEISURE_QUEUE, leisure_seed())
@@ -283,6 +324,10 @@ fn serve(config: Config) -> Result<(), String> {
     }
     if !interfaces.is_empty() {
         extra.push_str(&format!(", multicast leisure {} ms", config.leisure_ms));
+    }
+    match config.rescan_ms {
+        0 => extra.push_str(", rescans on SIGHUP and misses"),
+        ms => extra.push_str(&format!(", rescans every {ms} ms")),
     }
     for addr in server.local_addrs() {
         // The address as Rust prints it (zone by index), so that scripts

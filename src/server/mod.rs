@@ -20,6 +20,7 @@
 //! multicast it blocks in `recvmsg`, as cheap as it gets.
 
 mod leisure;
+mod live;
 
 use crate::firmware::{self, VersionText};
 use crate::service::{
@@ -29,9 +30,12 @@ use crate::service::{
 use crate::sockio::{self, LocalDest, Received};
 use crate::wire::Message;
 use leisure::Leisure;
+use live::Live;
 use log::{debug, info, log_enabled, trace, warn, Level};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
 use std::time::Instant;
 
 /// How often the counters are logged (at info, when anything changed).
@@ -71,6 +75,10 @@ pub struct Stats {
     pub multicast_answers: u64,
     /// Answers to multicast requests dropped because the queue was full.
     pub multicast_dropped: u64,
+    /// Rescans of the firmware directory.
+    pub rescans: u64,
+    /// Rescans that changed the catalog.
+    pub catalog_changes: u64,
 }
 
 /// The server: socket, buffers, service and counters.
@@ -87,6 +95,8 @@ pub struct Server {
     now_ms: u64,
     /// Held-back answers to multicast requests.
     leisure: Leisure,
+    /// The firmware directory, when it is watched for changes.
+    live: Option<Live>,
 }
 
 impl Server {
@@ -110,7 +120,28 @@ impl Server {
             log_budget: LogBudget::default(),
             now_ms: 0,
             leisure: Leisure::off(),
+            live: None,
         }
+    }
+
+    /// Watches `dir` (the directory the catalog was loaded from): rescans
+    /// it every `rescan_ms` (0: only on SIGHUP and when a request misses)
+    /// and admits a changed file once it has not changed for `settle_ms`.
+    /// A single socket gets a read timeout of `rescan_ms`, so that the
+    /// blocking receive wakes for the timer.
+    ///
+    /// # Errors
+    /// As `set_read_timeout`.
+    pub fn watch(&mut self, dir: PathBuf, rescan_ms: u64, settle_ms: u64) -> io::Result<()> {
+        let live = Live::new(dir, rescan_ms, settle_ms, self.clock_ms());
+        if rescan_ms > 0 {
+            let timeout = Some(Duration::from_millis(rescan_ms));
+            self.sockets
+                .iter()
+                .try_for_each(|s| s.set_read_timeout(timeout))?;
+        }
+        self.live = Some(live);
+        Ok(())
     }
 
     /// Serves `socket` too (a repeated `-l`). The loop then waits on all
@@ -203,23 +234,42 @@ impl Server {
         }
     }
 
-    /// SIGHUP: what the catalog would do on a rescan.
+    /// SIGHUP: rescan now.
     fn on_hangup(&mut self) {
-        info!("SIGHUP: nothing to reload yet");
+        match self.live.as_mut() {
+            Some(live) => {
+                self.stats.rescans += 1;
+                if live.rescan(&mut self.service, "SIGHUP") {
+                    self.stats.catalog_changes += 1;
+                }
+            }
+            None => info!("SIGHUP: the directory is not watched (--rescan is off)"),
+        }
     }
 
     /// Receives one datagram (blocking, or until the socket's read timeout)
     /// and answers it, after sending the held-back multicast answers that
     /// are due. Never fails: errors are counted and logged at debug.
     pub fn serve_one(&mut self) {
+        if let Some(live) = self.live.as_mut() {
+            let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if live.next_due_ms().is_some_and(|due| now >= due) {
+                self.stats.rescans += 1;
+                if live.on_timer(&mut self.service, now) {
+                    self.stats.catalog_changes += 1;
+                }
+            }
+        }
         let index = if self.sockets.len() == 1 && !self.leisure.is_on() {
             0
         } else {
             self.send_due_answers();
             let now = self.clock_ms();
-            let timeout = self
-                .leisure
-                .next_due_ms()
+            let rescan_due = self.live.as_ref().and_then(Live::next_due_ms);
+            let timeout = [self.leisure.next_due_ms(), rescan_due]
+                .into_iter()
+                .flatten()
+                .min()
                 .map(|due| due.saturating_sub(now));
             match sockio::wait_readable(&self.sockets, timeout) {
                 Some(index) => index,
@@ -244,10 +294,29 @@ impl Server {
             log_request(from, datagram);
         }
         let arrival = arrival(dest);
-        match self
-            .service
-            .handle_arrival(peer(from), arrival, self.now_ms, datagram, &mut self.tx)
-        {
+        let mut action =
+            self.service
+                .handle_arrival(peer(from), arrival, self.now_ms, datagram, &mut self.tx);
+        if missed(&action) {
+            if let Some(live) = self.live.as_mut() {
+                if live.may_rescan_on_miss(self.now_ms) {
+                    // The image asked for may have been published since
+                    // the last scan: look, and answer from what is there.
+                    self.stats.rescans += 1;
+                    if live.rescan(&mut self.service, "a request missed") {
+                        self.stats.catalog_changes += 1;
+                    }
+                    action = self.service.handle_arrival(
+                        peer(from),
+                        arrival,
+                        self.now_ms,
+                        datagram,
+                        &mut self.tx,
+                    );
+                }
+            }
+        }
+        match action {
             Action::Reply { len, outcome } => {
                 self.stats.count(&outcome);
                 if let Outcome::Block(t) = &outcome {
@@ -346,6 +415,19 @@ fn send(
             debug!("{} send failed (ignored): {e}", Shown(to));
         }
     }
+}
+
+/// A request that found nothing: no image with its id, no newer image. A
+/// live catalog rescans before answering it.
+fn missed(action: &Action<'_>) -> bool {
+    matches!(
+        action,
+        Action::Reply {
+            outcome: Outcome::Error(coap_lite::ResponseType::NotFound)
+                | Outcome::Reset(ResetReason::NoUpdate),
+            ..
+        }
+    )
 }
 
 /// What the service needs of where a datagram arrived.
@@ -540,8 +622,8 @@ impl std::fmt::Display for StatsLine<'_> {
         let s = self.0;
         write!(
             f,
-            "stats: received {} sent {} blocks {} content {} errors {} resets {} dropped malformed {} other {} receive errors {} send errors {} log lines suppressed {} multicast answers {} dropped {}",
-            s.received, s.sent, s.blocks, s.content, s.errors, s.resets, s.dropped_malformed, s.dropped_other, s.receive_errors, s.send_errors, s.suppressed_log_lines, s.multicast_answers, s.multicast_dropped
+            "stats: received {} sent {} blocks {} content {} errors {} resets {} dropped malformed {} other {} receive errors {} send errors {} log lines suppressed {} multicast answers {} dropped {} rescans {} catalog changes {}",
+            s.received, s.sent, s.blocks, s.content, s.errors, s.resets, s.dropped_malformed, s.dropped_other, s.receive_errors, s.send_errors, s.suppressed_log_lines, s.multicast_answers, s.multicast_dropped, s.rescans, s.catalog_changes
         )
     }
 }

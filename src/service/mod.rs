@@ -260,6 +260,10 @@ pub enum Dropped {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Failure {
     Error(ResponseType, Diagnostic),
+    /// 5.03 with Max-Age: the image exists but is still being written.
+    Unavailable {
+        max_age: u32,
+    },
     NoUpdate,
     Ignore(Dropped),
     Overflow,
@@ -334,6 +338,14 @@ impl Service {
                 keys.echo,
             ),
         }
+    }
+
+    /// Serves `catalog` from the next request on, and returns the one it
+    /// replaces. Per-peer state names images by id, so a transfer of an
+    /// image that is still there continues; one of a replaced image gets
+    /// the new content under its new ETag, which a client sees.
+    pub fn replace_catalog(&mut self, catalog: Catalog) -> Catalog {
+        std::mem::replace(&mut self.catalog, catalog)
     }
 
     /// The catalog served.
@@ -451,6 +463,10 @@ impl Service {
             Err(Failure::Ignore(reason)) => return Action::Drop(reason),
             Err(Failure::Error(code, diagnostic)) => match ctx.error(code, diagnostic, out) {
                 Ok(len) => (len, Outcome::Error(code)),
+                Err(_) => return Action::Drop(Dropped::Overflow),
+            },
+            Err(Failure::Unavailable { max_age }) => match ctx.unavailable(max_age, out) {
+                Ok(len) => (len, Outcome::Error(ResponseType::ServiceUnavailable)),
                 Err(_) => return Action::Drop(Dropped::Overflow),
             },
             Err(Failure::Overflow) => return Action::Drop(Dropped::Overflow),

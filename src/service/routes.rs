@@ -209,10 +209,13 @@ impl<'s> Ctx<'s, '_, '_> {
                 ))
             }
         };
-        let image = self
-            .catalog
-            .by_id_hex(id)
-            .ok_or(error(ResponseType::NotFound, "no image with this id"))?;
+        let Some(image) = self.catalog.by_id_hex(id) else {
+            // A file being published whose bytes have not settled yet.
+            return Err(match self.catalog.pending_retry(id) {
+                Some(max_age) => Failure::Unavailable { max_age },
+                None => error(ResponseType::NotFound, "no image with this id"),
+            });
+        };
         let continuing = self.continuing();
         let (offset, remembered) = match named {
             Named::Query(offset) | Named::Payload(offset) => (offset, false),
@@ -393,6 +396,17 @@ impl<'s> Ctx<'s, '_, '_> {
         out: &mut [u8],
     ) -> Result<usize, Failure> {
         Ok(write_diagnostic(self.emitter(code, out)?, diagnostic)?)
+    }
+
+    /// 5.03 Service Unavailable with Max-Age (RFC 7252 §5.9.3.4): try again
+    /// in `max_age` seconds.
+    pub(super) fn unavailable(&self, max_age: u32, out: &mut [u8]) -> Result<usize, Failure> {
+        let mut e = self.emitter(ResponseType::ServiceUnavailable, out)?;
+        e.option_uint(CoapOption::MaxAge.into(), max_age)?;
+        Ok(write_diagnostic(
+            e,
+            Diagnostic::Text("the image is still being written: retry after Max-Age"),
+        )?)
     }
 }
 

@@ -1,0 +1,121 @@
+//! The live catalog: the firmware directory is scanned again on a timer,
+//! on SIGHUP and when a request misses, and a changed snapshot replaces
+//! the served one between two datagrams (`Catalog::refresh` does the
+//! reading and decides what changed; this module decides when, and logs).
+
+use crate::service::Service;
+use log::{debug, info, warn};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// A request that missed (no image with this id, no newer image) rescans
+/// at once, at most this often: publish-then-notify works on the first
+/// request, and a device polling for updates cannot make the server scan
+/// its directory in a loop.
+const MISS_RESCAN_INTERVAL_MS: u64 = 250;
+
+/// When and where to rescan, and what was last reported.
+#[derive(Debug)]
+pub(super) struct Live {
+    dir: PathBuf,
+    /// Milliseconds between timed rescans; 0: only SIGHUP and misses.
+    period_ms: u64,
+    settle: Duration,
+    /// Loop time of the next timed rescan.
+    next_due_ms: u64,
+    /// Loop time of the last rescan caused by a miss.
+    last_miss_ms: Option<u64>,
+    /// The last collision or listing error, logged once until it changes.
+    last_problem: Option<String>,
+}
+
+impl Live {
+    /// Watches `dir`, rescanning every `period_ms` (0: never on a timer) and
+    /// admitting a changed file once it has not changed for `settle_ms`.
+    pub(super) fn new(dir: PathBuf, period_ms: u64, settle_ms: u64, now_ms: u64) -> Live {
+        Live {
+            dir,
+            period_ms,
+            settle: Duration::from_millis(settle_ms),
+            next_due_ms: now_ms.saturating_add(period_ms),
+            last_miss_ms: None,
+            last_problem: None,
+        }
+    }
+
+    /// When the next timed rescan is due, if there are timed rescans.
+    pub(super) fn next_due_ms(&self) -> Option<u64> {
+        (self.period_ms > 0).then_some(self.next_due_ms)
+    }
+
+    /// Rescans when the timer is due; true when the catalog changed.
+    pub(super) fn on_timer(&mut self, service: &mut Service, now_ms: u64) -> bool {
+        if self.period_ms == 0 || now_ms < self.next_due_ms {
+            return false;
+        }
+        self.next_due_ms = now_ms.saturating_add(self.period_ms);
+        self.rescan(service, "timer")
+    }
+
+    /// Whether a request that missed may rescan now (and notes that it
+    /// does).
+    pub(super) fn may_rescan_on_miss(&mut self, now_ms: u64) -> bool {
+        let allowed = self.last_miss_ms.map_or(true, |last| {
+            now_ms.saturating_sub(last) >= MISS_RESCAN_INTERVAL_MS
+        });
+        if allowed {
+            self.last_miss_ms = Some(now_ms);
+        }
+        allowed
+    }
+
+    /// Scans the directory and swaps a changed snapshot in; true when the
+    /// catalog changed. Logs one line per added, replaced and removed
+    /// image, each skipped file once (a snapshot is only built when the
+    /// set of skipped files changed), and a collision once until it
+    /// changes: the last good snapshot keeps serving.
+    pub(super) fn rescan(&mut self, service: &mut Service, why: &str) -> bool {
+        let refresh = service
+            .catalog()
+            .refresh(&self.dir, SystemTime::now(), self.settle);
+        match &refresh.error {
+            Some(error) => {
+                let problem = error.to_string();
+                if self.last_problem.as_deref() != Some(problem.as_str()) {
+                    warn!(
+                        "rescan of {}: {problem}; the last good catalog keeps serving",
+                        self.dir.display()
+                    );
+                    self.last_problem = Some(problem);
+                }
+            }
+            None => {
+                if self.last_problem.take().is_some() {
+                    info!("rescan of {}: the problem is gone", self.dir.display());
+                }
+            }
+        }
+        let Some(next) = refresh.next else {
+            return false;
+        };
+        for name in &refresh.added {
+            info!("published {name}");
+        }
+        for name in &refresh.replaced {
+            info!("replaced {name}");
+        }
+        for name in &refresh.removed {
+            info!("removed {name}");
+        }
+        for skipped in &refresh.skipped {
+            warn!("skipped {}: {}", skipped.file, skipped.reason);
+        }
+        for pending in &refresh.pending {
+            debug!("{pending}");
+        }
+        let images = next.images().len();
+        service.replace_catalog(next);
+        info!("catalog ({why}): {images} images");
+        true
+    }
+}
