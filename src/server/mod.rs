@@ -251,15 +251,6 @@ impl Server {
     /// and answers it, after sending the held-back multicast answers that
     /// are due. Never fails: errors are counted and logged at debug.
     pub fn serve_one(&mut self) {
-        if let Some(live) = self.live.as_mut() {
-            let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            if live.next_due_ms().is_some_and(|due| now >= due) {
-                self.stats.rescans += 1;
-                if live.on_timer(&mut self.service, now) {
-                    self.stats.catalog_changes += 1;
-                }
-            }
-        }
         let index = if self.sockets.len() == 1 && !self.leisure.is_on() {
             0
         } else {
@@ -273,19 +264,22 @@ impl Server {
                 .map(|due| due.saturating_sub(now));
             match sockio::wait_readable(&self.sockets, timeout) {
                 Some(index) => index,
-                None => return,
+                None => return self.on_timers(self.clock_ms()),
             }
         };
+        let received = self.receive(index);
+        // One clock read per datagram, shared by the timers and the service.
+        self.now_ms = self.clock_ms();
+        self.on_timers(self.now_ms);
         let Some(Received {
             len,
             from,
             dest,
             truncated,
-        }) = self.receive(index)
+        }) = received
         else {
             return;
         };
-        self.now_ms = self.clock_ms();
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         if truncated {
             trace!("{} datagram cut at {len} bytes", Shown(from));
@@ -336,6 +330,18 @@ impl Server {
             Action::Drop(reason) => {
                 self.stats.count_drop(reason);
                 trace!("{} dropped: {reason:?}", Shown(from));
+            }
+        }
+    }
+
+    /// Rescans the directory when its timer is due.
+    fn on_timers(&mut self, now_ms: u64) {
+        if let Some(live) = self.live.as_mut() {
+            if live.next_due_ms().is_some_and(|due| now_ms >= due) {
+                self.stats.rescans += 1;
+                if live.on_timer(&mut self.service, now_ms) {
+                    self.stats.catalog_changes += 1;
+                }
             }
         }
     }
@@ -397,6 +403,7 @@ fn enable_pktinfo(socket: &UdpSocket) {
 
 /// Sends `reply` to `to` from socket `index`, from the address the request
 /// arrived at; a failure is counted and the loop goes on.
+#[inline]
 fn send(
     sockets: &[UdpSocket],
     index: usize,

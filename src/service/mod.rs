@@ -378,6 +378,7 @@ impl Service {
     /// for the ones that have what was asked for. The caller sends a
     /// multicast answer after a random delay within the Leisure period
     /// (§8.2), from a unicast address of the interface it arrived on.
+    #[inline]
     pub fn handle_arrival(
         &mut self,
         peer: Peer,

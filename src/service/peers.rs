@@ -57,23 +57,28 @@ pub(crate) struct PeerState {
 
 /// The request being answered, as the per-peer records know it.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct RequestId {
+pub(crate) struct RequestId<'d> {
     /// Its Message ID.
     pub(crate) mid: u16,
     /// Confirmable: only those have duplicates to recognise.
     pub(crate) confirmable: bool,
-    /// See [`fingerprint`].
-    pub(crate) fingerprint: u32,
+    /// Its bytes, hashed into a [`fingerprint`] only when a record needs
+    /// one: most blocks of a download never do.
+    datagram: &'d [u8],
 }
 
-impl RequestId {
+impl RequestId<'_> {
     /// The identity of `datagram` with Message ID `mid`.
-    pub(crate) fn new(mid: u16, confirmable: bool, datagram: &[u8]) -> RequestId {
+    pub(crate) fn new(mid: u16, confirmable: bool, datagram: &[u8]) -> RequestId<'_> {
         RequestId {
             mid,
             confirmable,
-            fingerprint: fingerprint(datagram),
+            datagram,
         }
+    }
+
+    fn fingerprint(&self) -> u32 {
+        fingerprint(self.datagram)
     }
 }
 
@@ -139,7 +144,12 @@ impl Peers {
     }
 
     /// A view of `peer`'s state for one request.
-    pub(crate) fn pending(&self, peer: Peer, now_ms: u64, request: RequestId) -> Pending<'_> {
+    pub(crate) fn pending<'d>(
+        &self,
+        peer: Peer,
+        now_ms: u64,
+        request: RequestId<'d>,
+    ) -> Pending<'_, 'd> {
         Pending {
             peers: self,
             peer,
@@ -161,15 +171,15 @@ impl Peers {
 
 /// One request's reads and writes of its peer's state; see [`Peers`].
 #[derive(Debug)]
-pub(crate) struct Pending<'t> {
+pub(crate) struct Pending<'t, 'd> {
     peers: &'t Peers,
     peer: Peer,
     now_ms: u64,
-    request: RequestId,
+    request: RequestId<'d>,
     write: Option<PeerState>,
 }
 
-impl Pending<'_> {
+impl Pending<'_, '_> {
     /// The state as this request has changed it so far.
     fn current(&self) -> Option<PeerState> {
         self.write
@@ -193,7 +203,7 @@ impl Pending<'_> {
             .filter(|last| {
                 request.confirmable
                     && last.mid == request.mid
-                    && last.fingerprint == request.fingerprint
+                    && last.fingerprint == request.fingerprint()
             })
             .map(|last| last.entry);
         let entry = repeated
@@ -202,7 +212,7 @@ impl Pending<'_> {
         if request.confirmable {
             state.last_continuation = Some(Exchange {
                 mid: request.mid,
-                fingerprint: request.fingerprint,
+                fingerprint: request.fingerprint(),
                 entry,
             });
         }
@@ -223,7 +233,7 @@ impl Pending<'_> {
             return;
         }
         if self.request.confirmable {
-            let this = Some((self.request.mid, self.request.fingerprint));
+            let this = Some((self.request.mid, self.request.fingerprint()));
             if state.starts.contains(&this) {
                 return;
             }
@@ -265,15 +275,15 @@ mod tests {
         Peer { ip: [0; 16], port }
     }
 
-    fn con(mid: u16, bytes: &[u8]) -> RequestId {
+    fn con(mid: u16, bytes: &[u8]) -> RequestId<'_> {
         RequestId::new(mid, true, bytes)
     }
 
     /// Runs `f` on a pending view for `request` and commits its writes.
     fn with(
         p: &mut Peers,
-        request: RequestId,
-        f: impl FnOnce(&mut Pending<'_>) -> Option<Continuation>,
+        request: RequestId<'_>,
+        f: impl FnOnce(&mut Pending<'_, '_>) -> Option<Continuation>,
     ) -> Option<Continuation> {
         let mut pending = p.pending(peer(1), T0, request);
         let result = f(&mut pending);

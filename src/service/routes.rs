@@ -40,7 +40,7 @@ pub(super) struct Ctx<'s, 't, 'm> {
     /// The server's largest block size.
     pub(super) server_szx: u8,
     /// The peer's state, read and changed for this request.
-    pub(super) peer_state: Pending<'t>,
+    pub(super) peer_state: Pending<'t, 'm>,
     /// The request.
     pub(super) msg: &'m Message<'m>,
     /// How the reply is addressed.
