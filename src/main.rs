@@ -283,6 +283,10 @@ fn main() -> ExitCode {
 
 /// Loads the catalog, binds, serves until SIGTERM or SIGINT.
 fn serve(config: Config) -> Result<(), String> {
+    // Before the catalog is read (many images take a while): a SIGHUP
+    // from a service manager must not end a server that is starting.
+    server::install_signal_handlers()
+        .map_err(|e| format!("cannot install the signal handlers: {e}"))?;
     let catalog = load_catalog(&config)?;
     let sockets = config
         .listen

@@ -391,6 +391,17 @@ impl Server {
     }
 }
 
+/// Installs the SIGHUP, SIGTERM and SIGINT handlers (they only set flags
+/// the loop reads). [`Server::run`] does it too; a caller may do it
+/// earlier, so that a SIGHUP during a slow start-up does not end the
+/// process.
+///
+/// # Errors
+/// As `sigaction`.
+pub fn install_signal_handlers() -> io::Result<()> {
+    sockio::install_signal_flags()
+}
+
 /// Asks the kernel for each datagram's destination address, so that
 /// replies leave from it; where it refuses, warns: replies then leave as
 /// `send_to` sends them (right on a socket bound to one address, maybe not
