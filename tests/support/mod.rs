@@ -608,3 +608,39 @@ pub fn listening_addrs(server: &TestServer, count: usize, timeout: Duration) -> 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Signals and exit status of a server process (tests/live_catalog.rs).
+
+impl TestServer {
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the server process; the
+    /// test fails when it cannot.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill has no memory effects; the pid is our own child's,
+        // not reaped yet (the Child is still held), so it names no other
+        // process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits up to `timeout` for the process to exit and returns its
+    /// status; `None` when it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
