@@ -16,7 +16,7 @@
 //!
 //! With several listen sockets, or with multicast on, the loop waits on
 //! all sockets at once (`poll`) with a timeout that is the next held-back
-//! multicast answer's due time ([`leisure`]); with one socket and no
+//! multicast answer's due time (`leisure`); with one socket and no
 //! multicast it blocks in `recvmsg`, as cheap as it gets.
 
 mod leisure;
