@@ -16,9 +16,10 @@
 use std::net::IpAddr;
 use std::time::Duration;
 use support::{
-    can_make_namespaces, client_socket, device_payload, exchange, launched, listening_addrs,
-    require_program, run_bounded, spawn_server, spawn_server_via, write_images, NetnsPair, TempDir,
-    TestImage, CLIENT_BIN, CLIENT_DEV, NETNS_RUN_LIMIT, SERVER_BIN, SERVER_DEV,
+    can_make_namespaces, client_gets_the_listing, client_socket, device_payload, exchange,
+    launched, listening_addrs, require_program, run_bounded, spawn_server, spawn_server_via,
+    write_images, NetnsPair, TempDir, TestImage, TestServer, CLIENT_DEV, NETNS_RUN_LIMIT,
+    SERVER_BIN, SERVER_DEV,
 };
 
 mod support;
@@ -192,7 +193,8 @@ fn namespace_tools() -> bool {
 }
 
 /// A link with the usual addresses: link-local and ULA on both ends, and
-/// IPv4 when `ipv4`.
+/// IPv4 when `ipv4` (with a route for IPv4 multicast out of the client's
+/// end).
 fn link(tag: &str, ipv4: bool) -> NetnsPair {
     let mut server = vec!["fe80::1/64", "fd00:1::1/64"];
     let mut client = vec!["fe80::2/64", "fd00:1::2/64"];
@@ -200,7 +202,19 @@ fn link(tag: &str, ipv4: bool) -> NetnsPair {
         server.push("192.0.2.1/24");
         client.push("192.0.2.2/24");
     }
-    NetnsPair::new(tag, &server, &client)
+    let pair = NetnsPair::new(tag, &server, &client);
+    if ipv4 {
+        support::ip(&[
+            "-n",
+            &pair.client,
+            "route",
+            "add",
+            "224.0.0.0/4",
+            "dev",
+            CLIENT_DEV,
+        ]);
+    }
+    pair
 }
 
 /// An updates directory with one image of 3000 bytes.
@@ -247,12 +261,54 @@ fn multicast_server(pair: &NetnsPair, dir: &TempDir) -> support::TestServer {
         "[::]:5683",
         &["--multicast", SERVER_DEV, "--leisure", &leisure, "-v"],
     );
+    expect_log(&server, "joined ff02::fd, ff05::fd");
+    server
+}
+
+/// Our client in the client namespace gets the listing from
+/// `server_addr`, naming the image of [`updates`].
+fn our_client_gets_the_listing(pair: &NetnsPair, server_addr: &str, server: &TestServer) {
+    client_gets_the_listing(
+        &pair.in_client(),
+        server_addr,
+        300,
+        "OTA-BR-MOTE_1_0_1_APP.fmu",
+        server,
+    );
+}
+
+/// The set-up of the multicast tests: a [`link`], an [`updates`] directory
+/// and the [`multicast_server`] on them; `None` (skip-or-fail) without the
+/// namespace tools.
+fn multicast_setup(tag: &str, ipv4: bool) -> Option<(NetnsPair, TempDir, TestImage, TestServer)> {
+    if !namespace_tools() {
+        return None;
+    }
+    let pair = link(tag, ipv4);
+    let (dir, image) = updates(tag);
+    let server = multicast_server(&pair, &dir);
+    Some((pair, dir, image, server))
+}
+
+/// Waits (at most 5 s) for `needle` in the server's log; the test fails
+/// without, showing the log.
+fn expect_log(server: &TestServer, needle: &str) {
     assert!(
-        server.wait_for_log("joined ff02::fd, ff05::fd", Duration::from_secs(5)),
-        "{}",
+        server.wait_for_log(needle, Duration::from_secs(5)),
+        "no {needle:?} in the log within 5 s; log:\n{}",
         server.log()
     );
-    server
+}
+
+/// Asserts `replies` is one 2.05 answer, from `from`.
+fn assert_one_content_from(replies: &[Reply], from: &str, server: &TestServer) {
+    assert!(
+        replies.len() == 1
+            && replies[0].code == 0x45
+            && replies[0].from == from.parse::<IpAddr>().unwrap(),
+        "{replies:#?}\nlog:\n{}",
+        server.log()
+    );
 }
 
 /// `[ff02::fd%vc]`, the link-local All-CoAP-Nodes group seen from the
@@ -266,12 +322,9 @@ fn group() -> String {
 
 #[test]
 fn multicast_discovery_is_answered_by_unicast_after_a_delay_within_leisure() {
-    if !namespace_tools() {
+    let Some((pair, _dir, image, server)) = multicast_setup("mcdisc", false) else {
         return;
-    }
-    let pair = link("mcdisc", false);
-    let (dir, image) = updates("mcdisc");
-    let server = multicast_server(&pair, &dir);
+    };
     let requests: Vec<Vec<u8>> = (0..5).map(|i| non_discovery(0x7100 + i)).collect();
     let replies = probe(&pair, &group(), LEISURE_MS + MARGIN_MS + 1500, &requests);
     let log = server.log();
@@ -319,12 +372,9 @@ fn multicast_discovery_is_answered_by_unicast_after_a_delay_within_leisure() {
 
 #[test]
 fn multicast_gets_no_rst_no_error_no_empty_answer_and_con_is_dropped() {
-    if !namespace_tools() {
+    let Some((pair, _dir, image, server)) = multicast_setup("mcquiet", false) else {
         return;
-    }
-    let pair = link("mcquiet", false);
-    let (dir, image) = updates("mcquiet");
-    let server = multicast_server(&pair, &dir);
+    };
     // The group is joined and answers what is useful: the silence below
     // is not just a deaf server.
     let control = probe(&pair, &group(), SILENCE_MS, &[non_discovery(0x7200)]);
@@ -390,12 +440,12 @@ fn multicast_gets_no_rst_no_error_no_empty_answer_and_con_is_dropped() {
 
 #[test]
 fn libcoap_discovers_by_multicast_and_downloads_over_link_local_and_ula() {
-    if !namespace_tools() || !require_program("coap-client-notls") {
+    if !require_program("coap-client-notls") {
         return;
     }
-    let pair = link("mclibcoap", false);
-    let (dir, image) = updates("mclibcoap");
-    let server = multicast_server(&pair, &dir);
+    let Some((pair, _dir, image, server)) = multicast_setup("mclibcoap", false) else {
+        return;
+    };
     let output = run_bounded(
         launched(&pair.in_client(), "coap-client-notls").args([
             "-N",
@@ -446,21 +496,9 @@ fn libcoap_discovers_by_multicast_and_downloads_over_link_local_and_ula() {
 
 #[test]
 fn ipv4_multicast_group_is_joined_when_the_interface_has_ipv4() {
-    if !namespace_tools() {
+    let Some((pair, _dir, _image, server)) = multicast_setup("mcv4", true) else {
         return;
-    }
-    let pair = link("mcv4", true);
-    support::ip(&[
-        "-n",
-        &pair.client,
-        "route",
-        "add",
-        "224.0.0.0/4",
-        "dev",
-        CLIENT_DEV,
-    ]);
-    let (dir, _image) = updates("mcv4");
-    let server = multicast_server(&pair, &dir);
+    };
     assert!(
         server.log().contains(&format!(
             "joined ff02::fd, ff05::fd, 224.0.1.187 on {SERVER_DEV}"
@@ -469,23 +507,14 @@ fn ipv4_multicast_group_is_joined_when_the_interface_has_ipv4() {
         server.log()
     );
     let replies = probe(&pair, "224.0.1.187", SILENCE_MS, &[non_discovery(0x7300)]);
-    assert!(
-        replies.len() == 1
-            && replies[0].code == 0x45
-            && replies[0].from == SERVER_V4.parse::<IpAddr>().unwrap(),
-        "{replies:#?}\nlog:\n{}",
-        server.log()
-    );
+    assert_one_content_from(&replies, SERVER_V4, &server);
 }
 
 #[test]
 fn server_starts_on_an_interface_without_ipv4() {
-    if !namespace_tools() {
+    let Some((pair, _dir, _image, server)) = multicast_setup("mcv6only", false) else {
         return;
-    }
-    let pair = link("mcv6only", false);
-    let (dir, _image) = updates("mcv6only");
-    let server = multicast_server(&pair, &dir);
+    };
     let log = server.log();
     let joined: Vec<&str> = log.lines().filter(|l| l.contains("joined")).collect();
     assert!(
@@ -495,13 +524,7 @@ fn server_starts_on_an_interface_without_ipv4() {
     );
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
     let replies = probe(&pair, &group(), SILENCE_MS, &[non_discovery(0x7400)]);
-    assert!(
-        replies.len() == 1
-            && replies[0].code == 0x45
-            && replies[0].from == SERVER_LL.parse::<IpAddr>().unwrap(),
-        "{replies:#?}\nlog:\n{}",
-        server.log()
-    );
+    assert_one_content_from(&replies, SERVER_LL, &server);
 }
 
 // ---------------------------------------------------------------------------
@@ -516,35 +539,14 @@ fn boot_race_listen_address_added_later_is_served() {
     let (dir, _image) = updates("bootrace");
     let server = spawn_server_via(&pair.in_server(), dir.path(), "[fd00:2::1]:5683", &[]);
     let mut server = server;
-    assert!(
-        server.wait_for_log(
-            "[fd00:2::1]:5683 is not configured on any interface yet: waiting for it",
-            Duration::from_secs(5)
-        ),
-        "{}",
-        server.log()
+    expect_log(
+        &server,
+        "[fd00:2::1]:5683 is not configured on any interface yet: waiting for it",
     );
     std::thread::sleep(Duration::from_secs(1));
     assert!(server.is_running(), "exited:\n{}", server.log());
     pair.add_addr(&pair.server, SERVER_DEV, "fd00:2::1/64");
-    let output = run_bounded(
-        launched(&pair.in_client(), CLIENT_BIN).args([
-            "[fd00:2::1]:5683",
-            "--get",
-            "/.well-known/core",
-            "--timeout-ms",
-            "300",
-        ]),
-        NETNS_RUN_LIMIT,
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("OTA-BR-MOTE_1_0_1_APP.fmu"),
-        "{}\nstdout: {stdout}\nstderr: {}\nlog:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        server.log()
-    );
+    our_client_gets_the_listing(&pair, "[fd00:2::1]:5683", &server);
     drop(server);
     // --strict-bind: exit 1 at once, naming the address.
     let output = run_bounded(
@@ -601,29 +603,8 @@ fn listen_with_a_zone_by_interface_name() {
         &format!("[{SERVER_LL}%{SERVER_DEV}]:5683"),
         &[],
     );
-    assert!(
-        server.wait_for_log(&format!("(on {SERVER_DEV}, "), Duration::from_secs(5)),
-        "{}",
-        server.log()
-    );
-    let output = run_bounded(
-        launched(&pair.in_client(), CLIENT_BIN).args([
-            &format!("[{SERVER_LL}%{CLIENT_DEV}]:5683"),
-            "--get",
-            "/.well-known/core",
-            "--timeout-ms",
-            "300",
-        ]),
-        NETNS_RUN_LIMIT,
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("OTA-BR-MOTE_1_0_1_APP.fmu"),
-        "{}\nstdout: {stdout}\nstderr: {}\nlog:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        server.log()
-    );
+    expect_log(&server, &format!("(on {SERVER_DEV}, "));
+    our_client_gets_the_listing(&pair, &format!("[{SERVER_LL}%{CLIENT_DEV}]:5683"), &server);
     // And the raw datagram from the test's own probe: the reply comes from
     // the link-local address asked.
     let replies = probe(
@@ -632,10 +613,5 @@ fn listen_with_a_zone_by_interface_name() {
         1500,
         &[non_discovery(0x7600)],
     );
-    assert!(
-        replies.len() == 1
-            && replies[0].code == 0x45
-            && replies[0].from == SERVER_LL.parse::<IpAddr>().unwrap(),
-        "{replies:#?}"
-    );
+    assert_one_content_from(&replies, SERVER_LL, &server);
 }

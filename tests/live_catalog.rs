@@ -155,12 +155,7 @@ impl Client {
         if reply.is(ResponseType::NotFound) {
             return None;
         }
-        assert!(
-            reply.is(ResponseType::Content),
-            "lookup for {pid}: {} {:?}",
-            reply.code,
-            String::from_utf8_lossy(&reply.payload)
-        );
+        assert_is(&reply, ResponseType::Content, &format!("lookup for {pid}"));
         Some(String::from_utf8(reply.payload).expect("an id is ASCII"))
     }
 
@@ -176,11 +171,10 @@ impl Client {
         let mut etag = None;
         for num in 0..100_000 {
             let reply = self.block(id, num);
-            assert!(
-                reply.is(ResponseType::Content),
-                "block {num} of {id}: {} {:?}",
-                reply.code,
-                String::from_utf8_lossy(&reply.payload)
+            assert_is(
+                &reply,
+                ResponseType::Content,
+                &format!("block {num} of {id}"),
             );
             let tag = reply.etag.clone().expect("a block carries an ETag");
             assert_eq!(
@@ -204,6 +198,37 @@ fn block64(num: u32) -> Block {
         more: false,
         szx: SZX_64,
     }
+}
+
+/// The server on an ephemeral loopback port with `--settle SETTLE` and
+/// `--rescan RESCAN` (milliseconds).
+fn live_server(dir: &TempDir, settle: &str, rescan: &str) -> TestServer {
+    spawn_server(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--settle", settle, "--rescan", rescan],
+    )
+}
+
+/// Waits (at most [`LOG_WAIT`]) for `needle` in the server's log; the test
+/// fails without, saying `what` and showing the log.
+fn expect_log(server: &TestServer, needle: &str, what: &str) {
+    assert!(
+        server.wait_for_log(needle, LOG_WAIT),
+        "{what}: no {needle:?} in the log within {LOG_WAIT:?}; log:\n{}",
+        server.log()
+    );
+}
+
+/// Asserts `reply` has the response code `code`, naming `what` and showing
+/// the code and payload received.
+fn assert_is(reply: &Reply, code: ResponseType, what: &str) {
+    assert!(
+        reply.is(code),
+        "{what}: {} {:?}",
+        reply.code,
+        String::from_utf8_lossy(&reply.payload)
+    );
 }
 
 /// Asserts `got` is `expected` byte for byte, naming the first difference.
@@ -258,11 +283,7 @@ fn publish_then_lookup_finds_it_without_restart() {
     let id = image_id(name);
     let out = dir.path().join("body.out");
     {
-        let server = spawn_server(
-            dir.path(),
-            "127.0.0.1:0",
-            &["--settle", "0", "--rescan", "0"],
-        );
+        let server = live_server(&dir, "0", "0");
         let mut client = Client::new(&server);
         assert_eq!(client.lookup("LIVEPUB"), None, "nothing published yet");
         assert_eq!(
@@ -304,11 +325,7 @@ fn in_flight_download_of_the_old_image_finishes_byte_exact_while_a_newer_one_is_
     let old = image_bytes(20_000, 21);
     let new = image_bytes(20_500, 22);
     dir.write(old_name, &old);
-    let server = spawn_server(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--settle", "0", "--rescan", "100"],
-    );
+    let server = live_server(&dir, "0", "100");
     let mut client = Client::new(&server);
     let old_id = image_id(old_name);
     assert_eq!(client.lookup("INFLIGHT").as_deref(), Some(old_id.as_str()));
@@ -319,10 +336,10 @@ fn in_flight_download_of_the_old_image_finishes_byte_exact_while_a_newer_one_is_
     for num in 0..blocks {
         if num == blocks / 3 {
             publish(&dir, new_name, &new);
-            assert!(
-                server.wait_for_log(&format!("published {new_name}"), LOG_WAIT),
-                "the new image was not published; log:\n{}",
-                server.log()
+            expect_log(
+                &server,
+                &format!("published {new_name}"),
+                "the new image was not published",
             );
         }
         let reply = client.block(&old_id, num);
@@ -363,11 +380,7 @@ fn slow_in_place_overwrite_is_never_served_half_written() {
     let old_tag = content_tag(&old);
     let new_tag = content_tag(&new);
     let path = dir.write(name, &old);
-    let server = spawn_server(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--settle", "1500", "--rescan", "100"],
-    );
+    let server = live_server(&dir, "1500", "100");
 
     let written = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -400,12 +413,7 @@ fn slow_in_place_overwrite_is_never_served_half_written() {
         let mut body_tag: Option<Vec<u8>> = None;
         for num in 0.. {
             let reply = client.block(&id, num);
-            assert!(
-                reply.is(ResponseType::Content),
-                "block {num}: {} {:?}",
-                reply.code,
-                String::from_utf8_lossy(&reply.payload)
-            );
+            assert_is(&reply, ResponseType::Content, &format!("block {num}"));
             let tag = reply.etag.clone().expect("ETag");
             let at = num as usize * 64;
             let expected = if tag == old_tag {
@@ -458,11 +466,7 @@ fn slow_in_place_overwrite_is_never_served_half_written() {
 #[test]
 fn new_file_not_settled_gets_5_03_with_max_age() {
     let dir = TempDir::new("live-settle");
-    let server = spawn_server(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--settle", "3000", "--rescan", "200"],
-    );
+    let server = live_server(&dir, "3000", "200");
     let mut client = Client::new(&server);
     let name = "SETTLE_1_0_0_APP.fmu";
     let id = image_id(name);
@@ -470,11 +474,10 @@ fn new_file_not_settled_gets_5_03_with_max_age() {
     let written_at = Instant::now();
     dir.write(name, &bytes);
     let reply = client.block(&id, 0);
-    assert!(
-        reply.is(ResponseType::ServiceUnavailable),
-        "a new file not settled: {} {:?}",
-        reply.code,
-        String::from_utf8_lossy(&reply.payload)
+    assert_is(
+        &reply,
+        ResponseType::ServiceUnavailable,
+        "a new file not settled",
     );
     let max_age = reply.max_age.expect("5.03 carries Max-Age");
     assert!((1..=3).contains(&max_age), "Max-Age {max_age}");
@@ -523,19 +526,11 @@ fn collision_on_rescan_keeps_the_last_good_catalog() {
     let id = image_id(name);
     let bytes = image_bytes(1000, 51);
     dir.write(name, &bytes);
-    let server = spawn_server(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--settle", "0", "--rescan", "100"],
-    );
+    let server = live_server(&dir, "0", "100");
     let mut client = Client::new(&server);
 
     publish(&dir, twin, &image_bytes(900, 52));
-    assert!(
-        server.wait_for_log(WARNING, LOG_WAIT),
-        "no warning about the collision; log:\n{}",
-        server.log()
-    );
+    expect_log(&server, WARNING, "no warning about the collision");
     // Several rescans see the same collision: one warning.
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(client.lookup("COLLIDE").as_deref(), Some(id.as_str()));
@@ -551,22 +546,14 @@ fn collision_on_rescan_keeps_the_last_good_catalog() {
     );
 
     std::fs::remove_file(dir.path().join(twin)).expect("remove the twin");
-    assert!(
-        server.wait_for_log("the problem is gone", LOG_WAIT),
-        "log:\n{}",
-        server.log()
-    );
+    expect_log(&server, "the problem is gone", "the twin removed");
     assert_eq!(client.lookup("COLLIDE").as_deref(), Some(id.as_str()));
     let (body, _) = client.download(&id);
     assert_bytes(&body, &bytes, "after the collision was fixed");
 
     let newer_bytes = image_bytes(1100, 53);
     publish(&dir, newer, &newer_bytes);
-    assert!(
-        server.wait_for_log(&format!("published {newer}"), LOG_WAIT),
-        "log:\n{}",
-        server.log()
-    );
+    expect_log(&server, &format!("published {newer}"), "the newer image");
     assert_eq!(
         client.lookup("COLLIDE").as_deref(),
         Some(image_id(newer).as_str())
@@ -583,11 +570,7 @@ fn removed_image_gives_4_04_for_later_blocks() {
     let id = image_id(name);
     let bytes = image_bytes(2000, 61);
     dir.write(name, &bytes);
-    let server = spawn_server(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--settle", "0", "--rescan", "100"],
-    );
+    let server = live_server(&dir, "0", "100");
     let mut client = Client::new(&server);
     for num in 0..2 {
         let reply = client.block(&id, num);
@@ -596,18 +579,9 @@ fn removed_image_gives_4_04_for_later_blocks() {
         assert_bytes(&reply.payload, &bytes[at..at + 64], "before the removal");
     }
     std::fs::remove_file(dir.path().join(name)).expect("remove");
-    assert!(
-        server.wait_for_log(&format!("removed {name}"), LOG_WAIT),
-        "log:\n{}",
-        server.log()
-    );
+    expect_log(&server, &format!("removed {name}"), "the removal");
     let reply = client.block(&id, 2);
-    assert!(
-        reply.is(ResponseType::NotFound),
-        "block 2 after the removal: {} {:?}",
-        reply.code,
-        String::from_utf8_lossy(&reply.payload)
-    );
+    assert_is(&reply, ResponseType::NotFound, "block 2 after the removal");
     assert_eq!(client.lookup("REMOVE"), None, "nothing offered");
     let reply = client.block(&id, 0);
     assert!(reply.is(ResponseType::NotFound), "block 0: {reply:?}");
@@ -618,21 +592,17 @@ fn sighup_rescans_and_sigterm_exits_cleanly() {
     for (stop, what) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         let dir = TempDir::new("live-signals");
         let name = "SIGNAL_1_0_0_APP.fmu";
-        let mut server = spawn_server(
-            dir.path(),
-            "127.0.0.1:0",
-            &["--settle", "0", "--rescan", "0"],
-        );
+        let mut server = live_server(&dir, "0", "0");
         let mut client = Client::new(&server);
         // Answered: the loop runs, its signal handlers are installed.
         assert_eq!(client.lookup("SIGNAL"), None);
         let bytes = image_bytes(500, 71);
         publish(&dir, name, &bytes);
         server.signal(libc::SIGHUP);
-        assert!(
-            server.wait_for_log(&format!("published {name}"), LOG_WAIT),
-            "SIGHUP did not rescan; log:\n{}",
-            server.log()
+        expect_log(
+            &server,
+            &format!("published {name}"),
+            "SIGHUP did not rescan",
         );
         assert!(server.log().contains("catalog (SIGHUP): 1 images"));
         assert!(server.is_running(), "SIGHUP stopped the server");
@@ -644,11 +614,7 @@ fn sighup_rescans_and_sigterm_exits_cleanly() {
             .wait_exit(LOG_WAIT)
             .unwrap_or_else(|| panic!("still running 5 s after {what}"));
         assert_eq!(status.code(), Some(0), "exit status after {what}");
-        assert!(
-            server.wait_for_log("stopping on a signal", LOG_WAIT),
-            "log:\n{}",
-            server.log()
-        );
+        expect_log(&server, "stopping on a signal", &format!("after {what}"));
         let log = server.log();
         let stats = log
             .lines()
@@ -673,11 +639,7 @@ fn message_ids_restarting_at_0_from_one_port_are_new_requests() {
     let a = image_bytes(1000, 81);
     let b = image_bytes(1500, 82);
     dir.write(a_name, &a);
-    let server = spawn_server(
-        dir.path(),
-        "127.0.0.1:0",
-        &["--settle", "0", "--rescan", "0"],
-    );
+    let server = live_server(&dir, "0", "0");
     let client = Client::new(&server);
 
     let riot_download = |id: &str, expected: &[u8], what: &str| {
@@ -687,11 +649,10 @@ fn message_ids_restarting_at_0_from_one_port_are_new_requests() {
             let reply = client.call_raw(num, &datagram);
             assert_eq!(reply.mid, num);
             assert_eq!(reply.mtype, MessageType::Acknowledgement);
-            assert!(
-                reply.is(ResponseType::Content),
-                "{what} block {num}: {} {:?}",
-                reply.code,
-                String::from_utf8_lossy(&reply.payload)
+            assert_is(
+                &reply,
+                ResponseType::Content,
+                &format!("{what} block {num}"),
             );
             assert_eq!(
                 reply.etag,

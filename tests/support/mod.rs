@@ -466,6 +466,38 @@ pub fn launched(launcher: &[&str], program: &str) -> Command {
     }
 }
 
+/// Runs our client (after `launcher`, e.g. `ip netns exec NS`) for
+/// `GET /.well-known/core` of `server_addr`, with a retransmission timeout
+/// of `timeout_ms`; the test fails unless it succeeds and the listing names
+/// `file_name`, showing the client's output and `server`'s log.
+pub fn client_gets_the_listing(
+    launcher: &[&str],
+    server_addr: &str,
+    timeout_ms: u64,
+    file_name: &str,
+    server: &TestServer,
+) {
+    let timeout = timeout_ms.to_string();
+    let output = run_bounded(
+        launched(launcher, CLIENT_BIN).args([
+            server_addr,
+            "--get",
+            "/.well-known/core",
+            "--timeout-ms",
+            &timeout,
+        ]),
+        NETNS_RUN_LIMIT,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(file_name),
+        "iot-ota-client {server_addr}: {}\nstdout: {stdout}\nstderr: {}\nlog:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+}
+
 /// Two network namespaces, the server's and the client's, joined by a
 /// veth pair ([`SERVER_DEV`] in the first, [`CLIENT_DEV`] in the second),
 /// both deleted when dropped, also when the test panics. Names are unique
@@ -526,12 +558,16 @@ impl NetnsPair {
         pair
     }
 
-    /// Adds `addr` (`ADDR/PREFIX`) to `dev` in namespace `ns`.
+    /// Adds `addr` (`ADDR/PREFIX`, then optionally more words for
+    /// `ip addr add`, e.g. `preferred_lft 0`) to `dev` in namespace `ns`.
     pub fn add_addr(&self, ns: &str, dev: &str, addr: &str) {
-        let mut args = vec!["-n", ns, "addr", "add", addr, "dev", dev];
-        if addr.contains(':') {
+        let mut words = addr.split_whitespace();
+        let prefix = words.next().expect("an address");
+        let mut args = vec!["-n", ns, "addr", "add", prefix, "dev", dev];
+        if prefix.contains(':') {
             args.push("nodad");
         }
+        args.extend(words);
         ip(&args);
     }
 
