@@ -241,15 +241,25 @@ pub struct Image {
     /// catalog rebuilt from the same directory reuses an unchanged image without copying it,
     /// while the catalog it replaces keeps its own reference until it is dropped.
     pub bytes: Arc<Vec<u8>>,
-    /// The length and modification time the file had when it was opened to be read (the
-    /// target's, for a symbolic link); `None` for [`Catalog::from_files`], or where the file
-    /// system gives no modification time. A rescan reuses the image while the file still
-    /// shows the same stamp.
+    /// The length, modification time, inode and change time the file had when it was opened
+    /// to be read (the target's, for a symbolic link); `None` for [`Catalog::from_files`], or
+    /// where the file system gives no modification time. A rescan reuses the image while the
+    /// file still shows the same stamp: a file renamed over it (a new inode, a new change
+    /// time) is read again even when its length and modification time are the same, as
+    /// `cp -p`, `rsync -t` or reproducible builds make them.
     pub stamp: Option<Stamp>,
 }
 
-/// The length in bytes and the modification time of a file, from one `stat`.
-pub type Stamp = (u64, SystemTime);
+/// The length in bytes, the modification time, the inode number and the change time (in
+/// nanoseconds) of a file, from one `stat`.
+pub type Stamp = (u64, SystemTime, u64, i128);
+
+/// The stamp of `meta` with modification time `mtime`.
+fn stamp(meta: &fs::Metadata, mtime: SystemTime) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let ctime = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+    (meta.len(), mtime, meta.ino(), ctime)
+}
 
 impl Image {
     /// The entity tag of the body `bytes[offset..]`: the content tag for
@@ -1270,7 +1280,7 @@ fn stamp_of(meta: &fs::Metadata) -> Result<Stamp, SkipReason> {
     let mtime = meta
         .modified()
         .map_err(|e| SkipReason::Unreadable(e.to_string()))?;
-    Ok((meta.len(), mtime))
+    Ok(stamp(meta, mtime))
 }
 
 /// Reads up to `expected + 1` bytes: one byte more than expected, so that a growing file is
@@ -1344,7 +1354,7 @@ fn read_image(path: &Path) -> Result<(Vec<u8>, Option<Stamp>), SkipReason> {
     let meta = file.metadata().map_err(|e| io_reason(&e))?;
     check_regular(&meta)?;
     let expected = meta.len();
-    let stamp = meta.modified().ok().map(|mtime| (expected, mtime));
+    let stamp = meta.modified().ok().map(|mtime| stamp(&meta, mtime));
     let bytes = read_up_to(&file, expected)?;
     if bytes.len() as u64 != expected {
         return Err(SkipReason::ChangedWhileReading);
@@ -1992,7 +2002,8 @@ mod tests {
         let meta = fs::metadata(&path).unwrap();
         let report = Catalog::load(dir.path()).unwrap();
         let image = &report.catalog.images()[0];
-        assert_eq!(image.stamp, Some((3, meta.modified().unwrap())));
+        assert_eq!(image.stamp, Some(stamp(&meta, meta.modified().unwrap())));
+        assert_eq!(image.stamp.map(|s| s.0), Some(3));
         assert_eq!(
             catalog(&[("A_1_0_0_APP.fmu", b"abc")]).images()[0].stamp,
             None

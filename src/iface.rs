@@ -151,20 +151,34 @@ fn split_zone(text: &str) -> Option<(&str, &str, &str)> {
     (!zone.is_empty()).then_some((ip, zone, port))
 }
 
+/// `addr` as an operator reads it, written without allocating: see
+/// [`display`].
+#[derive(Debug, Clone, Copy)]
+pub struct Zoned(pub SocketAddr);
+
+impl std::fmt::Display for Zoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => write!(f, "{v4}:{}", v6.port()),
+                None if v6.scope_id() != 0 => {
+                    let mut buf: crate::sockio::NameBuf = [0; libc::IF_NAMESIZE];
+                    match crate::sockio::interface_name_in(v6.scope_id(), &mut buf) {
+                        Some(zone) => write!(f, "[{}%{zone}]:{}", v6.ip(), v6.port()),
+                        None => write!(f, "[{}%{}]:{}", v6.ip(), v6.scope_id(), v6.port()),
+                    }
+                }
+                None => write!(f, "{v6}"),
+            },
+            SocketAddr::V4(v4) => write!(f, "{v4}"),
+        }
+    }
+}
+
 /// `addr` as an operator reads it: IPv4-mapped IPv6 as IPv4, and the zone
 /// of a scoped IPv6 address by interface name.
 pub fn display(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => format!("{v4}:{}", v6.port()),
-            None if v6.scope_id() != 0 => {
-                let zone = name_of(v6.scope_id()).unwrap_or_else(|| v6.scope_id().to_string());
-                format!("[{}%{zone}]:{}", v6.ip(), v6.port())
-            }
-            None => v6.to_string(),
-        },
-        SocketAddr::V4(v4) => v4.to_string(),
-    }
+    Zoned(addr).to_string()
 }
 
 #[cfg(test)]

@@ -155,6 +155,13 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     if listen_texts.is_empty() {
         listen_texts.push("[::]:5683".to_owned());
     }
+    if listen_texts.len() > server::MAX_SOCKETS {
+        return Err(format!(
+            "-l given {} times: at most {} listen addresses",
+            listen_texts.len(),
+            server::MAX_SOCKETS
+        ));
+    }
     let listen = listen_texts
         .iter()
         .map(|text| parse_listen(text))

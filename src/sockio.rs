@@ -193,10 +193,12 @@ fn destination(msg: &libc::msghdr) -> Option<LocalDest> {
                         .read_unaligned()
                 };
                 return Some(LocalDest {
-                    // ipi_spec_dst, not ipi_addr: for unicast both are the
-                    // destination, for a broadcast the kernel puts the
-                    // interface's own address here, a valid reply source.
-                    addr: IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr))),
+                    // ipi_addr, the header's destination: for a multicast
+                    // or broadcast request ipi_spec_dst holds a unicast
+                    // address of the interface, which would hide that the
+                    // request went to a group; source_for leaves the reply's
+                    // source to the kernel for those.
+                    addr: IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr))),
                     ifindex: u32::try_from(info.ipi_ifindex).unwrap_or(0),
                 });
             }
@@ -496,6 +498,21 @@ pub(crate) fn interface_index(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The name of interface `index` written into `buf`, `None` when there is
+/// none: no allocation, for log lines.
+pub(crate) fn interface_name_in(index: u32, buf: &mut [u8; libc::IF_NAMESIZE]) -> Option<&str> {
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, the most if_indextoname writes.
+    let named = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
+    if named.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    std::str::from_utf8(buf.get(..len)?).ok()
+}
+
+/// Room for an interface name.
+pub(crate) type NameBuf = [u8; libc::IF_NAMESIZE];
+
 /// The name of interface `index`, `None` when there is none.
 pub(crate) fn interface_name(index: u32) -> Option<String> {
     let mut buf = [0u8; libc::IF_NAMESIZE];
@@ -682,11 +699,18 @@ pub(crate) fn bind_freebind(addr: SocketAddr) -> io::Result<UdpSocket> {
     Ok(UdpSocket::from(owned))
 }
 
+/// The most sockets [`wait_readable`] waits on.
+pub(crate) const MAX_SOCKETS: usize = 16;
+
 /// Waits until one of `sockets` is readable or `timeout_ms` passed
-/// (`None`: no timeout); returns the index of a readable one. Interrupted
-/// waits return `None` like timeouts.
-pub(crate) fn wait_readable(sockets: &[UdpSocket], timeout_ms: Option<u64>) -> Option<usize> {
-    const MAX_SOCKETS: usize = 16;
+/// (`None`: no timeout); returns the index of a readable one, the first at
+/// or after `start` (taken modulo the count), so that callers can rotate.
+/// Interrupted waits return `None` like timeouts.
+pub(crate) fn wait_readable(
+    sockets: &[UdpSocket],
+    timeout_ms: Option<u64>,
+    start: usize,
+) -> Option<usize> {
     let mut fds = [libc::pollfd {
         fd: -1,
         events: 0,
@@ -706,9 +730,11 @@ pub(crate) fn wait_readable(sockets: &[UdpSocket], timeout_ms: Option<u64>) -> O
     if rc <= 0 {
         return None;
     }
-    fds.iter()
-        .take(count)
-        .position(|slot| slot.revents & (libc::POLLIN | libc::POLLERR) != 0)
+    let ready = |i: &usize| {
+        fds.get(*i)
+            .is_some_and(|slot| slot.revents & (libc::POLLIN | libc::POLLERR) != 0)
+    };
+    (0..count).map(|k| (start + k) % count).find(ready)
 }
 
 // ---------------------------------------------------------------------------

@@ -615,3 +615,36 @@ fn listen_with_a_zone_by_interface_name() {
     );
     assert_one_content_from(&replies, SERVER_LL, &server);
 }
+
+/// An IPv4 socket (`-l 0.0.0.0:5683`) learns the group from the header's
+/// destination, not from the interface address IP_PKTINFO also reports:
+/// a CON or an error-answered request to 224.0.1.187 gets nothing, a NON
+/// discovery a delayed unicast answer.
+#[test]
+fn ipv4_socket_applies_the_multicast_rules_to_224_0_1_187() {
+    if !namespace_tools() {
+        return;
+    }
+    let pair = link("mcv4sock", true);
+    let (dir, _image) = updates("mcv4sock");
+    let leisure = LEISURE_MS.to_string();
+    let server = spawn_server_via(
+        &pair.in_server(),
+        dir.path(),
+        "0.0.0.0:5683",
+        &["--multicast", SERVER_DEV, "--leisure", &leisure, "-v"],
+    );
+    expect_log(&server, "joined 224.0.1.187");
+    let silent = [
+        get(CON, 0x7501, &[".well-known", "core"], &[], &[]),
+        get(NON, 0x7502, &["nothing"], &[], &[]),
+    ];
+    let replies = probe(&pair, "224.0.1.187", SILENCE_MS, &silent);
+    assert!(
+        replies.is_empty(),
+        "a CON and an error to the IPv4 group were answered: {replies:#?}\nlog:\n{}",
+        server.log()
+    );
+    let replies = probe(&pair, "224.0.1.187", SILENCE_MS, &[non_discovery(0x7503)]);
+    assert_one_content_from(&replies, SERVER_V4, &server);
+}

@@ -672,3 +672,86 @@ fn message_ids_restarting_at_0_from_one_port_are_new_requests() {
     // And A again, from the same port with the same Message IDs.
     riot_download(&image_id(a_name), &a, "image A again");
 }
+
+/// With timed rescans off, a file that was still settling when first
+/// asked for is served once it has settled: the 5.03 answers count as
+/// misses, so a later request rescans.
+#[test]
+fn with_timed_rescans_off_a_settling_file_is_served_once_settled() {
+    let dir = TempDir::new("live-settle-off");
+    let server = live_server(&dir, "1000", "0");
+    let mut client = Client::new(&server);
+    let name = "OFFSETTLE_1_0_0_APP.fmu";
+    let id = image_id(name);
+    let bytes = image_bytes(500, 43);
+    let written_at = Instant::now();
+    dir.write(name, &bytes);
+    // The first request rescans on its miss and finds the file unsettled.
+    assert_is(
+        &client.block(&id, 0),
+        ResponseType::ServiceUnavailable,
+        "unsettled",
+    );
+    loop {
+        std::thread::sleep(PAST_MISS_INTERVAL);
+        let reply = client.block(&id, 0);
+        if reply.is(ResponseType::Content) {
+            break;
+        }
+        assert!(
+            written_at.elapsed() < Duration::from_secs(6),
+            "still {reply:?} 6 s after it was written with --settle 1000 --rescan 0; log:\n{}",
+            server.log()
+        );
+    }
+    let (body, _) = client.download(&id);
+    assert_bytes(&body, &bytes, "the settled image");
+}
+
+/// A file renamed over an image with the same length and modification time
+/// (what `cp -p`, `rsync -t` or a reproducible build leave) is a new file:
+/// its inode and change time differ, and the next rescan serves it.
+#[test]
+fn replacement_with_the_same_length_and_mtime_is_seen() {
+    let dir = TempDir::new("live-same-stamp");
+    let name = "STAMP_1_0_0_APP.fmu";
+    let old = image_bytes(900, 44);
+    let new = image_bytes(900, 45);
+    let path = dir.write(name, &old);
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let server = live_server(&dir, "0", "100");
+    let mut client = Client::new(&server);
+    let id = image_id(name);
+    assert_eq!(client.download(&id).1, content_tag(&old));
+    let staged = dir.write(".staged.tmp", &new);
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::fs::rename(&staged, &path).unwrap();
+    expect_log(
+        &server,
+        &format!("replaced {name}"),
+        "the rename over the image",
+    );
+    let (body, tag) = client.download(&id);
+    assert_bytes(&body, &new, "the replacement");
+    assert_eq!(tag, content_tag(&new));
+}
+
+/// With `--rate-limit 1`, a request that misses and makes the server
+/// rescan is counted once: it gets its 4.04, not a 4.29.
+#[test]
+fn a_miss_that_rescans_counts_once_against_the_rate_limit() {
+    let dir = TempDir::new("live-rate");
+    let server = spawn_server(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--rescan", "0", "--rate-limit", "1"],
+    );
+    let mut client = Client::new(&server);
+    let reply = client.block("deadbeef", 0);
+    assert_is(&reply, ResponseType::NotFound, "an unknown id, once");
+}

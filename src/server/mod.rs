@@ -38,6 +38,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
 
+/// The most listen sockets one server serves (`-l` given more often is a
+/// usage error).
+pub const MAX_SOCKETS: usize = sockio::MAX_SOCKETS;
+/// The longest a blocking wait lasts while the directory is watched, so
+/// that timers and signals are seen.
+const WAKE_MS: u64 = 1000;
 /// How often the counters are logged (at info, when anything changed).
 const STATS_INTERVAL_MS: u64 = 300_000;
 /// Transfer lines (start, last block) logged at info per second at most:
@@ -97,6 +103,8 @@ pub struct Server {
     leisure: Leisure,
     /// The firmware directory, when it is watched for changes.
     live: Option<Live>,
+    /// Where the next wait on several sockets starts looking.
+    poll_start: usize,
 }
 
 impl Server {
@@ -121,6 +129,7 @@ impl Server {
             now_ms: 0,
             leisure: Leisure::off(),
             live: None,
+            poll_start: 0,
         }
     }
 
@@ -134,12 +143,16 @@ impl Server {
     /// As `set_read_timeout`.
     pub fn watch(&mut self, dir: PathBuf, rescan_ms: u64, settle_ms: u64) -> io::Result<()> {
         let live = Live::new(dir, rescan_ms, settle_ms, self.clock_ms());
-        if rescan_ms > 0 {
-            let timeout = Some(Duration::from_millis(rescan_ms));
-            self.sockets
-                .iter()
-                .try_for_each(|s| s.set_read_timeout(timeout))?;
-        }
+        // The blocking receive wakes at least once a second, for the timer
+        // and for a signal that came just before it blocked.
+        let wake_ms = match rescan_ms {
+            0 => WAKE_MS,
+            ms => ms.min(WAKE_MS),
+        };
+        let timeout = Some(Duration::from_millis(wake_ms));
+        self.sockets
+            .iter()
+            .try_for_each(|s| s.set_read_timeout(timeout))?;
         self.live = Some(live);
         Ok(())
     }
@@ -220,6 +233,9 @@ impl Server {
             }
             if sockio::take_hangup() {
                 self.on_hangup();
+                // A SIGTERM that came during the rescan must not wait for
+                // the next datagram.
+                continue;
             }
             self.serve_one();
             // The time serve_one read for the datagram: no second clock
@@ -261,8 +277,12 @@ impl Server {
                 .into_iter()
                 .flatten()
                 .min()
-                .map(|due| due.saturating_sub(now));
-            match sockio::wait_readable(&self.sockets, timeout) {
+                .map(|due| due.saturating_sub(now))
+                .or(self.live.as_ref().map(|_| WAKE_MS));
+            // Start the scan after the socket served last, so that a flood
+            // on one socket cannot starve the others.
+            self.poll_start = self.poll_start.wrapping_add(1);
+            match sockio::wait_readable(&self.sockets, timeout, self.poll_start) {
                 Some(index) => index,
                 None => return self.on_timers(self.clock_ms()),
             }
@@ -300,7 +320,7 @@ impl Server {
                     if live.rescan(&mut self.service, "a request missed") {
                         self.stats.catalog_changes += 1;
                     }
-                    action = self.service.handle_arrival(
+                    action = self.service.handle_again(
                         peer(from),
                         arrival,
                         self.now_ms,
@@ -435,14 +455,17 @@ fn send(
     }
 }
 
-/// A request that found nothing: no image with its id, no newer image. A
-/// live catalog rescans before answering it.
+/// A request that found nothing (no image with its id, no newer image) or
+/// an image still settling: a live catalog rescans before answering it, so
+/// a file published since the last scan, or settled since, is served
+/// even with timed rescans off.
 fn missed(action: &Action<'_>) -> bool {
     matches!(
         action,
         Action::Reply {
-            outcome: Outcome::Error(coap_lite::ResponseType::NotFound)
-                | Outcome::Reset(ResetReason::NoUpdate),
+            outcome: Outcome::Error(
+                coap_lite::ResponseType::NotFound | coap_lite::ResponseType::ServiceUnavailable
+            ) | Outcome::Reset(ResetReason::NoUpdate),
             ..
         }
     )
@@ -535,7 +558,7 @@ struct Shown(SocketAddr);
 
 impl std::fmt::Display for Shown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::iface::display(self.0))
+        crate::iface::Zoned(self.0).fmt(f)
     }
 }
 

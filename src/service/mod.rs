@@ -414,6 +414,36 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Action<'_> {
+        self.handle_counted(peer, now_ms, datagram, out, true)
+    }
+
+    /// [`Service::handle_arrival`] once more for the same datagram, after
+    /// the caller replaced the catalog because the first answer found
+    /// nothing: the request is not counted against the rate limit again.
+    pub fn handle_again(
+        &mut self,
+        peer: Peer,
+        arrival: Arrival,
+        now_ms: u64,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Action<'_> {
+        if arrival.multicast {
+            return self.handle_arrival(peer, arrival, now_ms, datagram, out);
+        }
+        self.handle_counted(peer, now_ms, datagram, out, false)
+    }
+
+    /// [`Service::handle`], counting the request against the rate limit
+    /// when `count`.
+    fn handle_counted(
+        &mut self,
+        peer: Peer,
+        now_ms: u64,
+        datagram: &[u8],
+        out: &mut [u8],
+        count: bool,
+    ) -> Action<'_> {
         if datagram.len() > MAX_REQUEST_LEN {
             return self.too_large(peer, now_ms, datagram, out);
         }
@@ -440,11 +470,13 @@ impl Service {
         }
         let reply_to = self.reply_to(peer, now_ms, msg.mtype, msg.mid, msg.token);
         let request_len = datagram.len();
-        if let Some(limited) = self
-            .guard
-            .rate_limit(reply_to, peer, now_ms, request_len, out)
-        {
-            return limited;
+        if count {
+            if let Some(limited) = self
+                .guard
+                .rate_limit(reply_to, peer, now_ms, request_len, out)
+            {
+                return limited;
+            }
         }
         let confirmable = msg.mtype == MessageType::Confirmable;
         let mut ctx = Ctx {
