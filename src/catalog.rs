@@ -1064,6 +1064,11 @@ impl Catalog {
         self.pending.get(&u64::from_le_bytes(text)).copied()
     }
 
+    /// Whether some file of the directory was found but has not settled yet.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// All images, sorted by file name (byte order), the same on every run.
     pub fn images(&self) -> &[Image] {
         &self.images

@@ -25,6 +25,10 @@ pub(super) struct Live {
     next_due_ms: u64,
     /// Loop time of the last rescan caused by a miss.
     last_miss_ms: Option<u64>,
+    /// The directory's modification time at the last rescan: a file added,
+    /// removed or renamed in changes it, so a miss with the same time has
+    /// nothing new to find (unless a file was still settling).
+    dir_mtime: Option<SystemTime>,
     /// The last collision or listing error, logged once until it changes.
     last_problem: Option<String>,
 }
@@ -39,6 +43,7 @@ impl Live {
             settle: Duration::from_millis(settle_ms),
             next_due_ms: now_ms.saturating_add(period_ms),
             last_miss_ms: None,
+            dir_mtime: None,
             last_problem: None,
         }
     }
@@ -58,15 +63,23 @@ impl Live {
     }
 
     /// Whether a request that missed may rescan now (and notes that it
-    /// does).
-    pub(super) fn may_rescan_on_miss(&mut self, now_ms: u64) -> bool {
-        let allowed = self.last_miss_ms.map_or(true, |last| {
-            now_ms.saturating_sub(last) >= MISS_RESCAN_INTERVAL_MS
-        });
-        if allowed {
-            self.last_miss_ms = Some(now_ms);
+    /// does): not within [`MISS_RESCAN_INTERVAL_MS`] of the last one, and
+    /// only when the directory changed since the last rescan or a file is
+    /// still settling (`settling`), so that devices polling for an update that is not
+    /// there cost one `stat` of the directory, not a scan.
+    pub(super) fn may_rescan_on_miss(&mut self, settling: bool, now_ms: u64) -> bool {
+        let recent = self
+            .last_miss_ms
+            .is_some_and(|last| now_ms.saturating_sub(last) < MISS_RESCAN_INTERVAL_MS);
+        if recent {
+            return false;
         }
-        allowed
+        let unchanged = self.dir_mtime.is_some() && self.dir_mtime == dir_mtime(&self.dir);
+        if unchanged && !settling {
+            return false;
+        }
+        self.last_miss_ms = Some(now_ms);
+        true
     }
 
     /// Scans the directory and swaps a changed snapshot in; true when the
@@ -75,6 +88,9 @@ impl Live {
     /// set of skipped files changed), and a collision once until it
     /// changes: the last good snapshot keeps serving.
     pub(super) fn rescan(&mut self, service: &mut Service, why: &str) -> bool {
+        // Read before the listing: a change during the scan shows at the
+        // next miss.
+        self.dir_mtime = dir_mtime(&self.dir);
         let refresh = service
             .catalog()
             .refresh(&self.dir, SystemTime::now(), self.settle);
@@ -118,4 +134,9 @@ impl Live {
         info!("catalog ({why}): {images} images");
         true
     }
+}
+
+/// The modification time of `dir`, `None` when it cannot be read.
+fn dir_mtime(dir: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(dir).and_then(|m| m.modified()).ok()
 }

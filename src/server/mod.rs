@@ -308,12 +308,13 @@ impl Server {
             log_request(from, datagram);
         }
         let arrival = arrival(dest);
+        let settling = self.service.catalog().has_pending();
         let mut action =
             self.service
                 .handle_arrival(peer(from), arrival, self.now_ms, datagram, &mut self.tx);
         if missed(&action) {
             if let Some(live) = self.live.as_mut() {
-                if live.may_rescan_on_miss(self.now_ms) {
+                if live.may_rescan_on_miss(settling, self.now_ms) {
                     // The image asked for may have been published since
                     // the last scan: look, and answer from what is there.
                     self.stats.rescans += 1;
