@@ -289,6 +289,13 @@ impl Walk {
     }
 }
 
+/// Whether one of `dirs` (as [`FileTree::dir_mtimes`]) has another
+/// modification time now: one `stat` per directory.
+pub fn dirs_changed(dirs: &[(PathBuf, Option<SystemTime>)]) -> bool {
+    dirs.iter()
+        .any(|(path, mtime)| fs::metadata(path).and_then(|m| m.modified()).ok() != *mtime)
+}
+
 fn join(rel: &str, name: &str) -> String {
     if rel.is_empty() {
         name.to_owned()
@@ -583,9 +590,13 @@ impl FileTree {
     /// Whether a directory of the tree changed since the walk (a file
     /// added, removed or renamed in it): one `stat` per directory.
     pub fn dirs_changed(&self) -> bool {
-        self.dir_mtimes
-            .iter()
-            .any(|(path, mtime)| fs::metadata(path).and_then(|m| m.modified()).ok() != *mtime)
+        dirs_changed(&self.dir_mtimes)
+    }
+
+    /// Every directory walked and its modification time then, for
+    /// [`dirs_changed`].
+    pub fn dir_mtimes(&self) -> &[(PathBuf, Option<SystemTime>)] {
+        &self.dir_mtimes
     }
 
     /// The files, sorted by path.
