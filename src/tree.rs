@@ -209,6 +209,18 @@ struct Walk {
     dirs: Vec<String>,
     dir_mtimes: Vec<(PathBuf, Option<SystemTime>)>,
     skipped: Vec<TreeSkipped>,
+    /// The resolved paths of the directories being walked, root first: a
+    /// link to one of them would loop.
+    ancestors: Vec<PathBuf>,
+    /// [`MAX_FILES`], lower in tests.
+    max_files: usize,
+}
+
+/// Whether a walk stopped at [`MAX_FILES`].
+fn too_many(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<TreeError>())
+        .is_some_and(|e| matches!(e, TreeError::TooManyFiles))
 }
 
 impl Walk {
@@ -222,11 +234,24 @@ impl Walk {
     /// Walks `fs_dir` (relative path `rel`, `depth` segments deep).
     fn dir(&mut self, root: &Path, fs_dir: &Path, rel: &str, depth: usize) -> io::Result<()> {
         let entries = fs::read_dir(fs_dir)?;
+        self.ancestors.push(fs::canonicalize(fs_dir)?);
         self.dirs.push(rel.to_owned());
         self.dir_mtimes.push((
             fs_dir.to_path_buf(),
             fs::metadata(fs_dir).and_then(|m| m.modified()).ok(),
         ));
+        let walked = self.entries(root, entries, rel, depth);
+        self.ancestors.pop();
+        walked
+    }
+
+    fn entries(
+        &mut self,
+        root: &Path,
+        entries: fs::ReadDir,
+        rel: &str,
+        depth: usize,
+    ) -> io::Result<()> {
         for entry in entries {
             let entry = entry?;
             let os_name = entry.file_name();
@@ -247,6 +272,13 @@ impl Walk {
             let is_symlink = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
             if is_symlink {
                 match fs::canonicalize(&fs_path) {
+                    Ok(target) if self.ancestors.contains(&target) => {
+                        self.skip(
+                            child_rel,
+                            "a symbolic link to a directory above it (a loop)",
+                        );
+                        continue;
+                    }
                     Ok(target) if target.starts_with(root) => {}
                     Ok(_) => {
                         self.skip(child_rel, "a symbolic link out of the directory");
@@ -266,14 +298,16 @@ impl Walk {
                 }
             };
             if meta.is_dir() {
-                if let Err(e) = self.dir(root, &fs_path, &child_rel, depth + 1) {
-                    self.skip(child_rel, format!("cannot list: {e}"));
+                match self.dir(root, &fs_path, &child_rel, depth + 1) {
+                    Err(e) if too_many(&e) => return Err(e),
+                    Err(e) => self.skip(child_rel, format!("cannot list: {e}")),
+                    Ok(()) => {}
                 }
                 continue;
             }
             match stamp_of(&meta) {
                 Ok(stamp) => {
-                    if self.files.len() >= MAX_FILES {
+                    if self.files.len() >= self.max_files {
                         return Err(io::Error::other(TreeError::TooManyFiles));
                     }
                     self.files.push(Listed {
@@ -347,8 +381,15 @@ impl FileTree {
     /// not changed for `settle` (until then a changed file keeps serving
     /// its old bytes and a new one answers 5.03).
     pub fn refresh(&self, now: SystemTime, settle: Duration) -> TreeRefresh {
+        self.refresh_limited(now, settle, MAX_FILES)
+    }
+
+    fn refresh_limited(&self, now: SystemTime, settle: Duration, max_files: usize) -> TreeRefresh {
         let mut out = TreeRefresh::default();
-        let mut walk = Walk::default();
+        let mut walk = Walk {
+            max_files,
+            ..Walk::default()
+        };
         let root = match fs::canonicalize(&self.dir) {
             Ok(root) => root,
             Err(error) => {
@@ -758,6 +799,47 @@ mod tests {
         assert_eq!(paths, ["fw/a.bin", "inside"]);
         let skipped: Vec<&str> = report.skipped.iter().map(|s| s.path.as_str()).collect();
         assert_eq!(skipped, ["fw/out", "outdir"]);
+    }
+
+    #[test]
+    fn symbolic_link_loops_are_cut() {
+        let dir = Dir::new("loops");
+        dir.write("fw/a.bin", b"a");
+        symlink(&dir.0, dir.0.join("fw/up")).expect("link");
+        symlink("..", dir.0.join("fw/parent")).expect("link");
+        symlink(".", dir.0.join("fw/self")).expect("link");
+        symlink(dir.0.join("fw"), dir.0.join("again")).expect("link");
+        let (tree, report) = load(&dir);
+        let paths: Vec<&str> = tree.files().iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["again/a.bin", "fw/a.bin"]);
+        let skipped: Vec<&str> = report.skipped.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(
+            skipped,
+            [
+                "again/parent",
+                "again/self",
+                "again/up",
+                "fw/parent",
+                "fw/self",
+                "fw/up"
+            ]
+        );
+    }
+
+    #[test]
+    fn too_many_files_fail_the_refresh_and_keep_the_last_tree() {
+        let dir = Dir::new("too-many");
+        dir.write("a/1", b"1");
+        dir.write("a/2", b"2");
+        let (tree, _) = load(&dir);
+        dir.write("b/c/3", b"3");
+        dir.write("b/c/4", b"4");
+        let refresh = tree.refresh_limited(far_future(), Duration::ZERO, 3);
+        assert!(matches!(refresh.error, Some(TreeError::TooManyFiles)));
+        assert!(refresh.next.is_none());
+        assert!(refresh.skipped.is_empty(), "{:?}", refresh.skipped);
+        let fine = tree.refresh_limited(far_future(), Duration::ZERO, 4);
+        assert_eq!(fine.next.expect("changed").files().len(), 4);
     }
 
     #[test]
