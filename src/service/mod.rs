@@ -158,7 +158,9 @@ pub enum Action<'c> {
 pub enum Outcome<'c> {
     /// One block of a firmware body.
     Block(Transfer<'c>),
-    /// Another 2.05: a lookup answer or the discovery listing.
+    /// Another 2.05: a lookup answer, the discovery listing, or a block of
+    /// a `--files` file or directory listing (no per-transfer state or log
+    /// line for those).
     Content,
     /// An error response; its code.
     Error(ResponseType),
