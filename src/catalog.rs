@@ -335,7 +335,7 @@ pub struct CoreLink {
 }
 
 impl CoreLink {
-    fn new(target: &str, attrs: Vec<(&'static str, AttrValue)>) -> CoreLink {
+    pub(crate) fn new(target: &str, attrs: Vec<(&'static str, AttrValue)>) -> CoreLink {
         let mut text = String::new();
         let mut writer = LinkFormatWrite::new(&mut text);
         let mut link = writer.link(target);
@@ -407,7 +407,7 @@ impl CoreLink {
     }
 }
 
-enum AttrValue {
+pub(crate) enum AttrValue {
     Quoted(String),
     Number(u32),
 }
@@ -1261,7 +1261,7 @@ fn scan_entry(entry: &DirEntry) -> Scan {
     }
 }
 
-fn io_reason(e: &io::Error) -> SkipReason {
+pub(crate) fn io_reason(e: &io::Error) -> SkipReason {
     match e.kind() {
         io::ErrorKind::NotFound => SkipReason::Vanished,
         _ => SkipReason::Unreadable(e.to_string()),
@@ -1280,7 +1280,7 @@ fn stat_followed(path: &Path) -> Result<fs::Metadata, SkipReason> {
 }
 
 /// The stamp of a regular file of at most [`MAX_IMAGE_LEN`] bytes, or why it is no image.
-fn stamp_of(meta: &fs::Metadata) -> Result<Stamp, SkipReason> {
+pub(crate) fn stamp_of(meta: &fs::Metadata) -> Result<Stamp, SkipReason> {
     check_regular(meta)?;
     let mtime = meta
         .modified()
@@ -1303,7 +1303,7 @@ fn read_up_to(file: &File, expected: u64) -> Result<Vec<u8>, SkipReason> {
 }
 
 /// Why [`read_settled`] returned no bytes.
-enum Unread {
+pub(crate) enum Unread {
     /// The file's stamp is not the one it was listed with, or changed while it was read: it
     /// is still being written. The stamp is the latest seen.
     Unsettled(Stamp),
@@ -1319,7 +1319,7 @@ impl From<SkipReason> for Unread {
 
 /// Reads the file `listed` describes completely, if it still shows the stamp `listed` it
 /// was listed with, before and after the read.
-fn read_settled(path: &Path, listed: Stamp) -> Result<Vec<u8>, Unread> {
+pub(crate) fn read_settled(path: &Path, listed: Stamp) -> Result<Vec<u8>, Unread> {
     let file = File::open(path).map_err(|e| io_reason(&e))?;
     let before = stamp_of(&file.metadata().map_err(|e| io_reason(&e))?)?;
     if before != listed {
@@ -1336,7 +1336,11 @@ fn read_settled(path: &Path, listed: Stamp) -> Result<Vec<u8>, Unread> {
 /// How long a file last modified at `mtime` still has to wait, at `now`, before it has gone
 /// `settle` without change; `None` when it has settled. An mtime in the future (a clock
 /// set back, a copy that kept a foreign time) waits until it is `settle` in the past.
-fn settle_wait(mtime: SystemTime, now: SystemTime, settle: Duration) -> Option<Duration> {
+pub(crate) fn settle_wait(
+    mtime: SystemTime,
+    now: SystemTime,
+    settle: Duration,
+) -> Option<Duration> {
     let Some(deadline) = mtime.checked_add(settle) else {
         return Some(Duration::MAX); // a time past what the clock can say: never settles
     };

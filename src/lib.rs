@@ -26,6 +26,7 @@
 //! | [`wire`] | CoAP parse and emit, the Block option and its NUM↔byte math | sockets, files, clocks, log |
 //! | [`firmware`] | device payloads, queries, the version/TYPE/PID grammar | sockets, files |
 //! | [`catalog`] | a directory → an immutable set of images with O(1) indexes | sockets, CoAP messages |
+//! | [`tree`] | a directory tree → an immutable set of files and listings | sockets, CoAP messages |
 //! | [`service`] | routes, block slicing, per-peer state, rate limit, Echo | sockets, files, clocks, log, randomness |
 //! | [`server`] | the socket loop, counters, log lines | CoAP encoding |
 //!
@@ -49,4 +50,5 @@ pub mod service;
 mod sockio;
 #[cfg(test)]
 mod testkit;
+pub mod tree;
 pub mod wire;

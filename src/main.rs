@@ -11,12 +11,14 @@ use iot_ota::iface::{self, ScopeError};
 use iot_ota::logfmt::Timestamp;
 use iot_ota::server::{self, Server};
 use iot_ota::service::{Keys, Limits, Service};
+use iot_ota::tree::FileTree;
 use log::{debug, error, info, warn, LevelFilter};
 use std::hash::BuildHasher;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 /// How often the directory is scanned for new images by default.
 const DEFAULT_RESCAN_MS: u64 = 1000;
@@ -31,7 +33,11 @@ const RUNTIME_EXIT: u8 = 1;
 
 /// Everything the command line decides.
 struct Config {
-    dir: PathBuf,
+    /// The catalog's directory; `None` with `--fileserver` and no `-d`:
+    /// an empty catalog.
+    dir: Option<PathBuf>,
+    /// The `--files` (or `--fileserver`) tree.
+    files: Option<PathBuf>,
     /// One socket each; `-l` repeated.
     listen: Vec<SocketAddr>,
     /// Exit when a listen address does not exist, instead of waiting for
@@ -53,6 +59,18 @@ struct Config {
 fn options() -> Options {
     let mut o = Options::new();
     o.optopt("d", "dir", "firmware directory (default: updates)", "DIR");
+    o.optopt(
+        "",
+        "files",
+        "also serve every file under DIR at its relative path, as aiocoap-fileserver does",
+        "DIR",
+    );
+    o.optopt(
+        "",
+        "fileserver",
+        "--files DIR, with no .fmu directory needed: without -d the catalog is empty",
+        "DIR",
+    );
     o.optmulti(
         "l",
         "listen",
@@ -122,10 +140,11 @@ fn options() -> Options {
 }
 
 fn usage_text(o: &Options) -> String {
-    let brief = "Usage: iot-ota-server [-d DIR] [-l ADDR]... [-b BYTES] [--peers N] [--rate-limit N] [--echo]\n\
+    let brief = "Usage: iot-ota-server [-d DIR] [--files DIR | --fileserver DIR] [-l ADDR]... [-b BYTES] [--peers N] [--rate-limit N] [--echo]\n\
                  \x20                     [--multicast IFACE]... [--leisure MS] [--strict-bind] [--rescan MS] [--settle MS]\n\
                  \x20                     [-v]... [-q] [-h] [-V]\n\n\
-                 Serves the .fmu firmware images in DIR to devices over CoAP (RFC 7252, Block2 RFC 7959).\n\
+                 Serves the .fmu firmware images in DIR (and with --files a plain file tree) to devices\n\
+                 over CoAP (RFC 7252, Block2 RFC 7959).\n\
                  RUST_LOG overrides the log level (e.g. RUST_LOG=debug).";
     o.usage(brief)
 }
@@ -166,6 +185,18 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         .iter()
         .map(|text| parse_listen(text))
         .collect::<Result<Vec<_>, _>>()?;
+    let (files, dir) = match (m.opt_str("files"), m.opt_str("fileserver"), m.opt_str("d")) {
+        (Some(_), Some(_), _) => {
+            return Err("--files and --fileserver name the same thing: give one".to_owned())
+        }
+        (None, Some(tree), None) => (Some(tree), None),
+        (files, fileserver, d) => (
+            files.or(fileserver),
+            Some(d.unwrap_or_else(|| "updates".to_owned())),
+        ),
+    };
+    let files = files.map(PathBuf::from);
+    let dir = dir.map(PathBuf::from);
     let rescan_ms = milliseconds(&m, "rescan", DEFAULT_RESCAN_MS, 3_600_000)?;
     let settle_ms = milliseconds(&m, "settle", DEFAULT_SETTLE_MS, 600_000)?;
     let leisure_ms = match m.opt_str("leisure") {
@@ -211,7 +242,8 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         (false, _) => LevelFilter::Trace,
     };
     Ok(Some(Config {
-        dir: PathBuf::from(m.opt_str("d").unwrap_or_else(|| "updates".to_owned())),
+        dir,
+        files,
         listen,
         strict_bind: m.opt_present("strict-bind"),
         multicast: m.opt_strs("multicast"),
@@ -294,7 +326,16 @@ fn serve(config: Config) -> Result<(), String> {
     // from a service manager must not end a server that is starting.
     server::install_signal_handlers()
         .map_err(|e| format!("cannot install the signal handlers: {e}"))?;
-    let catalog = load_catalog(&config)?;
+    let catalog = match &config.dir {
+        Some(dir) => load_catalog(dir, &config)?,
+        None => {
+            info!("no -d with --fileserver: the catalog of .fmu images is empty");
+            Catalog::from_files(Vec::new())
+                .map(|(catalog, _)| catalog)
+                .map_err(|e| format!("cannot build an empty catalog: {e}"))?
+        }
+    };
+    let tree = config.files.as_deref().map(load_tree).transpose()?;
     let sockets = config
         .listen
         .iter()
@@ -312,15 +353,17 @@ fn serve(config: Config) -> Result<(), String> {
     // destination address, and a datagram queued before that would be
     // answered from whatever address the kernel picks.
     let keys = secret_keys();
-    let mut server = Server::new(first, Service::new(catalog, config.limits, keys));
+    let mut service = Service::new(catalog, config.limits, keys);
+    service.replace_tree(tree);
+    let mut server = Server::new(first, service);
     for socket in sockets {
         server
             .add_socket(socket)
             .map_err(|e| format!("cannot serve several sockets: {e}"))?;
     }
     server
-        .watch(config.dir.clone(), config.rescan_ms, config.settle_ms)
-        .map_err(|e| format!("cannot watch {}: {e}", config.dir.display()))?;
+        .watch_dirs(config.dir.clone(), config.rescan_ms, config.settle_ms)
+        .map_err(|e| format!("cannot watch the directories: {e}"))?;
     if !interfaces.is_empty() {
         server
             .enable_multicast_answers(config.leisure_ms, LEISURE_QUEUE, leisure_seed())
@@ -478,8 +521,28 @@ fn secret_keys() -> Keys {
     Keys::from_bytes(random)
 }
 
-fn load_catalog(config: &Config) -> Result<Catalog, String> {
-    let dir = &config.dir;
+/// Walks the `--files` tree; a missing or unreadable directory, or one
+/// with too many files, stops the start.
+fn load_tree(dir: &Path) -> Result<FileTree, String> {
+    let report = FileTree::load(dir, SystemTime::now())
+        .map_err(|e| format!("cannot build the file tree from {}: {e}", dir.display()))?;
+    for skipped in &report.skipped {
+        warn!("skipped file {skipped}");
+    }
+    for path in &report.pending {
+        warn!("file {path} has a modification time in the future: not served until then");
+    }
+    let tree = report.next.unwrap_or_else(|| FileTree::empty(dir));
+    info!(
+        "file tree: {} files, {} bytes from {}",
+        tree.files().len(),
+        tree.total_bytes(),
+        dir.display()
+    );
+    Ok(tree)
+}
+
+fn load_catalog(dir: &Path, config: &Config) -> Result<Catalog, String> {
     let report = Catalog::load(dir)
         .map_err(|e| format!("cannot build the catalog from {}: {e}", dir.display()))?;
     for name in &report.ignored {

@@ -31,8 +31,10 @@ pub const HEADER_LEN: usize = 4;
 pub const TOKEN_MAX: usize = 8;
 /// Byte that separates options from a non-empty payload.
 pub const PAYLOAD_MARKER: u8 = 0xFF;
-/// Uri-Path segments kept; a longer path matches no resource of ours.
-pub const MAX_PATH_SEGMENTS: usize = 4;
+/// Uri-Path segments kept; a longer path matches no resource of ours:
+/// the deepest file of a `--files` tree, and the empty segment that asks
+/// for a listing after its deepest directory.
+pub const MAX_PATH_SEGMENTS: usize = crate::tree::MAX_DEPTH + 1;
 /// Uri-Query values kept; more are reported by [`Segments::overflowed`].
 pub const MAX_QUERY_SEGMENTS: usize = 4;
 /// Echo option (RFC 9175 §2.2), elective; coap-lite has no name for it.

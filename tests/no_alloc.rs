@@ -556,3 +556,59 @@ fn the_counter_sees_allocations() {
     drop(v);
     assert_eq!(allocations(), before + 1);
 }
+
+#[test]
+fn file_tree_requests_allocate_nothing() {
+    let dir = support::TempDir::new("no-alloc-tree");
+    for (rel, len) in [
+        ("fw/app/board/riot.suit.latest.bin", 300),
+        ("fw/app/board/slot0.5.bin", 5000),
+        ("top", 1),
+    ] {
+        let path = dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+        std::fs::write(path, support::image_bytes(len, len as u32)).expect("write");
+    }
+    let far = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let tree = iot_ota::tree::FileTree::load(dir.path(), far)
+        .expect("tree")
+        .next
+        .expect("a tree");
+    let mut svc = Service::new(catalog(), Limits::default(), support::TEST_KEYS);
+    svc.replace_tree(Some(tree));
+    let paths: [&[&[u8]]; 9] = [
+        &[b"fw", b"app", b"board", b"slot0.5.bin"],
+        &[b"fw", b"app", b"board", b"riot.suit.latest.bin"],
+        &[b"fw", b"app", b"board", b""],
+        &[],
+        &[b"fw", b"app"],
+        &[b"..", b"etc", b"passwd"],
+        &[b"%2e%2e", b"top"],
+        &[b"missing"],
+        &[b".well-known", b"core"],
+    ];
+    let mut plan = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        for num in 0..4u32 {
+            let block = block(num, 2);
+            let mut options: Vec<(u16, &[u8])> = path.iter().map(|s| (PATH, *s)).collect();
+            options.push((BLOCK2, &block));
+            let mid = (i * 16 + num as usize) as u16;
+            plan.push((peer(i as u32), request(false, 1, mid, &options, &[])));
+        }
+    }
+    let mut out = vec![0u8; MAX_REPLY_LEN];
+    let mut now = 1_000_000;
+    let mut warm = Tally::default();
+    for (peer, datagram) in &plan {
+        warm.add(&svc.handle(*peer, now, datagram, &mut out));
+        now += 1;
+    }
+    let mut tally = Tally::default();
+    for round in 0..3 {
+        if let Some(i) = run_armed(&mut svc, &plan, &mut now, 1, &mut out, &mut tally) {
+            panic!("round {round}: allocation in {}", describe(&plan, i));
+        }
+    }
+    assert!(tally.content > 30 && tally.errors > 30, "{tally:?}");
+}

@@ -1,9 +1,11 @@
-//! The live catalog: the firmware directory is scanned again on a timer,
-//! on SIGHUP and when a request misses, and a changed snapshot replaces
-//! the served one between two datagrams (`Catalog::refresh` does the
-//! reading and decides what changed; this module decides when, and logs).
+//! The live catalog: the firmware directory (and the `--files` tree) is
+//! scanned again on a timer, on SIGHUP and when a request misses, and a
+//! changed snapshot replaces the served one between two datagrams
+//! (`Catalog::refresh` and `FileTree::refresh` do the reading and decide
+//! what changed; this module decides when, and logs).
 
 use crate::service::Service;
+use crate::tree::{self, FileTree};
 use log::{debug, info, warn};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -17,7 +19,9 @@ const MISS_RESCAN_INTERVAL_MS: u64 = 250;
 /// When and where to rescan, and what was last reported.
 #[derive(Debug)]
 pub(super) struct Live {
-    dir: PathBuf,
+    /// The catalog's directory; `None` with `--fileserver` alone (an empty
+    /// catalog, only the tree watched).
+    dir: Option<PathBuf>,
     /// Milliseconds between timed rescans; 0: only SIGHUP and misses.
     period_ms: u64,
     settle: Duration,
@@ -31,12 +35,24 @@ pub(super) struct Live {
     dir_mtime: Option<SystemTime>,
     /// The last collision or listing error, logged once until it changes.
     last_problem: Option<String>,
+    /// The same for the file tree.
+    last_tree_problem: Option<String>,
+    /// The served tree's directories and their modification times, so
+    /// that a miss can tell whether the tree may have changed.
+    tree_dirs: Vec<(PathBuf, Option<SystemTime>)>,
 }
 
 impl Live {
     /// Watches `dir`, rescanning every `period_ms` (0: never on a timer) and
     /// admitting a changed file once it has not changed for `settle_ms`.
-    pub(super) fn new(dir: PathBuf, period_ms: u64, settle_ms: u64, now_ms: u64) -> Live {
+    /// `tree` is the file tree served at the start, if any.
+    pub(super) fn new(
+        dir: Option<PathBuf>,
+        tree: Option<&FileTree>,
+        period_ms: u64,
+        settle_ms: u64,
+        now_ms: u64,
+    ) -> Live {
         Live {
             dir,
             period_ms,
@@ -45,6 +61,8 @@ impl Live {
             last_miss_ms: None,
             dir_mtime: None,
             last_problem: None,
+            last_tree_problem: None,
+            tree_dirs: tree.map(|t| t.dir_mtimes().to_vec()).unwrap_or_default(),
         }
     }
 
@@ -67,6 +85,7 @@ impl Live {
     /// only when the directory changed since the last rescan or a file is
     /// still settling (`settling`), so that devices polling for an update that is not
     /// there cost one `stat` of the directory, not a scan.
+    /// A file tree counts as changed when one of its directories did.
     pub(super) fn may_rescan_on_miss(&mut self, settling: bool, now_ms: u64) -> bool {
         let recent = self
             .last_miss_ms
@@ -74,8 +93,12 @@ impl Live {
         if recent {
             return false;
         }
-        let unchanged = self.dir_mtime.is_some() && self.dir_mtime == dir_mtime(&self.dir);
-        if unchanged && !settling {
+        let unchanged = match &self.dir {
+            Some(dir) => self.dir_mtime.is_some() && self.dir_mtime == dir_mtime(dir),
+            None => true,
+        };
+        let tree_changed = || tree::dirs_changed(&self.tree_dirs);
+        if unchanged && !settling && !tree_changed() {
             return false;
         }
         self.last_miss_ms = Some(now_ms);
@@ -88,26 +111,85 @@ impl Live {
     /// set of skipped files changed), and a collision once until it
     /// changes: the last good snapshot keeps serving.
     pub(super) fn rescan(&mut self, service: &mut Service, why: &str) -> bool {
+        let tree_changed = self.rescan_tree(service, why);
+        let catalog_changed = match self.dir.clone() {
+            Some(dir) => self.rescan_catalog(&dir, service, why),
+            None => false,
+        };
+        tree_changed || catalog_changed
+    }
+
+    /// Walks the file tree, if one is served, and swaps a changed snapshot
+    /// in; logs like the catalog's rescan.
+    fn rescan_tree(&mut self, service: &mut Service, why: &str) -> bool {
+        let Some(tree) = service.tree() else {
+            return false;
+        };
+        let refresh = tree.refresh(SystemTime::now(), self.settle);
+        let shown = tree.path().display().to_string();
+        if let Some(next) = &refresh.next {
+            self.tree_dirs = next.dir_mtimes().to_vec();
+        }
+        match &refresh.error {
+            Some(error) => {
+                let problem = error.to_string();
+                if self.last_tree_problem.as_deref() != Some(problem.as_str()) {
+                    warn!("rescan of {shown}: {problem}; the last good tree keeps serving");
+                    self.last_tree_problem = Some(problem);
+                }
+            }
+            None => {
+                if self.last_tree_problem.take().is_some() {
+                    info!("rescan of {shown}: the problem is gone");
+                }
+            }
+        }
+        let Some(next) = refresh.next else {
+            return false;
+        };
+        for path in &refresh.added {
+            info!("published file {path}");
+        }
+        for path in &refresh.replaced {
+            info!("replaced file {path}");
+        }
+        for path in &refresh.removed {
+            info!("removed file {path}");
+        }
+        for skipped in &refresh.skipped {
+            warn!("skipped file {skipped}");
+        }
+        for path in &refresh.pending {
+            debug!("file {path}: not served until it has settled");
+        }
+        let files = next.files().len();
+        service.replace_tree(Some(next));
+        info!("file tree ({why}): {files} files");
+        true
+    }
+
+    /// The catalog's part of [`Live::rescan`].
+    fn rescan_catalog(&mut self, dir: &std::path::Path, service: &mut Service, why: &str) -> bool {
         // Read before the listing: a change during the scan shows at the
         // next miss.
-        self.dir_mtime = dir_mtime(&self.dir);
+        self.dir_mtime = dir_mtime(dir);
         let refresh = service
             .catalog()
-            .refresh(&self.dir, SystemTime::now(), self.settle);
+            .refresh(dir, SystemTime::now(), self.settle);
         match &refresh.error {
             Some(error) => {
                 let problem = error.to_string();
                 if self.last_problem.as_deref() != Some(problem.as_str()) {
                     warn!(
                         "rescan of {}: {problem}; the last good catalog keeps serving",
-                        self.dir.display()
+                        dir.display()
                     );
                     self.last_problem = Some(problem);
                 }
             }
             None => {
                 if self.last_problem.take().is_some() {
-                    info!("rescan of {}: the problem is gone", self.dir.display());
+                    info!("rescan of {}: the problem is gone", dir.display());
                 }
             }
         }

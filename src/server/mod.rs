@@ -28,6 +28,7 @@ use crate::service::{
     MAX_REQUEST_LEN,
 };
 use crate::sockio::{self, LocalDest, Received};
+use crate::tree::FileTree;
 use crate::wire::Message;
 use leisure::Leisure;
 use live::Live;
@@ -142,7 +143,28 @@ impl Server {
     /// # Errors
     /// As `set_read_timeout`.
     pub fn watch(&mut self, dir: PathBuf, rescan_ms: u64, settle_ms: u64) -> io::Result<()> {
-        let live = Live::new(dir, rescan_ms, settle_ms, self.clock_ms());
+        self.watch_dirs(Some(dir), rescan_ms, settle_ms)
+    }
+
+    /// As [`Server::watch`], with the catalog's directory optional (`None`:
+    /// an empty catalog, nothing to rescan for it); the service's file
+    /// tree, if it has one, is rescanned either way.
+    ///
+    /// # Errors
+    /// As `set_read_timeout`.
+    pub fn watch_dirs(
+        &mut self,
+        dir: Option<PathBuf>,
+        rescan_ms: u64,
+        settle_ms: u64,
+    ) -> io::Result<()> {
+        let live = Live::new(
+            dir,
+            self.service.tree(),
+            rescan_ms,
+            settle_ms,
+            self.clock_ms(),
+        );
         // The blocking receive wakes at least once a second, for the timer
         // and for a signal that came just before it blocked.
         let wake_ms = match rescan_ms {
@@ -308,7 +330,8 @@ impl Server {
             log_request(from, datagram);
         }
         let arrival = arrival(dest);
-        let settling = self.service.catalog().has_pending();
+        let settling = self.service.catalog().has_pending()
+            || self.service.tree().is_some_and(FileTree::has_pending);
         let mut action =
             self.service
                 .handle_arrival(peer(from), arrival, self.now_ms, datagram, &mut self.tx);

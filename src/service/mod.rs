@@ -48,6 +48,7 @@ mod table;
 use crate::catalog::{Catalog, Image};
 use crate::firmware;
 use crate::hash::SipKey;
+use crate::tree::FileTree;
 use crate::wire::{self, Block, Emitter, Message, ParseError};
 use coap_lite::{CoapOption, MessageClass, MessageType, ResponseType};
 use core::fmt::{self, Write as _};
@@ -157,7 +158,9 @@ pub enum Action<'c> {
 pub enum Outcome<'c> {
     /// One block of a firmware body.
     Block(Transfer<'c>),
-    /// Another 2.05: a lookup answer or the discovery listing.
+    /// Another 2.05: a lookup answer, the discovery listing, or a block of
+    /// a `--files` file or directory listing (no per-transfer state or log
+    /// line for those).
     Content,
     /// An error response; its code.
     Error(ResponseType),
@@ -305,6 +308,8 @@ impl From<wire::EmitError> for Failure {
 #[derive(Debug)]
 pub struct Service {
     catalog: Catalog,
+    /// The `--files` tree, if one is served.
+    tree: Option<FileTree>,
     limits: Limits,
     server_szx: u8,
     peers: Peers,
@@ -322,6 +327,7 @@ impl Service {
             .expect("max_block_size is a power of two in 16..=1024");
         Service {
             catalog,
+            tree: None,
             limits,
             server_szx,
             peers: Peers::new(
@@ -346,6 +352,18 @@ impl Service {
     /// the new content under its new ETag, which a client sees.
     pub fn replace_catalog(&mut self, catalog: Catalog) -> Catalog {
         std::mem::replace(&mut self.catalog, catalog)
+    }
+
+    /// Serves `tree` (`None`: no file tree) from the next datagram on and
+    /// returns the one it replaces: one assignment, like
+    /// [`Service::replace_catalog`].
+    pub fn replace_tree(&mut self, tree: Option<FileTree>) -> Option<FileTree> {
+        std::mem::replace(&mut self.tree, tree)
+    }
+
+    /// The file tree served, if any.
+    pub fn tree(&self) -> Option<&FileTree> {
+        self.tree.as_ref()
     }
 
     /// The catalog served.
@@ -481,6 +499,7 @@ impl Service {
         let confirmable = msg.mtype == MessageType::Confirmable;
         let mut ctx = Ctx {
             catalog: &self.catalog,
+            tree: self.tree.as_ref(),
             server_szx: self.server_szx,
             peer_state: self.peers.pending(
                 peer,

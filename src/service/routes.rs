@@ -1,6 +1,7 @@
 //! The routes: `/updates` (lookup, query and legacy forms),
-//! `/updates/{id}` and `/.well-known/core`, and the Block2 slicing of their
-//! bodies (RFC 7959). Each answer is written straight into the caller's
+//! `/updates/{id}`, `/.well-known/core` and, with `--files`, every other
+//! path as a file or directory listing of the tree, and the Block2 slicing
+//! of their bodies (RFC 7959). Each answer is written straight into the caller's
 //! buffer; a block is copied once from the image's bytes.
 
 use super::peers::Pending;
@@ -9,6 +10,8 @@ use super::{
 };
 use crate::catalog::{Catalog, CoreLink, Image};
 use crate::firmware::{self, DeviceRequest};
+use crate::hash::fnv1a64_concat;
+use crate::tree::FileTree;
 use crate::wire::{Block, BlockError, Emitter, Message};
 use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, RequestType, ResponseType};
 
@@ -27,16 +30,20 @@ enum Named {
 }
 
 /// Where a request is going.
-enum Route<'a> {
+enum Route<'a, 's> {
     Updates,
     Image(&'a [u8]),
     Discovery,
+    /// Any other path, with a file tree served.
+    Tree(&'s FileTree),
 }
 
 /// One request being answered: what `route` and its helpers need.
 pub(super) struct Ctx<'s, 't, 'm> {
     /// The catalog served.
     pub(super) catalog: &'s Catalog,
+    /// The `--files` tree, if one is served.
+    pub(super) tree: Option<&'s FileTree>,
     /// The server's largest block size.
     pub(super) server_szx: u8,
     /// The peer's state, read and changed for this request.
@@ -74,7 +81,8 @@ impl<'s> Ctx<'s, '_, '_> {
             [b"updates"] => Some(Route::Updates),
             [b"updates", id] => Some(Route::Image(id)),
             [b".well-known", b"core"] => Some(Route::Discovery),
-            _ => None,
+            [b"updates", ..] => None,
+            _ => self.tree.map(Route::Tree),
         };
         let Some(route) = route else {
             return Err(error(ResponseType::NotFound, "no such resource"));
@@ -86,6 +94,7 @@ impl<'s> Ctx<'s, '_, '_> {
             Route::Updates => self.updates(out),
             Route::Image(id) => self.image(id, out),
             Route::Discovery => self.discovery(out),
+            Route::Tree(tree) => self.tree_get(tree, out),
         }
     }
 
@@ -273,18 +282,23 @@ impl<'s> Ctx<'s, '_, '_> {
         if self.msg.query.overflowed() {
             return Err(error(ResponseType::BadRequest, "too many query options"));
         }
-        let links = self.catalog.core_links();
+        let tree_links = self.tree.map_or(&[][..], FileTree::core_links);
+        let links = || self.catalog.core_links().iter().chain(tree_links);
         let query = self.msg.query.as_slice();
         let selected = |link: &&CoreLink| query.iter().all(|q| link.matches(q));
-        let total = links
-            .iter()
+        let total = links()
             .filter(selected)
             .enumerate()
             .map(|(i, link)| link.text.len() + usize::from(i > 0))
             .sum::<usize>();
         self.check_accept(ContentFormat::ApplicationLinkFormat)?;
         let (block, range) = self.block_for(total)?;
-        let etag = self.catalog.core_etag();
+        let etag = match self.tree {
+            None => self.catalog.core_etag(),
+            Some(tree) => {
+                fnv1a64_concat([&self.catalog.core_etag()[..], &tree.core_etag()[..]]).to_be_bytes()
+            }
+        };
         let mut e = self.emitter(ResponseType::Content, out)?;
         block_options(
             &mut e,
@@ -297,7 +311,7 @@ impl<'s> Ctx<'s, '_, '_> {
         let len = e.payload_with(range.len(), |room| {
             let mut position = 0usize;
             let mut written = 0usize;
-            for (i, link) in links.iter().filter(selected).enumerate() {
+            for (i, link) in links().filter(selected).enumerate() {
                 let separator: &[u8] = if i > 0 { b"," } else { b"" };
                 for part in [separator, &link.text[..]] {
                     written += copy_overlap(part, position, &range, room, written);
@@ -309,6 +323,70 @@ impl<'s> Ctx<'s, '_, '_> {
             }
             written
         })?;
+        Ok((len, Outcome::Content))
+    }
+
+    /// `GET` of any other path with a file tree served, as
+    /// `aiocoap-fileserver` answers: a file's body; a directory's listing
+    /// when the path ends in `/` (an empty last Uri-Path segment, or no
+    /// Uri-Path at all for the root); 4.00 for a directory without the `/`
+    /// or a file with one; 5.03 for a new file still settling; else 4.04.
+    fn tree_get(&self, tree: &'s FileTree, out: &mut [u8]) -> Reply<'s> {
+        let path = self.msg.path.as_slice();
+        let (dir_path, wants_dir) = match path.split_last() {
+            None => (path, true),
+            Some((&[], rest)) => (rest, true),
+            Some(_) => (path, false),
+        };
+        if wants_dir {
+            if let Some(dir) = tree.dir(dir_path) {
+                return self.whole_body(
+                    &dir.listing,
+                    &dir.etag,
+                    ContentFormat::ApplicationLinkFormat,
+                    out,
+                );
+            }
+            if tree.file(dir_path).is_some() {
+                return Err(error(
+                    ResponseType::BadRequest,
+                    "not a directory (strip the trailing slash)",
+                ));
+            }
+            return Err(error(ResponseType::NotFound, "no such directory"));
+        }
+        if let Some(file) = tree.file(path) {
+            return self.whole_body(
+                &file.bytes,
+                &file.etag,
+                ContentFormat::ApplicationOctetStream,
+                out,
+            );
+        }
+        if tree.dir(path).is_some() {
+            return Err(error(
+                ResponseType::BadRequest,
+                "not a file (add a trailing slash)",
+            ));
+        }
+        Err(match tree.pending_retry(path) {
+            Some(max_age) => Failure::Unavailable { max_age },
+            None => error(ResponseType::NotFound, "no such file"),
+        })
+    }
+
+    /// One Block2 block of a whole body of the tree, with its ETag.
+    fn whole_body(
+        &self,
+        body: &[u8],
+        etag: &[u8; 8],
+        format: ContentFormat,
+        out: &mut [u8],
+    ) -> Reply<'s> {
+        self.check_accept(format)?;
+        let (block, range) = self.block_for(body.len())?;
+        let chunk = body.get(range).ok_or(Failure::Overflow)?;
+        let len = self.emit_block(out, etag, format, block, body.len(), chunk)?;
         Ok((len, Outcome::Content))
     }
 

@@ -740,7 +740,13 @@ fn expected_links(fx: &Fx, names: &[&str], with_updates: bool) -> String {
 /// Fetches every block of a discovery listing at `szx` and checks each.
 fn fetch_listing(fx: &mut Fx, uri: &str, szx: u8) -> Vec<u8> {
     let mut body = Vec::new();
-    let etag = fx.svc.catalog().core_etag();
+    let etag = match fx.svc.tree() {
+        None => fx.svc.catalog().core_etag(),
+        Some(tree) => {
+            crate::hash::fnv1a64_concat([&fx.svc.catalog().core_etag()[..], &tree.core_etag()[..]])
+                .to_be_bytes()
+        }
+    };
     for num in 0.. {
         assert!(num < 10_000, "runaway");
         let reply = fx.ask(&Req::get(uri).block2(num, szx).mid(num as u16));
@@ -2095,4 +2101,218 @@ fn multicast_gets_no_error_no_rst_no_empty_answer_and_no_con() {
     }
     // The same requests by unicast are answered.
     assert_error(&fx.ask(&Req::get("nothing").non()), ResponseType::NotFound);
+}
+
+// The `--files` tree: every other path is a file or a listing of it.
+
+/// A temporary directory holding a file tree, removed on drop.
+struct TreeDir(std::path::PathBuf);
+
+impl TreeDir {
+    fn new(tag: &str) -> TreeDir {
+        let path =
+            std::env::temp_dir().join(format!("iot-ota-service-tree-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TreeDir(path)
+    }
+
+    fn write(&self, rel: &str, bytes: &[u8]) {
+        let path = self.0.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+        std::fs::write(path, bytes).expect("write");
+    }
+}
+
+impl Drop for TreeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SUIT: &str = "fw/app/board/riot.suit.latest.bin";
+const SLOT0: &str = "fw/app/board/slot0.5.bin";
+
+/// A service over the usual catalog and a tree with the RIOT files (the
+/// slot 200 bytes, the manifest 5) and `top` (1 byte).
+fn tree_fx(tag: &str) -> (Fx, TreeDir, Vec<u8>) {
+    let dir = TreeDir::new(tag);
+    let slot = image_bytes(200, 7);
+    dir.write(SLOT0, &slot);
+    dir.write(SUIT, b"suit!");
+    dir.write("top", b"t");
+    let far = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let tree = crate::tree::FileTree::load(&dir.0, far)
+        .expect("tree loads")
+        .next
+        .expect("a tree");
+    let mut fx = Fx::new();
+    fx.svc.replace_tree(Some(tree));
+    (fx, dir, slot)
+}
+
+/// CON GET of the Uri-Path segments `segments`, kept as given (empty ones
+/// too).
+fn get_segments(segments: &[&str]) -> Req {
+    segments.iter().fold(Req::get(""), |req, s| {
+        req.option(CoapOption::UriPath.into(), s.as_bytes())
+    })
+}
+
+fn segments_of(path: &str) -> Vec<&str> {
+    path.split('/').collect()
+}
+
+#[test]
+fn tree_file_is_served_block_wise_with_its_content_etag() {
+    let (mut fx, _dir, slot) = tree_fx("blocks");
+    let etag = crate::hash::fnv1a64(&slot).to_be_bytes();
+    let mut got = Vec::new();
+    for num in 0..4 {
+        let reply = fx.ask(
+            &get_segments(&segments_of(SLOT0))
+                .block2(num, 2)
+                .mid(num as u16),
+        );
+        let msg = parse(&reply);
+        assert_eq!(msg.class(), MessageClass::Response(ResponseType::Content));
+        assert_eq!(msg.content_format, Some(42));
+        assert_eq!(msg.etag, Some(&etag[..]));
+        assert_eq!(
+            block2(&reply),
+            Block {
+                num,
+                more: num < 3,
+                szx: 2
+            }
+        );
+        assert_eq!(msg.size2.is_some(), num == 0, "Size2 on block 0 only");
+        if num == 0 {
+            assert_eq!(msg.size2, Some(200));
+        }
+        got.extend_from_slice(msg.payload);
+    }
+    assert_eq!(got, slot);
+    let past = fx.ask(&get_segments(&segments_of(SLOT0)).block2(4, 2));
+    assert_error(&past, ResponseType::BadOption);
+}
+
+#[test]
+fn tree_file_without_block2_uses_the_server_block_size() {
+    let (mut fx, _dir, _) = tree_fx("whole");
+    let reply = fx.ask(&get_segments(&segments_of(SUIT)));
+    let msg = parse(&reply);
+    assert_eq!(msg.payload, b"suit!");
+    assert_eq!(
+        block2(&reply),
+        Block {
+            num: 0,
+            more: false,
+            szx: 6
+        }
+    );
+}
+
+#[test]
+fn tree_listings_are_link_format_and_need_the_trailing_slash() {
+    let (mut fx, _dir, _) = tree_fx("listing");
+    let reply = fx.ask(&get_segments(&["fw", "app", "board", ""]));
+    let msg = parse(&reply);
+    assert_eq!(msg.content_format, Some(40));
+    assert_eq!(
+        msg.payload,
+        b"</fw/app/board/riot.suit.latest.bin>,</fw/app/board/slot0.5.bin>"
+    );
+    for root in [get_segments(&[]), get_segments(&[""])] {
+        let reply = fx.ask(&root);
+        assert_eq!(parse(&reply).payload, b"</fw/>;ct=40,</top>");
+    }
+    // As aiocoap-fileserver: a directory without the slash, or a file
+    // with one, is 4.00.
+    let reply = fx.ask(&get_segments(&["fw", "app"]));
+    assert_error(&reply, ResponseType::BadRequest);
+    let reply = fx.ask(&get_segments(&["top", ""]));
+    assert_error(&reply, ResponseType::BadRequest);
+}
+
+#[test]
+fn tree_listing_longer_than_a_block_is_block_wise() {
+    let (mut fx, _dir, _) = tree_fx("listing-blocks");
+    let whole = b"</fw/app/board/riot.suit.latest.bin>,</fw/app/board/slot0.5.bin>";
+    let mut got = Vec::new();
+    let blocks = whole.len().div_ceil(16) as u32;
+    for num in 0..blocks {
+        let reply = fx.ask(&get_segments(&["fw", "app", "board", ""]).block2(num, 0));
+        assert_eq!(block2(&reply).more, num + 1 < blocks);
+        got.extend_from_slice(parse(&reply).payload);
+    }
+    assert_eq!(got, whole);
+    let past = fx.ask(&get_segments(&["fw", "app", "board", ""]).block2(blocks, 0));
+    assert_error(&past, ResponseType::BadOption);
+}
+
+#[test]
+fn tree_paths_never_escape_the_directory() {
+    let (mut fx, _dir, _) = tree_fx("escape");
+    for path in [
+        &["..", "etc", "passwd"][..],
+        &["fw", "..", "..", "etc", "passwd"],
+        &["fw", "app", "..", "app", "board", "slot0.5.bin"],
+        &["fw", ".", "app", "board", "slot0.5.bin"],
+        &[".", "top"],
+        &["fw", "", "app", "board", "slot0.5.bin"],
+        &["", "top"],
+        &["%2e%2e", "etc", "passwd"],
+        &["fw", "%2e%2e", "fw", "app", "board", "slot0.5.bin"],
+        &["fw/app/board/slot0.5.bin"],
+        &["missing"],
+    ] {
+        let reply = fx.ask(&get_segments(path));
+        assert_error(&reply, ResponseType::NotFound);
+    }
+}
+
+#[test]
+fn tree_answers_only_get() {
+    let (mut fx, _dir, _) = tree_fx("methods");
+    let post = MessageClass::Request(RequestType::Post);
+    let reply = fx.ask(&get_segments(&segments_of(SLOT0)).code(post));
+    assert_error(&reply, ResponseType::MethodNotAllowed);
+}
+
+#[test]
+fn tree_leaves_updates_paths_to_the_catalog() {
+    let (mut fx, dir, _) = tree_fx("updates");
+    dir.write("updates/x/y", b"shadowed");
+    let reply = fx.ask(&get_segments(&["updates", "x", "y"]));
+    assert_error(&reply, ResponseType::NotFound);
+    let id = fx.img(SZ1).id;
+    let reply = fx.ask(&Req::get(&format!("updates/{id}")));
+    assert_eq!(parse(&reply).payload, fx.img(SZ1).bytes);
+}
+
+#[test]
+fn discovery_lists_the_tree_after_the_images_and_filters_them() {
+    let (mut fx, _dir, _) = tree_fx("discovery");
+    let catalog = String::from_utf8(fx.svc.catalog().core_body()).expect("utf-8");
+    let body = fetch_listing(&mut fx, ".well-known/core", 6);
+    let expected = format!(
+        "{catalog},</fw/app/board/riot.suit.latest.bin>;ct=42;sz=5,\
+         </fw/app/board/slot0.5.bin>;ct=42;sz=200,</top>;ct=42;sz=1"
+    );
+    assert_eq!(String::from_utf8(body).expect("utf-8"), expected);
+    let filtered = fetch_listing(&mut fx, ".well-known/core?href=/fw*", 6);
+    assert_eq!(
+        filtered,
+        b"</fw/app/board/riot.suit.latest.bin>;ct=42;sz=5,</fw/app/board/slot0.5.bin>;ct=42;sz=200"
+    );
+}
+
+#[test]
+fn without_a_tree_other_paths_stay_4_04() {
+    let mut fx = Fx::new();
+    let reply = fx.ask(&get_segments(&["top"]));
+    assert_error(&reply, ResponseType::NotFound);
+    let reply = fx.ask(&get_segments(&[]));
+    assert_error(&reply, ResponseType::NotFound);
 }

@@ -119,6 +119,22 @@ pub fn spawn_server(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
 /// empty: the server itself). The launcher must exec the server, so that
 /// dropping the [`TestServer`] stops it.
 pub fn spawn_server_via(launcher: &[&str], dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
+    spawn_with(launcher, "-d", dir, listen, extra)
+}
+
+/// As [`spawn_server`] with `--fileserver DIR` and no `-d`: an empty
+/// catalog and the file tree under `dir`.
+pub fn spawn_fileserver(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
+    spawn_with(&[], "--fileserver", dir, listen, extra)
+}
+
+fn spawn_with(
+    launcher: &[&str],
+    dir_option: &str,
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> TestServer {
     let mut command = match launcher.split_first() {
         Some((program, args)) => {
             let mut command = Command::new(program);
@@ -128,7 +144,7 @@ pub fn spawn_server_via(launcher: &[&str], dir: &Path, listen: &str, extra: &[&s
         None => Command::new(SERVER_BIN),
     };
     let mut child = command
-        .arg("-d")
+        .arg(dir_option)
         .arg(dir)
         .arg("-l")
         .arg(listen)
