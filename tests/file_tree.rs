@@ -7,9 +7,9 @@
 
 mod support;
 
-use coap_lite::{MessageClass, MessageType, RequestType, ResponseType};
+use coap_lite::{MessageClass, MessageType, ResponseType};
 use iot_ota::hash::fnv1a64;
-use iot_ota::wire::{Block, Emitter, Message};
+use iot_ota::wire::{Block, Message};
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Command;
@@ -26,24 +26,7 @@ const SLOT0: &str = "fw/app/board/slot0.5.bin";
 /// A Confirmable GET of the Uri-Path `segments` (kept as given, empty
 /// ones too), with an optional Block2.
 fn get(mid: u16, token: &[u8], segments: &[&str], block: Option<Block>) -> Vec<u8> {
-    let mut buf = vec![0u8; 1280];
-    let mut e = Emitter::new(
-        &mut buf,
-        MessageType::Confirmable,
-        MessageClass::Request(RequestType::Get),
-        mid,
-        token,
-    )
-    .expect("header");
-    for segment in segments {
-        e.option(11, segment.as_bytes()).expect("Uri-Path");
-    }
-    if let Some(block) = block {
-        e.option_block(23, block).expect("Block2");
-    }
-    let len = e.payload(&[]).expect("no payload");
-    buf.truncate(len);
-    buf
+    support::coap::con_get(mid, token, segments, block, &[])
 }
 
 /// A reply's fields, owned.

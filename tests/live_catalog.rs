@@ -10,8 +10,8 @@
 
 mod support;
 
-use coap_lite::{MessageClass, MessageType, RequestType, ResponseType};
-use iot_ota::wire::{Block, Emitter, Message};
+use coap_lite::{MessageClass, MessageType, ResponseType};
+use iot_ota::wire::{Block, Message};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::Command;
@@ -77,24 +77,7 @@ impl Reply {
 /// A Confirmable GET of the path `segments`, with an optional Block2 and
 /// payload.
 fn get(mid: u16, token: &[u8], segments: &[&str], block: Option<Block>, payload: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; 1280];
-    let mut e = Emitter::new(
-        &mut buf,
-        MessageType::Confirmable,
-        MessageClass::Request(RequestType::Get),
-        mid,
-        token,
-    )
-    .expect("header");
-    for segment in segments {
-        e.option(11, segment.as_bytes()).expect("Uri-Path");
-    }
-    if let Some(block) = block {
-        e.option_block(23, block).expect("Block2");
-    }
-    let len = e.payload(payload).expect("payload");
-    buf.truncate(len);
-    buf
+    support::coap::con_get(mid, token, segments, block, payload)
 }
 
 /// One client socket and its next Message ID.

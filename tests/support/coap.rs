@@ -57,3 +57,34 @@ pub fn exchange_until<T>(
     }
     None
 }
+
+/// A Confirmable GET of the Uri-Path `segments` (kept as given, empty ones
+/// too), with an optional Block2 and payload, encoded with the crate's own
+/// emitter.
+pub fn con_get(
+    mid: u16,
+    token: &[u8],
+    segments: &[&str],
+    block: Option<iot_ota::wire::Block>,
+    payload: &[u8],
+) -> Vec<u8> {
+    use coap_lite::{MessageClass, MessageType, RequestType};
+    let mut buf = vec![0u8; 1280];
+    let mut e = iot_ota::wire::Emitter::new(
+        &mut buf,
+        MessageType::Confirmable,
+        MessageClass::Request(RequestType::Get),
+        mid,
+        token,
+    )
+    .expect("header");
+    for segment in segments {
+        e.option(11, segment.as_bytes()).expect("Uri-Path");
+    }
+    if let Some(block) = block {
+        e.option_block(23, block).expect("Block2");
+    }
+    let len = e.payload(payload).expect("payload");
+    buf.truncate(len);
+    buf
+}
