@@ -405,20 +405,7 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Action<'_> {
-        if !arrival.multicast {
-            return self.handle(peer, now_ms, datagram, out);
-        }
-        match wire::Header::parse(datagram) {
-            Ok((header, _)) if header.mtype == MessageType::NonConfirmable => {}
-            _ => return Action::Drop(Dropped::Multicast),
-        }
-        match self.handle(peer, now_ms, datagram, out) {
-            Action::Reply { len, outcome } if useful(&outcome, out.get(..len)) => {
-                Action::Reply { len, outcome }
-            }
-            Action::Reply { .. } => Action::Drop(Dropped::Multicast),
-            dropped => dropped,
-        }
+        self.answer(peer, arrival, now_ms, datagram, out, true)
     }
 
     /// Handles one datagram from `peer` received at `now_ms` (any monotonic
@@ -432,7 +419,7 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Action<'_> {
-        self.handle_counted(peer, now_ms, datagram, out, true)
+        self.answer(peer, Arrival::default(), now_ms, datagram, out, true)
     }
 
     /// [`Service::handle_arrival`] once more for the same datagram, after
@@ -446,10 +433,35 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Action<'_> {
-        if arrival.multicast {
-            return self.handle_arrival(peer, arrival, now_ms, datagram, out);
+        self.answer(peer, arrival, now_ms, datagram, out, false)
+    }
+
+    /// The one path of every request: the multicast rules of
+    /// [`Service::handle_arrival`] around [`Service::handle_counted`].
+    #[inline]
+    fn answer(
+        &mut self,
+        peer: Peer,
+        arrival: Arrival,
+        now_ms: u64,
+        datagram: &[u8],
+        out: &mut [u8],
+        count: bool,
+    ) -> Action<'_> {
+        if !arrival.multicast {
+            return self.handle_counted(peer, now_ms, datagram, out, count);
         }
-        self.handle_counted(peer, now_ms, datagram, out, false)
+        match wire::Header::parse(datagram) {
+            Ok((header, _)) if header.mtype == MessageType::NonConfirmable => {}
+            _ => return Action::Drop(Dropped::Multicast),
+        }
+        match self.handle_counted(peer, now_ms, datagram, out, count) {
+            Action::Reply { len, outcome } if useful(&outcome, out.get(..len)) => {
+                Action::Reply { len, outcome }
+            }
+            Action::Reply { .. } => Action::Drop(Dropped::Multicast),
+            dropped => dropped,
+        }
     }
 
     /// [`Service::handle`], counting the request against the rate limit
