@@ -410,12 +410,12 @@ fn bind(addr: SocketAddr, strict: bool) -> Result<UdpSocket, String> {
         Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && !strict => {
             warn!(
                 "{} is not configured on any interface yet: waiting for it (requests are served as soon as it exists)",
-                Listen(addr)
+                iface::Zoned(addr)
             );
             iface::bind_before_configured(addr)
-                .map_err(|e| format!("cannot listen on {}: {e}", Listen(addr)))?
+                .map_err(|e| format!("cannot listen on {}: {e}", iface::Zoned(addr)))?
         }
-        Err(e) => return Err(format!("cannot listen on {}: {e}", Listen(addr))),
+        Err(e) => return Err(format!("cannot listen on {}: {e}", iface::Zoned(addr))),
     };
     if let Ok(local) = socket.local_addr() {
         server::check_dual_stack(local);
@@ -463,7 +463,7 @@ fn join_groups(socket: &UdpSocket, interfaces: &[iface::Interface]) {
     if !local.ip().is_unspecified() {
         warn!(
             "{} is not a wildcard address: it receives no multicast (listen on [::]:PORT for that)",
-            Listen(local)
+            iface::Zoned(local)
         );
         return;
     }
@@ -473,28 +473,16 @@ fn join_groups(socket: &UdpSocket, interfaces: &[iface::Interface]) {
                 let groups: Vec<String> = groups.iter().map(ToString::to_string).collect();
                 info!(
                     "{}: joined {} on {}",
-                    Listen(local),
+                    iface::Zoned(local),
                     groups.join(", "),
                     interface.name
                 );
             }
             Err(e) => warn!(
                 "{}: cannot join the All-CoAP-Nodes groups on {}: {e}",
-                Listen(local),
+                iface::Zoned(local),
                 interface.name
             ),
-        }
-    }
-}
-
-/// A listen address as an operator writes it, with its zone by name.
-struct Listen(SocketAddr);
-
-impl std::fmt::Display for Listen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            SocketAddr::V6(v6) if v6.scope_id() != 0 => f.write_str(&iface::display(self.0)),
-            addr => write!(f, "{addr}"),
         }
     }
 }
