@@ -130,32 +130,16 @@ impl Live {
         if let Some(next) = &refresh.next {
             self.tree_dirs = next.dir_mtimes().to_vec();
         }
-        match &refresh.error {
-            Some(error) => {
-                let problem = error.to_string();
-                if self.last_tree_problem.as_deref() != Some(problem.as_str()) {
-                    warn!("rescan of {shown}: {problem}; the last good tree keeps serving");
-                    self.last_tree_problem = Some(problem);
-                }
-            }
-            None => {
-                if self.last_tree_problem.take().is_some() {
-                    info!("rescan of {shown}: the problem is gone");
-                }
-            }
-        }
+        report_problem(
+            &mut self.last_tree_problem,
+            &shown,
+            "tree",
+            refresh.error.as_ref(),
+        );
         let Some(next) = refresh.next else {
             return false;
         };
-        for path in &refresh.added {
-            info!("published file {path}");
-        }
-        for path in &refresh.replaced {
-            info!("replaced file {path}");
-        }
-        for path in &refresh.removed {
-            info!("removed file {path}");
-        }
+        log_changes("file ", &refresh.added, &refresh.replaced, &refresh.removed);
         for skipped in &refresh.skipped {
             warn!("skipped file {skipped}");
         }
@@ -176,35 +160,16 @@ impl Live {
         let refresh = service
             .catalog()
             .refresh(dir, SystemTime::now(), self.settle);
-        match &refresh.error {
-            Some(error) => {
-                let problem = error.to_string();
-                if self.last_problem.as_deref() != Some(problem.as_str()) {
-                    warn!(
-                        "rescan of {}: {problem}; the last good catalog keeps serving",
-                        dir.display()
-                    );
-                    self.last_problem = Some(problem);
-                }
-            }
-            None => {
-                if self.last_problem.take().is_some() {
-                    info!("rescan of {}: the problem is gone", dir.display());
-                }
-            }
-        }
+        report_problem(
+            &mut self.last_problem,
+            &dir.display().to_string(),
+            "catalog",
+            refresh.error.as_ref(),
+        );
         let Some(next) = refresh.next else {
             return false;
         };
-        for name in &refresh.added {
-            info!("published {name}");
-        }
-        for name in &refresh.replaced {
-            info!("replaced {name}");
-        }
-        for name in &refresh.removed {
-            info!("removed {name}");
-        }
+        log_changes("", &refresh.added, &refresh.replaced, &refresh.removed);
         for skipped in &refresh.skipped {
             warn!("skipped {}: {}", skipped.file, skipped.reason);
         }
@@ -215,6 +180,43 @@ impl Live {
         service.replace_catalog(next);
         info!("catalog ({why}): {images} images");
         true
+    }
+}
+
+/// Logs a rescan's problem (a collision, a listing error) once until it
+/// changes, and its end once; `last` remembers what was logged.
+fn report_problem(
+    last: &mut Option<String>,
+    shown: &str,
+    what: &str,
+    error: Option<&impl std::fmt::Display>,
+) {
+    match error {
+        Some(error) => {
+            let problem = error.to_string();
+            if last.as_deref() != Some(problem.as_str()) {
+                warn!("rescan of {shown}: {problem}; the last good {what} keeps serving");
+                *last = Some(problem);
+            }
+        }
+        None => {
+            if last.take().is_some() {
+                info!("rescan of {shown}: the problem is gone");
+            }
+        }
+    }
+}
+
+/// One info line per published, replaced and removed name.
+fn log_changes(kind: &str, added: &[String], replaced: &[String], removed: &[String]) {
+    for name in added {
+        info!("published {kind}{name}");
+    }
+    for name in replaced {
+        info!("replaced {kind}{name}");
+    }
+    for name in removed {
+        info!("removed {kind}{name}");
     }
 }
 
