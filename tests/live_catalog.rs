@@ -738,3 +738,36 @@ fn a_miss_that_rescans_counts_once_against_the_rate_limit() {
     let reply = client.block("deadbeef", 0);
     assert_is(&reply, ResponseType::NotFound, "an unknown id, once");
 }
+
+/// Devices polling for an update that is not there do not make the server
+/// scan its directory on every poll: a miss rescans only when the
+/// directory changed since the last scan (README, "Publishing images").
+#[test]
+fn polling_misses_on_an_unchanged_directory_rescan_once() {
+    let dir = TempDir::new("live-poll");
+    let mut server = live_server(&dir, "0", "0");
+    let mut client = Client::new(&server);
+    for _ in 0..4 {
+        assert_eq!(client.lookup("POLLED"), None, "no image yet");
+        std::thread::sleep(PAST_MISS_INTERVAL);
+    }
+    // A change is still found by the next miss.
+    publish(&dir, "POLLED_1_0_0_APP.fmu", &image_bytes(100, 46));
+    std::thread::sleep(PAST_MISS_INTERVAL);
+    assert!(client.lookup("POLLED").is_some(), "published image found");
+    server.signal(libc::SIGTERM);
+    server.wait_exit(LOG_WAIT).expect("exits after SIGTERM");
+    expect_log(&server, "stopping on a signal", "after SIGTERM");
+    let log = server.log();
+    let stats = log
+        .lines()
+        .find(|l| l.contains("stopping on a signal"))
+        .expect("the line");
+    // The first miss scans (nothing is known of the directory yet), the
+    // three polls after it on the unchanged directory do not, the miss
+    // after the publication does.
+    assert!(
+        stats.contains("rescans 2 catalog changes 1"),
+        "{stats}\nlog:\n{log}"
+    );
+}
