@@ -592,17 +592,7 @@ fn sighup_rescans_and_sigterm_exits_cleanly() {
         let (body, _) = client.download(&image_id(name));
         assert_bytes(&body, &bytes, "after SIGHUP");
 
-        server.signal(stop);
-        let status = server
-            .wait_exit(LOG_WAIT)
-            .unwrap_or_else(|| panic!("still running 5 s after {what}"));
-        assert_eq!(status.code(), Some(0), "exit status after {what}");
-        expect_log(&server, "stopping on a signal", &format!("after {what}"));
-        let log = server.log();
-        let stats = log
-            .lines()
-            .find(|l| l.contains("stopping on a signal"))
-            .expect("the line");
+        let stats = stop_with(&mut server, stop, what);
         assert!(
             stats.contains("rescans ") && stats.contains("catalog changes 1"),
             "{stats}"
@@ -755,19 +745,30 @@ fn polling_misses_on_an_unchanged_directory_rescan_once() {
     publish(&dir, "POLLED_1_0_0_APP.fmu", &image_bytes(100, 46));
     std::thread::sleep(PAST_MISS_INTERVAL);
     assert!(client.lookup("POLLED").is_some(), "published image found");
-    server.signal(libc::SIGTERM);
-    server.wait_exit(LOG_WAIT).expect("exits after SIGTERM");
-    expect_log(&server, "stopping on a signal", "after SIGTERM");
-    let log = server.log();
-    let stats = log
-        .lines()
-        .find(|l| l.contains("stopping on a signal"))
-        .expect("the line");
+    let stats = stop_with(&mut server, libc::SIGTERM, "SIGTERM");
     // The first miss scans (nothing is known of the directory yet), the
     // three polls after it on the unchanged directory do not, the miss
     // after the publication does.
     assert!(
         stats.contains("rescans 2 catalog changes 1"),
-        "{stats}\nlog:\n{log}"
+        "{stats}\nlog:\n{}",
+        server.log()
     );
+}
+
+/// Sends `signal` (named `what`), expects exit status 0 within
+/// [`LOG_WAIT`] and returns the final counters line.
+fn stop_with(server: &mut TestServer, signal: i32, what: &str) -> String {
+    server.signal(signal);
+    let status = server
+        .wait_exit(LOG_WAIT)
+        .unwrap_or_else(|| panic!("still running 5 s after {what}"));
+    assert_eq!(status.code(), Some(0), "exit status after {what}");
+    expect_log(server, "stopping on a signal", &format!("after {what}"));
+    server
+        .log()
+        .lines()
+        .find(|l| l.contains("stopping on a signal"))
+        .expect("the line")
+        .to_owned()
 }
