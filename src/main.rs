@@ -123,6 +123,12 @@ fn options() -> Options {
     );
     o.optopt(
         "",
+        "max-observers",
+        "Observe registrations kept, oldest ended for a new one; 0: no Observe (default: 1024)",
+        "N",
+    );
+    o.optopt(
+        "",
         "rate-limit",
         "at most N requests a second per peer address; excess gets 4.29 (default: off)",
         "N",
@@ -140,7 +146,7 @@ fn options() -> Options {
 }
 
 fn usage_text(o: &Options) -> String {
-    let brief = "Usage: iot-ota-server [-d DIR] [--files DIR | --fileserver DIR] [-l ADDR]... [-b BYTES] [--peers N] [--rate-limit N] [--echo]\n\
+    let brief = "Usage: iot-ota-server [-d DIR] [--files DIR | --fileserver DIR] [-l ADDR]... [-b BYTES] [--peers N] [--max-observers N] [--rate-limit N] [--echo]\n\
                  \x20                     [--multicast IFACE]... [--leisure MS] [--strict-bind] [--rescan MS] [--settle MS]\n\
                  \x20                     [-v]... [-q] [-h] [-V]\n\n\
                  Serves the .fmu firmware images in DIR (and with --files a plain file tree) to devices\n\
@@ -225,6 +231,13 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             .ok_or_else(|| format!("invalid --peers '{n}': use 1..1000000"))?;
         limits.continuation_capacity = peers;
         limits.rate_table_capacity = peers;
+    }
+    if let Some(n) = m.opt_str("max-observers") {
+        limits.max_observers = n
+            .parse()
+            .ok()
+            .filter(|n| *n <= 1_000_000)
+            .ok_or_else(|| format!("invalid --max-observers '{n}': use 0..1000000"))?;
     }
     if let Some(n) = m.opt_str("rate-limit") {
         limits.rate_limit = Some(n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -382,6 +395,10 @@ fn serve(config: Config) -> Result<(), String> {
     match config.rescan_ms {
         0 => extra.push_str(", rescans on SIGHUP and misses"),
         ms => extra.push_str(&format!(", rescans every {ms} ms")),
+    }
+    match config.limits.max_observers {
+        0 => extra.push_str(", Observe off"),
+        n => extra.push_str(&format!(", up to {n} observers")),
     }
     for addr in server.local_addrs() {
         // The address as Rust prints it (zone by index), so that scripts

@@ -184,6 +184,8 @@ pub struct Message<'a> {
     pub max_age: Option<u32>,
     /// Echo (RFC 9175).
     pub echo: Option<&'a [u8]>,
+    /// Observe (RFC 7641): 0 registers, 1 deregisters in a GET.
+    pub observe: Option<u32>,
     /// Proxy-Uri or Proxy-Scheme is present: a forward-proxy request,
     /// answered 5.05 by an endpoint that is no proxy (RFC 7252 §5.10.2).
     pub proxy: bool,
@@ -228,6 +230,7 @@ impl<'a> Message<'a> {
             accept: None,
             max_age: None,
             echo: None,
+            observe: None,
             proxy: false,
             unrecognized_critical: None,
             payload: &[],
@@ -302,6 +305,10 @@ impl<'a> Message<'a> {
             }
             CoapOption::ContentFormat if len <= 2 && self.content_format.is_none() => {
                 self.content_format = decode_uint(value).and_then(|v| u16::try_from(v).ok());
+                true
+            }
+            CoapOption::Observe if len <= 3 && self.observe.is_none() => {
+                self.observe = decode_uint(value);
                 true
             }
             CoapOption::MaxAge if len <= 4 && self.max_age.is_none() => {

@@ -486,8 +486,7 @@ fn etag_of_9_bytes_in_a_response_is_ignored() {
 
 #[test]
 fn unknown_elective_option_is_ignored() {
-    // Option 2048 (even: elective) and Observe (6), which this crate does
-    // not act on.
+    // Option 2048 (even: elective), after an Observe (6) of 0.
     let delta = (2048u16 - 11 - 269).to_be_bytes();
     let d = [
         0x40, 0x01, 0, 1, 0x60, 0x57, b'u', b'p', b'd', b'a', b't', b'e', b's', 0xE1, delta[0],
@@ -496,6 +495,7 @@ fn unknown_elective_option_is_ignored() {
     let msg = Message::parse(&d).unwrap();
     assert_eq!(msg.unrecognized_critical, None);
     assert_eq!(msg.path.as_slice(), &[&b"updates"[..]]);
+    assert_eq!(msg.observe, Some(0));
 }
 
 #[test]

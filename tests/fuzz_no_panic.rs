@@ -175,6 +175,41 @@ fn seeds(ids: &[String]) -> Vec<Vec<u8>> {
             seeds.push(request(1, 1, 13, tok, &options, &[]));
         }
     }
+    // Observe registrations (option 6) and deregistrations, on every
+    // observable resource; RSTs and ACKs that may name a notification.
+    const OBSERVE: u16 = 6;
+    for value in [&[][..], &[1]] {
+        seeds.push(request(
+            1,
+            1,
+            14,
+            tok,
+            &[core[0], core[1], (OBSERVE, value)],
+            &[],
+        ));
+        let lookup = [
+            (PATH, updates),
+            (OBSERVE, value),
+            (QUERY, &b"pid=MOTE"[..]),
+            (QUERY, b"type=APP"),
+            (QUERY, b"version=1.1.31"),
+        ];
+        seeds.push(request(0, 1, 15, &[], &lookup, &[]));
+        let payload = device(b"MOTE", 3, 0, None);
+        seeds.push(request(
+            0,
+            1,
+            16,
+            &[9],
+            &[(PATH, updates), (OBSERVE, value)],
+            &payload,
+        ));
+    }
+    for mid in [0u16, 1, 0x1234] {
+        let [hi, lo] = mid.to_be_bytes();
+        seeds.push(vec![0x70, 0x00, hi, lo]); // RST
+        seeds.push(vec![0x60, 0x00, hi, lo]); // empty ACK
+    }
     // Message layer and error cases.
     seeds.push(vec![0x40, 0x00, 0x12, 0x34]); // ping
     seeds.push(vec![0x60, 0x00, 0x12, 0x34]); // empty ACK
@@ -270,6 +305,20 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
 }
 
 /// Checks one reply of `svc` to `datagram`.
+/// A notification is a response with a token, parsed alike by both
+/// parsers.
+fn check_notification(bytes: &[u8]) {
+    assert!(bytes.len() <= MAX_REPLY_LEN);
+    let ours = Message::parse(bytes).unwrap_or_else(|e| panic!("{bytes:02x?}: {e}"));
+    let theirs = Packet::from_bytes(bytes).unwrap_or_else(|e| panic!("{bytes:02x?}: {e:?}"));
+    assert!(matches!(ours.class(), MessageClass::Response(_)));
+    assert!(matches!(
+        ours.mtype,
+        MessageType::Confirmable | MessageType::NonConfirmable
+    ));
+    assert_eq!(theirs.payload, ours.payload);
+}
+
 fn check_reply(datagram: &[u8], reply: &[u8], outcome: &Outcome<'_>) {
     assert!(
         reply.len() <= MAX_REPLY_LEN,
@@ -392,6 +441,7 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
                 rate_limit: Some(3),
                 rate_table_capacity: 8,
                 echo: true,
+                max_observers: 4,
             },
             support::TEST_KEYS,
         ),
@@ -407,6 +457,14 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
     let mut out = vec![0u8; MAX_REPLY_LEN];
     let mut now = 1_000_000u64;
     let (mut replies, mut blocks, mut parsed) = (0usize, 0usize, 0usize);
+    let mut notifications = 0usize;
+    // The catalog with one image more, which changes what lookups and
+    // discovery answer.
+    let other_catalog = || {
+        let mut more = files.clone();
+        more.push(("MOTE_9_0_0_APP.fmu".to_owned(), vec![7; 300]));
+        Catalog::from_files(more).unwrap().0
+    };
 
     for n in 0..INPUTS {
         let mut input = if rng.chance(5) {
@@ -478,12 +536,31 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
             }
             assert!(svc.continuation_count() <= svc.limits().continuation_capacity);
             assert!(svc.rate_table_len() <= svc.limits().rate_table_capacity);
+            // Notifications owed after a change, a timer or a re-registration
+            // are well-formed responses too.
+            if n % 500 == 0 {
+                let next = if n % 1000 == 0 {
+                    catalog()
+                } else {
+                    other_catalog()
+                };
+                svc.replace_catalog(next);
+            }
+            for _ in 0..=svc.limits().max_observers {
+                let Some(note) = svc.poll_notification(now, &mut out) else {
+                    break;
+                };
+                notifications += 1;
+                check_notification(&out[..note.len]);
+            }
+            assert!(svc.observer_count() <= svc.limits().max_observers);
         }
     }
     // The loop reached every layer, not only the parser's error paths.
     assert!(parsed > INPUTS / 10, "parsed {parsed}");
     assert!(replies > INPUTS / 4, "replies {replies}");
     assert!(blocks > INPUTS / 20, "blocks {blocks}");
+    assert!(notifications > 0, "no notification was ever sent");
     eprintln!(
         "{INPUTS} inputs: {parsed} parsed, {replies} replies, {blocks} blocks in {:?}",
         started.elapsed()

@@ -24,8 +24,8 @@ mod live;
 
 use crate::firmware::{self, VersionText};
 use crate::service::{
-    Action, Arrival, Dropped, Outcome, Peer, ResetReason, Service, Transfer, Via, MAX_REPLY_LEN,
-    MAX_REQUEST_LEN,
+    Action, Arrival, Dropped, Notification, Outcome, Peer, ResetReason, Service, Transfer, Via,
+    MAX_REPLY_LEN, MAX_REQUEST_LEN,
 };
 use crate::sockio::{self, LocalDest, Received};
 use crate::tree::FileTree;
@@ -34,7 +34,7 @@ use leisure::Leisure;
 use live::Live;
 use log::{debug, info, log_enabled, trace, warn, Level};
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
@@ -51,6 +51,10 @@ const STATS_INTERVAL_MS: u64 = 300_000;
 /// anyone can send block-0 requests, and the log must not become the
 /// amplifier; the rest are counted in [`Stats::suppressed_log_lines`].
 const TRANSFER_LINES_PER_SECOND: u32 = 20;
+/// Notifications sent between two receives at most: a publish that
+/// concerns a thousand observers must not keep the loop from requests
+/// (nor overrun the socket's send buffer in one burst).
+const NOTIFICATIONS_PER_TURN: usize = 32;
 
 /// Counters of what the server did; logged periodically, never per packet
 /// above debug, so hostile traffic cannot flood the log.
@@ -86,6 +90,8 @@ pub struct Stats {
     pub rescans: u64,
     /// Rescans that changed the catalog.
     pub catalog_changes: u64,
+    /// Observe notifications sent (RFC 7641), retransmissions included.
+    pub notifications: u64,
 }
 
 /// The server: socket, buffers, service and counters.
@@ -295,7 +301,8 @@ impl Server {
             self.send_due_answers();
             let now = self.clock_ms();
             let rescan_due = self.live.as_ref().and_then(Live::next_due_ms);
-            let timeout = [self.leisure.next_due_ms(), rescan_due]
+            let notify_due = self.service.next_notification_ms();
+            let timeout = [self.leisure.next_due_ms(), rescan_due, notify_due]
                 .into_iter()
                 .flatten()
                 .min()
@@ -329,7 +336,7 @@ impl Server {
         if log_enabled!(Level::Debug) {
             log_request(from, datagram);
         }
-        let arrival = arrival(dest);
+        let arrival = arrival(index, dest);
         let settling = self.service.catalog().has_pending()
             || self.service.tree().is_some_and(FileTree::has_pending);
         let mut action =
@@ -376,9 +383,51 @@ impl Server {
                 trace!("{} dropped: {reason:?}", Shown(from));
             }
         }
+        // A rescan after a miss may have changed what observers see.
+        self.send_notifications(self.now_ms);
     }
 
-    /// Rescans the directory when its timer is due.
+    /// Sends the Observe notifications owed at `now_ms`, at most
+    /// [`NOTIFICATIONS_PER_TURN`]; the rest stay queued for the next turn,
+    /// which the wait's timeout then makes immediate.
+    fn send_notifications(&mut self, now_ms: u64) {
+        if !self
+            .service
+            .next_notification_ms()
+            .is_some_and(|due| due <= now_ms)
+        {
+            return;
+        }
+        for _ in 0..NOTIFICATIONS_PER_TURN {
+            let Some(n) = self.service.poll_notification(now_ms, &mut self.tx) else {
+                break;
+            };
+            let Some(socket) = self.sockets.get(n.arrival.socket) else {
+                continue;
+            };
+            let ipv4_socket = socket.local_addr().is_ok_and(|a| a.is_ipv4());
+            let (to, dest) = notification_route(&n, ipv4_socket);
+            debug!(
+                "{} notification ({}{})",
+                Shown(to),
+                if n.confirmable { "CON" } else { "NON" },
+                if n.last { ", last" } else { "" }
+            );
+            let reply = self.tx.get(..n.len).unwrap_or(&[]);
+            send(
+                &self.sockets,
+                n.arrival.socket,
+                reply,
+                to,
+                dest,
+                &mut self.stats,
+            );
+            self.stats.notifications += 1;
+        }
+    }
+
+    /// Rescans the directory when its timer is due, and sends the
+    /// notifications owed.
     fn on_timers(&mut self, now_ms: u64) {
         if let Some(live) = self.live.as_mut() {
             if live.next_due_ms().is_some_and(|due| now_ms >= due) {
@@ -388,6 +437,7 @@ impl Server {
                 }
             }
         }
+        self.send_notifications(now_ms);
     }
 
     /// Sends the held-back multicast answers whose time has come.
@@ -495,10 +545,45 @@ fn missed(action: &Action<'_>) -> bool {
     )
 }
 
+/// Where a notification goes and the address it leaves from, in the form
+/// the socket uses (an IPv4 socket takes IPv4 addresses, a dual-stack one
+/// IPv4-mapped IPv6); a link-local observer gets the zone of the interface
+/// its registration arrived on.
+fn notification_route(n: &Notification, ipv4_socket: bool) -> (SocketAddr, Option<LocalDest>) {
+    let ip = Ipv6Addr::from(n.peer.ip);
+    let to = match ip.to_ipv4_mapped() {
+        Some(v4) if ipv4_socket => SocketAddr::new(IpAddr::V4(v4), n.peer.port),
+        _ => {
+            // fe80::/10 (`is_unicast_link_local` is newer than our MSRV).
+            let scope = if ip.segments()[0] & 0xffc0 == 0xfe80 {
+                n.arrival.ifindex
+            } else {
+                0
+            };
+            SocketAddr::V6(SocketAddrV6::new(ip, n.peer.port, 0, scope))
+        }
+    };
+    let dest = n.arrival.local.map(|local| {
+        let local = Ipv6Addr::from(local);
+        let addr = match local.to_ipv4_mapped() {
+            Some(v4) if ipv4_socket => IpAddr::V4(v4),
+            _ => IpAddr::V6(local),
+        };
+        LocalDest {
+            addr,
+            ifindex: n.arrival.ifindex,
+        }
+    });
+    (to, dest)
+}
+
 /// What the service needs of where a datagram arrived.
-fn arrival(dest: Option<LocalDest>) -> Arrival {
+fn arrival(socket: usize, dest: Option<LocalDest>) -> Arrival {
     let Some(dest) = dest else {
-        return Arrival::default();
+        return Arrival {
+            socket,
+            ..Arrival::default()
+        };
     };
     let multicast = match dest.addr {
         IpAddr::V4(v4) => v4.is_multicast(),
@@ -509,6 +594,11 @@ fn arrival(dest: Option<LocalDest>) -> Arrival {
     Arrival {
         multicast,
         ifindex: dest.ifindex,
+        socket,
+        local: Some(match dest.addr {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        }),
     }
 }
 
@@ -687,8 +777,8 @@ impl std::fmt::Display for StatsLine<'_> {
         let s = self.0;
         write!(
             f,
-            "stats: received {} sent {} blocks {} content {} errors {} resets {} dropped malformed {} other {} receive errors {} send errors {} log lines suppressed {} multicast answers {} dropped {} rescans {} catalog changes {}",
-            s.received, s.sent, s.blocks, s.content, s.errors, s.resets, s.dropped_malformed, s.dropped_other, s.receive_errors, s.send_errors, s.suppressed_log_lines, s.multicast_answers, s.multicast_dropped, s.rescans, s.catalog_changes
+            "stats: received {} sent {} blocks {} content {} errors {} resets {} dropped malformed {} other {} receive errors {} send errors {} log lines suppressed {} multicast answers {} dropped {} rescans {} catalog changes {} notifications {}",
+            s.received, s.sent, s.blocks, s.content, s.errors, s.resets, s.dropped_malformed, s.dropped_other, s.receive_errors, s.send_errors, s.suppressed_log_lines, s.multicast_answers, s.multicast_dropped, s.rescans, s.catalog_changes, s.notifications
         )
     }
 }

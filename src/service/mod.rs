@@ -41,18 +41,21 @@
 //! to two minutes, longer than a client retransmits).
 
 mod guard;
+mod observe;
 mod peers;
 mod routes;
 mod table;
 
 use crate::catalog::{Catalog, Image};
 use crate::firmware;
-use crate::hash::SipKey;
+use crate::hash::{fnv1a64_concat, SipKey};
 use crate::tree::FileTree;
 use crate::wire::{self, Block, Emitter, Message, ParseError};
 use coap_lite::{CoapOption, MessageClass, MessageType, ResponseType};
 use core::fmt::{self, Write as _};
 use guard::Guard;
+use observe::{Intent, ObserverKey, Observers};
+pub use observe::{OBSERVE_MAX_AGE_S, REFRESH_MS};
 use peers::{Peers, RequestId};
 use routes::Ctx;
 
@@ -115,6 +118,9 @@ pub struct Limits {
     /// Answer unverified peers whose reply would be more than 3 times their
     /// request with a 4.01 Echo challenge (RFC 9175 §2.4).
     pub echo: bool,
+    /// Observations kept at most (`--max-observers`; 0 turns Observe off):
+    /// a new one in a full table ends the oldest.
+    pub max_observers: usize,
 }
 
 impl Default for Limits {
@@ -125,6 +131,7 @@ impl Default for Limits {
             rate_limit: None,
             rate_table_capacity: 4096,
             echo: false,
+            max_observers: 1024,
         }
     }
 }
@@ -220,13 +227,34 @@ pub enum Via {
 }
 
 /// How a request arrived, beyond its sender: what the socket layer learns
-/// from the datagram's destination.
+/// from the datagram's destination. An observation keeps it, so that its
+/// notifications leave from where the registration arrived.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Arrival {
     /// It was sent to a multicast group (RFC 7252 §8).
     pub multicast: bool,
     /// The index of the interface it arrived on; 0 when unknown.
     pub ifindex: u32,
+    /// Which of the caller's sockets it arrived on.
+    pub socket: usize,
+    /// The address it was sent to (IPv4 as IPv4-mapped IPv6), when known.
+    pub local: Option<[u8; 16]>,
+}
+
+/// A notification (RFC 7641) written by [`Service::poll_notification`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notification {
+    /// Length written into the caller's buffer.
+    pub len: usize,
+    /// The observer.
+    pub peer: Peer,
+    /// Where its registration arrived: the notification leaves from there.
+    pub arrival: Arrival,
+    /// A Confirmable message (a retransmission among them).
+    pub confirmable: bool,
+    /// The resource can no longer be observed (a file was removed): this
+    /// error response ended the observation.
+    pub last: bool,
 }
 
 /// Why nothing was sent.
@@ -314,6 +342,7 @@ pub struct Service {
     server_szx: u8,
     peers: Peers,
     guard: Guard,
+    observers: Observers,
 }
 
 impl Service {
@@ -343,6 +372,7 @@ impl Service {
                 limits.echo,
                 keys.echo,
             ),
+            observers: Observers::new(limits.max_observers, keys.tables),
         }
     }
 
@@ -350,7 +380,10 @@ impl Service {
     /// replaces. Per-peer state names images by id, so a transfer of an
     /// image that is still there continues; one of a replaced image gets
     /// the new content under its new ETag, which a client sees.
+    /// Observers are compared with the new catalog at the next
+    /// [`Service::poll_notification`].
     pub fn replace_catalog(&mut self, catalog: Catalog) -> Catalog {
+        self.observers.mark_changed();
         std::mem::replace(&mut self.catalog, catalog)
     }
 
@@ -358,6 +391,7 @@ impl Service {
     /// returns the one it replaces: one assignment, like
     /// [`Service::replace_catalog`].
     pub fn replace_tree(&mut self, tree: Option<FileTree>) -> Option<FileTree> {
+        self.observers.mark_changed();
         std::mem::replace(&mut self.tree, tree)
     }
 
@@ -386,6 +420,178 @@ impl Service {
     /// [`Limits::rate_table_capacity`]).
     pub fn rate_table_len(&self) -> usize {
         self.guard.rate_table_len()
+    }
+
+    /// Observations registered (bounded by [`Limits::max_observers`]).
+    pub fn observer_count(&self) -> usize {
+        self.observers.len()
+    }
+
+    /// When [`Service::poll_notification`] has something to do: at once
+    /// (0) after a catalog or tree change or with notifications queued,
+    /// else at the next retransmission or 24-hour refresh; `None` without
+    /// observers.
+    pub fn next_notification_ms(&self) -> Option<u64> {
+        self.observers.next_due_ms()
+    }
+
+    /// The next notification owed at `now_ms`, written into `out`, or
+    /// `None` when there is none; call until `None` (or as many as the
+    /// caller wants to send at once: the rest stay queued).
+    ///
+    /// After a catalog or tree change, every observer's request is
+    /// answered again and compared with what it was last sent (by ETag, or
+    /// by image id for a lookup); the observers whose answer changed are
+    /// owed one. Retransmissions of unacknowledged Confirmable
+    /// notifications and the 24-hour refreshes come due by the clock.
+    pub fn poll_notification(&mut self, now_ms: u64, out: &mut [u8]) -> Option<Notification> {
+        if self.observers.is_empty() {
+            return None;
+        }
+        if self.observers.take_changed() {
+            // Allocates once per change, not per datagram.
+            let keys: Vec<ObserverKey> = self.observers.keys().collect();
+            for key in keys {
+                let sent = self.observers.get(&key).map(|o| o.tag);
+                let now = self
+                    .answer_again(&key, MessageType::NonConfirmable, 0, 0, now_ms, out)
+                    .map(|(_, tag)| tag);
+                if now.is_some_and(|tag| tag != sent) {
+                    self.observers.make_due(key);
+                }
+            }
+        }
+        self.observers.run_timers(now_ms);
+        while let Some(key) = self.observers.pop_due() {
+            if let Some(notification) = self.notify(key, now_ms, out) {
+                return Some(notification);
+            }
+        }
+        None
+    }
+
+    /// The notification owed to `key`: a retransmission (same Message ID
+    /// and Observe value) when its Confirmable notification is unanswered
+    /// and the representation unchanged, else a new one. Confirmable when
+    /// one is in flight, every [`observe::CON_EVERY`]th time, and when the
+    /// observer has not confirmed for [`REFRESH_MS`].
+    fn notify(&mut self, key: ObserverKey, now_ms: u64, out: &mut [u8]) -> Option<Notification> {
+        let o = self.observers.get(&key)?;
+        let (sent_tag, sent_seq, last_mid, in_flight, arrival) =
+            (o.tag, o.seq, o.last_mid, o.in_flight, o.arrival);
+        let overdue = now_ms.saturating_sub(o.confirmed_ms) >= REFRESH_MS;
+        let every_nth = o.non_since_con.saturating_add(1) >= observe::CON_EVERY;
+        let probe = self.answer_again(&key, MessageType::NonConfirmable, 0, 0, now_ms, out);
+        let Some((_, tag)) = probe else {
+            self.observers.remove(&key);
+            return None;
+        };
+        let retransmit = in_flight.is_some_and(|f| f.due_ms <= now_ms) && tag == Some(sent_tag);
+        let (mid, seq) = match (retransmit, last_mid) {
+            (true, Some(mid)) => (mid, sent_seq),
+            _ => (
+                self.peers.next_non_mid(key.peer(), now_ms),
+                observe::seq_after(sent_seq),
+            ),
+        };
+        let confirmable = in_flight.is_some() || every_nth || overdue;
+        let mtype = if confirmable {
+            MessageType::Confirmable
+        } else {
+            MessageType::NonConfirmable
+        };
+        let (len, tag) = self.answer_again(&key, mtype, mid, seq, now_ms, out)?;
+        match tag {
+            Some(tag) => self
+                .observers
+                .record_sent(key, mid, seq, tag, confirmable, now_ms),
+            None => self.observers.remove(&key),
+        }
+        Some(Notification {
+            len,
+            peer: key.peer(),
+            arrival,
+            confirmable,
+            last: tag.is_none(),
+        })
+    }
+
+    /// The registration request of `key` answered again from the current
+    /// catalog and tree into `out`, as a `mtype` message with Message ID
+    /// `mid` and Observe `seq`: its length and the representation's tag,
+    /// `None` when the answer is no longer observable (an error response,
+    /// which ends the observation). `None` overall when there is nothing to
+    /// send (never for a request that registered).
+    fn answer_again(
+        &self,
+        key: &ObserverKey,
+        mtype: MessageType,
+        mid: u16,
+        seq: u32,
+        now_ms: u64,
+        out: &mut [u8],
+    ) -> Option<(usize, Option<u64>)> {
+        let o = self.observers.get(key)?;
+        let msg = Message::parse(&o.request).ok()?;
+        let mut ctx = Ctx {
+            catalog: &self.catalog,
+            tree: self.tree.as_ref(),
+            server_szx: self.server_szx,
+            // Read only: a notification changes no transfer.
+            peer_state: self.peers.pending(
+                key.peer(),
+                now_ms,
+                RequestId::new(msg.mid, false, &o.request),
+            ),
+            msg: &msg,
+            reply_to: ReplyTo {
+                mtype,
+                mid,
+                token: msg.token,
+            },
+            observe: Some(seq),
+            observed: None,
+        };
+        let len = match ctx.route(out) {
+            Ok((len, _)) => len,
+            Err(Failure::Error(code, diagnostic)) => ctx.error(code, diagnostic, out).ok()?,
+            Err(Failure::Unavailable { max_age }) => ctx.unavailable(max_age, out).ok()?,
+            Err(_) => return None,
+        };
+        Some((len, ctx.observed))
+    }
+
+    /// What the request does to the observers (RFC 7641 §2, §3.6): only a
+    /// GET for a first block can register or end an observation by a
+    /// plain request (the later blocks of an observed body are plain GETs
+    /// with the same token); requests to a multicast group never register.
+    fn observe_intent(&self, peer: Peer, msg: &Message<'_>, arrival: Arrival) -> Intent {
+        if msg.class() != MessageClass::Request(coap_lite::RequestType::Get) {
+            return Intent::None;
+        }
+        let first_block = !matches!(msg.block2, Some(Ok(block)) if block.num > 0);
+        let Some(key) = ObserverKey::new(peer, msg.token) else {
+            return Intent::None;
+        };
+        match msg.observe {
+            Some(0) if first_block && !arrival.multicast && self.observers.enabled() => {
+                Intent::Register {
+                    key,
+                    seq: self.observers.next_seq(&key),
+                }
+            }
+            Some(1) if !self.observers.is_empty() => Intent::Deregister(key),
+            None if first_block
+                && !self.observers.is_empty()
+                && self.observers.get(&key).is_some() =>
+            {
+                Intent::PlainGet {
+                    key,
+                    target: target_of(msg),
+                }
+            }
+            _ => Intent::None,
+        }
     }
 
     /// Handles one datagram from `peer` that arrived as `arrival` says: a
@@ -449,13 +655,13 @@ impl Service {
         count: bool,
     ) -> Action<'_> {
         if !arrival.multicast {
-            return self.handle_counted(peer, now_ms, datagram, out, count);
+            return self.handle_counted(peer, arrival, now_ms, datagram, out, count);
         }
         match wire::Header::parse(datagram) {
             Ok((header, _)) if header.mtype == MessageType::NonConfirmable => {}
             _ => return Action::Drop(Dropped::Multicast),
         }
-        match self.handle_counted(peer, now_ms, datagram, out, count) {
+        match self.handle_counted(peer, arrival, now_ms, datagram, out, count) {
             Action::Reply { len, outcome } if useful(&outcome, out.get(..len)) => {
                 Action::Reply { len, outcome }
             }
@@ -469,6 +675,7 @@ impl Service {
     fn handle_counted(
         &mut self,
         peer: Peer,
+        arrival: Arrival,
         now_ms: u64,
         datagram: &[u8],
         out: &mut [u8],
@@ -486,8 +693,13 @@ impl Service {
             }
         };
         match (msg.mtype, msg.class()) {
-            (MessageType::Acknowledgement | MessageType::Reset, _) => {
-                return Action::Drop(Dropped::AckOrReset)
+            (MessageType::Acknowledgement, _) => {
+                self.observers.on_ack(peer, msg.mid, now_ms);
+                return Action::Drop(Dropped::AckOrReset);
+            }
+            (MessageType::Reset, _) => {
+                self.observers.on_reset(peer, msg.mid);
+                return Action::Drop(Dropped::AckOrReset);
             }
             (MessageType::Confirmable, MessageClass::Empty) => {
                 return reset(msg.mid, out, ResetReason::Ping)
@@ -509,6 +721,7 @@ impl Service {
             }
         }
         let confirmable = msg.mtype == MessageType::Confirmable;
+        let intent = self.observe_intent(peer, &msg, arrival);
         let mut ctx = Ctx {
             catalog: &self.catalog,
             tree: self.tree.as_ref(),
@@ -520,6 +733,11 @@ impl Service {
             ),
             msg: &msg,
             reply_to,
+            observe: match intent {
+                Intent::Register { seq, .. } => Some(seq),
+                _ => None,
+            },
+            observed: None,
         };
         let (len, outcome) = match ctx.route(out) {
             Ok(done) => done,
@@ -535,6 +753,7 @@ impl Service {
             },
             Err(Failure::Overflow) => return Action::Drop(Dropped::Overflow),
         };
+        let observed = ctx.observed;
         let write = ctx.peer_state.into_write();
         if let Some(challenge) =
             self.guard
@@ -543,6 +762,17 @@ impl Service {
             return challenge;
         }
         self.peers.commit(peer, write, now_ms);
+        if intent != Intent::None {
+            apply_intent(
+                &mut self.observers,
+                intent,
+                observed,
+                &msg,
+                datagram,
+                arrival,
+                now_ms,
+            );
+        }
         Action::Reply { len, outcome }
     }
 
@@ -648,6 +878,47 @@ fn write_diagnostic(e: Emitter<'_>, diagnostic: Diagnostic) -> Result<usize, wir
         let _ = write!(writer, "{diagnostic}");
         writer.len
     })
+}
+
+/// Applies `intent` once the reply is sent; `observed` is the tag of an
+/// answer that carried Observe.
+#[allow(clippy::too_many_arguments)]
+fn apply_intent(
+    observers: &mut Observers,
+    intent: Intent,
+    observed: Option<u64>,
+    msg: &Message<'_>,
+    datagram: &[u8],
+    arrival: Arrival,
+    now_ms: u64,
+) {
+    match (intent, observed) {
+        (Intent::Register { key, seq }, Some(tag)) => {
+            let target = target_of(msg);
+            observers.register(key, datagram, target, arrival, seq, tag, now_ms);
+        }
+        // RFC 7641 §4.1: a registration answered with an error (or by
+        // a resource that cannot be observed) ends an existing one.
+        (Intent::Register { key, .. } | Intent::Deregister(key), _) => observers.remove(&key),
+        (Intent::PlainGet { key, target }, _) => observers.remove_if_target(&key, target),
+        (Intent::None, _) => {}
+    }
+}
+
+/// What identifies the resource a request names, beyond its token: path,
+/// query, Accept and payload (the lookup's payload form carries its
+/// parameters there).
+fn target_of(msg: &Message<'_>) -> u64 {
+    let accept = msg.accept.map_or([0xFF; 3], |a| {
+        let [hi, lo] = a.to_be_bytes();
+        [0, hi, lo]
+    });
+    let path = msg.path.as_slice().iter().flat_map(|s| [&b"/"[..], s]);
+    let query = msg.query.as_slice().iter().flat_map(|q| [&b"?"[..], q]);
+    fnv1a64_concat(
+        path.chain(query)
+            .chain([&accept[..], &b"#"[..], msg.payload]),
+    )
 }
 
 /// Whether a reply is worth sending to a multicast request: a block, or a

@@ -4,6 +4,7 @@
 //! of their bodies (RFC 7959). Each answer is written straight into the caller's
 //! buffer; a block is copied once from the image's bytes.
 
+use super::observe::OBSERVE_MAX_AGE_S;
 use super::peers::Pending;
 use super::{
     error, write_diagnostic, Diagnostic, Dropped, Failure, Outcome, ReplyTo, Transfer, Via,
@@ -52,6 +53,13 @@ pub(super) struct Ctx<'s, 't, 'm> {
     pub(super) msg: &'m Message<'m>,
     /// How the reply is addressed.
     pub(super) reply_to: ReplyTo<'m>,
+    /// `Some(n)`: the request registers an observation (RFC 7641); an
+    /// observable answer carries Observe `n` and Max-Age.
+    pub(super) observe: Option<u32>,
+    /// Set by an answer that carried Observe: what identifies the
+    /// representation (its ETag, or the image id a lookup named), so that
+    /// a change can be told from the next answer.
+    pub(super) observed: Option<u64>,
 }
 
 impl<'s> Ctx<'s, '_, '_> {
@@ -137,18 +145,46 @@ impl<'s> Ctx<'s, '_, '_> {
     }
 
     /// Lookup and query forms: the candidate's id as text/plain.
-    fn lookup(&self, request: &DeviceRequest<'_>, out: &mut [u8]) -> Reply<'s> {
+    ///
+    /// Observed, "no newer image" is a 2.05 with an empty body rather than
+    /// a 4.04: only a 2.xx answer establishes an observation, and a 4.04
+    /// notification would end it (RFC 7641 §3.1, §3.2), while the point of
+    /// observing the lookup is to hear of an image that is not there yet.
+    fn lookup(&mut self, request: &DeviceRequest<'_>, out: &mut [u8]) -> Reply<'s> {
         let image = self
             .catalog
-            .candidate(request.pid, request.fw_type, request.version)
-            .ok_or(error(ResponseType::NotFound, "no newer image"))?;
+            .candidate(request.pid, request.fw_type, request.version);
+        if image.is_none() && self.observe.is_none() {
+            return Err(error(ResponseType::NotFound, "no newer image"));
+        }
         self.check_accept(ContentFormat::TextPlain)?;
+        let id: &[u8] = image.map_or(&[], |image| &image.id_hex[..]);
         let mut e = self.emitter(ResponseType::Content, out)?;
+        self.observe_option(&mut e, fnv1a64_concat([b"id:".as_slice(), id]))?;
         e.option_uint(
             CoapOption::ContentFormat.into(),
             content_format(ContentFormat::TextPlain),
         )?;
-        Ok((e.payload(&image.id_hex)?, Outcome::Content))
+        self.max_age_option(&mut e)?;
+        Ok((e.payload(id)?, Outcome::Content))
+    }
+
+    /// The Observe option (6) of an observable answer whose representation
+    /// is `tag`, when the request registers.
+    fn observe_option(&mut self, e: &mut Emitter<'_>, tag: u64) -> Result<(), Failure> {
+        if let Some(seq) = self.observe {
+            e.option_uint(CoapOption::Observe.into(), seq)?;
+            self.observed = Some(tag);
+        }
+        Ok(())
+    }
+
+    /// The Max-Age option (14) of an answer that carries Observe.
+    fn max_age_option(&self, e: &mut Emitter<'_>) -> Result<(), Failure> {
+        if self.observed.is_some() {
+            e.option_uint(CoapOption::MaxAge.into(), OBSERVE_MAX_AGE_S)?;
+        }
+        Ok(())
     }
 
     /// The legacy one-request protocol: the body from OFFSET, and the
@@ -248,7 +284,7 @@ impl<'s> Ctx<'s, '_, '_> {
     }
 
     /// One Block2 block of `image[offset..]`.
-    fn body(&self, image: &'s Image, offset: u32, via: Via, out: &mut [u8]) -> Reply<'s> {
+    fn body(&mut self, image: &'s Image, offset: u32, via: Via, out: &mut [u8]) -> Reply<'s> {
         let body = image.bytes.get(offset as usize..).ok_or(error(
             ResponseType::BadRequest,
             "OFFSET is beyond the end of the image",
@@ -256,6 +292,7 @@ impl<'s> Ctx<'s, '_, '_> {
         self.check_accept(ContentFormat::ApplicationOctetStream)?;
         let (block, range) = self.block_for(body.len())?;
         let chunk = body.get(range).ok_or(Failure::Overflow)?;
+        // An image by id never changes: not observable.
         let len = self.emit_block(
             out,
             &image.body_etag(offset),
@@ -263,6 +300,7 @@ impl<'s> Ctx<'s, '_, '_> {
             block,
             body.len(),
             chunk,
+            false,
         )?;
         let transfer = Transfer {
             image,
@@ -276,7 +314,7 @@ impl<'s> Ctx<'s, '_, '_> {
 
     /// `GET /.well-known/core`, whole or filtered (RFC 6690 §4.1): the
     /// filtered body is never built; its blocks are copied link by link.
-    fn discovery(&self, out: &mut [u8]) -> Reply<'s> {
+    fn discovery(&mut self, out: &mut [u8]) -> Reply<'s> {
         // Filters past the kept ones would be silently dropped, and the
         // listing would be wider than asked: refuse instead.
         if self.msg.query.overflowed() {
@@ -300,13 +338,13 @@ impl<'s> Ctx<'s, '_, '_> {
             }
         };
         let mut e = self.emitter(ResponseType::Content, out)?;
-        block_options(
+        self.block_options(
             &mut e,
             &etag,
             ContentFormat::ApplicationLinkFormat,
             block,
             total,
-            self.msg.size2.is_some(),
+            true,
         )?;
         let len = e.payload_with(range.len(), |room| {
             let mut position = 0usize;
@@ -331,7 +369,7 @@ impl<'s> Ctx<'s, '_, '_> {
     /// when the path ends in `/` (an empty last Uri-Path segment, or no
     /// Uri-Path at all for the root); 4.00 for a directory without the `/`
     /// or a file with one; 5.03 for a new file still settling; else 4.04.
-    fn tree_get(&self, tree: &'s FileTree, out: &mut [u8]) -> Reply<'s> {
+    fn tree_get(&mut self, tree: &'s FileTree, out: &mut [u8]) -> Reply<'s> {
         let path = self.msg.path.as_slice();
         let (dir_path, wants_dir) = match path.split_last() {
             None => (path, true),
@@ -377,7 +415,7 @@ impl<'s> Ctx<'s, '_, '_> {
 
     /// One Block2 block of a whole body of the tree, with its ETag.
     fn whole_body(
-        &self,
+        &mut self,
         body: &[u8],
         etag: &[u8; 8],
         format: ContentFormat,
@@ -386,7 +424,7 @@ impl<'s> Ctx<'s, '_, '_> {
         self.check_accept(format)?;
         let (block, range) = self.block_for(body.len())?;
         let chunk = body.get(range).ok_or(Failure::Overflow)?;
-        let len = self.emit_block(out, etag, format, block, body.len(), chunk)?;
+        let len = self.emit_block(out, etag, format, block, body.len(), chunk, true)?;
         Ok((len, Outcome::Content))
     }
 
@@ -445,25 +483,46 @@ impl<'s> Ctx<'s, '_, '_> {
         Ok(self.reply_to.emitter(code, out)?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn emit_block(
-        &self,
+        &mut self,
         out: &mut [u8],
         etag: &[u8; 8],
         format: ContentFormat,
         block: Block,
         body_len: usize,
         chunk: &[u8],
+        observable: bool,
     ) -> Result<usize, Failure> {
         let mut e = self.emitter(ResponseType::Content, out)?;
-        block_options(
-            &mut e,
-            etag,
-            format,
-            block,
-            body_len,
-            self.msg.size2.is_some(),
-        )?;
+        self.block_options(&mut e, etag, format, block, body_len, observable)?;
         Ok(e.payload(chunk)?)
+    }
+
+    /// ETag, Observe (when `observable` and registering), Content-Format,
+    /// Max-Age (with Observe), Block2 and Size2 of a block response, in
+    /// option number order.
+    fn block_options(
+        &mut self,
+        e: &mut Emitter<'_>,
+        etag: &[u8; 8],
+        format: ContentFormat,
+        block: Block,
+        body_len: usize,
+        observable: bool,
+    ) -> Result<(), Failure> {
+        e.option(CoapOption::ETag.into(), etag)?;
+        if observable {
+            self.observe_option(e, u64::from_be_bytes(*etag))?;
+        }
+        e.option_uint(CoapOption::ContentFormat.into(), content_format(format))?;
+        self.max_age_option(e)?;
+        e.option_block(CoapOption::Block2.into(), block)?;
+        if block.num == 0 || self.msg.size2.is_some() {
+            let size = u32::try_from(body_len).map_err(|_| Failure::Overflow)?;
+            e.option_uint(CoapOption::Size2.into(), size)?;
+        }
+        Ok(())
     }
 
     /// An error response with its diagnostic payload.
@@ -486,26 +545,6 @@ impl<'s> Ctx<'s, '_, '_> {
             Diagnostic::Text("the image is still being written: retry after Max-Age"),
         )?)
     }
-}
-
-/// ETag, Content-Format, Block2 and Size2 of a block response, in option
-/// number order.
-fn block_options(
-    e: &mut Emitter<'_>,
-    etag: &[u8; 8],
-    format: ContentFormat,
-    block: Block,
-    body_len: usize,
-    size2_asked: bool,
-) -> Result<(), Failure> {
-    e.option(CoapOption::ETag.into(), etag)?;
-    e.option_uint(CoapOption::ContentFormat.into(), content_format(format))?;
-    e.option_block(CoapOption::Block2.into(), block)?;
-    if block.num == 0 || size2_asked {
-        let size = u32::try_from(body_len).map_err(|_| Failure::Overflow)?;
-        e.option_uint(CoapOption::Size2.into(), size)?;
-    }
-    Ok(())
 }
 
 /// Copies the part of `part` (at body position `position`) that falls in

@@ -2038,6 +2038,7 @@ fn by_multicast(fx: &mut Fx, req: &Req) -> Result<Vec<u8>, Dropped> {
     let arrival = Arrival {
         multicast: true,
         ifindex: 3,
+        ..Arrival::default()
     };
     match fx
         .svc
@@ -2092,6 +2093,7 @@ fn multicast_gets_no_error_no_rst_no_empty_answer_and_no_con() {
             Arrival {
                 multicast: true,
                 ifindex: 3,
+                ..Arrival::default()
             },
             T0,
             datagram,
@@ -2316,3 +2318,5 @@ fn without_a_tree_other_paths_stay_4_04() {
     let reply = fx.ask(&get_segments(&[]));
     assert_error(&reply, ResponseType::NotFound);
 }
+
+mod observe;
