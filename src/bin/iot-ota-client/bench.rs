@@ -1046,6 +1046,7 @@ impl Requests {
             payload: &self.payload,
             block2: Some(block),
             size2: None,
+            observe: None,
         }
     }
 }

@@ -12,14 +12,14 @@
 //! allocation or two per block.
 
 use crate::coap::{
-    code_name, emit_get, match_reply, retry_after, BlockCursor, DevicePayload, Get, Matched,
-    MessageIds, Progress, Resource, Response, Retransmission, Target, TransferError, XorShift,
+    code_name, emit_get, is_newer, match_reply, retry_after, BlockCursor, DevicePayload, Get, Matched,
+    MessageIds, Progress, Resource, Response, Retransmission, Target, TransferError, XorShift, TOKEN_LEN,
 };
 use coap_lite::{MessageClass, MessageType, ResponseType};
 use core::fmt;
 use iot_ota::firmware::DeviceRequest;
 use iot_ota::iface;
-use iot_ota::wire;
+use iot_ota::wire::{self, Message};
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
@@ -329,6 +329,7 @@ impl Client {
             payload: payload.as_bytes(),
             block2: None,
             size2: None,
+            observe: None,
         };
         let token = self.rng.token();
         let response = self.request(&get, &token)?;
@@ -375,6 +376,7 @@ impl Client {
                 payload: body.payload,
                 block2: Some(block),
                 size2: (block.num == 0 && !body.legacy).then_some(0),
+                observe: None,
             };
             let response = match self.request(&get, &token) {
                 Err(ClientError::Reset) if body.legacy && cursor.progress().blocks == 0 => {
@@ -536,6 +538,165 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Registers `get` for notifications (sent with Observe 0, RFC 7641
+    /// §3.1) and returns the observation with the current representation,
+    /// or no observation and the answer when the server did not register
+    /// (the answer has no Observe option).
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub(crate) fn register(
+        &mut self,
+        get: &Get<'_>,
+    ) -> Result<(Option<Observation>, Response), ClientError> {
+        let token = self.rng.token();
+        let mut observation = Observation {
+            token,
+            last: None,
+            fresh_until: Instant::now(),
+        };
+        let response = self.reregister(get, &mut observation)?;
+        let registered = response.observe.is_some();
+        Ok((registered.then_some(observation), response))
+    }
+
+    /// Registers `get` again with the observation's token: what a client
+    /// does when no notification came while the last one was fresh (RFC
+    /// 7641 §3.3.1). The answer counts as the newest notification.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub(crate) fn reregister(
+        &mut self,
+        get: &Get<'_>,
+        observation: &mut Observation,
+    ) -> Result<Response, ClientError> {
+        let get = Get {
+            observe: Some(0),
+            ..*get
+        };
+        let response = self.request(&get, &observation.token)?;
+        if let Some(seq) = response.observe {
+            observation.taken(seq, &response);
+        }
+        Ok(response)
+    }
+
+    /// Waits until `deadline` for the next notification of `observation`
+    /// and acknowledges it when it is Confirmable. Duplicates and
+    /// notifications older than the last one taken (RFC 7641 §3.4) are
+    /// skipped; a response without Observe (an error that ended the
+    /// observation) is returned as it is. `None` at the deadline.
+    ///
+    /// # Errors
+    /// [`ClientError::Unreachable`], [`ClientError::Io`].
+    pub(crate) fn next_notification(
+        &mut self,
+        observation: &mut Observation,
+        deadline: Instant,
+    ) -> Result<Option<Response>, ClientError> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            self.socket
+                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
+                .map_err(ClientError::Io)?;
+            let len = match self.socket.recv(&mut self.rx) {
+                Ok(len) => len,
+                Err(e) if is_unreachable(&e) => return Err(ClientError::Unreachable(e)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(ClientError::Io(e)),
+            };
+            let Some(Ok(msg)) = self.rx.get(..len).map(Message::parse) else {
+                self.stats.ignored += 1;
+                continue;
+            };
+            let ours = matches!(msg.class(), MessageClass::Response(_))
+                && msg.token == observation.token
+                && matches!(
+                    msg.mtype,
+                    MessageType::Confirmable | MessageType::NonConfirmable
+                );
+            if !ours {
+                self.stats.ignored += 1;
+                continue;
+            }
+            let response = Response::from_message(&msg);
+            if msg.mtype == MessageType::Confirmable {
+                self.acknowledge(msg.mid)?;
+            }
+            match response.observe {
+                Some(seq) if !observation.is_newer(seq) => self.stats.ignored += 1,
+                Some(seq) => {
+                    observation.taken(seq, &response);
+                    return Ok(Some(response));
+                }
+                None => return Ok(Some(response)),
+            }
+        }
+    }
+
+    /// Ends `observation` politely: the registration with Observe 1 and
+    /// the same token (RFC 7641 §3.6).
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub(crate) fn deregister(
+        &mut self,
+        get: &Get<'_>,
+        observation: &Observation,
+    ) -> Result<Response, ClientError> {
+        let get = Get {
+            observe: Some(1),
+            ..*get
+        };
+        self.request(&get, &observation.token)
+    }
+}
+
+/// An observation the server accepted (RFC 7641): its token and what the
+/// last notification taken was.
+#[derive(Debug, Clone)]
+pub(crate) struct Observation {
+    token: [u8; TOKEN_LEN],
+    /// Observe value and arrival of the last notification taken.
+    last: Option<(u32, Instant)>,
+    /// When the last representation stops being fresh (its Max-Age, and a
+    /// few seconds for the network): a client re-registers then.
+    pub(crate) fresh_until: Instant,
+}
+
+impl Observation {
+    fn is_newer(&self, seq: u32) -> bool {
+        self.last
+            .map_or(true, |(last, at)| is_newer(last, at, seq, Instant::now()))
+    }
+
+    fn taken(&mut self, seq: u32, response: &Response) {
+        let now = Instant::now();
+        self.last = Some((seq, now));
+        // RFC 7252 §5.10.5: Max-Age defaults to 60 seconds.
+        let max_age = u64::from(response.max_age.unwrap_or(60));
+        self.fresh_until = now + Duration::from_secs(max_age) + OBSERVE_GRACE;
+    }
+}
+
+/// How long past Max-Age a notification may still arrive before the
+/// client registers again.
+const OBSERVE_GRACE: Duration = Duration::from_secs(5);
+
 /// What [`Client::receive`] got before its deadline.
 enum Received {
     Response(Response),
@@ -645,6 +806,7 @@ mod tests {
             payload: &[],
             block2: None,
             size2: None,
+            observe: None,
         }
     }
 

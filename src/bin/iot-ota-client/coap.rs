@@ -24,7 +24,7 @@ use iot_ota::firmware::{self, DeviceRequest};
 use iot_ota::wire::{self, Block, BlockError, Emitter, Message};
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The CoAP default port (RFC 7252 §6.1).
 pub(crate) const DEFAULT_PORT: u16 = 5683;
@@ -448,6 +448,17 @@ impl XorShift {
     }
 }
 
+/// RFC 7641 §3.4: whether a notification with Observe `v2` received at
+/// `t2` is newer than the last one taken (`v1` at `t1`): the 24-bit
+/// sequence moved forward by less than half its range, or 128 seconds
+/// passed (after which the numbers may have wrapped).
+pub(crate) fn is_newer(v1: u32, t1: Instant, v2: u32, t2: Instant) -> bool {
+    const HALF: u32 = 1 << 23;
+    (v1 < v2 && v2 - v1 < HALF)
+        || (v1 > v2 && v1 - v2 > HALF)
+        || t2.saturating_duration_since(t1) > Duration::from_secs(128)
+}
+
 /// The Message IDs one endpoint sends to one server: consecutive from a
 /// random start (RFC 7252 §4.4), so that endpoints started together do not
 /// collide and none repeats before 65536 exchanges.
@@ -487,6 +498,8 @@ pub(crate) struct Get<'a> {
     pub(crate) block2: Option<Block>,
     /// Size2 option (0 asks the server for the body's size, RFC 7959 §4).
     pub(crate) size2: Option<u32>,
+    /// Observe option (RFC 7641): 0 registers, 1 deregisters.
+    pub(crate) observe: Option<u32>,
 }
 
 /// Writes `get` as a Confirmable message with Message ID `mid`, `token`
@@ -508,6 +521,9 @@ pub(crate) fn emit_get(
         mid,
         token,
     )?;
+    if let Some(observe) = get.observe {
+        e.option_uint(CoapOption::Observe.into(), observe)?;
+    }
     for segment in &get.resource.path {
         e.option(CoapOption::UriPath.into(), segment)?;
     }
@@ -568,12 +584,15 @@ pub(crate) struct Response {
     pub(crate) max_age: Option<u32>,
     /// Echo (RFC 9175).
     pub(crate) echo: Option<Vec<u8>>,
+    /// Observe (RFC 7641): present in a notification.
+    pub(crate) observe: Option<u32>,
     /// Payload.
     pub(crate) payload: Vec<u8>,
 }
 
 impl Response {
-    fn from_message(msg: &Message<'_>) -> Response {
+    /// The answer `msg`, copied.
+    pub(crate) fn from_message(msg: &Message<'_>) -> Response {
         Response {
             mtype: msg.mtype,
             code: msg.class(),
@@ -583,6 +602,7 @@ impl Response {
             content_format: msg.content_format,
             max_age: msg.max_age,
             echo: msg.echo.map(<[u8]>::to_vec),
+            observe: msg.observe,
             payload: msg.payload.to_vec(),
         }
     }
@@ -1179,6 +1199,7 @@ pub(crate) mod tests {
             payload: &[],
             block2: None,
             size2: None,
+            observe: None,
         }
     }
 
@@ -1265,6 +1286,7 @@ pub(crate) mod tests {
                 szx: 2,
             }),
             size2: Some(0),
+            observe: None,
         };
         let mut out = [0u8; 128];
         let len = emit_get(&get, 0x1234, &[1, 2, 3, 4], Some(b"echo"), &mut out).unwrap();
@@ -1309,6 +1331,7 @@ pub(crate) mod tests {
             payload: &[1; 40],
             block2: None,
             size2: None,
+            observe: None,
         };
         let mut out = [0u8; 20];
         assert_eq!(

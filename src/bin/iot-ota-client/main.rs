@@ -14,7 +14,10 @@ mod client;
 mod coap;
 
 use client::{BodyRequest, Client, ClientError, Transfer};
-use coap::{DevicePayload, Progress, Resource, Retransmission, Target, DEFAULT_BLOCK_SIZE};
+use coap::{
+    DevicePayload, Get, Progress, Resource, Response, Retransmission, Target, DEFAULT_BLOCK_SIZE,
+};
+use coap_lite::ResponseType;
 use getopts::{Fail, Matches, Options};
 use iot_ota::firmware::{self, DeviceRequest};
 use iot_ota::wire::Block;
@@ -55,6 +58,10 @@ struct Config {
     output: Option<PathBuf>,
     szx: u8,
     params: Retransmission,
+    /// `--observe`: stay registered and report every notification.
+    observe: bool,
+    /// `--count N`: stop after N notifications.
+    count: Option<u64>,
 }
 
 fn options() -> Options {
@@ -114,6 +121,19 @@ fn options() -> Options {
          loopback, raise it for slow or lossy links",
         "N",
     );
+    o.optflag(
+        "",
+        "observe",
+        "stay registered (RFC 7641 Observe) and report every change: the lookup's answer (and, with -o, \
+         download the new image and stop), or a path's new body (written to FILE or standard output \
+         each time)",
+    );
+    o.optopt(
+        "",
+        "count",
+        "with --observe: stop after N notifications (default: run until interrupted)",
+        "N",
+    );
     o.optflag("h", "help", "print this help");
     o.optflag(
         "V",
@@ -128,6 +148,8 @@ fn usage_text(o: &Options) -> String {
         "Usage: {PROGRAM} SERVER --pid PID [--type TYPE] --version M.m.b [--offset N] [--legacy] [-o FILE] [-b BYTES]\n       \
          {PROGRAM} SERVER --get PATH [-o FILE] [-b BYTES]\n       \
          {PROGRAM} coap://HOST[:PORT]/PATH[?QUERY] [-o FILE] [-b BYTES]\n       \
+         {PROGRAM} SERVER --pid PID --version M.m.b --observe [-o FILE] [--count N]\n       \
+         {PROGRAM} coap://HOST[:PORT]/PATH --observe [-o FILE] [--count N]\n       \
          {PROGRAM} bench ARGS... | baseline ARGS...   (load generator; see '{PROGRAM} bench --help')\n\n\
          A CoAP client for iot-ota-server: asks for a firmware update as a device does and downloads it\n\
          (Confirmable requests with RFC 7252 retransmission, Block2 per RFC 7959, Echo per RFC 9175, and\n\
@@ -316,12 +338,28 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         params.ack_timeout = Duration::from_millis(ms);
     }
     let output = m.opt_str("o").filter(|o| o != "-").map(PathBuf::from);
+    let observe = m.opt_present("observe");
+    if observe && matches!(mode, Mode::Update { legacy: true, .. }) {
+        return Err("--observe watches the lookup; it does not combine with --legacy".to_owned());
+    }
+    let count = match m.opt_str("count") {
+        None => None,
+        Some(_) if !observe => return Err("--count goes with --observe".to_owned()),
+        Some(n) => Some(
+            n.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("invalid --count '{n}': use 1 or more"))?,
+        ),
+    };
     Ok(Some(Config {
         target,
         mode,
         output,
         szx,
         params,
+        observe,
+        count,
     }))
 }
 
@@ -356,6 +394,12 @@ fn run(config: &Config) -> ExitCode {
             ))
         }
     };
+    if config.observe {
+        return match observe(&mut client, config) {
+            Ok(code) => code,
+            Err(e) => fail(&format!("{shown}: {e}{}", zone_hint(server))),
+        };
+    }
     let started = Instant::now();
     let mut body = Vec::new();
     let mut line = ProgressLine::new(std::io::stderr().is_terminal());
@@ -482,6 +526,181 @@ fn fetch(
             }
         }
     }
+}
+
+/// `--observe`: registers, reports the current state and every
+/// notification, re-registers when one is overdue (Max-Age), and ends
+/// with a deregistration after `--count` notifications; in device mode
+/// with `-o`, the first notification that names an image has it
+/// downloaded and ends the run. Returns the exit code.
+fn observe(client: &mut Client, config: &Config) -> Result<ExitCode, ClientError> {
+    let lookup_payload;
+    let updates = Resource::updates();
+    let (resource, payload, block2) = match &config.mode {
+        Mode::Get(resource) => (resource, &[][..], Some(Block::at(0, config.szx))),
+        Mode::Update {
+            pid,
+            fw_type,
+            version,
+            ..
+        } => {
+            let device = DeviceRequest {
+                pid,
+                fw_type: *fw_type,
+                version: *version,
+                offset: None,
+            };
+            lookup_payload = DevicePayload::new(&device).ok_or(ClientError::RequestTooLarge)?;
+            (&updates, lookup_payload.as_bytes(), None)
+        }
+    };
+    let get = Get {
+        resource,
+        payload,
+        block2: block2.flatten(),
+        size2: None,
+        observe: None,
+    };
+    let (observation, first) = client.register(&get)?;
+    let Some(mut observation) = observation else {
+        eprintln!(
+            "{PROGRAM}: the server does not offer Observe for {resource} (it answered {} {})",
+            first.code,
+            coap::code_name(first.code)
+        );
+        return Ok(ExitCode::from(ERROR_EXIT));
+    };
+    let mut seen = 0u64;
+    let mut current = first;
+    loop {
+        if !current.is(ResponseType::Content) {
+            eprintln!(
+                "{PROGRAM}: the observation ended: {}",
+                ClientError::Status {
+                    code: current.code,
+                    diagnostic: current.diagnostic(),
+                }
+            );
+            return Ok(ExitCode::from(ERROR_EXIT));
+        }
+        if let Some(done) = report(client, config, &get, &current, seen)? {
+            client.deregister(&get, &observation)?;
+            return Ok(done);
+        }
+        if config.count.is_some_and(|count| seen >= count) {
+            client.deregister(&get, &observation)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        current = loop {
+            let until = observation.fresh_until;
+            match client.next_notification(&mut observation, until)? {
+                Some(notification) => break notification,
+                None => {
+                    // Nothing while the last answer was fresh: ask again.
+                    let answer = client.reregister(&get, &mut observation)?;
+                    if answer.observe.is_some() || !answer.is(ResponseType::Content) {
+                        break answer;
+                    }
+                }
+            }
+        };
+        seen += 1;
+    }
+}
+
+/// Reports the `n`th answer of an observation (0: the registration's);
+/// `Some` exit code when the run is complete (device mode with `-o`, after
+/// downloading the image the answer names).
+fn report(
+    client: &mut Client,
+    config: &Config,
+    get: &Get<'_>,
+    answer: &Response,
+    n: u64,
+) -> Result<Option<ExitCode>, ClientError> {
+    let etag = answer
+        .etag
+        .as_deref()
+        .map(|tag| tag.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .unwrap_or_default();
+    match &config.mode {
+        Mode::Update { offset, .. } => {
+            let id = String::from_utf8_lossy(&answer.payload).into_owned();
+            if id.is_empty() {
+                eprintln!("notification {n}: no update yet");
+                println!("no update");
+                flush_stdout();
+                return Ok(None);
+            }
+            eprintln!("notification {n}: update {id}");
+            println!("update {id}");
+            flush_stdout();
+            let Some(path) = &config.output else {
+                return Ok(None);
+            };
+            let started = Instant::now();
+            let resource = Resource::image(id.as_bytes());
+            let offset_payload = offset.map(u32::to_le_bytes);
+            let request = BodyRequest {
+                resource: &resource,
+                payload: offset_payload.as_ref().map_or(&[][..], |p| &p[..]),
+                legacy: false,
+            };
+            let mut body = Vec::new();
+            let transfer = client.download(&request, config.szx, &mut body, &mut |_| {})?;
+            write_body(Some(path), &body).map_err(|e| ClientError::Output(io_error(e)))?;
+            let what = format!("id {id}");
+            eprintln!(
+                "{}",
+                summary(&what, &transfer, client, config.szx, started.elapsed())
+            );
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        Mode::Get(resource) => {
+            let more = matches!(answer.block2, Some(Ok(block)) if block.more);
+            let body = if more {
+                // The rest of the new body, from its first block, as a
+                // plain download (which checks that every block carries
+                // the same ETag).
+                let request = BodyRequest {
+                    resource,
+                    payload: get.payload,
+                    legacy: false,
+                };
+                let mut body = Vec::new();
+                client.download(&request, config.szx, &mut body, &mut |_| {})?;
+                body
+            } else {
+                answer.payload.clone()
+            };
+            eprintln!(
+                "notification {n}: {} of {resource}, etag {etag}",
+                plural(body.len() as u64, "byte")
+            );
+            match &config.output {
+                // Replaced in one rename: a reader never sees half a body.
+                Some(path) => {
+                    let partial = path.with_extension("partial");
+                    write_body(Some(&partial), &body)
+                        .and_then(|()| {
+                            std::fs::rename(&partial, path)
+                                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+                        })
+                        .map_err(|e| ClientError::Output(io_error(e)))?;
+                }
+                None => write_body(None, &body).map_err(|e| ClientError::Output(io_error(e)))?,
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn io_error(message: String) -> std::io::Error {
+    std::io::Error::other(message)
+}
+
+fn flush_stdout() {
+    let _ = std::io::stdout().flush();
 }
 
 /// Writes the body to the file or standard output.
