@@ -12,8 +12,9 @@
 //! allocation or two per block.
 
 use crate::coap::{
-    code_name, emit_get, is_newer, match_reply, retry_after, BlockCursor, DevicePayload, Get, Matched,
-    MessageIds, Progress, Resource, Response, Retransmission, Target, TransferError, XorShift, TOKEN_LEN,
+    code_name, emit_get, is_newer, match_reply, retry_after, BlockCursor, DevicePayload, Get,
+    Matched, MessageIds, Progress, Resource, Response, Retransmission, Target, TransferError,
+    XorShift, TOKEN_LEN,
 };
 use coap_lite::{MessageClass, MessageType, ResponseType};
 use core::fmt;
