@@ -193,6 +193,60 @@ fn libcoap_fetches_a_file_byte_exact() {
 }
 
 #[test]
+fn aiocoap_client_fetches_what_riot_publishes_and_republishes() {
+    if !support::require_program("aiocoap-client") {
+        return;
+    }
+    let dir = TempDir::new("tree-aiocoap");
+    let server = spawn_fileserver(dir.path(), "[::1]:0", &[]);
+    let port = server.addr.port();
+    let fetch = |path: &str| {
+        let output = support::run_bounded(
+            Command::new("aiocoap-client").arg(format!("coap://[::1]:{port}/{path}")),
+            Duration::from_secs(40),
+        );
+        assert!(
+            output.status.success(),
+            "aiocoap-client {path}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    // Published while the server runs, fetched at once; then the same
+    // names with new bytes. Written a second ago, so that the settle time
+    // plays no part: the first request sees the new bytes because the
+    // server looks at the file behind every first block.
+    let settled = |rel: &str| {
+        let past = std::time::SystemTime::now() - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join(rel))
+            .and_then(|f| f.set_modified(past))
+            .expect("set mtime");
+    };
+    for seed in [51, 52] {
+        let suit = image_bytes(300, seed);
+        let slot = image_bytes(3000, seed + 10);
+        publish(dir.path(), SUIT, &suit);
+        publish(dir.path(), SLOT0, &slot);
+        settled(SUIT);
+        settled(SLOT0);
+        assert_eq!(fetch(SUIT), suit, "manifest, seed {seed}");
+        assert_eq!(fetch(SLOT0), slot, "image, seed {seed}");
+    }
+    let listing = String::from_utf8(fetch("fw/app/board/")).expect("text");
+    assert_eq!(
+        listing,
+        "</fw/app/board/riot.suit.latest.bin>,</fw/app/board/slot0.5.bin>"
+    );
+    let core = String::from_utf8(fetch(".well-known/core")).expect("text");
+    assert!(
+        core.contains("</fw/app/board/slot0.5.bin>;ct=42;sz=3000"),
+        "{core}"
+    );
+}
+
+#[test]
 fn listings_escapes_and_discovery() {
     let dir = TempDir::new("tree-paths");
     let outside = TempDir::new("tree-paths-outside");

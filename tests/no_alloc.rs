@@ -279,7 +279,7 @@ impl Tally {
         match action {
             Action::Reply { outcome, .. } => match outcome {
                 Outcome::Block(_) => self.blocks += 1,
-                Outcome::Content => self.content += 1,
+                Outcome::Content | Outcome::File { .. } => self.content += 1,
                 Outcome::Error(_) => self.errors += 1,
                 Outcome::EchoChallenge => self.echo += 1,
                 Outcome::RateLimited => self.rate_limited += 1,

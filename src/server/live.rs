@@ -4,10 +4,12 @@
 //! (`Catalog::refresh` and `FileTree::refresh` do the reading and decide
 //! what changed; this module decides when, and logs).
 
-use crate::service::Service;
+use crate::catalog::{stamp_of, Stamp};
+use crate::hash::fnv1a64;
+use crate::service::{Outcome, Service};
 use crate::tree::{self, FileTree};
 use log::{debug, info, warn};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// A request that missed (no image with this id, no newer image) rescans
@@ -15,6 +17,11 @@ use std::time::{Duration, SystemTime};
 /// request, and a device polling for updates cannot make the server scan
 /// its directory in a loop.
 const MISS_RESCAN_INTERVAL_MS: u64 = 250;
+/// The file behind a first block is looked at (one `stat`) at most this
+/// often while the requests are for the same file, so that a device or a
+/// load test fetching one small file over and over does not `stat` it for
+/// every answer.
+const STALE_CHECK_INTERVAL_MS: u64 = 100;
 
 /// When and where to rescan, and what was last reported.
 #[derive(Debug)]
@@ -40,6 +47,11 @@ pub(super) struct Live {
     /// The served tree's directories and their modification times, so
     /// that a miss can tell whether the tree may have changed.
     tree_dirs: Vec<(PathBuf, Option<SystemTime>)>,
+    /// Which file (a hash of its path) was last checked for a replacement
+    /// after a first block, and when.
+    last_stale_check: Option<(u64, u64)>,
+    /// The file tree's directory, if one is served.
+    tree_root: Option<PathBuf>,
 }
 
 impl Live {
@@ -63,6 +75,8 @@ impl Live {
             last_problem: None,
             last_tree_problem: None,
             tree_dirs: tree.map(|t| t.dir_mtimes().to_vec()).unwrap_or_default(),
+            last_stale_check: None,
+            tree_root: tree.map(|t| t.path().to_path_buf()),
         }
     }
 
@@ -99,6 +113,48 @@ impl Live {
         };
         let tree_changed = || tree::dirs_changed(&self.tree_dirs);
         if unchanged && !settling && !tree_changed() {
+            return false;
+        }
+        self.last_miss_ms = Some(now_ms);
+        true
+    }
+
+    /// Whether the reply `outcome` is the first block of a file that was
+    /// replaced on disk since the snapshot read it (one `stat`), and a
+    /// rescan may run for it now: a file republished under the same name
+    /// (RIOT's `riot.suit.latest.bin`) is then taken in before the device's
+    /// first request is answered, as a miss is for a new name. Blocks
+    /// after the first never look at the disk. Rate-limited like misses,
+    /// and one file asked for again and again is looked at only every
+    /// [`STALE_CHECK_INTERVAL_MS`].
+    pub(super) fn may_rescan_on_stale(
+        &mut self,
+        outcome: &Outcome<'_>,
+        now_ms: u64,
+    ) -> bool {
+        let (path, stamp) = match outcome {
+            Outcome::Block(t) if t.is_first() => match (&self.dir, t.image.stamp) {
+                (Some(dir), Some(stamp)) => (dir.join(&t.image.file_name), stamp),
+                _ => return false,
+            },
+            Outcome::File { file, block } if block.num == 0 => match &self.tree_root {
+                Some(root) => (root.join(&file.path), file.stamp),
+                None => return false,
+            },
+            _ => return false,
+        };
+        let key = fnv1a64(path.as_os_str().as_encoded_bytes());
+        let recent = self.last_stale_check.is_some_and(|(last, at)| {
+            last == key && now_ms.saturating_sub(at) < STALE_CHECK_INTERVAL_MS
+        });
+        if recent {
+            return false;
+        }
+        self.last_stale_check = Some((key, now_ms));
+        let rescanned_lately = self
+            .last_miss_ms
+            .is_some_and(|last| now_ms.saturating_sub(last) < MISS_RESCAN_INTERVAL_MS);
+        if rescanned_lately || !replaced(&path, stamp) {
             return false;
         }
         self.last_miss_ms = Some(now_ms);
@@ -218,6 +274,15 @@ fn log_changes(kind: &str, added: &[String], replaced: &[String], removed: &[Str
     for name in removed {
         info!("removed {kind}{name}");
     }
+}
+
+/// Whether the file at `path` is no longer the one whose stamp was
+/// `stamp` (replaced, rewritten or removed).
+fn replaced(path: &Path, stamp: Stamp) -> bool {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|meta| stamp_of(&meta).ok())
+        != Some(stamp)
 }
 
 /// The modification time of `dir`, `None` when it cannot be read.

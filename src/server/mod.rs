@@ -361,6 +361,23 @@ impl Server {
                 }
             }
         }
+        if let (Some(live), Action::Reply { outcome, .. }) = (self.live.as_mut(), &action) {
+            if live.may_rescan_on_stale(outcome, self.now_ms) {
+                // The file was replaced under the same name since it was
+                // read: take the new version in and answer from it.
+                self.stats.rescans += 1;
+                if live.rescan(&mut self.service, "a file changed") {
+                    self.stats.catalog_changes += 1;
+                }
+                action = self.service.handle_again(
+                    peer(from),
+                    arrival,
+                    self.now_ms,
+                    datagram,
+                    &mut self.tx,
+                );
+            }
+        }
         match action {
             Action::Reply { len, outcome } => {
                 self.stats.count(&outcome);
@@ -605,7 +622,7 @@ fn arrival(socket: usize, dest: Option<LocalDest>) -> Arrival {
 impl Stats {
     fn count(&mut self, outcome: &Outcome<'_>) {
         match outcome {
-            Outcome::Block(_) => self.blocks += 1,
+            Outcome::Block(_) | Outcome::File { .. } => self.blocks += 1,
             Outcome::Content => self.content += 1,
             Outcome::Error(_) | Outcome::EchoChallenge | Outcome::RateLimited => self.errors += 1,
             Outcome::Reset(_) => self.resets += 1,

@@ -165,9 +165,15 @@ pub enum Action<'c> {
 pub enum Outcome<'c> {
     /// One block of a firmware body.
     Block(Transfer<'c>),
-    /// Another 2.05: a lookup answer, the discovery listing, or a block of
-    /// a `--files` file or directory listing (no per-transfer state or log
-    /// line for those).
+    /// One block of a file of the `--files` tree.
+    File {
+        /// The file.
+        file: &'c crate::tree::TreeFile,
+        /// The block sent.
+        block: Block,
+    },
+    /// Another 2.05: a lookup answer, the discovery listing or a block of
+    /// a directory listing.
     Content,
     /// An error response; its code.
     Error(ResponseType),
@@ -925,7 +931,7 @@ fn target_of(msg: &Message<'_>) -> u64 {
 /// 2.05 with a payload (RFC 7252 §8.2.1: no empty answers).
 fn useful(outcome: &Outcome<'_>, reply: Option<&[u8]>) -> bool {
     match outcome {
-        Outcome::Block(_) => true,
+        Outcome::Block(_) | Outcome::File { .. } => true,
         Outcome::Content => reply
             .and_then(|r| Message::parse(r).ok())
             .is_some_and(|m| !m.payload.is_empty()),

@@ -394,12 +394,14 @@ impl<'s> Ctx<'s, '_, '_> {
             return Err(error(ResponseType::NotFound, "no such directory"));
         }
         if let Some(file) = tree.file(path) {
-            return self.whole_body(
+            let (len, _) = self.whole_body(
                 &file.bytes,
                 &file.etag,
                 ContentFormat::ApplicationOctetStream,
                 out,
-            );
+            )?;
+            let block = self.block_for(file.bytes.len())?.0;
+            return Ok((len, Outcome::File { file, block }));
         }
         if tree.dir(path).is_some() {
             return Err(error(
