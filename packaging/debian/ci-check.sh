@@ -75,6 +75,13 @@ if command -v systemd-analyze >/dev/null 2>&1; then
     verify=$(systemd-analyze verify "$unit" 2>&1) || fail "systemd-analyze verify $unit: $verify"
     [ -z "$verify" ] || fail "systemd-analyze verify $unit: $verify"
     echo "ci-check: systemd-analyze verify: nothing to report"
+    # The postinst runs the tmpfiles entry only under a running systemd:
+    # applied here to an empty root instead.
+    mkdir "$work/root"
+    systemd-tmpfiles --create --root="$work/root" /usr/lib/tmpfiles.d/iot-ota-server.conf \
+        || fail "systemd-tmpfiles --create iot-ota-server.conf"
+    [ "$(stat -c '%a %U' "$work/root/srv/firmware" 2>/dev/null)" = "755 root" ] \
+        || fail "the tmpfiles.d entry did not create /srv/firmware, root's, mode 755"
     passed=$((passed + 1))
 elif [ "${CI:-}" = true ]; then
     fail "systemd-analyze is required under CI=true (Debian package systemd)"
