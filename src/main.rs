@@ -8,13 +8,13 @@ use getopts::Options;
 use iot_ota::catalog::Catalog;
 use iot_ota::firmware::VersionText;
 use iot_ota::iface::{self, ScopeError};
-use iot_ota::logfmt::Timestamp;
+use iot_ota::logfmt::{self, LogFormat, SUMMARY};
 use iot_ota::server::{self, Server};
 use iot_ota::service::{Keys, Limits, Service};
 use iot_ota::tree::FileTree;
 use log::{debug, error, info, warn, LevelFilter};
 use std::hash::BuildHasher;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,8 +36,12 @@ struct Config {
     /// The catalog's directory; `None` with `--fileserver` and no `-d`:
     /// an empty catalog.
     dir: Option<PathBuf>,
+    /// True when `dir` is the default, not given with `-d`.
+    dir_defaulted: bool,
     /// The `--files` (or `--fileserver`) tree.
     files: Option<PathBuf>,
+    /// The option `files` came from, for messages.
+    files_option: &'static str,
     /// One socket each; `-l` repeated.
     listen: Vec<SocketAddr>,
     /// Exit when a listen address does not exist, instead of waiting for
@@ -54,6 +58,8 @@ struct Config {
     settle_ms: u64,
     limits: Limits,
     level: LevelFilter,
+    /// `--log-format`; `None`: journal when stderr is the journal, else plain.
+    log_format: Option<LogFormat>,
 }
 
 fn options() -> Options {
@@ -133,7 +139,19 @@ fn options() -> Options {
         "RFC 9175 Echo check against amplification by spoofed sources (default: off)",
     );
     o.optflagmulti("v", "verbose", "more log detail: -v debug, -vv trace");
-    o.optflag("q", "quiet", "log warnings and errors only");
+    o.optflag(
+        "q",
+        "quiet",
+        "log warnings and errors only, and the start-up summary and listening lines",
+    );
+    o.optopt(
+        "",
+        "log-format",
+        "plain (timestamped lines on stderr), journal (<N> priority prefixes on stderr, \
+         for systemd) or syslog (datagrams to /dev/log, facility daemon, for OpenWrt's logd) \
+         (default: journal when stderr is systemd's journal stream, else plain)",
+        "FORMAT",
+    );
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o
@@ -142,7 +160,7 @@ fn options() -> Options {
 fn usage_text(o: &Options) -> String {
     let brief = "Usage: iot-ota-server [-d DIR] [--files DIR | --fileserver DIR] [-l ADDR]... [-b BYTES] [--peers N] [--rate-limit N] [--echo]\n\
                  \x20                     [--multicast IFACE]... [--leisure MS] [--strict-bind] [--rescan MS] [--settle MS]\n\
-                 \x20                     [-v]... [-q] [-h] [-V]\n\n\
+                 \x20                     [-v]... [-q] [--log-format plain|journal|syslog] [-h] [-V]\n\n\
                  Serves the .fmu firmware images in DIR (and with --files a plain file tree) to devices\n\
                  over CoAP (RFC 7252, Block2 RFC 7959).\n\
                  RUST_LOG overrides the log level (e.g. RUST_LOG=debug).";
@@ -195,6 +213,12 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             Some(d.unwrap_or_else(|| "updates".to_owned())),
         ),
     };
+    let dir_defaulted = !m.opt_present("d");
+    let files_option = if m.opt_present("files") {
+        "--files"
+    } else {
+        "--fileserver"
+    };
     let files = files.map(PathBuf::from);
     let dir = dir.map(PathBuf::from);
     let rescan_ms = milliseconds(&m, "rescan", DEFAULT_RESCAN_MS, 3_600_000)?;
@@ -241,9 +265,19 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         (false, 1) => LevelFilter::Debug,
         (false, _) => LevelFilter::Trace,
     };
+    let log_format = m
+        .opt_str("log-format")
+        .map(|name| {
+            LogFormat::from_name(&name).ok_or_else(|| {
+                format!("invalid --log-format '{name}': use plain, journal or syslog")
+            })
+        })
+        .transpose()?;
     Ok(Some(Config {
         dir,
+        dir_defaulted,
         files,
+        files_option,
         listen,
         strict_bind: m.opt_present("strict-bind"),
         multicast: m.opt_strs("multicast"),
@@ -252,6 +286,7 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         settle_ms,
         limits,
         level,
+        log_format,
     }))
 }
 
@@ -287,22 +322,6 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
-fn init_logging(level: LevelFilter) {
-    env_logger::Builder::new()
-        .filter_level(level)
-        .parse_default_env()
-        .format(|buf, record| {
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                Timestamp::now(),
-                record.level(),
-                record.args()
-            )
-        })
-        .init();
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match parse_args(&args) {
@@ -310,7 +329,7 @@ fn main() -> ExitCode {
         Ok(None) => return ExitCode::SUCCESS,
         Err(message) => return usage_error(&message),
     };
-    init_logging(config.level);
+    logfmt::init(config.log_format, config.level);
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -327,14 +346,20 @@ fn serve(config: Config) -> Result<(), String> {
     server::install_signal_handlers()
         .map_err(|e| format!("cannot install the signal handlers: {e}"))?;
     let catalog = match &config.dir {
-        Some(dir) => load_catalog(dir, &config)?,
+        Some(dir) => {
+            check_directory("firmware directory", "-d", config.dir_defaulted, dir)?;
+            load_catalog(dir, &config)?
+        }
         None => {
-            info!("no -d with --fileserver: the catalog of .fmu images is empty");
+            info!(target: SUMMARY, "no -d with --fileserver: the catalog of .fmu images is empty");
             Catalog::from_files(Vec::new())
                 .map(|(catalog, _)| catalog)
                 .map_err(|e| format!("cannot build an empty catalog: {e}"))?
         }
     };
+    if let Some(files) = &config.files {
+        check_directory("file tree", config.files_option, false, files)?;
+    }
     let tree = config.files.as_deref().map(load_tree).transpose()?;
     let sockets = config
         .listen
@@ -393,6 +418,7 @@ fn serve(config: Config) -> Result<(), String> {
             _ => String::new(),
         };
         info!(
+            target: SUMMARY,
             "listening on {addr} ({zone}block size {} B, {} peers kept{extra})",
             config.limits.max_block_size, config.limits.continuation_capacity
         );
@@ -400,6 +426,39 @@ fn serve(config: Config) -> Result<(), String> {
     server
         .run()
         .map_err(|e| format!("cannot install the signal handlers: {e}"))
+}
+
+/// Stops the start when `dir` does not exist or is not a directory, with
+/// a message naming its absolute path: a service manager starts the
+/// server from `/`, where a relative directory (the default `updates`
+/// too) is not what the operator meant. Other errors (permissions) are
+/// left to the loader, which names them.
+fn check_directory(what: &str, option: &str, defaulted: bool, dir: &Path) -> Result<(), String> {
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let shown = absolute.display();
+    match std::fs::metadata(dir) {
+        Ok(metadata) if metadata.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{what} {shown} is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let given = if defaulted {
+                format!("no {option}: the default {}", dir.display())
+            } else {
+                format!("{option} {}", dir.display())
+            };
+            if dir.is_relative() {
+                let cwd = std::env::current_dir()
+                    .map(|cwd| cwd.display().to_string())
+                    .unwrap_or_else(|_| "?".to_owned());
+                Err(format!(
+                    "{what} {shown} does not exist ({given}, relative to the working directory \
+                     {cwd}); give {option} the directory's absolute path"
+                ))
+            } else {
+                Err(format!("{what} {shown} does not exist ({given})"))
+            }
+        }
+        Err(_) => Ok(()),
+    }
 }
 
 /// Binds `addr`; an address not configured yet is waited for (bound with
@@ -472,6 +531,7 @@ fn join_groups(socket: &UdpSocket, interfaces: &[iface::Interface]) {
             Ok(groups) => {
                 let groups: Vec<String> = groups.iter().map(ToString::to_string).collect();
                 info!(
+                    target: SUMMARY,
                     "{}: joined {} on {}",
                     iface::Zoned(local),
                     groups.join(", "),
@@ -522,6 +582,7 @@ fn load_tree(dir: &Path) -> Result<FileTree, String> {
     }
     let tree = report.next.unwrap_or_else(|| FileTree::empty(dir));
     info!(
+        target: SUMMARY,
         "file tree: {} files, {} bytes from {}",
         tree.files().len(),
         tree.total_bytes(),
@@ -572,6 +633,7 @@ fn load_catalog(dir: &Path, config: &Config) -> Result<Catalog, String> {
         );
     } else {
         info!(
+            target: SUMMARY,
             "catalog: {} images, {} bytes from {}",
             catalog.images().len(),
             catalog.total_bytes(),
