@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 use support::{
     image_bytes, run_bounded, spawn_server, spawn_server_logging, write_images, LogSink, TempDir,
-    TestServer, SERVER_BIN,
+    SERVER_BIN,
 };
 
 /// An updates directory with one image and one file whose name the
@@ -20,31 +20,6 @@ fn updates_dir(tag: &str) -> TempDir {
     write_images(&dir, &[("LOG-MOTE", 3000)]);
     dir.write("bad_name.fmu", b"not an image");
     dir
-}
-
-/// Stops `server` with SIGTERM and waits for it to exit 0, so that its
-/// last line (`stopping on a signal`) has been written.
-fn stop(server: &mut TestServer) {
-    server.signal(libc::SIGTERM);
-    let status = server.wait_exit(Duration::from_secs(10));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "server did not exit 0 on SIGTERM: {status:?}; log:\n{}{}",
-        server.log(),
-        server.syslog()
-    );
-}
-
-/// Waits (at most 10 s) until `read()` holds `needle`, and returns it.
-fn wait_for(read: impl Fn() -> String, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = read();
-        if text.contains(needle) || std::time::Instant::now() >= deadline {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// True when `line` starts with an RFC 3339 UTC timestamp, as plain
@@ -105,8 +80,8 @@ fn journal_stream_naming_stderr_gives_priority_prefixes_without_timestamps() {
         &[("JOURNAL_STREAM", &stream)],
         Some(LogSink::File(&stderr)),
     );
-    stop(&mut server);
-    let log = wait_for(|| server.log(), "stopping on a signal");
+    server.stop_by_signal(libc::SIGTERM);
+    let log = server.log();
     assert_journal_lines(&log);
     assert!(log.contains("<6>stopping on a signal; stats:"), "{log}");
 }
@@ -147,8 +122,8 @@ fn journal_stream_of_another_file_keeps_plain_timestamped_lines() {
 fn log_format_journal_is_honoured_without_journal_stream() {
     let dir = updates_dir("journal-asked");
     let mut server = spawn_server(dir.path(), "127.0.0.1:0", &["--log-format", "journal"]);
-    stop(&mut server);
-    assert_journal_lines(&wait_for(|| server.log(), "stopping on a signal"));
+    server.stop_by_signal(libc::SIGTERM);
+    assert_journal_lines(&server.log());
 }
 
 #[test]
@@ -178,8 +153,8 @@ fn syslog_datagrams_carry_facility_daemon_priorities_the_tag_and_the_pid() {
         String::from_utf8_lossy(&output.stderr)
     );
     let pid = server.pid();
-    stop(&mut server);
-    let datagrams = wait_for(|| server.syslog(), "stopping on a signal");
+    server.stop_by_signal(libc::SIGTERM);
+    let datagrams = server.syslog();
     // Facility daemon (3): PRI 3*8+6 = 30 for info, 3*8+4 = 28 for warnings.
     let info = format!("<30>iot-ota-server[{pid}]: ");
     let warning = format!("<28>iot-ota-server[{pid}]: ");
@@ -239,8 +214,8 @@ fn quiet_keeps_warnings_the_summary_and_the_listening_and_stopping_lines() {
     let dir = updates_dir("quiet");
     // spawn_server itself waits for the "listening on" line.
     let mut server = spawn_server(dir.path(), "127.0.0.1:0", &["-q"]);
-    stop(&mut server);
-    let log = wait_for(|| server.log(), "stopping on a signal");
+    server.stop_by_signal(libc::SIGTERM);
+    let log = server.log();
     for needle in [
         " WARN  skipped bad_name.fmu",
         " INFO  catalog: 1 images, 3000 bytes from ",

@@ -181,6 +181,12 @@ struct LineSink {
 
 impl LineSink {
     fn line(&mut self, line: &str) {
+        // The line first, so that a test woken by the address finds it in
+        // the log.
+        if let Ok(mut l) = self.log.lock() {
+            l.push_str(line);
+            l.push('\n');
+        }
         if !self.sent {
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let addr = rest
@@ -191,10 +197,6 @@ impl LineSink {
                 let _ = self.tx.send(addr);
                 self.sent = true;
             }
-        }
-        if let Ok(mut l) = self.log.lock() {
-            l.push_str(line);
-            l.push('\n');
         }
     }
 }
@@ -813,6 +815,28 @@ impl TestServer {
             "kill({pid}, {signal}): {}",
             std::io::Error::last_os_error()
         );
+    }
+
+    /// Sends `signal` (SIGTERM or SIGINT), expects exit status 0 within
+    /// 10 s and returns the final `stopping on a signal; stats: …` line,
+    /// from stderr or from the syslog socket; the test fails otherwise.
+    pub fn stop_by_signal(&mut self, signal: libc::c_int) -> String {
+        self.signal(signal);
+        let status = self.wait_exit(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = format!("{}{}", self.log(), self.syslog());
+            let line = logs.lines().find(|l| l.contains("stopping on a signal"));
+            if let (Some(line), Some(status)) = (line, status) {
+                assert!(status.success(), "exit status {status}; log:\n{logs}");
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no clean stop after signal {signal} (status {status:?}); log:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits up to `timeout` for the process to exit and returns its
