@@ -7,8 +7,9 @@
 use getopts::Options;
 use iot_ota::catalog::Catalog;
 use iot_ota::firmware::VersionText;
+use iot_ota::hash::SipKey;
 use iot_ota::iface::{self, ScopeError};
-use iot_ota::logfmt::{self, LogFormat, SUMMARY};
+use iot_ota::logfmt::{self, LogFormat, Timestamp, SUMMARY};
 use iot_ota::server::{self, Server};
 use iot_ota::service::{Keys, Limits, Service};
 use iot_ota::tree::FileTree;
@@ -47,6 +48,12 @@ struct Config {
     /// Exit when a listen address does not exist, instead of waiting for
     /// it with IP_FREEBIND.
     strict_bind: bool,
+    /// SO_REUSEPORT on every listening socket: several processes share a
+    /// port.
+    reuse_port: bool,
+    /// The file the Echo key is read from, so that processes sharing it
+    /// accept each other's Echo values.
+    echo_key_file: Option<PathBuf>,
     /// Interfaces whose All-CoAP-Nodes groups are joined (`all`: every
     /// multicast-capable one).
     multicast: Vec<String>,
@@ -88,6 +95,12 @@ fn options() -> Options {
         "",
         "strict-bind",
         "exit when a listen address is not configured yet, instead of waiting for it",
+    );
+    o.optflag(
+        "",
+        "reuse-port",
+        "share the listen port with other iot-ota-server processes that ask for it too \
+         (SO_REUSEPORT): one process per core",
     );
     o.optmulti(
         "",
@@ -138,6 +151,14 @@ fn options() -> Options {
         "echo",
         "RFC 9175 Echo check against amplification by spoofed sources (default: off)",
     );
+    o.optopt(
+        "",
+        "echo-key-file",
+        "--echo with the Echo key from FILE (16 bytes, raw or as 32 hex digits, not readable \
+         by other users), so that every process and replica sharing FILE accepts the others' \
+         Echo values (default: a random key per process)",
+        "FILE",
+    );
     o.optflagmulti("v", "verbose", "more log detail: -v debug, -vv trace");
     o.optflag(
         "q",
@@ -158,8 +179,8 @@ fn options() -> Options {
 }
 
 fn usage_text(o: &Options) -> String {
-    let brief = "Usage: iot-ota-server [-d DIR] [--files DIR | --fileserver DIR] [-l ADDR]... [-b BYTES] [--peers N] [--rate-limit N] [--echo]\n\
-                 \x20                     [--multicast IFACE]... [--leisure MS] [--strict-bind] [--rescan MS] [--settle MS]\n\
+    let brief = "Usage: iot-ota-server [-d DIR] [--files DIR | --fileserver DIR] [-l ADDR]... [-b BYTES] [--peers N] [--rate-limit N] [--echo] [--echo-key-file FILE]\n\
+                 \x20                     [--multicast IFACE]... [--leisure MS] [--strict-bind] [--reuse-port] [--rescan MS] [--settle MS]\n\
                  \x20                     [-v]... [-q] [--log-format plain|journal|syslog] [-h] [-V]\n\n\
                  Serves the .fmu firmware images in DIR (and with --files a plain file tree) to devices\n\
                  over CoAP (RFC 7252, Block2 RFC 7959).\n\
@@ -257,7 +278,8 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             )
         })?);
     }
-    limits.echo = m.opt_present("echo");
+    let echo_key_file = m.opt_str("echo-key-file").map(PathBuf::from);
+    limits.echo = m.opt_present("echo") || echo_key_file.is_some();
     let level = match (m.opt_present("q"), m.opt_count("v")) {
         (true, 0) => LevelFilter::Warn,
         (true, _) => return Err("-q and -v contradict each other".to_owned()),
@@ -280,6 +302,8 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         files_option,
         listen,
         strict_bind: m.opt_present("strict-bind"),
+        reuse_port: m.opt_present("reuse-port"),
+        echo_key_file,
         multicast: m.opt_strs("multicast"),
         leisure_ms,
         rescan_ms,
@@ -364,7 +388,7 @@ fn serve(config: Config) -> Result<(), String> {
     let sockets = config
         .listen
         .iter()
-        .map(|&addr| bind(addr, config.strict_bind))
+        .map(|&addr| bind(addr, config.strict_bind, config.reuse_port))
         .collect::<Result<Vec<_>, _>>()?;
     let interfaces = multicast_interfaces(&config.multicast)?;
     for socket in &sockets {
@@ -377,8 +401,14 @@ fn serve(config: Config) -> Result<(), String> {
     // Before "listening on": the server asks for each datagram's
     // destination address, and a datagram queued before that would be
     // answered from whatever address the kernel picks.
-    let keys = secret_keys();
+    let mut keys = secret_keys();
+    if let Some(path) = &config.echo_key_file {
+        keys.echo = read_echo_key(path)?;
+    }
     let mut service = Service::new(catalog, config.limits, keys);
+    // Echo windows cut at the same instants in every process, so that a
+    // value one made is valid at another sharing the key.
+    service.set_echo_clock(Timestamp::now().unix_ms);
     service.replace_tree(tree);
     let mut server = Server::new(first, service);
     for socket in sockets {
@@ -400,6 +430,12 @@ fn serve(config: Config) -> Result<(), String> {
     }
     if config.limits.echo {
         extra.push_str(", Echo amplification check on");
+        if let Some(path) = &config.echo_key_file {
+            extra.push_str(&format!(" (key from {})", path.display()));
+        }
+    }
+    if config.reuse_port {
+        extra.push_str(", port shared (SO_REUSEPORT)");
     }
     if !interfaces.is_empty() {
         extra.push_str(&format!(", multicast leisure {} ms", config.leisure_ms));
@@ -461,18 +497,38 @@ fn check_directory(what: &str, option: &str, defaulted: bool, dir: &Path) -> Res
     }
 }
 
-/// Binds `addr`; an address not configured yet is waited for (bound with
-/// IP_FREEBIND, served once it exists) unless `strict`.
-fn bind(addr: SocketAddr, strict: bool) -> Result<UdpSocket, String> {
-    let socket = match UdpSocket::bind(addr) {
+/// Binds `addr`, with SO_REUSEPORT when `reuse_port`; an address not
+/// configured yet is waited for (bound with IP_FREEBIND, served once it
+/// exists) unless `strict`.
+fn bind(addr: SocketAddr, strict: bool, reuse_port: bool) -> Result<UdpSocket, String> {
+    let options = iface::BindOptions {
+        before_configured: false,
+        reuse_port,
+    };
+    let socket = match iface::bind(addr, options) {
         Ok(socket) => socket,
         Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && !strict => {
             warn!(
                 "{} is not configured on any interface yet: waiting for it (requests are served as soon as it exists)",
                 iface::Zoned(addr)
             );
-            iface::bind_before_configured(addr)
+            let options = iface::BindOptions {
+                before_configured: true,
+                ..options
+            };
+            iface::bind(addr, options)
                 .map_err(|e| format!("cannot listen on {}: {e}", iface::Zoned(addr)))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let hint = if reuse_port {
+                "; every process sharing a port needs --reuse-port and the same user"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "cannot listen on {}: {e}{hint}",
+                iface::Zoned(addr)
+            ));
         }
         Err(e) => return Err(format!("cannot listen on {}: {e}", iface::Zoned(addr))),
     };
@@ -569,6 +625,65 @@ fn secret_keys() -> Keys {
     Keys::from_bytes(random)
 }
 
+/// The Echo key in `path`: 16 bytes, raw or as 32 hex digits (surrounding
+/// whitespace ignored). A file other users can read is refused: with the
+/// key anyone can forge Echo values and aim the server's answers at a
+/// spoofed victim.
+fn read_echo_key(path: &Path) -> Result<SipKey, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read the Echo key file {shown}: {e}"))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("cannot read the Echo key file {shown}: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "the Echo key file {shown} is open to other users (mode {:03o}): with it anyone can \
+             forge Echo values; chmod o-rwx {shown}",
+            mode & 0o777
+        ));
+    }
+    let mut content = Vec::new();
+    // A key file is short: a wrong path to a large file costs no more
+    // than this to refuse.
+    file.by_ref()
+        .take(256)
+        .read_to_end(&mut content)
+        .map_err(|e| format!("cannot read the Echo key file {shown}: {e}"))?;
+    let bytes = echo_key_bytes(&content).ok_or_else(|| {
+        format!(
+            "the Echo key file {shown} holds {} bytes: it must hold 16 bytes, raw or as 32 hex \
+             digits (e.g. head -c 16 /dev/urandom > FILE)",
+            content.len()
+        )
+    })?;
+    let (low, high) = bytes.split_at(8);
+    let word = |half: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(half);
+        u64::from_le_bytes(w)
+    };
+    Ok(SipKey([word(low), word(high)]))
+}
+
+/// The 16 key bytes of an Echo key file's `content`: 32 hex digits with
+/// optional whitespace around them, else exactly 16 raw bytes.
+fn echo_key_bytes(content: &[u8]) -> Option<[u8; 16]> {
+    let text = content.trim_ascii();
+    if text.len() == 32 && text.iter().all(u8::is_ascii_hexdigit) {
+        let mut key = [0u8; 16];
+        for (byte, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        return Some(key);
+    }
+    <[u8; 16]>::try_from(content).ok()
+}
+
 /// Walks the `--files` tree; a missing or unreadable directory, or one
 /// with too many files, stops the start.
 fn load_tree(dir: &Path) -> Result<FileTree, String> {
@@ -641,4 +756,36 @@ fn load_catalog(dir: &Path, config: &Config) -> Result<Catalog, String> {
         );
     }
     Ok(catalog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::echo_key_bytes;
+
+    #[test]
+    fn echo_key_files_hold_16_bytes_raw_or_in_hex() {
+        let hex = *b"00112233445566778899aabbccddeeff";
+        let key = [
+            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ];
+        assert_eq!(echo_key_bytes(&hex), Some(key));
+        assert_eq!(
+            echo_key_bytes(b"00112233445566778899AABBCCDDEEFF\n"),
+            Some(key)
+        );
+        assert_eq!(echo_key_bytes(&key), Some(key));
+        // A raw key that is all whitespace-looking bytes stays raw.
+        assert_eq!(echo_key_bytes(&[b' '; 16]), Some([b' '; 16]));
+        for wrong in [
+            &b""[..],
+            &hex[..31],
+            &[0u8; 15][..],
+            &[0u8; 17][..],
+            &b"00112233445566778899aabbccddeefg"[..],
+            &b"0011 2233445566778899aabbccddeeff"[..],
+        ] {
+            assert_eq!(echo_key_bytes(wrong), None, "{wrong:?}");
+        }
+    }
 }
