@@ -99,7 +99,30 @@ pub fn join_all_coap_nodes(
 /// # Errors
 /// As `socket`, `setsockopt` and `bind`.
 pub fn bind_before_configured(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    crate::sockio::bind_freebind(addr)
+    crate::sockio::bind_with(addr, true, false)
+}
+
+/// How [`bind`] binds a listening socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindOptions {
+    /// Bind although no interface has the address yet (IP_FREEBIND), as
+    /// [`bind_before_configured`] does.
+    pub before_configured: bool,
+    /// Share the address and port with the other sockets of the same user
+    /// that ask for it too (SO_REUSEPORT): several server processes on one
+    /// port, the kernel keeping each peer (by its address and port) on one
+    /// of them while the set of processes is unchanged.
+    pub reuse_port: bool,
+}
+
+/// A UDP socket bound to `addr` as `options` say.
+///
+/// # Errors
+/// As `socket`, `setsockopt` and `bind` (`AddrNotAvailable` for an address
+/// no interface has, without `before_configured`; `AddrInUse` when another
+/// socket holds the port and one of the two did not ask for `reuse_port`).
+pub fn bind(addr: SocketAddr, options: BindOptions) -> std::io::Result<std::net::UdpSocket> {
+    crate::sockio::bind_with(addr, options.before_configured, options.reuse_port)
 }
 
 /// Why a scoped address did not parse.

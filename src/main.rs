@@ -7,14 +7,15 @@
 use getopts::Options;
 use iot_ota::catalog::Catalog;
 use iot_ota::firmware::VersionText;
+use iot_ota::hash::SipKey;
 use iot_ota::iface::{self, ScopeError};
-use iot_ota::logfmt::Timestamp;
+use iot_ota::logfmt::{self, LogFormat, Timestamp, SUMMARY};
 use iot_ota::server::{self, Server};
 use iot_ota::service::{Keys, Limits, Service};
 use iot_ota::tree::FileTree;
 use log::{debug, error, info, warn, LevelFilter};
 use std::hash::BuildHasher;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,13 +37,23 @@ struct Config {
     /// The catalog's directory; `None` with `--fileserver` and no `-d`:
     /// an empty catalog.
     dir: Option<PathBuf>,
+    /// True when `dir` is the default, not given with `-d`.
+    dir_defaulted: bool,
     /// The `--files` (or `--fileserver`) tree.
     files: Option<PathBuf>,
+    /// The option `files` came from, for messages.
+    files_option: &'static str,
     /// One socket each; `-l` repeated.
     listen: Vec<SocketAddr>,
     /// Exit when a listen address does not exist, instead of waiting for
     /// it with IP_FREEBIND.
     strict_bind: bool,
+    /// SO_REUSEPORT on every listening socket: several processes share a
+    /// port.
+    reuse_port: bool,
+    /// The file the Echo key is read from, so that processes sharing it
+    /// accept each other's Echo values.
+    echo_key_file: Option<PathBuf>,
     /// Interfaces whose All-CoAP-Nodes groups are joined (`all`: every
     /// multicast-capable one).
     multicast: Vec<String>,
@@ -54,6 +65,8 @@ struct Config {
     settle_ms: u64,
     limits: Limits,
     level: LevelFilter,
+    /// `--log-format`; `None`: journal when stderr is the journal, else plain.
+    log_format: Option<LogFormat>,
 }
 
 fn options() -> Options {
@@ -82,6 +95,12 @@ fn options() -> Options {
         "",
         "strict-bind",
         "exit when a listen address is not configured yet, instead of waiting for it",
+    );
+    o.optflag(
+        "",
+        "reuse-port",
+        "share the listen port with other iot-ota-server processes that ask for it too \
+         (SO_REUSEPORT): one process per core",
     );
     o.optmulti(
         "",
@@ -138,17 +157,38 @@ fn options() -> Options {
         "echo",
         "RFC 9175 Echo check against amplification by spoofed sources (default: off)",
     );
+    o.optopt(
+        "",
+        "echo-key-file",
+        "--echo with the Echo key from FILE (16 bytes, raw or as 32 hex digits, not readable \
+         by other users), so that every process and replica sharing FILE accepts the others' \
+         Echo values (default: a random key per process)",
+        "FILE",
+    );
     o.optflagmulti("v", "verbose", "more log detail: -v debug, -vv trace");
-    o.optflag("q", "quiet", "log warnings and errors only");
+    o.optflag(
+        "q",
+        "quiet",
+        "log warnings and errors only, and the start-up summary and listening lines",
+    );
+    o.optopt(
+        "",
+        "log-format",
+        "plain (timestamped lines on stderr), journal (<N> priority prefixes on stderr, \
+         for systemd) or syslog (datagrams to /dev/log, facility daemon, for OpenWrt's logd) \
+         (default: journal when stderr is systemd's journal stream, else plain)",
+        "FORMAT",
+    );
     o.optflag("h", "help", "print this help");
     o.optflag("V", "version", "print the version");
     o
 }
 
 fn usage_text(o: &Options) -> String {
-    let brief = "Usage: iot-ota-server [-d DIR] [--files DIR | --fileserver DIR] [-l ADDR]... [-b BYTES] [--peers N] [--max-observers N] [--rate-limit N] [--echo]\n\
-                 \x20                     [--multicast IFACE]... [--leisure MS] [--strict-bind] [--rescan MS] [--settle MS]\n\
-                 \x20                     [-v]... [-q] [-h] [-V]\n\n\
+    let brief = "Usage: iot-ota-server [-d DIR] [--files DIR | --fileserver DIR] [-l ADDR]... [-b BYTES] [--peers N] [--max-observers N]\n\
+                 \x20                     [--rate-limit N] [--echo] [--echo-key-file FILE] [--multicast IFACE]... [--leisure MS]\n\
+                 \x20                     [--strict-bind] [--reuse-port] [--rescan MS] [--settle MS]\n\
+                 \x20                     [-v]... [-q] [--log-format plain|journal|syslog] [-h] [-V]\n\n\
                  Serves the .fmu firmware images in DIR (and with --files a plain file tree) to devices\n\
                  over CoAP (RFC 7252, Block2 RFC 7959).\n\
                  RUST_LOG overrides the log level (e.g. RUST_LOG=debug).";
@@ -201,6 +241,12 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             Some(d.unwrap_or_else(|| "updates".to_owned())),
         ),
     };
+    let dir_defaulted = !m.opt_present("d");
+    let files_option = if m.opt_present("files") {
+        "--files"
+    } else {
+        "--fileserver"
+    };
     let files = files.map(PathBuf::from);
     let dir = dir.map(PathBuf::from);
     let rescan_ms = milliseconds(&m, "rescan", DEFAULT_RESCAN_MS, 3_600_000)?;
@@ -246,7 +292,8 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             )
         })?);
     }
-    limits.echo = m.opt_present("echo");
+    let echo_key_file = m.opt_str("echo-key-file").map(PathBuf::from);
+    limits.echo = m.opt_present("echo") || echo_key_file.is_some();
     let level = match (m.opt_present("q"), m.opt_count("v")) {
         (true, 0) => LevelFilter::Warn,
         (true, _) => return Err("-q and -v contradict each other".to_owned()),
@@ -254,17 +301,30 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         (false, 1) => LevelFilter::Debug,
         (false, _) => LevelFilter::Trace,
     };
+    let log_format = m
+        .opt_str("log-format")
+        .map(|name| {
+            LogFormat::from_name(&name).ok_or_else(|| {
+                format!("invalid --log-format '{name}': use plain, journal or syslog")
+            })
+        })
+        .transpose()?;
     Ok(Some(Config {
         dir,
+        dir_defaulted,
         files,
+        files_option,
         listen,
         strict_bind: m.opt_present("strict-bind"),
+        reuse_port: m.opt_present("reuse-port"),
+        echo_key_file,
         multicast: m.opt_strs("multicast"),
         leisure_ms,
         rescan_ms,
         settle_ms,
         limits,
         level,
+        log_format,
     }))
 }
 
@@ -300,22 +360,6 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
-fn init_logging(level: LevelFilter) {
-    env_logger::Builder::new()
-        .filter_level(level)
-        .parse_default_env()
-        .format(|buf, record| {
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                Timestamp::now(),
-                record.level(),
-                record.args()
-            )
-        })
-        .init();
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match parse_args(&args) {
@@ -323,7 +367,7 @@ fn main() -> ExitCode {
         Ok(None) => return ExitCode::SUCCESS,
         Err(message) => return usage_error(&message),
     };
-    init_logging(config.level);
+    logfmt::init(config.log_format, config.level);
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -340,19 +384,25 @@ fn serve(config: Config) -> Result<(), String> {
     server::install_signal_handlers()
         .map_err(|e| format!("cannot install the signal handlers: {e}"))?;
     let catalog = match &config.dir {
-        Some(dir) => load_catalog(dir, &config)?,
+        Some(dir) => {
+            check_directory("firmware directory", "-d", config.dir_defaulted, dir)?;
+            load_catalog(dir, &config)?
+        }
         None => {
-            info!("no -d with --fileserver: the catalog of .fmu images is empty");
+            info!(target: SUMMARY, "no -d with --fileserver: the catalog of .fmu images is empty");
             Catalog::from_files(Vec::new())
                 .map(|(catalog, _)| catalog)
                 .map_err(|e| format!("cannot build an empty catalog: {e}"))?
         }
     };
+    if let Some(files) = &config.files {
+        check_directory("file tree", config.files_option, false, files)?;
+    }
     let tree = config.files.as_deref().map(load_tree).transpose()?;
     let sockets = config
         .listen
         .iter()
-        .map(|&addr| bind(addr, config.strict_bind))
+        .map(|&addr| bind(addr, config.strict_bind, config.reuse_port))
         .collect::<Result<Vec<_>, _>>()?;
     let interfaces = multicast_interfaces(&config.multicast)?;
     for socket in &sockets {
@@ -365,8 +415,14 @@ fn serve(config: Config) -> Result<(), String> {
     // Before "listening on": the server asks for each datagram's
     // destination address, and a datagram queued before that would be
     // answered from whatever address the kernel picks.
-    let keys = secret_keys();
+    let mut keys = secret_keys();
+    if let Some(path) = &config.echo_key_file {
+        keys.echo = read_echo_key(path)?;
+    }
     let mut service = Service::new(catalog, config.limits, keys);
+    // Echo windows cut at the same instants in every process, so that a
+    // value one made is valid at another sharing the key.
+    service.set_echo_clock(Timestamp::now().unix_ms);
     service.replace_tree(tree);
     let mut server = Server::new(first, service);
     for socket in sockets {
@@ -388,6 +444,12 @@ fn serve(config: Config) -> Result<(), String> {
     }
     if config.limits.echo {
         extra.push_str(", Echo amplification check on");
+        if let Some(path) = &config.echo_key_file {
+            extra.push_str(&format!(" (key from {})", path.display()));
+        }
+    }
+    if config.reuse_port {
+        extra.push_str(", port shared (SO_REUSEPORT)");
     }
     if !interfaces.is_empty() {
         extra.push_str(&format!(", multicast leisure {} ms", config.leisure_ms));
@@ -410,6 +472,7 @@ fn serve(config: Config) -> Result<(), String> {
             _ => String::new(),
         };
         info!(
+            target: SUMMARY,
             "listening on {addr} ({zone}block size {} B, {} peers kept{extra})",
             config.limits.max_block_size, config.limits.continuation_capacity
         );
@@ -419,18 +482,71 @@ fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot install the signal handlers: {e}"))
 }
 
-/// Binds `addr`; an address not configured yet is waited for (bound with
-/// IP_FREEBIND, served once it exists) unless `strict`.
-fn bind(addr: SocketAddr, strict: bool) -> Result<UdpSocket, String> {
-    let socket = match UdpSocket::bind(addr) {
+/// Stops the start when `dir` does not exist or is not a directory, with
+/// a message naming its absolute path: a service manager starts the
+/// server from `/`, where a relative directory (the default `updates`
+/// too) is not what the operator meant. Other errors (permissions) are
+/// left to the loader, which names them.
+fn check_directory(what: &str, option: &str, defaulted: bool, dir: &Path) -> Result<(), String> {
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let shown = absolute.display();
+    match std::fs::metadata(dir) {
+        Ok(metadata) if metadata.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{what} {shown} is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let given = if defaulted {
+                format!("no {option}: the default {}", dir.display())
+            } else {
+                format!("{option} {}", dir.display())
+            };
+            if dir.is_relative() {
+                let cwd = std::env::current_dir()
+                    .map(|cwd| cwd.display().to_string())
+                    .unwrap_or_else(|_| "?".to_owned());
+                Err(format!(
+                    "{what} {shown} does not exist ({given}, relative to the working directory \
+                     {cwd}); give {option} the directory's absolute path"
+                ))
+            } else {
+                Err(format!("{what} {shown} does not exist ({given})"))
+            }
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// Binds `addr`, with SO_REUSEPORT when `reuse_port`; an address not
+/// configured yet is waited for (bound with IP_FREEBIND, served once it
+/// exists) unless `strict`.
+fn bind(addr: SocketAddr, strict: bool, reuse_port: bool) -> Result<UdpSocket, String> {
+    let options = iface::BindOptions {
+        before_configured: false,
+        reuse_port,
+    };
+    let socket = match iface::bind(addr, options) {
         Ok(socket) => socket,
         Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && !strict => {
             warn!(
                 "{} is not configured on any interface yet: waiting for it (requests are served as soon as it exists)",
                 iface::Zoned(addr)
             );
-            iface::bind_before_configured(addr)
+            let options = iface::BindOptions {
+                before_configured: true,
+                ..options
+            };
+            iface::bind(addr, options)
                 .map_err(|e| format!("cannot listen on {}: {e}", iface::Zoned(addr)))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let hint = if reuse_port {
+                "; every process sharing a port needs --reuse-port and the same user"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "cannot listen on {}: {e}{hint}",
+                iface::Zoned(addr)
+            ));
         }
         Err(e) => return Err(format!("cannot listen on {}: {e}", iface::Zoned(addr))),
     };
@@ -489,6 +605,7 @@ fn join_groups(socket: &UdpSocket, interfaces: &[iface::Interface]) {
             Ok(groups) => {
                 let groups: Vec<String> = groups.iter().map(ToString::to_string).collect();
                 info!(
+                    target: SUMMARY,
                     "{}: joined {} on {}",
                     iface::Zoned(local),
                     groups.join(", "),
@@ -526,6 +643,65 @@ fn secret_keys() -> Keys {
     Keys::from_bytes(random)
 }
 
+/// The Echo key in `path`: 16 bytes, raw or as 32 hex digits (surrounding
+/// whitespace ignored). A file other users can read is refused: with the
+/// key anyone can forge Echo values and aim the server's answers at a
+/// spoofed victim.
+fn read_echo_key(path: &Path) -> Result<SipKey, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read the Echo key file {shown}: {e}"))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("cannot read the Echo key file {shown}: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "the Echo key file {shown} is open to other users (mode {:03o}): with it anyone can \
+             forge Echo values; chmod o-rwx {shown}",
+            mode & 0o777
+        ));
+    }
+    let mut content = Vec::new();
+    // A key file is short: a wrong path to a large file costs no more
+    // than this to refuse.
+    file.by_ref()
+        .take(256)
+        .read_to_end(&mut content)
+        .map_err(|e| format!("cannot read the Echo key file {shown}: {e}"))?;
+    let bytes = echo_key_bytes(&content).ok_or_else(|| {
+        format!(
+            "the Echo key file {shown} holds {} bytes: it must hold 16 bytes, raw or as 32 hex \
+             digits (e.g. head -c 16 /dev/urandom > FILE)",
+            content.len()
+        )
+    })?;
+    let (low, high) = bytes.split_at(8);
+    let word = |half: &[u8]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(half);
+        u64::from_le_bytes(w)
+    };
+    Ok(SipKey([word(low), word(high)]))
+}
+
+/// The 16 key bytes of an Echo key file's `content`: 32 hex digits with
+/// optional whitespace around them, else exactly 16 raw bytes.
+fn echo_key_bytes(content: &[u8]) -> Option<[u8; 16]> {
+    let text = content.trim_ascii();
+    if text.len() == 32 && text.iter().all(u8::is_ascii_hexdigit) {
+        let mut key = [0u8; 16];
+        for (byte, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        return Some(key);
+    }
+    <[u8; 16]>::try_from(content).ok()
+}
+
 /// Walks the `--files` tree; a missing or unreadable directory, or one
 /// with too many files, stops the start.
 fn load_tree(dir: &Path) -> Result<FileTree, String> {
@@ -539,6 +715,7 @@ fn load_tree(dir: &Path) -> Result<FileTree, String> {
     }
     let tree = report.next.unwrap_or_else(|| FileTree::empty(dir));
     info!(
+        target: SUMMARY,
         "file tree: {} files, {} bytes from {}",
         tree.files().len(),
         tree.total_bytes(),
@@ -589,6 +766,7 @@ fn load_catalog(dir: &Path, config: &Config) -> Result<Catalog, String> {
         );
     } else {
         info!(
+            target: SUMMARY,
             "catalog: {} images, {} bytes from {}",
             catalog.images().len(),
             catalog.total_bytes(),
@@ -596,4 +774,36 @@ fn load_catalog(dir: &Path, config: &Config) -> Result<Catalog, String> {
         );
     }
     Ok(catalog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::echo_key_bytes;
+
+    #[test]
+    fn echo_key_files_hold_16_bytes_raw_or_in_hex() {
+        let hex = *b"00112233445566778899aabbccddeeff";
+        let key = [
+            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ];
+        assert_eq!(echo_key_bytes(&hex), Some(key));
+        assert_eq!(
+            echo_key_bytes(b"00112233445566778899AABBCCDDEEFF\n"),
+            Some(key)
+        );
+        assert_eq!(echo_key_bytes(&key), Some(key));
+        // A raw key that is all whitespace-looking bytes stays raw.
+        assert_eq!(echo_key_bytes(&[b' '; 16]), Some([b' '; 16]));
+        for wrong in [
+            &b""[..],
+            &hex[..31],
+            &[0u8; 15][..],
+            &[0u8; 17][..],
+            &b"00112233445566778899aabbccddeefg"[..],
+            &b"0011 2233445566778899aabbccddeeff"[..],
+        ] {
+            assert_eq!(echo_key_bytes(wrong), None, "{wrong:?}");
+        }
+    }
 }

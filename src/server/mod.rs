@@ -256,7 +256,11 @@ impl Server {
         let mut reported = self.stats;
         loop {
             if sockio::terminating() {
-                info!("stopping on a signal; {}", StatsLine(&self.stats));
+                info!(
+                    target: crate::logfmt::SUMMARY,
+                    "stopping on a signal; {}",
+                    StatsLine(&self.stats)
+                );
                 return Ok(());
             }
             if sockio::take_hangup() {

@@ -32,6 +32,11 @@ pub(crate) struct Guard {
     /// Challenge unverified peers whose reply would amplify.
     echo: bool,
     echo_key: SipKey,
+    /// Wall-clock milliseconds since the Unix epoch at `now_ms` 0: Echo
+    /// windows are counted from the epoch, so that every process with the
+    /// same key (`--echo-key-file`) cuts them at the same instants and
+    /// accepts the others' values.
+    echo_clock_ms: u64,
 }
 
 impl Guard {
@@ -49,7 +54,19 @@ impl Guard {
             rate: BoundedTable::new(rate_capacity, 1000, table_keys),
             echo,
             echo_key,
+            echo_clock_ms: 0,
         }
+    }
+
+    /// Counts Echo windows from the Unix epoch: `unix_ms` is the wall-clock
+    /// time, in milliseconds since the epoch, at `now_ms` 0.
+    pub(crate) fn set_echo_clock(&mut self, unix_ms: u64) {
+        self.echo_clock_ms = unix_ms;
+    }
+
+    /// The Echo window `now_ms` falls in.
+    fn echo_window(&self, now_ms: u64) -> u64 {
+        self.echo_clock_ms.saturating_add(now_ms) / ECHO_WINDOW_MS
     }
 
     /// Addresses the rate limiter tracks.
@@ -135,7 +152,7 @@ impl Guard {
     }
 
     fn echo_is_valid(&self, peer: &Peer, now_ms: u64, echo: &[u8]) -> bool {
-        let window = now_ms / ECHO_WINDOW_MS;
+        let window = self.echo_window(now_ms);
         echo == self.echo_value(peer, window)
             || (window > 0 && echo == self.echo_value(peer, window - 1))
     }
@@ -148,7 +165,7 @@ impl Guard {
         request_len: usize,
         out: &mut [u8],
     ) -> Action<'static> {
-        let echo = self.echo_value(peer, now_ms / ECHO_WINDOW_MS);
+        let echo = self.echo_value(peer, self.echo_window(now_ms));
         let written = reply_to
             .emitter(ResponseType::Unauthorized, out)
             .and_then(|mut e| {
@@ -178,5 +195,40 @@ fn bounded<'c>(
         Ok(len) if len <= max_len => Action::Reply { len, outcome },
         Ok(_) => Action::Drop(too_big),
         Err(_) => Action::Drop(Dropped::Overflow),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two processes sharing the Echo key but started at different times
+    /// accept each other's values: windows follow the wall clock.
+    #[test]
+    fn echo_windows_follow_the_wall_clock_not_the_process_start() {
+        let key = SipKey([0x5eed, 0xec40]);
+        let peer = Peer {
+            ip: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            port: 5683,
+        };
+        let started_at = |unix_ms| {
+            let mut guard = Guard::new(None, 16, [1, 2], true, key);
+            guard.set_echo_clock(unix_ms);
+            guard
+        };
+        // Process a started 45.5 s before process b; both now read the same
+        // wall-clock time, 1_798_400_091_123 ms.
+        let a = started_at(1_798_400_000_000);
+        let b = started_at(1_798_400_045_500);
+        let (a_now, b_now) = (91_123, 45_623);
+        let from_a = a.echo_value(&peer, a.echo_window(a_now));
+        assert!(b.echo_is_valid(&peer, b_now, &from_a));
+        // And in the next window still, not in the one after.
+        assert!(b.echo_is_valid(&peer, b_now + ECHO_WINDOW_MS, &from_a));
+        assert!(!b.echo_is_valid(&peer, b_now + 2 * ECHO_WINDOW_MS, &from_a));
+        // Another key: refused.
+        let mut other = Guard::new(None, 16, [1, 2], true, SipKey([1, 2]));
+        other.set_echo_clock(1_798_400_045_500);
+        assert!(!other.echo_is_valid(&peer, b_now, &from_a));
     }
 }

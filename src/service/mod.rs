@@ -382,6 +382,14 @@ impl Service {
         }
     }
 
+    /// Counts Echo windows by the wall clock: `unix_ms` is the time, in
+    /// milliseconds since the Unix epoch, at `now_ms` 0 of [`Service::handle`].
+    /// Without it windows start at the first `now_ms` 0, which is enough
+    /// for one process; processes sharing an Echo key need the same cut.
+    pub fn set_echo_clock(&mut self, unix_ms: u64) {
+        self.guard.set_echo_clock(unix_ms);
+    }
+
     /// Serves `catalog` from the next request on, and returns the one it
     /// replaces. Per-peer state names images by id, so a transfer of an
     /// image that is still there continues; one of a replaced image gets

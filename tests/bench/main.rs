@@ -248,8 +248,9 @@ fn pinned(program: &str, cpu: Option<&str>) -> Command {
 }
 
 /// A free loopback UDP port: bound, read, released. The server is given
-/// it explicitly because with `-q` it logs no "listening on" line; the
-/// short race with another process is caught by the readiness probe.
+/// it explicitly, so that the bench need not read the log of a server
+/// started with `-q`; the short race with another process is caught by
+/// the readiness probe.
 fn free_port() -> Result<u16, String> {
     let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     socket

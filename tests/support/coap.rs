@@ -68,6 +68,22 @@ pub fn con_get(
     block: Option<iot_ota::wire::Block>,
     payload: &[u8],
 ) -> Vec<u8> {
+    let mut block_value = [0u8; 4];
+    let mut options: Vec<(u16, &[u8])> = segments.iter().map(|s| (11, s.as_bytes())).collect();
+    if let Some(block) = block {
+        options.push((23, block.encode(&mut block_value)));
+    }
+    con_get_options(mid, token, &options, payload)
+}
+
+/// A Confirmable GET with `options` (number and value, in ascending order
+/// of number, as the emitter requires) and `payload`.
+pub fn con_get_options(
+    mid: u16,
+    token: &[u8],
+    options: &[(u16, &[u8])],
+    payload: &[u8],
+) -> Vec<u8> {
     use coap_lite::{MessageClass, MessageType, RequestType};
     let mut buf = vec![0u8; 1280];
     let mut e = iot_ota::wire::Emitter::new(
@@ -78,11 +94,8 @@ pub fn con_get(
         token,
     )
     .expect("header");
-    for segment in segments {
-        e.option(11, segment.as_bytes()).expect("Uri-Path");
-    }
-    if let Some(block) = block {
-        e.option_block(23, block).expect("Block2");
+    for (number, value) in options {
+        e.option(*number, value).expect("option");
     }
     let len = e.payload(payload).expect("payload");
     buf.truncate(len);

@@ -3,11 +3,12 @@
 //! images, and the skip-or-fail rule for outside programs.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,12 +70,24 @@ pub struct TestServer {
     /// The address it is listening on (port resolved from its log).
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    syslog: Arc<Mutex<String>>,
+    /// Tells the threads that read a stderr file or the syslog socket
+    /// to stop.
+    stop: Arc<AtomicBool>,
+    /// Holds the syslog socket of [`LogSink::Syslog`].
+    _syslog_dir: Option<TempDir>,
 }
 
 impl TestServer {
-    /// Everything the server logged so far (stderr).
+    /// Everything the server wrote to stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Every datagram the server sent to the syslog socket of
+    /// [`LogSink::Syslog`] so far, one per line.
+    pub fn syslog(&self) -> String {
+        self.syslog.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Waits up to `timeout` for `needle` to appear in the log.
@@ -102,6 +115,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -119,13 +133,111 @@ pub fn spawn_server(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
 /// empty: the server itself). The launcher must exec the server, so that
 /// dropping the [`TestServer`] stops it.
 pub fn spawn_server_via(launcher: &[&str], dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
-    spawn_with(launcher, "-d", dir, listen, extra)
+    spawn_with(launcher, "-d", dir, listen, extra, &[], None)
 }
 
 /// As [`spawn_server`] with `--fileserver DIR` and no `-d`: an empty
 /// catalog and the file tree under `dir`.
 pub fn spawn_fileserver(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
-    spawn_with(&[], "--fileserver", dir, listen, extra)
+    spawn_with(&[], "--fileserver", dir, listen, extra, &[], None)
+}
+
+/// Where a server started by [`spawn_server_logging`] writes its log,
+/// instead of a pipe.
+pub enum LogSink<'a> {
+    /// stderr is this file (created or truncated), read by the kit as it
+    /// grows: a file the test can `stat`, e.g. for `JOURNAL_STREAM`.
+    File(&'a Path),
+    /// Syslog datagrams go to a Unix datagram socket the kit binds and
+    /// names to the server with `IOT_OTA_SYSLOG_SOCKET`
+    /// ([`TestServer::syslog`]); stderr is piped as usual.
+    Syslog,
+}
+
+/// As [`spawn_server`], with `env` set for the server and, with `sink`,
+/// its log written there. The server's address is taken from its first
+/// "listening on" line, wherever it is written.
+pub fn spawn_server_logging(
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    sink: Option<LogSink<'_>>,
+) -> TestServer {
+    spawn_with(&[], "-d", dir, listen, extra, env, sink)
+}
+
+/// How long a thread reading a stderr file or a syslog socket runs at
+/// most, if the test never stops it.
+const LOG_READER_LIMIT: Duration = Duration::from_secs(600);
+
+/// Appends each line to `log` and sends the address of the first
+/// "listening on" line to `tx`.
+struct LineSink {
+    log: Arc<Mutex<String>>,
+    tx: mpsc::Sender<String>,
+    sent: bool,
+}
+
+impl LineSink {
+    fn line(&mut self, line: &str) {
+        // The line first, so that a test woken by the address finds it in
+        // the log.
+        if let Ok(mut l) = self.log.lock() {
+            l.push_str(line);
+            l.push('\n');
+        }
+        if !self.sent {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = self.tx.send(addr);
+                self.sent = true;
+            }
+        }
+    }
+}
+
+/// Reads `path` as it grows, line by line, until `stop`.
+fn tail_file(path: PathBuf, mut sink: LineSink, stop: Arc<AtomicBool>) {
+    let Ok(mut file) = std::fs::File::open(&path) else {
+        return;
+    };
+    let deadline = Instant::now() + LOG_READER_LIMIT;
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while Instant::now() < deadline {
+        match file.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(n) => {
+                pending.extend_from_slice(&chunk[..n]);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    sink.line(String::from_utf8_lossy(&line).trim_end_matches('\n'));
+                }
+            }
+        }
+    }
+}
+
+/// Receives datagrams on `socket`, one line each, until `stop`.
+fn read_syslog(socket: UnixDatagram, mut sink: LineSink, stop: Arc<AtomicBool>) {
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(50)));
+    let deadline = Instant::now() + LOG_READER_LIMIT;
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            sink.line(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
 }
 
 fn spawn_with(
@@ -134,60 +246,84 @@ fn spawn_with(
     dir: &Path,
     listen: &str,
     extra: &[&str],
+    env: &[(&str, &str)],
+    sink: Option<LogSink<'_>>,
 ) -> TestServer {
-    let mut command = match launcher.split_first() {
-        Some((program, args)) => {
-            let mut command = Command::new(program);
-            command.args(args).arg(SERVER_BIN);
-            command
-        }
-        None => Command::new(SERVER_BIN),
-    };
-    let mut child = command
+    let mut command = launched(launcher, SERVER_BIN);
+    command
         .arg(dir_option)
         .arg(dir)
         .arg("-l")
         .arg(listen)
         .args(extra)
         .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start iot-ota-server");
-    let stderr = child.stderr.take().expect("server stderr");
+        .stderr(Stdio::piped());
     let log = Arc::new(Mutex::new(String::new()));
+    let syslog = Arc::new(Mutex::new(String::new()));
+    let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-            }
-            if let Ok(mut l) = sink.lock() {
-                l.push_str(&line);
-                l.push('\n');
-            }
+    let line_sink = |log: &Arc<Mutex<String>>| LineSink {
+        log: Arc::clone(log),
+        tx: tx.clone(),
+        sent: false,
+    };
+    let mut syslog_dir = None;
+    let mut stderr_file = None;
+    match sink {
+        None => {}
+        Some(LogSink::File(path)) => {
+            let file = std::fs::File::create(path).expect("create the stderr file");
+            command.stderr(file);
+            stderr_file = Some(path.to_path_buf());
         }
-    });
+        Some(LogSink::Syslog) => {
+            let socket_dir = TempDir::new("syslog");
+            let path = socket_dir.path().join("log");
+            let socket = UnixDatagram::bind(&path).expect("bind the syslog socket");
+            command.env("IOT_OTA_SYSLOG_SOCKET", &path);
+            let (sink, stop) = (line_sink(&syslog), Arc::clone(&stop));
+            std::thread::spawn(move || read_syslog(socket, sink, stop));
+            syslog_dir = Some(socket_dir);
+        }
+    }
+    let mut child = command.spawn().expect("start iot-ota-server");
+    match stderr_file {
+        Some(path) => {
+            let (sink, stop) = (line_sink(&log), Arc::clone(&stop));
+            std::thread::spawn(move || tail_file(path, sink, stop));
+        }
+        None => {
+            let stderr = child.stderr.take().expect("server stderr");
+            let mut sink = line_sink(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.line(&line);
+                }
+            });
+        }
+    }
     let addr = match rx.recv_timeout(Duration::from_secs(20)) {
         Ok(addr) => addr.parse().expect("server printed a socket address"),
         Err(_) => {
+            stop.store(true, Ordering::SeqCst);
             let _ = child.kill();
             let output = log.lock().map(|l| l.clone()).unwrap_or_default();
-            panic!("server did not report its address within 20 s; log:\n{output}");
+            let datagrams = syslog.lock().map(|l| l.clone()).unwrap_or_default();
+            panic!("server did not report its address within 20 s; log:\n{output}{datagrams}");
         }
     };
-    TestServer { child, addr, log }
+    TestServer {
+        child,
+        addr,
+        log,
+        syslog,
+        stop,
+        _syslog_dir: syslog_dir,
+    }
 }
 
 /// A client socket on the same loopback family as `server`, with a read
@@ -679,6 +815,28 @@ impl TestServer {
             "kill({pid}, {signal}): {}",
             std::io::Error::last_os_error()
         );
+    }
+
+    /// Sends `signal` (SIGTERM or SIGINT), expects exit status 0 within
+    /// 10 s and returns the final `stopping on a signal; stats: …` line,
+    /// from stderr or from the syslog socket; the test fails otherwise.
+    pub fn stop_by_signal(&mut self, signal: libc::c_int) -> String {
+        self.signal(signal);
+        let status = self.wait_exit(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = format!("{}{}", self.log(), self.syslog());
+            let line = logs.lines().find(|l| l.contains("stopping on a signal"));
+            if let (Some(line), Some(status)) = (line, status) {
+                assert!(status.success(), "exit status {status}; log:\n{logs}");
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no clean stop after signal {signal} (status {status:?}); log:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits up to `timeout` for the process to exit and returns its
