@@ -572,14 +572,9 @@ fn every_option_maps_to_its_flag_and_lists_repeat() {
             "journal",
         ])
     );
-    // Every flag is one the server knows (--log-format from the release
-    // that adds it).
+    // Every flag is one the server knows.
     let help = server_help();
     for flag in command.iter().filter(|arg| arg.starts_with('-')) {
-        if flag == "--log-format" && !help.contains("--log-format") {
-            eprintln!("NOTE: this server has no --log-format yet; not checked");
-            continue;
-        }
         assert!(
             help.contains(&format!("{flag} ")) || help.contains(&format!("{flag},")),
             "the server's --help does not list {flag}"
@@ -734,16 +729,8 @@ fn recorded_command_line_serves_a_download() {
 ",
         firmware.path().display()
     ));
-    let mut command = command_for(&config);
+    let command = command_for(&config);
     assert_eq!(command.first().map(String::as_str), Some(PROG));
-    if !server_help().contains("--log-format") {
-        eprintln!("NOTE: this server has no --log-format yet: run without it");
-        let at = command
-            .iter()
-            .position(|arg| arg == "--log-format")
-            .expect("--log-format in the command line");
-        command.drain(at..at + 2);
-    }
     let work = TempDir::new("openwrt-run");
     let log = work.path().join("server.log");
     let stderr = std::fs::File::create(&log).expect("create the log file");
