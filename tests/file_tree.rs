@@ -17,6 +17,9 @@ use std::time::Duration;
 use support::{image_bytes, spawn_fileserver, TempDir, TestServer};
 
 /// Block2 SZX 2: 64-byte blocks, as RIOT's transport asks.
+/// How long a log line may take to reach the test: the server writes it
+/// before its reply, but the thread reading its stderr may lag.
+const LOG_WAIT: Duration = Duration::from_secs(5);
 const SZX_64: u8 = 2;
 const REPLY_TIMEOUT: Duration = Duration::from_millis(1000);
 const ATTEMPTS: usize = 3;
@@ -298,7 +301,7 @@ fn listings_escapes_and_discovery() {
         "{core}"
     );
     assert!(
-        server.log().contains("skipped file fw/leak"),
+        server.wait_for_log("skipped file fw/leak", LOG_WAIT),
         "{}",
         server.log()
     );

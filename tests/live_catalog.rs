@@ -279,7 +279,7 @@ fn publish_then_lookup_finds_it_without_restart() {
         // The first request after publishing finds it: the miss rescans
         // and is answered from the new snapshot.
         assert_eq!(client.lookup("LIVEPUB").as_deref(), Some(id.as_str()));
-        assert!(server.log().contains(&format!("published {name}")));
+        assert!(server.wait_for_log(&format!("published {name}"), LOG_WAIT));
         assert_eq!(run_client(&server, "LIVEPUB", &out), Some(0));
         let got = std::fs::read(&out).expect("the client wrote the body");
         assert_bytes(&got, &bytes, "download after publishing");
@@ -443,7 +443,7 @@ fn slow_in_place_overwrite_is_never_served_half_written() {
         olds > 0,
         "the old image was served while the file was written"
     );
-    assert!(server.log().contains(&format!("replaced {name}")));
+    assert!(server.wait_for_log(&format!("replaced {name}"), LOG_WAIT));
 }
 
 #[test]
@@ -587,7 +587,7 @@ fn sighup_rescans_and_sigterm_exits_cleanly() {
             &format!("published {name}"),
             "SIGHUP did not rescan",
         );
-        assert!(server.log().contains("catalog (SIGHUP): 1 images"));
+        assert!(server.wait_for_log("catalog (SIGHUP): 1 images", LOG_WAIT));
         assert!(server.is_running(), "SIGHUP stopped the server");
         let (body, _) = client.download(&image_id(name));
         assert_bytes(&body, &bytes, "after SIGHUP");

@@ -102,6 +102,29 @@ fn call(socket: &UdpSocket, server: &TestServer, mid: u16, request: &[u8]) -> Ve
     .unwrap_or_else(|| panic!("no answer to MID {mid}; log:\n{}", server.log()))
 }
 
+/// A CON GET of `path` with token `token` and Observe `observe`, answered
+/// by a piggybacked ACK; its Observe option and payload.
+fn observe_call(
+    socket: &UdpSocket,
+    server: &TestServer,
+    mid: u16,
+    token: &[u8],
+    path: &[&str],
+    observe: u32,
+) -> (Option<u32>, Vec<u8>) {
+    let request = get(
+        MessageType::Confirmable,
+        mid,
+        token,
+        path,
+        Some(observe),
+        None,
+    );
+    let reply = call(socket, server, mid, &request);
+    let msg = Message::parse(&reply).unwrap();
+    (msg.observe, msg.payload.to_vec())
+}
+
 /// The next notification for `token` within `within`, acknowledged when
 /// Confirmable.
 fn notification(
@@ -297,15 +320,8 @@ fn an_rst_and_observe_1_end_observations() {
     let path: Vec<&str> = FILE.split('/').collect();
 
     // Registered with token A; the first change is notified.
-    let reply = call(
-        &socket,
-        &server,
-        1,
-        &get(MessageType::Confirmable, 1, b"A", &path, Some(0), None),
-    );
-    let msg = Message::parse(&reply).unwrap();
-    assert_eq!(msg.class(), MessageClass::Response(ResponseType::Content));
-    assert_eq!((msg.observe, msg.payload), (Some(0), &b"one"[..]));
+    let registered = observe_call(&socket, &server, 1, b"A", &path, 0);
+    assert_eq!(registered, (Some(0), b"one".to_vec()));
     publish(dir.path(), FILE, b"two");
     let raw = notification(&socket, &server, b"A", NOTIFY_WITHIN).expect("a notification");
     let note = Message::parse(&raw).unwrap();
@@ -319,33 +335,15 @@ fn an_rst_and_observe_1_end_observations() {
     publish(dir.path(), FILE, b"three");
     assert_eq!(notification(&socket, &server, b"A", QUIET), None);
 
-    // Registered with token B; Observe 1 ends it.
-    let reply = call(
-        &socket,
-        &server,
-        2,
-        &get(MessageType::Confirmable, 2, b"B", &path, Some(0), None),
-    );
-    assert_eq!(Message::parse(&reply).unwrap().observe, Some(0));
-    let reply = call(
-        &socket,
-        &server,
-        3,
-        &get(MessageType::Confirmable, 3, b"B", &path, Some(1), None),
-    );
-    let msg = Message::parse(&reply).unwrap();
-    assert_eq!((msg.observe, msg.payload), (None, &b"three"[..]));
+    // Registered with token B; Observe 1 ends it (answered as a plain GET).
+    assert_eq!(observe_call(&socket, &server, 2, b"B", &path, 0).0, Some(0));
+    let deregistered = observe_call(&socket, &server, 3, b"B", &path, 1);
+    assert_eq!(deregistered, (None, b"three".to_vec()));
     publish(dir.path(), FILE, b"four");
     assert_eq!(notification(&socket, &server, b"B", QUIET), None);
 
     // A removed file: its observer gets a last 4.04, without Observe.
-    let reply = call(
-        &socket,
-        &server,
-        4,
-        &get(MessageType::Confirmable, 4, b"C", &path, Some(0), None),
-    );
-    assert_eq!(Message::parse(&reply).unwrap().observe, Some(0));
+    assert_eq!(observe_call(&socket, &server, 4, b"C", &path, 0).0, Some(0));
     std::fs::remove_file(dir.path().join(FILE)).unwrap();
     let raw = notification(&socket, &server, b"C", NOTIFY_WITHIN).expect("a last notification");
     let last = Message::parse(&raw).unwrap();
@@ -365,17 +363,9 @@ fn a_full_table_keeps_the_newest_registrations() {
     let socket = support::client_socket(server.addr);
     // 200 registrations on discovery, each with its own token.
     for n in 0..200u16 {
-        let token = n.to_be_bytes();
-        let request = get(
-            MessageType::Confirmable,
-            n,
-            &token,
-            &[".well-known", "core"],
-            Some(0),
-            None,
-        );
-        let reply = call(&socket, &server, n, &request);
-        assert_eq!(Message::parse(&reply).unwrap().observe, Some(0));
+        let core = [".well-known", "core"];
+        let (observe, _) = observe_call(&socket, &server, n, &n.to_be_bytes(), &core, 0);
+        assert_eq!(observe, Some(0));
     }
     // A new file changes the listing: exactly the 8 newest hear of it.
     publish(dir.path(), "b.bin", b"b");

@@ -346,41 +346,27 @@ impl Server {
         let mut action =
             self.service
                 .handle_arrival(peer(from), arrival, self.now_ms, datagram, &mut self.tx);
-        if missed(&action) {
-            if let Some(live) = self.live.as_mut() {
-                if live.may_rescan_on_miss(settling, self.now_ms) {
-                    // The image asked for may have been published since
-                    // the last scan: look, and answer from what is there.
-                    self.stats.rescans += 1;
-                    if live.rescan(&mut self.service, "a request missed") {
-                        self.stats.catalog_changes += 1;
-                    }
-                    action = self.service.handle_again(
-                        peer(from),
-                        arrival,
-                        self.now_ms,
-                        datagram,
-                        &mut self.tx,
-                    );
-                }
+        // Why to look at the directory before answering: the image asked
+        // for may have been published since the last scan, or the file
+        // behind a first block replaced since it was read.
+        let rescan_for = match (self.live.as_mut(), &action) {
+            (Some(live), action) if missed(action) => live
+                .may_rescan_on_miss(settling, self.now_ms)
+                .then_some("a request missed"),
+            (Some(live), Action::Reply { outcome, .. }) => live
+                .may_rescan_on_stale(outcome, self.now_ms)
+                .then_some("a file changed"),
+            _ => None,
+        };
+        if let (Some(why), Some(live)) = (rescan_for, self.live.as_mut()) {
+            self.stats.rescans += 1;
+            if live.rescan(&mut self.service, why) {
+                self.stats.catalog_changes += 1;
             }
-        }
-        if let (Some(live), Action::Reply { outcome, .. }) = (self.live.as_mut(), &action) {
-            if live.may_rescan_on_stale(outcome, self.now_ms) {
-                // The file was replaced under the same name since it was
-                // read: take the new version in and answer from it.
-                self.stats.rescans += 1;
-                if live.rescan(&mut self.service, "a file changed") {
-                    self.stats.catalog_changes += 1;
-                }
-                action = self.service.handle_again(
-                    peer(from),
-                    arrival,
-                    self.now_ms,
-                    datagram,
-                    &mut self.tx,
-                );
-            }
+            // Answered from what is there now.
+            action =
+                self.service
+                    .handle_again(peer(from), arrival, self.now_ms, datagram, &mut self.tx);
         }
         match action {
             Action::Reply { len, outcome } => {

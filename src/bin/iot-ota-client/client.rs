@@ -484,23 +484,8 @@ impl Client {
             if now >= deadline {
                 return Ok(Received::Deadline);
             }
-            self.socket
-                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
-                .map_err(ClientError::Io)?;
-            let len = match self.socket.recv(&mut self.rx) {
-                Ok(len) => len,
-                Err(e) if is_unreachable(&e) => return Err(ClientError::Unreachable(e)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(ClientError::Io(e)),
+            let Some(len) = self.recv_before(deadline - now)? else {
+                continue;
             };
             if len >= self.rx.len() {
                 self.stats.ignored += 1;
@@ -525,6 +510,29 @@ impl Client {
                 }
                 Matched::Stray => self.stats.ignored += 1,
             }
+        }
+    }
+
+    /// One datagram into `rx` within `timeout`: its length, or `None`
+    /// after a timeout or an interruption.
+    fn recv_before(&mut self, timeout: Duration) -> Result<Option<usize>, ClientError> {
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(ClientError::Io)?;
+        match self.socket.recv(&mut self.rx) {
+            Ok(len) => Ok(Some(len)),
+            Err(e) if is_unreachable(&e) => Err(ClientError::Unreachable(e)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(ClientError::Io(e)),
         }
     }
 
@@ -602,23 +610,8 @@ impl Client {
             if now >= deadline {
                 return Ok(None);
             }
-            self.socket
-                .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
-                .map_err(ClientError::Io)?;
-            let len = match self.socket.recv(&mut self.rx) {
-                Ok(len) => len,
-                Err(e) if is_unreachable(&e) => return Err(ClientError::Unreachable(e)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(ClientError::Io(e)),
+            let Some(len) = self.recv_before(deadline - now)? else {
+                continue;
             };
             let Some(Ok(msg)) = self.rx.get(..len).map(Message::parse) else {
                 self.stats.ignored += 1;
