@@ -3,7 +3,8 @@
 //! # Contract
 //!
 //! - [`Catalog::load`] scans the directory at start-up, before the socket is bound. It reads
-//!   every image completely into memory, so no request ever waits for the disk.
+//!   every image completely into memory, so no request ever waits for the disk, into memory
+//!   of exactly its length ([`ImageBytes`]: pages of its own for an image of whole pages).
 //! - [`Catalog::refresh`] lists the directory again and builds the next snapshot: an image
 //!   whose file shows the same length and modification time is reused, bytes shared, without
 //!   reading it; a new or changed file is read only once it has *settled* (not modified for
@@ -240,7 +241,7 @@ pub struct Image {
     /// The whole image; at most [`MAX_IMAGE_LEN`] bytes, possibly empty. Shared, so that a
     /// catalog rebuilt from the same directory reuses an unchanged image without copying it,
     /// while the catalog it replaces keeps its own reference until it is dropped.
-    pub bytes: Arc<Vec<u8>>,
+    pub bytes: Arc<ImageBytes>,
     /// The length, modification time, inode and change time the file had when it was opened
     /// to be read (the target's, for a symbolic link); `None` for [`Catalog::from_files`], or
     /// where the file system gives no modification time. A rescan reuses the image while the
@@ -273,7 +274,7 @@ impl Image {
         body_etag(&self.etag, offset)
     }
 
-    fn new(file_name: String, name: ImageName, bytes: Vec<u8>, stamp: Option<Stamp>) -> Image {
+    fn new(file_name: String, name: ImageName, bytes: ImageBytes, stamp: Option<Stamp>) -> Image {
         let id = fnv1a32(file_name.as_bytes());
         Image {
             version: name.version(),
@@ -308,6 +309,92 @@ impl fmt::Debug for Image {
             )
             .field("len", &self.bytes.len())
             .field("stamp", &self.stamp)
+            .finish()
+    }
+}
+
+/// The bytes of one image, immutable once read, where they cost the least memory: an image
+/// whose length is within 1/64 of whole pages gets pages of its own (see
+/// [`ImageBytes::wants_own_pages`]), any other one a block of the heap. Dereferences to the
+/// bytes.
+pub struct ImageBytes(Storage);
+
+enum Storage {
+    Heap(Box<[u8]>),
+    Pages(crate::pages::Pages),
+}
+
+impl ImageBytes {
+    /// Whether an image of `len` bytes is held in pages of its own rather than on the heap,
+    /// for pages of `page` bytes: when rounding it up to whole pages adds at most 1/64 of its
+    /// length, so from 64 pages (256 KiB for 4 KiB pages) always, below only near a page
+    /// boundary (firmware padded to flash sectors, as 64 KiB images are). A heap block of
+    /// whole pages costs a page more (the allocator's header spills into it: musl's malloc
+    /// for most blocks of a few KiB and more, glibc's from 128 KiB), and musl rounds such
+    /// blocks to size classes on top; for other lengths the heap packs blocks closer than
+    /// pages can.
+    pub fn wants_own_pages(len: usize, page: usize) -> bool {
+        let rounded = len.checked_next_multiple_of(page.max(1));
+        len >= page && rounded.is_some_and(|rounded| rounded - len <= len / 64)
+    }
+
+    /// `len` zero bytes, to be filled with [`ImageBytes::as_mut_slice`] before the image is
+    /// built.
+    ///
+    /// # Errors
+    /// When the memory cannot be had: `OutOfMemory` from the heap, as `mmap` for pages.
+    fn zeroed(len: usize) -> io::Result<ImageBytes> {
+        if ImageBytes::wants_own_pages(len, crate::pages::page_size()) {
+            return crate::pages::Pages::zeroed(len).map(|pages| ImageBytes(Storage::Pages(pages)));
+        }
+        let mut heap = Vec::new();
+        heap.try_reserve_exact(len)
+            .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        heap.resize(len, 0);
+        Ok(ImageBytes(Storage::Heap(heap.into_boxed_slice())))
+    }
+
+    /// The same bytes held as [`ImageBytes::zeroed`] would hold them: [`Catalog::from_files`]
+    /// gets them in a `Vec`.
+    fn from_vec(bytes: Vec<u8>) -> io::Result<ImageBytes> {
+        if !ImageBytes::wants_own_pages(bytes.len(), crate::pages::page_size()) {
+            return Ok(ImageBytes(Storage::Heap(bytes.into_boxed_slice())));
+        }
+        let mut held = ImageBytes::zeroed(bytes.len())?;
+        held.as_mut_slice().copy_from_slice(&bytes);
+        Ok(held)
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        match &mut self.0 {
+            Storage::Heap(heap) => heap,
+            Storage::Pages(pages) => pages.as_mut_slice(),
+        }
+    }
+
+    /// Whether the bytes are in pages of their own rather than on the heap.
+    pub fn in_own_pages(&self) -> bool {
+        matches!(self.0, Storage::Pages(_))
+    }
+}
+
+impl std::ops::Deref for ImageBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            Storage::Heap(heap) => heap,
+            Storage::Pages(pages) => pages.as_slice(),
+        }
+    }
+}
+
+/// Shows the length and where the bytes are held, not the bytes.
+impl fmt::Debug for ImageBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImageBytes")
+            .field("len", &self.len())
+            .field("in_own_pages", &self.in_own_pages())
             .finish()
     }
 }
@@ -661,7 +748,7 @@ struct Changed {
 struct Found {
     file_name: String,
     name: ImageName,
-    bytes: Vec<u8>,
+    bytes: ImageBytes,
     stamp: Option<Stamp>,
 }
 
@@ -728,15 +815,18 @@ impl Catalog {
             let reason = match parse_image_name(&file_name) {
                 Err(e) => SkipReason::BadName(e),
                 Ok(_) if len > MAX_IMAGE_LEN => SkipReason::TooLarge(len),
-                Ok(name) => {
-                    found.push(Found {
-                        file_name,
-                        name,
-                        bytes,
-                        stamp: None,
-                    });
-                    continue;
-                }
+                Ok(name) => match ImageBytes::from_vec(bytes) {
+                    Ok(bytes) => {
+                        found.push(Found {
+                            file_name,
+                            name,
+                            bytes,
+                            stamp: None,
+                        });
+                        continue;
+                    }
+                    Err(e) => SkipReason::Unreadable(e.to_string()),
+                },
             };
             skipped.push(Skipped {
                 file: file_name,
@@ -1288,18 +1378,43 @@ pub(crate) fn stamp_of(meta: &fs::Metadata) -> Result<Stamp, SkipReason> {
     Ok(stamp(meta, mtime))
 }
 
-/// Reads up to `expected + 1` bytes: one byte more than expected, so that a growing file is
-/// noticed without reading it all. The caller compares the length.
-fn read_up_to(file: &File, expected: u64) -> Result<Vec<u8>, SkipReason> {
-    let capacity = usize::try_from(expected).map_err(|_| SkipReason::TooLarge(expected))?;
-    let mut bytes = Vec::new();
-    bytes
-        .try_reserve_exact(capacity)
-        .map_err(|e| SkipReason::Unreadable(e.to_string()))?;
-    file.take(expected + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| io_reason(&e))?;
-    Ok(bytes)
+/// Fills `out` from `source` and reads one byte more: `Ok(true)` when `source` held exactly
+/// `out.len()` bytes, `Ok(false)` when it ended sooner or has more (a file being written,
+/// whatever is in `out` then). The extra byte notices a growing file without reading it all.
+///
+/// # Errors
+/// As `source`'s reads, except `Interrupted`, which is retried.
+fn fill_exactly(source: &mut impl Read, out: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    let mut probe = [0u8; 1];
+    loop {
+        let room = match out.get_mut(filled..) {
+            Some(room) if !room.is_empty() => room,
+            _ => &mut probe[..],
+        };
+        let n = match source.read(room) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if filled == out.len() {
+            return Ok(n == 0);
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        filled += n;
+    }
+}
+
+/// Reads the whole of `file`, expected to be `expected` bytes long, into memory of exactly
+/// that length; `None` when it turned out to have another length.
+fn read_whole(file: &File, expected: u64) -> Result<Option<ImageBytes>, SkipReason> {
+    let len = usize::try_from(expected).map_err(|_| SkipReason::TooLarge(expected))?;
+    let mut bytes = ImageBytes::zeroed(len).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+    let mut reader = file;
+    let whole = fill_exactly(&mut reader, bytes.as_mut_slice()).map_err(|e| io_reason(&e))?;
+    Ok(whole.then_some(bytes))
 }
 
 /// Why [`read_settled`] returned no bytes.
@@ -1319,18 +1434,18 @@ impl From<SkipReason> for Unread {
 
 /// Reads the file `listed` describes completely, if it still shows the stamp `listed` it
 /// was listed with, before and after the read.
-pub(crate) fn read_settled(path: &Path, listed: Stamp) -> Result<Vec<u8>, Unread> {
+pub(crate) fn read_settled(path: &Path, listed: Stamp) -> Result<ImageBytes, Unread> {
     let file = File::open(path).map_err(|e| io_reason(&e))?;
     let before = stamp_of(&file.metadata().map_err(|e| io_reason(&e))?)?;
     if before != listed {
         return Err(Unread::Unsettled(before));
     }
-    let bytes = read_up_to(&file, listed.0)?;
+    let bytes = read_whole(&file, listed.0)?;
     let after = stamp_of(&file.metadata().map_err(|e| io_reason(&e))?)?;
-    if after != listed || bytes.len() as u64 != listed.0 {
-        return Err(Unread::Unsettled(after));
+    match bytes {
+        Some(bytes) if after == listed => Ok(bytes),
+        _ => Err(Unread::Unsettled(after)),
     }
-    Ok(bytes)
 }
 
 /// How long a file last modified at `mtime` still has to wait, at `now`, before it has gone
@@ -1355,7 +1470,7 @@ pub(crate) fn settle_wait(
 /// The stamp is the one the open file had before it was read: if the file changes while it
 /// is read without changing length, the stamp is already out of date, so a rescan reads the
 /// file again rather than keeping what may be a mix of two versions.
-fn read_image(path: &Path) -> Result<(Vec<u8>, Option<Stamp>), SkipReason> {
+fn read_image(path: &Path) -> Result<(ImageBytes, Option<Stamp>), SkipReason> {
     // Follows symbolic links, and is checked before opening: opening a FIFO would block.
     check_regular(&stat_followed(path)?)?;
     let file = File::open(path).map_err(|e| io_reason(&e))?;
@@ -1364,10 +1479,7 @@ fn read_image(path: &Path) -> Result<(Vec<u8>, Option<Stamp>), SkipReason> {
     check_regular(&meta)?;
     let expected = meta.len();
     let stamp = meta.modified().ok().map(|mtime| stamp(&meta, mtime));
-    let bytes = read_up_to(&file, expected)?;
-    if bytes.len() as u64 != expected {
-        return Err(SkipReason::ChangedWhileReading);
-    }
+    let bytes = read_whole(&file, expected)?.ok_or(SkipReason::ChangedWhileReading)?;
     Ok((bytes, stamp))
 }
 
@@ -2002,6 +2114,135 @@ mod tests {
             Scan::Found(_) => panic!("a vanished file was loaded"),
             Scan::Ignored => panic!("a vanished image was ignored, not reported"),
         }
+    }
+
+    /// A reader that hands out at most `step` bytes a call, and fails once with
+    /// `Interrupted` before each, as a read cut by a signal does.
+    struct Trickle<'a> {
+        rest: &'a [u8],
+        step: usize,
+        interrupt_next: bool,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.interrupt_next = !self.interrupt_next;
+            if !self.interrupt_next {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = self.step.min(out.len()).min(self.rest.len());
+            let (now, later) = self.rest.split_at(n);
+            out[..n].copy_from_slice(now);
+            self.rest = later;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn fill_exactly_accepts_only_a_source_of_exactly_the_length() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+        for step in [1, 7, 4096, 10_000] {
+            for (source_len, whole) in [
+                (5000, true),
+                (4999, false),
+                (5001, false),
+                (9000, false),
+                (0, false),
+            ] {
+                let source: Vec<u8> = (0..=255u8).cycle().take(source_len).collect();
+                let mut reader = Trickle {
+                    rest: &source,
+                    step,
+                    interrupt_next: false,
+                };
+                let mut out = vec![0u8; 5000];
+                let got = fill_exactly(&mut reader, &mut out).unwrap();
+                assert_eq!(got, whole, "source {source_len} bytes, step {step}");
+                if whole {
+                    assert_eq!(out, data);
+                }
+                // At most one byte past the length is read, whatever the source holds.
+                assert!(reader.rest.len() >= source_len.saturating_sub(5001));
+            }
+        }
+        let mut nothing: &[u8] = &[];
+        assert!(fill_exactly(&mut nothing, &mut []).unwrap());
+        let mut one: &[u8] = b"x";
+        assert!(!fill_exactly(&mut one, &mut []).unwrap());
+    }
+
+    #[test]
+    fn own_pages_when_rounding_up_wastes_at_most_a_64th() {
+        const PAGE: usize = 4096;
+        for (len, own) in [
+            (0, false),
+            (1, false),
+            (PAGE - 1, false), // a page would be 1/4096 more, but below one page: heap
+            (PAGE, true),
+            (PAGE + 1, false),
+            (16 * PAGE, true), // 64 KiB firmware: exactly 16 pages
+            (16 * PAGE - 1000, true),
+            (16 * PAGE - 1100, false),
+            (50_000, false),
+            (64 * PAGE - 1, true), // from 64 pages a part page is at most a 64th
+            (64 * PAGE + 1, true),
+            (1_000_001, true),
+            (usize::MAX, false), // cannot be rounded up
+        ] {
+            assert_eq!(ImageBytes::wants_own_pages(len, PAGE), own, "{len}");
+        }
+        // 16 KiB pages (some arm64 kernels): 64 KiB is 4 of them.
+        assert!(ImageBytes::wants_own_pages(64 * 1024, 16 * 1024));
+        assert!(!ImageBytes::wants_own_pages(60 * 1024, 16 * 1024));
+    }
+
+    #[test]
+    fn images_are_held_byte_exact_in_own_pages_or_on_the_heap_and_shared_by_refreshes() {
+        let page = crate::pages::page_size();
+        let dir = TempDir::new("catalog-test");
+        let big: Vec<u8> = (0..16 * page).map(|i| (i % 251) as u8).collect();
+        let odd: Vec<u8> = (0..16 * page - page / 2).map(|i| (i % 241) as u8).collect();
+        write_at(&dir, "BIG_1_0_0_APP.fmu", &big, at(0));
+        write_at(&dir, "ODD_1_0_0_APP.fmu", &odd, at(0));
+        write_at(&dir, "NIL_1_0_0_APP.fmu", b"", at(0));
+        let current = loaded(&dir);
+        let held = |catalog: &Catalog, file: &str| image(catalog, file).bytes.clone();
+        assert!(held(&current, "BIG_1_0_0_APP.fmu").in_own_pages());
+        assert_eq!(held(&current, "BIG_1_0_0_APP.fmu")[..], big[..]);
+        assert!(!held(&current, "ODD_1_0_0_APP.fmu").in_own_pages());
+        assert_eq!(held(&current, "ODD_1_0_0_APP.fmu")[..], odd[..]);
+        assert!(held(&current, "NIL_1_0_0_APP.fmu").is_empty());
+        assert_eq!(
+            image(&current, "BIG_1_0_0_APP.fmu").etag,
+            fnv1a64(&big).to_be_bytes()
+        );
+
+        // A new image in pages of its own; the unchanged one keeps its pages, shared.
+        let new: Vec<u8> = (0..16 * page).map(|i| (i % 239) as u8).collect();
+        write_at(&dir, "NEW_1_0_0_APP.fmu", &new, at(10));
+        let next = current.refresh(dir.path(), at(100), SETTLE).next.unwrap();
+        assert!(Arc::ptr_eq(
+            &held(&current, "BIG_1_0_0_APP.fmu"),
+            &held(&next, "BIG_1_0_0_APP.fmu")
+        ));
+        assert!(held(&next, "NEW_1_0_0_APP.fmu").in_own_pages());
+        assert_eq!(held(&next, "NEW_1_0_0_APP.fmu")[..], new[..]);
+
+        // Replaced: the next snapshot has the new bytes, the old one keeps its own until
+        // it is dropped, and the other images' pages are still shared.
+        write_at(&dir, "BIG_1_0_0_APP.fmu", &new, at(20));
+        let last = next.refresh(dir.path(), at(100), SETTLE).next.unwrap();
+        assert_eq!(held(&last, "BIG_1_0_0_APP.fmu")[..], new[..]);
+        assert_eq!(held(&next, "BIG_1_0_0_APP.fmu")[..], big[..]);
+        drop(current);
+        drop(next);
+        assert_eq!(held(&last, "NEW_1_0_0_APP.fmu")[..], new[..]);
+
+        // from_files holds its bytes the same way.
+        let (built, _) = Catalog::from_files(vec![("B_1_0_0_APP.fmu".into(), big.clone())])
+            .expect("catalog builds");
+        assert!(built.images()[0].bytes.in_own_pages());
+        assert_eq!(built.images()[0].bytes[..], big[..]);
     }
 
     #[test]

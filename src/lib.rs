@@ -34,8 +34,10 @@
 //! allocated before the first datagram. `wire`, `firmware`, `catalog` and
 //! `service` never touch a socket, a clock or the logger, so every protocol
 //! case is a unit test and a reproducible fuzz input. The crate's only
-//! unsafe code is the private `sockio` module: the `recvmsg`/`sendmsg`
-//! calls that learn each request's destination address, which std cannot.
+//! unsafe code is in two private modules: `sockio`, the `recvmsg`/`sendmsg`
+//! calls that learn each request's destination address, which std cannot,
+//! and `pages`, the `mmap` that holds a large image in whole pages of its
+//! own, which the heap cannot.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -44,6 +46,8 @@ pub mod firmware;
 pub mod hash;
 pub mod iface;
 pub mod logfmt;
+#[allow(unsafe_code)]
+mod pages;
 pub mod server;
 pub mod service;
 #[allow(unsafe_code)]

@@ -1,6 +1,7 @@
 //! Receiving a datagram with the address it was sent to, and sending a
 //! reply from that address: `recvmsg` and `sendmsg` with IP_PKTINFO and
-//! IPV6_PKTINFO. The crate's only unsafe code lives here.
+//! IPV6_PKTINFO. Most of the crate's unsafe code lives here (the rest is
+//! `pages`, the memory of large images).
 //!
 //! RFC 7252 §5.3.2: "The source endpoint of the response MUST be the same
 //! as the destination endpoint of the original request." A socket bound to

@@ -15,7 +15,7 @@
 //! inside the directory.
 
 use crate::catalog::{
-    io_reason, read_settled, settle_wait, stamp_of, AttrValue, CoreLink, Stamp, Unread,
+    io_reason, read_settled, settle_wait, stamp_of, AttrValue, CoreLink, ImageBytes, Stamp, Unread,
 };
 use crate::hash::{fnv1a64, fnv1a64_concat, FnvBuild};
 use coap_lite::link_format::{LINK_ATTR_CONTENT_FORMAT, LINK_ATTR_MAXIMUM_SIZE_ESTIMATE};
@@ -47,8 +47,9 @@ pub struct TreeFile {
     pub path: String,
     /// `path` split at `/`: what a request's Uri-Path segments must equal.
     segments: Box<[Box<[u8]>]>,
-    /// The whole file, shared with the snapshots that kept it unchanged.
-    pub bytes: Arc<Vec<u8>>,
+    /// The whole file, shared with the snapshots that kept it unchanged; held as the
+    /// catalog holds images.
+    pub bytes: Arc<ImageBytes>,
     /// Entity tag: `fnv1a64(bytes).to_be_bytes()`, from the content only.
     pub etag: [u8; 8],
     /// Length, modification time, inode and change time when it was read.

@@ -11,6 +11,10 @@
 //! * Flat cost: 16 devices with 10,000 images in the catalog, and with
 //!   requests spread over 10,000 client ports, against the 1-image row.
 //! * Peak RSS (VmHWM) of the server after the 256-device runs.
+//! * Peak RSS with 1,000 images of 64 KiB, for the static musl build the
+//!   routers run and for the host (glibc) build: the images plus what the
+//!   server needs beside them. `--bench --only-memory` runs these rows
+//!   alone (`make bench-memory`).
 //! * Start-up with 1,000 small images: spawn to the first answer to a
 //!   repeated `GET /.well-known/core`.
 //! * Binary sizes, including the static musl builds when present
@@ -62,6 +66,13 @@ const DEFAULT_RUN_MS: u64 = 1500;
 const STARTUP_RUNS: usize = 5;
 const STARTUP_LIMIT_MS: f64 = 200.0;
 const RSS_ALLOWANCE: u64 = 3 * 1024 * 1024;
+/// The memory rows: 1,000 images of 64 KiB, a size firmware padded to
+/// flash sectors often has, and one the heap holds badly (see src/pages.rs).
+const MEMORY_IMAGES: usize = 1_000;
+const MEMORY_IMAGE_LEN: usize = 64 * 1024;
+/// How long the memory rows' servers run after their first answer: past
+/// one rescan of the directory (every 1000 ms by default).
+const MEMORY_SETTLE: Duration = Duration::from_millis(1500);
 const BINARY_LIMIT: u64 = 1024 * 1024;
 const MUSL_TARGETS: [&str; 2] = ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
 /// Linux reports process CPU time in these ticks a second (USER_HZ).
@@ -75,10 +86,16 @@ fn main() -> ExitCode {
     if !std::env::args().any(|a| a == "--bench") {
         smoke::generator_checks_the_real_server_and_drives_the_baseline();
         smoke::elf_reader_sees_the_interpreter_of_a_dynamic_binary();
-        println!("bench smoke checks: 2 passed, 0 failed (make bench runs the benchmark)");
+        smoke::memory_row_measures_a_running_server();
+        println!("bench smoke checks: 3 passed, 0 failed (make bench runs the benchmark)");
         return ExitCode::SUCCESS;
     }
-    match bench() {
+    let result = if std::env::args().any(|a| a == "--only-memory") {
+        bench_memory()
+    } else {
+        bench()
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -164,6 +181,16 @@ fn write_small_images(
     count: usize,
     taken: &mut Vec<u32>,
 ) -> Result<u64, String> {
+    write_images(dir, prefix, (count, SMALL_IMAGE_LEN), taken)
+}
+
+/// [`write_small_images`] for `count` images of `len` bytes each.
+fn write_images(
+    dir: &Path,
+    prefix: &str,
+    (count, len): (usize, usize),
+    taken: &mut Vec<u32>,
+) -> Result<u64, String> {
     let mut written = 0;
     let mut total = 0u64;
     let mut n = 0u32;
@@ -175,7 +202,7 @@ fn write_small_images(
             continue;
         }
         taken.push(id);
-        let bytes = image_bytes(SMALL_IMAGE_LEN, n);
+        let bytes = image_bytes(len, n);
         std::fs::write(dir.join(&name), &bytes).map_err(|e| format!("write {name}: {e}"))?;
         total += bytes.len() as u64;
         written += 1;
@@ -308,7 +335,12 @@ fn probe(addr: SocketAddr, deadline: Instant) -> Option<Instant> {
 /// The server (`-q`) over `dir` on `addr`, under `taskset` when `cpu` is
 /// given, without input or output; the caller decides on stderr.
 fn server_command(dir: &Path, addr: SocketAddr, cpu: Option<&str>) -> Command {
-    let mut command = pinned(SERVER, cpu);
+    server_command_of(SERVER, dir, addr, cpu)
+}
+
+/// [`server_command`] for the server binary at `program`.
+fn server_command_of(program: &str, dir: &Path, addr: SocketAddr, cpu: Option<&str>) -> Command {
+    let mut command = pinned(program, cpu);
     command
         .arg("-q")
         .arg("-d")
@@ -324,13 +356,18 @@ fn server_command(dir: &Path, addr: SocketAddr, cpu: Option<&str>) -> Command {
 /// Starts the server (release build, `-q`) over `dir` on a free port and
 /// waits until it answers.
 fn start_server(dir: &Path, cpu: Option<&str>) -> Result<Proc, String> {
+    start_server_of(SERVER, dir, cpu)
+}
+
+/// [`start_server`] for the server binary at `program`.
+fn start_server_of(program: &str, dir: &Path, cpu: Option<&str>) -> Result<Proc, String> {
     for _attempt in 0..3 {
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = server_command(dir, addr, cpu)
+        let child = server_command_of(program, dir, addr, cpu)
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| format!("cannot start {SERVER}: {e}"))?;
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
         let mut proc = Proc { child, addr };
         if probe(addr, Instant::now() + Duration::from_secs(30)).is_some() {
             return Ok(proc);
@@ -581,6 +618,9 @@ struct Catalogs {
     flat: PathBuf,
     /// STARTUP_IMAGES small images.
     startup: PathBuf,
+    /// MEMORY_IMAGES images of MEMORY_IMAGE_LEN bytes, and their total.
+    memory: PathBuf,
+    memory_total: u64,
     /// The image every device downloads, and its id.
     image_path: PathBuf,
     image_id: String,
@@ -593,7 +633,8 @@ impl Catalogs {
         let one = root.join("one");
         let flat = root.join("flat");
         let startup = root.join("startup");
-        for dir in [&one, &flat, &startup] {
+        let memory = root.join("memory");
+        for dir in [&one, &flat, &startup, &memory] {
             std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         }
         let image = image_bytes(IMAGE_LEN, 7);
@@ -605,10 +646,18 @@ impl Catalogs {
         let flat_total =
             IMAGE_LEN as u64 + write_small_images(&flat, "FLAT", FLAT_IMAGES, &mut taken)?;
         write_small_images(&startup, "START", STARTUP_IMAGES, &mut Vec::new())?;
+        let memory_total = write_images(
+            &memory,
+            "MEM",
+            (MEMORY_IMAGES, MEMORY_IMAGE_LEN),
+            &mut Vec::new(),
+        )?;
         Ok(Catalogs {
             one,
             flat,
             startup,
+            memory,
+            memory_total,
             image_path,
             image_id,
             flat_total,
@@ -807,6 +856,98 @@ fn measure_startup(startup: &Path) -> Result<Vec<f64>, String> {
     Ok(startup_ms)
 }
 
+/// One memory row: which build, and its memory or why there is none.
+struct MemoryRow {
+    build: String,
+    /// The static build routers run is held to the target; the host build
+    /// is shown beside it, since its RSS counts the pages of the shared C
+    /// library, which other processes share.
+    held_to_target: bool,
+    memory: Result<Memory, String>,
+}
+
+/// A server's memory after start-up, in bytes.
+struct Memory {
+    /// Peak RSS (VmHWM).
+    peak: u64,
+    /// RSS backed by files (RssFile): the binary and shared libraries.
+    file_backed: u64,
+}
+
+/// The servers the memory rows measure: the static musl build for this
+/// machine's CPU, when built (`make release-musl` on x86_64), and the host
+/// build the rest of the benchmark runs (glibc).
+fn memory_servers() -> Vec<(String, bool, Option<PathBuf>)> {
+    let arch = std::env::consts::ARCH;
+    let triple = format!("{arch}-unknown-linux-musl");
+    vec![
+        (
+            format!("static musl {arch}"),
+            true,
+            musl_server(&triple).filter(|p| p.exists()),
+        ),
+        (
+            format!("host glibc {arch}"),
+            false,
+            Some(PathBuf::from(SERVER)),
+        ),
+    ]
+}
+
+/// Starts `program` over `dir`, waits for its first answer and one rescan,
+/// and reads its memory.
+fn measure_memory(program: &Path, dir: &Path) -> Result<Memory, String> {
+    let program = program.to_str().ok_or("binary path is not UTF-8")?;
+    let server = start_server_of(program, dir, None)?;
+    std::thread::sleep(MEMORY_SETTLE);
+    let pid = server.child.id();
+    Ok(Memory {
+        peak: status_bytes(pid, "VmHWM:").ok_or("VmHWM unreadable")?,
+        file_backed: status_bytes(pid, "RssFile:").ok_or("RssFile unreadable")?,
+    })
+}
+
+/// The memory rows for the images in `dir`.
+fn measure_memory_rows(dir: &Path) -> Vec<MemoryRow> {
+    memory_servers()
+        .into_iter()
+        .map(|(build, held_to_target, program)| MemoryRow {
+            memory: match program {
+                Some(program) => measure_memory(&program, dir),
+                None => Err("not built (make release-musl builds it)".to_owned()),
+            },
+            build,
+            held_to_target,
+        })
+        .collect()
+}
+
+/// `--only-memory`: the memory rows alone, in seconds rather than minutes.
+fn bench_memory() -> Result<bool, String> {
+    let root = TempDir::new("bench-memory");
+    let images = write_images(
+        root.path(),
+        "MEM",
+        (MEMORY_IMAGES, MEMORY_IMAGE_LEN),
+        &mut Vec::new(),
+    )?;
+    let rows = measure_memory_rows(root.path());
+    let mut out = String::new();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<74} {:>14} {:>30}  result",
+        "Target", "measured", "required"
+    );
+    let notes = write_memory_targets(&mut out, &rows, images);
+    let _ = writeln!(out);
+    for line in notes {
+        let _ = writeln!(out, "  {line}");
+    }
+    print!("{out}");
+    Ok(rows.iter().all(|row| row.memory.is_ok()))
+}
+
 /// Runs everything and prints the table; Ok(false) when a block
 /// mismatched or a run failed.
 fn bench() -> Result<bool, String> {
@@ -836,6 +977,7 @@ fn bench() -> Result<bool, String> {
     let mut startup_ms = measure_startup(&catalogs.startup)?;
     // Sorts the runs too: the report lists them in order.
     let startup_median = median(&mut startup_ms);
+    let memory = measure_memory_rows(&catalogs.memory);
 
     let figures = Figures {
         runs,
@@ -847,6 +989,8 @@ fn bench() -> Result<bool, String> {
         peaks,
         startup_ms,
         startup_median,
+        memory,
+        memory_total: catalogs.memory_total,
         flat_total: catalogs.flat_total,
         started,
     };
@@ -869,6 +1013,9 @@ struct Figures {
     /// Sorted.
     startup_ms: Vec<f64>,
     startup_median: f64,
+    memory: Vec<MemoryRow>,
+    /// Bytes of the images the memory rows serve.
+    memory_total: u64,
     flat_total: u64,
     started: Instant,
 }
@@ -890,8 +1037,10 @@ fn report(f: &Figures) -> (String, u64) {
     );
     write_ratio_targets(w, &ratios, &flat_ratios);
     write_rss_target(w, f.peaks.server);
+    let memory_notes = write_memory_targets(w, &f.memory, f.memory_total);
     write_startup_target(w, &f.startup_ms, f.startup_median);
     let mut info = write_binary_targets(w);
+    info.extend(memory_notes);
     let _ = writeln!(w);
     info.extend(notes(f, mismatches, failures));
     for line in info {
@@ -1133,6 +1282,50 @@ fn write_rss_target(w: &mut String, rss_peak: Option<u64>) {
     }
 }
 
+/// Peak RSS with MEMORY_IMAGES images of MEMORY_IMAGE_LEN bytes, per build:
+/// what the server holds beyond the images. The rows held to the target go
+/// to the table (one not measured fails); returns the notes: every build's
+/// file-backed share, and the rows shown for comparison.
+fn write_memory_targets(w: &mut String, rows: &[MemoryRow], images: u64) -> Vec<String> {
+    let mut notes = Vec::new();
+    for row in rows {
+        let name = format!(
+            "peak RSS beyond the images, {MEMORY_IMAGES} images of {} KiB, {}",
+            MEMORY_IMAGE_LEN / 1024,
+            row.build
+        );
+        match (&row.memory, row.held_to_target) {
+            (Ok(memory), held) => {
+                let beyond = memory.peak.saturating_sub(images);
+                if held {
+                    target(
+                        w,
+                        name.clone(),
+                        mib(beyond),
+                        format!("<= {}", mib(RSS_ALLOWANCE)),
+                        beyond <= RSS_ALLOWANCE,
+                    );
+                }
+                notes.push(format!(
+                    "{name}: {} ({} of images, peak {}; {} of it file pages: the binary{})",
+                    mib(beyond),
+                    mib(images),
+                    mib(memory.peak),
+                    mib(memory.file_backed),
+                    if held {
+                        ""
+                    } else {
+                        " and the shared C library"
+                    }
+                ));
+            }
+            (Err(why), true) => target(w, name, why.clone(), String::new(), false),
+            (Err(why), false) => notes.push(format!("{name}: {why}")),
+        }
+    }
+    notes
+}
+
 /// Start-up: every run answered, and the median below the limit.
 fn write_startup_target(w: &mut String, startup_ms: &[f64], startup_median: f64) {
     let startup_ok = startup_ms.len() == STARTUP_RUNS && startup_median < STARTUP_LIMIT_MS;
@@ -1148,18 +1341,24 @@ fn write_startup_target(w: &mut String, startup_ms: &[f64], startup_median: f64)
     );
 }
 
+/// Where `make release-musl` (or `make release-aarch64`) puts the static
+/// server for `triple`: beside the host build, in the same target directory.
+fn musl_server(triple: &str) -> Option<PathBuf> {
+    let target_dir = Path::new(SERVER).parent().and_then(Path::parent)?;
+    Some(
+        target_dir
+            .join(triple)
+            .join("release")
+            .join("iot-ota-server"),
+    )
+}
+
 /// Size and linking of the static musl builds; returns a note for each
 /// one not built.
 fn write_binary_targets(w: &mut String) -> Vec<String> {
-    let target_dir = Path::new(SERVER)
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf);
     let mut info = Vec::new();
     for triple in MUSL_TARGETS {
-        let path = target_dir
-            .as_ref()
-            .map(|d| d.join(triple).join("release").join("iot-ota-server"));
+        let path = musl_server(triple);
         match path
             .as_ref()
             .and_then(|p| Some((std::fs::metadata(p).ok()?.len(), elf_info(p))))
@@ -1283,6 +1482,52 @@ mod smoke {
         let run =
             run_generator(&args(&server, &other, &["--id", &id]), &server, false, None).unwrap();
         assert!(run.mismatches > 0, "{run:?}");
+    }
+
+    pub fn memory_row_measures_a_running_server() {
+        use super::*;
+        let root = TempDir::new("bench-memory-test");
+        let images = write_images(root.path(), "MEM", (3, 5000), &mut Vec::new()).unwrap();
+        assert_eq!(images, 15_000);
+        let memory = measure_memory(Path::new(SERVER), root.path()).unwrap();
+        // The debug server with three small images: more than its images,
+        // less than any machine's memory, partly its mapped binary.
+        assert!(
+            memory.peak > images && memory.peak < 1 << 30,
+            "{}",
+            memory.peak
+        );
+        assert!(memory.file_backed > 0 && memory.file_backed < memory.peak);
+        let mut out = String::new();
+        let row = |build: &str, held_to_target, memory| MemoryRow {
+            build: build.to_owned(),
+            held_to_target,
+            memory,
+        };
+        let over = || {
+            Ok(Memory {
+                peak: images + RSS_ALLOWANCE + 1,
+                file_backed: 4096,
+            })
+        };
+        let notes = write_memory_targets(
+            &mut out,
+            &[
+                row("held", true, over()),
+                row("missing", true, Err("not built".to_owned())),
+                row("shown", false, over()),
+                row("absent", false, Err("no binary".to_owned())),
+            ],
+            images,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(lines[0].contains("held") && lines[0].contains("3.00 MiB"));
+        assert!(lines[0].ends_with("FAIL"), "{out}");
+        assert!(lines[1].contains("not built") && lines[1].ends_with("FAIL"));
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes[0].contains("held") && notes[1].contains("shown"));
+        assert!(notes[2].ends_with("no binary"));
     }
 
     pub fn elf_reader_sees_the_interpreter_of_a_dynamic_binary() {
