@@ -154,14 +154,7 @@ fn notification(
 
 /// The counters line the server prints when it stops on SIGTERM.
 fn final_stats(mut server: TestServer) -> String {
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit(Duration::from_secs(10)).is_some());
-    server
-        .log()
-        .lines()
-        .find(|l| l.contains("stopping on a signal"))
-        .unwrap_or_default()
-        .to_owned()
+    server.stop_by_signal(libc::SIGTERM)
 }
 
 fn counter(stats: &str, name: &str) -> u64 {
