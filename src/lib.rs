@@ -40,6 +40,8 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod catalog;
+#[cfg(feature = "dtls")]
+pub mod dtls;
 pub mod firmware;
 pub mod hash;
 pub mod iface;

@@ -127,11 +127,7 @@ impl Live {
     /// after the first never look at the disk. Rate-limited like misses,
     /// and one file asked for again and again is looked at only every
     /// [`STALE_CHECK_INTERVAL_MS`].
-    pub(super) fn may_rescan_on_stale(
-        &mut self,
-        outcome: &Outcome<'_>,
-        now_ms: u64,
-    ) -> bool {
+    pub(super) fn may_rescan_on_stale(&mut self, outcome: &Outcome<'_>, now_ms: u64) -> bool {
         let (path, stamp) = match outcome {
             Outcome::Block(t) if t.is_first() => match (&self.dir, t.image.stamp) {
                 (Some(dir), Some(stamp)) => (dir.join(&t.image.file_name), stamp),
