@@ -1,7 +1,7 @@
 # iot-ota-server: `make run` serves updates/, `make test` runs every test.
 CARGO ?= cargo
 
-.PHONY: build release run test lint fmt clean bench bench-memory release-musl release-aarch64
+.PHONY: build release release-dtls run test lint fmt clean bench bench-memory release-musl release-aarch64
 
 build:
 	$(CARGO) build
@@ -9,16 +9,26 @@ build:
 release:
 	$(CARGO) build --release
 
+# With coaps (DTLS 1.2 with pre-shared keys; needs Rust 1.89 or later).
+release-dtls:
+	$(CARGO) build --release --features dtls
+
 run:
 	$(CARGO) run --release --bin iot-ota-server -- -d updates -l '[::]:5683'
 
+# The dtls feature's own tests (tests/dtls.rs and the module's unit tests)
+# run only with it; the rest ran already.
 test:
 	$(CARGO) test --all-targets
+	$(CARGO) test --features dtls --lib dtls
+	$(CARGO) test --features dtls --test dtls
 
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features dtls -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features dtls
 
 fmt:
 	$(CARGO) fmt

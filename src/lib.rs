@@ -42,6 +42,8 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod catalog;
+#[cfg(feature = "dtls")]
+pub mod dtls;
 pub mod firmware;
 pub mod hash;
 pub mod iface;

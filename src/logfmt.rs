@@ -205,6 +205,15 @@ pub fn init(format: Option<LogFormat>, level: LevelFilter) {
     let filter = env_logger::Builder::new()
         .filter_level(level)
         .filter_module(SUMMARY, level.max(LevelFilter::Info))
+        // The DTLS engine (feature dtls) logs each handshake step at debug,
+        // a spoofed ClientHello included: shown with -vv only.
+        .filter_module(
+            "dimpl",
+            match level {
+                LevelFilter::Trace => LevelFilter::Debug,
+                other => other.min(LevelFilter::Warn),
+            },
+        )
         .parse_default_env()
         .build();
     let mut format = format.unwrap_or_else(LogFormat::detect);

@@ -59,6 +59,10 @@ struct Config {
     multicast: Vec<String>,
     /// RFC 7252 §8.2 Leisure, milliseconds.
     leisure_ms: u64,
+    /// coaps: the DTLS socket's address, the PSK file, the session table's
+    /// size.
+    #[cfg(feature = "dtls")]
+    dtls: Option<DtlsConfig>,
     /// Milliseconds between rescans of the directory; 0: none on a timer.
     rescan_ms: u64,
     /// Milliseconds a changed file must stay unchanged before it is served.
@@ -67,6 +71,14 @@ struct Config {
     level: LevelFilter,
     /// `--log-format`; `None`: journal when stderr is the journal, else plain.
     log_format: Option<LogFormat>,
+}
+
+/// The coaps part of the command line.
+#[cfg(feature = "dtls")]
+struct DtlsConfig {
+    listen: SocketAddr,
+    psk_file: PathBuf,
+    max_sessions: usize,
 }
 
 fn options() -> Options {
@@ -88,9 +100,33 @@ fn options() -> Options {
         "l",
         "listen",
         "UDP address to serve, repeatable; a zone names the interface of a link-local \
-         address: [fe80::1%wpan0]:5683 (default: [::]:5683, IPv4 and IPv6)",
+         address: [fe80::1%wpan0]:5683; 'none': no plain CoAP socket (default: [::]:5683, \
+         IPv4 and IPv6)",
         "ADDR",
     );
+    #[cfg(feature = "dtls")]
+    {
+        o.optopt(
+            "",
+            "psk-file",
+            "serve coaps (DTLS 1.2, TLS_PSK_WITH_AES_128_CCM_8) with the keys in FILE: lines \
+             identity:key or identity:key:PID,PID (key ASCII, or hex after 0x); FILE must not \
+             be readable by other users; reread on SIGHUP",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "dtls-listen",
+            "UDP address of the coaps socket (default with --psk-file: [::]:5684)",
+            "ADDR",
+        );
+        o.optopt(
+            "",
+            "max-sessions",
+            "DTLS sessions kept, the one idle longest ended for a new one (default: 1024)",
+            "N",
+        );
+    }
     o.optflag(
         "",
         "strict-bind",
@@ -220,6 +256,12 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     if listen_texts.is_empty() {
         listen_texts.push("[::]:5683".to_owned());
     }
+    if listen_texts.iter().any(|t| t == "none") {
+        if listen_texts.len() > 1 {
+            return Err("-l none turns the plain socket off: give no other -l".to_owned());
+        }
+        listen_texts.clear();
+    }
     if listen_texts.len() > server::MAX_SOCKETS {
         return Err(format!(
             "-l given {} times: at most {} listen addresses",
@@ -231,6 +273,20 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         .iter()
         .map(|text| parse_listen(text))
         .collect::<Result<Vec<_>, _>>()?;
+    #[cfg(feature = "dtls")]
+    let dtls = parse_dtls(&m)?;
+    #[cfg(feature = "dtls")]
+    let secure = dtls.is_some();
+    #[cfg(not(feature = "dtls"))]
+    let secure = false;
+    if listen.is_empty() && !secure {
+        return Err(if cfg!(feature = "dtls") {
+            "-l none with no --psk-file: there would be nothing to serve".to_owned()
+        } else {
+            "-l none: this build has no coaps (feature dtls), there would be nothing to serve"
+                .to_owned()
+        });
+    }
     let (files, dir) = match (m.opt_str("files"), m.opt_str("fileserver"), m.opt_str("d")) {
         (Some(_), Some(_), _) => {
             return Err("--files and --fileserver name the same thing: give one".to_owned())
@@ -320,11 +376,43 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         echo_key_file,
         multicast: m.opt_strs("multicast"),
         leisure_ms,
+        #[cfg(feature = "dtls")]
+        dtls,
         rescan_ms,
         settle_ms,
         limits,
         level,
         log_format,
+    }))
+}
+
+/// `--psk-file`, `--dtls-listen` and `--max-sessions`.
+#[cfg(feature = "dtls")]
+fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
+    let Some(psk_file) = m.opt_str("psk-file") else {
+        for option in ["dtls-listen", "max-sessions"] {
+            if m.opt_present(option) {
+                return Err(format!("--{option} needs --psk-file"));
+            }
+        }
+        return Ok(None);
+    };
+    let listen = parse_listen(
+        &m.opt_str("dtls-listen")
+            .unwrap_or_else(|| format!("[::]:{}", iot_ota::dtls::DEFAULT_PORT)),
+    )?;
+    let max_sessions = match m.opt_str("max-sessions") {
+        None => iot_ota::dtls::DEFAULT_MAX_SESSIONS,
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| format!("invalid --max-sessions '{n}': use 1..1000000"))?,
+    };
+    Ok(Some(DtlsConfig {
+        listen,
+        psk_file: PathBuf::from(psk_file),
+        max_sessions,
     }))
 }
 
@@ -408,6 +496,24 @@ fn serve(config: Config) -> Result<(), String> {
     for socket in &sockets {
         join_groups(socket, &interfaces);
     }
+    let plain_sockets = sockets.len();
+    #[cfg(feature = "dtls")]
+    let (sockets, front) = match &config.dtls {
+        Some(dtls) => {
+            let keys = iot_ota::dtls::PskTable::read(&dtls.psk_file)?;
+            info!(
+                target: SUMMARY,
+                "coaps: {} PSK identities from {}, up to {} sessions",
+                keys.len(),
+                dtls.psk_file.display(),
+                dtls.max_sessions
+            );
+            let mut sockets = sockets;
+            sockets.push(bind(dtls.listen, config.strict_bind, config.reuse_port)?);
+            (sockets, Some(keys))
+        }
+        None => (sockets, None),
+    };
     let mut sockets = sockets.into_iter();
     let first = sockets
         .next()
@@ -429,6 +535,15 @@ fn serve(config: Config) -> Result<(), String> {
         server
             .add_socket(socket)
             .map_err(|e| format!("cannot serve several sockets: {e}"))?;
+    }
+    #[cfg(feature = "dtls")]
+    if let (Some(keys), Some(dtls)) = (front, &config.dtls) {
+        let random = secret_keys();
+        let front =
+            iot_ota::dtls::Front::new(keys, dtls.max_sessions, random.echo, server.started());
+        server
+            .serve_dtls(plain_sockets, front, Some(dtls.psk_file.clone()))
+            .map_err(|e| format!("cannot serve coaps: {e}"))?;
     }
     server
         .watch_dirs(config.dir.clone(), config.rescan_ms, config.settle_ms)
@@ -462,7 +577,12 @@ fn serve(config: Config) -> Result<(), String> {
         0 => extra.push_str(", Observe off"),
         n => extra.push_str(&format!(", up to {n} observers")),
     }
-    for addr in server.local_addrs() {
+    for (index, addr) in server.local_addrs().into_iter().enumerate() {
+        let scheme = if index < plain_sockets {
+            "coap"
+        } else {
+            "coaps"
+        };
         // The address as Rust prints it (zone by index), so that scripts
         // can parse it; the interface's name follows.
         let zone = match addr {
@@ -473,7 +593,7 @@ fn serve(config: Config) -> Result<(), String> {
         };
         info!(
             target: SUMMARY,
-            "listening on {addr} ({zone}block size {} B, {} peers kept{extra})",
+            "listening on {addr} ({scheme}, {zone}block size {} B, {} peers kept{extra})",
             config.limits.max_block_size, config.limits.continuation_capacity
         );
     }

@@ -112,6 +112,20 @@ pub struct Server {
     live: Option<Live>,
     /// Where the next wait on several sockets starts looking.
     poll_start: usize,
+    /// The coaps socket's index and its DTLS sessions.
+    #[cfg(feature = "dtls")]
+    dtls: Option<Secure>,
+}
+
+/// The coaps side of the loop.
+#[cfg(feature = "dtls")]
+#[derive(Debug)]
+struct Secure {
+    /// Which of the sockets speaks DTLS.
+    socket: usize,
+    front: crate::dtls::Front,
+    /// Reread on SIGHUP.
+    psk_file: Option<PathBuf>,
 }
 
 impl Server {
@@ -137,7 +151,63 @@ impl Server {
             leisure: Leisure::off(),
             live: None,
             poll_start: 0,
+            #[cfg(feature = "dtls")]
+            dtls: None,
         }
+    }
+
+    /// Serves socket `index` (from [`Server::new`] or
+    /// [`Server::add_socket`]) over DTLS with `front`'s keys and sessions:
+    /// coaps. `psk_file`, when given, is read again on SIGHUP. The loop then
+    /// waits with `poll`, for the handshake timers.
+    ///
+    /// # Errors
+    /// As `set_nonblocking`.
+    #[cfg(feature = "dtls")]
+    pub fn serve_dtls(
+        &mut self,
+        index: usize,
+        front: crate::dtls::Front,
+        psk_file: Option<PathBuf>,
+    ) -> io::Result<()> {
+        // Records are larger than the requests they carry.
+        self.rx.resize(self.rx.len().max(2048), 0);
+        self.dtls = Some(Secure {
+            socket: index,
+            front,
+            psk_file,
+        });
+        self.sockets
+            .iter()
+            .try_for_each(|s| s.set_nonblocking(true))
+    }
+
+    /// The DTLS sessions, when coaps is served.
+    #[cfg(feature = "dtls")]
+    pub fn dtls_front(&self) -> Option<&crate::dtls::Front> {
+        self.dtls.as_ref().map(|s| &s.front)
+    }
+
+    /// True when a socket speaks DTLS.
+    fn secure(&self) -> bool {
+        #[cfg(feature = "dtls")]
+        return self.dtls.is_some();
+        #[cfg(not(feature = "dtls"))]
+        false
+    }
+
+    /// The DTLS socket's index.
+    #[cfg(feature = "dtls")]
+    fn secure_socket(&self) -> Option<usize> {
+        self.dtls.as_ref().map(|s| s.socket)
+    }
+
+    /// When the next DTLS handshake timer is due.
+    fn secure_timer_ms(&self) -> Option<u64> {
+        #[cfg(feature = "dtls")]
+        return self.dtls.as_ref().and_then(|s| s.front.next_timer_ms());
+        #[cfg(not(feature = "dtls"))]
+        None
     }
 
     /// Watches `dir` (the directory the catalog was loaded from): rescans
@@ -235,6 +305,11 @@ impl Server {
             .local_addr()
     }
 
+    /// The instant the loop's millisecond clock counts from.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
@@ -256,6 +331,8 @@ impl Server {
         let mut reported = self.stats;
         loop {
             if sockio::terminating() {
+                #[cfg(feature = "dtls")]
+                self.close_sessions();
                 info!(
                     target: crate::logfmt::SUMMARY,
                     "stopping on a signal; {}",
@@ -282,8 +359,10 @@ impl Server {
         }
     }
 
-    /// SIGHUP: rescan now.
+    /// SIGHUP: rescan now, and read the PSK file again.
     fn on_hangup(&mut self) {
+        #[cfg(feature = "dtls")]
+        self.reload_keys();
         match self.live.as_mut() {
             Some(live) => {
                 self.stats.rescans += 1;
@@ -299,19 +378,24 @@ impl Server {
     /// and answers it, after sending the held-back multicast answers that
     /// are due. Never fails: errors are counted and logged at debug.
     pub fn serve_one(&mut self) {
-        let index = if self.sockets.len() == 1 && !self.leisure.is_on() {
+        let index = if self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure() {
             0
         } else {
             self.send_due_answers();
             let now = self.clock_ms();
             let rescan_due = self.live.as_ref().and_then(Live::next_due_ms);
             let notify_due = self.service.next_notification_ms();
-            let timeout = [self.leisure.next_due_ms(), rescan_due, notify_due]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(|due| due.saturating_sub(now))
-                .or(self.live.as_ref().map(|_| WAKE_MS));
+            let timeout = [
+                self.leisure.next_due_ms(),
+                rescan_due,
+                notify_due,
+                self.secure_timer_ms(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|due| due.saturating_sub(now))
+            .or(self.live.as_ref().map(|_| WAKE_MS));
             // Start the scan after the socket served last, so that a flood
             // on one socket cannot starve the others.
             self.poll_start = self.poll_start.wrapping_add(1);
@@ -333,6 +417,10 @@ impl Server {
         else {
             return;
         };
+        #[cfg(feature = "dtls")]
+        if self.secure_socket() == Some(index) {
+            return self.serve_secure(index, from, dest, len);
+        }
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         if truncated {
             trace!("{} datagram cut at {len} bytes", Shown(from));
@@ -414,6 +502,19 @@ impl Server {
             };
             let ipv4_socket = socket.local_addr().is_ok_and(|a| a.is_ipv4());
             let (to, dest) = notification_route(&n, ipv4_socket);
+            #[cfg(feature = "dtls")]
+            if self.secure_socket() == Some(n.arrival.socket) {
+                // An observer over coaps hears over its session; without
+                // one (closed, evicted) the notification is not sent.
+                let reply = self.tx.get(..n.len).unwrap_or(&[]);
+                if let Some(secure) = self.dtls.as_mut() {
+                    if secure.front.send(to, reply, now_ms) {
+                        self.stats.notifications += 1;
+                    }
+                    flush(&self.sockets, secure, dest, &mut self.stats);
+                }
+                continue;
+            }
             debug!(
                 "{} notification ({}{})",
                 Shown(to),
@@ -436,6 +537,17 @@ impl Server {
     /// Rescans the directory when its timer is due, and sends the
     /// notifications owed.
     fn on_timers(&mut self, now_ms: u64) {
+        #[cfg(feature = "dtls")]
+        if let Some(secure) = self.dtls.as_mut() {
+            if secure
+                .front
+                .next_timer_ms()
+                .is_some_and(|due| due <= now_ms)
+            {
+                secure.front.on_timers(now_ms);
+                flush(&self.sockets, secure, None, &mut self.stats);
+            }
+        }
         if let Some(live) = self.live.as_mut() {
             if live.next_due_ms().is_some_and(|due| now_ms >= due) {
                 self.stats.rescans += 1;
@@ -489,6 +601,128 @@ impl Server {
                 None
             }
         }
+    }
+}
+
+#[cfg(feature = "dtls")]
+impl Server {
+    /// One datagram of the coaps socket: records into its session (or a
+    /// HelloVerifyRequest for a ClientHello), every request they carried
+    /// answered by the service with what the session's identity may fetch,
+    /// the answers encrypted back.
+    fn serve_secure(
+        &mut self,
+        index: usize,
+        from: SocketAddr,
+        dest: Option<LocalDest>,
+        len: usize,
+    ) {
+        let now_ms = self.now_ms;
+        let Some(secure) = self.dtls.as_mut() else {
+            return;
+        };
+        let datagram = self.rx.get(..len).unwrap_or(&[]);
+        let handled = secure.front.receive(from, now_ms, datagram);
+        match handled {
+            crate::dtls::Handled::Connected => debug!(
+                "{} coaps session established for identity '{}'",
+                Shown(from),
+                String::from_utf8_lossy(secure.front.identity(from).unwrap_or_default())
+            ),
+            crate::dtls::Handled::Failed => {
+                debug!(
+                    "{} coaps handshake or record failed: session removed",
+                    Shown(from)
+                )
+            }
+            crate::dtls::Handled::Closed => {
+                debug!("{} coaps session closed by the peer", Shown(from))
+            }
+            other => trace!("{} coaps {other:?}", Shown(from)),
+        }
+        let requests = secure.front.take_requests();
+        let authorization = secure
+            .front
+            .authorization(from)
+            .cloned()
+            .unwrap_or_default();
+        for request in requests {
+            if log_enabled!(Level::Debug) {
+                log_request(from, &request);
+            }
+            let action = self.service.handle_secure(
+                peer(from),
+                arrival(index, dest),
+                now_ms,
+                &request,
+                &mut self.tx,
+                &authorization,
+            );
+            match action {
+                Action::Reply { len, outcome } => {
+                    self.stats.count(&outcome);
+                    if let Outcome::Block(t) = &outcome {
+                        self.log_budget
+                            .log_transfer(from, t, now_ms, &mut self.stats);
+                    }
+                    log_outcome(from, &outcome);
+                    let reply = self.tx.get(..len).unwrap_or(&[]);
+                    secure.front.send(from, reply, now_ms);
+                }
+                Action::Drop(reason) => {
+                    self.stats.count_drop(reason);
+                    trace!("{} dropped: {reason:?}", Shown(from));
+                }
+            }
+        }
+        flush(&self.sockets, secure, dest, &mut self.stats);
+        self.send_notifications(now_ms);
+    }
+
+    /// SIGHUP: the PSK file read again; on an error the keys in use stay.
+    fn reload_keys(&mut self) {
+        let now_ms = self.clock_ms();
+        let Some(secure) = self.dtls.as_mut() else {
+            return;
+        };
+        let Some(path) = secure.psk_file.clone() else {
+            return;
+        };
+        match crate::dtls::PskTable::read(&path) {
+            Ok(keys) => {
+                let count = keys.len();
+                let ended = secure.front.replace_keys(keys, now_ms);
+                info!(
+                    "SIGHUP: {count} PSK identities from {}{}",
+                    path.display(),
+                    if ended > 0 {
+                        format!(", {ended} sessions of changed or removed identities ended")
+                    } else {
+                        String::new()
+                    }
+                );
+                flush(&self.sockets, secure, None, &mut self.stats);
+            }
+            Err(e) => warn!("SIGHUP: {e}; the keys in use are kept"),
+        }
+    }
+
+    /// Ends every session with close_notify (the server is stopping).
+    fn close_sessions(&mut self) {
+        let now_ms = self.clock_ms();
+        if let Some(secure) = self.dtls.as_mut() {
+            secure.front.close_all(now_ms);
+            flush(&self.sockets, secure, None, &mut self.stats);
+        }
+    }
+}
+
+/// Sends the records the DTLS front has for its peers from the coaps
+/// socket (from `dest` when it is known: the address the peer wrote to).
+#[cfg(feature = "dtls")]
+fn flush(sockets: &[UdpSocket], secure: &mut Secure, dest: Option<LocalDest>, stats: &mut Stats) {
+    for (to, record) in secure.front.take_outgoing() {
+        send(sockets, secure.socket, &record, to, dest, stats);
     }
 }
 

@@ -263,6 +263,41 @@ pub struct Notification {
     pub last: bool,
 }
 
+/// What an authenticated peer may fetch (a coaps identity's PIDs): a
+/// request over the secure channel for an image of another product gets
+/// 4.03 Forbidden. Files of the `--files` tree and discovery are open to
+/// every authenticated peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Authorization {
+    /// `None`: images of every PID.
+    pids: Option<Vec<Box<[u8]>>>,
+}
+
+impl Authorization {
+    /// Images of every product.
+    pub fn any_pid() -> Authorization {
+        Authorization { pids: None }
+    }
+
+    /// Images of these products only.
+    pub fn only_pids<I, P>(pids: I) -> Authorization
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<[u8]>,
+    {
+        Authorization {
+            pids: Some(pids.into_iter().map(|p| p.as_ref().into()).collect()),
+        }
+    }
+
+    /// True when images of `pid` may be fetched.
+    pub fn allows(&self, pid: &[u8]) -> bool {
+        self.pids
+            .as_ref()
+            .map_or(true, |pids| pids.iter().any(|allowed| **allowed == *pid))
+    }
+}
+
 /// Why nothing was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
@@ -565,6 +600,9 @@ impl Service {
             },
             observe: Some(seq),
             observed: None,
+            // The registration was authorized; a lookup's answers stay
+            // within its PID, an image by id is not observable.
+            authorization: None,
         };
         let len = match ctx.route(out) {
             Ok((len, _)) => len,
@@ -625,7 +663,31 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Action<'_> {
-        self.answer(peer, arrival, now_ms, datagram, out, true)
+        self.answer(peer, arrival, now_ms, datagram, out, true, None)
+    }
+
+    /// Handles one datagram that arrived decrypted over a secure channel
+    /// (coaps) from a peer authenticated as allowed to fetch what
+    /// `authorization` says: as [`Service::handle_arrival`], except that a
+    /// request for an image of another product gets 4.03 Forbidden.
+    pub fn handle_secure(
+        &mut self,
+        peer: Peer,
+        arrival: Arrival,
+        now_ms: u64,
+        datagram: &[u8],
+        out: &mut [u8],
+        authorization: &Authorization,
+    ) -> Action<'_> {
+        self.answer(
+            peer,
+            arrival,
+            now_ms,
+            datagram,
+            out,
+            true,
+            Some(authorization),
+        )
     }
 
     /// Handles one datagram from `peer` received at `now_ms` (any monotonic
@@ -639,7 +701,7 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Action<'_> {
-        self.answer(peer, Arrival::default(), now_ms, datagram, out, true)
+        self.answer(peer, Arrival::default(), now_ms, datagram, out, true, None)
     }
 
     /// [`Service::handle_arrival`] once more for the same datagram, after
@@ -653,12 +715,13 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Action<'_> {
-        self.answer(peer, arrival, now_ms, datagram, out, false)
+        self.answer(peer, arrival, now_ms, datagram, out, false, None)
     }
 
     /// The one path of every request: the multicast rules of
     /// [`Service::handle_arrival`] around [`Service::handle_counted`].
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn answer(
         &mut self,
         peer: Peer,
@@ -667,15 +730,16 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
         count: bool,
+        authorization: Option<&Authorization>,
     ) -> Action<'_> {
         if !arrival.multicast {
-            return self.handle_counted(peer, arrival, now_ms, datagram, out, count);
+            return self.handle_counted(peer, arrival, now_ms, datagram, out, count, authorization);
         }
         match wire::Header::parse(datagram) {
             Ok((header, _)) if header.mtype == MessageType::NonConfirmable => {}
             _ => return Action::Drop(Dropped::Multicast),
         }
-        match self.handle_counted(peer, arrival, now_ms, datagram, out, count) {
+        match self.handle_counted(peer, arrival, now_ms, datagram, out, count, authorization) {
             Action::Reply { len, outcome } if useful(&outcome, out.get(..len)) => {
                 Action::Reply { len, outcome }
             }
@@ -685,7 +749,9 @@ impl Service {
     }
 
     /// [`Service::handle`], counting the request against the rate limit
-    /// when `count`.
+    /// when `count`, limited to what `authorization` allows when it is
+    /// given (a secure channel).
+    #[allow(clippy::too_many_arguments)]
     fn handle_counted(
         &mut self,
         peer: Peer,
@@ -694,6 +760,7 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
         count: bool,
+        authorization: Option<&Authorization>,
     ) -> Action<'_> {
         if datagram.len() > MAX_REQUEST_LEN {
             return self.too_large(peer, now_ms, datagram, out);
@@ -752,6 +819,7 @@ impl Service {
                 _ => None,
             },
             observed: None,
+            authorization,
         };
         let (len, outcome) = match ctx.route(out) {
             Ok(done) => done,

@@ -7,7 +7,8 @@
 use super::observe::OBSERVE_MAX_AGE_S;
 use super::peers::Pending;
 use super::{
-    error, write_diagnostic, Diagnostic, Dropped, Failure, Outcome, ReplyTo, Transfer, Via,
+    error, write_diagnostic, Authorization, Diagnostic, Dropped, Failure, Outcome, ReplyTo,
+    Transfer, Via,
 };
 use crate::catalog::{Catalog, CoreLink, Image};
 use crate::firmware::{self, DeviceRequest};
@@ -60,6 +61,9 @@ pub(super) struct Ctx<'s, 't, 'm> {
     /// representation (its ETag, or the image id a lookup named), so that
     /// a change can be told from the next answer.
     pub(super) observed: Option<u64>,
+    /// Over a secure channel: the products whose images the peer may
+    /// fetch; `None` on the plain socket.
+    pub(super) authorization: Option<&'m Authorization>,
 }
 
 impl<'s> Ctx<'s, '_, '_> {
@@ -151,6 +155,7 @@ impl<'s> Ctx<'s, '_, '_> {
     /// notification would end it (RFC 7641 §3.1, §3.2), while the point of
     /// observing the lookup is to hear of an image that is not there yet.
     fn lookup(&mut self, request: &DeviceRequest<'_>, out: &mut [u8]) -> Reply<'s> {
+        self.authorize(request.pid)?;
         let image = self
             .catalog
             .candidate(request.pid, request.fw_type, request.version);
@@ -190,6 +195,7 @@ impl<'s> Ctx<'s, '_, '_> {
     /// The legacy one-request protocol: the body from OFFSET, and the
     /// peer remembered for payload-less continuations.
     fn legacy(&mut self, request: &DeviceRequest<'_>, offset: u32, out: &mut [u8]) -> Reply<'s> {
+        self.authorize(request.pid)?;
         let catalog = self.catalog;
         let image = catalog
             .candidate(request.pid, request.fw_type, request.version)
@@ -200,6 +206,19 @@ impl<'s> Ctx<'s, '_, '_> {
         // asks for (which may be a resumed NUM > 0).
         self.peer_state.start(image.id_hex, offset);
         Ok(reply)
+    }
+
+    /// 4.03 when the request came over a secure channel whose identity
+    /// may not fetch images of `pid`.
+    #[inline]
+    fn authorize(&self, pid: &[u8]) -> Result<(), Failure> {
+        match self.authorization {
+            Some(authorization) if !authorization.allows(pid) => Err(error(
+                ResponseType::Forbidden,
+                "this identity may not fetch images of this product",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// True when the request asks for a block after the first.
@@ -261,6 +280,7 @@ impl<'s> Ctx<'s, '_, '_> {
                 None => error(ResponseType::NotFound, "no image with this id"),
             });
         };
+        self.authorize(&image.name.pid)?;
         let continuing = self.continuing();
         let (offset, remembered) = match named {
             Named::Query(offset) | Named::Payload(offset) => (offset, false),

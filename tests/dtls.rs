@@ -1,0 +1,422 @@
+//! coaps (DTLS 1.2 with pre-shared keys, `--features dtls`): interop with
+//! libcoap's `coap-client-gnutls` and `coap-client-openssl` over 127.0.0.1
+//! and [::1] (discovery, lookup, whole downloads by id compared byte for
+//! byte, 4.03 for another product's image), handshakes that must fail
+//! (wrong key, unknown identity) leaving no session, and a flood of
+//! spoofed ClientHellos that must leave no session and never get an
+//! answer larger than themselves.
+#![cfg(feature = "dtls")]
+
+mod support;
+
+use iot_ota::catalog::Catalog;
+use iot_ota::dtls::{Front, PskTable, HELLO_VERIFY_LEN};
+use iot_ota::server::Server;
+use iot_ota::service::{Limits, Service};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{device_payload, TempDir, TestImage, TestServer};
+
+const CLIENTS: [&str; 2] = ["coap-client-gnutls", "coap-client-openssl"];
+/// Bound on one coap-client run; its own `-B` gives up sooner.
+const RUN_TIMEOUT: Duration = Duration::from_secs(40);
+/// Version of the test images (type APP, 3), 1.0.1.
+const VERSION_1_0_1: u32 = (1 << 24) | 1;
+/// dev1 may fetch DEV images only; ops may fetch all.
+const PSK_FILE: &str = "# test keys\n\
+                        dev1:dev1-secret-key:DEV\n\
+                        ops:ops-secret-key\n";
+
+struct Fixture {
+    dir: TempDir,
+    keys: TempDir,
+    out: TempDir,
+    images: Vec<TestImage>,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        let dir = TempDir::new(tag);
+        // 5000 bytes: 79 blocks of 64, 5 of 1024, the last ones short.
+        let images = support::write_images(&dir, &[("DEV", 5000), ("OTHER", 3000)]);
+        let keys = TempDir::new(&format!("{tag}-keys"));
+        let psk = keys.write("psk", PSK_FILE.as_bytes());
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        Fixture {
+            dir,
+            keys,
+            out: TempDir::new(&format!("{tag}-out")),
+            images,
+        }
+    }
+
+    fn psk(&self) -> PathBuf {
+        self.keys.path().join("psk")
+    }
+
+    fn image(&self, pid: &str) -> &TestImage {
+        support::find_image(&self.images, pid)
+    }
+
+    /// A server with coaps only on `listen`.
+    fn server(&self, listen: &str) -> TestServer {
+        let psk = self.psk();
+        support::spawn_server(
+            self.dir.path(),
+            "none",
+            &[
+                "--psk-file",
+                psk.to_str().expect("utf-8"),
+                "--dtls-listen",
+                listen,
+            ],
+        )
+    }
+}
+
+/// Runs `client` with `args`, bounded by `-B 10` and RUN_TIMEOUT.
+fn run(client: &str, args: &[&str]) -> Output {
+    support::run_bounded(
+        Command::new(client).arg("-B").arg("10").args(args),
+        RUN_TIMEOUT,
+    )
+}
+
+fn coaps(server: &TestServer, path: &str) -> String {
+    format!("coaps://{}/{path}", server.addr)
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// GETs `uri` as `identity` at block size `block` into `out`; the body
+/// written, and what the client printed.
+fn download(
+    client: &str,
+    identity: &str,
+    key: &str,
+    block: usize,
+    uri: &str,
+    out: &Path,
+) -> (Vec<u8>, Output) {
+    let _ = std::fs::remove_file(out);
+    let block = block.to_string();
+    let out_text = out.to_string_lossy().into_owned();
+    let output = run(
+        client,
+        &[
+            "-u", identity, "-k", key, "-b", &block, "-o", &out_text, uri,
+        ],
+    );
+    (std::fs::read(out).unwrap_or_default(), output)
+}
+
+#[test]
+fn libcoap_clients_discover_look_up_and_download_by_id_over_coaps() {
+    let fx = Fixture::new("dtls-interop");
+    let clients: Vec<&str> = CLIENTS
+        .into_iter()
+        .filter(|c| support::require_program(c))
+        .collect();
+    let dev = fx.image("DEV");
+    let payload = fx
+        .out
+        .write("lookup", &device_payload("DEV", 3, VERSION_1_0_1 - 1, None));
+    let payload = payload.to_string_lossy().into_owned();
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let server = fx.server(listen);
+        for client in &clients {
+            let discovery = run(
+                client,
+                &[
+                    "-u",
+                    "dev1",
+                    "-k",
+                    "dev1-secret-key",
+                    &coaps(&server, ".well-known/core"),
+                ],
+            );
+            let listing = String::from_utf8_lossy(&discovery.stdout);
+            assert!(
+                listing.contains(&format!("</updates/{}>", dev.id)),
+                "{client} {listen} discovery: {}",
+                text(&discovery)
+            );
+            let lookup = run(
+                client,
+                &[
+                    "-u",
+                    "dev1",
+                    "-k",
+                    "dev1-secret-key",
+                    "-m",
+                    "get",
+                    "-f",
+                    &payload,
+                    &coaps(&server, "updates"),
+                ],
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&lookup.stdout).trim(),
+                dev.id,
+                "{client} {listen} lookup: {}",
+                text(&lookup)
+            );
+            for block in [64, 1024] {
+                let out = fx.out.path().join(format!("dev-{block}"));
+                let (body, output) = download(
+                    client,
+                    "dev1",
+                    "dev1-secret-key",
+                    block,
+                    &coaps(&server, &format!("updates/{}", dev.id)),
+                    &out,
+                );
+                assert!(
+                    body == dev.bytes,
+                    "{client} {listen} -b {block}: {} bytes of {}, {}",
+                    body.len(),
+                    dev.bytes.len(),
+                    text(&output)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_identity_gets_4_03_for_another_products_image_and_ops_gets_it() {
+    let fx = Fixture::new("dtls-forbidden");
+    let other = fx.image("OTHER");
+    let server = fx.server("127.0.0.1:0");
+    for client in CLIENTS {
+        if !support::require_program(client) {
+            continue;
+        }
+        let uri = coaps(&server, &format!("updates/{}", other.id));
+        let out = fx.out.path().join("other");
+        let (body, output) = download(client, "dev1", "dev1-secret-key", 1024, &uri, &out);
+        assert!(body.is_empty(), "{client}: dev1 got OTHER's bytes");
+        assert!(
+            text(&output).contains("4.03"),
+            "{client}: {}",
+            text(&output)
+        );
+        let (body, output) = download(client, "ops", "ops-secret-key", 1024, &uri, &out);
+        assert!(body == other.bytes, "{client} ops: {}", text(&output));
+    }
+}
+
+/// An in-process server with coaps only, served until `stop` is set.
+struct InProcess {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Server>>,
+}
+
+impl InProcess {
+    fn start(fx: &Fixture, max_sessions: usize) -> InProcess {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let keys = PskTable::read(&fx.psk()).expect("psk file");
+        let dir = fx.dir.path().to_path_buf();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let catalog = Catalog::load(&dir).expect("catalog").catalog;
+            let service = Service::new(catalog, Limits::default(), support::TEST_KEYS);
+            let mut server = Server::new(socket, service);
+            // Wakes the loop at least once a second.
+            server.watch(dir, 0, 200).expect("watch");
+            let front = Front::new(
+                keys,
+                max_sessions,
+                support::TEST_KEYS.echo,
+                server.started(),
+            );
+            server.serve_dtls(0, front, None).expect("dtls");
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stopping.load(Ordering::SeqCst) && Instant::now() < deadline {
+                server.serve_one();
+            }
+            server
+        });
+        InProcess {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the loop and hands the server back for inspection.
+    fn stop(mut self) -> Server {
+        self.stop.store(true, Ordering::SeqCst);
+        let waker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let _ = waker.send_to(b"wake", self.addr);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("the server thread ran to the end")
+    }
+}
+
+#[test]
+fn a_wrong_key_or_an_unknown_identity_fails_the_handshake_and_leaves_no_session() {
+    let fx = Fixture::new("dtls-wrong");
+    let dev = fx.image("DEV");
+    let server = InProcess::start(&fx, 16);
+    let uri = format!("coaps://{}/updates/{}", server.addr, dev.id);
+    let mut ran = 0;
+    for client in CLIENTS {
+        if !support::require_program(client) {
+            continue;
+        }
+        for (identity, key) in [("dev1", "not-the-key"), ("stranger", "dev1-secret-key")] {
+            let out = fx.out.path().join("wrong");
+            let (body, output) = download(client, identity, key, 1024, &uri, &out);
+            assert!(body.is_empty(), "{client} {identity}: {}", text(&output));
+            ran += 1;
+        }
+        // The right key still works afterwards: the failures were the keys'.
+        let out = fx.out.path().join("right");
+        let (body, output) = download(client, "dev1", "dev1-secret-key", 1024, &uri, &out);
+        assert!(body == dev.bytes, "{client}: {}", text(&output));
+    }
+    let server = server.stop();
+    let front = server.dtls_front().expect("coaps served");
+    // Every client closed its good session with close_notify; the bad
+    // handshakes were removed when their Finished failed.
+    assert_eq!(
+        front.session_count(),
+        0,
+        "{ran} failed handshakes left sessions"
+    );
+}
+
+/// A DTLS 1.2 ClientHello as libcoap's clients send it first: no cookie,
+/// TLS_PSK_WITH_AES_128_CCM_8 and the extended master secret extension,
+/// with `random` as its random.
+fn client_hello(random: &[u8; 32]) -> Vec<u8> {
+    let mut body = vec![0xfe, 0xfd];
+    body.extend_from_slice(random);
+    body.push(0); // session id
+    body.push(0); // cookie
+    body.extend_from_slice(&[0, 2, 0xc0, 0xa8]); // TLS_PSK_WITH_AES_128_CCM_8
+    body.extend_from_slice(&[1, 0]); // null compression
+    body.extend_from_slice(&[0, 4, 0, 0x17, 0, 0]); // extended_master_secret
+    let len = u32::try_from(body.len()).expect("short").to_be_bytes();
+    let mut handshake = vec![
+        1, len[1], len[2], len[3], 0, 0, 0, 0, 0, len[1], len[2], len[3],
+    ];
+    handshake.extend_from_slice(&body);
+    let record_len = u16::try_from(handshake.len()).expect("short").to_be_bytes();
+    let mut record = vec![
+        22,
+        0xfe,
+        0xff,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        record_len[0],
+        record_len[1],
+    ];
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[test]
+fn ten_thousand_spoofed_client_hellos_leave_no_session_and_get_no_larger_answer() {
+    const HELLOS: usize = 10_000;
+    /// Sockets open at once: each hello comes from a port of its own.
+    const BATCH: usize = 100;
+    let fx = Fixture::new("dtls-spoof");
+    let server = InProcess::start(&fx, 16);
+    let mut answered = 0;
+    let mut sent = 0;
+    let mut largest_answer = 0;
+    let mut smallest_hello = usize::MAX;
+    let mut ports = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    // Ports below the ephemeral range, one per hello; one in use by
+    // someone else is skipped.
+    let mut next_port: u16 = 20_000;
+    while sent < HELLOS {
+        assert!(Instant::now() < deadline, "the flood took too long");
+        let mut sockets = Vec::with_capacity(BATCH);
+        while sockets.len() < BATCH.min(HELLOS - sent) && next_port < 32_000 {
+            if let Ok(socket) = UdpSocket::bind(("127.0.0.1", next_port)) {
+                sockets.push(socket);
+            }
+            next_port += 1;
+        }
+        assert!(!sockets.is_empty(), "no free port left below 32000");
+        for socket in &sockets {
+            let mut random = [0u8; 32];
+            random[..8].copy_from_slice(&(sent as u64).to_le_bytes());
+            let hello = client_hello(&random);
+            smallest_hello = smallest_hello.min(hello.len());
+            ports.insert(socket.local_addr().expect("addr").port());
+            socket.send_to(&hello, server.addr).expect("send");
+            sent += 1;
+        }
+        for socket in &sockets {
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [0u8; 2048];
+            if let Ok(len) = socket.recv(&mut buf) {
+                answered += 1;
+                largest_answer = largest_answer.max(len);
+                assert_eq!(buf[0], 22, "a handshake record");
+                assert_eq!(buf.get(13), Some(&3), "a HelloVerifyRequest");
+            }
+        }
+    }
+    let server = server.stop();
+    let front = server.dtls_front().expect("coaps served");
+    assert_eq!(front.session_count(), 0, "spoofed hellos created sessions");
+    assert_eq!(ports.len(), HELLOS, "hellos from as many ports");
+    assert_eq!(answered, HELLOS, "every hello got its HelloVerifyRequest");
+    assert_eq!(largest_answer, HELLO_VERIFY_LEN);
+    assert!(
+        largest_answer <= smallest_hello,
+        "an answer of {largest_answer} bytes to a hello of {smallest_hello}"
+    );
+}
+
+#[test]
+fn a_psk_file_readable_by_others_is_refused_with_a_clear_error() {
+    let fx = Fixture::new("dtls-mode");
+    let psk = fx.psk();
+    std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let output = support::run_bounded(
+        Command::new(support::SERVER_BIN)
+            .arg("-d")
+            .arg(fx.dir.path())
+            .args(["-l", "none", "--dtls-listen", "127.0.0.1:0", "--psk-file"])
+            .arg(&psk),
+        Duration::from_secs(20),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is open to other users (mode 644)") && stderr.contains("chmod o-rwx"),
+        "{stderr}"
+    );
+}
