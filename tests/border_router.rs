@@ -603,7 +603,7 @@ fn listen_with_a_zone_by_interface_name() {
         &format!("[{SERVER_LL}%{SERVER_DEV}]:5683"),
         &[],
     );
-    expect_log(&server, &format!("(on {SERVER_DEV}, "));
+    expect_log(&server, &format!("(coap, on {SERVER_DEV}, "));
     our_client_gets_the_listing(&pair, &format!("[{SERVER_LL}%{CLIENT_DEV}]:5683"), &server);
     // And the raw datagram from the test's own probe: the reply comes from
     // the link-local address asked.
