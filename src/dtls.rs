@@ -142,27 +142,8 @@ impl PskTable {
     /// # Errors
     /// A message for the operator naming the file.
     pub fn read(path: &Path) -> Result<PskTable, String> {
-        use std::os::unix::fs::PermissionsExt;
         let shown = path.display();
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?;
-        let mode = file
-            .metadata()
-            .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?
-            .permissions()
-            .mode();
-        if mode & 0o007 != 0 {
-            return Err(format!(
-                "the PSK file {shown} is open to other users (mode {:03o}): its keys let anyone \
-                 impersonate the devices; chmod o-rwx {shown}",
-                mode & 0o777
-            ));
-        }
-        let mut text = String::new();
-        file.by_ref()
-            .take(MAX_PSK_FILE)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?;
+        let text = read_private(path)?;
         let table = PskTable::parse(&text).map_err(|e| format!("PSK file {shown}: {e}"))?;
         if table.is_empty() {
             return Err(format!("the PSK file {shown} holds no identity"));
@@ -183,6 +164,133 @@ impl PskTable {
     /// What `identity` may fetch, if it is known.
     pub fn authorization(&self, identity: &[u8]) -> Option<&Authorization> {
         self.identities.get(identity).map(|i| &i.authorization)
+    }
+}
+
+/// The text of the key file at `path`, refused when other users may read
+/// it: its keys let anyone impersonate the devices (or the server).
+fn read_private(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let mut file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "the PSK file {shown} is open to other users (mode {:03o}): its keys let anyone \
+             impersonate the devices; chmod o-rwx {shown}",
+            mode & 0o777
+        ));
+    }
+    let mut text = String::new();
+    file.by_ref()
+        .take(MAX_PSK_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?;
+    Ok(text)
+}
+
+/// A device's identity and key, for the client side of a handshake
+/// (`iot-ota-client --psk-identity ID --psk-key KEY`, or `--psk-file`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientPsk {
+    identity: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientPsk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientPsk")
+            .field("identity", &String::from_utf8_lossy(&self.identity))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client engine's key lookup: its one key, whatever the server's hint.
+struct OwnKey(Vec<u8>);
+
+impl PskResolver for OwnKey {
+    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
+        Some(self.0.clone())
+    }
+}
+
+impl ClientPsk {
+    /// An identity and a key written as in a PSK file (ASCII, or hex
+    /// after `0x`).
+    ///
+    /// # Errors
+    /// A message saying which of the two is malformed (never the key).
+    pub fn new(identity: &str, key: &str) -> Result<ClientPsk, String> {
+        if identity.is_empty() || identity.len() > MAX_PSK_FIELD || identity.contains(':') {
+            return Err(format!(
+                "the identity must be 1 to {MAX_PSK_FIELD} bytes without ':'"
+            ));
+        }
+        let key = parse_key(key).ok_or_else(|| {
+            format!("the key is invalid: use 1 to {MAX_PSK_FIELD} ASCII bytes or 0x and an even number of hex digits")
+        })?;
+        Ok(ClientPsk {
+            identity: identity.as_bytes().to_vec(),
+            key,
+        })
+    }
+
+    /// Reads a key file holding one `identity:key` line (a server's
+    /// `identity:key:PIDs` line is taken too; the PIDs are the server's
+    /// business). Refused when other users may read it, as the server's.
+    ///
+    /// # Errors
+    /// A message for the user naming the file.
+    pub fn read(path: &Path) -> Result<ClientPsk, String> {
+        let shown = path.display();
+        let table =
+            PskTable::parse(&read_private(path)?).map_err(|e| format!("PSK file {shown}: {e}"))?;
+        let mut entries = table.identities.into_iter();
+        match (entries.next(), entries.next()) {
+            (Some((identity, entry)), None) => Ok(ClientPsk {
+                identity,
+                key: entry.key,
+            }),
+            _ => Err(format!(
+                "the PSK file {shown} must hold exactly one identity:key line"
+            )),
+        }
+    }
+
+    /// The identity sent in the handshake.
+    pub fn identity(&self) -> &[u8] {
+        &self.identity
+    }
+
+    /// A client engine with this key and the server's one suite: its
+    /// first flight is sent again after `rto` (doubling, four times), and
+    /// the handshake fails after `give_up`. Call
+    /// [`Dtls::handle_timeout`] to have it write its ClientHello.
+    ///
+    /// # Errors
+    /// The engine's complaint about the timings (zero, or above ten
+    /// years).
+    pub fn engine(&self, rto: Duration, give_up: Duration, now: Instant) -> Result<Dtls, String> {
+        let config = Config::builder()
+            .with_crypto_provider(psk_provider())
+            .with_psk_client(self.identity.clone(), Arc::new(OwnKey(self.key.clone())))
+            .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
+            .dtls13_cipher_suites(&[])
+            .mtu(MTU)
+            .flight_start_rto(rto)
+            .flight_retries(4)
+            .handshake_timeout(give_up)
+            .build()
+            .map_err(|e| format!("the DTLS engine refuses its configuration: {e}"))?;
+        let mut dtls = Dtls::new_12_psk(Arc::new(config), now);
+        dtls.set_active(true);
+        Ok(dtls)
     }
 }
 
