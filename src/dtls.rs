@@ -481,6 +481,11 @@ impl Front {
         self.evicted
     }
 
+    /// True when `peer` has a session (in handshake or established).
+    pub fn has_session(&self, peer: SocketAddr) -> bool {
+        self.sessions.contains_key(&peer)
+    }
+
     /// The authenticated identity of `peer`'s session, if it has one.
     pub fn identity(&self, peer: SocketAddr) -> Option<&[u8]> {
         self.sessions.get(&peer)?.identity.as_deref()

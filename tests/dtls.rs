@@ -308,16 +308,23 @@ fn a_wrong_key_or_an_unknown_identity_fails_the_handshake_and_leaves_no_session(
 /// TLS_PSK_WITH_AES_128_CCM_8 and the extended master secret extension,
 /// with `random` as its random.
 fn client_hello(random: &[u8; 32]) -> Vec<u8> {
+    client_hello_with(random, &[], 0)
+}
+
+/// As [`client_hello`], with `cookie` and handshake message_seq `seq` (1
+/// for the hello that answers a HelloVerifyRequest).
+fn client_hello_with(random: &[u8; 32], cookie: &[u8], seq: u8) -> Vec<u8> {
     let mut body = vec![0xfe, 0xfd];
     body.extend_from_slice(random);
     body.push(0); // session id
-    body.push(0); // cookie
+    body.push(u8::try_from(cookie.len()).expect("short cookie"));
+    body.extend_from_slice(cookie);
     body.extend_from_slice(&[0, 2, 0xc0, 0xa8]); // TLS_PSK_WITH_AES_128_CCM_8
     body.extend_from_slice(&[1, 0]); // null compression
     body.extend_from_slice(&[0, 4, 0, 0x17, 0, 0]); // extended_master_secret
     let len = u32::try_from(body.len()).expect("short").to_be_bytes();
     let mut handshake = vec![
-        1, len[1], len[2], len[3], 0, 0, 0, 0, 0, len[1], len[2], len[3],
+        1, len[1], len[2], len[3], 0, seq, 0, 0, 0, len[1], len[2], len[3],
     ];
     handshake.extend_from_slice(&body);
     let record_len = u16::try_from(handshake.len()).expect("short").to_be_bytes();
@@ -707,4 +714,55 @@ fn our_client_observes_the_lookup_over_coaps_and_downloads_the_published_image()
     };
     assert!(status.success(), "{}", server.log());
     assert!(std::fs::read(&out).unwrap_or_default() == new);
+}
+
+#[test]
+fn handshake_retransmissions_leave_from_the_address_the_hello_was_sent_to() {
+    let fx = Fixture::new("dtls-reply-from");
+    // A wildcard socket: the kernel would pick 127.0.0.1 as the source of
+    // a datagram to 127.0.0.1 unless told otherwise.
+    let server = fx.server("0.0.0.0:0");
+    let to: SocketAddr = format!("127.0.0.2:{}", server.addr.port())
+        .parse()
+        .expect("addr");
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let random = [0x42; 32];
+    socket.send_to(&client_hello(&random), to).expect("send");
+    let mut buf = [0u8; 2048];
+    let (len, from) = socket.recv_from(&mut buf).expect("a HelloVerifyRequest");
+    assert_eq!(from, to);
+    assert_eq!(buf.get(13), Some(&3), "a HelloVerifyRequest");
+    let cookie_len = usize::from(buf[27]);
+    let cookie = buf.get(28..28 + cookie_len).expect("cookie").to_vec();
+    assert!(28 + cookie_len <= len);
+    socket
+        .send_to(&client_hello_with(&random, &cookie, 1), to)
+        .expect("send");
+    // The server's flight, answering the hello, then the same flight
+    // again on the server's timer, as the client never goes on: every
+    // datagram from the address asked.
+    let mut flights = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut first_seen: Option<Vec<u8>> = None;
+    while Instant::now() < deadline {
+        let Ok((len, from)) = socket.recv_from(&mut buf) else {
+            break;
+        };
+        assert_eq!(from, to, "a record left from another address");
+        let datagram = buf[..len].to_vec();
+        assert_eq!(datagram.first(), Some(&22), "a handshake record");
+        match &first_seen {
+            None => first_seen = Some(datagram),
+            // The ServerHello's datagram again: a retransmission.
+            Some(first) if first.get(13) == datagram.get(13) && datagram.get(13) == Some(&2) => {
+                flights += 1;
+                break;
+            }
+            Some(_) => {}
+        }
+    }
+    assert_eq!(flights, 1, "no retransmitted flight within 10 s");
 }
