@@ -20,6 +20,37 @@
 //! next. A seed that already started a session is refused for as long as
 //! its cookie is valid, so that a recorded handshake cannot be replayed
 //! into a session with the same keys.
+//!
+//! Why a seed and not a cookie secret: dimpl 0.9 draws its cookie secret
+//! from the engine's generator when the engine is built and offers no
+//! setting for it, and with `use_server_cookie(false)` the engine would
+//! answer the first hello with its ServerHello (state for every spoofed
+//! hello). Residual risks of the seed, which everything the engine draws
+//! comes from (cookie secret, the 28 random bytes of the ServerHello
+//! random, the 8-byte explicit nonce of every AES-CCM record):
+//!
+//! * Key and nonce reuse. The server's randomness is a function of the
+//!   seed (64 bits, SipHash-2-4 under a 128-bit key drawn at start,
+//!   expanded by the engine's StdRng) and of the Unix second (the first 4
+//!   bytes of the ServerHello random). Two handshakes with the same peer
+//!   address, client random and window started in the same second get
+//!   the same server random, hence the same keys (PSK, both randoms) and
+//!   the same record nonces: AES-CCM under a repeated key and nonce leaks
+//!   the XOR of the plaintexts and allows forgeries. Only a replay of the
+//!   cookie-bearing hello (or a client whose randoms repeat) makes such a
+//!   pair; the replay memory refuses it for 60 s in this process, and a
+//!   new process has a new key. Handshakes with different inputs get
+//!   independent-looking randoms (a seed collision needs about 2^32
+//!   handshakes and then still differs in the client random).
+//! * Nonces within a session are random 64-bit draws, as dimpl makes them
+//!   unseeded: a collision among n records has probability about
+//!   n²/2^65 (below 10^-12 for a few thousand blocks).
+//! * Availability: when the replay memory is full (4096 handshakes
+//!   started within 60 s, which one host able to receive can cause) new
+//!   handshakes are refused until entries age out; established sessions
+//!   are not affected. Since the keys differ as soon as the second
+//!   differs, a memory of two seconds would be enough for the first risk;
+//!   the 60 s kept are the conservative choice.
 
 use crate::hash::SipKey;
 use crate::service::Authorization;
