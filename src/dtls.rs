@@ -706,6 +706,12 @@ impl Front {
                 }
                 continue;
             }
+            // Only a ServerHello shows the engine took the hello: an
+            // engine that silently dropped a malformed one (no suites, a
+            // short body) answers nothing, and must not become a session.
+            if !answer.first().is_some_and(|p| is_server_hello(p)) {
+                return Handled::Ignored;
+            }
             if !self.remember_seed(seed, now_ms) {
                 log::debug!("{from} coaps ClientHello replayed: ignored");
                 return Handled::Ignored;
@@ -921,6 +927,11 @@ fn drain_packets(dtls: &mut Dtls, scratch: &mut Vec<u8>, mut each: impl FnMut(&[
             _ => {}
         }
     }
+}
+
+/// True when `record` is a plaintext ServerHello.
+fn is_server_hello(record: &[u8]) -> bool {
+    matches!(record, [22, _, _, 0, 0, _, _, _, _, _, _, _, _, 2, ..])
 }
 
 /// True when `record` is a plaintext HelloVerifyRequest.
