@@ -16,12 +16,15 @@ release-dtls:
 run:
 	$(CARGO) run --release --bin iot-ota-server -- -d updates -l '[::]:5683'
 
-# The dtls feature's own tests (tests/dtls.rs and the module's unit tests)
-# run only with it; the rest ran already.
+# The dtls feature's own tests (tests/dtls.rs, the coaps downloads over the
+# lossy link, the DTLS front's fuzzing, and the module's unit tests) run only with it; the rest ran
+# already.
 test:
 	$(CARGO) test --all-targets
 	$(CARGO) test --features dtls --lib dtls
 	$(CARGO) test --features dtls --test dtls
+	$(CARGO) test --features dtls --test lossy coaps
+	$(CARGO) test --features dtls --test fuzz_dtls
 
 lint:
 	$(CARGO) fmt --check

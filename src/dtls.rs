@@ -20,6 +20,37 @@
 //! next. A seed that already started a session is refused for as long as
 //! its cookie is valid, so that a recorded handshake cannot be replayed
 //! into a session with the same keys.
+//!
+//! Why a seed and not a cookie secret: dimpl 0.9 draws its cookie secret
+//! from the engine's generator when the engine is built and offers no
+//! setting for it, and with `use_server_cookie(false)` the engine would
+//! answer the first hello with its ServerHello (state for every spoofed
+//! hello). Residual risks of the seed, which everything the engine draws
+//! comes from (cookie secret, the 28 random bytes of the ServerHello
+//! random, the 8-byte explicit nonce of every AES-CCM record):
+//!
+//! * Key and nonce reuse. The server's randomness is a function of the
+//!   seed (64 bits, SipHash-2-4 under a 128-bit key drawn at start,
+//!   expanded by the engine's StdRng) and of the Unix second (the first 4
+//!   bytes of the ServerHello random). Two handshakes with the same peer
+//!   address, client random and window started in the same second get
+//!   the same server random, hence the same keys (PSK, both randoms) and
+//!   the same record nonces: AES-CCM under a repeated key and nonce leaks
+//!   the XOR of the plaintexts and allows forgeries. Only a replay of the
+//!   cookie-bearing hello (or a client whose randoms repeat) makes such a
+//!   pair; the replay memory refuses it for 60 s in this process, and a
+//!   new process has a new key. Handshakes with different inputs get
+//!   independent-looking randoms (a seed collision needs about 2^32
+//!   handshakes and then still differs in the client random).
+//! * Nonces within a session are random 64-bit draws, as dimpl makes them
+//!   unseeded: a collision among n records has probability about
+//!   n²/2^65 (below 10^-12 for a few thousand blocks).
+//! * Availability: when the replay memory is full (4096 handshakes
+//!   started within 60 s, which one host able to receive can cause) new
+//!   handshakes are refused until entries age out; established sessions
+//!   are not affected. Since the keys differ as soon as the second
+//!   differs, a memory of two seconds would be enough for the first risk;
+//!   the 60 s kept are the conservative choice.
 
 use crate::hash::SipKey;
 use crate::service::Authorization;
@@ -142,27 +173,8 @@ impl PskTable {
     /// # Errors
     /// A message for the operator naming the file.
     pub fn read(path: &Path) -> Result<PskTable, String> {
-        use std::os::unix::fs::PermissionsExt;
         let shown = path.display();
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?;
-        let mode = file
-            .metadata()
-            .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?
-            .permissions()
-            .mode();
-        if mode & 0o007 != 0 {
-            return Err(format!(
-                "the PSK file {shown} is open to other users (mode {:03o}): its keys let anyone \
-                 impersonate the devices; chmod o-rwx {shown}",
-                mode & 0o777
-            ));
-        }
-        let mut text = String::new();
-        file.by_ref()
-            .take(MAX_PSK_FILE)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?;
+        let text = read_private(path)?;
         let table = PskTable::parse(&text).map_err(|e| format!("PSK file {shown}: {e}"))?;
         if table.is_empty() {
             return Err(format!("the PSK file {shown} holds no identity"));
@@ -183,6 +195,133 @@ impl PskTable {
     /// What `identity` may fetch, if it is known.
     pub fn authorization(&self, identity: &[u8]) -> Option<&Authorization> {
         self.identities.get(identity).map(|i| &i.authorization)
+    }
+}
+
+/// The text of the key file at `path`, refused when other users may read
+/// it: its keys let anyone impersonate the devices (or the server).
+fn read_private(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let mut file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "the PSK file {shown} is open to other users (mode {:03o}): its keys let anyone \
+             impersonate the devices; chmod o-rwx {shown}",
+            mode & 0o777
+        ));
+    }
+    let mut text = String::new();
+    file.by_ref()
+        .take(MAX_PSK_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?;
+    Ok(text)
+}
+
+/// A device's identity and key, for the client side of a handshake
+/// (`iot-ota-client --psk-identity ID --psk-key KEY`, or `--psk-file`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientPsk {
+    identity: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientPsk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientPsk")
+            .field("identity", &String::from_utf8_lossy(&self.identity))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client engine's key lookup: its one key, whatever the server's hint.
+struct OwnKey(Vec<u8>);
+
+impl PskResolver for OwnKey {
+    fn resolve(&self, _identity: &[u8]) -> Option<Vec<u8>> {
+        Some(self.0.clone())
+    }
+}
+
+impl ClientPsk {
+    /// An identity and a key written as in a PSK file (ASCII, or hex
+    /// after `0x`).
+    ///
+    /// # Errors
+    /// A message saying which of the two is malformed (never the key).
+    pub fn new(identity: &str, key: &str) -> Result<ClientPsk, String> {
+        if identity.is_empty() || identity.len() > MAX_PSK_FIELD || identity.contains(':') {
+            return Err(format!(
+                "the identity must be 1 to {MAX_PSK_FIELD} bytes without ':'"
+            ));
+        }
+        let key = parse_key(key).ok_or_else(|| {
+            format!("the key is invalid: use 1 to {MAX_PSK_FIELD} ASCII bytes or 0x and an even number of hex digits")
+        })?;
+        Ok(ClientPsk {
+            identity: identity.as_bytes().to_vec(),
+            key,
+        })
+    }
+
+    /// Reads a key file holding one `identity:key` line (a server's
+    /// `identity:key:PIDs` line is taken too; the PIDs are the server's
+    /// business). Refused when other users may read it, as the server's.
+    ///
+    /// # Errors
+    /// A message for the user naming the file.
+    pub fn read(path: &Path) -> Result<ClientPsk, String> {
+        let shown = path.display();
+        let table =
+            PskTable::parse(&read_private(path)?).map_err(|e| format!("PSK file {shown}: {e}"))?;
+        let mut entries = table.identities.into_iter();
+        match (entries.next(), entries.next()) {
+            (Some((identity, entry)), None) => Ok(ClientPsk {
+                identity,
+                key: entry.key,
+            }),
+            _ => Err(format!(
+                "the PSK file {shown} must hold exactly one identity:key line"
+            )),
+        }
+    }
+
+    /// The identity sent in the handshake.
+    pub fn identity(&self) -> &[u8] {
+        &self.identity
+    }
+
+    /// A client engine with this key and the server's one suite: its
+    /// first flight is sent again after `rto` (doubling, four times), and
+    /// the handshake fails after `give_up`. Call
+    /// [`Dtls::handle_timeout`] to have it write its ClientHello.
+    ///
+    /// # Errors
+    /// The engine's complaint about the timings (zero, or above ten
+    /// years).
+    pub fn engine(&self, rto: Duration, give_up: Duration, now: Instant) -> Result<Dtls, String> {
+        let config = Config::builder()
+            .with_crypto_provider(psk_provider())
+            .with_psk_client(self.identity.clone(), Arc::new(OwnKey(self.key.clone())))
+            .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
+            .dtls13_cipher_suites(&[])
+            .mtu(MTU)
+            .flight_start_rto(rto)
+            .flight_retries(4)
+            .handshake_timeout(give_up)
+            .build()
+            .map_err(|e| format!("the DTLS engine refuses its configuration: {e}"))?;
+        let mut dtls = Dtls::new_12_psk(Arc::new(config), now);
+        dtls.set_active(true);
+        Ok(dtls)
     }
 }
 
@@ -373,6 +512,11 @@ impl Front {
         self.evicted
     }
 
+    /// True when `peer` has a session (in handshake or established).
+    pub fn has_session(&self, peer: SocketAddr) -> bool {
+        self.sessions.contains_key(&peer)
+    }
+
     /// The authenticated identity of `peer`'s session, if it has one.
     pub fn identity(&self, peer: SocketAddr) -> Option<&[u8]> {
         self.sessions.get(&peer)?.identity.as_deref()
@@ -561,6 +705,12 @@ impl Front {
                     return Handled::Ignored;
                 }
                 continue;
+            }
+            // Only a ServerHello shows the engine took the hello: an
+            // engine that silently dropped a malformed one (no suites, a
+            // short body) answers nothing, and must not become a session.
+            if !answer.first().is_some_and(|p| is_server_hello(p)) {
+                return Handled::Ignored;
             }
             if !self.remember_seed(seed, now_ms) {
                 log::debug!("{from} coaps ClientHello replayed: ignored");
@@ -777,6 +927,11 @@ fn drain_packets(dtls: &mut Dtls, scratch: &mut Vec<u8>, mut each: impl FnMut(&[
             _ => {}
         }
     }
+}
+
+/// True when `record` is a plaintext ServerHello.
+fn is_server_hello(record: &[u8]) -> bool {
+    matches!(record, [22, _, _, 0, 0, _, _, _, _, _, _, _, _, 2, ..])
 }
 
 /// True when `record` is a plaintext HelloVerifyRequest.

@@ -308,16 +308,23 @@ fn a_wrong_key_or_an_unknown_identity_fails_the_handshake_and_leaves_no_session(
 /// TLS_PSK_WITH_AES_128_CCM_8 and the extended master secret extension,
 /// with `random` as its random.
 fn client_hello(random: &[u8; 32]) -> Vec<u8> {
+    client_hello_with(random, &[], 0)
+}
+
+/// As [`client_hello`], with `cookie` and handshake message_seq `seq` (1
+/// for the hello that answers a HelloVerifyRequest).
+fn client_hello_with(random: &[u8; 32], cookie: &[u8], seq: u8) -> Vec<u8> {
     let mut body = vec![0xfe, 0xfd];
     body.extend_from_slice(random);
     body.push(0); // session id
-    body.push(0); // cookie
+    body.push(u8::try_from(cookie.len()).expect("short cookie"));
+    body.extend_from_slice(cookie);
     body.extend_from_slice(&[0, 2, 0xc0, 0xa8]); // TLS_PSK_WITH_AES_128_CCM_8
     body.extend_from_slice(&[1, 0]); // null compression
     body.extend_from_slice(&[0, 4, 0, 0x17, 0, 0]); // extended_master_secret
     let len = u32::try_from(body.len()).expect("short").to_be_bytes();
     let mut handshake = vec![
-        1, len[1], len[2], len[3], 0, 0, 0, 0, 0, len[1], len[2], len[3],
+        1, len[1], len[2], len[3], 0, seq, 0, 0, 0, len[1], len[2], len[3],
     ];
     handshake.extend_from_slice(&body);
     let record_len = u16::try_from(handshake.len()).expect("short").to_be_bytes();
@@ -419,4 +426,343 @@ fn a_psk_file_readable_by_others_is_refused_with_a_clear_error() {
         stderr.contains("is open to other users (mode 644)") && stderr.contains("chmod o-rwx"),
         "{stderr}"
     );
+}
+
+/// Runs our client with `args`, bounded by RUN_TIMEOUT.
+fn our_client(args: &[&str]) -> Output {
+    support::run_bounded(Command::new(support::CLIENT_BIN).args(args), RUN_TIMEOUT)
+}
+
+#[test]
+fn our_client_downloads_over_coaps_in_device_mode_and_by_query() {
+    let fx = Fixture::new("dtls-client");
+    let dev = fx.image("DEV");
+    // The client's key file: one identity:key line, owner only.
+    let client_psk = fx.keys.write("client-psk", b"dev1:dev1-secret-key\n");
+    std::fs::set_permissions(&client_psk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let client_psk = client_psk.to_string_lossy().into_owned();
+    // One version before the images' 1.0.1.
+    let version = "1.0.0";
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let server = fx.server(listen);
+        let base = format!("coaps://{}", server.addr);
+        for block in ["64", "1024"] {
+            let out = fx.out.path().join(format!("device-{block}"));
+            let out_text = out.to_string_lossy().into_owned();
+            let _ = std::fs::remove_file(&out);
+            let output = our_client(&[
+                &base,
+                "--pid",
+                "DEV",
+                "--type",
+                "3",
+                "--version",
+                version,
+                "--psk-identity",
+                "dev1",
+                "--psk-key",
+                "dev1-secret-key",
+                "-b",
+                block,
+                "--timeout-ms",
+                "300",
+                "-o",
+                &out_text,
+            ]);
+            assert_eq!(
+                output.status.code(),
+                Some(0),
+                "{listen} -b {block}: {}",
+                text(&output)
+            );
+            assert!(
+                std::fs::read(&out).unwrap_or_default() == dev.bytes,
+                "{listen} -b {block}: not the image, {}",
+                text(&output)
+            );
+        }
+        // The lookup's query form, with the key from a file: the id.
+        let uri = format!("{base}/updates?pid=DEV&type=3&version={version}");
+        let output = our_client(&[&uri, "--psk-file", &client_psk, "--timeout-ms", "300"]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{listen} query: {}",
+            text(&output)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            dev.id,
+            "{listen} query: {}",
+            text(&output)
+        );
+        // Already up to date: exit 3, as over coap.
+        let output = our_client(&[
+            &base,
+            "--pid",
+            "DEV",
+            "--type",
+            "3",
+            "--version",
+            "1.0.1",
+            "--psk-file",
+            &client_psk,
+            "--timeout-ms",
+            "300",
+        ]);
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{listen} up to date: {}",
+            text(&output)
+        );
+    }
+}
+
+#[test]
+fn our_client_gets_4_03_for_another_product_and_fails_clearly_with_a_wrong_key() {
+    let fx = Fixture::new("dtls-client-refused");
+    let other = fx.image("OTHER");
+    let server = fx.server("127.0.0.1:0");
+    let uri = format!("coaps://{}/updates/{}", server.addr, other.id);
+    let out = fx.out.path().join("other");
+    let out_text = out.to_string_lossy().into_owned();
+    let as_dev1 = our_client(&[
+        &uri,
+        "--psk-identity",
+        "dev1",
+        "--psk-key",
+        "dev1-secret-key",
+        "--timeout-ms",
+        "300",
+        "-o",
+        &out_text,
+    ]);
+    assert_eq!(as_dev1.status.code(), Some(1), "{}", text(&as_dev1));
+    assert!(
+        text(&as_dev1).contains("4.03 Forbidden"),
+        "{}",
+        text(&as_dev1)
+    );
+    assert!(!out.exists(), "dev1 got OTHER's image");
+    let as_ops = our_client(&[
+        &uri,
+        "--psk-identity",
+        "ops",
+        "--psk-key",
+        "ops-secret-key",
+        "--timeout-ms",
+        "300",
+        "-o",
+        &out_text,
+    ]);
+    assert_eq!(as_ops.status.code(), Some(0), "{}", text(&as_ops));
+    assert!(std::fs::read(&out).unwrap_or_default() == other.bytes);
+
+    // A wrong key: the handshake fails, the error says why it may have.
+    let wrong = our_client(&[
+        &uri,
+        "--psk-identity",
+        "ops",
+        "--psk-key",
+        "not-the-key",
+        "--timeout-ms",
+        "100",
+    ]);
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("no coaps session as 'ops'") && stderr.contains("a wrong key or identity"),
+        "{stderr}"
+    );
+    assert!(wrong.stdout.is_empty());
+}
+
+#[test]
+fn our_client_refuses_coaps_without_a_key_and_keys_without_coaps() {
+    let fx = Fixture::new("dtls-client-usage");
+    let open_psk = fx.keys.write("open-psk", b"dev1:dev1-secret-key\n");
+    std::fs::set_permissions(&open_psk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let open_psk = open_psk.to_string_lossy().into_owned();
+    for (args, expected) in [
+        (
+            &["coaps://127.0.0.1/x"][..],
+            "coaps:// needs a pre-shared key",
+        ),
+        (
+            &["coaps://127.0.0.1/x", "--psk-identity", "a"],
+            "--psk-identity needs --psk-key",
+        ),
+        (
+            &[
+                "coap://127.0.0.1/x",
+                "--psk-identity",
+                "a",
+                "--psk-key",
+                "k",
+            ],
+            "go with a coaps:// URI",
+        ),
+        (
+            &[
+                "coaps://127.0.0.1/x",
+                "--psk-identity",
+                "a",
+                "--psk-key",
+                "0x1",
+            ],
+            "the key is invalid",
+        ),
+        (
+            &["coaps://127.0.0.1/x", "--psk-file", &open_psk],
+            "is open to other users",
+        ),
+    ] {
+        let output = our_client(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
+        assert!(
+            text(&output).contains(expected),
+            "{args:?}: {}",
+            text(&output)
+        );
+    }
+}
+
+/// Moves `bytes` into `dir/name` in one rename, dated in the past so that
+/// the server takes it at its next rescan without waiting for it to settle.
+fn publish(dir: &Path, name: &str, bytes: &[u8]) {
+    let path = dir.join(name);
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, bytes).expect("write");
+    let old = std::time::SystemTime::now() - Duration::from_secs(10);
+    std::fs::File::options()
+        .write(true)
+        .open(&temp)
+        .and_then(|f| f.set_modified(old))
+        .expect("date");
+    std::fs::rename(&temp, &path).expect("rename");
+}
+
+#[test]
+fn our_client_observes_the_lookup_over_coaps_and_downloads_the_published_image() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let fx = Fixture::new("dtls-observe");
+    let psk = fx.psk();
+    let server = support::spawn_server(
+        fx.dir.path(),
+        "none",
+        &[
+            "--psk-file",
+            psk.to_str().expect("utf-8"),
+            "--dtls-listen",
+            "[::1]:0",
+            "--rescan",
+            "200",
+        ],
+    );
+    let out = fx.out.path().join("observed");
+    let mut client = Command::new(support::CLIENT_BIN)
+        .arg(format!("coaps://{}", server.addr))
+        .args([
+            "--pid",
+            "DEV",
+            "--type",
+            "3",
+            "--version",
+            "1.0.1",
+            "--observe",
+        ])
+        .args([
+            "--psk-identity",
+            "dev1",
+            "--psk-key",
+            "dev1-secret-key",
+            "-o",
+        ])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let stdout = client.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10));
+    assert_eq!(first.as_deref(), Ok("no update"), "{}", server.log());
+    // A newer DEV image: the notification travels in the session.
+    let new = support::image_bytes(7000, 9);
+    let name = "DEV_1_1_0_APP.fmu";
+    publish(fx.dir.path(), name, &new);
+    let id = support::image_id(name);
+    let second = rx.recv_timeout(Duration::from_secs(10));
+    assert_eq!(second, Ok(format!("update {id}")), "{}", server.log());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = client.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = client.kill();
+            panic!("the client still runs: {}", server.log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{}", server.log());
+    assert!(std::fs::read(&out).unwrap_or_default() == new);
+}
+
+#[test]
+fn handshake_retransmissions_leave_from_the_address_the_hello_was_sent_to() {
+    let fx = Fixture::new("dtls-reply-from");
+    // A wildcard socket: the kernel would pick 127.0.0.1 as the source of
+    // a datagram to 127.0.0.1 unless told otherwise.
+    let server = fx.server("0.0.0.0:0");
+    let to: SocketAddr = format!("127.0.0.2:{}", server.addr.port())
+        .parse()
+        .expect("addr");
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let random = [0x42; 32];
+    socket.send_to(&client_hello(&random), to).expect("send");
+    let mut buf = [0u8; 2048];
+    let (len, from) = socket.recv_from(&mut buf).expect("a HelloVerifyRequest");
+    assert_eq!(from, to);
+    assert_eq!(buf.get(13), Some(&3), "a HelloVerifyRequest");
+    let cookie_len = usize::from(buf[27]);
+    let cookie = buf.get(28..28 + cookie_len).expect("cookie").to_vec();
+    assert!(28 + cookie_len <= len);
+    socket
+        .send_to(&client_hello_with(&random, &cookie, 1), to)
+        .expect("send");
+    // The server's flight, answering the hello, then the same flight
+    // again on the server's timer, as the client never goes on: every
+    // datagram from the address asked.
+    let mut flights = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut first_seen: Option<Vec<u8>> = None;
+    while Instant::now() < deadline {
+        let Ok((len, from)) = socket.recv_from(&mut buf) else {
+            break;
+        };
+        assert_eq!(from, to, "a record left from another address");
+        let datagram = buf[..len].to_vec();
+        assert_eq!(datagram.first(), Some(&22), "a handshake record");
+        match &first_seen {
+            None => first_seen = Some(datagram),
+            // The ServerHello's datagram again: a retransmission.
+            Some(first) if first.get(13) == datagram.get(13) && datagram.get(13) == Some(&2) => {
+                flights += 1;
+                break;
+            }
+            Some(_) => {}
+        }
+    }
+    assert_eq!(flights, 1, "no retransmitted flight within 10 s");
 }

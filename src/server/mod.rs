@@ -126,6 +126,11 @@ struct Secure {
     front: crate::dtls::Front,
     /// Reread on SIGHUP.
     psk_file: Option<PathBuf>,
+    /// The address each session's cookie-bearing ClientHello was sent
+    /// to: every record of the session leaves from it, also those sent
+    /// on a timer (retransmitted flights, notifications, close_notify),
+    /// as a plain reply leaves from its request's destination.
+    local_dests: std::collections::HashMap<SocketAddr, LocalDest>,
 }
 
 impl Server {
@@ -176,6 +181,7 @@ impl Server {
             socket: index,
             front,
             psk_file,
+            local_dests: std::collections::HashMap::new(),
         });
         self.sockets
             .iter()
@@ -623,6 +629,12 @@ impl Server {
         };
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         let handled = secure.front.receive(from, now_ms, datagram);
+        if handled == crate::dtls::Handled::Started {
+            match dest {
+                Some(dest) => secure.local_dests.insert(from, dest),
+                None => secure.local_dests.remove(&from),
+            };
+        }
         match handled {
             crate::dtls::Handled::Connected => debug!(
                 "{} coaps session established for identity '{}'",
@@ -718,11 +730,22 @@ impl Server {
 }
 
 /// Sends the records the DTLS front has for its peers from the coaps
-/// socket (from `dest` when it is known: the address the peer wrote to).
+/// socket: from the address the session's handshake was sent to, else
+/// from `dest` (the address of the datagram just received: a
+/// HelloVerifyRequest's) when it is known.
 #[cfg(feature = "dtls")]
 fn flush(sockets: &[UdpSocket], secure: &mut Secure, dest: Option<LocalDest>, stats: &mut Stats) {
     for (to, record) in secure.front.take_outgoing() {
-        send(sockets, secure.socket, &record, to, dest, stats);
+        let from = secure.local_dests.get(&to).copied().or(dest);
+        send(sockets, secure.socket, &record, to, from, stats);
+    }
+    // Sessions ended (closed, failed, timed out, evicted): their entries
+    // go too. Checked by count, so that the usual flush costs nothing.
+    if secure.local_dests.len() > secure.front.session_count() {
+        let front = &secure.front;
+        secure
+            .local_dests
+            .retain(|peer, _| front.has_session(*peer));
     }
 }
 

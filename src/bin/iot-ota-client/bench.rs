@@ -295,7 +295,12 @@ fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
     };
     let server = Target::parse(server_text)
         .map_err(|e| e.to_string())
-        .and_then(|target| target.resolve().map_err(|e| e.to_string()))
+        .and_then(|target| match target.secure {
+            // One DTLS session per simulated device is not what the load
+            // generator measures.
+            true => Err("the load generator speaks plain coap only".to_owned()),
+            false => target.resolve().map_err(|e| e.to_string()),
+        })
         .map_err(|e| format!("cannot resolve SERVER '{server_text}': {e}"))?;
     let devices = number(m, "devices", 16usize, |n| (1..=MAX_SOCKETS).contains(n))?;
     let ports = match m.opt_str("ports") {

@@ -137,6 +137,9 @@ pub(crate) enum ClientError {
     RequestTooLarge,
     /// The body could not be written out.
     Output(io::Error),
+    /// No coaps session: the DTLS handshake failed, or the session ended.
+    #[cfg(feature = "dtls")]
+    Handshake(String),
 }
 
 impl fmt::Display for ClientError {
@@ -168,6 +171,8 @@ impl fmt::Display for ClientError {
             ClientError::Transfer(e) => e.fmt(f),
             ClientError::RequestTooLarge => f.write_str("the request does not fit a datagram"),
             ClientError::Output(e) => write!(f, "cannot write the body: {e}"),
+            #[cfg(feature = "dtls")]
+            ClientError::Handshake(why) => f.write_str(why),
         }
     }
 }
@@ -223,11 +228,67 @@ pub(crate) struct Transfer {
     pub(crate) content_format: Option<u16>,
 }
 
+/// How datagrams reach the server: the connected socket itself, or a
+/// DTLS session on it (coaps).
+#[derive(Debug)]
+enum Link {
+    Plain(UdpSocket),
+    #[cfg(feature = "dtls")]
+    Secure(Box<crate::secure::SecureLink>),
+}
+
+impl Link {
+    fn send(&mut self, datagram: &[u8]) -> Result<(), ClientError> {
+        match self {
+            Link::Plain(socket) => match socket.send(datagram) {
+                Ok(_) => Ok(()),
+                Err(e) if is_unreachable(&e) => Err(ClientError::Unreachable(e)),
+                Err(e) => Err(ClientError::Io(e)),
+            },
+            #[cfg(feature = "dtls")]
+            Link::Secure(link) => link.send(datagram),
+        }
+    }
+
+    /// One datagram into `buf` within `timeout`: its length, or `None`
+    /// after a timeout or an interruption.
+    fn recv_before(
+        &mut self,
+        timeout: Duration,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, ClientError> {
+        match self {
+            Link::Plain(socket) => {
+                socket
+                    .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+                    .map_err(ClientError::Io)?;
+                match socket.recv(buf) {
+                    Ok(len) => Ok(Some(len)),
+                    Err(e) if is_unreachable(&e) => Err(ClientError::Unreachable(e)),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(ClientError::Io(e)),
+                }
+            }
+            #[cfg(feature = "dtls")]
+            Link::Secure(link) => link.recv_before(timeout, buf),
+        }
+    }
+}
+
 /// One UDP socket connected to one server, with the per-server state of
 /// RFC 7252 (next Message ID) and RFC 9175 (the last Echo value).
 #[derive(Debug)]
 pub(crate) struct Client {
-    socket: UdpSocket,
+    link: Link,
     params: Retransmission,
     rng: XorShift,
     mids: MessageIds,
@@ -256,12 +317,38 @@ impl Client {
     pub(crate) fn with_rng(
         server: SocketAddr,
         params: Retransmission,
-        mut rng: XorShift,
+        rng: XorShift,
     ) -> io::Result<Client> {
         let socket = bind_ephemeral(server)?;
         socket.connect(server)?;
-        Ok(Client {
-            socket,
+        Ok(Client::with_link(Link::Plain(socket), params, rng))
+    }
+
+    /// As [`Client::connect`], then a DTLS handshake with `psk` (coaps):
+    /// every request and answer after it is a DTLS record.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] when no socket opens, and those of
+    /// [`crate::secure::SecureLink::handshake`].
+    #[cfg(feature = "dtls")]
+    pub(crate) fn connect_secure(
+        server: SocketAddr,
+        params: Retransmission,
+        psk: &iot_ota::dtls::ClientPsk,
+    ) -> Result<Client, ClientError> {
+        let socket = bind_ephemeral(server).map_err(ClientError::Io)?;
+        socket.connect(server).map_err(ClientError::Io)?;
+        let link = crate::secure::SecureLink::handshake(socket, psk, &params)?;
+        Ok(Client::with_link(
+            Link::Secure(Box::new(link)),
+            params,
+            XorShift::from_entropy(),
+        ))
+    }
+
+    fn with_link(link: Link, params: Retransmission, mut rng: XorShift) -> Client {
+        Client {
+            link,
             params,
             mids: MessageIds::starting_at_random(&mut rng),
             rng,
@@ -270,7 +357,7 @@ impl Client {
             stats: Stats::default(),
             tx: vec![0; TX_LEN],
             rx: vec![0; RX_LEN],
-        })
+        }
     }
 
     /// What the client did so far.
@@ -464,11 +551,7 @@ impl Client {
 
     fn send(&mut self, len: usize) -> Result<(), ClientError> {
         let datagram = self.tx.get(..len).ok_or(ClientError::RequestTooLarge)?;
-        match self.socket.send(datagram) {
-            Ok(_) => Ok(()),
-            Err(e) if is_unreachable(&e) => Err(ClientError::Unreachable(e)),
-            Err(e) => Err(ClientError::Io(e)),
-        }
+        self.link.send(datagram)
     }
 
     /// Receives until a datagram matches `mid`/`token` or `deadline`
@@ -516,34 +599,14 @@ impl Client {
     /// One datagram into `rx` within `timeout`: its length, or `None`
     /// after a timeout or an interruption.
     fn recv_before(&mut self, timeout: Duration) -> Result<Option<usize>, ClientError> {
-        self.socket
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .map_err(ClientError::Io)?;
-        match self.socket.recv(&mut self.rx) {
-            Ok(len) => Ok(Some(len)),
-            Err(e) if is_unreachable(&e) => Err(ClientError::Unreachable(e)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(ClientError::Io(e)),
-        }
+        self.link.recv_before(timeout, &mut self.rx)
     }
 
     fn acknowledge(&mut self, mid: u16) -> Result<(), ClientError> {
         let mut ack = [0u8; wire::HEADER_LEN];
         let len = wire::emit_empty(&mut ack, MessageType::Acknowledgement, mid)
             .map_err(|_| ClientError::RequestTooLarge)?;
-        self.socket
-            .send(ack.get(..len).unwrap_or(&[]))
-            .map(|_| ())
-            .map_err(ClientError::Io)
+        self.link.send(ack.get(..len).unwrap_or(&[]))
     }
 }
 
@@ -707,7 +770,7 @@ fn status(response: &Response) -> ClientError {
 }
 
 /// The errors an ICMP unreachable turns into on a connected UDP socket.
-fn is_unreachable(e: &io::Error) -> bool {
+pub(crate) fn is_unreachable(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionRefused

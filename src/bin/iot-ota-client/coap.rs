@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 /// The CoAP default port (RFC 7252 §6.1).
 pub(crate) const DEFAULT_PORT: u16 = 5683;
+/// The coaps default port (RFC 7252 §6.2).
+pub(crate) const DEFAULT_SECURE_PORT: u16 = 5684;
 /// Block size asked for unless told otherwise: the largest of RFC 7959.
 pub(crate) const DEFAULT_BLOCK_SIZE: usize = 1024;
 /// Wait after a 4.29 without Max-Age, in seconds.
@@ -46,8 +48,7 @@ const MAX_ETAG_LEN: usize = 8;
 /// Why a SERVER or PATH argument cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UriError {
-    /// A scheme other than `coap://` (`coaps` needs DTLS, which this tool
-    /// does not speak).
+    /// A scheme other than `coap://` and `coaps://`.
     Scheme,
     /// No host.
     EmptyHost,
@@ -77,7 +78,7 @@ pub(crate) enum UriError {
 impl fmt::Display for UriError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            UriError::Scheme => "only coap:// URIs are supported",
+            UriError::Scheme => "only coap:// and coaps:// URIs are supported",
             UriError::EmptyHost => "no host",
             UriError::Port => "port must be a number 1..65535",
             UriError::UserInfo => "CoAP URIs have no user@ part",
@@ -111,11 +112,14 @@ pub(crate) struct Target {
     pub(crate) port: u16,
     /// The URI's path and query, `None` when it had neither (or just `/`).
     pub(crate) resource: Option<Resource>,
+    /// A `coaps://` URI: CoAP over DTLS.
+    pub(crate) secure: bool,
 }
 
 impl Target {
     /// Parses `host:port`, `[v6]:port`, `host`, `[v6]` or
-    /// `coap://host[:port][/path][?query]`; the port defaults to 5683.
+    /// `coap://host[:port][/path][?query]`; the port defaults to 5683,
+    /// 5684 for `coaps://`.
     /// An IPv6 address may carry a zone: `[fe80::1%eth0]:5683`, and in a
     /// URI `coap://[fe80::1%25eth0]/` (RFC 6874), or leniently
     /// `coap://[fe80::1%eth0]/` as browsers and libcoap take it.
@@ -125,8 +129,9 @@ impl Target {
     pub(crate) fn parse(text: &str) -> Result<Target, UriError> {
         let scheme = split_scheme(text)?;
         let is_uri = scheme.is_some();
+        let secure = matches!(scheme, Some((true, _)));
         let (authority, rest) = match scheme {
-            Some(after) => {
+            Some((_, after)) => {
                 // A fragment is never sent (RFC 7252 §6.4 step 7).
                 let after = after.split('#').next().unwrap_or("");
                 let end = after.find(['/', '?']).unwrap_or(after.len());
@@ -138,7 +143,12 @@ impl Target {
         if authority.contains('@') {
             return Err(UriError::UserInfo);
         }
-        let (host, zone, port) = split_host_port(authority, is_uri)?;
+        let default_port = if secure {
+            DEFAULT_SECURE_PORT
+        } else {
+            DEFAULT_PORT
+        };
+        let (host, zone, port) = split_host_port(authority, is_uri, default_port)?;
         let resource = Resource::parse(rest)?;
         let resource = (!resource.is_root()).then_some(resource);
         Ok(Target {
@@ -146,6 +156,7 @@ impl Target {
             zone,
             port,
             resource,
+            secure,
         })
     }
 
@@ -162,14 +173,18 @@ impl Target {
     }
 }
 
-/// `Some(rest)` after `coap://` (any case), `None` without a scheme.
-fn split_scheme(text: &str) -> Result<Option<&str>, UriError> {
+/// `Some((secure, rest))` after `coap://` or `coaps://` (any case),
+/// `None` without a scheme.
+fn split_scheme(text: &str) -> Result<Option<(bool, &str)>, UriError> {
     let Some(colon) = text.find("://") else {
         return Ok(None);
     };
     let (scheme, rest) = text.split_at(colon);
+    let rest = rest.get(3..).unwrap_or("");
     if scheme.eq_ignore_ascii_case("coap") {
-        Ok(Some(rest.get(3..).unwrap_or("")))
+        Ok(Some((false, rest)))
+    } else if scheme.eq_ignore_ascii_case("coaps") {
+        Ok(Some((true, rest)))
     } else {
         Err(UriError::Scheme)
     }
@@ -177,7 +192,11 @@ fn split_scheme(text: &str) -> Result<Option<&str>, UriError> {
 
 /// `host[:port]` → (host, zone, port). `is_uri`: the authority of a
 /// `coap://` URI, where the zone is written `%25ZONE` (RFC 6874).
-fn split_host_port(authority: &str, is_uri: bool) -> Result<(&str, Option<String>, u16), UriError> {
+fn split_host_port(
+    authority: &str,
+    is_uri: bool,
+    default_port: u16,
+) -> Result<(&str, Option<String>, u16), UriError> {
     let (host, zone, port) = if let Some(bracketed) = authority.strip_prefix('[') {
         let (inside, after) = bracketed.split_once(']').ok_or(UriError::BadIpv6)?;
         let (host, zone) = match inside.split_once('%') {
@@ -215,7 +234,7 @@ fn split_host_port(authority: &str, is_uri: bool) -> Result<(&str, Option<String
     }
     let port = match port {
         // `coap://host:/` has an empty port: the default (RFC 3986 §3.2.3).
-        None | Some("") => DEFAULT_PORT,
+        None | Some("") => default_port,
         Some(text) => text
             .parse::<u16>()
             .ok()
@@ -1083,6 +1102,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn coaps_uris_are_secure_with_their_own_default_port() {
+        let t = target("coaps://[::1]/updates/x");
+        assert!(t.secure);
+        assert_eq!(t.port, DEFAULT_SECURE_PORT);
+        assert_eq!(t.resource.unwrap().to_string(), "/updates/x");
+        let t = target("CoAPs://h:7");
+        assert!(t.secure);
+        assert_eq!(t.port, 7);
+        assert!(!target("coap://h").secure);
+        assert!(!target("h:5684").secure);
+    }
+
+    #[test]
     fn root_path_or_none_means_no_resource() {
         for text in ["coap://h", "coap://h/", "coap://h:7/", "coap://h:/"] {
             assert_eq!(target(text).resource, None, "{text}");
@@ -1097,7 +1129,7 @@ pub(crate) mod tests {
     #[test]
     fn bad_server_arguments_say_why() {
         let cases = [
-            ("coaps://h", UriError::Scheme),
+            ("coapss://h", UriError::Scheme),
             ("http://h/", UriError::Scheme),
             ("", UriError::EmptyHost),
             (":5683", UriError::EmptyHost),

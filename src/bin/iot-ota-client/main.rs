@@ -12,6 +12,8 @@ mod baseline;
 mod bench;
 mod client;
 mod coap;
+#[cfg(feature = "dtls")]
+mod secure;
 
 use client::{BodyRequest, Client, ClientError, Transfer};
 use coap::{
@@ -62,6 +64,9 @@ struct Config {
     observe: bool,
     /// `--count N`: stop after N notifications.
     count: Option<u64>,
+    /// The identity and key of a `coaps://` server.
+    #[cfg(feature = "dtls")]
+    psk: Option<iot_ota::dtls::ClientPsk>,
 }
 
 fn options() -> Options {
@@ -134,6 +139,27 @@ fn options() -> Options {
         "with --observe: stop after N notifications (default: run until interrupted)",
         "N",
     );
+    #[cfg(feature = "dtls")]
+    {
+        o.optopt(
+            "",
+            "psk-identity",
+            "coaps: the identity of the pre-shared key (with --psk-key)",
+            "ID",
+        );
+        o.optopt(
+            "",
+            "psk-key",
+            "coaps: the pre-shared key, ASCII or 0x and hex digits (visible in ps: prefer --psk-file)",
+            "KEY",
+        );
+        o.optopt(
+            "",
+            "psk-file",
+            "coaps: read the identity and key from FILE, one identity:key line (not readable by other users)",
+            "FILE",
+        );
+    }
     o.optflag("h", "help", "print this help");
     o.optflag(
         "V",
@@ -150,11 +176,14 @@ fn usage_text(o: &Options) -> String {
          {PROGRAM} coap://HOST[:PORT]/PATH[?QUERY] [-o FILE] [-b BYTES]\n       \
          {PROGRAM} SERVER --pid PID --version M.m.b --observe [-o FILE] [--count N]\n       \
          {PROGRAM} coap://HOST[:PORT]/PATH --observe [-o FILE] [--count N]\n       \
+         {PROGRAM} coaps://HOST[:PORT]/PATH (--psk-identity ID --psk-key KEY | --psk-file FILE) ...\n       \
          {PROGRAM} bench ARGS... | baseline ARGS...   (load generator; see '{PROGRAM} bench --help')\n\n\
          A CoAP client for iot-ota-server: asks for a firmware update as a device does and downloads it\n\
          (Confirmable requests with RFC 7252 retransmission, Block2 per RFC 7959, Echo per RFC 9175, and\n\
          a wait of Max-Age seconds after 4.29 Too Many Requests), or GETs any resource.\n\n\
          SERVER is HOST:PORT, [IPv6]:PORT or coap://HOST[:PORT][/PATH][?QUERY]; the port defaults to 5683.\n\
+         coaps://HOST[:PORT][/PATH] is CoAP over DTLS 1.2 with a pre-shared key (port 5684; builds with\n\
+         the dtls feature), in every mode.\n\
          A link-local address needs its interface (zone), by name or index: [fe80::1%eth0]:5683, or\n\
          coap://[fe80::1%25eth0]/PATH in a URI (RFC 6874).\n\
          Device mode sends GET /updates with the device payload (PIDLEN|PID|TYPE|VERSION) and downloads\n\
@@ -352,6 +381,15 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
                 .ok_or_else(|| format!("invalid --count '{n}': use 1 or more"))?,
         ),
     };
+    #[cfg(feature = "dtls")]
+    let psk = parse_psk(&m, target.secure)?;
+    #[cfg(not(feature = "dtls"))]
+    if target.secure {
+        return Err(
+            "coaps:// needs DTLS, which this build lacks: build with --features dtls (make release-dtls)"
+                .to_owned(),
+        );
+    }
     Ok(Some(Config {
         target,
         mode,
@@ -360,7 +398,42 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         params,
         observe,
         count,
+        #[cfg(feature = "dtls")]
+        psk,
     }))
+}
+
+/// `--psk-identity` and `--psk-key`, or `--psk-file`: the key of a
+/// `coaps://` server (`secure`), and only of one.
+#[cfg(feature = "dtls")]
+fn parse_psk(m: &Matches, secure: bool) -> Result<Option<iot_ota::dtls::ClientPsk>, String> {
+    use iot_ota::dtls::ClientPsk;
+    let identity = m.opt_str("psk-identity");
+    let key = m.opt_str("psk-key");
+    let file = m.opt_str("psk-file");
+    if !secure {
+        return match [&identity, &key, &file].iter().any(|o| o.is_some()) {
+            true => {
+                Err("--psk-identity, --psk-key and --psk-file go with a coaps:// URI".to_owned())
+            }
+            false => Ok(None),
+        };
+    }
+    let psk = match (identity, key, file) {
+        (Some(identity), Some(key), None) => ClientPsk::new(&identity, &key)
+            .map_err(|e| format!("invalid --psk-identity/--psk-key: {e}"))?,
+        (None, None, Some(path)) => ClientPsk::read(std::path::Path::new(&path))?,
+        (None, None, None) => return Err(
+            "coaps:// needs a pre-shared key: --psk-identity ID --psk-key KEY, or --psk-file FILE"
+                .to_owned(),
+        ),
+        (_, _, Some(_)) => {
+            return Err("give --psk-file or --psk-identity with --psk-key, not both".to_owned())
+        }
+        (Some(_), None, None) => return Err("--psk-identity needs --psk-key".to_owned()),
+        (None, Some(_), None) => return Err("--psk-key needs --psk-identity".to_owned()),
+    };
+    Ok(Some(psk))
 }
 
 fn main() -> ExitCode {
@@ -385,6 +458,17 @@ fn run(config: &Config) -> ExitCode {
         Err(e) => return fail(&format!("cannot resolve {authority}: {e}")),
     };
     let shown = iot_ota::iface::display(server);
+    #[cfg(feature = "dtls")]
+    if let Some(psk) = &config.psk {
+        return match Client::connect_secure(server, config.params, psk) {
+            Ok(mut client) => run_with(&mut client, config, server),
+            Err(ClientError::Io(e)) => fail(&format!(
+                "cannot open a UDP socket to {shown}: {e}{}",
+                zone_hint(server)
+            )),
+            Err(e) => fail(&format!("{shown}: {e}{}", zone_hint(server))),
+        };
+    }
     let mut client = match Client::connect(server, config.params) {
         Ok(client) => client,
         Err(e) => {
@@ -394,8 +478,15 @@ fn run(config: &Config) -> ExitCode {
             ))
         }
     };
+    run_with(&mut client, config, server)
+}
+
+/// Runs the mode's requests on `client`, connected (and for coaps with
+/// its session); returns the exit code.
+fn run_with(client: &mut Client, config: &Config, server: std::net::SocketAddr) -> ExitCode {
+    let shown = iot_ota::iface::display(server);
     if config.observe {
-        return match observe(&mut client, config) {
+        return match observe(client, config) {
             Ok(code) => code,
             Err(e) => fail(&format!("{shown}: {e}{}", zone_hint(server))),
         };
@@ -403,7 +494,7 @@ fn run(config: &Config) -> ExitCode {
     let started = Instant::now();
     let mut body = Vec::new();
     let mut line = ProgressLine::new(std::io::stderr().is_terminal());
-    let result = fetch(&mut client, config, &mut body, &mut |p| line.show(p));
+    let result = fetch(client, config, &mut body, &mut |p| line.show(p));
     line.clear();
     let (what, transfer) = match result {
         Ok(done) => done,
@@ -434,7 +525,7 @@ fn run(config: &Config) -> ExitCode {
     }
     eprintln!(
         "{}",
-        summary(&what, &transfer, &client, config.szx, started.elapsed())
+        summary(&what, &transfer, client, config.szx, started.elapsed())
     );
     ExitCode::SUCCESS
 }
