@@ -275,6 +275,9 @@ impl InProcess {
 fn a_wrong_key_or_an_unknown_identity_fails_the_handshake_and_leaves_no_session() {
     let fx = Fixture::new("dtls-wrong");
     let dev = fx.image("DEV");
+    // The failed handshakes alone on one server: whatever the good
+    // sessions later do (their close_notify may still be queued when a
+    // loaded machine stops the loop), none of these may stay.
     let server = InProcess::start(&fx, 16);
     let uri = format!("coaps://{}/updates/{}", server.addr, dev.id);
     let mut ran = 0;
@@ -288,20 +291,27 @@ fn a_wrong_key_or_an_unknown_identity_fails_the_handshake_and_leaves_no_session(
             assert!(body.is_empty(), "{client} {identity}: {}", text(&output));
             ran += 1;
         }
-        // The right key still works afterwards: the failures were the keys'.
-        let out = fx.out.path().join("right");
-        let (body, output) = download(client, "dev1", "dev1-secret-key", 1024, &uri, &out);
-        assert!(body == dev.bytes, "{client}: {}", text(&output));
     }
-    let server = server.stop();
-    let front = server.dtls_front().expect("coaps served");
-    // Every client closed its good session with close_notify; the bad
-    // handshakes were removed when their Finished failed.
+    let stopped = server.stop();
+    let front = stopped.dtls_front().expect("coaps served");
     assert_eq!(
         front.session_count(),
         0,
         "{ran} failed handshakes left sessions"
     );
+    // The right key works on the same set of keys: the failures were the
+    // keys'.
+    let server = InProcess::start(&fx, 16);
+    let uri = format!("coaps://{}/updates/{}", server.addr, dev.id);
+    for client in CLIENTS {
+        if !support::require_program(client) {
+            continue;
+        }
+        let out = fx.out.path().join("right");
+        let (body, output) = download(client, "dev1", "dev1-secret-key", 1024, &uri, &out);
+        assert!(body == dev.bytes, "{client}: {}", text(&output));
+    }
+    drop(server.stop());
 }
 
 /// A DTLS 1.2 ClientHello as libcoap's clients send it first: no cookie,
