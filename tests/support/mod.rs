@@ -119,29 +119,49 @@ pub fn spawn_server(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
 /// empty: the server itself). The launcher must exec the server, so that
 /// dropping the [`TestServer`] stops it.
 pub fn spawn_server_via(launcher: &[&str], dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
-    spawn_with(launcher, "-d", dir, listen, extra)
+    spawn_with(launcher, Path::new(SERVER_BIN), "-d", dir, listen, extra)
+}
+
+/// As [`spawn_server_via`] with another build of the server, `program`
+/// (e.g. a cross-compiled one from `make dist`, run by qemu-user).
+pub fn spawn_program_via(
+    launcher: &[&str],
+    program: &Path,
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> TestServer {
+    spawn_with(launcher, program, "-d", dir, listen, extra)
 }
 
 /// As [`spawn_server`] with `--fileserver DIR` and no `-d`: an empty
 /// catalog and the file tree under `dir`.
 pub fn spawn_fileserver(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
-    spawn_with(&[], "--fileserver", dir, listen, extra)
+    spawn_with(
+        &[],
+        Path::new(SERVER_BIN),
+        "--fileserver",
+        dir,
+        listen,
+        extra,
+    )
 }
 
 fn spawn_with(
     launcher: &[&str],
+    program: &Path,
     dir_option: &str,
     dir: &Path,
     listen: &str,
     extra: &[&str],
 ) -> TestServer {
     let mut command = match launcher.split_first() {
-        Some((program, args)) => {
-            let mut command = Command::new(program);
-            command.args(args).arg(SERVER_BIN);
+        Some((launcher_program, launcher_args)) => {
+            let mut command = Command::new(launcher_program);
+            command.args(launcher_args).arg(program);
             command
         }
-        None => Command::new(SERVER_BIN),
+        None => Command::new(program),
     };
     let mut child = command
         .arg(dir_option)
