@@ -6,8 +6,9 @@
 #   x86_64-unknown-linux-musl, aarch64-unknown-linux-musl
 #       the stable toolchain's prebuilt std (`rustup target add`), linked
 #       with the rust-lld that rustup ships.
-#   armv7-unknown-linux-musleabihf, arm-unknown-linux-musleabihf,
-#   mipsel-unknown-linux-musl, mips-unknown-linux-musl
+#   armv7-unknown-linux-musleabihf, armv7-unknown-linux-musleabi,
+#   arm-unknown-linux-musleabihf, mipsel-unknown-linux-musl,
+#   mips-unknown-linux-musl
 #       std built from source (`-Z build-std`: nightly and its rust-src),
 #       because the MIPS targets are tier 3 and ship no prebuilt std, and
 #       the ARM ones then share the same recipe; linked by zig's clang and
@@ -39,8 +40,9 @@ for target in "$@"; do
     case $target in
         x86_64-unknown-linux-musl | aarch64-unknown-linux-musl)
             stable_targets="$stable_targets $target" ;;
-        armv7-unknown-linux-musleabihf | arm-unknown-linux-musleabihf \
-            | mipsel-unknown-linux-musl | mips-unknown-linux-musl)
+        armv7-unknown-linux-musleabihf | armv7-unknown-linux-musleabi \
+            | arm-unknown-linux-musleabihf | mipsel-unknown-linux-musl \
+            | mips-unknown-linux-musl)
             source_targets="$source_targets $target" ;;
         *) fail "unknown target $target (see README, \"Builds for routers\")" ;;
     esac
