@@ -34,8 +34,8 @@ const OLDER: &str = "1.0.1";
 const OLDER_CODE: u32 = (1 << 24) | 1;
 /// TYPE APP in the device payload.
 const TYPE_APP: u8 = 3;
-/// Past 65,535 bytes and 64 blocks of 1 KiB: Size2 takes three bytes and
-/// block numbers two, so a byte-order mistake on a big-endian CPU shows.
+/// Past 65,535 bytes and 16 blocks of 1 KiB: Size2 takes three bytes and
+/// Block2 two, so a byte-order mistake on a big-endian CPU shows.
 const BIG: (&str, usize) = ("BIGEND_1_0_0_APP.fmu", 70_001);
 /// Bound on one client run; emulation makes the server slower, not slow.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
