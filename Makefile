@@ -1,7 +1,7 @@
 # iot-ota-server: `make run` serves updates/, `make test` runs every test.
 CARGO ?= cargo
 
-.PHONY: build release release-dtls run test lint fmt clean bench bench-memory release-musl release-aarch64
+.PHONY: build release release-dtls run test lint fmt clean bench bench-memory release-musl release-aarch64 dist
 
 build:
 	$(CARGO) build
@@ -38,6 +38,7 @@ fmt:
 
 clean:
 	$(CARGO) clean
+	rm -rf dist
 
 # Static release binaries for routers, linked with the rust-lld that rustup
 # ships (no C cross toolchain needed):
@@ -48,6 +49,55 @@ release-musl:
 release-aarch64:
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld $(CARGO) build --release --target aarch64-unknown-linux-musl
 	if command -v qemu-aarch64 >/dev/null; then qemu-aarch64 $${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-musl/release/iot-ota-server --version; fi
+
+# Static, stripped server and client for every gateway CPU in dist/, named
+# by target (dist/iot-ota-server-mipsel-unknown-linux-musl), with
+# dist/SHA256SUMS for `cd dist && sha256sum -c SHA256SUMS`. The
+# toolchain (rustup targets, nightly and rust-src, zig, cargo-zigbuild) is
+# installed by packaging/toolchain.sh on the first run. DIST_TARGETS builds
+# a subset, e.g. `make dist DIST_TARGETS=mipsel-unknown-linux-musl`.
+#   x86_64, aarch64: stable, prebuilt std, rust-lld (as release-musl).
+#   armv7 (hard-float, and soft-float for ARMv7 routers without an FPU),
+#   armv6 (hard-float), mipsel and mips (24Kc, soft-float):
+#     nightly, std built from source with the release profile, linked by
+#     zig (cargo-zigbuild) against zig's musl. link-self-contained=no:
+#     zig brings musl's start files and libc, which rustup ships only with
+#     a prebuilt std; +crt-static: the MIPS targets link dynamically unless
+#     told; -A linker-messages: zig's linker warns that the prebuilt std's
+#     directory is missing, which is expected. No std features: without
+#     the default `backtrace` (symbolization, useless in a stripped binary;
+#     panic messages stay) a server is 170 to 300 KB smaller.
+DIST_TARGETS ?= x86_64-unknown-linux-musl aarch64-unknown-linux-musl \
+	armv7-unknown-linux-musleabihf armv7-unknown-linux-musleabi \
+	arm-unknown-linux-musleabihf mipsel-unknown-linux-musl mips-unknown-linux-musl
+NIGHTLY ?= nightly
+ZIGLANG_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/iot-ota-server/ziglang
+DIST_RUSTFLAGS = -C link-self-contained=no -A linker-messages
+DIST_FROM_SOURCE = $(CARGO) +$(NIGHTLY) zigbuild --locked --release \
+	-Z build-std=std,panic_abort -Z build-std-features=
+DIST_BINS = iot-ota-server iot-ota-client
+
+dist:
+	NIGHTLY=$(NIGHTLY) ZIGLANG_DIR=$(ZIGLANG_DIR) packaging/toolchain.sh $(DIST_TARGETS)
+	rm -rf dist && mkdir dist
+	set -e; for t in $(DIST_TARGETS); do \
+	  case $$t in \
+	    x86_64-*|aarch64-*) \
+	      env CARGO_TARGET_$$(echo $$t | tr a-z- A-Z_)_LINKER=rust-lld \
+	        $(CARGO) build --locked --release --target $$t ;; \
+	    mips*) \
+	      PYTHONPATH=$(ZIGLANG_DIR) RUSTFLAGS="$(DIST_RUSTFLAGS) -C target-feature=+crt-static" \
+	        $(DIST_FROM_SOURCE) --target $$t ;; \
+	    *) \
+	      PYTHONPATH=$(ZIGLANG_DIR) RUSTFLAGS="$(DIST_RUSTFLAGS)" \
+	        $(DIST_FROM_SOURCE) --target $$t ;; \
+	  esac; \
+	  for b in $(DIST_BINS); do \
+	    cp $${CARGO_TARGET_DIR:-target}/$$t/release/$$b dist/$$b-$$t; \
+	  done; \
+	done
+	cd dist && sha256sum iot-ota-* > SHA256SUMS
+	ls -l dist
 
 # Throughput against a raw UDP baseline, flat cost, RSS, start-up and
 # binary sizes (tests/bench/main.rs); builds the static binaries first so

@@ -133,13 +133,43 @@ pub fn spawn_server(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
 /// empty: the server itself). The launcher must exec the server, so that
 /// dropping the [`TestServer`] stops it.
 pub fn spawn_server_via(launcher: &[&str], dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
-    spawn_with(launcher, "-d", dir, listen, extra, &[], None)
+    spawn_with(
+        launcher,
+        Path::new(SERVER_BIN),
+        "-d",
+        dir,
+        listen,
+        extra,
+        &[],
+        None,
+    )
+}
+
+/// As [`spawn_server_via`] with another build of the server, `program`
+/// (e.g. a cross-compiled one from `make dist`, run by qemu-user).
+pub fn spawn_program_via(
+    launcher: &[&str],
+    program: &Path,
+    dir: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> TestServer {
+    spawn_with(launcher, program, "-d", dir, listen, extra, &[], None)
 }
 
 /// As [`spawn_server`] with `--fileserver DIR` and no `-d`: an empty
 /// catalog and the file tree under `dir`.
 pub fn spawn_fileserver(dir: &Path, listen: &str, extra: &[&str]) -> TestServer {
-    spawn_with(&[], "--fileserver", dir, listen, extra, &[], None)
+    spawn_with(
+        &[],
+        Path::new(SERVER_BIN),
+        "--fileserver",
+        dir,
+        listen,
+        extra,
+        &[],
+        None,
+    )
 }
 
 /// Where a server started by [`spawn_server_logging`] writes its log,
@@ -164,7 +194,16 @@ pub fn spawn_server_logging(
     env: &[(&str, &str)],
     sink: Option<LogSink<'_>>,
 ) -> TestServer {
-    spawn_with(&[], "-d", dir, listen, extra, env, sink)
+    spawn_with(
+        &[],
+        Path::new(SERVER_BIN),
+        "-d",
+        dir,
+        listen,
+        extra,
+        env,
+        sink,
+    )
 }
 
 /// How long a thread reading a stderr file or a syslog socket runs at
@@ -240,8 +279,11 @@ fn read_syslog(socket: UnixDatagram, mut sink: LineSink, stop: Arc<AtomicBool>) 
     }
 }
 
+// Every spawn_* helper above is this one with some arguments fixed.
+#[allow(clippy::too_many_arguments)]
 fn spawn_with(
     launcher: &[&str],
+    program: &Path,
     dir_option: &str,
     dir: &Path,
     listen: &str,
@@ -249,7 +291,7 @@ fn spawn_with(
     env: &[(&str, &str)],
     sink: Option<LogSink<'_>>,
 ) -> TestServer {
-    let mut command = launched(launcher, SERVER_BIN);
+    let mut command = launched(launcher, program);
     command
         .arg(dir_option)
         .arg(dir)
@@ -607,7 +649,7 @@ pub fn ip(args: &[&str]) {
 }
 
 /// `program`, or `launcher` (e.g. `ip netns exec NS`) running it.
-pub fn launched(launcher: &[&str], program: &str) -> Command {
+pub fn launched(launcher: &[&str], program: impl AsRef<std::ffi::OsStr>) -> Command {
     match launcher.split_first() {
         Some((first, rest)) => {
             let mut command = Command::new(first);
