@@ -1,7 +1,7 @@
 # iot-ota-server: `make run` serves updates/, `make test` runs every test.
 CARGO ?= cargo
 
-.PHONY: build release release-dtls run test lint fmt clean bench bench-memory release-musl release-aarch64 dist
+.PHONY: build release release-dtls run test lint fmt clean bench bench-memory bench-coaps bench-dtls-build release-musl release-aarch64 dist
 
 build:
 	$(CARGO) build
@@ -99,11 +99,23 @@ dist:
 	cd dist && sha256sum iot-ota-* > SHA256SUMS
 	ls -l dist
 
-# Throughput against a raw UDP baseline, flat cost, RSS, start-up and
-# binary sizes (tests/bench/main.rs); builds the static binaries first so
-# their sizes are reported.
-bench: release-musl release-aarch64
+# Throughput against a raw UDP baseline, flat cost, RSS, start-up,
+# binary sizes and coaps against coap (tests/bench/main.rs); builds the
+# static binaries first so their sizes are reported, and the dtls build
+# for the coaps row.
+bench: release-musl release-aarch64 bench-dtls-build
 	$(CARGO) test --release --test bench -- --bench
+
+# The coaps row alone: about a minute once built.
+bench-coaps: bench-dtls-build
+	$(CARGO) test --release --test bench -- --bench --only-coaps
+
+# The coaps row's server and client, built with --features dtls into a
+# target directory of their own (dtls/ under the usual one, where the bench
+# looks for them), so that they do not replace the default binaries the
+# other rows measure.
+bench-dtls-build:
+	$(CARGO) build --release --features dtls --target-dir $(or $(CARGO_TARGET_DIR),target)/dtls
 
 # The memory rows of the benchmark alone (1,000 images of 64 KiB, static
 # musl and host builds): about a minute once built.

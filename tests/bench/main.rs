@@ -19,6 +19,12 @@
 //!   repeated `GET /.well-known/core`.
 //! * Binary sizes, including the static musl builds when present
 //!   (`make release-musl`, `make release-aarch64`).
+//! * coaps against coap, a figure without a target: one server built with
+//!   `--features dtls` (by the Makefile, into `dtls/` under the target
+//!   directory, so that the default binaries stay as they are) serving
+//!   both, sequential downloads of a 1 MiB image over each, alternating:
+//!   blocks/s and the server's CPU time per block. `--bench --only-coaps`
+//!   runs this row alone (`make bench-coaps`).
 //!
 //! Benchmarks on a shared machine are noisy, so a missed target is printed
 //! as FAIL but does not fail the command; a mismatched block or a failed
@@ -92,6 +98,8 @@ fn main() -> ExitCode {
     }
     let result = if std::env::args().any(|a| a == "--only-memory") {
         bench_memory()
+    } else if std::env::args().any(|a| a == "--only-coaps") {
+        bench_coaps()
     } else {
         bench()
     };
@@ -974,6 +982,8 @@ fn bench() -> Result<bool, String> {
     let summary: HashMap<Case, Summary> = results.iter().map(|(c, r)| (*c, summarize(r))).collect();
     let peaks = responders.peaks();
     drop(responders);
+    let coaps = measure_coaps(root.path(), &pinning)?;
+    let coaps_ok = coaps.mismatches == 0 && coaps.failures == 0;
     let mut startup_ms = measure_startup(&catalogs.startup)?;
     // Sorts the runs too: the report lists them in order.
     let startup_median = median(&mut startup_ms);
@@ -992,11 +1002,12 @@ fn bench() -> Result<bool, String> {
         memory,
         memory_total: catalogs.memory_total,
         flat_total: catalogs.flat_total,
+        coaps,
         started,
     };
     let (out, mismatches) = report(&figures);
     print!("{out}");
-    Ok(ok && mismatches == 0)
+    Ok(ok && coaps_ok && mismatches == 0)
 }
 
 // ---------------------------------------------------------------- the report
@@ -1017,6 +1028,7 @@ struct Figures {
     /// Bytes of the images the memory rows serve.
     memory_total: u64,
     flat_total: u64,
+    coaps: CoapsRow,
     started: Instant,
 }
 
@@ -1029,6 +1041,7 @@ fn report(f: &Figures) -> (String, u64) {
     write_header(w, f);
     let ratios = write_throughput(w, &f.summary);
     let flat_ratios = write_flat_cost(w, &f.summary);
+    write_coaps(w, &f.coaps);
     let _ = writeln!(w);
     let _ = writeln!(
         w,
@@ -1538,4 +1551,375 @@ mod smoke {
         assert!(dynamic);
         assert!(elf_info(Path::new("Cargo.toml")).is_none());
     }
+}
+
+// ------------------------------------------------------------- the coaps row
+
+/// The coaps row's image: 1 MiB, 1024 blocks of 1 KiB, so that the one
+/// handshake of a download weighs little beside its blocks.
+const COAPS_IMAGE_LEN: usize = 1024 * 1024;
+const COAPS_IMAGE_NAME: &str = "COAPS-DEV_1_0_1_APP.fmu";
+/// Downloads of each kind, alternating; the figures are their medians.
+const COAPS_DOWNLOADS: usize = 11;
+/// Sessions measured alone (handshake, one small request, close).
+const COAPS_SESSIONS: usize = 11;
+const COAPS_IDENTITY: &str = "bench";
+const COAPS_KEY: &str = "bench-secret-key";
+/// Bound on one client run (a download takes well under a second).
+const COAPS_RUN_LIMIT: Duration = Duration::from_secs(60);
+/// Where the Makefile builds the server and the client with `--features
+/// dtls` (`--target-dir`, under the target directory of this build), so
+/// that they do not replace the default binaries the other rows measure.
+const DTLS_TARGET_SUBDIR: &str = "dtls";
+
+/// The server and client built with `--features dtls` for the coaps row,
+/// when built.
+fn dtls_binaries() -> Option<(PathBuf, PathBuf)> {
+    let target_dir = Path::new(SERVER).parent().and_then(Path::parent)?;
+    let release = target_dir.join(DTLS_TARGET_SUBDIR).join("release");
+    let server = release.join("iot-ota-server");
+    let client = release.join("iot-ota-client");
+    (server.exists() && client.exists()).then_some((server, client))
+}
+
+/// CPU time of a process in nanoseconds: /proc/PID/schedstat (exact),
+/// else utime + stime from /proc/PID/stat (in 10 ms ticks).
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let exact = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok());
+    exact.or_else(|| Some((cpu_ticks(pid)? as f64 * 1e9 / USER_HZ) as u64))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Transport {
+    Coap,
+    Coaps,
+}
+
+/// One client run against the dtls server.
+#[derive(Debug, Clone, Copy, Default)]
+struct ClientRun {
+    secs: f64,
+    server_cpu_ns: u64,
+    retransmissions: u64,
+}
+
+/// The coaps row's figures, or why there are none.
+#[derive(Debug, Default)]
+struct CoapsRow {
+    /// Why the row was not measured (the dtls build is missing).
+    missing: Option<String>,
+    /// Where the server and the client ran.
+    placement: String,
+    coap: Vec<ClientRun>,
+    coaps: Vec<ClientRun>,
+    /// Handshake, `GET /.well-known/core`, close: the cost of a session.
+    sessions: Vec<ClientRun>,
+    mismatches: u64,
+    failures: u64,
+}
+
+/// The dtls server with plain coap on one port and coaps on another, and
+/// the client and key that reach it.
+struct DtlsBench {
+    server: Proc,
+    coaps_addr: SocketAddr,
+    client: PathBuf,
+    image: Vec<u8>,
+    image_id: String,
+    out: PathBuf,
+}
+
+impl DtlsBench {
+    fn start(
+        root: &Path,
+        (server, client): (PathBuf, PathBuf),
+        cpu: Option<&str>,
+    ) -> Result<DtlsBench, String> {
+        let images = root.join("coaps");
+        let keys = root.join("coaps-keys");
+        for dir in [&images, &keys] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        }
+        let image = image_bytes(COAPS_IMAGE_LEN, 11);
+        std::fs::write(images.join(COAPS_IMAGE_NAME), &image).map_err(|e| e.to_string())?;
+        let psk = keys.join("psk");
+        std::fs::write(&psk, format!("{COAPS_IDENTITY}:{COAPS_KEY}\n"))
+            .map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        let program = server.to_str().ok_or("binary path is not UTF-8")?;
+        for _attempt in 0..3 {
+            let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let coaps_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let child = server_command_of(program, &images, addr, cpu)
+                .arg("--dtls-listen")
+                .arg(coaps_addr.to_string())
+                .arg("--psk-file")
+                .arg(&psk)
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| format!("cannot start {program}: {e}"))?;
+            let mut proc = Proc { child, addr };
+            if probe(addr, Instant::now() + Duration::from_secs(30)).is_some() {
+                return Ok(DtlsBench {
+                    server: proc,
+                    coaps_addr,
+                    client,
+                    image,
+                    image_id: format!("{:08x}", fnv1a32(COAPS_IMAGE_NAME.as_bytes())),
+                    out: root.join("coaps-download.bin"),
+                });
+            }
+            if matches!(proc.child.try_wait(), Ok(Some(_))) {
+                continue; // A port was taken in between: try others.
+            }
+            return Err(format!(
+                "the dtls server on {addr} did not answer within 30 s"
+            ));
+        }
+        Err("the dtls server could not bind free ports in 3 attempts".to_owned())
+    }
+
+    /// One run of the dtls client: the whole image by id over
+    /// `transport`, or with `session_only` a coaps session that fetches
+    /// `/.well-known/core`. Err when it failed; Ok(None) when the body
+    /// differs from the image.
+    fn run(
+        &self,
+        transport: Transport,
+        session_only: bool,
+        cpu: Option<&str>,
+    ) -> Result<Option<ClientRun>, String> {
+        let client = self.client.to_str().ok_or("binary path is not UTF-8")?;
+        let path = if session_only {
+            ".well-known/core".to_owned()
+        } else {
+            format!("updates/{}", self.image_id)
+        };
+        let uri = match transport {
+            Transport::Coap => format!("coap://{}/{path}", self.server.addr),
+            Transport::Coaps => format!("coaps://{}/{path}", self.coaps_addr),
+        };
+        let _ = std::fs::remove_file(&self.out);
+        let mut command = pinned(client, cpu);
+        command
+            .arg(&uri)
+            .args(["-b", "1024", "--timeout-ms", TIMEOUT_MS, "-o"])
+            .arg(&self.out)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if transport == Transport::Coaps {
+            command.args(["--psk-identity", COAPS_IDENTITY, "--psk-key", COAPS_KEY]);
+        }
+        let pid = self.server.child.id();
+        let before = cpu_ns(pid).ok_or("server CPU time unreadable")?;
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {client}: {e}"))?;
+        let mut stderr = child.stderr.take().ok_or("no stderr")?;
+        let reader = std::thread::spawn(move || {
+            let mut err = String::new();
+            let _ = stderr.read_to_string(&mut err);
+            err
+        });
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if started.elapsed() < COAPS_RUN_LIMIT => {
+                    std::thread::sleep(Duration::from_micros(200))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("{uri}: the client did not finish"));
+                }
+            }
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let after = cpu_ns(pid).ok_or("server CPU time unreadable")?;
+        let err = reader.join().map_err(|_| "reader thread panicked")?;
+        if !status.success() {
+            return Err(format!("{uri}: the client exited with {status}: {err}"));
+        }
+        // "..., N retransmissions, S s" on the summary line.
+        let retransmissions = err
+            .split(", ")
+            .find_map(|part| {
+                part.strip_suffix(" retransmissions")
+                    .or(part.strip_suffix(" retransmission"))
+            })
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        if !session_only {
+            let body = std::fs::read(&self.out).unwrap_or_default();
+            if body != self.image {
+                eprintln!("MISMATCH: {uri}: {} bytes, not the image", body.len());
+                return Ok(None);
+            }
+        }
+        Ok(Some(ClientRun {
+            secs,
+            server_cpu_ns: after.saturating_sub(before),
+            retransmissions,
+        }))
+    }
+}
+
+/// The coaps row: alternating downloads of the 1 MiB image over coap and
+/// coaps from the one dtls server, then coaps sessions alone.
+fn measure_coaps(root: &Path, pinning: &Pinning) -> Result<CoapsRow, String> {
+    let Some(binaries) = dtls_binaries() else {
+        return Ok(CoapsRow {
+            missing: Some(format!(
+                "not built: make bench and make bench-coaps build the server and client with --features dtls into {DTLS_TARGET_SUBDIR}/ under the target directory"
+            )),
+            ..CoapsRow::default()
+        });
+    };
+    eprintln!("bench: coaps row: {COAPS_DOWNLOADS} downloads of {COAPS_IMAGE_LEN} bytes over coap and over coaps, alternating, then {COAPS_SESSIONS} coaps sessions");
+    let bench = DtlsBench::start(root, binaries, pinning.responder.as_deref())?;
+    let cpu = pinning.generator.as_deref();
+    let mut row = CoapsRow {
+        placement: match (&pinning.responder, &pinning.generator) {
+            (Some(r), Some(g)) => format!(
+                "server pinned to CPU {r}, client to CPU {g} (waiting for each reply in the kernel, not polling)"
+            ),
+            _ => "not pinned (taskset or a second CPU missing)".to_owned(),
+        },
+        ..CoapsRow::default()
+    };
+    // Warm-up: page in both binaries and the image, and a first handshake.
+    for transport in [Transport::Coap, Transport::Coaps] {
+        bench.run(transport, false, cpu)?;
+    }
+    let mut record =
+        |runs: &mut Vec<ClientRun>, result: Result<Option<ClientRun>, String>| match result {
+            Ok(Some(run)) => runs.push(run),
+            Ok(None) => row.mismatches += 1,
+            Err(e) => {
+                eprintln!("bench: {e}");
+                row.failures += 1;
+            }
+        };
+    let (mut coap, mut coaps, mut sessions) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..COAPS_DOWNLOADS {
+        // Alternating which goes first, so that neither always follows
+        // the other.
+        let order = if round % 2 == 0 {
+            [Transport::Coap, Transport::Coaps]
+        } else {
+            [Transport::Coaps, Transport::Coap]
+        };
+        for transport in order {
+            let runs = match transport {
+                Transport::Coap => &mut coap,
+                Transport::Coaps => &mut coaps,
+            };
+            record(runs, bench.run(transport, false, cpu));
+        }
+    }
+    for _ in 0..COAPS_SESSIONS {
+        record(&mut sessions, bench.run(Transport::Coaps, true, cpu));
+    }
+    row.coap = coap;
+    row.coaps = coaps;
+    row.sessions = sessions;
+    Ok(row)
+}
+
+/// `--only-coaps`: the coaps row alone.
+fn bench_coaps() -> Result<bool, String> {
+    let root = TempDir::new("bench-coaps");
+    let pinning = Pinning::detect();
+    let row = measure_coaps(root.path(), &pinning)?;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "machine: {} CPUs, load average at the end {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    write_coaps(&mut out, &row);
+    print!("{out}");
+    Ok(row.missing.is_none() && row.mismatches == 0 && row.failures == 0)
+}
+
+/// Median blocks/s and median server CPU per block (µs) of `runs`.
+fn coaps_medians(runs: &[ClientRun], blocks: f64) -> (f64, f64) {
+    let mut rates: Vec<f64> = runs.iter().map(|r| blocks / r.secs).collect();
+    let mut cpu: Vec<f64> = runs
+        .iter()
+        .map(|r| r.server_cpu_ns as f64 / 1000.0 / blocks)
+        .collect();
+    (median(&mut rates), median(&mut cpu))
+}
+
+/// The coaps section of the report: a figure, not a target.
+fn write_coaps(w: &mut String, row: &CoapsRow) {
+    let blocks = COAPS_IMAGE_LEN.div_ceil(1024) as f64;
+    let _ = writeln!(w);
+    let _ = writeln!(
+        w,
+        "coaps (DTLS 1.2 PSK, AES-128-CCM-8) against coap: one server built with --features dtls serving both, \
+         {COAPS_DOWNLOADS} downloads each of a {COAPS_IMAGE_LEN}-byte image by id in 1 KiB blocks, one client at a time, \
+         alternating; medians. A figure, not a target."
+    );
+    if let Some(why) = &row.missing {
+        let _ = writeln!(w, "  coaps row {why}");
+        return;
+    }
+    let _ = writeln!(w, "{}", row.placement);
+    let _ = writeln!(
+        w,
+        "{:<9} {:>9} {:>10} {:>22} {:>5}",
+        "transport", "downloads", "blocks/s", "server CPU us/block", "retx"
+    );
+    let mut medians = Vec::new();
+    for (name, runs) in [("coap", &row.coap), ("coaps", &row.coaps)] {
+        let (rate, cpu) = coaps_medians(runs, blocks);
+        let retx: u64 = runs.iter().map(|r| r.retransmissions).sum();
+        let _ = writeln!(
+            w,
+            "{name:<9} {:>9} {rate:>10.0} {cpu:>22.2} {retx:>5}",
+            runs.len()
+        );
+        medians.push((rate, cpu));
+    }
+    let mut session_us: Vec<f64> = row
+        .sessions
+        .iter()
+        .map(|r| r.server_cpu_ns as f64 / 1000.0)
+        .collect();
+    let session_us = median(&mut session_us);
+    if let [(coap_rate, coap_cpu), (coaps_rate, coaps_cpu)] = medians[..] {
+        let _ = writeln!(
+            w,
+            "coaps / coap blocks/s: {:.3}; server CPU per block: coaps {coaps_cpu:.2} us, coap {coap_cpu:.2} us, \
+             DTLS {:.2} us a block (including the download's one handshake, {:.2} us a block)",
+            coaps_rate / coap_rate,
+            coaps_cpu - coap_cpu,
+            session_us / blocks
+        );
+    }
+    let _ = writeln!(
+        w,
+        "server CPU of a whole coaps session (handshake, GET /.well-known/core, close; median of {}): {session_us:.0} us",
+        row.sessions.len()
+    );
+    let _ = writeln!(
+        w,
+        "mismatched downloads: {}; failed runs: {}",
+        row.mismatches, row.failures
+    );
 }
