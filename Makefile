@@ -55,7 +55,9 @@ release-aarch64:
 # dist/SHA256SUMS for `cd dist && sha256sum -c SHA256SUMS`. The
 # toolchain (rustup targets, nightly and rust-src, zig, cargo-zigbuild) is
 # installed by packaging/toolchain.sh on the first run. DIST_TARGETS builds
-# a subset, e.g. `make dist DIST_TARGETS=mipsel-unknown-linux-musl`.
+# a subset, e.g. `make dist DIST_TARGETS=mipsel-unknown-linux-musl`. Each
+# target also gets the coaps build (--features dtls, pure Rust: no C
+# toolchain either), named iot-ota-server-dtls-TARGET; DIST_DTLS=0 skips it.
 #   x86_64, aarch64: stable, prebuilt std, rust-lld (as release-musl).
 #   armv7 (hard-float, and soft-float for ARMv7 routers without an FPU),
 #   armv6 (hard-float), mipsel and mips (24Kc, soft-float):
@@ -80,20 +82,26 @@ DIST_BINS = iot-ota-server iot-ota-client
 dist:
 	NIGHTLY=$(NIGHTLY) ZIGLANG_DIR=$(ZIGLANG_DIR) packaging/toolchain.sh $(DIST_TARGETS)
 	rm -rf dist && mkdir dist
-	set -e; for t in $(DIST_TARGETS); do \
-	  case $$t in \
-	    x86_64-*|aarch64-*) \
-	      env CARGO_TARGET_$$(echo $$t | tr a-z- A-Z_)_LINKER=rust-lld \
-	        $(CARGO) build --locked --release --target $$t ;; \
-	    mips*) \
-	      PYTHONPATH=$(ZIGLANG_DIR) RUSTFLAGS="$(DIST_RUSTFLAGS) -C target-feature=+crt-static" \
-	        $(DIST_FROM_SOURCE) --target $$t ;; \
-	    *) \
-	      PYTHONPATH=$(ZIGLANG_DIR) RUSTFLAGS="$(DIST_RUSTFLAGS)" \
-	        $(DIST_FROM_SOURCE) --target $$t ;; \
-	  esac; \
-	  for b in $(DIST_BINS); do \
-	    cp $${CARGO_TARGET_DIR:-target}/$$t/release/$$b dist/$$b-$$t; \
+	set -e; td=$${CARGO_TARGET_DIR:-target}; \
+	for t in $(DIST_TARGETS); do \
+	  for variant in plain $(if $(filter 0,$(DIST_DTLS)),,dtls); do \
+	    if [ $$variant = dtls ]; then \
+	      extra="--features dtls --target-dir $$td/dtls"; out=$$td/dtls; suffix=-dtls; \
+	    else extra=""; out=$$td; suffix=""; fi; \
+	    case $$t in \
+	      x86_64-*|aarch64-*) \
+	        env CARGO_TARGET_$$(echo $$t | tr a-z- A-Z_)_LINKER=rust-lld \
+	          $(CARGO) build --locked --release --target $$t $$extra ;; \
+	      mips*) \
+	        PYTHONPATH=$(ZIGLANG_DIR) RUSTFLAGS="$(DIST_RUSTFLAGS) -C target-feature=+crt-static" \
+	          $(DIST_FROM_SOURCE) --target $$t $$extra ;; \
+	      *) \
+	        PYTHONPATH=$(ZIGLANG_DIR) RUSTFLAGS="$(DIST_RUSTFLAGS)" \
+	          $(DIST_FROM_SOURCE) --target $$t $$extra ;; \
+	    esac; \
+	    for b in $(DIST_BINS); do \
+	      cp $$out/$$t/release/$$b dist/$$b$$suffix-$$t; \
+	    done; \
 	  done; \
 	done
 	cd dist && sha256sum iot-ota-* > SHA256SUMS
