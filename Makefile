@@ -131,15 +131,17 @@ bench-memory: release-musl
 	$(CARGO) test --release --test bench -- --bench --only-memory
 
 # Coverage-guided fuzzing (needs a nightly toolchain and `cargo install cargo-fuzz`).
-# The fuzz crate lives in tests/fuzz, outside the product's dependency tree.
+# The fuzz crate lives in tests/fuzz, outside the product's dependency tree;
+# dtls_front (the coaps front) is built with the dtls feature, the others without.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= wire_parse handler
+FUZZ_TARGETS ?= wire_parse handler dtls_front
 
 .PHONY: fuzz
 fuzz:
 	@command -v cargo-fuzz >/dev/null || { echo "make fuzz needs: cargo install cargo-fuzz (and a nightly toolchain)"; exit 1; }
 	@for t in $(FUZZ_TARGETS); do \
+	  features=; [ $$t = dtls_front ] && features="--features dtls"; \
 	  mkdir -p tests/fuzz/corpus/$$t && \
-	  $(CARGO) +nightly fuzz run -s none -a --fuzz-dir tests/fuzz $$t tests/fuzz/corpus/$$t tests/fuzz/seeds/$$t -- \
+	  $(CARGO) +nightly fuzz run -s none -a --fuzz-dir tests/fuzz $$features $$t tests/fuzz/corpus/$$t tests/fuzz/seeds/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 || exit 1; \
 	done

@@ -7,20 +7,30 @@
 //! * a real handshake by the client's engine, then its records (the
 //!   handshake's flights and encrypted requests) mutated and fed in from
 //!   the same peer: no panic, nothing decrypted from a mutated record,
-//!   and no request taken from a peer that never authenticated.
+//!   and no request taken from a peer that never authenticated;
+//! * the checks of the cargo-fuzz target `dtls_front`
+//!   (tests/fuzz/checks/dtls_front.rs) on its committed seeds, and on each
+//!   input that ever crashed it, kept here with what it found.
 #![cfg(feature = "dtls")]
 
-mod support;
+// The check of the fuzz target `dtls_front` brings the shared kit's
+// generator (tests/support/images.rs) and DTLS helpers
+// (tests/support/dtls_session.rs): a second `mod` of either file would
+// compile it twice.
+#[path = "fuzz/checks/dtls_front.rs"]
+mod dtls_front_check;
 
-use iot_ota::dtls::{ClientPsk, Front, Handled, PskTable};
+use dtls_front_check::dtls_session::{self, client_hello};
+use dtls_front_check::images::XorShift;
+use iot_ota::dtls::{Front, Handled, PskTable};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const HELLO_INPUTS: usize = 20_000;
 const RECORD_INPUTS: usize = 5_000;
 
 /// The kit's xorshift32, as tests/fuzz_no_panic.rs uses it.
-struct Rng(support::XorShift);
+struct Rng(XorShift);
 
 impl Rng {
     fn below(&mut self, n: usize) -> usize {
@@ -29,25 +39,6 @@ impl Rng {
     fn byte(&mut self) -> u8 {
         self.0.next() as u8
     }
-}
-
-/// A DTLS 1.2 ClientHello with `cookie`: PSK_AES128_CCM_8, null
-/// compression, extended master secret.
-fn client_hello(random: &[u8; 32], cookie: &[u8], seq: u8) -> Vec<u8> {
-    let mut body = vec![0xfe, 0xfd];
-    body.extend_from_slice(random);
-    body.push(0);
-    body.push(cookie.len() as u8);
-    body.extend_from_slice(cookie);
-    body.extend_from_slice(&[0, 2, 0xc0, 0xa8, 1, 0, 0, 4, 0, 0x17, 0, 0]);
-    let len = (body.len() as u32).to_be_bytes();
-    let mut record = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, seq];
-    let hs_len = (body.len() + 12) as u16;
-    record.extend_from_slice(&hs_len.to_be_bytes());
-    record.extend_from_slice(&[1, len[1], len[2], len[3], 0, seq, 0, 0, 0]);
-    record.extend_from_slice(&[len[1], len[2], len[3]]);
-    record.extend_from_slice(&body);
-    record
 }
 
 /// One mutation of `input`: bit flips, byte changes, insertions,
@@ -81,12 +72,12 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 
 fn front() -> Front {
     let keys = PskTable::parse("dev1:dev1-secret-key:DEV\n").expect("keys");
-    Front::new(keys, 8, support::TEST_KEYS.echo, Instant::now())
+    Front::new(keys, 8, dtls_front_check::COOKIE_KEY, Instant::now())
 }
 
 #[test]
 fn mutated_client_hellos_and_garbage_make_no_session_and_no_larger_answer() {
-    let mut rng = Rng(support::XorShift::seeded(0xD715_0001));
+    let mut rng = Rng(XorShift::seeded(0xD715_0001));
     let mut front = front();
     let mut verify_requests = 0;
     for i in 0..HELLO_INPUTS {
@@ -135,64 +126,25 @@ fn mutated_client_hellos_and_garbage_make_no_session_and_no_larger_answer() {
     assert!(verify_requests > HELLO_INPUTS / 20, "{verify_requests}");
 }
 
-/// Runs a real handshake between the client engine and `front` as
-/// `peer`, recording every datagram the client sent; the front holds an
-/// established session afterwards.
+/// A real handshake with `front` as `peer`, `dev1`'s key.
 fn handshake(front: &mut Front, peer: SocketAddr, epoch: Instant) -> (dimpl::Dtls, Vec<Vec<u8>>) {
-    let psk = ClientPsk::new("dev1", "dev1-secret-key").expect("psk");
-    let mut client = psk
-        .engine(Duration::from_secs(1), Duration::from_secs(30), epoch)
-        .expect("engine");
-    let mut sent = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    let mut connected = false;
-    for step in 0..20u64 {
-        let now = epoch + Duration::from_millis(step);
-        client.handle_timeout(now).expect("client timer");
-        let mut out = Vec::new();
-        for _ in 0..64 {
-            match client.poll_output(&mut buf) {
-                dimpl::Output::Packet(p) => out.push(p.to_vec()),
-                dimpl::Output::Connected => connected = true,
-                dimpl::Output::Timeout(_) => break,
-                _ => {}
-            }
-        }
-        for datagram in out {
-            front.receive(peer, step, &datagram);
-            sent.push(datagram);
-        }
-        for (_, record) in front.take_outgoing() {
-            let _ = client.handle_packet(&record);
-        }
-        if connected && front.authorization(peer).is_some() {
-            return (client, sent);
-        }
-    }
-    panic!("no handshake between the client engine and the front");
+    dtls_session::handshake(front, peer, epoch, 0, "dev1", "dev1-secret-key")
+        .expect("a handshake between the client engine and the front")
 }
 
 #[test]
 fn mutated_records_of_a_real_session_never_panic_or_decrypt() {
-    let mut rng = Rng(support::XorShift::seeded(0xD715_0002));
+    let mut rng = Rng(XorShift::seeded(0xD715_0002));
     let epoch = Instant::now();
     let mut front = front();
     let peer: SocketAddr = "192.0.2.77:5000".parse().expect("addr");
     let (mut client, mut corpus) = handshake(&mut front, peer, epoch);
     // Encrypted requests of the session join the corpus.
-    let mut buf = vec![0u8; 4096];
     for n in 0..8u8 {
         let request = [
             0x40, 0x01, 0x00, n, 0xb7, b'u', b'p', b'd', b'a', b't', b'e', b's',
         ];
-        client.send_application_data(&request).expect("encrypt");
-        for _ in 0..8 {
-            match client.poll_output(&mut buf) {
-                dimpl::Output::Packet(p) => corpus.push(p.to_vec()),
-                dimpl::Output::Timeout(_) => break,
-                _ => {}
-            }
-        }
+        corpus.extend(dtls_session::encrypt(&mut client, &request).expect("encrypt"));
     }
     let stranger: SocketAddr = "192.0.2.78:5000".parse().expect("addr");
     for i in 0..RECORD_INPUTS {
@@ -222,5 +174,141 @@ fn mutated_records_of_a_real_session_never_panic_or_decrypt() {
             "input {i}: sessions from garbage"
         );
         assert!(front.authorization(stranger).is_none());
+    }
+}
+
+/// Every file of `tests/fuzz/seeds/dtls_front/`, sorted by name.
+fn dtls_front_seeds() -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir = seeds_dir("dtls_front");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).expect("read seed");
+            (path, bytes)
+        })
+        .collect()
+}
+
+fn seeds_dir(target: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz/seeds")
+        .join(target)
+}
+
+#[test]
+fn dtls_front_seeds_pass_the_fuzz_checks() {
+    let seeds = dtls_front_seeds();
+    assert!(seeds.len() >= 5, "seed corpus missing");
+    let mut total = dtls_front_check::Reached::default();
+    for (path, bytes) in seeds {
+        let reached = dtls_front_check::run(&bytes);
+        eprintln!("{}: {reached:?}", path.display());
+        total.hello_verify += reached.hello_verify;
+        total.started += reached.started;
+        total.requests += reached.requests;
+        total.codes.extend(reached.codes);
+    }
+    // The seeds lead the fuzzer past the cookie exchange and into the
+    // service: images (2.05) and the other product's refused (4.03).
+    assert!(total.hello_verify > 0 && total.started > 0, "{total:?}");
+    assert!(total.requests > 10, "{total:?}");
+    assert!(total.codes.contains(&0x45), "no 2.05: {total:?}");
+    assert!(total.codes.contains(&0x83), "no 4.03: {total:?}");
+}
+
+/// One frame of a `dtls_front` input: `peer` (bit 7: through the live
+/// session), a clock step of `dt` and `data`.
+fn frame(input: &mut Vec<u8>, peer: u8, dt: u8, data: &[u8]) {
+    input.push(peer);
+    input.push(dt);
+    input.extend_from_slice(&(data.len() as u16).to_le_bytes());
+    input.extend_from_slice(data);
+}
+
+/// The datagrams of a `handler` seed (two bytes of settings, then
+/// PEER DT LEN DATA frames).
+fn handler_seed_datagrams(name: &str) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(seeds_dir("handler").join(name)).expect("handler seed");
+    let mut rest = bytes.get(2..).unwrap_or_default();
+    let mut datagrams = Vec::new();
+    while let Some((&[_, _, lo, hi], tail)) = rest.split_first_chunk::<4>() {
+        let len = usize::from(u16::from_le_bytes([lo, hi])).min(tail.len());
+        let (datagram, tail) = tail.split_at(len);
+        datagrams.push(datagram.to_vec());
+        rest = tail;
+    }
+    datagrams
+}
+
+/// Writes the seed corpus of the fuzz target `dtls_front`
+/// (`cargo test --features dtls --test fuzz_dtls -- --ignored`): a real
+/// ClientHello of the client engine, the cookie-bearing hello after it,
+/// every record of a real session (handshake and encrypted requests) as
+/// peer 0 sends them, the requests of the `handler` seeds through a live
+/// session of either identity, and garbage. The records differ from run
+/// to run (the engines' randoms).
+#[test]
+#[ignore = "writes tests/fuzz/seeds/dtls_front"]
+fn write_dtls_front_seeds() {
+    let peer = dtls_front_check::address(0);
+    let start_ms = dtls_front_check::FRAMES_START_MS;
+    let mut front = dtls_front_check::front(8);
+    let epoch = dtls_front_check::epoch();
+    let (mut client, records) =
+        dtls_session::handshake(&mut front, peer, epoch, start_ms, "dev1", "dev1-secret-key")
+            .expect("handshake");
+    let mut session = records.clone();
+    for datagrams in handler_seed_datagrams("image_each") {
+        session.extend(dtls_session::encrypt(&mut client, &datagrams).expect("encrypt"));
+    }
+    let raw = |datagrams: &[Vec<u8>]| {
+        let mut input = vec![0];
+        for datagram in datagrams {
+            frame(&mut input, 0, 0, datagram);
+        }
+        input
+    };
+    let through_session = |flags: u8, handler_seed: &str| {
+        let mut input = vec![flags];
+        for datagram in handler_seed_datagrams(handler_seed) {
+            frame(&mut input, 0x80, 1, &datagram);
+        }
+        input
+    };
+    let mut garbage = vec![0x1c];
+    frame(&mut garbage, 1, 0, &records[0][..records[0].len() / 2]);
+    frame(
+        &mut garbage,
+        2,
+        3,
+        &[22, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0],
+    );
+    frame(&mut garbage, 3, 200, b"not a DTLS record at all");
+    let seeds = [
+        ("client_hello", raw(&records[..1])),
+        ("cookie_hello", raw(&records[..2])),
+        ("session_records", raw(&session)),
+        ("live_dev1_image_each", through_session(1, "image_each")),
+        (
+            "live_dev1_lookup_discovery",
+            through_session(1, "lookup_query_discovery"),
+        ),
+        (
+            "live_dev2_big_blocks",
+            through_session(3, "image_big_blocks"),
+        ),
+        ("live_dev2_echo_flow", through_session(3, "echo_flow")),
+        ("garbage", garbage),
+    ];
+    let dir = seeds_dir("dtls_front");
+    std::fs::create_dir_all(&dir).expect("seed directory");
+    for (name, input) in seeds {
+        dtls_front_check::check(&input);
+        std::fs::write(dir.join(name), input).expect("write seed");
     }
 }
