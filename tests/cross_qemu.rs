@@ -407,7 +407,11 @@ fn dist_holds_known_binaries_with_checksums() {
             TARGETS.iter().any(|cross| cross.target == target),
             "{name}: {target} has no qemu test here"
         );
-        let variant = if program.contains("-dtls-") { "-dtls" } else { "" };
+        let variant = if program.contains("-dtls-") {
+            "-dtls"
+        } else {
+            ""
+        };
         for program in ["iot-ota-server", "iot-ota-client"] {
             let twin = format!("{program}{variant}-{target}");
             assert!(present.contains(&twin), "{name} without {twin}");
