@@ -152,6 +152,18 @@ fn notification(
     }
 }
 
+/// The client's exit status, within 20 s.
+fn wait_client(client: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = client.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the client still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The counters line the server prints when it stops on SIGTERM.
 fn final_stats(mut server: TestServer) -> String {
     server.stop_by_signal(libc::SIGTERM)
@@ -197,15 +209,7 @@ fn an_observer_of_the_lookup_hears_of_a_published_image_and_downloads_it() {
     let id = support::image_id("OBS_1_1_0_APP.fmu");
     let second = rx.recv_timeout(NOTIFY_WITHIN);
     assert_eq!(second, Ok(format!("update {id}")), "{}", server.log());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = client.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "client still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success());
+    assert!(wait_client(&mut client).success());
     assert_eq!(std::fs::read(&out).unwrap(), new);
     // It deregistered before exiting.
     let stats = final_stats(server);
@@ -285,15 +289,7 @@ fn our_client_follows_a_file_on_sighup_and_stops_after_count() {
     let v2 = image_bytes(1000, 6);
     publish(dir.path(), FILE, &v2);
     server.signal(libc::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = client.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "client still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success());
+    assert!(wait_client(&mut client).success());
     assert_eq!(std::fs::read(&out).unwrap(), v2);
     // Deregistered: a further change notifies nobody.
     publish(dir.path(), FILE, b"v3");
