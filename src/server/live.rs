@@ -127,7 +127,19 @@ impl Live {
     /// after the first never look at the disk. Rate-limited like misses,
     /// and one file asked for again and again is looked at only every
     /// [`STALE_CHECK_INTERVAL_MS`].
+    #[inline]
     pub(super) fn may_rescan_on_stale(&mut self, outcome: &Outcome<'_>, now_ms: u64) -> bool {
+        let first_block = match outcome {
+            Outcome::Block(t) => t.is_first(),
+            Outcome::File { block, .. } => block.num == 0,
+            _ => false,
+        };
+        first_block && self.first_block_replaced(outcome, now_ms)
+    }
+
+    /// The rest of [`Live::may_rescan_on_stale`], for first blocks only.
+    #[inline(never)]
+    fn first_block_replaced(&mut self, outcome: &Outcome<'_>, now_ms: u64) -> bool {
         let (path, stamp) = match outcome {
             Outcome::Block(t) if t.is_first() => match (&self.dir, t.image.stamp) {
                 (Some(dir), Some(stamp)) => (dir.join(&t.image.file_name), stamp),

@@ -491,14 +491,21 @@ impl Server {
     /// Sends the Observe notifications owed at `now_ms`, at most
     /// [`NOTIFICATIONS_PER_TURN`]; the rest stay queued for the next turn,
     /// which the wait's timeout then makes immediate.
+    #[inline]
     fn send_notifications(&mut self, now_ms: u64) {
-        if !self
+        if self
             .service
             .next_notification_ms()
             .is_some_and(|due| due <= now_ms)
         {
-            return;
+            self.send_due_notifications(now_ms);
         }
+    }
+
+    /// The part of [`Server::send_notifications`] that runs when some are
+    /// due: kept out of line, so that the check stays cheap.
+    #[inline(never)]
+    fn send_due_notifications(&mut self, now_ms: u64) {
         for _ in 0..NOTIFICATIONS_PER_TURN {
             let Some(n) = self.service.poll_notification(now_ms, &mut self.tx) else {
                 break;

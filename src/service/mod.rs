@@ -68,6 +68,8 @@ pub const EXCHANGE_LIFETIME_MS: u64 = 247_000;
 pub const MAX_REQUEST_LEN: usize = 1152;
 /// Room a reply needs: header, token, options, a 1024-byte block.
 pub const MAX_REPLY_LEN: usize = 1152;
+/// The code byte of a GET request (0.01).
+const GET_CODE: u8 = 0x01;
 /// Longest diagnostic payload of an error reply (RFC 7252 §5.5.2).
 const DIAGNOSTIC_MAX: usize = 120;
 
@@ -480,6 +482,7 @@ impl Service {
     /// (0) after a catalog or tree change or with notifications queued,
     /// else at the next retransmission or 24-hour refresh; `None` without
     /// observers.
+    #[inline]
     pub fn next_notification_ms(&self) -> Option<u64> {
         self.observers.next_due_ms()
     }
@@ -617,8 +620,14 @@ impl Service {
     /// GET for a first block can register or end an observation by a
     /// plain request (the later blocks of an observed body are plain GETs
     /// with the same token); requests to a multicast group never register.
+    #[inline]
     fn observe_intent(&self, peer: Peer, msg: &Message<'_>, arrival: Arrival) -> Intent {
-        if msg.class() != MessageClass::Request(coap_lite::RequestType::Get) {
+        // The common case first, in two loads: no Observe option and
+        // nobody observing (no decoding of the code, no key built).
+        if msg.observe.is_none() && self.observers.is_empty() {
+            return Intent::None;
+        }
+        if msg.code != GET_CODE {
             return Intent::None;
         }
         let first_block = !matches!(msg.block2, Some(Ok(block)) if block.num > 0);

@@ -184,6 +184,7 @@ impl Observers {
     }
 
     /// No observer is registered.
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -335,6 +336,7 @@ impl Observers {
 
     /// When a notification is owed: now when one is queued or a change is
     /// to be compared, else the next retransmission or refresh.
+    #[inline]
     pub(crate) fn next_due_ms(&self) -> Option<u64> {
         if self.map.is_empty() {
             return None;

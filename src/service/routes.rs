@@ -506,6 +506,7 @@ impl<'s> Ctx<'s, '_, '_> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn emit_block(
         &mut self,
         out: &mut [u8],
@@ -524,6 +525,7 @@ impl<'s> Ctx<'s, '_, '_> {
     /// ETag, Observe (when `observable` and registering), Content-Format,
     /// Max-Age (with Observe), Block2 and Size2 of a block response, in
     /// option number order.
+    #[inline]
     fn block_options(
         &mut self,
         e: &mut Emitter<'_>,
