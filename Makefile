@@ -54,7 +54,7 @@ release-aarch64:
 # by target (dist/iot-ota-server-mipsel-unknown-linux-musl), with
 # dist/SHA256SUMS for `cd dist && sha256sum -c SHA256SUMS`. The
 # toolchain (rustup targets, nightly and rust-src, zig, cargo-zigbuild) is
-# installed by packaging/toolchain.sh on the first run. DIST_TARGETS builds
+# installed by src/packaging/toolchain.sh on the first run. DIST_TARGETS builds
 # a subset, e.g. `make dist DIST_TARGETS=mipsel-unknown-linux-musl`. Each
 # target also gets the coaps build (--features dtls, pure Rust: no C
 # toolchain either), named iot-ota-server-dtls-TARGET; DIST_DTLS=0 skips it.
@@ -80,7 +80,7 @@ DIST_FROM_SOURCE = $(CARGO) +$(NIGHTLY) zigbuild --locked --release \
 DIST_BINS = iot-ota-server iot-ota-client
 
 dist:
-	NIGHTLY=$(NIGHTLY) ZIGLANG_DIR=$(ZIGLANG_DIR) packaging/toolchain.sh $(DIST_TARGETS)
+	NIGHTLY=$(NIGHTLY) ZIGLANG_DIR=$(ZIGLANG_DIR) src/packaging/toolchain.sh $(DIST_TARGETS)
 	rm -rf dist && mkdir dist
 	set -e; td=$${CARGO_TARGET_DIR:-target}; \
 	for t in $(DIST_TARGETS); do \

@@ -1,4 +1,4 @@
-//! The OpenWrt package (packaging/openwrt/iot-ota-server): its procd init
+//! The OpenWrt package (src/packaging/openwrt/iot-ota-server): its procd init
 //! script run against stand-ins of OpenWrt's shell functions, and its
 //! package Makefile run against stand-ins of the build system.
 //!
@@ -29,7 +29,7 @@ const SERVICE: &str = "iot-ota-server";
 const FIELD: char = '\u{1f}';
 
 fn package_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/openwrt/iot-ota-server")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/packaging/openwrt/iot-ota-server")
 }
 
 fn init_script() -> PathBuf {

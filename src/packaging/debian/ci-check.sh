@@ -7,7 +7,7 @@
 # when a step fails. Needs root and cargo-deb (`cargo install cargo-deb --locked`).
 # .ci/run runs it; it refuses to touch an iot-ota-server already installed.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."
 
 package=iot-ota-server
 if dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -Eq 'installed|config-files'; then
