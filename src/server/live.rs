@@ -140,29 +140,32 @@ impl Live {
     /// The rest of [`Live::may_rescan_on_stale`], for first blocks only.
     #[inline(never)]
     fn first_block_replaced(&mut self, outcome: &Outcome<'_>, now_ms: u64) -> bool {
-        let (path, stamp) = match outcome {
-            Outcome::Block(t) if t.is_first() => match (&self.dir, t.image.stamp) {
-                (Some(dir), Some(stamp)) => (dir.join(&t.image.file_name), stamp),
+        // Where the file is, as (directory, relative name): the path is
+        // only built, and allocated, when the file is looked at.
+        let (base, name, stamp) = match outcome {
+            Outcome::Block(t) => match (&self.dir, t.image.stamp) {
+                (Some(dir), Some(stamp)) => (dir, t.image.file_name.as_str(), stamp),
                 _ => return false,
             },
-            Outcome::File { file, block } if block.num == 0 => match &self.tree_root {
-                Some(root) => (root.join(&file.path), file.stamp),
+            Outcome::File { file, .. } => match &self.tree_root {
+                Some(root) => (root, file.path.as_str(), file.stamp),
                 None => return false,
             },
             _ => return false,
         };
-        let key = fnv1a64(path.as_os_str().as_encoded_bytes());
+        let in_tree = matches!(outcome, Outcome::File { .. });
+        let key = fnv1a64(name.as_bytes()) ^ u64::from(in_tree);
         let recent = self.last_stale_check.is_some_and(|(last, at)| {
             last == key && now_ms.saturating_sub(at) < STALE_CHECK_INTERVAL_MS
         });
-        if recent {
-            return false;
-        }
-        self.last_stale_check = Some((key, now_ms));
         let rescanned_lately = self
             .last_miss_ms
             .is_some_and(|last| now_ms.saturating_sub(last) < MISS_RESCAN_INTERVAL_MS);
-        if rescanned_lately || !replaced(&path, stamp) {
+        if recent || rescanned_lately {
+            return false;
+        }
+        self.last_stale_check = Some((key, now_ms));
+        if !replaced(&base.join(name), stamp) {
             return false;
         }
         self.last_miss_ms = Some(now_ms);

@@ -258,26 +258,7 @@ impl Link {
         buf: &mut [u8],
     ) -> Result<Option<usize>, ClientError> {
         match self {
-            Link::Plain(socket) => {
-                socket
-                    .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-                    .map_err(ClientError::Io)?;
-                match socket.recv(buf) {
-                    Ok(len) => Ok(Some(len)),
-                    Err(e) if is_unreachable(&e) => Err(ClientError::Unreachable(e)),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock
-                                | io::ErrorKind::TimedOut
-                                | io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        Ok(None)
-                    }
-                    Err(e) => Err(ClientError::Io(e)),
-                }
-            }
+            Link::Plain(socket) => recv_within(socket, timeout, buf),
             #[cfg(feature = "dtls")]
             Link::Secure(link) => link.recv_before(timeout, buf),
         }
@@ -766,6 +747,32 @@ fn status(response: &Response) -> ClientError {
     ClientError::Status {
         code: response.code,
         diagnostic: response.diagnostic(),
+    }
+}
+
+/// One datagram from the connected `socket` into `buf` within `timeout`:
+/// its length, or `None` after a timeout or an interruption; an ICMP
+/// unreachable is [`ClientError::Unreachable`].
+pub(crate) fn recv_within(
+    socket: &UdpSocket,
+    timeout: Duration,
+    buf: &mut [u8],
+) -> Result<Option<usize>, ClientError> {
+    socket
+        .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+        .map_err(ClientError::Io)?;
+    match socket.recv(buf) {
+        Ok(len) => Ok(Some(len)),
+        Err(e) if is_unreachable(&e) => Err(ClientError::Unreachable(e)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(ClientError::Io(e)),
     }
 }
 

@@ -52,6 +52,27 @@ enum Mode {
     Get(Resource),
 }
 
+impl Mode {
+    /// The lookup a device in this mode sends (its PID, TYPE and version,
+    /// no OFFSET); `None` for a plain GET.
+    fn lookup(&self) -> Option<DeviceRequest<'_>> {
+        match self {
+            Mode::Update {
+                pid,
+                fw_type,
+                version,
+                ..
+            } => Some(DeviceRequest {
+                pid,
+                fw_type: *fw_type,
+                version: *version,
+                offset: None,
+            }),
+            Mode::Get(_) => None,
+        }
+    }
+}
+
 /// Everything the command line decides.
 struct Config {
     target: Target,
@@ -573,17 +594,11 @@ fn fetch(
         }
         Mode::Update {
             pid,
-            fw_type,
-            version,
             offset,
             legacy,
+            ..
         } => {
-            let device = DeviceRequest {
-                pid,
-                fw_type: *fw_type,
-                version: *version,
-                offset: None,
-            };
+            let device = config.mode.lookup().ok_or(ClientError::RequestTooLarge)?;
             let pid_text = String::from_utf8_lossy(pid);
             let from = match offset {
                 Some(n) if *n > 0 => format!(" from offset {n}"),
@@ -629,18 +644,8 @@ fn observe(client: &mut Client, config: &Config) -> Result<ExitCode, ClientError
     let updates = Resource::updates();
     let (resource, payload, block2) = match &config.mode {
         Mode::Get(resource) => (resource, &[][..], Some(Block::at(0, config.szx))),
-        Mode::Update {
-            pid,
-            fw_type,
-            version,
-            ..
-        } => {
-            let device = DeviceRequest {
-                pid,
-                fw_type: *fw_type,
-                version: *version,
-                offset: None,
-            };
+        Mode::Update { .. } => {
+            let device = config.mode.lookup().ok_or(ClientError::RequestTooLarge)?;
             lookup_payload = DevicePayload::new(&device).ok_or(ClientError::RequestTooLarge)?;
             (&updates, lookup_payload.as_bytes(), None)
         }

@@ -6,12 +6,11 @@
 //! is the server's (`dimpl`, through [`ClientPsk::engine`]): sans-IO, so
 //! this file owns the clock and the socket.
 
-use crate::client::{is_unreachable, ClientError};
+use crate::client::{is_unreachable, recv_within, ClientError};
 use crate::coap::Retransmission;
 use dimpl::{Dtls, Output};
 use iot_ota::dtls::ClientPsk;
 use std::collections::VecDeque;
-use std::io;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
@@ -168,38 +167,22 @@ impl SecureLink {
         }
         let until = self.timer.map_or(deadline, |t| t.min(deadline));
         let wait = until.saturating_duration_since(now);
-        self.socket
-            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
-            .map_err(ClientError::Io)?;
-        match self.socket.recv(&mut self.record) {
-            Ok(len) => {
-                let record = self.record.get(..len).unwrap_or(&[]);
-                // The engine's clock first, as it asks.
-                let refreshed = self.dtls.handle_timeout(Instant::now());
-                let taken = refreshed.and_then(|()| self.dtls.handle_packet(record));
-                if let Err(e) = taken {
-                    if !self.connected {
-                        return Err(ClientError::Handshake(e.to_string()));
-                    }
-                    // A record the engine refuses once the session runs
-                    // (a stray, a duplicate) is dropped, as RFC 6347
-                    // §4.1.2.7 says invalid records are.
-                }
-                self.drain()
+        let Some(len) = recv_within(&self.socket, wait, &mut self.record)? else {
+            return Ok(());
+        };
+        let record = self.record.get(..len).unwrap_or(&[]);
+        // The engine's clock first, as it asks.
+        let refreshed = self.dtls.handle_timeout(Instant::now());
+        let taken = refreshed.and_then(|()| self.dtls.handle_packet(record));
+        if let Err(e) = taken {
+            if !self.connected {
+                return Err(ClientError::Handshake(e.to_string()));
             }
-            Err(e) if is_unreachable(&e) => Err(ClientError::Unreachable(e)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(ClientError::Io(e)),
+            // A record the engine refuses once the session runs (a stray,
+            // a duplicate) is dropped, as RFC 6347 §4.1.2.7 says invalid
+            // records are.
         }
+        self.drain()
     }
 
     /// Sends the engine's records and keeps its datagrams, events and
