@@ -78,7 +78,7 @@ struct Config {
 struct DtlsConfig {
     listen: SocketAddr,
     psk_file: PathBuf,
-    max_sessions: usize,
+    limits: iot_ota::dtls::Limits,
 }
 
 fn options() -> Options {
@@ -123,8 +123,22 @@ fn options() -> Options {
         o.optopt(
             "",
             "max-sessions",
-            "DTLS sessions kept, the one idle longest ended for a new one (default: 1024)",
+            "established DTLS sessions kept; a full table ends the least recently used one \
+             for a newly authenticated peer (default: 1024)",
             "N",
+        );
+        o.optopt(
+            "",
+            "max-handshakes",
+            "DTLS handshakes in progress kept (after the cookie exchange), at most 4 per \
+             IPv4 address or IPv6 /64; they never displace established sessions (default: 64)",
+            "N",
+        );
+        o.optopt(
+            "",
+            "session-idle",
+            "seconds without a datagram that end an established DTLS session (default: 300)",
+            "SECONDS",
         );
     }
     o.optflag(
@@ -386,11 +400,17 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     }))
 }
 
-/// `--psk-file`, `--dtls-listen` and `--max-sessions`.
+/// `--psk-file`, `--dtls-listen`, `--max-sessions`, `--max-handshakes`
+/// and `--session-idle`.
 #[cfg(feature = "dtls")]
 fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
     let Some(psk_file) = m.opt_str("psk-file") else {
-        for option in ["dtls-listen", "max-sessions"] {
+        for option in [
+            "dtls-listen",
+            "max-sessions",
+            "max-handshakes",
+            "session-idle",
+        ] {
             if m.opt_present(option) {
                 return Err(format!("--{option} needs --psk-file"));
             }
@@ -401,18 +421,37 @@ fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
         &m.opt_str("dtls-listen")
             .unwrap_or_else(|| format!("[::]:{}", iot_ota::dtls::DEFAULT_PORT)),
     )?;
-    let max_sessions = match m.opt_str("max-sessions") {
-        None => iot_ota::dtls::DEFAULT_MAX_SESSIONS,
+    let count = |name: &str, default: usize, max: usize| match m.opt_str(name) {
+        None => Ok(default),
         Some(n) => n
             .parse()
             .ok()
-            .filter(|n| (1..=1_000_000).contains(n))
-            .ok_or_else(|| format!("invalid --max-sessions '{n}': use 1..1000000"))?,
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| format!("invalid --{name} '{n}': use 1..{max}")),
+    };
+    let session_idle_s = count(
+        "session-idle",
+        iot_ota::dtls::DEFAULT_SESSION_IDLE_S as usize,
+        86_400,
+    )?;
+    let limits = iot_ota::dtls::Limits {
+        max_sessions: count(
+            "max-sessions",
+            iot_ota::dtls::DEFAULT_MAX_SESSIONS,
+            1_000_000,
+        )?,
+        max_handshakes: count(
+            "max-handshakes",
+            iot_ota::dtls::DEFAULT_MAX_HANDSHAKES,
+            65_536,
+        )?,
+        handshakes_per_source: iot_ota::dtls::HANDSHAKES_PER_SOURCE,
+        session_idle_ms: session_idle_s as u64 * 1000,
     };
     Ok(Some(DtlsConfig {
         listen,
         psk_file: PathBuf::from(psk_file),
-        max_sessions,
+        limits,
     }))
 }
 
@@ -503,10 +542,13 @@ fn serve(config: Config) -> Result<(), String> {
             let keys = iot_ota::dtls::PskTable::read(&dtls.psk_file)?;
             info!(
                 target: SUMMARY,
-                "coaps: {} PSK identities from {}, up to {} sessions",
+                "coaps: {} PSK identities from {}, up to {} sessions and {} handshakes, \
+                 sessions idle {} s end",
                 keys.len(),
                 dtls.psk_file.display(),
-                dtls.max_sessions
+                dtls.limits.max_sessions,
+                dtls.limits.max_handshakes,
+                dtls.limits.session_idle_ms / 1000
             );
             let mut sockets = sockets;
             sockets.push(bind(dtls.listen, config.strict_bind, config.reuse_port)?);
@@ -538,9 +580,12 @@ fn serve(config: Config) -> Result<(), String> {
     }
     #[cfg(feature = "dtls")]
     if let (Some(keys), Some(dtls)) = (front, &config.dtls) {
-        let random = secret_keys();
-        let front =
-            iot_ota::dtls::Front::new(keys, dtls.max_sessions, random.echo, server.started());
+        let front = iot_ota::dtls::Front::new(
+            keys,
+            dtls.limits,
+            Box::new(iot_ota::dtls::os_entropy),
+            server.started(),
+        );
         server
             .serve_dtls(plain_sockets, front, Some(dtls.psk_file.clone()))
             .map_err(|e| format!("cannot serve coaps: {e}"))?;

@@ -238,10 +238,14 @@ impl InProcess {
             let mut server = Server::new(socket, service);
             // Wakes the loop at least once a second.
             server.watch(dir, 0, 200).expect("watch");
+            let limits = iot_ota::dtls::Limits {
+                max_sessions,
+                ..iot_ota::dtls::Limits::default()
+            };
             let front = Front::new(
                 keys,
-                max_sessions,
-                support::TEST_KEYS.echo,
+                limits,
+                Box::new(iot_ota::dtls::os_entropy),
                 server.started(),
             );
             server.serve_dtls(0, front, None).expect("dtls");

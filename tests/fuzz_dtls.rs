@@ -72,7 +72,12 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 
 fn front() -> Front {
     let keys = PskTable::parse("dev1:dev1-secret-key:DEV\n").expect("keys");
-    Front::new(keys, 8, dtls_front_check::COOKIE_KEY, Instant::now())
+    Front::new(
+        keys,
+        dtls_front_check::limits(8),
+        dtls_front_check::entropy(),
+        Instant::now(),
+    )
 }
 
 #[test]
@@ -169,9 +174,16 @@ fn mutated_records_of_a_real_session_never_panic_or_decrypt() {
         }
         let _ = front.take_outgoing();
         front.on_timers(now_ms);
+        // A replayed cookie-bearing hello of the recorded handshake may
+        // open a half-open handshake (its cookie is the address's, for two
+        // periods); no record makes another established session.
         assert!(
-            front.session_count() <= 1,
+            front.session_count() - front.handshake_count() <= 1,
             "input {i}: sessions from garbage"
+        );
+        assert!(
+            front.handshake_count() <= 1,
+            "input {i}: handshakes from garbage"
         );
         assert!(front.authorization(stranger).is_none());
     }

@@ -521,7 +521,7 @@ impl Server {
                 // one (closed, evicted) the notification is not sent.
                 let reply = self.tx.get(..n.len).unwrap_or(&[]);
                 if let Some(secure) = self.dtls.as_mut() {
-                    if secure.front.send(to, reply, now_ms) {
+                    if secure.front.send(to, reply) {
                         self.stats.notifications += 1;
                     }
                     flush(&self.sockets, secure, dest, &mut self.stats);
@@ -686,7 +686,7 @@ impl Server {
                     }
                     log_outcome(from, &outcome);
                     let reply = self.tx.get(..len).unwrap_or(&[]);
-                    secure.front.send(from, reply, now_ms);
+                    secure.front.send(from, reply);
                 }
                 Action::Drop(reason) => {
                     self.stats.count_drop(reason);
@@ -700,7 +700,6 @@ impl Server {
 
     /// SIGHUP: the PSK file read again; on an error the keys in use stay.
     fn reload_keys(&mut self) {
-        let now_ms = self.clock_ms();
         let Some(secure) = self.dtls.as_mut() else {
             return;
         };
@@ -710,7 +709,7 @@ impl Server {
         match crate::dtls::PskTable::read(&path) {
             Ok(keys) => {
                 let count = keys.len();
-                let ended = secure.front.replace_keys(keys, now_ms);
+                let ended = secure.front.replace_keys(keys);
                 info!(
                     "SIGHUP: {count} PSK identities from {}{}",
                     path.display(),
@@ -728,9 +727,8 @@ impl Server {
 
     /// Ends every session with close_notify (the server is stopping).
     fn close_sessions(&mut self) {
-        let now_ms = self.clock_ms();
         if let Some(secure) = self.dtls.as_mut() {
-            secure.front.close_all(now_ms);
+            secure.front.close_all();
             flush(&self.sockets, secure, None, &mut self.stats);
         }
     }

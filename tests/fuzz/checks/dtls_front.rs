@@ -45,7 +45,7 @@
 //!   sent through the live session arrives as it was sent.
 
 use iot_ota::catalog::Catalog;
-use iot_ota::dtls::{Front, Handled, PskTable};
+use iot_ota::dtls::{Entropy, Front, Handled, Limits as DtlsLimits, PskTable};
 use iot_ota::hash::SipKey;
 use iot_ota::service::{Action, Arrival, Keys, Limits, Peer, Service, MAX_REPLY_LEN};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -59,8 +59,23 @@ pub mod images;
 
 /// Two identities: `dev1` may fetch PID Hundred only, `dev2` every PID.
 const PSK_TABLE: &str = "dev1:dev1-secret-key:Hundred\ndev2:0x00112233445566778899aabbccddeeff\n";
-/// The cookie key: fixed, see the module docs.
-pub const COOKIE_KEY: SipKey = SipKey([0x636f_6f6b_6965_6b65, 0x7966_757a_7a69_6e67]);
+/// Cookie secrets from a counter: fixed, see the module docs.
+pub fn entropy() -> Entropy {
+    let mut n = 0u8;
+    Box::new(move |secret: &mut [u8; 32]| {
+        n = n.wrapping_add(1);
+        *secret = [n; 32];
+    })
+}
+
+/// Room for `capacity` sessions and as many handshakes.
+pub fn limits(capacity: usize) -> DtlsLimits {
+    DtlsLimits {
+        max_sessions: capacity,
+        max_handshakes: capacity,
+        ..DtlsLimits::default()
+    }
+}
 /// The service's secrets: fixed.
 const SERVICE_KEYS: Keys = Keys {
     echo: SipKey([0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210]),
@@ -74,8 +89,6 @@ const FILES: [(&str, usize, u32); 2] = [
     ("Big_1_0_0_APP.fmu", 3000, 5),
 ];
 const MAX_FRAMES: usize = 64;
-/// When the cookie window ends (`dtls::COOKIE_WINDOW_MS`, private).
-const COOKIE_WINDOW_MS: u64 = 30_000;
 /// Where the frames' clock starts: after the live handshake's flights.
 pub const FRAMES_START_MS: u64 = 100;
 
@@ -86,10 +99,11 @@ pub fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// A front with the fixed keys and room for `capacity` sessions.
+/// A front with the fixed keys and room for `capacity` sessions and
+/// `capacity` handshakes.
 pub fn front(capacity: usize) -> Front {
     let keys = PskTable::parse(PSK_TABLE).expect("the fuzz PSK table parses");
-    Front::new(keys, capacity, COOKIE_KEY, epoch())
+    Front::new(keys, limits(capacity), entropy(), epoch())
 }
 
 fn service() -> Service {
@@ -153,27 +167,6 @@ fn hello_verify_cookie(datagram: &[u8]) -> Option<&[u8]> {
     datagram.get(28..28 + len)
 }
 
-/// The cookies a front with the same keys answers a cookie-less hello
-/// with `random` from `from` at `now_ms` and one cookie window before.
-fn cookies_issued(from: SocketAddr, random: &[u8; 32], now_ms: u64) -> Vec<Vec<u8>> {
-    let mut cookies = Vec::new();
-    let hello = dtls_session::client_hello(random, &[], 0);
-    for at in [Some(now_ms), now_ms.checked_sub(COOKIE_WINDOW_MS)]
-        .into_iter()
-        .flatten()
-    {
-        let mut oracle = front(1);
-        if oracle.receive(from, at, &hello) == Handled::HelloVerify {
-            for (_, record) in oracle.take_outgoing() {
-                if let Some(cookie) = hello_verify_cookie(&record) {
-                    cookies.push(cookie.to_vec());
-                }
-            }
-        }
-    }
-    cookies
-}
-
 /// What one input reached, for the seeds' test to show that they get
 /// past the cookie exchange and into the service.
 #[derive(Debug, Default)]
@@ -186,6 +179,8 @@ pub struct Reached {
     pub requests: usize,
     /// The response code of every reply the service wrote.
     pub codes: Vec<u8>,
+    /// Every cookie the front issued: to whom, for which random.
+    issued: Vec<(SocketAddr, [u8; 32], Vec<u8>)>,
 }
 
 /// Runs every property on one input; panics on a violation.
@@ -276,7 +271,7 @@ pub fn run(data: &[u8]) -> Reached {
                 assert!(len <= MAX_REPLY_LEN);
                 let reply = &out[..len];
                 reached.codes.extend(reply.get(1));
-                front.send(from, reply, now_ms);
+                front.send(from, reply);
             }
         }
         // Replies go to the peer whose session asked.
@@ -305,19 +300,33 @@ fn receive(
     let requests = front.take_requests();
     let outgoing = front.take_outgoing();
     match handled {
-        Handled::HelloVerify => reached.hello_verify += 1,
+        Handled::HelloVerify => {
+            reached.hello_verify += 1;
+            let (random, _) =
+                hello_random_and_cookie(datagram).expect("a cookie answers a ClientHello");
+            for (_, record) in &outgoing {
+                let cookie = hello_verify_cookie(record).expect("a HelloVerifyRequest");
+                reached.issued.push((from, random, cookie.to_vec()));
+            }
+        }
         Handled::Started => reached.started += 1,
         _ => {}
     }
-    assert!(front.session_count() <= capacity, "more sessions than room");
+    let handshakes = front.handshake_count();
+    assert!(handshakes <= capacity, "more handshakes than room");
+    assert!(
+        front.session_count() - handshakes <= capacity,
+        "more sessions than room"
+    );
     if handled == Handled::Started {
         let (random, cookie) =
             hello_random_and_cookie(datagram).expect("a session starts with a ClientHello");
         assert!(
-            cookies_issued(from, &random, now_ms)
+            reached
+                .issued
                 .iter()
-                .any(|issued| issued == cookie),
-            "a session from a hello whose cookie the front never issued"
+                .any(|(to, r, issued)| *to == from && *r == random && issued == cookie),
+            "a handshake from a hello whose cookie the front never issued to its sender"
         );
         assert!(front.has_session(from));
     } else {

@@ -1,0 +1,236 @@
+//! What the front reads of a datagram's records before an engine sees
+//! them: their headers (RFC 6347 §4.1) and, for plaintext handshake
+//! records, the handshake header (§4.2.2). It decides which datagrams may
+//! reach a session at all, because an engine queues and parses what it is
+//! given, and anyone can send anything to a session's address and port.
+
+use super::hello::{be, CONTENT_HANDSHAKE, HANDSHAKE_HEADER, RECORD_HEADER};
+
+/// Record content type of a ChangeCipherSpec.
+const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
+/// Record content type of an alert.
+const CONTENT_ALERT: u8 = 21;
+/// Handshake type of a ClientKeyExchange.
+const CLIENT_KEY_EXCHANGE: u8 = 16;
+/// Handshake type of a ClientHello.
+const CLIENT_HELLO: u8 = 1;
+/// The largest message_seq a PSK client sends in plaintext: ClientHello
+/// 0 and 1 (after the cookie), ClientKeyExchange 2. Its Finished (3) is
+/// encrypted.
+const LAST_PLAINTEXT_SEQ: u64 = 2;
+/// The alert level of a fatal alert.
+const FATAL: u8 = 2;
+
+/// A fatal alert the front sends when a handshake fails on the key, so
+/// that the client gives up at once instead of retransmitting until its
+/// own timeout (RFC 5246 §7.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Alert {
+    /// The client's Finished did not decrypt: the key is not the one the
+    /// server holds for the identity (RFC 4279 §2 names decrypt_error).
+    DecryptError = 51,
+    /// The identity is not in the PSK file (RFC 4279 §2).
+    UnknownPskIdentity = 115,
+    /// Any other failure of the handshake.
+    HandshakeFailure = 40,
+}
+
+/// The length of an unencrypted alert record.
+pub(super) const ALERT_LEN: usize = RECORD_HEADER + 2;
+
+/// Writes a fatal epoch-0 alert with record sequence number `sequence`.
+/// It goes out before the server's ChangeCipherSpec, while the client
+/// still reads epoch 0, so it needs no keys.
+pub(super) fn write_alert(alert: Alert, sequence: u64, out: &mut [u8; ALERT_LEN]) {
+    let seq = sequence.to_be_bytes();
+    out[0] = CONTENT_ALERT;
+    out[1] = 0xfe;
+    out[2] = 0xfd;
+    out[3] = 0;
+    out[4] = 0;
+    out[5..11].copy_from_slice(&seq[2..]);
+    out[11] = 0;
+    out[12] = 2;
+    out[13] = FATAL;
+    out[14] = alert as u8;
+}
+
+/// Who may have sent a datagram, by what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Screened {
+    /// Records a client in the middle of its handshake sends: whole
+    /// ClientKeyExchange or ClientHello messages, ChangeCipherSpec,
+    /// encrypted records.
+    Handshake {
+        /// A plaintext (epoch 0) record is among them.
+        plaintext: bool,
+        /// An encrypted (epoch 1) record is among them.
+        encrypted: bool,
+    },
+    /// Something no client sends at that point: a fragment of a
+    /// handshake message, a later message in plaintext, a plaintext alert
+    /// (which anyone can forge), a malformed record. Dropped unread.
+    Refused,
+}
+
+/// Reads the records of `datagram` and says whether it may be what a
+/// PSK client sends during or right after its handshake. Plaintext
+/// alerts are refused: a client's own is not worth a spoofer's power to
+/// end someone else's handshake with one.
+pub(super) fn screen(datagram: &[u8]) -> Screened {
+    let mut rest = datagram;
+    let mut plaintext = false;
+    let mut encrypted = false;
+    if rest.is_empty() {
+        return Screened::Refused;
+    }
+    while !rest.is_empty() {
+        let Some(header) = rest.get(..RECORD_HEADER) else {
+            return Screened::Refused;
+        };
+        let content = header[0];
+        let epoch = be(&header[3..5]);
+        let length = usize::from(u16::from_be_bytes([header[11], header[12]]));
+        let Some(fragment) = rest.get(RECORD_HEADER..RECORD_HEADER + length) else {
+            return Screened::Refused;
+        };
+        match (epoch, content) {
+            (0, CONTENT_CHANGE_CIPHER_SPEC) => plaintext = true,
+            (0, CONTENT_HANDSHAKE) if whole_client_messages(fragment) => plaintext = true,
+            (1, _) => encrypted = true,
+            _ => return Screened::Refused,
+        }
+        rest = rest.get(RECORD_HEADER + length..).unwrap_or_default();
+    }
+    Screened::Handshake {
+        plaintext,
+        encrypted,
+    }
+}
+
+/// True when `fragment` (a plaintext handshake record's body) holds only
+/// whole ClientHello or ClientKeyExchange messages with a message_seq a
+/// PSK client uses. PSK flights are a few hundred bytes: no client
+/// fragments them, so a fragment is an attacker's.
+fn whole_client_messages(mut fragment: &[u8]) -> bool {
+    if fragment.is_empty() {
+        return false;
+    }
+    while !fragment.is_empty() {
+        let Some(header) = fragment.get(..HANDSHAKE_HEADER) else {
+            return false;
+        };
+        let kind = header[0];
+        let length = be(&header[1..4]);
+        let message_seq = be(&header[4..6]);
+        let offset = be(&header[6..9]);
+        let fragment_length = be(&header[9..12]);
+        if !matches!(kind, CLIENT_HELLO | CLIENT_KEY_EXCHANGE)
+            || message_seq > LAST_PLAINTEXT_SEQ
+            || offset != 0
+            || fragment_length != length
+        {
+            return false;
+        }
+        let Some(next) = usize::try_from(length)
+            .ok()
+            .and_then(|l| fragment.get(HANDSHAKE_HEADER + l..))
+        else {
+            return false;
+        };
+        fragment = next;
+    }
+    true
+}
+
+/// The largest epoch-0 record sequence number among the records of
+/// `datagram` (one the server wrote), if there is an epoch-0 record.
+pub(super) fn last_plaintext_sequence(datagram: &[u8]) -> Option<u64> {
+    let mut rest = datagram;
+    let mut last = None;
+    while let Some(header) = rest.get(..RECORD_HEADER) {
+        if be(&header[3..5]) == 0 {
+            last = last.max(Some(be(&header[5..11])));
+        }
+        let length = usize::from(u16::from_be_bytes([header[11], header[12]]));
+        rest = rest.get(RECORD_HEADER + length..).unwrap_or_default();
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plaintext handshake record holding one message of `kind` with
+    /// message_seq `seq`, `length` bytes long, of which this record holds
+    /// `fragment` bytes from `offset`.
+    fn handshake(kind: u8, seq: u16, length: u32, offset: u32, fragment: u32) -> Vec<u8> {
+        let mut hs = vec![kind];
+        hs.extend_from_slice(&length.to_be_bytes()[1..]);
+        hs.extend_from_slice(&seq.to_be_bytes());
+        hs.extend_from_slice(&offset.to_be_bytes()[1..]);
+        hs.extend_from_slice(&fragment.to_be_bytes()[1..]);
+        hs.extend(std::iter::repeat_n(0x55, fragment as usize));
+        record(22, 0, &hs)
+    }
+
+    fn record(content: u8, epoch: u16, body: &[u8]) -> Vec<u8> {
+        let mut r = vec![content, 0xfe, 0xfd];
+        r.extend_from_slice(&epoch.to_be_bytes());
+        r.extend_from_slice(&[0, 0, 0, 0, 0, 9]);
+        r.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        r.extend_from_slice(body);
+        r
+    }
+
+    #[test]
+    fn a_psk_client_flight_passes() {
+        let mut flight = handshake(16, 2, 20, 0, 20);
+        flight.extend(record(20, 0, &[1]));
+        flight.extend(record(22, 1, &[0xaa; 40]));
+        assert_eq!(
+            screen(&flight),
+            Screened::Handshake {
+                plaintext: true,
+                encrypted: true
+            }
+        );
+        assert_eq!(
+            screen(&record(23, 1, &[1; 30])),
+            Screened::Handshake {
+                plaintext: false,
+                encrypted: true
+            }
+        );
+    }
+
+    #[test]
+    fn fragments_later_messages_and_plaintext_alerts_are_refused() {
+        // One byte of a future message, as in the fragment-stuffing attack.
+        assert_eq!(screen(&handshake(16, 2, 100, 7, 1)), Screened::Refused);
+        assert_eq!(screen(&handshake(16, 2, 100, 0, 50)), Screened::Refused);
+        assert_eq!(screen(&handshake(16, 9, 4, 0, 4)), Screened::Refused);
+        assert_eq!(screen(&handshake(11, 2, 4, 0, 4)), Screened::Refused);
+        assert_eq!(screen(&record(21, 0, &[2, 40])), Screened::Refused);
+        assert_eq!(screen(&record(23, 0, &[1; 8])), Screened::Refused);
+        assert_eq!(screen(&record(23, 2, &[1; 8])), Screened::Refused);
+        assert_eq!(screen(&[]), Screened::Refused);
+        let whole = handshake(16, 2, 20, 0, 20);
+        for cut in 1..whole.len() {
+            assert_eq!(screen(&whole[..cut]), Screened::Refused, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn alerts_are_fatal_epoch_0_records() {
+        let mut out = [0u8; ALERT_LEN];
+        write_alert(Alert::UnknownPskIdentity, 0x0102, &mut out);
+        assert_eq!(out, [21, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 1, 2, 0, 2, 2, 115]);
+        assert_eq!(last_plaintext_sequence(&out), Some(0x0102));
+        let mut two = record(22, 0, &[0; 4]);
+        two[10] = 4;
+        two.extend(record(22, 1, &[0; 4]));
+        assert_eq!(last_plaintext_sequence(&two), Some(4));
+    }
+}
