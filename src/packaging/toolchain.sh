@@ -44,7 +44,7 @@ for target in "$@"; do
             | arm-unknown-linux-musleabihf | mipsel-unknown-linux-musl \
             | mips-unknown-linux-musl)
             source_targets="$source_targets $target" ;;
-        *) fail "unknown target $target (see README, \"Builds for routers\")" ;;
+        *) fail "unknown target $target (see src/packaging/README.md, \"Builds for routers\")" ;;
     esac
 done
 
