@@ -877,3 +877,7 @@ fn drain_packets(dtls: &mut Dtls, scratch: &mut Vec<u8>, mut each: impl FnMut(&[
 fn is_server_hello(record: &[u8]) -> bool {
     matches!(record, [22, _, _, 0, 0, _, _, _, _, _, _, _, _, 2, ..])
 }
+
+#[cfg(test)]
+#[path = "front_tests.rs"]
+mod tests;

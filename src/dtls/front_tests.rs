@@ -1,0 +1,360 @@
+//! The front against a real client engine, in memory: the budgets for
+//! what has not authenticated, session replacement and idle ends, and
+//! the alerts of failed handshakes.
+
+use super::*;
+use crate::dtls::hello::tests::counting_entropy;
+use crate::dtls::ClientPsk;
+
+const KEYS: &str = "dev1:dev1-secret-key:DEV\ndev2:other-key\n";
+
+fn limits() -> Limits {
+    Limits {
+        max_sessions: 4,
+        max_handshakes: 8,
+        handshakes_per_source: 4,
+        session_idle_ms: 60_000,
+    }
+}
+
+fn front_with(limits: Limits, epoch: Instant) -> Front {
+    let keys = PskTable::parse(KEYS).expect("keys");
+    Front::new(keys, limits, counting_entropy(), epoch)
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("address")
+}
+
+/// A device: its engine and address.
+struct Device {
+    addr: SocketAddr,
+    dtls: Dtls,
+    connected: bool,
+    /// Fatal alert descriptions it received in plaintext.
+    alerts: Vec<u8>,
+}
+
+impl Device {
+    fn new(address: &str, identity: &str, key: &str, epoch: Instant, start_ms: u64) -> Device {
+        let psk = ClientPsk::new(identity, key).expect("psk");
+        let dtls = psk
+            .engine(
+                Duration::from_secs(1),
+                Duration::from_secs(30),
+                epoch + Duration::from_millis(start_ms),
+            )
+            .expect("client engine");
+        Device {
+            addr: addr(address),
+            dtls,
+            connected: false,
+            alerts: Vec::new(),
+        }
+    }
+
+    /// What the engine has to send at `now_ms`.
+    fn flight(&mut self, epoch: Instant, now_ms: u64) -> Vec<Vec<u8>> {
+        let _ = self
+            .dtls
+            .handle_timeout(epoch + Duration::from_millis(now_ms));
+        let mut buf = vec![0u8; 4096];
+        let mut out = Vec::new();
+        for _ in 0..64 {
+            match self.dtls.poll_output(&mut buf) {
+                Output::Packet(p) => out.push(p.to_vec()),
+                Output::Connected => self.connected = true,
+                Output::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Takes what the front sent to this device.
+    fn take(&mut self, front: &mut Front) {
+        let outgoing = front.take_outgoing();
+        for (to, record) in outgoing {
+            if to != self.addr {
+                continue;
+            }
+            if let [21, _, _, 0, 0, _, _, _, _, _, _, 0, 2, 2, description] = record[..] {
+                self.alerts.push(description);
+            }
+            let _ = self.dtls.handle_packet(&record);
+        }
+    }
+}
+
+/// Flights between `device` and `front`, one millisecond apart from
+/// `start_ms`, until the device is connected or the front ended its
+/// handshake; `meddle` runs before each of the device's datagrams.
+fn run(
+    front: &mut Front,
+    device: &mut Device,
+    epoch: Instant,
+    start_ms: u64,
+    mut meddle: impl FnMut(&mut Front, u64),
+) -> bool {
+    for step in 0..40 {
+        let now_ms = start_ms + step;
+        for datagram in device.flight(epoch, now_ms) {
+            meddle(front, now_ms);
+            let _ = front.take_outgoing();
+            front.receive(device.addr, now_ms, &datagram);
+            device.take(front);
+        }
+        if device.connected && front.authorization(device.addr).is_some() {
+            return true;
+        }
+        if !device.alerts.is_empty() {
+            return false;
+        }
+    }
+    false
+}
+
+/// One encrypted CoAP GET from `device`, as the front decrypts it.
+fn request(front: &mut Front, device: &mut Device, now_ms: u64, mid: u8) -> Vec<Vec<u8>> {
+    let coap = [0x40, 0x01, 0x00, mid];
+    device.dtls.send_application_data(&coap).expect("send");
+    for datagram in device.flight(front.epoch, now_ms) {
+        front.receive(device.addr, now_ms, &datagram);
+    }
+    front.take_requests()
+}
+
+/// The datagrams of a cookie exchange from `from` with `random`: the
+/// second, cookie-bearing hello, as a spoofer who can receive there
+/// makes it.
+fn cookie_hello(front: &mut Front, from: SocketAddr, random: u8, now_ms: u64) -> Vec<u8> {
+    let first = crate::dtls::hello::tests::hello(&[], 0, 0, random);
+    assert_eq!(front.receive(from, now_ms, &first), Handled::HelloVerify);
+    let out = front.take_outgoing();
+    let cookie = out[0].1[28..60].to_vec();
+    let mut second = crate::dtls::hello::tests::hello(&cookie, 1, 1, random);
+    // The engine wants the extended master secret: add the extension.
+    add_ems(&mut second);
+    second
+}
+
+/// Appends the extended_master_secret extension to a hello built by
+/// `hello::tests::hello` (which has none), fixing the lengths.
+fn add_ems(record: &mut Vec<u8>) {
+    record.extend_from_slice(&[0, 4, 0, 0x17, 0, 0]);
+    let hs_len = (record.len() - 13) as u16;
+    record[11..13].copy_from_slice(&hs_len.to_be_bytes());
+    let body = (record.len() - 25) as u32;
+    record[14..17].copy_from_slice(&body.to_be_bytes()[1..]);
+    record[22..25].copy_from_slice(&body.to_be_bytes()[1..]);
+}
+
+#[test]
+fn a_device_completes_its_handshake_through_our_cookie() {
+    let epoch = Instant::now();
+    let mut front = front_with(limits(), epoch);
+    let mut dev = Device::new("192.0.2.1:5000", "dev1", "dev1-secret-key", epoch, 0);
+    assert!(run(&mut front, &mut dev, epoch, 0, |_, _| {}));
+    assert_eq!(front.identity(dev.addr), Some(&b"dev1"[..]));
+    assert_eq!(front.handshake_count(), 0);
+    assert_eq!(request(&mut front, &mut dev, 50, 1), vec![vec![0x40, 1, 0, 1]]);
+    let stats = front.stats();
+    assert_eq!((stats.hello_verifies, stats.connected), (1, 1));
+}
+
+#[test]
+fn spoofed_alerts_and_fragments_do_not_end_a_devices_handshake() {
+    let epoch = Instant::now();
+    let mut front = front_with(limits(), epoch);
+    let mut dev = Device::new("192.0.2.1:5000", "dev1", "dev1-secret-key", epoch, 0);
+    let target = dev.addr;
+    let mut spoofed = 0;
+    let done = run(&mut front, &mut dev, epoch, 0, |front, now_ms| {
+        if front.handshake_count() == 0 {
+            return;
+        }
+        // A plaintext fatal alert, then eight one-byte fragments of a
+        // future message, thirty times over: what the attack sends.
+        front.receive(target, now_ms, &[21, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 2, 40]);
+        for _ in 0..30 {
+            let mut datagram = Vec::new();
+            for offset in 0..8u8 {
+                datagram.extend_from_slice(&[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 13]);
+                datagram.extend_from_slice(&[16, 0, 0, 100, 0, 2, 0, 0, offset, 0, 0, 1, 0x55]);
+            }
+            assert_eq!(front.receive(target, now_ms, &datagram), Handled::Ignored);
+            spoofed += 1;
+        }
+    });
+    assert!(spoofed >= 30, "the spoofer never met a half-open handshake");
+    assert!(done, "the device did not finish its handshake");
+    assert!(dev.alerts.is_empty());
+}
+
+#[test]
+fn a_wrong_key_gets_decrypt_error_and_an_unknown_identity_unknown_psk_identity() {
+    let epoch = Instant::now();
+    let mut front = front_with(limits(), epoch);
+    let mut wrong = Device::new("192.0.2.1:5000", "dev1", "not-the-key", epoch, 0);
+    assert!(!run(&mut front, &mut wrong, epoch, 0, |_, _| {}));
+    assert_eq!(wrong.alerts, [51]);
+    let mut stranger = Device::new("192.0.2.2:5000", "stranger", "dev1-secret-key", epoch, 0);
+    assert!(!run(&mut front, &mut stranger, epoch, 0, |_, _| {}));
+    assert_eq!(stranger.alerts, [115]);
+    assert_eq!(front.session_count(), 0);
+    assert_eq!(front.stats().alerts, 2);
+}
+
+#[test]
+fn half_open_handshakes_are_capped_per_source_and_never_evict_sessions() {
+    let epoch = Instant::now();
+    let mut front = front_with(limits(), epoch);
+    let mut devices: Vec<Device> = (0..4)
+        .map(|i| {
+            let address = format!("198.51.100.{}:5000", i + 1);
+            Device::new(&address, "dev2", "other-key", epoch, 0)
+        })
+        .collect();
+    for dev in &mut devices {
+        assert!(run(&mut front, dev, epoch, 0, |_, _| {}));
+    }
+    // One host, many ports, every cookie exchange completed.
+    for port in 0..40u16 {
+        let from = SocketAddr::new(IpAddr::from([203, 0, 113, 9]), 40_000 + port);
+        let hello = cookie_hello(&mut front, from, port as u8, 100);
+        assert_eq!(front.receive(from, 100, &hello), Handled::Started);
+        let _ = front.take_outgoing();
+    }
+    assert_eq!(front.handshake_count(), 4, "per-source cap");
+    // Another IPv6 host's /64 is one source, however many addresses.
+    for host in 0..40u16 {
+        let from = SocketAddr::new(
+            IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, host + 1]),
+            5683,
+        );
+        let hello = cookie_hello(&mut front, from, host as u8, 100);
+        front.receive(from, 100, &hello);
+        let _ = front.take_outgoing();
+    }
+    assert_eq!(front.handshake_count(), 8);
+    // Every established session is still there and still answers.
+    for (i, dev) in devices.iter_mut().enumerate() {
+        assert_eq!(request(&mut front, dev, 200, i as u8).len(), 1);
+    }
+    assert_eq!(front.stats().sessions_evicted, 0);
+    // A device from elsewhere still gets in, the oldest attacker out.
+    let mut late = Device::new("192.0.2.50:5000", "dev1", "dev1-secret-key", epoch, 300);
+    assert!(run(&mut front, &mut late, epoch, 300, |_, _| {}));
+}
+
+#[test]
+fn a_session_is_replaced_only_by_a_finished_handshake() {
+    let epoch = Instant::now();
+    let mut front = front_with(limits(), epoch);
+    let mut first = Device::new("192.0.2.1:5000", "dev1", "dev1-secret-key", epoch, 0);
+    assert!(run(&mut front, &mut first, epoch, 0, |_, _| {}));
+    // A second handshake from the same address and port that stops after
+    // the cookie exchange (a spoofer that can receive there, or a
+    // client that gave up).
+    let hello = cookie_hello(&mut front, first.addr, 99, 100);
+    assert_eq!(front.receive(first.addr, 100, &hello), Handled::Started);
+    let _ = front.take_outgoing();
+    assert_eq!(front.handshake_count(), 1);
+    assert_eq!(request(&mut front, &mut first, 150, 7), vec![vec![0x40, 1, 0, 7]]);
+    // It times out; the first session stays.
+    front.on_timers(100 + HANDSHAKE_TIMEOUT_MS);
+    assert_eq!(front.handshake_count(), 0);
+    assert_eq!(request(&mut front, &mut first, 20_000, 8).len(), 1);
+    // The device restarts and finishes a new handshake: that replaces it.
+    let mut again = Device::new("192.0.2.1:5000", "dev2", "other-key", epoch, 21_000);
+    assert!(run(&mut front, &mut again, epoch, 21_000, |_, _| {}));
+    assert_eq!(front.identity(again.addr), Some(&b"dev2"[..]));
+    assert_eq!(front.session_count(), 1);
+    assert!(request(&mut front, &mut first, 21_100, 9).is_empty());
+    assert_eq!(request(&mut front, &mut again, 21_200, 10).len(), 1);
+}
+
+#[test]
+fn an_idle_session_ends_with_close_notify_and_a_busy_one_stays() {
+    let epoch = Instant::now();
+    let limits = Limits {
+        session_idle_ms: 10_000,
+        ..limits()
+    };
+    let mut front = front_with(limits, epoch);
+    let mut idle = Device::new("192.0.2.1:5000", "dev1", "dev1-secret-key", epoch, 0);
+    let mut busy = Device::new("192.0.2.2:5000", "dev2", "other-key", epoch, 0);
+    assert!(run(&mut front, &mut idle, epoch, 0, |_, _| {}));
+    assert!(run(&mut front, &mut busy, epoch, 0, |_, _| {}));
+    let _ = front.take_outgoing();
+    for second in 1..=15u64 {
+        let now_ms = second * 1000;
+        if front.next_timer_ms().is_some_and(|due| due <= now_ms) {
+            front.on_timers(now_ms);
+        }
+        assert_eq!(request(&mut front, &mut busy, now_ms, second as u8).len(), 1);
+    }
+    assert!(!front.has_session(idle.addr), "idle past the timeout");
+    assert!(front.has_session(busy.addr));
+    assert_eq!(front.stats().sessions_idle, 1);
+}
+
+#[test]
+fn a_full_table_evicts_the_least_recently_used_session_for_a_new_one() {
+    let epoch = Instant::now();
+    let mut front = front_with(limits(), epoch);
+    let mut devices: Vec<Device> = (0..4)
+        .map(|i| {
+            let address = format!("198.51.100.{}:5000", i + 1);
+            Device::new(&address, "dev2", "other-key", epoch, 0)
+        })
+        .collect();
+    for dev in &mut devices {
+        assert!(run(&mut front, dev, epoch, 0, |_, _| {}));
+    }
+    // Device 0 is used last; device 1 is the least recently used.
+    for (i, dev) in devices.iter_mut().enumerate() {
+        let order = [4, 0, 1, 2][i];
+        assert_eq!(request(&mut front, dev, 100 + order, i as u8).len(), 1);
+    }
+    let mut newcomer = Device::new("192.0.2.9:5000", "dev1", "dev1-secret-key", epoch, 200);
+    assert!(run(&mut front, &mut newcomer, epoch, 200, |_, _| {}));
+    assert!(!front.has_session(devices[1].addr));
+    for i in [0, 2, 3] {
+        assert!(front.has_session(devices[i].addr), "device {i}");
+    }
+    assert_eq!(front.stats().sessions_evicted, 1);
+}
+
+#[test]
+fn a_half_open_handshake_ends_after_a_dozen_datagrams_that_do_not_finish_it() {
+    let epoch = Instant::now();
+    let mut front = front_with(limits(), epoch);
+    let from = addr("192.0.2.1:5000");
+    let hello = cookie_hello(&mut front, from, 5, 0);
+    assert_eq!(front.receive(from, 0, &hello), Handled::Started);
+    // The cookie-bearing hello again and again: the engine's retransmission,
+    // each answered, until the budget is spent.
+    let mut answered = 0;
+    for i in 0..20 {
+        let _ = front.take_outgoing();
+        if front.receive(from, 1 + i, &hello) == Handled::Failed {
+            break;
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, usize::from(HANDSHAKE_DATAGRAMS_MAX));
+    assert_eq!(front.handshake_count(), 0);
+}
+
+#[test]
+fn timers_cost_one_heap_entry_per_peer_whatever_the_traffic() {
+    let epoch = Instant::now();
+    let mut front = front_with(limits(), epoch);
+    let mut dev = Device::new("192.0.2.1:5000", "dev1", "dev1-secret-key", epoch, 0);
+    assert!(run(&mut front, &mut dev, epoch, 0, |_, _| {}));
+    for i in 0..500u64 {
+        request(&mut front, &mut dev, 100 + i, i as u8);
+    }
+    assert!(front.timers.len() <= 4, "{} heap entries", front.timers.len());
+}
