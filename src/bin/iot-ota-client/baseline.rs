@@ -5,7 +5,8 @@
 //! request/response server on the machine at hand. It never parses CoAP.
 //!
 //! Answering anything with more than it received makes it an amplifier,
-//! so it listens on loopback unless `--listen` says otherwise.
+//! so it is built only with the `loadgen` feature (never in the packages)
+//! and listens on loopback unless `--listen` says otherwise.
 
 use crate::{number, parse_subcommand, usage_error, ERROR_EXIT};
 use getopts::Options;
