@@ -18,9 +18,12 @@ run:
 
 # The dtls feature's own tests (tests/dtls.rs, the coaps downloads over the
 # lossy link, the DTLS front's fuzzing, and the module's unit tests) run only with it; the rest ran
-# already.
+# already. So do the loadgen feature's: the load generator's unit tests and
+# the bench harness's self-checks (tests/bench, which needs the feature).
 test:
 	$(CARGO) test --all-targets
+	$(CARGO) test --features loadgen --bin iot-ota-client -- bench:: baseline::
+	$(CARGO) test --features loadgen --test bench
 	$(CARGO) test --features dtls --lib dtls
 	$(CARGO) test --features dtls --test dtls
 	$(CARGO) test --features dtls --test lossy coaps
@@ -30,8 +33,10 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features dtls -- -D warnings
+	$(CARGO) clippy --all-targets --features loadgen -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features dtls
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features loadgen
 
 fmt:
 	$(CARGO) fmt
@@ -110,13 +115,16 @@ dist:
 # Throughput against a raw UDP baseline, flat cost, RSS, start-up,
 # binary sizes and coaps against coap (tests/bench/main.rs); builds the
 # static binaries first so their sizes are reported, and the dtls build
-# for the coaps row.
+# for the coaps row. The client's load generator (`bench`, `baseline`) is
+# the loadgen feature, which only these targets and `make test` enable:
+# the packages' client has none. `cargo deb` rebuilds target/release's
+# client without it.
 bench: release-musl release-aarch64 bench-dtls-build
-	$(CARGO) test --release --test bench -- --bench
+	$(CARGO) test --release --features loadgen --test bench -- --bench
 
 # The coaps row alone: about a minute once built.
 bench-coaps: bench-dtls-build
-	$(CARGO) test --release --test bench -- --bench --only-coaps
+	$(CARGO) test --release --features loadgen --test bench -- --bench --only-coaps
 
 # The coaps row's server and client, built with --features dtls into a
 # target directory of their own (dtls/ under the usual one, where the bench
@@ -128,7 +136,7 @@ bench-dtls-build:
 # The memory rows of the benchmark alone (1,000 images of 64 KiB, static
 # musl and host builds): about a minute once built.
 bench-memory: release-musl
-	$(CARGO) test --release --test bench -- --bench --only-memory
+	$(CARGO) test --release --features loadgen --test bench -- --bench --only-memory
 
 # Coverage-guided fuzzing (needs a nightly toolchain and `cargo install cargo-fuzz`).
 # The fuzz crate lives in tests/fuzz, outside the product's dependency tree;

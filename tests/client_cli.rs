@@ -379,6 +379,16 @@ fn help_lists_every_option_and_v_prints_the_version() {
     );
 }
 
+/// The client as `cargo build` and the packages build it has no load
+/// generator: `bench` and `baseline` (an amplifier: 1 KiB or more for any
+/// datagram) are refused at once, open nothing, and are not in `--help`.
+/// Built with `--features loadgen`, they are there, as `make bench` needs.
+#[cfg(not(feature = "loadgen"))]
+#[test]
+fn the_default_build_refuses_bench_and_baseline() {
+    support::assert_no_load_generator(&[], CLIENT_BIN);
+}
+
 /// A UDP relay between the client and the server that drops every
 /// `drop_up`-th request and every `drop_down`-th answer, and sends every
 /// `dup_down`-th answer twice.

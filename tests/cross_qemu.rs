@@ -4,9 +4,10 @@
 //! multi-block image to the host's `iot-ota-client` and to libcoap's
 //! `coap-client-notls`, by id and by the legacy protocol, over 127.0.0.1
 //! and [::1], and the target's own client downloads from it; every body
-//! is compared byte for byte. A server that needs its C library at run
-//! time (not static) does not start under qemu, so this also checks that
-//! the binaries stand alone.
+//! is compared byte for byte. The target's clients have no load generator
+//! (`bench`, `baseline`: the `loadgen` feature, which `make dist` leaves
+//! out). A server that needs its C library at run time (not static) does
+//! not start under qemu, so this also checks that the binaries stand alone.
 //!
 //! The binaries come from the directory named by `IOT_OTA_DIST` (`.ci/run`
 //! sets it after `make dist DIST_TARGETS=...`); this test does not build
@@ -173,6 +174,15 @@ fn serves_byte_exact(target: &str) {
     if let Some(qemu) = cross.launcher.first() {
         if !support::require_program(qemu) {
             return;
+        }
+    }
+    // The router builds, plain and coaps, are what gateways install: no
+    // load generator, whose `baseline` would answer any datagram with
+    // 1 KiB or more.
+    let dtls_client_bin = dist.join(format!("iot-ota-client-dtls-{}", cross.target));
+    for client in [&client_bin, &dtls_client_bin] {
+        if client.exists() {
+            support::assert_no_load_generator(cross.launcher, client);
         }
     }
     if !support::require_program("coap-client-notls") {

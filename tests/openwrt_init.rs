@@ -832,6 +832,7 @@ metadata:
 	@echo 'PKG_VERSION=$$(PKG_VERSION)'
 	@echo 'PKG_BUILD_DEPENDS=$$(PKG_BUILD_DEPENDS)'
 	@echo 'RUST_PKG_LOCKED=$$(RUST_PKG_LOCKED)'
+	@echo 'RUST_PKG_FEATURES=$$(RUST_PKG_FEATURES)'
 	@echo 'DEPENDS=$$(DEPENDS)'
 	@echo 'USERID=$$(USERID)'
 	@echo 'CONFFILES=$$(strip $$(Package/$(1)/conffiles))'
@@ -905,6 +906,12 @@ fn makefile_installs_both_programs_the_service_and_its_config() {
     );
     assert_eq!(value("PKG_BUILD_DEPENDS"), "rust/host");
     assert_eq!(value("RUST_PKG_LOCKED"), "1");
+    // `cargo install` without the load generator, whatever else it enables.
+    let features = value("RUST_PKG_FEATURES");
+    assert!(
+        !features.contains("loadgen"),
+        "the package enables {features}"
+    );
     assert_eq!(value("DEPENDS"), "@(aarch64||arm||mipsel)");
     assert_eq!(value("USERID"), format!("{0}:{0}", package_user()));
     assert_eq!(value("CONFFILES"), "/etc/config/iot-ota-server");
@@ -935,6 +942,15 @@ fn makefile_installs_both_programs_the_service_and_its_config() {
             is_executable(&root.join(program)),
             "{program} not installed executable"
         );
+    }
+    // The installed client is the default build (what `cargo install`
+    // makes with no features), so it has no `bench` or `baseline`: nothing
+    // the package installs answers a datagram with more than it received.
+    if cfg!(feature = "loadgen") {
+        // The client this test copies is then built with it too.
+        eprintln!("SKIPPED: the installed client's refusal of bench (built with loadgen)");
+    } else {
+        support::assert_no_load_generator(&[], root.join("usr/bin/iot-ota-client"));
     }
     let init = root.join("etc/init.d/iot-ota-server");
     assert!(is_executable(&init), "the init script is not executable");

@@ -1,4 +1,4 @@
-//! `make bench` (`cargo test --release --test bench -- --bench`): the figures of the issue
+//! `make bench` (`cargo test --release --features loadgen --test bench -- --bench`): the figures of the issue
 //! "Performance and footprint", measured with the release binaries over
 //! loopback, and the targets they are held to.
 //!

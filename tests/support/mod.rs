@@ -492,6 +492,143 @@ pub fn run_bounded(command: &mut Command, timeout: Duration) -> std::process::Ou
     }
 }
 
+/// What a client built without the `loadgen` feature says to `bench` and
+/// `baseline` (src/bin/iot-ota-client/main.rs).
+pub const NO_LOAD_GENERATOR: &str = "is part of the load generator, which this build lacks";
+
+/// How long a client without the load generator may take to refuse
+/// `bench` or `baseline`. It exits before reading an option, so this only
+/// covers start-up, under qemu-user on a busy machine too; a baseline
+/// listens until killed and the bench run asked for lasts 30 s, so either
+/// outlives it when present.
+const REFUSAL_LIMIT: Duration = Duration::from_secs(5);
+
+/// Asserts that the client at `program` (run by `launcher`, e.g. qemu-user
+/// with a router's CPU, or nothing) has no load generator, as the packages
+/// ship it: `bench` and `baseline`, with arguments that would start an
+/// amplifying responder and a load run in a build that has them, exit at
+/// once with status 2 and the one-line message, and hold no UDP socket
+/// while they run; `--help` names neither.
+pub fn assert_no_load_generator(launcher: &[&str], program: impl AsRef<std::ffi::OsStr>) {
+    let program = program.as_ref();
+    // A port that was free a moment ago, so that a baseline given it binds
+    // and serves (rather than failing with exit 1 on a clash): a client
+    // that has one is caught by what it does.
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("a free UDP port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let runs = [
+        vec!["baseline", "--listen", &addr, "--size", "65507"],
+        vec![
+            "bench",
+            &addr,
+            "--baseline",
+            "--devices",
+            "1",
+            "--duration-ms",
+            "30000",
+        ],
+    ];
+    for args in runs {
+        let mut child = launched(launcher, program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program:?}: {e}"));
+        let deadline = Instant::now() + REFUSAL_LIMIT;
+        let mut sockets = Vec::new();
+        let exited = loop {
+            // Looked at while it runs: once it has exited, its sockets are gone.
+            for socket in udp_sockets_of(child.id()) {
+                if !sockets.contains(&socket) {
+                    sockets.push(socket);
+                }
+            }
+            match child.try_wait().expect("wait for the client") {
+                Some(_) => break true,
+                None if Instant::now() > deadline => break false,
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        if !exited {
+            let _ = child.kill();
+        }
+        let output = child.wait_with_output().expect("the client's output");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let shown = format!("{program:?} {}", args.join(" "));
+        assert!(
+            exited,
+            "{shown} still ran after {REFUSAL_LIMIT:?} (UDP sockets {sockets:?}): the client has \
+             a load generator\nstderr: {stderr}"
+        );
+        assert!(
+            sockets.is_empty(),
+            "{shown} opened UDP sockets {sockets:?}\nstderr: {stderr}"
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{shown}: exit status\nstderr: {stderr}"
+        );
+        assert!(
+            stderr.contains(NO_LOAD_GENERATOR) && stderr.lines().count() == 1,
+            "{shown}: not the one-line refusal: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "{shown} printed to stdout");
+    }
+    let help = run_bounded(launched(launcher, program).arg("--help"), REFUSAL_LIMIT * 6);
+    assert!(help.status.success(), "{program:?} --help: {}", help.status);
+    let text = String::from_utf8_lossy(&help.stdout);
+    for name in ["bench", "baseline"] {
+        assert!(
+            !text.contains(name),
+            "{program:?} --help offers {name}:\n{text}"
+        );
+    }
+}
+
+/// The UDP sockets process `pid` holds, as `local_address` fields of
+/// /proc/net/udp and udp6 (hex address:port): its descriptors' socket
+/// inodes looked up there. Empty when it has none, or has exited.
+fn udp_sockets_of(pid: u32) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: Vec<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) {
+                if inodes.iter().any(|i| i == inode) {
+                    found.push((*local).to_owned());
+                }
+            }
+        }
+    }
+    found
+}
+
 /// A generated firmware image written into a test updates directory, with
 /// what the tests know about it independently of the server's code.
 pub struct TestImage {

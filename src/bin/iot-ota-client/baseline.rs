@@ -3,6 +3,10 @@
 //! allocated once that answers every datagram with the same fixed datagram
 //! (1 KiB by default), whatever it holds: the ceiling for a
 //! request/response server on the machine at hand. It never parses CoAP.
+//!
+//! Answering anything with more than it received makes it an amplifier,
+//! so it is built only with the `loadgen` feature (never in the packages)
+//! and listens on loopback unless `--listen` says otherwise.
 
 use crate::{number, parse_subcommand, usage_error, ERROR_EXIT};
 use getopts::Options;
@@ -13,6 +17,10 @@ use std::process::ExitCode;
 const COMMAND: &str = "iot-ota-client baseline";
 /// Default length of a baseline reply: a fixed 1 KiB datagram.
 const BASELINE_REPLY_LEN: usize = 1024;
+/// Where it answers without `--listen`: loopback, where `make bench`
+/// measures, so that no other host can make it reflect 1 KiB at a forged
+/// source address (`make bench` asks for 127.0.0.1:0).
+const DEFAULT_LISTEN: &str = "127.0.0.1:5684";
 /// Largest UDP payload over IPv4.
 const UDP_MAX: usize = 65_507;
 /// Larger than any request the load generator sends.
@@ -30,7 +38,8 @@ fn baseline_options() -> Options {
     o.optopt(
         "l",
         "listen",
-        "UDP address to answer on (default: [::]:5684)",
+        "UDP address to answer on (default: 127.0.0.1:5684); on a public address any host \
+         can make it send 1 KiB or more to a forged source",
         "ADDR",
     );
     o.optopt(
@@ -65,7 +74,7 @@ pub(crate) fn baseline_main(args: &[String]) -> ExitCode {
     if let Some(extra) = m.free.first() {
         return usage_error(COMMAND, &format!("unexpected argument '{extra}'"));
     }
-    let listen_text = m.opt_str("l").unwrap_or_else(|| "[::]:5684".to_owned());
+    let listen_text = m.opt_str("l").unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let Some(listen) = listen_text
         .to_socket_addrs()
         .ok()
@@ -119,5 +128,16 @@ pub(crate) fn serve_baseline(socket: &UdpSocket, size: usize, count: Option<u64>
                 answered += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_listen_it_answers_on_loopback_only() {
+        let addr: std::net::SocketAddr = DEFAULT_LISTEN.parse().expect("an address");
+        assert!(addr.ip().is_loopback(), "{addr}");
     }
 }

@@ -1,6 +1,6 @@
 //! The sans-IO client core shared by the client ([`crate::client`]) and the
-//! load generator ([`crate::bench`]), on the library's [`iot_ota::wire`]
-//! codec:
+//! load generator (`bench.rs`, in builds with the `loadgen` feature), on
+//! the library's [`iot_ota::wire`] codec:
 //!
 //! * [`Target::parse`] and [`Resource::parse`] read the command line's
 //!   SERVER and PATH (`host:port`, `[v6]:port`, `[v6%zone]:port`,
@@ -16,7 +16,7 @@
 //!   representation (same ETag, expected NUM, full blocks, Size2).
 //!
 //! Nothing here touches a socket, a clock or the terminal; that is
-//! [`crate::client`]'s and [`crate::bench`]'s work.
+//! [`crate::client`]'s and the load generator's work.
 
 use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
 use core::fmt;

@@ -1,14 +1,24 @@
 //! `iot-ota-client`: a device emulator and operator tool on the same `wire`
-//! code as the server, and the `bench` and `baseline` subcommands of `make
-//! bench`. The protocol work is in [`coap`] (sans-IO) and [`client`] (the
-//! socket loop); this file reads the command line, calls them, and turns
-//! the outcome into output and an exit code. It never builds or parses a
-//! message itself.
+//! code as the server, and, built with the `loadgen` feature only, the
+//! `bench` and `baseline` subcommands of `make bench`. The protocol work is
+//! in [`coap`] (sans-IO) and [`client`] (the socket loop); this file reads
+//! the command line, calls them, and turns the outcome into output and an
+//! exit code. It never builds or parses a message itself.
+//!
+//! The load generator is a feature of its own, off by default, because the
+//! packages install this program: `baseline` answers any datagram from
+//! any address with 1 KiB or more (an amplifier), and `bench` sends
+//! traffic as fast as it can to any address it is given. Neither belongs
+//! on a router or a Raspberry Pi that only needs the operator's tool, so
+//! the builds the packages make (`cargo deb`, OpenWrt, `make dist`) leave
+//! them out, and `make bench` builds them in.
 //!
 //! Exit codes: 0 downloaded (or GET done), 3 no update available, 1 error
 //! (timeout, unreachable, error response, inconsistent body), 2 usage.
 
+#[cfg(feature = "loadgen")]
 mod baseline;
+#[cfg(feature = "loadgen")]
 mod bench;
 mod client;
 mod coap;
@@ -20,7 +30,7 @@ use coap::{
     DevicePayload, Get, Progress, Resource, Response, Retransmission, Target, DEFAULT_BLOCK_SIZE,
 };
 use coap_lite::ResponseType;
-use getopts::{Fail, Matches, Options};
+use getopts::{Fail, Options};
 use iot_ota::firmware::{self, DeviceRequest};
 use iot_ota::wire::Block;
 use std::io::{IsTerminal, Write};
@@ -31,7 +41,8 @@ use std::time::{Duration, Instant};
 const PROGRAM: &str = "iot-ota-client";
 /// Exit status of a failed run (of every subcommand).
 pub(crate) const ERROR_EXIT: u8 = 1;
-/// Exit status of a usage error (of every subcommand).
+/// Exit status of a usage error (of every subcommand), and of `bench` or
+/// `baseline` in a build without the load generator.
 pub(crate) const USAGE_EXIT: u8 = 2;
 const NO_UPDATE_EXIT: u8 = 3;
 /// Upper bound of --timeout-ms: an hour-long ACK_TIMEOUT is a typo.
@@ -190,6 +201,14 @@ fn options() -> Options {
     o
 }
 
+/// The usage line of the load generator's subcommands, in the builds that
+/// have them; nothing in the others, whose help must not offer them.
+#[cfg(feature = "loadgen")]
+const LOADGEN_USAGE: &str = "       iot-ota-client bench ARGS... | baseline ARGS...   \
+     (load generator; see 'iot-ota-client bench --help')\n";
+#[cfg(not(feature = "loadgen"))]
+const LOADGEN_USAGE: &str = "";
+
 fn usage_text(o: &Options) -> String {
     let brief = format!(
         "Usage: {PROGRAM} SERVER --pid PID [--type TYPE] --version M.m.b [--offset N] [--legacy] [-o FILE] [-b BYTES]\n       \
@@ -197,8 +216,8 @@ fn usage_text(o: &Options) -> String {
          {PROGRAM} coap://HOST[:PORT]/PATH[?QUERY] [-o FILE] [-b BYTES]\n       \
          {PROGRAM} SERVER --pid PID --version M.m.b --observe [-o FILE] [--count N]\n       \
          {PROGRAM} coap://HOST[:PORT]/PATH --observe [-o FILE] [--count N]\n       \
-         {PROGRAM} coaps://HOST[:PORT]/PATH (--psk-identity ID --psk-key KEY | --psk-file FILE) ...\n       \
-         {PROGRAM} bench ARGS... | baseline ARGS...   (load generator; see '{PROGRAM} bench --help')\n\n\
+         {PROGRAM} coaps://HOST[:PORT]/PATH (--psk-identity ID --psk-key KEY | --psk-file FILE) ...\n\
+         {LOADGEN_USAGE}\n\
          A CoAP client for iot-ota-server: asks for a firmware update as a device does and downloads it\n\
          (Confirmable requests with RFC 7252 retransmission, Block2 per RFC 7959, Echo per RFC 9175, and\n\
          a wait of Max-Age seconds after 4.29 Too Many Requests), or GETs any resource.\n\n\
@@ -227,6 +246,7 @@ pub(crate) fn usage_error(command: &str, message: &str) -> ExitCode {
 }
 
 /// Parses the arguments of `command` (a subcommand) with `options`.
+#[cfg(feature = "loadgen")]
 /// `Err` is the exit code when the run is over already: the help, headed
 /// by `brief`, printed on `--help`, or a usage error.
 pub(crate) fn parse_subcommand(
@@ -234,7 +254,7 @@ pub(crate) fn parse_subcommand(
     options: &Options,
     args: &[String],
     brief: &str,
-) -> Result<Matches, ExitCode> {
+) -> Result<getopts::Matches, ExitCode> {
     let matches = options
         .parse(args)
         .map_err(|e| usage_error(command, &e.to_string()))?;
@@ -247,8 +267,9 @@ pub(crate) fn parse_subcommand(
 
 /// The value of the numeric option `--name`: `default` when absent, an
 /// error naming the option when it does not parse or fails `ok`.
+#[cfg(feature = "loadgen")]
 pub(crate) fn number<T: std::str::FromStr>(
-    m: &Matches,
+    m: &getopts::Matches,
     name: &str,
     default: T,
     ok: impl Fn(&T) -> bool,
@@ -427,7 +448,10 @@ fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
 /// `--psk-identity` and `--psk-key`, or `--psk-file`: the key of a
 /// `coaps://` server (`secure`), and only of one.
 #[cfg(feature = "dtls")]
-fn parse_psk(m: &Matches, secure: bool) -> Result<Option<iot_ota::dtls::ClientPsk>, String> {
+fn parse_psk(
+    m: &getopts::Matches,
+    secure: bool,
+) -> Result<Option<iot_ota::dtls::ClientPsk>, String> {
     use iot_ota::dtls::ClientPsk;
     let identity = m.opt_str("psk-identity");
     let key = m.opt_str("psk-key");
@@ -460,8 +484,14 @@ fn parse_psk(m: &Matches, secure: bool) -> Result<Option<iot_ota::dtls::ClientPs
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        #[cfg(feature = "loadgen")]
         Some("bench") => return bench::bench_main(args.get(1..).unwrap_or(&[])),
+        #[cfg(feature = "loadgen")]
         Some("baseline") => return baseline::baseline_main(args.get(1..).unwrap_or(&[])),
+        // Refused before any option is read, so that no argument can make
+        // a build without the load generator open a socket for them.
+        #[cfg(not(feature = "loadgen"))]
+        Some(name @ ("bench" | "baseline")) => return no_load_generator(name),
         _ => {}
     }
     let config = match parse_args(&args) {
@@ -470,6 +500,17 @@ fn main() -> ExitCode {
         Err(message) => return usage_error(PROGRAM, &message),
     };
     run(&config)
+}
+
+/// `bench` or `baseline` in a build without the `loadgen` feature: one
+/// line saying so, exit 2, and nothing opened.
+#[cfg(not(feature = "loadgen"))]
+fn no_load_generator(name: &str) -> ExitCode {
+    eprintln!(
+        "{PROGRAM}: '{name}' is part of the load generator, which this build lacks: \
+         build with --features loadgen (make bench)"
+    );
+    ExitCode::from(USAGE_EXIT)
 }
 
 fn run(config: &Config) -> ExitCode {

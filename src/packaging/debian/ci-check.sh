@@ -3,8 +3,10 @@
 # dpkg, checks its files and unit (systemd-analyze verify: skipped where
 # systemd is not installed, except under CI=true), serves the bundled sample image with the installed server to
 # the installed client, byte-compared, also after a reload (SIGHUP, what
-# `systemctl reload` sends), and removes and purges the package again, also
-# when a step fails. Needs root and cargo-deb (`cargo install cargo-deb --locked`).
+# `systemctl reload` sends), checks that the installed client has no load
+# generator (no `bench`, no `baseline` listener), and removes and purges
+# the package again, also when a step fails. Needs root and cargo-deb
+# (`cargo install cargo-deb --locked`).
 # .ci/run runs it; it refuses to touch an iot-ota-server already installed.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -17,11 +19,14 @@ fi
 
 work=$(mktemp -d)
 server_pid=
+probe_pid=
 cleanup() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
+    for pid in "$server_pid" "$probe_pid"; do
+        if [ -n "$pid" ]; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     # Installed, or removed with its conffiles left: purged.
     if dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -Eq 'installed|config-files'; then
         dpkg --purge "$package" >/dev/null
@@ -68,6 +73,57 @@ summary=$(dpkg-query -W -f='${binary:Summary}' "$package")
 # The defaults file is read by systemd and must also be valid shell.
 (. /etc/default/iot-ota-server && [ "$FIRMWARE_DIR" = /srv/firmware ]) \
     || fail "/etc/default/iot-ota-server does not set FIRMWARE_DIR=/srv/firmware"
+passed=$((passed + 1))
+
+# No load generator in the installed client (the loadgen feature, which
+# cargo deb leaves out): its `baseline` answers any datagram with 1 KiB or
+# more, an amplifier for anyone who forges a source address, and `bench`
+# floods any address. Each is refused at once with exit 2 and one line,
+# and holds no UDP socket while it runs (its descriptors' socket inodes
+# looked up in /proc/net/udp and udp6); --help offers neither. The
+# arguments would start a listener and a 30 s run in a client that has them.
+udp_sockets_of() {
+    local inode
+    for inode in $(ls -l "/proc/$1/fd" 2>/dev/null | sed -n 's/.*socket:\[\([0-9]*\)\]$/\1/p'); do
+        awk -v inode="$inode" '$10 == inode { print $2 }' /proc/net/udp /proc/net/udp6
+    done
+}
+refused() {
+    local sockets= socket status=0
+    /usr/bin/iot-ota-client "$@" >"$work/refused.out" 2>"$work/refused.err" &
+    probe_pid=$!
+    for _ in $(seq 20); do
+        for socket in $(udp_sockets_of "$probe_pid"); do
+            case " $sockets " in
+            *" $socket "*) ;;
+            *) sockets="${sockets:+$sockets }$socket" ;;
+            esac
+        done
+        kill -0 "$probe_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$probe_pid" 2>/dev/null; then
+        fail "iot-ota-client $* still ran after 2 s (UDP sockets: ${sockets:-none seen}):" \
+            "the installed client has a load generator: $(cat "$work/refused.err")"
+    fi
+    wait "$probe_pid" || status=$?
+    probe_pid=
+    [ "$status" = 2 ] || fail "iot-ota-client $*: exit status $status, not 2: $(cat "$work/refused.err")"
+    [ -z "$sockets" ] || fail "iot-ota-client $* opened UDP sockets: $sockets"
+    [ "$(wc -l <"$work/refused.err")" = 1 ] \
+        && grep -q 'is part of the load generator, which this build lacks' "$work/refused.err" \
+        || fail "iot-ota-client $*: not the one-line refusal: $(cat "$work/refused.err")"
+    [ ! -s "$work/refused.out" ] || fail "iot-ota-client $* printed to stdout"
+}
+refused baseline --listen 127.0.0.1:56831 --size 65507
+refused bench 127.0.0.1:56831 --baseline --devices 1 --duration-ms 30000
+client_help=$(/usr/bin/iot-ota-client --help) || fail "iot-ota-client --help"
+case $client_help in
+*bench* | *baseline*)
+    fail "iot-ota-client --help offers the load generator: $(printf '%s\n' "$client_help" | grep -E 'bench|baseline')"
+    ;;
+esac
+echo "ci-check: the installed client refuses bench and baseline, and its help names neither"
 passed=$((passed + 1))
 
 if command -v systemd-analyze >/dev/null 2>&1; then
