@@ -28,6 +28,7 @@ test:
 	$(CARGO) test --features dtls --test dtls
 	$(CARGO) test --features dtls --test lossy coaps
 	$(CARGO) test --features dtls --test fuzz_dtls
+	$(CARGO) test --features dtls --test dtls_tinydtls
 
 lint:
 	$(CARGO) fmt --check
