@@ -16,8 +16,10 @@ release-dtls:
 run:
 	$(CARGO) run --release --bin iot-ota-server -- -d updates -l '[::]:5683'
 
-# The dtls feature's own tests (tests/dtls.rs, the coaps downloads over the
-# lossy link, the DTLS front's fuzzing, and the module's unit tests) run only with it; the rest ran
+# The dtls feature's own tests run only with it: the module's unit tests,
+# libcoap (tests/dtls.rs) and tinydtls (tests/dtls_tinydtls.rs) as clients,
+# the coaps downloads over the lossy link, the DTLS front's fuzzing, and two
+# 30-second attacks from one host (tests/dtls_attack.rs); the rest ran
 # already. So do the loadgen feature's: the load generator's unit tests and
 # the bench harness's self-checks (tests/bench, which needs the feature).
 test:
@@ -29,6 +31,7 @@ test:
 	$(CARGO) test --features dtls --test lossy coaps
 	$(CARGO) test --features dtls --test fuzz_dtls
 	$(CARGO) test --features dtls --test dtls_tinydtls
+	$(CARGO) test --features dtls --test dtls_attack
 
 lint:
 	$(CARGO) fmt --check

@@ -291,8 +291,17 @@ fn a_wrong_key_or_an_unknown_identity_fails_the_handshake_and_leaves_no_session(
         }
         for (identity, key) in [("dev1", "not-the-key"), ("stranger", "dev1-secret-key")] {
             let out = fx.out.path().join("wrong");
+            let started = Instant::now();
             let (body, output) = download(client, identity, key, 1024, &uri, &out);
+            let took = started.elapsed();
             assert!(body.is_empty(), "{client} {identity}: {}", text(&output));
+            // The server's fatal alert (decrypt_error, unknown_psk_identity)
+            // ends the client's handshake at once, not its own timeout.
+            assert!(
+                took < Duration::from_secs(2),
+                "{client} {identity} gave up after {took:?}: {}",
+                text(&output)
+            );
             ran += 1;
         }
     }

@@ -75,7 +75,8 @@ impl Fixture {
 
 /// The server's resident set in KiB.
 fn rss_kib(server: &TestServer) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -219,7 +220,12 @@ impl Attacker {
 
 /// Our client's coaps download of `image` as dev1; returns how long it
 /// took, after checking the bytes.
-fn download_with_our_client(fx: &Fixture, server: SocketAddr, image: &TestImage, n: usize) -> Duration {
+fn download_with_our_client(
+    fx: &Fixture,
+    server: SocketAddr,
+    image: &TestImage,
+    n: usize,
+) -> Duration {
     let out = fx.out.path().join(format!("download-{n}"));
     let started = Instant::now();
     let output = support::run_bounded(
@@ -322,7 +328,13 @@ fn cookie_exchanges_at_full_speed_from_one_host_lock_no_one_else_out() {
     let mut observer = Command::new(support::CLIENT_BIN)
         .arg(format!("coaps://{to}"))
         .args(["--pid", "DEV", "--version", "1.0.1", "--observe"])
-        .args(["--psk-identity", "dev1", "--psk-key", "dev1-secret-key", "-o"])
+        .args([
+            "--psk-identity",
+            "dev1",
+            "--psk-key",
+            "dev1-secret-key",
+            "-o",
+        ])
         .arg(&observed)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -337,12 +349,12 @@ fn cookie_exchanges_at_full_speed_from_one_host_lock_no_one_else_out() {
     });
     let first = rx.recv_timeout(Duration::from_secs(10));
     assert_eq!(first.as_deref(), Ok("no update"), "{}", server.log());
-    // The attack, from 127.0.0.2: sixteen cookie exchanges in flight at
-    // all times, as fast as the server answers them.
+    // The attack, from 1,024 ports of 127.0.0.2: 64 cookie exchanges in
+    // flight at all times, as fast as the server answers them.
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = Arc::clone(&stop);
     let attack = std::thread::spawn(move || {
-        let mut attacker = Attacker::new(to, 16);
+        let mut attacker = Attacker::new(to, 1024);
         let started = Instant::now();
         while !stopping.load(Ordering::SeqCst) && started.elapsed() < ATTACK + ATTACK {
             attacker.exchange_all();
@@ -363,7 +375,16 @@ fn cookie_exchanges_at_full_speed_from_one_host_lock_no_one_else_out() {
             let _ = std::fs::remove_file(&out);
             let output = support::run_bounded(
                 Command::new(client)
-                    .args(["-a", "127.0.0.3", "-B", "5", "-u", "dev1", "-k", "dev1-secret-key"])
+                    .args([
+                        "-a",
+                        "127.0.0.3",
+                        "-B",
+                        "5",
+                        "-u",
+                        "dev1",
+                        "-k",
+                        "dev1-secret-key",
+                    ])
                     .arg("-o")
                     .arg(&out)
                     .arg(format!("coaps://{to}/updates/{}", image.id)),
@@ -377,7 +398,10 @@ fn cookie_exchanges_at_full_speed_from_one_host_lock_no_one_else_out() {
                 body.len(),
                 String::from_utf8_lossy(&output.stderr)
             );
-            assert!(took < Duration::from_secs(2), "download {downloads} took {took:?}");
+            assert!(
+                took < Duration::from_secs(2),
+                "download {downloads} took {took:?}"
+            );
             slowest = slowest.max(took);
             downloads += 1;
         }
@@ -486,7 +510,10 @@ impl Device {
         }
         for _ in 0..20 {
             let (_, data) = self.pump();
-            if data.iter().any(|d| d.get(1) == Some(&0x45) && d.get(3) == Some(&mid)) {
+            if data
+                .iter()
+                .any(|d| d.get(1) == Some(&0x45) && d.get(3) == Some(&mid))
+            {
                 return true;
             }
         }
@@ -517,9 +544,16 @@ fn an_idle_session_ends_and_an_unfinished_second_handshake_leaves_the_first_work
         .expect("send");
     // The second handshake started: its ServerHello flight arrives.
     let (n, _) = spoofer.recv_from(&mut buf).expect("the ServerHello flight");
-    assert_eq!(buf.get(..n).and_then(|d| d.get(13)), Some(&2), "not a ServerHello");
+    assert_eq!(
+        buf.get(..n).and_then(|d| d.get(13)),
+        Some(&2),
+        "not a ServerHello"
+    );
     assert!(device.get_discovery(2), "the first session stopped working");
     // Idle: two seconds of silence end the session on the server's side.
     std::thread::sleep(Duration::from_millis(3500));
-    assert!(!device.get_discovery(3), "the session outlived --session-idle");
+    assert!(
+        !device.get_discovery(3),
+        "the session outlived --session-idle"
+    );
 }

@@ -157,7 +157,10 @@ fn a_device_completes_its_handshake_through_our_cookie() {
     assert!(run(&mut front, &mut dev, epoch, 0, |_, _| {}));
     assert_eq!(front.identity(dev.addr), Some(&b"dev1"[..]));
     assert_eq!(front.handshake_count(), 0);
-    assert_eq!(request(&mut front, &mut dev, 50, 1), vec![vec![0x40, 1, 0, 1]]);
+    assert_eq!(
+        request(&mut front, &mut dev, 50, 1),
+        vec![vec![0x40, 1, 0, 1]]
+    );
     let stats = front.stats();
     assert_eq!((stats.hello_verifies, stats.connected), (1, 1));
 }
@@ -175,7 +178,11 @@ fn spoofed_alerts_and_fragments_do_not_end_a_devices_handshake() {
         }
         // A plaintext fatal alert, then eight one-byte fragments of a
         // future message, thirty times over: what the attack sends.
-        front.receive(target, now_ms, &[21, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 2, 40]);
+        front.receive(
+            target,
+            now_ms,
+            &[21, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 2, 40],
+        );
         for _ in 0..30 {
             let mut datagram = Vec::new();
             for offset in 0..8u8 {
@@ -228,10 +235,7 @@ fn half_open_handshakes_are_capped_per_source_and_never_evict_sessions() {
     assert_eq!(front.handshake_count(), 4, "per-source cap");
     // Another IPv6 host's /64 is one source, however many addresses.
     for host in 0..40u16 {
-        let from = SocketAddr::new(
-            IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, host + 1]),
-            5683,
-        );
+        let from = SocketAddr::new(IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, host + 1]), 5683);
         let hello = cookie_hello(&mut front, from, host as u8, 100);
         front.receive(from, 100, &hello);
         let _ = front.take_outgoing();
@@ -260,7 +264,10 @@ fn a_session_is_replaced_only_by_a_finished_handshake() {
     assert_eq!(front.receive(first.addr, 100, &hello), Handled::Started);
     let _ = front.take_outgoing();
     assert_eq!(front.handshake_count(), 1);
-    assert_eq!(request(&mut front, &mut first, 150, 7), vec![vec![0x40, 1, 0, 7]]);
+    assert_eq!(
+        request(&mut front, &mut first, 150, 7),
+        vec![vec![0x40, 1, 0, 7]]
+    );
     // It times out; the first session stays.
     front.on_timers(100 + HANDSHAKE_TIMEOUT_MS);
     assert_eq!(front.handshake_count(), 0);
@@ -292,7 +299,10 @@ fn an_idle_session_ends_with_close_notify_and_a_busy_one_stays() {
         if front.next_timer_ms().is_some_and(|due| due <= now_ms) {
             front.on_timers(now_ms);
         }
-        assert_eq!(request(&mut front, &mut busy, now_ms, second as u8).len(), 1);
+        assert_eq!(
+            request(&mut front, &mut busy, now_ms, second as u8).len(),
+            1
+        );
     }
     assert!(!front.has_session(idle.addr), "idle past the timeout");
     assert!(front.has_session(busy.addr));
@@ -356,5 +366,9 @@ fn timers_cost_one_heap_entry_per_peer_whatever_the_traffic() {
     for i in 0..500u64 {
         request(&mut front, &mut dev, 100 + i, i as u8);
     }
-    assert!(front.timers.len() <= 4, "{} heap entries", front.timers.len());
+    assert!(
+        front.timers.len() <= 4,
+        "{} heap entries",
+        front.timers.len()
+    );
 }
