@@ -27,7 +27,7 @@ const ATTACK: Duration = Duration::from_secs(30);
 /// The bound README states for the coaps front's memory under any
 /// attack, above the server's resident set before it: 64 half-open
 /// handshakes and their engines, at the default limits.
-const FRONT_BOUND_KIB: u64 = 8 * 1024;
+const FRONT_BOUND_KIB: u64 = 2 * 1024;
 /// The attacker's address: one host.
 const ATTACKER: &str = "127.0.0.2";
 const PSK_FILE: &str = "dev1:dev1-secret-key:DEV\n";

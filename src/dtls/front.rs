@@ -100,6 +100,25 @@ pub struct FrontStats {
     pub ignored: u64,
 }
 
+impl std::fmt::Display for FrontStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "coaps: hello verifies {} handshakes started {} evicted {} failed {} alerts {} \
+             connected {} sessions evicted {} idle {} ignored {}",
+            self.hello_verifies,
+            self.handshakes_started,
+            self.handshakes_evicted,
+            self.handshakes_failed,
+            self.alerts,
+            self.connected,
+            self.sessions_evicted,
+            self.sessions_idle,
+            self.ignored
+        )
+    }
+}
+
 /// A handshake in progress: the peer proved it receives at its address
 /// (the cookie), nothing more.
 struct Handshake {

@@ -728,6 +728,11 @@ impl Server {
     /// Ends every session with close_notify (the server is stopping).
     fn close_sessions(&mut self) {
         if let Some(secure) = self.dtls.as_mut() {
+            info!(
+                target: crate::logfmt::SUMMARY,
+                "{}",
+                secure.front.stats()
+            );
             secure.front.close_all();
             flush(&self.sockets, secure, None, &mut self.stats);
         }
