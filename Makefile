@@ -30,6 +30,7 @@ test:
 	$(CARGO) test --features dtls --test dtls
 	$(CARGO) test --features dtls --test lossy coaps
 	$(CARGO) test --features dtls --test fuzz_dtls
+	$(CARGO) test --features dtls --test no_alloc spoofed
 	$(CARGO) test --features dtls --test dtls_tinydtls
 	$(CARGO) test --features dtls --test dtls_attack
 

@@ -612,3 +612,77 @@ fn file_tree_requests_allocate_nothing() {
     }
     assert!(tally.content > 30 && tally.errors > 30, "{tally:?}");
 }
+
+/// What anyone can send to the coaps port before it proved its address
+/// (RFC 6347 §4.2.1): ClientHellos without a cookie or with a forged or
+/// stale one, from ever new addresses and ports, and records for peers
+/// without a session. Each is answered with a HelloVerifyRequest or
+/// dropped, and none allocates once the front's buffers are warm.
+#[cfg(feature = "dtls")]
+#[test]
+fn spoofed_client_hellos_and_strangers_records_allocate_nothing() {
+    use iot_ota::dtls::{Front, Handled, Limits as DtlsLimits, PskTable};
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    let keys = PskTable::parse("dev1:dev1-secret-key\n").unwrap();
+    let mut n = 0u8;
+    let entropy = Box::new(move |secret: &mut [u8; 32]| {
+        n = n.wrapping_add(1);
+        *secret = [n; 32];
+    });
+    let mut front = Front::new(keys, DtlsLimits::default(), entropy, Instant::now());
+    let hello = |random: u32, cookie: &[u8]| -> Vec<u8> {
+        let mut body = vec![0xfe, 0xfd];
+        body.extend_from_slice(&[0x11; 28]);
+        body.extend_from_slice(&random.to_be_bytes());
+        body.push(0);
+        body.push(cookie.len() as u8);
+        body.extend_from_slice(cookie);
+        body.extend_from_slice(&[0, 2, 0xc0, 0xa8, 1, 0, 0, 4, 0, 0x17, 0, 0]);
+        let len = (body.len() as u32).to_be_bytes();
+        let mut record = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0];
+        record.extend_from_slice(&((body.len() + 12) as u16).to_be_bytes());
+        record.extend_from_slice(&[1, len[1], len[2], len[3], 0, 0, 0, 0, 0]);
+        record.extend_from_slice(&[len[1], len[2], len[3]]);
+        record.extend_from_slice(&body);
+        record
+    };
+    let plan: Vec<(SocketAddr, Vec<u8>)> = (0..3000u32)
+        .map(|i| {
+            let from = SocketAddr::from(([198, 51, (i >> 8) as u8, i as u8], 1024 + i as u16));
+            let datagram = match i % 3 {
+                0 => hello(i, &[]),
+                1 => hello(i, &[i as u8; 32]),
+                _ => vec![
+                    23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 1, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8,
+                ],
+            };
+            (from, datagram)
+        })
+        .collect();
+    let mut answered = 0usize;
+    let round = |front: &mut Front, now_ms: u64, answered: &mut usize| {
+        for (from, datagram) in &plan {
+            let handled = front.receive(*from, now_ms, datagram);
+            assert!(matches!(handled, Handled::HelloVerify | Handled::Ignored));
+            front.drain_outgoing(|to, record| {
+                assert_eq!(to, *from);
+                assert!(record.len() <= datagram.len());
+                *answered += 1;
+            });
+        }
+    };
+    round(&mut front, 1, &mut answered);
+    arm(true);
+    let before = allocations();
+    // Across a rotation of the cookie secret too.
+    for now_ms in [2, 40_000, 95_000] {
+        round(&mut front, now_ms, &mut answered);
+    }
+    let made = allocations() - before;
+    arm(false);
+    assert_eq!(made, 0, "{made} allocations for spoofed datagrams");
+    assert_eq!(front.session_count(), 0);
+    assert_eq!(answered, 4 * 2000, "every hello is challenged");
+}

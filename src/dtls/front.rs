@@ -153,6 +153,21 @@ struct Session {
     scheduled_ms: Option<u64>,
 }
 
+/// Records to send: their bytes one after another, each with its
+/// destination and where it ends.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    records: Vec<(SocketAddr, usize)>,
+}
+
+impl Outbox {
+    fn push(&mut self, to: SocketAddr, record: &[u8]) {
+        self.bytes.extend_from_slice(record);
+        self.records.push((to, self.bytes.len()));
+    }
+}
+
 /// Which table a timer entry is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Table {
@@ -173,7 +188,7 @@ pub struct Front {
     /// The instant of millisecond 0 of the caller's clock.
     epoch: Instant,
     /// Records to send, with their destination.
-    outbox: Vec<(SocketAddr, Vec<u8>)>,
+    outbox: Outbox,
     /// Decrypted datagrams of the last [`Front::receive`].
     inbox: Vec<Vec<u8>>,
     /// The engine's output buffer.
@@ -206,7 +221,7 @@ impl Front {
             sessions: HashMap::new(),
             timers: BinaryHeap::new(),
             epoch,
-            outbox: Vec::new(),
+            outbox: Outbox::default(),
             inbox: Vec::new(),
             scratch: vec![0; super::MTU + 64],
             stats: FrontStats::default(),
@@ -297,9 +312,27 @@ impl Front {
         std::mem::take(&mut self.inbox)
     }
 
-    /// The records to send, with their destinations.
+    /// Gives each record to send, with its destination, to `send`, and
+    /// forgets them; the buffers stay for the next, so that answering a
+    /// ClientHello allocates nothing.
+    pub fn drain_outgoing(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
+        let mut start = 0;
+        for &(to, end) in &self.outbox.records {
+            if let Some(record) = self.outbox.bytes.get(start..end) {
+                send(to, record);
+            }
+            start = end;
+        }
+        self.outbox.records.clear();
+        self.outbox.bytes.clear();
+    }
+
+    /// The records to send, with their destinations, as owned values (for
+    /// tests and tools; the server uses [`Front::drain_outgoing`]).
     pub fn take_outgoing(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
-        std::mem::take(&mut self.outbox)
+        let mut records = Vec::new();
+        self.drain_outgoing(|to, record| records.push((to, record.to_vec())));
+        records
     }
 
     /// Encrypts `plaintext` for `to`'s established session; false when
@@ -349,7 +382,7 @@ impl Front {
         if let Some(mut session) = self.sessions.remove(&peer) {
             if session.dtls.close().is_ok() {
                 drain_packets(&mut session.dtls, &mut self.scratch, |p| {
-                    self.outbox.push((peer, p.to_vec()))
+                    self.outbox.push(peer, p)
                 });
             }
         }
@@ -407,7 +440,7 @@ impl Front {
         if len > datagram.len() {
             return Handled::Ignored;
         }
-        self.outbox.push((from, answer.to_vec()));
+        self.outbox.push(from, &answer);
         self.stats.hello_verifies += 1;
         Handled::HelloVerify
     }
@@ -458,7 +491,9 @@ impl Front {
             .filter_map(|p| records::last_plaintext_sequence(p))
             .max()
             .unwrap_or(hello.record_sequence);
-        self.outbox.extend(answer.into_iter().map(|p| (from, p)));
+        for p in &answer {
+            self.outbox.push(from, p);
+        }
         self.handshakes.insert(
             from,
             Handshake {
@@ -552,7 +587,7 @@ impl Front {
         };
         let mut record = [0u8; ALERT_LEN];
         records::write_alert(alert, hs.last_sequence.saturating_add(1), &mut record);
-        self.outbox.push((from, record.to_vec()));
+        self.outbox.push(from, &record);
         self.stats.alerts += 1;
         self.stats.handshakes_failed += 1;
     }
@@ -572,7 +607,7 @@ impl Front {
                     if let Some(seq) = records::last_plaintext_sequence(p) {
                         hs.last_sequence = hs.last_sequence.max(seq);
                     }
-                    self.outbox.push((peer, p.to_vec()));
+                    self.outbox.push(peer, p);
                 }
                 Output::Connected => connected = true,
                 Output::Timeout(t) => {
@@ -674,7 +709,7 @@ impl Front {
         // Bounded: an engine yields its records and events, then its timer.
         for _ in 0..256 {
             match session.dtls.poll_output(&mut self.scratch) {
-                Output::Packet(p) => self.outbox.push((peer, p.to_vec())),
+                Output::Packet(p) => self.outbox.push(peer, p),
                 Output::ApplicationData(data) => self.inbox.push(data.to_vec()),
                 Output::CloseNotify => {
                     closed = true;

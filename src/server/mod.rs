@@ -745,10 +745,12 @@ impl Server {
 /// HelloVerifyRequest's) when it is known.
 #[cfg(feature = "dtls")]
 fn flush(sockets: &[UdpSocket], secure: &mut Secure, dest: Option<LocalDest>, stats: &mut Stats) {
-    for (to, record) in secure.front.take_outgoing() {
-        let from = secure.local_dests.get(&to).copied().or(dest);
-        send(sockets, secure.socket, &record, to, from, stats);
-    }
+    let local_dests = &secure.local_dests;
+    let socket = secure.socket;
+    secure.front.drain_outgoing(|to, record| {
+        let from = local_dests.get(&to).copied().or(dest);
+        send(sockets, socket, record, to, from, stats);
+    });
     // Sessions ended (closed, failed, timed out, evicted): their entries
     // go too. Checked by count, so that the usual flush costs nothing.
     if secure.local_dests.len() > secure.front.session_count() {
