@@ -41,9 +41,9 @@ const COOKIE_PERIOD_MS: u64 = 30_000;
 /// ChangeCipherSpec, Finished) is under 300 bytes.
 const HANDSHAKE_DATAGRAM_MAX: usize = 512;
 /// Datagrams a half-open handshake takes in before it is ended: a
-/// client needs two or three, and a few more when its flights are lost
-/// and sent again.
-const HANDSHAKE_DATAGRAMS_MAX: u8 = 12;
+/// client needs one to three (ClientKeyExchange, ChangeCipherSpec and
+/// Finished, together or apart), and each again when a flight is lost.
+const HANDSHAKE_DATAGRAMS_MAX: u8 = 20;
 /// How long a half-open handshake may last (the engine's own limit,
 /// checked here too).
 const HANDSHAKE_TIMEOUT_MS: u64 = 15_000;
@@ -142,6 +142,9 @@ struct Handshake {
 /// An established session.
 struct Session {
     dtls: Dtls,
+    /// The random of the ClientHello that started it: a late copy of that
+    /// hello is not a new handshake.
+    random: [u8; 32],
     identity: Vec<u8>,
     /// What the identity may fetch.
     authorization: Authorization,
@@ -411,6 +414,14 @@ impl Front {
             return self.hello_verify(from, now_ms, datagram, hello);
         }
         if self
+            .sessions
+            .get(&from)
+            .is_some_and(|s| s.random == hello.random)
+        {
+            // A late copy of the hello that started the session.
+            return Handled::Ignored;
+        }
+        if self
             .handshakes
             .get(&from)
             .is_some_and(|h| h.random == hello.random)
@@ -665,6 +676,7 @@ impl Front {
             peer,
             Session {
                 dtls: hs.dtls,
+                random: hs.random,
                 identity,
                 authorization,
                 last_ms: now_ms,

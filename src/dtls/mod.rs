@@ -18,7 +18,7 @@
 //!   sender chooses decides the server's random or keys.
 //! * Half-open handshakes are capped overall ([`Limits::max_handshakes`])
 //!   and per source ([`Limits::handshakes_per_source`], IPv4 /32 or IPv6
-//!   /64), evict only each other, and end after 15 s or 12 datagrams.
+//!   /64), evict only each other, and end after 15 s or 20 datagrams.
 //!   Before a handshake completes, only whole ClientHello or
 //!   ClientKeyExchange messages, ChangeCipherSpec and encrypted records
 //!   of at most 512 bytes per datagram reach its engine (module `records`): a
