@@ -36,7 +36,8 @@ use crate::coap::{
     classify_reply, emit_get, BlockCursor, DevicePayload, Get, MessageIds, Reply, Resource,
     Retransmission, Target, XorShift, TOKEN_LEN,
 };
-use crate::{number, parse_subcommand, usage_error, ERROR_EXIT};
+use crate::options::{number, parse_subcommand};
+use crate::{usage_error, ERROR_EXIT};
 use coap_lite::{MessageClass, MessageType, ResponseType};
 use getopts::{Matches, Options};
 use iot_ota::firmware::{self, DeviceRequest};
