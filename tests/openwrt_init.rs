@@ -926,7 +926,7 @@ fn makefile_installs_both_programs_the_service_and_its_config() {
         "Cargo.toml",
         "Cargo.lock",
         "LICENSE",
-        "src/main.rs",
+        "src/bin/iot-ota-server/main.rs",
         "src/lib.rs",
     ] {
         assert!(

@@ -8,7 +8,8 @@
 //! so it is built only with the `loadgen` feature (never in the packages)
 //! and listens on loopback unless `--listen` says otherwise.
 
-use crate::{number, parse_subcommand, usage_error, ERROR_EXIT};
+use crate::options::{number, parse_subcommand};
+use crate::{usage_error, ERROR_EXIT};
 use getopts::Options;
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::process::ExitCode;

@@ -789,7 +789,7 @@ pub(crate) fn is_unreachable(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coap::tests::{answer, CONTENT};
+    use crate::coap::{answer, CONTENT};
     use coap_lite::MessageClass;
     use iot_ota::wire::{Block, Emitter, Message};
     use std::sync::mpsc;

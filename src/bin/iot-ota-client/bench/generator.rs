@@ -1,8 +1,5 @@
-//! The load generator behind `iot-ota-client bench`, used by `make bench`.
-//! The protocol is the client's ([`crate::coap`]: requests, reply matching,
-//! the block cursor, Message IDs, the retransmission schedule); what is
-//! its own is the single-thread scheduling of many devices and the
-//! byte-for-byte check against the image. It never allocates per request.
+//! The generator's loop: N simulated devices on one thread, their
+//! requests, the reply matching and the byte-for-byte checks.
 //!
 //! The generator simulates N devices. Each runs a stop-and-wait Confirmable
 //! download of a whole image, block by block (RFC 7252 §4.2, RFC 7959
@@ -26,30 +23,22 @@
 //! shows the responder's CPU use, so a generator-bound run is visible.
 //! Against a server that answers out of order the generator stays correct,
 //! only slower.
-//!
-//! `bench --baseline` drives [`crate::baseline`], the ceiling for a
-//! single-thread request/response server on the machine at hand, with the
-//! same loop and the same requests, minus the CoAP checks.
 
+use super::options::{BenchConfig, Route};
+use super::report::{percentile, process_cpu_ticks, Report, USER_HZ};
 use crate::client::bind_ephemeral;
 use crate::coap::{
     classify_reply, emit_get, BlockCursor, DevicePayload, Get, MessageIds, Reply, Resource,
-    Retransmission, Target, XorShift, TOKEN_LEN,
+    XorShift, TOKEN_LEN,
 };
-use crate::{number, parse_subcommand, usage_error, ERROR_EXIT};
 use coap_lite::{MessageClass, MessageType, ResponseType};
-use getopts::{Matches, Options};
-use iot_ota::firmware::{self, DeviceRequest};
+use iot_ota::firmware::DeviceRequest;
 use iot_ota::wire::{Block, Message};
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// The command name in messages.
-const COMMAND: &str = "iot-ota-client bench";
 /// Room for the largest request: header, token, two Uri-Path options,
 /// Block2 and a legacy payload with a 255-byte PID.
 const REQUEST_MAX: usize = 320;
@@ -67,355 +56,6 @@ const LOOK_AHEAD: usize = 16;
 const TIMER_SWEEP: Duration = Duration::from_millis(5);
 /// Blocks a baseline "download" has when no image is given.
 const BASELINE_BLOCKS: usize = 256;
-/// Upper bound of `--devices` and `--ports` (each is a file descriptor).
-const MAX_SOCKETS: usize = 60_000;
-/// Linux reports process CPU time in these ticks a second (USER_HZ).
-const USER_HZ: f64 = 100.0;
-
-/// What the devices download.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
-    /// `GET /updates/{id}`, OFFSET as a 4-byte payload when not 0.
-    Id([u8; 8]),
-    /// The legacy one-request protocol: the device payload with OFFSET in
-    /// every request (the reference protocol's devices do).
-    Legacy {
-        pid: Vec<u8>,
-        fw_type: u8,
-        version: u32,
-    },
-}
-
-impl Route {
-    fn name(&self) -> &'static str {
-        match self {
-            Route::Id(_) => "id",
-            Route::Legacy { .. } => "legacy",
-        }
-    }
-}
-
-/// Everything `bench` needs, from the command line.
-#[derive(Debug, Clone)]
-struct BenchConfig {
-    server: SocketAddr,
-    devices: usize,
-    /// `Some(P)`: requests leave round-robin from a pool of P sockets.
-    ports: Option<usize>,
-    route: Route,
-    offset: u32,
-    szx: u8,
-    /// The expected body, `image[offset..]`; empty in baseline mode when no
-    /// image was given.
-    body: Vec<u8>,
-    baseline: bool,
-    /// Never block: poll the head socket continuously.
-    spin: bool,
-    duration: Duration,
-    downloads: Option<u32>,
-    /// ACK_TIMEOUT from `--timeout-ms`; MAX_RETRANSMIT as RFC 7252 says.
-    retransmission: Retransmission,
-}
-
-/// What a run measured.
-#[derive(Debug, Clone, Default)]
-struct Report {
-    blocks: u64,
-    bytes: u64,
-    secs: f64,
-    p50_us: u32,
-    p99_us: u32,
-    max_us: u32,
-    retransmissions: u64,
-    failures: u64,
-    mismatches: u64,
-    stale: u64,
-    downloads: u64,
-    /// Requests taken out of the fast path as late or lost.
-    late_heads: u64,
-    sweeps: u64,
-    cpu_pct: Option<f64>,
-    first_mismatch: Option<String>,
-}
-
-impl Report {
-    fn blocks_per_s(&self) -> f64 {
-        if self.secs > 0.0 {
-            self.blocks as f64 / self.secs
-        } else {
-            0.0
-        }
-    }
-}
-
-fn bench_options() -> Options {
-    let mut o = Options::new();
-    o.optopt(
-        "n",
-        "devices",
-        "simulated devices, 1..60000 (default: 16)",
-        "N",
-    );
-    o.optopt(
-        "",
-        "ports",
-        "spread requests round-robin over P client sockets, P >= N (id path only; default: one socket per device)",
-        "P",
-    );
-    o.optopt(
-        "",
-        "path",
-        "id (GET /updates/{id}, default) or legacy (GET /updates with the device payload)",
-        "PATH",
-    );
-    o.optopt("", "id", "image id, 8 hex digits (--path id)", "HEX");
-    o.optopt(
-        "",
-        "pid",
-        "product id the devices report (--path legacy)",
-        "PID",
-    );
-    o.optopt(
-        "",
-        "type",
-        "firmware type, APP or 0..255 (--path legacy; default: APP)",
-        "TYPE",
-    );
-    o.optopt(
-        "",
-        "version",
-        "version the devices run, M.m.b or a number (--path legacy; default: 0.0.0)",
-        "V",
-    );
-    o.optopt(
-        "",
-        "offset",
-        "byte offset the body starts at (default: 0)",
-        "BYTES",
-    );
-    o.optopt(
-        "",
-        "expect",
-        "the image file: every block is compared with it",
-        "FILE",
-    );
-    o.optopt(
-        "b",
-        "block-size",
-        "Block2 size asked for, 16..1024 (default: 1024)",
-        "BYTES",
-    );
-    o.optflag(
-        "",
-        "baseline",
-        "the target is `iot-ota-client baseline`: any reply completes a request, nothing is checked",
-    );
-    o.optflag(
-        "",
-        "spin",
-        "never sleep while waiting for a reply (when the generator has a CPU of its own, e.g. under taskset)",
-    );
-    o.optopt(
-        "",
-        "duration-ms",
-        "length of the run (default: 2000; with --downloads a cap, default 60000)",
-        "MS",
-    );
-    o.optopt(
-        "",
-        "downloads",
-        "stop each device after K whole downloads",
-        "K",
-    );
-    o.optopt(
-        "",
-        "timeout-ms",
-        "first retransmission timeout, doubled after each (default: 2000, RFC 7252 ACK_TIMEOUT)",
-        "MS",
-    );
-    o.optflag("h", "help", "print this help");
-    o
-}
-
-/// The help text above the options.
-const BENCH_BRIEF: &str = "Usage: iot-ota-client bench SERVER [--devices N] [--ports P] [--path id|legacy] \
-                 [--id HEX | --pid PID --type T --version V] [--offset BYTES] [--expect FILE] \
-                 [--block-size BYTES] [--baseline] [--spin] [--duration-ms MS | --downloads K] [--timeout-ms MS]\n\n\
-                 Simulates N devices, each downloading a whole image block by block with Confirmable \
-                 requests (stop-and-wait, its own Message IDs and token), all in one thread, and checks \
-                 every block against FILE. SERVER is HOST:PORT (port 5683 when omitted).\n\
-                 Prints one human line, then one machine-readable line:\n  \
-                 RESULT mode=.. target=.. devices=.. ports=.. block_size=.. blocks=.. secs=.. blocks_per_s=.. \
-                 p50_us=.. p99_us=.. max_us=.. retransmissions=.. failures=.. mismatches=.. stale=.. downloads=.. \
-                 late_heads=.. sweeps=.. cpu_pct=..\n\
-                 (latency: first transmission to checked reply; failures: exchanges given up after 4 \
-                 retransmissions; stale: duplicate or unmatched replies; late_heads: requests found lost; \
-                 cpu_pct: the generator's own CPU use)\n\
-                 Exit status: 0 when every block matched, 1 on a mismatch or when no block arrived, 2 on a usage error.";
-
-/// `iot-ota-client bench SERVER ...`: runs the load generator and prints a
-/// human line and a `RESULT key=value ...` line on stdout.
-///
-/// `args` are the arguments after `bench`. Exit status 0 when every block
-/// matched, 1 on a mismatch, a failed run or no block at all, 2 on a usage
-/// error.
-pub(crate) fn bench_main(args: &[String]) -> ExitCode {
-    let matches = match parse_subcommand(COMMAND, &bench_options(), args, BENCH_BRIEF) {
-        Ok(m) => m,
-        Err(done) => return done,
-    };
-    let config = match bench_config(&matches) {
-        Ok(config) => config,
-        Err(message) => return usage_error(COMMAND, &message),
-    };
-    let report = match run(&config) {
-        Ok(report) => report,
-        Err(e) => {
-            eprintln!("{COMMAND}: {e}");
-            return ExitCode::from(ERROR_EXIT);
-        }
-    };
-    println!("{}", human_line(&config, &report));
-    println!("{}", result_line(&config, &report));
-    if let Some(first) = &report.first_mismatch {
-        eprintln!("{COMMAND}: first mismatch: {first}");
-    }
-    if report.mismatches > 0 || report.blocks == 0 {
-        ExitCode::from(ERROR_EXIT)
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-fn bench_config(m: &Matches) -> Result<BenchConfig, String> {
-    let server_text = match m.free.as_slice() {
-        [one] => one,
-        [] => return Err("missing SERVER (e.g. 127.0.0.1:5683)".to_owned()),
-        [_, extra, ..] => return Err(format!("unexpected argument '{extra}'")),
-    };
-    let server = Target::parse(server_text)
-        .map_err(|e| e.to_string())
-        .and_then(|target| match target.secure {
-            // One DTLS session per simulated device is not what the load
-            // generator measures.
-            true => Err("the load generator speaks plain coap only".to_owned()),
-            false => target.resolve().map_err(|e| e.to_string()),
-        })
-        .map_err(|e| format!("cannot resolve SERVER '{server_text}': {e}"))?;
-    let devices = number(m, "devices", 16usize, |n| (1..=MAX_SOCKETS).contains(n))?;
-    let ports = match m.opt_str("ports") {
-        None => None,
-        Some(_) => Some(
-            number(m, "ports", 0usize, |p| (devices..=MAX_SOCKETS).contains(p)).map_err(|e| {
-                format!("{e}: use at least as many ports as devices ({devices}) and at most {MAX_SOCKETS}")
-            })?,
-        ),
-    };
-    let baseline = m.opt_present("baseline");
-    let route = match m.opt_str("path").as_deref().unwrap_or("id") {
-        "id" => {
-            let id = match m.opt_str("id") {
-                Some(text) => {
-                    parse_id(&text).ok_or_else(|| format!("invalid --id '{text}': 8 hex digits"))?
-                }
-                None if baseline => *b"00000000",
-                None => return Err("--path id needs --id HEX".to_owned()),
-            };
-            Route::Id(id)
-        }
-        "legacy" => {
-            let pid = m.opt_str("pid").map(String::into_bytes);
-            let pid = match pid {
-                Some(pid) if (1..=255).contains(&pid.len()) => pid,
-                Some(_) => return Err("--pid must be 1 to 255 bytes".to_owned()),
-                None if baseline => b"BASELINE".to_vec(),
-                None => return Err("--path legacy needs --pid PID".to_owned()),
-            };
-            let fw_type = match m.opt_str("type") {
-                None => firmware::TYPE_APP,
-                Some(t) => firmware::parse_type(t.as_bytes())
-                    .ok_or_else(|| format!("invalid --type '{t}': APP or 0..255"))?,
-            };
-            let version = match m.opt_str("version") {
-                None => 0,
-                Some(v) => firmware::parse_version(v.as_bytes())
-                    .ok_or_else(|| format!("invalid --version '{v}': M.m.b or a number"))?,
-            };
-            Route::Legacy {
-                pid,
-                fw_type,
-                version,
-            }
-        }
-        other => return Err(format!("invalid --path '{other}': id or legacy")),
-    };
-    if ports.is_some() && matches!(route, Route::Legacy { .. }) {
-        return Err(
-            "--ports needs --path id: a legacy continuation belongs to one client port".to_owned(),
-        );
-    }
-    let offset = number(m, "offset", 0u32, |_| true)?;
-    let block_size = number(m, "block-size", 1024usize, |b| {
-        Block::szx_for_size(*b).is_some()
-    })
-    .map_err(|e| format!("{e}: use 16, 32, 64, 128, 256, 512 or 1024"))?;
-    let szx = Block::szx_for_size(block_size).unwrap_or(Block::MAX_SZX);
-    let body = match m.opt_str("expect") {
-        Some(file) => {
-            let image = std::fs::read(PathBuf::from(&file))
-                .map_err(|e| format!("cannot read --expect {file}: {e}"))?;
-            image
-                .get(offset as usize..)
-                .ok_or_else(|| {
-                    format!(
-                        "--offset {offset} is beyond the {} bytes of {file}",
-                        image.len()
-                    )
-                })?
-                .to_vec()
-        }
-        None if baseline => Vec::new(),
-        None => {
-            return Err(
-                "--expect FILE is needed to check the blocks (or use --baseline)".to_owned(),
-            )
-        }
-    };
-    let downloads = match m.opt_str("downloads") {
-        None => None,
-        Some(_) => Some(number(m, "downloads", 1u32, |k| *k > 0)?),
-    };
-    let default_ms = if downloads.is_some() { 60_000 } else { 2_000 };
-    let duration = Duration::from_millis(number(m, "duration-ms", default_ms, |ms| *ms > 0)?);
-    let ack_timeout = Duration::from_millis(number(m, "timeout-ms", 2_000u64, |ms| {
-        (1..=60_000).contains(ms)
-    })?);
-    Ok(BenchConfig {
-        server,
-        devices,
-        ports,
-        route,
-        offset,
-        szx,
-        body,
-        baseline,
-        spin: m.opt_present("spin"),
-        duration,
-        downloads,
-        retransmission: Retransmission {
-            ack_timeout,
-            ..Retransmission::default()
-        },
-    })
-}
-
-fn parse_id(text: &str) -> Option<[u8; 8]> {
-    let bytes: [u8; 8] = text.as_bytes().try_into().ok()?;
-    bytes
-        .iter()
-        .all(u8::is_ascii_hexdigit)
-        .then(|| bytes.map(|b| b.to_ascii_lowercase()))
-}
 
 /// One simulated device and its outstanding exchange.
 #[derive(Debug)]
@@ -508,7 +148,7 @@ fn bind_socket(server: SocketAddr) -> io::Result<UdpSocket> {
 /// # Errors
 /// When a socket cannot be created (too many open files, no such address
 /// family).
-fn run(config: &BenchConfig) -> io::Result<Report> {
+pub(crate) fn run(config: &BenchConfig) -> io::Result<Report> {
     let socket_count = config.ports.unwrap_or(config.devices);
     let mut sockets = Vec::with_capacity(socket_count);
     for _ in 0..socket_count {
@@ -1056,86 +696,11 @@ impl Requests {
     }
 }
 
-/// Value at `pct` percent of a sorted slice (nearest rank), 0 when empty.
-fn percentile(sorted: &[u32], pct: usize) -> u32 {
-    let Some(last) = sorted.len().checked_sub(1) else {
-        return 0;
-    };
-    sorted.get(last * pct / 100).copied().unwrap_or(0)
-}
-
-/// User plus system CPU time of this process in clock ticks, from
-/// `/proc/self/stat` (Linux); `None` elsewhere.
-fn process_cpu_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which may contain spaces, in
-    // parentheses: utime and stime are fields 14 and 15 of the line.
-    let after = stat.rsplit_once(')')?.1;
-    let mut fields = after.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn human_line(config: &BenchConfig, r: &Report) -> String {
-    let target = if config.baseline {
-        "baseline"
-    } else {
-        "server"
-    };
-    let ports = match config.ports {
-        Some(p) => format!(" over {p} client ports"),
-        None => String::new(),
-    };
-    format!(
-        "{} devices{ports}, {} path, {target} {}: {} blocks in {:.2} s = {:.0} blocks/s ({:.1} MB/s), \
-         latency p50 {} us p99 {} us, {} retransmissions, {} failed exchanges, {} mismatches",
-        config.devices,
-        config.route.name(),
-        iot_ota::iface::display(config.server),
-        r.blocks,
-        r.secs,
-        r.blocks_per_s(),
-        r.bytes as f64 / r.secs.max(f64::MIN_POSITIVE) / 1e6,
-        r.p50_us,
-        r.p99_us,
-        r.retransmissions,
-        r.failures,
-        r.mismatches
-    )
-}
-
-fn result_line(config: &BenchConfig, r: &Report) -> String {
-    let cpu = r
-        .cpu_pct
-        .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
-    format!(
-        "RESULT mode={} target={} devices={} ports={} block_size={} blocks={} secs={:.6} blocks_per_s={:.1} \
-         p50_us={} p99_us={} max_us={} retransmissions={} failures={} mismatches={} stale={} downloads={} late_heads={} sweeps={} cpu_pct={cpu}",
-        config.route.name(),
-        if config.baseline { "baseline" } else { "server" },
-        config.devices,
-        config.ports.unwrap_or(config.devices),
-        16usize << config.szx,
-        r.blocks,
-        r.secs,
-        r.blocks_per_s(),
-        r.p50_us,
-        r.p99_us,
-        r.max_us,
-        r.retransmissions,
-        r.failures,
-        r.mismatches,
-        r.stale,
-        r.downloads,
-        r.late_heads,
-        r.sweeps,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::options::parse_id;
+    use crate::coap::Retransmission;
     use iot_ota::catalog::Catalog;
     use iot_ota::hash::fnv1a32;
     use iot_ota::server::Server;
@@ -1219,10 +784,6 @@ mod tests {
                 ..Retransmission::default()
             },
         }
-    }
-
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
@@ -1370,72 +931,5 @@ mod tests {
                 szx: 6
             }))
         );
-    }
-
-    #[test]
-    fn options_are_checked() {
-        let parse = |list: &[&str]| {
-            let m = bench_options().parse(args(list)).unwrap();
-            bench_config(&m)
-        };
-        assert!(parse(&[]).unwrap_err().contains("missing SERVER"));
-        assert!(parse(&["127.0.0.1:1"]).unwrap_err().contains("--id"));
-        assert!(parse(&["127.0.0.1:1", "--id", "xyz"])
-            .unwrap_err()
-            .contains("8 hex"));
-        assert!(parse(&["127.0.0.1:1", "--baseline", "-b", "100"])
-            .unwrap_err()
-            .contains("1024"));
-        assert!(
-            parse(&["127.0.0.1:1", "--baseline", "-n", "8", "--ports", "4"])
-                .unwrap_err()
-                .contains("at least as many")
-        );
-        assert!(parse(&[
-            "127.0.0.1:1",
-            "--baseline",
-            "--path",
-            "legacy",
-            "--ports",
-            "20"
-        ])
-        .unwrap_err()
-        .contains("--path id"));
-        let ok = parse(&[
-            "127.0.0.1",
-            "--baseline",
-            "--path",
-            "legacy",
-            "--version",
-            "1.2.3",
-        ])
-        .unwrap();
-        assert_eq!(ok.server.port(), crate::coap::DEFAULT_PORT);
-        assert!(matches!(
-            ok.route,
-            Route::Legacy {
-                version: 0x0102_0003,
-                fw_type: 3,
-                ..
-            }
-        ));
-        assert_eq!(bench_main(&args(&["--help"])), ExitCode::SUCCESS);
-        assert_eq!(
-            bench_main(&args(&["--bogus"])),
-            ExitCode::from(crate::USAGE_EXIT)
-        );
-        assert_eq!(
-            crate::baseline::baseline_main(&args(&["--size", "0"])),
-            ExitCode::from(crate::USAGE_EXIT)
-        );
-    }
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        assert_eq!(percentile(&[], 50), 0);
-        let v: Vec<u32> = (1..=100).collect();
-        assert_eq!(percentile(&v, 50), 50);
-        assert_eq!(percentile(&v, 99), 99);
-        assert_eq!(percentile(&[7], 99), 7);
     }
 }
