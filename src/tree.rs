@@ -14,10 +14,9 @@
 //! nothing, and a symbolic link is followed only when its target stays
 //! inside the directory.
 
-use crate::catalog::{
-    io_reason, read_settled, settle_wait, stamp_of, AttrValue, CoreLink, ImageBytes, Stamp, Unread,
-};
+use crate::catalog::{AttrValue, CoreLink};
 use crate::hash::{fnv1a64, fnv1a64_concat, FnvBuild};
+use crate::snapshot::{io_reason, read_settled, settle_wait, stamp_of, ImageBytes, Stamp, Unread};
 use coap_lite::link_format::{LINK_ATTR_CONTENT_FORMAT, LINK_ATTR_MAXIMUM_SIZE_ESTIMATE};
 use std::collections::HashMap;
 use std::fmt;

@@ -4,9 +4,9 @@
 //! (`Catalog::refresh` and `FileTree::refresh` do the reading and decide
 //! what changed; this module decides when, and logs).
 
-use crate::catalog::{stamp_of, Stamp};
 use crate::hash::fnv1a64;
 use crate::service::{Outcome, Service};
+use crate::snapshot::{stamp_of, Stamp};
 use crate::tree::{self, FileTree};
 use log::{debug, info, warn};
 use std::path::{Path, PathBuf};
