@@ -13,10 +13,12 @@
 //! snapshot serves: the catalog and the tree list their directories and build their own
 //! snapshots with these pieces.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::catalog::SkipReason;
@@ -243,6 +245,103 @@ pub(crate) fn check_regular(meta: &fs::Metadata) -> Result<(), SkipReason> {
         return Err(SkipReason::TooLarge(meta.len()));
     }
     Ok(())
+}
+
+/// The outcome of one rescan of a watched source, the catalog's
+/// ([`crate::catalog::Refresh`]) and the file tree's ([`crate::tree::TreeRefresh`]) alike:
+/// the snapshot to swap in, if any, and what the operator should hear about.
+///
+/// `added`, `replaced` and `removed` compare the entries `next` serves with those the
+/// refreshed snapshot serves, by name, sorted; they are empty when `next` is `None`.
+/// `pending` and `skipped` describe the source as this refresh saw it, whether or not `next`
+/// is `Some`, sorted by name.
+///
+/// `T` is the snapshot, `P` a file not served yet because it has not settled, `K` an entry
+/// left out and `E` why no snapshot could be built.
+#[derive(Debug)]
+pub struct Refresh<T, P, K, E> {
+    /// The snapshot to swap in; `None` when nothing changed (keep the current one, log
+    /// nothing) or when `error` is set (keep serving the current one).
+    pub next: Option<T>,
+    /// Names `next` serves and the refreshed snapshot does not.
+    pub added: Vec<String>,
+    /// Names both serve whose file was read again because its stamp changed. The ETag
+    /// changes only if the content did.
+    pub replaced: Vec<String>,
+    /// Names the refreshed snapshot serves and `next` does not: deleted, renamed, or now
+    /// skipped.
+    pub removed: Vec<String>,
+    /// New (for the file tree: also changed) files not read yet because they have not
+    /// settled; a new one is not served.
+    pub pending: Vec<P>,
+    /// Entries left out, each worth a warning.
+    pub skipped: Vec<K>,
+    /// Why there is no `next` although something may have changed: the source could not be
+    /// listed, or what it holds now breaks a rule of the snapshot (a catalog collision, too
+    /// many files).
+    pub error: Option<E>,
+}
+
+/// Empty: no snapshot, nothing found, no error.
+impl<T, P, K, E> Default for Refresh<T, P, K, E> {
+    fn default() -> Self {
+        Refresh {
+            next: None,
+            added: Vec::new(),
+            replaced: Vec::new(),
+            removed: Vec::new(),
+            pending: Vec::new(),
+            skipped: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+impl<T, P, K, E> Refresh<T, P, K, E> {
+    /// Fills `added`, `replaced` and `removed` from the entries of the refreshed snapshot
+    /// (`old`) and of the next one (`next`), both sorted by name (byte order), names unique;
+    /// `entry` gives an entry's name and bytes. An entry of both is replaced when its bytes
+    /// are not the same allocation: unchanged files share theirs. One merge, no allocation
+    /// but the names reported.
+    pub(crate) fn note_changes<'a, X: 'a>(
+        &mut self,
+        old: &'a [X],
+        next: &'a [X],
+        entry: impl Fn(&'a X) -> (&'a str, &'a Arc<ImageBytes>),
+    ) {
+        let mut old = old.iter().map(&entry).peekable();
+        let mut next = next.iter().map(&entry).peekable();
+        loop {
+            match (old.peek(), next.peek()) {
+                (None, None) => return,
+                (Some(&(gone, _)), None) => {
+                    self.removed.push(gone.to_owned());
+                    old.next();
+                }
+                (None, Some(&(new, _))) => {
+                    self.added.push(new.to_owned());
+                    next.next();
+                }
+                (Some(&(was, was_bytes)), Some(&(now, now_bytes))) => match was.cmp(now) {
+                    Ordering::Less => {
+                        self.removed.push(was.to_owned());
+                        old.next();
+                    }
+                    Ordering::Greater => {
+                        self.added.push(now.to_owned());
+                        next.next();
+                    }
+                    Ordering::Equal => {
+                        if !Arc::ptr_eq(was_bytes, now_bytes) {
+                            self.replaced.push(now.to_owned());
+                        }
+                        old.next();
+                        next.next();
+                    }
+                },
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -310,6 +310,8 @@ impl Catalog {
             .map(|_| index)
     }
 
+    /// The image named `file_name`; only tests ask.
+    #[cfg(test)]
     fn by_file_name(&self, file_name: &str) -> Option<&Image> {
         self.images.get(self.index_of(file_name)?)
     }

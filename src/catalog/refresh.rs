@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::scan::{list_entry, lossy, Listed};
 use super::*;
+use crate::snapshot;
 
 /// A new image file that has not settled yet: [`Catalog::refresh`] does not read it, and
 /// the snapshot answers requests for its id with [`Catalog::pending_retry`].
@@ -52,34 +53,13 @@ impl fmt::Display for Pending {
     }
 }
 
-/// The outcome of [`Catalog::refresh`].
-///
-/// `added`, `replaced` and `removed` compare the image files `next` serves with those the
-/// refreshed catalog serves, by file name, sorted; they are empty when `next` is `None`.
-/// `pending` and `skipped` describe the directory as this refresh saw it, whether or not
-/// `next` is `Some`, sorted by file name.
-#[derive(Debug, Default)]
-pub struct Refresh {
-    /// The catalog to swap in; `None` when nothing changed (keep the current one, log
-    /// nothing) or when `error` is set (keep serving the current one).
-    pub next: Option<Catalog>,
-    /// Files `next` serves and the refreshed catalog does not.
-    pub added: Vec<String>,
-    /// Files both serve, read again because their length or modification time changed.
-    /// The ETag changes only if the content did.
-    pub replaced: Vec<String>,
-    /// Files the refreshed catalog serves and `next` does not: deleted, renamed, or now
-    /// skipped.
-    pub removed: Vec<String>,
-    /// New files not read yet because they have not settled; not served.
-    pub pending: Vec<Pending>,
-    /// `.fmu` candidates left out, as in [`LoadReport::skipped`].
-    pub skipped: Vec<Skipped>,
-    /// Why there is no `next` although something may have changed: the directory could not
-    /// be listed ([`Error::ReadDir`]), or the new set of files has a collision
-    /// ([`Error::DuplicateId`], [`Error::DuplicateVersion`]; no new file was read).
-    pub error: Option<Error>,
-}
+/// The outcome of [`Catalog::refresh`]: the shared [`snapshot::Refresh`] with the catalog's
+/// types. Names are image file names; `pending` holds only new files (a changed file that
+/// has not settled keeps its old image, unreported); `skipped` holds `.fmu` candidates left
+/// out, as in [`LoadReport::skipped`]; `error` is [`Error::ReadDir`] when the directory
+/// could not be listed, or [`Error::DuplicateId`] or [`Error::DuplicateVersion`] when the
+/// new set of files has a collision (no new file was read).
+pub type Refresh = snapshot::Refresh<Catalog, Pending, Skipped, Error>;
 
 /// A listed candidate whose stamp differs from the snapshot's image of that name, or that
 /// the snapshot does not have.
@@ -219,20 +199,9 @@ impl Catalog {
                 return out;
             }
         };
-        for image in &next.images {
-            match self.by_file_name(&image.file_name) {
-                None => out.added.push(image.file_name.clone()),
-                Some(old) if !Arc::ptr_eq(&old.bytes, &image.bytes) => {
-                    out.replaced.push(image.file_name.clone());
-                }
-                Some(_) => {}
-            }
-        }
-        for image in &self.images {
-            if next.by_file_name(&image.file_name).is_none() {
-                out.removed.push(image.file_name.clone());
-            }
-        }
+        out.note_changes(&self.images, &next.images, |image| {
+            (image.file_name.as_str(), &image.bytes)
+        });
         out.next = Some(next);
         out
     }
