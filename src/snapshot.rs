@@ -427,4 +427,21 @@ mod tests {
         assert!(ImageBytes::wants_own_pages(64 * 1024, 16 * 1024));
         assert!(!ImageBytes::wants_own_pages(60 * 1024, 16 * 1024));
     }
+
+    #[test]
+    fn note_changes_merges_two_sorted_lists_by_name_and_bytes() {
+        let bytes = |b: &[u8]| Arc::new(ImageBytes::from_vec(b.to_vec()).expect("memory"));
+        let a = bytes(b"a");
+        let old = [("a", a.clone()), ("b", bytes(b"b")), ("d", bytes(b"d"))];
+        // "a" kept (same bytes), "b" read again (same content, new bytes), "c" new, "d" gone.
+        let next = [("a", a), ("b", bytes(b"b")), ("c", bytes(b"c"))];
+        let mut out = Refresh::<(), (), (), ()>::default();
+        out.note_changes(&old, &next, |(name, bytes)| (*name, bytes));
+        assert_eq!(out.added, ["c"]);
+        assert_eq!(out.replaced, ["b"]);
+        assert_eq!(out.removed, ["d"]);
+        let mut none = Refresh::<(), (), (), ()>::default();
+        none.note_changes(&old, &old, |(name, bytes)| (*name, bytes));
+        assert!(none.added.is_empty() && none.replaced.is_empty() && none.removed.is_empty());
+    }
 }
