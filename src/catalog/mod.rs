@@ -50,11 +50,6 @@ mod links;
 mod refresh;
 mod scan;
 
-#[allow(unused_imports)] // For the submodules and the tests.
-use crate::snapshot::{
-    check_regular, io_reason, read_settled, read_whole, settle_wait, stamp, stamp_of,
-    stat_followed, Unread,
-};
 pub use crate::snapshot::{ImageBytes, Stamp, MAX_IMAGE_LEN};
 use grammar::{parse_image_name, IMAGE_SUFFIX};
 pub use grammar::{ImageName, NameError};
@@ -64,7 +59,6 @@ use links::{image_link, joined, updates_link};
 pub use refresh::{Pending, Refresh};
 use scan::Found;
 pub use scan::{LoadReport, SkipReason, Skipped};
-use std::time::{Duration, SystemTime};
 
 const LOWER_HEX: &[u8; 16] = b"0123456789abcdef";
 

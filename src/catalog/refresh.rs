@@ -8,10 +8,12 @@
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use super::scan::{list_entry, lossy, Listed};
 use super::*;
 use crate::snapshot;
+use crate::snapshot::{io_reason, read_settled, settle_wait, stamp_of, stat_followed, Unread};
 
 /// A new image file that has not settled yet: [`Catalog::refresh`] does not read it, and
 /// the snapshot answers requests for its id with [`Catalog::pending_retry`].

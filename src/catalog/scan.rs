@@ -11,6 +11,7 @@ use std::fs::{self, DirEntry, File};
 use std::path::Path;
 
 use super::*;
+use crate::snapshot::{check_regular, io_reason, read_whole, stamp, stat_followed};
 
 /// Why a `.fmu` candidate was left out of the catalog; the server still starts.
 #[derive(Debug, Clone, PartialEq, Eq)]

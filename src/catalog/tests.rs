@@ -3,11 +3,13 @@
 use super::scan::{scan_entry, Scan};
 use super::*;
 use crate::firmware::{version, TYPE_APP};
+use crate::snapshot::{settle_wait, stamp};
 use crate::testkit::TempDir;
 use coap_lite::link_format::LINK_ATTR_RESOURCE_TYPE;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 fn catalog(files: &[(&str, &[u8])]) -> Catalog {
     let files = files
