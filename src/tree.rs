@@ -5,7 +5,8 @@
 //! Like [`crate::catalog`], a [`FileTree`] is an immutable snapshot: built
 //! by walking the directory, looked up without allocation, rebuilt by
 //! [`FileTree::refresh`] (which reuses the bytes of unchanged files and
-//! reads new or changed ones only once they have settled) and swapped in
+//! reads new or changed ones only once they have settled, with the
+//! stamping, settling and reading of [`crate::snapshot`]) and swapped in
 //! whole. It never touches a socket or the logger.
 //!
 //! Only what the walk found is served: a request's Uri-Path segments are
