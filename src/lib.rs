@@ -54,6 +54,7 @@ pub mod logfmt;
 mod pages;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 #[allow(unsafe_code)]
 mod sockio;
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! Like [`crate::catalog`], a [`FileTree`] is an immutable snapshot: built
 //! by walking the directory, looked up without allocation, rebuilt by
 //! [`FileTree::refresh`] (which reuses the bytes of unchanged files and
-//! reads new or changed ones only once they have settled) and swapped in
+//! reads new or changed ones only once they have settled, with the
+//! stamping, settling and reading of [`crate::snapshot`]) and swapped in
 //! whole. It never touches a socket or the logger.
 //!
 //! Only what the walk found is served: a request's Uri-Path segments are
@@ -14,10 +15,11 @@
 //! nothing, and a symbolic link is followed only when its target stays
 //! inside the directory.
 
-use crate::catalog::{
-    io_reason, read_settled, settle_wait, stamp_of, AttrValue, CoreLink, ImageBytes, Stamp, Unread,
-};
+use crate::catalog::{AttrValue, CoreLink};
 use crate::hash::{fnv1a64, fnv1a64_concat, FnvBuild};
+use crate::snapshot::{
+    self, io_reason, read_settled, settle_wait, stamp_of, ImageBytes, Stamp, Unread,
+};
 use coap_lite::link_format::{LINK_ATTR_CONTENT_FORMAT, LINK_ATTR_MAXIMUM_SIZE_ESTIMATE};
 use std::collections::HashMap;
 use std::fmt;
@@ -121,24 +123,11 @@ impl fmt::Display for TreeError {
 
 impl std::error::Error for TreeError {}
 
-/// The outcome of [`FileTree::refresh`], like [`crate::catalog::Refresh`].
-#[derive(Debug, Default)]
-pub struct TreeRefresh {
-    /// The tree to swap in; `None` when nothing changed or on `error`.
-    pub next: Option<FileTree>,
-    /// Paths `next` serves and the refreshed tree does not.
-    pub added: Vec<String>,
-    /// Paths both serve whose file was read again.
-    pub replaced: Vec<String>,
-    /// Paths the refreshed tree serves and `next` does not.
-    pub removed: Vec<String>,
-    /// New or changed files not read yet because they have not settled.
-    pub pending: Vec<String>,
-    /// Entries left out.
-    pub skipped: Vec<TreeSkipped>,
-    /// Why there is no `next`.
-    pub error: Option<TreeError>,
-}
+/// The outcome of [`FileTree::refresh`]: the shared [`snapshot::Refresh`] with the tree's
+/// types. Names are paths relative to the tree's directory; `pending` holds new and changed
+/// files that have not settled (a changed one keeps serving its old bytes); `skipped` the
+/// entries left out.
+pub type TreeRefresh = snapshot::Refresh<FileTree, String, TreeSkipped, TreeError>;
 
 /// The immutable snapshot of a file tree; see the module docs.
 #[derive(Debug)]
@@ -467,20 +456,9 @@ impl FileTree {
             walk.skipped,
             pending,
         );
-        for file in &next.files {
-            match self.file(&file.segments) {
-                None => out.added.push(file.path.clone()),
-                Some(old) if !Arc::ptr_eq(&old.bytes, &file.bytes) => {
-                    out.replaced.push(file.path.clone());
-                }
-                Some(_) => {}
-            }
-        }
-        for file in &self.files {
-            if next.file(&file.segments).is_none() {
-                out.removed.push(file.path.clone());
-            }
-        }
+        out.note_changes(&self.files, &next.files, |file| {
+            (file.path.as_str(), &file.bytes)
+        });
         let same_dirs = next.dirs.len() == self.dirs.len()
             && next
                 .dirs

@@ -1,14 +1,19 @@
-//! The live catalog: the firmware directory (and the `--files` tree) is
-//! scanned again on a timer, on SIGHUP and when a request misses, and a
-//! changed snapshot replaces the served one between two datagrams
-//! (`Catalog::refresh` and `FileTree::refresh` do the reading and decide
-//! what changed; this module decides when, and logs).
+//! Live reload: the watched sources (the firmware directory, the `--files`
+//! tree; see [`sources`]) are scanned again on a timer, on SIGHUP and when
+//! a request misses, and a changed snapshot replaces the served one between
+//! two datagrams (each source's `refresh` does the reading and decides what
+//! changed; this module decides when, and logs).
 
-use crate::catalog::{stamp_of, Stamp};
+mod sources;
+
 use crate::hash::fnv1a64;
 use crate::service::{Outcome, Service};
-use crate::tree::{self, FileTree};
+use crate::snapshot::{stamp_of, Stamp};
+use crate::tree::FileTree;
 use log::{debug, info, warn};
+use sources::{CatalogSource, Source, TreeSource};
+use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -24,11 +29,11 @@ const MISS_RESCAN_INTERVAL_MS: u64 = 250;
 const STALE_CHECK_INTERVAL_MS: u64 = 100;
 
 /// When and where to rescan, and what was last reported.
-#[derive(Debug)]
 pub(super) struct Live {
-    /// The catalog's directory; `None` with `--fileserver` alone (an empty
+    /// The watched sources, in the order they are rescanned: the file
+    /// tree, then the catalog (absent with `--fileserver` alone: an empty
     /// catalog, only the tree watched).
-    dir: Option<PathBuf>,
+    sources: Vec<Box<dyn Watched + Send>>,
     /// Milliseconds between timed rescans; 0: only SIGHUP and misses.
     period_ms: u64,
     settle: Duration,
@@ -36,22 +41,19 @@ pub(super) struct Live {
     next_due_ms: u64,
     /// Loop time of the last rescan caused by a miss.
     last_miss_ms: Option<u64>,
-    /// The directory's modification time at the last rescan: a file added,
-    /// removed or renamed in changes it, so a miss with the same time has
-    /// nothing new to find (unless a file was still settling).
-    dir_mtime: Option<SystemTime>,
-    /// The last collision or listing error, logged once until it changes.
-    last_problem: Option<String>,
-    /// The same for the file tree.
-    last_tree_problem: Option<String>,
-    /// The served tree's directories and their modification times, so
-    /// that a miss can tell whether the tree may have changed.
-    tree_dirs: Vec<(PathBuf, Option<SystemTime>)>,
     /// Which file (a hash of its path) was last checked for a replacement
     /// after a first block, and when.
     last_stale_check: Option<(u64, u64)>,
-    /// The file tree's directory, if one is served.
-    tree_root: Option<PathBuf>,
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Live")
+            .field("sources", &self.sources.len())
+            .field("period_ms", &self.period_ms)
+            .field("next_due_ms", &self.next_due_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Live {
@@ -65,18 +67,24 @@ impl Live {
         settle_ms: u64,
         now_ms: u64,
     ) -> Live {
+        let tree = TreeSource {
+            root: tree.map(|t| t.path().to_path_buf()),
+            dirs: tree.map(|t| t.dir_mtimes().to_vec()).unwrap_or_default(),
+        };
+        let mut sources: Vec<Box<dyn Watched + Send>> = vec![Box::new(Watch::new(tree))];
+        if let Some(dir) = dir {
+            sources.push(Box::new(Watch::new(CatalogSource {
+                dir,
+                dir_mtime: None,
+            })));
+        }
         Live {
-            dir,
+            sources,
             period_ms,
             settle: Duration::from_millis(settle_ms),
             next_due_ms: now_ms.saturating_add(period_ms),
             last_miss_ms: None,
-            dir_mtime: None,
-            last_problem: None,
-            last_tree_problem: None,
-            tree_dirs: tree.map(|t| t.dir_mtimes().to_vec()).unwrap_or_default(),
             last_stale_check: None,
-            tree_root: tree.map(|t| t.path().to_path_buf()),
         }
     }
 
@@ -107,12 +115,7 @@ impl Live {
         if recent {
             return false;
         }
-        let unchanged = match &self.dir {
-            Some(dir) => self.dir_mtime.is_some() && self.dir_mtime == dir_mtime(dir),
-            None => true,
-        };
-        let tree_changed = || tree::dirs_changed(&self.tree_dirs);
-        if unchanged && !settling && !tree_changed() {
+        if !settling && !self.sources.iter().any(|source| source.may_have_changed()) {
             return false;
         }
         self.last_miss_ms = Some(now_ms);
@@ -142,19 +145,15 @@ impl Live {
     fn first_block_replaced(&mut self, outcome: &Outcome<'_>, now_ms: u64) -> bool {
         // Where the file is, as (directory, relative name): the path is
         // only built, and allocated, when the file is looked at.
-        let (base, name, stamp) = match outcome {
-            Outcome::Block(t) => match (&self.dir, t.image.stamp) {
-                (Some(dir), Some(stamp)) => (dir, t.image.file_name.as_str(), stamp),
-                _ => return false,
-            },
-            Outcome::File { file, .. } => match &self.tree_root {
-                Some(root) => (root, file.path.as_str(), file.stamp),
-                None => return false,
-            },
-            _ => return false,
+        let Some((index, (base, name, stamp))) = self
+            .sources
+            .iter()
+            .enumerate()
+            .find_map(|(index, source)| Some((index, source.file_behind(outcome)?)))
+        else {
+            return false;
         };
-        let in_tree = matches!(outcome, Outcome::File { .. });
-        let key = fnv1a64(name.as_bytes()) ^ u64::from(in_tree);
+        let key = fnv1a64(name.as_bytes()) ^ index as u64;
         let recent = self.last_stale_check.is_some_and(|(last, at)| {
             last == key && now_ms.saturating_sub(at) < STALE_CHECK_INTERVAL_MS
         });
@@ -172,81 +171,94 @@ impl Live {
         true
     }
 
-    /// Scans the directory and swaps a changed snapshot in; true when the
-    /// catalog changed. Logs one line per added, replaced and removed
-    /// image, each skipped file once (a snapshot is only built when the
-    /// set of skipped files changed), and a collision once until it
-    /// changes: the last good snapshot keeps serving.
+    /// Rescans every source and swaps each changed snapshot in; true when
+    /// one changed. Logs one line per added, replaced and removed entry,
+    /// each skipped entry once (a snapshot is only built when the set of
+    /// skipped entries changed), and a problem (a collision, a listing
+    /// error) once until it changes: the last good snapshot keeps serving.
     pub(super) fn rescan(&mut self, service: &mut Service, why: &str) -> bool {
-        let tree_changed = self.rescan_tree(service, why);
-        let catalog_changed = match self.dir.clone() {
-            Some(dir) => self.rescan_catalog(&dir, service, why),
-            None => false,
-        };
-        tree_changed || catalog_changed
+        let mut changed = false;
+        for source in &mut self.sources {
+            changed |= source.rescan(service, self.settle, why);
+        }
+        changed
     }
+}
 
-    /// Walks the file tree, if one is served, and swaps a changed snapshot
-    /// in; logs like the catalog's rescan.
-    fn rescan_tree(&mut self, service: &mut Service, why: &str) -> bool {
-        let Some(tree) = service.tree() else {
+/// A watched source as [`Live`] holds it, whatever its snapshot: see
+/// [`Watch`], the one implementation.
+trait Watched {
+    /// Rescans the source, swaps a changed snapshot into `service` and
+    /// logs; true when it changed.
+    fn rescan(&mut self, service: &mut Service, settle: Duration, why: &str) -> bool;
+
+    /// As [`Source::may_have_changed`].
+    fn may_have_changed(&self) -> bool;
+
+    /// As [`Source::file_behind`].
+    fn file_behind<'o>(&'o self, outcome: &Outcome<'o>) -> Option<(&'o Path, &'o str, Stamp)>;
+}
+
+/// A [`Source`] and the last problem logged for it.
+struct Watch<S> {
+    source: S,
+    /// The last collision or listing error, logged once until it changes.
+    last_problem: Option<String>,
+}
+
+impl<S> Watch<S> {
+    fn new(source: S) -> Watch<S> {
+        Watch {
+            source,
+            last_problem: None,
+        }
+    }
+}
+
+impl<S: Source> Watched for Watch<S> {
+    fn rescan(&mut self, service: &mut Service, settle: Duration, why: &str) -> bool {
+        let Some(current) = self.source.current(service) else {
             return false;
         };
-        let refresh = tree.refresh(SystemTime::now(), self.settle);
-        let shown = tree.path().display().to_string();
-        if let Some(next) = &refresh.next {
-            self.tree_dirs = next.dir_mtimes().to_vec();
-        }
-        report_problem(
-            &mut self.last_tree_problem,
-            &shown,
-            "tree",
-            refresh.error.as_ref(),
-        );
-        let Some(next) = refresh.next else {
-            return false;
-        };
-        log_changes("file ", &refresh.added, &refresh.replaced, &refresh.removed);
-        for skipped in &refresh.skipped {
-            warn!("skipped file {skipped}");
-        }
-        for path in &refresh.pending {
-            debug!("file {path}: not served until it has settled");
-        }
-        let files = next.files().len();
-        service.replace_tree(Some(next));
-        info!("file tree ({why}): {files} files");
-        true
-    }
-
-    /// The catalog's part of [`Live::rescan`].
-    fn rescan_catalog(&mut self, dir: &std::path::Path, service: &mut Service, why: &str) -> bool {
-        // Read before the listing: a change during the scan shows at the
-        // next miss.
-        self.dir_mtime = dir_mtime(dir);
-        let refresh = service
-            .catalog()
-            .refresh(dir, SystemTime::now(), self.settle);
+        let shown = self.source.shown(current);
+        let refresh = self.source.refresh(current, SystemTime::now(), settle);
         report_problem(
             &mut self.last_problem,
-            &dir.display().to_string(),
-            "catalog",
+            &shown,
+            S::WHAT,
             refresh.error.as_ref(),
         );
         let Some(next) = refresh.next else {
             return false;
         };
-        log_changes("", &refresh.added, &refresh.replaced, &refresh.removed);
+        log_changes(S::KIND, &refresh.added, &refresh.replaced, &refresh.removed);
         for skipped in &refresh.skipped {
-            warn!("skipped {}: {}", skipped.file, skipped.reason);
+            warn!("skipped {}{skipped}", S::KIND);
         }
         for pending in &refresh.pending {
-            debug!("{pending}");
+            debug!("{}", PendingLine::<S>(pending, PhantomData));
         }
-        let images = next.images().len();
-        service.replace_catalog(next);
-        info!("catalog ({why}): {images} images");
+        let count = S::count(&next);
+        S::swap(service, next);
+        info!("{} ({why}): {count} {}", S::NAME, S::UNITS);
         true
+    }
+
+    fn may_have_changed(&self) -> bool {
+        self.source.may_have_changed()
+    }
+
+    fn file_behind<'o>(&'o self, outcome: &Outcome<'o>) -> Option<(&'o Path, &'o str, Stamp)> {
+        self.source.file_behind(outcome)
+    }
+}
+
+/// The debug line of a file that has not settled, as its source writes it.
+struct PendingLine<'p, S: Source>(&'p S::Pending, PhantomData<S>);
+
+impl<S: Source> fmt::Display for PendingLine<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        S::fmt_pending(self.0, f)
     }
 }
 
@@ -294,9 +306,4 @@ fn replaced(path: &Path, stamp: Stamp) -> bool {
         .ok()
         .and_then(|meta| stamp_of(&meta).ok())
         != Some(stamp)
-}
-
-/// The modification time of `dir`, `None` when it cannot be read.
-fn dir_mtime(dir: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(dir).and_then(|m| m.modified()).ok()
 }
