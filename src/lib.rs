@@ -20,6 +20,10 @@
 //!                                  to; counters and log lines
 //! ```
 //!
+//! With `--features dtls` a coaps socket feeds `dtls::Front` first:
+//! records → decrypted datagrams for the same `service`, and the answers
+//! encrypted back; it keeps the handshakes and sessions, bounded.
+//!
 //! The layers, lowest first; each uses only those above it in this list:
 //!
 //! | module | knows | never touches |
@@ -27,10 +31,30 @@
 //! | [`hash`] | FNV ids and ETags, keyed hashes (keys from the caller) | randomness, I/O |
 //! | [`wire`] | CoAP parse and emit, the Block option and its NUM↔byte math | sockets, files, clocks, log |
 //! | [`firmware`] | device payloads, queries, the version/TYPE/PID grammar | sockets, files |
+//! | [`snapshot`] | a file's stamp, settling, whole reads, the `Refresh` outcome that the catalog and the tree share | sockets, CoAP messages, log |
 //! | [`catalog`] | a directory → an immutable set of images with O(1) indexes | sockets, CoAP messages |
 //! | [`tree`] | a directory tree → an immutable set of files and listings | sockets, CoAP messages |
-//! | [`service`] | routes, block slicing, per-peer state, rate limit, Echo | sockets, files, clocks, log, randomness |
-//! | [`server`] | the socket loop, counters, log lines | CoAP encoding |
+//! | [`service`] | routes, block slicing, per-peer state, rate limit, Echo, Observe | sockets, files, clocks, log, randomness |
+//! | `dtls` (feature) | cookies, handshakes, sessions, what may reach an engine | sockets, files, clocks (time injected) |
+//! | [`server`] | the socket loop, live reload of the watched sources, counters, log lines | CoAP encoding |
+//!
+//! # Where new things go
+//!
+//! * **A resource**: a route in `service/routes.rs`, with a unit test per
+//!   case in `service/tests`.
+//! * **A per-request decision** (authorization, eligibility): a value the
+//!   route asks for, carried with the request (as the coaps identity's
+//!   `service::Authorization` is), not another argument down the layers.
+//! * **A watched source** (a file reloaded while the server runs: a key
+//!   file, a rollout policy): one `impl Source` in
+//!   `server/live/sources.rs` and one entry in `Live::new`'s list; it
+//!   builds an immutable snapshot with the pieces of [`snapshot`], and live
+//!   reload decides when to rescan, logs and swaps it in.
+//! * **An outcome**: one `service::Outcome` variant, one counter in
+//!   `server::Stats`, one log line in `server`.
+//! * **A limit on what the unauthenticated can make the server keep**: a
+//!   bounded table with an eviction rule, a count in the front's or the
+//!   service's counters, and a test that holds it under attack.
 //!
 //! The per-request path allocates nothing: buffers and bounded tables are
 //! allocated before the first datagram. `wire`, `firmware`, `catalog` and
