@@ -12,7 +12,7 @@ pub const TYPE_APP: u8 = 3;
 const TYPE_APP_NAME: &[u8] = b"APP";
 
 /// Longest PID in bytes: devices send the PID behind a one-byte length.
-pub const MAX_PID_LEN: usize = 255;
+pub(crate) const MAX_PID_LEN: usize = 255;
 
 /// Longest device payload: PIDLEN, a 255-byte PID, TYPE, VERSION, OFFSET.
 pub const MAX_PAYLOAD_LEN: usize = 1 + MAX_PID_LEN + 1 + 4 + 4;
@@ -85,7 +85,7 @@ pub struct DeviceRequest<'a> {
 
 /// Why a `/updates` payload is not a device request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PayloadError {
+pub(crate) enum PayloadError {
     /// PIDLEN is 0.
     EmptyPid,
     /// The payload is neither `PIDLEN + 6` nor `PIDLEN + 10` bytes long.
@@ -169,7 +169,7 @@ pub fn write_payload(request: &DeviceRequest<'_>, out: &mut [u8]) -> Option<usiz
 
 /// Why a `/updates?…` query is not a device request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueryError {
+pub(crate) enum QueryError {
     /// No `pid=`, or an empty one.
     MissingPid,
     /// No `type=`.

@@ -47,21 +47,14 @@ pub fn multicast_interfaces() -> std::io::Result<Vec<Interface>> {
         .collect())
 }
 
-/// True when `ip` is configured on some interface now.
-pub fn is_configured(ip: IpAddr) -> bool {
-    crate::sockio::interfaces()
-        .map(|list| list.iter().any(|i| i.addrs.contains(&ip)))
-        .unwrap_or(true)
-}
-
 /// The All-CoAP-Nodes groups of RFC 7252 §12.8: link-local and
 /// site-local IPv6, and IPv4.
-pub const ALL_COAP_NODES_V6: [std::net::Ipv6Addr; 2] = [
+pub(crate) const ALL_COAP_NODES_V6: [std::net::Ipv6Addr; 2] = [
     std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfd),
     std::net::Ipv6Addr::new(0xff05, 0, 0, 0, 0, 0, 0, 0xfd),
 ];
 /// The IPv4 All-CoAP-Nodes group.
-pub const ALL_COAP_NODES_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(224, 0, 1, 187);
+pub(crate) const ALL_COAP_NODES_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(224, 0, 1, 187);
 
 /// Joins the All-CoAP-Nodes groups on `interface` that `socket` can
 /// receive: the IPv6 ones on an IPv6 socket, and the IPv4 one when the
@@ -92,21 +85,12 @@ pub fn join_all_coap_nodes(
     Ok(joined)
 }
 
-/// A UDP socket bound to `addr` although no interface has that address
-/// yet (IP_FREEBIND): at boot a border router's server may start before
-/// its ULA is configured; datagrams arrive once it is.
-///
-/// # Errors
-/// As `socket`, `setsockopt` and `bind`.
-pub fn bind_before_configured(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    crate::sockio::bind_with(addr, true, false)
-}
-
 /// How [`bind`] binds a listening socket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BindOptions {
-    /// Bind although no interface has the address yet (IP_FREEBIND), as
-    /// [`bind_before_configured`] does.
+    /// Bind although no interface has the address yet (IP_FREEBIND): at
+    /// boot a border router's server may start before its ULA is
+    /// configured; datagrams arrive once it is.
     pub before_configured: bool,
     /// Share the address and port with the other sockets of the same user
     /// that ask for it too (SO_REUSEPORT): several server processes on one
@@ -245,7 +229,5 @@ mod tests {
         let all = crate::sockio::interfaces().unwrap();
         let lo = all.iter().find(|i| i.name == "lo").expect("lo listed");
         assert!(lo.addrs.contains(&IpAddr::from([127, 0, 0, 1])));
-        assert!(is_configured(IpAddr::from([127, 0, 0, 1])));
-        assert!(!is_configured("fd00:dead:beef::77".parse().unwrap()));
     }
 }

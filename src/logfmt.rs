@@ -24,11 +24,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const SUMMARY: &str = "summary";
 
 /// The local syslog socket.
-pub const SYSLOG_SOCKET: &str = "/dev/log";
+pub(crate) const SYSLOG_SOCKET: &str = "/dev/log";
 
 /// Environment variable naming another syslog socket than
 /// [`SYSLOG_SOCKET`] (a jail or chroot that has it elsewhere; the tests).
-pub const SYSLOG_SOCKET_ENV: &str = "IOT_OTA_SYSLOG_SOCKET";
+pub(crate) const SYSLOG_SOCKET_ENV: &str = "IOT_OTA_SYSLOG_SOCKET";
 
 /// The tag of syslog lines: the program, whatever its file is called, so
 /// that `logread -e iot-ota-server` finds it.
@@ -89,7 +89,7 @@ impl LogFormat {
 /// both decimal, as systemd.exec(5) describes), names the file with
 /// device `dev` and inode `ino`. A service whose stderr was redirected
 /// elsewhere inherits the variable but not the stream, so both must match.
-pub fn names_stream(journal_stream: &str, dev: u64, ino: u64) -> bool {
+pub(crate) fn names_stream(journal_stream: &str, dev: u64, ino: u64) -> bool {
     let Some((d, i)) = journal_stream.split_once(':') else {
         return false;
     };
@@ -106,7 +106,7 @@ fn stderr_identity() -> Option<(u64, u64)> {
 
 /// The syslog severity of a level (RFC 5424 §6.2.1, the `<N>` of
 /// sd-daemon(3)): error 3, warning 4, info 6, debug and trace 7.
-pub fn severity(level: Level) -> u8 {
+pub(crate) fn severity(level: Level) -> u8 {
     match level {
         Level::Error => 3,
         Level::Warn => 4,
@@ -120,7 +120,7 @@ pub fn severity(level: Level) -> u8 {
 /// daemon stamps them, as it does glibc's when they omit it, and with the
 /// fixed tag OpenWrt's logd, which strips 16 bytes when the 16th is a
 /// space, never takes part of the tag for a timestamp.
-pub fn format_line(
+pub(crate) fn format_line(
     format: LogFormat,
     now: Timestamp,
     pid: u32,

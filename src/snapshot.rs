@@ -57,7 +57,7 @@ impl ImageBytes {
     /// for most blocks of a few KiB and more, glibc's from 128 KiB), and musl rounds such
     /// blocks to size classes on top; for other lengths the heap packs blocks closer than
     /// pages can.
-    pub fn wants_own_pages(len: usize, page: usize) -> bool {
+    pub(crate) fn wants_own_pages(len: usize, page: usize) -> bool {
         let rounded = len.checked_next_multiple_of(page.max(1));
         len >= page && rounded.is_some_and(|rounded| rounded - len <= len / 64)
     }
@@ -97,7 +97,7 @@ impl ImageBytes {
     }
 
     /// Whether the bytes are in pages of their own rather than on the heap.
-    pub fn in_own_pages(&self) -> bool {
+    pub(crate) fn in_own_pages(&self) -> bool {
         matches!(self.0, Storage::Pages(_))
     }
 }

@@ -31,10 +31,10 @@ use std::time::{Duration, SystemTime};
 
 /// Most segments of a served file's path (directories plus the file name):
 /// deeper entries are left out with a warning.
-pub const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_DEPTH: usize = 16;
 /// Most files a tree serves: past it a refresh fails and the last good
 /// tree keeps serving.
-pub const MAX_FILES: usize = 100_000;
+pub(crate) const MAX_FILES: usize = 100_000;
 
 /// Content-Format of a file body (application/octet-stream).
 const CT_OCTET_STREAM: u32 = 42;
@@ -315,7 +315,7 @@ impl Walk {
 
 /// Whether one of `dirs` (as [`FileTree::dir_mtimes`]) has another
 /// modification time now: one `stat` per directory.
-pub fn dirs_changed(dirs: &[(PathBuf, Option<SystemTime>)]) -> bool {
+pub(crate) fn dirs_changed(dirs: &[(PathBuf, Option<SystemTime>)]) -> bool {
     dirs.iter()
         .any(|(path, mtime)| fs::metadata(path).and_then(|m| m.modified()).ok() != *mtime)
 }
@@ -370,7 +370,7 @@ impl FileTree {
     /// bytes (the same `Arc`), new or changed ones are read once they have
     /// not changed for `settle` (until then a changed file keeps serving
     /// its old bytes and a new one answers 5.03).
-    pub fn refresh(&self, now: SystemTime, settle: Duration) -> TreeRefresh {
+    pub(crate) fn refresh(&self, now: SystemTime, settle: Duration) -> TreeRefresh {
         self.refresh_limited(now, settle, MAX_FILES)
     }
 
@@ -598,24 +598,18 @@ impl FileTree {
 
     /// For a path the tree does not serve: the Max-Age of a 5.03 when it is
     /// a new file that had not settled when this snapshot was built.
-    pub fn pending_retry<S: AsRef<[u8]>>(&self, segments: &[S]) -> Option<u32> {
+    pub(crate) fn pending_retry<S: AsRef<[u8]>>(&self, segments: &[S]) -> Option<u32> {
         self.pending.get(&key(segments)).copied()
     }
 
     /// Whether a new file had not settled when this snapshot was built.
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
-    }
-
-    /// Whether a directory of the tree changed since the walk (a file
-    /// added, removed or renamed in it): one `stat` per directory.
-    pub fn dirs_changed(&self) -> bool {
-        dirs_changed(&self.dir_mtimes)
     }
 
     /// Every directory walked and its modification time then, for
     /// [`dirs_changed`].
-    pub fn dir_mtimes(&self) -> &[(PathBuf, Option<SystemTime>)] {
+    pub(crate) fn dir_mtimes(&self) -> &[(PathBuf, Option<SystemTime>)] {
         &self.dir_mtimes
     }
 
@@ -630,12 +624,12 @@ impl FileTree {
     }
 
     /// One `/.well-known/core` link per file: `</path>;ct=42;sz=N`.
-    pub fn core_links(&self) -> &[CoreLink] {
+    pub(crate) fn core_links(&self) -> &[CoreLink] {
         &self.links
     }
 
     /// FNV-1a 64 of the links joined by `,`.
-    pub fn core_etag(&self) -> [u8; 8] {
+    pub(crate) fn core_etag(&self) -> [u8; 8] {
         self.core_etag
     }
 
@@ -891,9 +885,9 @@ mod tests {
         let dir = Dir::new("dirs-changed");
         dir.write("fw/app/x", b"x");
         let (tree, _) = load(&dir);
-        assert!(!tree.dirs_changed());
+        assert!(!dirs_changed(tree.dir_mtimes()));
         std::thread::sleep(Duration::from_millis(20));
         dir.write("fw/app/y", b"y");
-        assert!(tree.dirs_changed());
+        assert!(dirs_changed(tree.dir_mtimes()));
     }
 }

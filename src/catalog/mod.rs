@@ -316,13 +316,13 @@ impl Catalog {
     /// Unavailable with that Max-Age; else `None` (a 4.04). At least 1; counted from the
     /// refresh that built this snapshot, so possibly more than the time left now. O(1), no
     /// allocation.
-    pub fn pending_retry(&self, id_hex: &[u8]) -> Option<u32> {
+    pub(crate) fn pending_retry(&self, id_hex: &[u8]) -> Option<u32> {
         let text = <[u8; 8]>::try_from(id_hex).ok()?;
         self.pending.get(&u64::from_le_bytes(text)).copied()
     }
 
     /// Whether some file of the directory was found but has not settled yet.
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
@@ -336,7 +336,7 @@ impl Catalog {
     /// `None` unless `id_hex` is exactly 8 lowercase hex digits naming an image: ids are
     /// always written in lower case, so `E40C292C` is an unknown path like any other. O(1),
     /// no allocation.
-    pub fn by_id_hex(&self, id_hex: &[u8]) -> Option<&Image> {
+    pub(crate) fn by_id_hex(&self, id_hex: &[u8]) -> Option<&Image> {
         let text = <[u8; 8]>::try_from(id_hex).ok()?;
         self.images
             .get(*self.by_id_text.get(&u64::from_le_bytes(text))?)
@@ -365,7 +365,7 @@ impl Catalog {
     /// The links of the discovery body: first `</updates>;rt="fw.updates"`, then one per image
     /// in [`Catalog::images`] order:
     /// `</updates/{id}>;rt="fw.image";ct=42;sz={size};title="{file name}"`.
-    pub fn core_links(&self) -> &[CoreLink] {
+    pub(crate) fn core_links(&self) -> &[CoreLink] {
         &self.links
     }
 
@@ -377,7 +377,7 @@ impl Catalog {
     }
 
     /// Entity tag of the whole `/.well-known/core` body: FNV-1a 64 of the links joined by `,`.
-    pub fn core_etag(&self) -> [u8; 8] {
+    pub(crate) fn core_etag(&self) -> [u8; 8] {
         self.core_etag
     }
 

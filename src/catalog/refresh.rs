@@ -100,7 +100,7 @@ impl Catalog {
     /// names or the skipped list differ from `self`'s. With nothing changed the cost is one
     /// `read_dir` and one metadata call per candidate, and allocations proportional to the
     /// number of entries, never to image sizes.
-    pub fn refresh(&self, dir: &Path, now: SystemTime, settle: Duration) -> Refresh {
+    pub(crate) fn refresh(&self, dir: &Path, now: SystemTime, settle: Duration) -> Refresh {
         self.refresh_with(dir, now, settle, &mut || {})
     }
 

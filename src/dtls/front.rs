@@ -236,7 +236,7 @@ impl Front {
     /// PIDs. Half-open handshakes finish with the key they resolved and
     /// are checked against the new keys when they complete. Returns how
     /// many sessions were ended.
-    pub fn replace_keys(&mut self, keys: PskTable) -> usize {
+    pub(crate) fn replace_keys(&mut self, keys: PskTable) -> usize {
         let old = std::mem::replace(&mut self.keys, Arc::new(keys));
         let mut ended = Vec::new();
         for (addr, session) in &mut self.sessions {
@@ -262,11 +262,6 @@ impl Front {
     /// The number of half-open handshakes.
     pub fn handshake_count(&self) -> usize {
         self.handshakes.len()
-    }
-
-    /// The number of identities.
-    pub fn identity_count(&self) -> usize {
-        self.keys.len()
     }
 
     /// The front's counters since start.
@@ -392,7 +387,7 @@ impl Front {
     }
 
     /// Ends every session (the server is stopping).
-    pub fn close_all(&mut self) {
+    pub(crate) fn close_all(&mut self) {
         let peers: Vec<SocketAddr> = self.sessions.keys().copied().collect();
         for peer in peers {
             self.close(peer);
