@@ -19,7 +19,7 @@ run:
 # The dtls feature's own tests run only with it: the module's unit tests,
 # libcoap (tests/dtls.rs) and tinydtls (tests/dtls_tinydtls.rs) as clients,
 # the coaps downloads over the lossy link, the DTLS front's fuzzing, and two
-# 30-second attacks from one host (tests/dtls_attack.rs); the rest ran
+# 30-second attacks (tests/dtls_attack.rs, one at a time); the rest ran
 # already. So do the loadgen feature's: the load generator's unit tests and
 # the bench harness's self-checks (tests/bench, which needs the feature).
 test:
@@ -32,7 +32,7 @@ test:
 	$(CARGO) test --features dtls --test fuzz_dtls
 	$(CARGO) test --features dtls --test no_alloc spoofed
 	$(CARGO) test --features dtls --test dtls_tinydtls
-	$(CARGO) test --features dtls --test dtls_attack
+	$(CARGO) test --features dtls --test dtls_attack -- --test-threads=1
 
 lint:
 	$(CARGO) fmt --check

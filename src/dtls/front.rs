@@ -19,11 +19,11 @@
 //! recently used one makes room for a newly authenticated one.
 //!
 //! Timers live in one binary heap of due times; each datagram costs at
-//! most one push, whatever the number of sessions.
+//! most one push per table, whatever the number of sessions.
 
 use super::hello::{self, ClientHello, CookieSecrets, HELLO_VERIFY_LEN};
 use super::psk::{self, PskTable, Resolver};
-use super::records::{self, Alert, Screened, ALERT_LEN};
+use super::records::{self, Alert, Contents, Screened, ALERT_LEN};
 use super::{Entropy, Limits};
 use crate::service::Authorization;
 use dimpl::{Dtls, Output};
@@ -128,8 +128,17 @@ struct Handshake {
     /// new one a client that started over.
     random: [u8; 32],
     started_ms: u64,
-    /// Datagrams taken in.
+    /// Datagrams given to the engine.
     datagrams: u8,
+    /// A ClientKeyExchange reached the engine: a ChangeCipherSpec may
+    /// follow (before it one is noise, kept in the engine's queue).
+    key_exchange_seen: bool,
+    /// A ChangeCipherSpec reached the engine: encrypted records may be
+    /// the Finished (before it the engine drops them anyway).
+    change_cipher_spec_seen: bool,
+    /// Encrypted records that failed to decrypt without a
+    /// ChangeCipherSpec beside them.
+    decrypt_failures: u8,
     /// The last epoch-0 record number the engine wrote, so that an alert
     /// follows it.
     last_sequence: u64,
@@ -377,6 +386,11 @@ impl Front {
     /// handshake if it has one.
     pub fn close(&mut self, peer: SocketAddr) {
         self.handshakes.remove(&peer);
+        self.end_session(peer);
+    }
+
+    /// Ends `peer`'s established session with close_notify.
+    fn end_session(&mut self, peer: SocketAddr) {
         if let Some(mut session) = self.sessions.remove(&peer) {
             if session.dtls.close().is_ok() {
                 drain_packets(&mut session.dtls, &mut self.scratch, |p| {
@@ -423,7 +437,11 @@ impl Front {
         {
             // The client did not hear the ServerHello flight: the engine
             // sends it again.
-            return self.feed_handshake(from, now_ms, hello.record(datagram));
+            let contents = Contents {
+                plaintext: true,
+                ..Contents::default()
+            };
+            return self.feed_handshake(from, now_ms, hello.record(datagram), contents);
         }
         self.start(from, now_ms, datagram, hello)
     }
@@ -508,6 +526,9 @@ impl Front {
                 random: hello.random,
                 started_ms: now_ms,
                 datagrams: 0,
+                key_exchange_seen: false,
+                change_cipher_spec_seen: false,
+                decrypt_failures: 0,
                 last_sequence,
                 engine_ms,
                 scheduled_ms: None,
@@ -536,10 +557,10 @@ impl Front {
             let for_handshake = in_handshake
                 && matches!(
                     screened,
-                    Screened::Handshake {
+                    Screened::Handshake(Contents {
                         plaintext: true,
                         ..
-                    }
+                    })
                 );
             if !for_handshake {
                 let handled = self.feed_session(from, now_ms, datagram);
@@ -550,18 +571,43 @@ impl Front {
                 // Finished, sent apart from its ChangeCipherSpec.
             }
         }
-        if screened == Screened::Refused || datagram.len() > HANDSHAKE_DATAGRAM_MAX {
+        let Screened::Handshake(contents) = screened else {
+            return Handled::Ignored;
+        };
+        if datagram.len() > HANDSHAKE_DATAGRAM_MAX {
             return Handled::Ignored;
         }
-        self.feed_handshake(from, now_ms, datagram)
+        self.feed_handshake(from, now_ms, datagram, contents)
     }
 
-    /// Records for `from`'s half-open handshake.
-    fn feed_handshake(&mut self, from: SocketAddr, now_ms: u64, datagram: &[u8]) -> Handled {
+    /// Records for `from`'s half-open handshake, which hold `contents`.
+    ///
+    /// What cannot advance the handshake yet is dropped before the engine
+    /// and not counted, because anyone who knows the device's address and
+    /// port can send it: a ChangeCipherSpec before any ClientKeyExchange
+    /// (it would wait in the engine's queue), encrypted records before any
+    /// ChangeCipherSpec (the engine would drop them). An encrypted record
+    /// that fails to decrypt is the client's Finished under a wrong key
+    /// when its ChangeCipherSpec came with it, or when it happens a third
+    /// time; else it is dropped as noise.
+    fn feed_handshake(
+        &mut self,
+        from: SocketAddr,
+        now_ms: u64,
+        datagram: &[u8],
+        contents: Contents,
+    ) -> Handled {
         let now = self.instant(now_ms);
         let Some(hs) = self.handshakes.get_mut(&from) else {
             return Handled::Ignored;
         };
+        let key_exchange = hs.key_exchange_seen || contents.key_exchange;
+        let change_cipher_spec = hs.change_cipher_spec_seen || contents.change_cipher_spec;
+        if (contents.change_cipher_spec && !key_exchange)
+            || (contents.encrypted && !change_cipher_spec)
+        {
+            return Handled::Ignored;
+        }
         hs.datagrams = hs.datagrams.saturating_add(1);
         if hs.datagrams > HANDSHAKE_DATAGRAMS_MAX {
             self.handshakes.remove(&from);
@@ -572,14 +618,31 @@ impl Front {
             .dtls
             .handle_timeout(now)
             .and_then(|()| hs.dtls.handle_packet(datagram));
-        if let Err(e) = result {
-            let alert = match e {
-                _ if unknown_identity(&hs.resolver) => Alert::UnknownPskIdentity,
-                dimpl::Error::CryptoError(_) => Alert::DecryptError,
-                _ => Alert::HandshakeFailure,
-            };
-            self.fail_handshake(from, alert);
-            return Handled::Failed;
+        match result {
+            Ok(()) => {
+                hs.key_exchange_seen = key_exchange;
+                hs.change_cipher_spec_seen = change_cipher_spec;
+            }
+            // A full queue is a spoofer's doing or a client's overlong
+            // flight: the datagram is dropped, the handshake goes on.
+            Err(dimpl::Error::ReceiveQueueFull) => return Handled::Ignored,
+            Err(dimpl::Error::CryptoError(_))
+                if !contents.change_cipher_spec
+                    && !unknown_identity(&hs.resolver)
+                    && hs.decrypt_failures < 2 =>
+            {
+                hs.decrypt_failures += 1;
+                return Handled::Ignored;
+            }
+            Err(e) => {
+                let alert = match e {
+                    _ if unknown_identity(&hs.resolver) => Alert::UnknownPskIdentity,
+                    dimpl::Error::CryptoError(_) => Alert::DecryptError,
+                    _ => Alert::HandshakeFailure,
+                };
+                self.fail_handshake(from, alert);
+                return Handled::Failed;
+            }
         }
         self.drain_handshake(from, now_ms)
     }
@@ -663,7 +726,9 @@ impl Front {
                 .min_by_key(|(_, s)| s.last_ms)
                 .map(|(addr, _)| *addr);
             if let Some(addr) = oldest {
-                self.sessions.remove(&addr);
+                // With close_notify, so the device starts over at once
+                // rather than after its retransmissions.
+                self.end_session(addr);
                 self.stats.sessions_evicted += 1;
             }
         }
@@ -693,7 +758,6 @@ impl Front {
         if records::screen(datagram) == Screened::Refused {
             return Handled::Ignored;
         }
-        session.last_ms = now_ms;
         if let Err(_e) = session
             .dtls
             .handle_timeout(now)
@@ -702,7 +766,15 @@ impl Front {
             self.sessions.remove(&from);
             return Handled::Failed;
         }
-        self.drain_session(from)
+        let handled = self.drain_session(from);
+        // Only what decrypted counts as the peer's: a spoofer's records
+        // must not keep a dead session from its idle end.
+        if !self.inbox.is_empty() {
+            if let Some(session) = self.sessions.get_mut(&from) {
+                session.last_ms = now_ms;
+            }
+        }
+        handled
     }
 
     /// Collects a session's output: records to send, requests, events.

@@ -11,7 +11,7 @@ const KEYS: &str = "dev1:dev1-secret-key:DEV\ndev2:other-key\n";
 fn limits() -> Limits {
     Limits {
         max_sessions: 4,
-        max_handshakes: 8,
+        max_handshakes: 16,
         handshakes_per_source: 4,
         session_idle_ms: 60_000,
     }
@@ -33,6 +33,8 @@ struct Device {
     connected: bool,
     /// Fatal alert descriptions it received in plaintext.
     alerts: Vec<u8>,
+    /// Records the front sent to others meanwhile.
+    others: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 impl Device {
@@ -50,6 +52,7 @@ impl Device {
             dtls,
             connected: false,
             alerts: Vec::new(),
+            others: Vec::new(),
         }
     }
 
@@ -76,6 +79,7 @@ impl Device {
         let outgoing = front.take_outgoing();
         for (to, record) in outgoing {
             if to != self.addr {
+                self.others.push((to, record));
                 continue;
             }
             if let [21, _, _, 0, 0, _, _, _, _, _, _, 0, 2, 2, description] = record[..] {
@@ -212,6 +216,17 @@ fn spoofed_alerts_and_fragments_do_not_end_a_devices_handshake() {
             now_ms,
             &[21, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 2, 40],
         );
+        // ChangeCipherSpecs (they would wait in the engine's queue) and
+        // encrypted garbage (it would use up the handshake's datagrams).
+        for seq in 0..10u8 {
+            let ccs = [20, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 100 + seq, 0, 1, 1];
+            front.receive(target, now_ms, &ccs);
+        }
+        for seq in 0..25u8 {
+            let mut garbage = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, seq, 0, 30];
+            garbage.extend_from_slice(&[seq; 30]);
+            front.receive(target, now_ms, &garbage);
+        }
         for _ in 0..30 {
             let mut datagram = Vec::new();
             for offset in 0..8u8 {
@@ -269,7 +284,18 @@ fn half_open_handshakes_are_capped_per_source_and_never_evict_sessions() {
         front.receive(from, 100, &hello);
         let _ = front.take_outgoing();
     }
-    assert_eq!(front.handshake_count(), 8);
+    assert_eq!(front.handshake_count(), 8, "per-/64 cap");
+    // Many sources: the overall cap, the oldest ending first.
+    for host in 0..8u8 {
+        for port in 0..4u16 {
+            let from = SocketAddr::new(IpAddr::from([203, 0, 113, 100 + host]), 40_000 + port);
+            let hello = cookie_hello(&mut front, from, host * 4 + port as u8, 150);
+            front.receive(from, 150, &hello);
+            let _ = front.take_outgoing();
+        }
+    }
+    assert_eq!(front.handshake_count(), 16, "overall cap");
+    assert!(front.stats().handshakes_evicted >= 36 + 36 + 16);
     // Every established session is still there and still answers.
     for (i, dev) in devices.iter_mut().enumerate() {
         assert_eq!(request(&mut front, dev, 200, i as u8).len(), 1);
@@ -339,6 +365,22 @@ fn an_idle_session_ends_with_close_notify_and_a_busy_one_stays() {
 }
 
 #[test]
+fn records_that_do_not_decrypt_do_not_keep_a_session_from_its_idle_end() {
+    let epoch = Instant::now();
+    let mut front = front_with(limits(), epoch);
+    let mut dev = Device::new("192.0.2.1:5000", "dev1", "dev1-secret-key", epoch, 0);
+    assert!(run(&mut front, &mut dev, epoch, 0, |_, _| {}));
+    for at in [30_000u64, 55_000] {
+        let mut garbage = vec![23, 0xfe, 0xfd, 0, 1, 0, 0, 0, 0, 0, 77, 0, 30];
+        garbage.extend_from_slice(&[7; 30]);
+        front.receive(dev.addr, at, &garbage);
+        assert!(front.take_requests().is_empty());
+    }
+    front.on_timers(61_000);
+    assert!(!front.has_session(dev.addr), "kept alive by a spoofer");
+}
+
+#[test]
 fn a_full_table_evicts_the_least_recently_used_session_for_a_new_one() {
     let epoch = Instant::now();
     let mut front = front_with(limits(), epoch);
@@ -358,6 +400,15 @@ fn a_full_table_evicts_the_least_recently_used_session_for_a_new_one() {
     }
     let mut newcomer = Device::new("192.0.2.9:5000", "dev1", "dev1-secret-key", epoch, 200);
     assert!(run(&mut front, &mut newcomer, epoch, 200, |_, _| {}));
+    // The evicted device hears close_notify (an encrypted alert).
+    let evicted = devices[1].addr;
+    assert!(
+        newcomer
+            .others
+            .iter()
+            .any(|(to, r)| *to == evicted && r.starts_with(&[21, 0xfe, 0xfd, 0, 1])),
+        "the evicted session got no close_notify"
+    );
     assert!(!front.has_session(devices[1].addr));
     for i in [0, 2, 3] {
         assert!(front.has_session(devices[i].addr), "device {i}");

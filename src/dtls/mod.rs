@@ -7,8 +7,8 @@
 //!
 //! # Budgets for what has not authenticated
 //!
-//! * A ClientHello without a valid cookie costs one HMAC and an answer
-//!   no larger than itself, built here (module `hello`); nothing is kept and
+//! * A ClientHello without a valid cookie costs at most three HMACs (two
+//!   checks, one new cookie) and an answer no larger than itself, built here (module `hello`); nothing is kept and
 //!   nothing is allocated per sender. The cookie is an HMAC-SHA256 of the
 //!   sender's address and port and the hello's fields under a secret from
 //!   the operating system that rotates every 30 s (the current and the

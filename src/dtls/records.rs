@@ -61,16 +61,24 @@ pub(super) enum Screened {
     /// Records a client in the middle of its handshake sends: whole
     /// ClientKeyExchange or ClientHello messages, ChangeCipherSpec,
     /// encrypted records.
-    Handshake {
-        /// A plaintext (epoch 0) record is among them.
-        plaintext: bool,
-        /// An encrypted (epoch 1) record is among them.
-        encrypted: bool,
-    },
+    Handshake(Contents),
     /// Something no client sends at that point: a fragment of a
     /// handshake message, a later message in plaintext, a plaintext alert
     /// (which anyone can forge), a malformed record. Dropped unread.
     Refused,
+}
+
+/// What a datagram that passed [`screen`] holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Contents {
+    /// A whole ClientKeyExchange.
+    pub(super) key_exchange: bool,
+    /// A ChangeCipherSpec.
+    pub(super) change_cipher_spec: bool,
+    /// A plaintext (epoch 0) record of any kind.
+    pub(super) plaintext: bool,
+    /// An encrypted (epoch 1) record.
+    pub(super) encrypted: bool,
 }
 
 /// Reads the records of `datagram` and says whether it may be what a
@@ -79,68 +87,66 @@ pub(super) enum Screened {
 /// end someone else's handshake with one.
 pub(super) fn screen(datagram: &[u8]) -> Screened {
     let mut rest = datagram;
-    let mut plaintext = false;
-    let mut encrypted = false;
+    let mut contents = Contents::default();
     if rest.is_empty() {
         return Screened::Refused;
     }
     while !rest.is_empty() {
-        let Some(header) = rest.get(..RECORD_HEADER) else {
+        let Some(&[content, _, _, e0, e1, _, _, _, _, _, _, l0, l1]) = rest.get(..RECORD_HEADER)
+        else {
             return Screened::Refused;
         };
-        let content = header[0];
-        let epoch = be(&header[3..5]);
-        let length = usize::from(u16::from_be_bytes([header[11], header[12]]));
+        let epoch = u16::from_be_bytes([e0, e1]);
+        let length = usize::from(u16::from_be_bytes([l0, l1]));
         let Some(fragment) = rest.get(RECORD_HEADER..RECORD_HEADER + length) else {
             return Screened::Refused;
         };
         match (epoch, content) {
-            (0, CONTENT_CHANGE_CIPHER_SPEC) => plaintext = true,
-            (0, CONTENT_HANDSHAKE) if whole_client_messages(fragment) => plaintext = true,
-            (1, _) => encrypted = true,
+            (0, CONTENT_CHANGE_CIPHER_SPEC) => contents.change_cipher_spec = true,
+            (0, CONTENT_HANDSHAKE) => match whole_client_messages(fragment) {
+                Some(key_exchange) => contents.key_exchange |= key_exchange,
+                None => return Screened::Refused,
+            },
+            (1, _) => contents.encrypted = true,
             _ => return Screened::Refused,
         }
+        contents.plaintext |= epoch == 0;
         rest = rest.get(RECORD_HEADER + length..).unwrap_or_default();
     }
-    Screened::Handshake {
-        plaintext,
-        encrypted,
-    }
+    Screened::Handshake(contents)
 }
 
-/// True when `fragment` (a plaintext handshake record's body) holds only
+/// Whether `fragment` (a plaintext handshake record's body) holds only
 /// whole ClientHello or ClientKeyExchange messages with a message_seq a
-/// PSK client uses. PSK flights are a few hundred bytes: no client
-/// fragments them, so a fragment is an attacker's.
-fn whole_client_messages(mut fragment: &[u8]) -> bool {
+/// PSK client uses: `None` when it does not, else whether a
+/// ClientKeyExchange is among them. PSK flights are a few hundred bytes:
+/// no client fragments them, so a fragment is an attacker's.
+fn whole_client_messages(mut fragment: &[u8]) -> Option<bool> {
     if fragment.is_empty() {
-        return false;
+        return None;
     }
+    let mut key_exchange = false;
     while !fragment.is_empty() {
-        let Some(header) = fragment.get(..HANDSHAKE_HEADER) else {
-            return false;
-        };
-        let kind = header[0];
-        let length = be(&header[1..4]);
-        let message_seq = be(&header[4..6]);
-        let offset = be(&header[6..9]);
-        let fragment_length = be(&header[9..12]);
+        let header = fragment.get(..HANDSHAKE_HEADER)?;
+        let kind = *header.first()?;
+        let length = be(header.get(1..4)?);
+        let message_seq = be(header.get(4..6)?);
+        let offset = be(header.get(6..9)?);
+        let fragment_length = be(header.get(9..12)?);
         if !matches!(kind, CLIENT_HELLO | CLIENT_KEY_EXCHANGE)
             || message_seq > LAST_PLAINTEXT_SEQ
             || offset != 0
             || fragment_length != length
         {
-            return false;
+            return None;
         }
-        let Some(next) = usize::try_from(length)
-            .ok()
-            .and_then(|l| fragment.get(HANDSHAKE_HEADER + l..))
-        else {
-            return false;
-        };
-        fragment = next;
+        key_exchange |= kind == CLIENT_KEY_EXCHANGE;
+        let end = usize::try_from(length)
+            .ok()?
+            .checked_add(HANDSHAKE_HEADER)?;
+        fragment = fragment.get(end..)?;
     }
-    true
+    Some(key_exchange)
 }
 
 /// The largest epoch-0 record sequence number among the records of
@@ -148,11 +154,11 @@ fn whole_client_messages(mut fragment: &[u8]) -> bool {
 pub(super) fn last_plaintext_sequence(datagram: &[u8]) -> Option<u64> {
     let mut rest = datagram;
     let mut last = None;
-    while let Some(header) = rest.get(..RECORD_HEADER) {
-        if be(&header[3..5]) == 0 {
-            last = last.max(Some(be(&header[5..11])));
+    while let Some(&[_, _, _, e0, e1, s0, s1, s2, s3, s4, s5, l0, l1]) = rest.get(..RECORD_HEADER) {
+        if [e0, e1] == [0, 0] {
+            last = last.max(Some(be(&[s0, s1, s2, s3, s4, s5])));
         }
-        let length = usize::from(u16::from_be_bytes([header[11], header[12]]));
+        let length = usize::from(u16::from_be_bytes([l0, l1]));
         rest = rest.get(RECORD_HEADER + length..).unwrap_or_default();
     }
     last
@@ -189,19 +195,27 @@ mod tests {
         let mut flight = handshake(16, 2, 20, 0, 20);
         flight.extend(record(20, 0, &[1]));
         flight.extend(record(22, 1, &[0xaa; 40]));
-        assert_eq!(
-            screen(&flight),
-            Screened::Handshake {
-                plaintext: true,
-                encrypted: true
-            }
-        );
+        let all = Contents {
+            key_exchange: true,
+            change_cipher_spec: true,
+            plaintext: true,
+            encrypted: true,
+        };
+        assert_eq!(screen(&flight), Screened::Handshake(all));
         assert_eq!(
             screen(&record(23, 1, &[1; 30])),
-            Screened::Handshake {
-                plaintext: false,
-                encrypted: true
-            }
+            Screened::Handshake(Contents {
+                encrypted: true,
+                ..Contents::default()
+            })
+        );
+        assert_eq!(
+            screen(&record(20, 0, &[1])),
+            Screened::Handshake(Contents {
+                change_cipher_spec: true,
+                plaintext: true,
+                ..Contents::default()
+            })
         );
     }
 

@@ -424,7 +424,7 @@ fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
         max_handshakes: count(
             "max-handshakes",
             iot_ota::dtls::DEFAULT_MAX_HANDSHAKES,
-            65_536,
+            4096,
         )?,
         handshakes_per_source: iot_ota::dtls::HANDSHAKES_PER_SOURCE,
         session_idle_ms: session_idle_s as u64 * 1000,
