@@ -588,8 +588,8 @@ impl Front {
     /// (it would wait in the engine's queue), encrypted records before any
     /// ChangeCipherSpec (the engine would drop them). An encrypted record
     /// that fails to decrypt is the client's Finished under a wrong key
-    /// when its ChangeCipherSpec came with it, or when it happens a third
-    /// time; else it is dropped as noise.
+    /// when it is a handshake record after the ChangeCipherSpec, or when
+    /// it happens a third time; else it is dropped as noise.
     fn feed_handshake(
         &mut self,
         from: SocketAddr,
@@ -614,6 +614,10 @@ impl Front {
             self.stats.handshakes_failed += 1;
             return Handled::Failed;
         }
+        // The client's Finished: an encrypted handshake record with its
+        // ChangeCipherSpec, or after it (GnuTLS sends them apart).
+        let finished_after_its_change_cipher_spec = contents.encrypted_handshake
+            && (contents.change_cipher_spec || hs.change_cipher_spec_seen);
         let result = hs
             .dtls
             .handle_timeout(now)
@@ -627,7 +631,7 @@ impl Front {
             // flight: the datagram is dropped, the handshake goes on.
             Err(dimpl::Error::ReceiveQueueFull) => return Handled::Ignored,
             Err(dimpl::Error::CryptoError(_))
-                if !contents.change_cipher_spec
+                if !finished_after_its_change_cipher_spec
                     && !unknown_identity(&hs.resolver)
                     && hs.decrypt_failures < 2 =>
             {

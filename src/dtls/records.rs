@@ -79,6 +79,8 @@ pub(super) struct Contents {
     pub(super) plaintext: bool,
     /// An encrypted (epoch 1) record.
     pub(super) encrypted: bool,
+    /// An encrypted handshake record: a Finished, if anything.
+    pub(super) encrypted_handshake: bool,
 }
 
 /// Reads the records of `datagram` and says whether it may be what a
@@ -107,7 +109,10 @@ pub(super) fn screen(datagram: &[u8]) -> Screened {
                 Some(key_exchange) => contents.key_exchange |= key_exchange,
                 None => return Screened::Refused,
             },
-            (1, _) => contents.encrypted = true,
+            (1, _) => {
+                contents.encrypted = true;
+                contents.encrypted_handshake |= content == CONTENT_HANDSHAKE;
+            }
             _ => return Screened::Refused,
         }
         contents.plaintext |= epoch == 0;
@@ -200,6 +205,7 @@ mod tests {
             change_cipher_spec: true,
             plaintext: true,
             encrypted: true,
+            encrypted_handshake: true,
         };
         assert_eq!(screen(&flight), Screened::Handshake(all));
         assert_eq!(
