@@ -14,6 +14,8 @@
 //!                                  every RFC 7252 §3 check in one pass
 //!   ─► service::Service::handle    pure: (peer, now, datagram, catalog) → Action,
 //!                                  the reply written into the caller's buffer
+//!                                  (tried first: `handle_block`, the fast path
+//!                                  of a later block by id, same answers)
 //!   ─► server                      sends from the address the request was sent
 //!                                  to; counters and log lines
 //! ```

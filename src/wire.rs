@@ -399,6 +399,110 @@ impl<'a> Header<'a> {
     }
 }
 
+/// The one request form the server's fast path answers: a Confirmable
+/// `GET /updates/{id}` of a block after the first, with nothing else that
+/// needs a decision. [`BlockGet::parse`] accepts a datagram only when
+/// [`Message::parse`] accepts it too and reads the same request from it,
+/// so that the fast path can answer it as the general one would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockGet<'a> {
+    /// Message ID.
+    pub mid: u16,
+    /// Token, 0 to 8 bytes.
+    pub token: &'a [u8],
+    /// The second Uri-Path segment: exactly 8 bytes (an image id's form).
+    pub id: &'a [u8],
+    /// Block2, with NUM > 0 and a valid SZX.
+    pub block: Block,
+    /// A Size2 option was present (RFC 7959 §4: the reply then carries the
+    /// body's size).
+    pub size2: bool,
+    /// Echo (RFC 9175), when present once.
+    pub echo: Option<&'a [u8]>,
+}
+
+impl<'a> BlockGet<'a> {
+    /// The fast path's request, or `None` for anything else; precisely,
+    /// `Some` only for a datagram that
+    ///
+    /// - has version 1, type CON, code 0.01 (GET) and a token of 0 to 8 bytes;
+    /// - carries exactly these options: Uri-Path `updates`, Uri-Path of 8
+    ///   bytes, one Block2 of at most 3 bytes with NUM > 0 and SZX 0 to 6,
+    ///   and optionally one Size2 (at most 4 bytes) and one Echo (1 to 40
+    ///   bytes): no Uri-Query, Observe, Accept, ETag, Uri-Host, Uri-Port,
+    ///   proxy option, unknown option (elective or critical) or repeated one;
+    /// - has no payload, and is well formed to its last byte.
+    ///
+    /// Everything else, malformed datagrams included, is left to
+    /// [`Message::parse`] and the general path, which also decides what to
+    /// answer to them. The walk reads each option header with the same
+    /// code as [`Message::parse`].
+    pub fn parse(datagram: &'a [u8]) -> Option<BlockGet<'a>> {
+        let (header, mut rest) = Header::parse(datagram).ok()?;
+        if header.mtype != MessageType::Confirmable || header.code != GET {
+            return None;
+        }
+        let mut number: u32 = 0;
+        let mut segments = 0u8;
+        let mut id = None;
+        let mut block = None;
+        let mut size2 = false;
+        let mut echo = None;
+        while let Some((&first, after)) = rest.split_first() {
+            // A payload, or a marker without one (a format error).
+            if first == PAYLOAD_MARKER {
+                return None;
+            }
+            let (delta, after) = option_field(first >> 4, after).ok()?;
+            let (length, after) = option_field(first & 0x0F, after).ok()?;
+            // At most 252 before (any larger number returned below), so
+            // this stays far from overflow.
+            number = number.saturating_add(delta);
+            let (value, after) = after.split_at_checked(length as usize)?;
+            match number {
+                URI_PATH => {
+                    match (segments, value.len()) {
+                        (0, _) if value == b"updates" => {}
+                        (1, 8) => id = Some(value),
+                        _ => return None,
+                    }
+                    segments += 1;
+                }
+                BLOCK2 if block.is_none() => {
+                    let b = Block::decode(value).ok()?;
+                    if b.num == 0 {
+                        return None;
+                    }
+                    block = Some(b);
+                }
+                SIZE2 if !size2 && value.len() <= 4 => size2 = true,
+                ECHO if echo.is_none() && (1..=ECHO_MAX).contains(&value.len()) => {
+                    echo = Some(value)
+                }
+                _ => return None,
+            }
+            rest = after;
+        }
+        Some(BlockGet {
+            mid: header.mid,
+            token: header.token,
+            id: id?,
+            block: block?,
+            size2,
+            echo,
+        })
+    }
+}
+
+/// The code byte of GET (0.01).
+const GET: u8 = 0x01;
+/// Option numbers [`BlockGet::parse`] matches on (RFC 7252 §5.10,
+/// RFC 7959 §2.1, RFC 9175 §2.2), as the `u32` its walk counts in.
+const URI_PATH: u32 = 11;
+const BLOCK2: u32 = 23;
+const SIZE2: u32 = 28;
+const ECHO: u32 = OPTION_ECHO as u32;
+
 /// Non-repeatable options accepted once but not kept in [`Message`]
 /// (this server has no virtual hosts).
 #[derive(Default)]

@@ -109,3 +109,32 @@ fn handler_rst_to_a_non_legacy_request_without_update() {
         "RST with the request's Message ID"
     );
 }
+
+/// The handler check compares the fast path with the general one on every
+/// datagram: the seeds reach the fast path (so the comparison is not
+/// vacuous), and a fast path that gets one byte wrong fails the check.
+#[test]
+fn handler_check_holds_the_fast_path_to_the_general_answers() {
+    let mut answered = 0;
+    let mut caught = 0;
+    for (path, bytes) in seeds("handler") {
+        let fast = handler_check::check_with(&bytes, handler_check::Fault::None);
+        answered += fast;
+        if fast > 0 {
+            let broken = std::panic::catch_unwind(|| {
+                handler_check::check_with(&bytes, handler_check::Fault::FlipFastByte)
+            });
+            assert!(
+                broken.is_err(),
+                "{}: a wrong byte from the fast path went unnoticed",
+                path.display()
+            );
+            caught += 1;
+        }
+    }
+    assert!(
+        answered >= 10,
+        "the seeds reach the fast path {answered} times"
+    );
+    assert!(caught >= 1);
+}

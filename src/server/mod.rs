@@ -106,6 +106,17 @@ pub struct Server {
     log_budget: LogBudget,
     /// Milliseconds since start at the last received datagram.
     now_ms: u64,
+    /// The earliest time any timer wants the loop (rescans, held-back
+    /// multicast answers, notifications, DTLS timers, the counters' log
+    /// line): `u64::MAX` for none. Kept up to date whenever a timer may
+    /// have moved (timer work, a datagram off the fast path, a signal), so
+    /// that a datagram costs one comparison with it instead of a look at
+    /// every timer, as smoltcp's `poll_at`.
+    deadline_ms: u64,
+    /// When the counters are next logged, if they changed.
+    next_report_ms: u64,
+    /// The counters as last logged.
+    reported: Stats,
     /// Held-back answers to multicast requests.
     leisure: Leisure,
     /// The firmware directory, when it is watched for changes.
@@ -153,6 +164,9 @@ impl Server {
             stats: Stats::default(),
             log_budget: LogBudget::default(),
             now_ms: 0,
+            deadline_ms: STATS_INTERVAL_MS,
+            next_report_ms: STATS_INTERVAL_MS,
+            reported: Stats::default(),
             leisure: Leisure::off(),
             live: None,
             poll_start: 0,
@@ -183,6 +197,7 @@ impl Server {
             psk_file,
             local_dests: std::collections::HashMap::new(),
         });
+        self.refresh_deadline();
         self.sockets
             .iter()
             .try_for_each(|s| s.set_nonblocking(true))
@@ -258,6 +273,7 @@ impl Server {
             .iter()
             .try_for_each(|s| s.set_read_timeout(timeout))?;
         self.live = Some(live);
+        self.refresh_deadline();
         Ok(())
     }
 
@@ -287,6 +303,7 @@ impl Server {
         seed: u64,
     ) -> io::Result<()> {
         self.leisure = Leisure::new(leisure_ms, capacity, seed);
+        self.refresh_deadline();
         self.sockets
             .iter()
             .try_for_each(|s| s.set_nonblocking(true))
@@ -333,8 +350,6 @@ impl Server {
     /// When the signal handlers cannot be installed.
     pub fn run(&mut self) -> io::Result<()> {
         sockio::install_signal_flags()?;
-        let mut last_report_ms = self.now_ms;
-        let mut reported = self.stats;
         loop {
             if sockio::terminating() {
                 #[cfg(feature = "dtls")]
@@ -353,15 +368,6 @@ impl Server {
                 continue;
             }
             self.serve_one();
-            // The time serve_one read for the datagram: no second clock
-            // read per datagram.
-            if self.now_ms.saturating_sub(last_report_ms) >= STATS_INTERVAL_MS {
-                if self.stats != reported {
-                    info!("{}", StatsLine(&self.stats));
-                    reported = self.stats;
-                }
-                last_report_ms = self.now_ms;
-            }
         }
     }
 
@@ -378,30 +384,26 @@ impl Server {
             }
             None => info!("SIGHUP: the directory is not watched (--rescan is off)"),
         }
+        self.refresh_deadline();
     }
 
     /// Receives one datagram (blocking, or until the socket's read timeout)
-    /// and answers it, after sending the held-back multicast answers that
-    /// are due. Never fails: errors are counted and logged at debug.
+    /// and answers it; the timer work (held-back multicast answers, rescans,
+    /// notifications, DTLS timers, the counters' log line) runs first when
+    /// the cached deadline has passed. Never fails: errors are counted and
+    /// logged at debug.
     pub fn serve_one(&mut self) {
         let index = if self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure() {
             0
         } else {
-            self.send_due_answers();
             let now = self.clock_ms();
-            let rescan_due = self.live.as_ref().and_then(Live::next_due_ms);
-            let notify_due = self.service.next_notification_ms();
-            let timeout = [
-                self.leisure.next_due_ms(),
-                rescan_due,
-                notify_due,
-                self.secure_timer_ms(),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|due| due.saturating_sub(now))
-            .or(self.live.as_ref().map(|_| WAKE_MS));
+            if now >= self.deadline_ms {
+                self.on_timers(now);
+            }
+            let timeout = match self.deadline_ms {
+                u64::MAX => self.live.as_ref().map(|_| WAKE_MS),
+                due => Some(due.saturating_sub(now)),
+            };
             // Start the scan after the socket served last, so that a flood
             // on one socket cannot starve the others.
             self.poll_start = self.poll_start.wrapping_add(1);
@@ -413,7 +415,9 @@ impl Server {
         let received = self.receive(index);
         // One clock read per datagram, shared by the timers and the service.
         self.now_ms = self.clock_ms();
-        self.on_timers(self.now_ms);
+        if self.now_ms >= self.deadline_ms {
+            self.on_timers(self.now_ms);
+        }
         let Some(Received {
             len,
             from,
@@ -425,8 +429,80 @@ impl Server {
         };
         #[cfg(feature = "dtls")]
         if self.secure_socket() == Some(index) {
-            return self.serve_secure(index, from, dest, len);
+            self.serve_secure(index, from, dest, len);
+            return self.after_general(self.now_ms);
         }
+        if self.serve_fast(index, from, dest, len) {
+            return;
+        }
+        self.serve_general(index, from, dest, len, truncated);
+        self.after_general(self.now_ms);
+    }
+
+    /// The fast path (`Service::handle_block`) for a unicast datagram of
+    /// the plain sockets, while debug logging (which shows every request)
+    /// is off; false when the datagram needs the general path. A block in
+    /// the middle of a body costs a counter and a send; the rest of what it
+    /// may answer (the last block, which is logged, a 4.29, an Echo
+    /// challenge) goes through the general path's bookkeeping. Nothing it
+    /// answers moves a timer, a rescan or a notification: the deadline
+    /// stays as it is.
+    #[inline]
+    fn serve_fast(
+        &mut self,
+        index: usize,
+        from: SocketAddr,
+        dest: Option<LocalDest>,
+        len: usize,
+    ) -> bool {
+        if dest.is_some_and(|d| is_multicast(d.addr)) || log_enabled!(Level::Debug) {
+            return false;
+        }
+        let datagram = self.rx.get(..len).unwrap_or(&[]);
+        let Some(action) =
+            self.service
+                .handle_block(peer(from), self.now_ms, datagram, &mut self.tx)
+        else {
+            return false;
+        };
+        match action {
+            Action::Reply {
+                len,
+                outcome: Outcome::Block(t),
+            } if !t.is_last() => {
+                self.stats.blocks += 1;
+                let reply = self.tx.get(..len).unwrap_or(&[]);
+                send(&self.sockets, index, reply, from, dest, &mut self.stats);
+            }
+            action => deliver(
+                action,
+                Reply {
+                    index,
+                    from,
+                    dest,
+                    arrival: arrival(index, dest),
+                    now_ms: self.now_ms,
+                },
+                &self.sockets,
+                &self.tx,
+                &mut self.stats,
+                &mut self.log_budget,
+                &mut self.leisure,
+            ),
+        }
+        true
+    }
+
+    /// A datagram of the plain sockets through `Service::handle_arrival`,
+    /// with a rescan first when it missed or found a replaced file.
+    fn serve_general(
+        &mut self,
+        index: usize,
+        from: SocketAddr,
+        dest: Option<LocalDest>,
+        len: usize,
+        truncated: bool,
+    ) {
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         if truncated {
             trace!("{} datagram cut at {len} bytes", Shown(from));
@@ -462,30 +538,46 @@ impl Server {
                 self.service
                     .handle_again(peer(from), arrival, self.now_ms, datagram, &mut self.tx);
         }
-        match action {
-            Action::Reply { len, outcome } => {
-                self.stats.count(&outcome);
-                if let Outcome::Block(t) = &outcome {
-                    self.log_budget
-                        .log_transfer(from, t, self.now_ms, &mut self.stats);
-                }
-                log_outcome(from, &outcome);
-                let reply = self.tx.get(..len).unwrap_or(&[]);
-                if !arrival.multicast {
-                    send(&self.sockets, index, reply, from, dest, &mut self.stats);
-                } else if self.leisure.schedule(self.now_ms, index, from, dest, reply) {
-                    self.stats.multicast_answers += 1;
-                } else {
-                    self.stats.multicast_dropped += 1;
-                }
-            }
-            Action::Drop(reason) => {
-                self.stats.count_drop(reason);
-                trace!("{} dropped: {reason:?}", Shown(from));
-            }
+        deliver(
+            action,
+            Reply {
+                index,
+                from,
+                dest,
+                arrival,
+                now_ms: self.now_ms,
+            },
+            &self.sockets,
+            &self.tx,
+            &mut self.stats,
+            &mut self.log_budget,
+            &mut self.leisure,
+        );
+    }
+
+    /// After a datagram off the fast path: it may have registered an
+    /// observer, held back a multicast answer, rescanned (which changes
+    /// what observers see) or moved a DTLS timer, so the deadline is
+    /// computed again, and the timer work done at once when it is due
+    /// (the notifications a rescan made owed among it).
+    fn after_general(&mut self, now_ms: u64) {
+        self.refresh_deadline();
+        if now_ms >= self.deadline_ms {
+            self.on_timers(now_ms);
         }
-        // A rescan after a miss may have changed what observers see.
-        self.send_notifications(self.now_ms);
+    }
+
+    /// Computes the cached deadline again from every timer.
+    fn refresh_deadline(&mut self) {
+        self.deadline_ms = [
+            self.leisure.next_due_ms(),
+            self.live.as_ref().and_then(Live::next_due_ms),
+            self.service.next_notification_ms(),
+            self.secure_timer_ms(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_report_ms, u64::min);
     }
 
     /// Sends the Observe notifications owed at `now_ms`, at most
@@ -547,9 +639,15 @@ impl Server {
         }
     }
 
-    /// Rescans the directory when its timer is due, and sends the
-    /// notifications owed.
+    /// The timer work: sends the held-back multicast answers that are due,
+    /// runs the DTLS timers, rescans the directory when its timer is due,
+    /// sends the notifications owed, logs the counters every
+    /// [`STATS_INTERVAL_MS`] when they changed; then computes the deadline
+    /// again. Kept out of the per-datagram path: called when the deadline
+    /// has passed or a wait timed out.
+    #[inline(never)]
     fn on_timers(&mut self, now_ms: u64) {
+        self.send_due_answers(now_ms);
         #[cfg(feature = "dtls")]
         if let Some(secure) = self.dtls.as_mut() {
             if secure
@@ -570,11 +668,18 @@ impl Server {
             }
         }
         self.send_notifications(now_ms);
+        if now_ms >= self.next_report_ms {
+            if self.stats != self.reported {
+                info!("{}", StatsLine(&self.stats));
+                self.reported = self.stats;
+            }
+            self.next_report_ms = now_ms.saturating_add(STATS_INTERVAL_MS);
+        }
+        self.refresh_deadline();
     }
 
     /// Sends the held-back multicast answers whose time has come.
-    fn send_due_answers(&mut self) {
-        let now = self.clock_ms();
+    fn send_due_answers(&mut self, now: u64) {
         while let Some(due) = self.leisure.take_due(now) {
             send(
                 &self.sockets,
@@ -800,6 +905,71 @@ fn send(
     }
 }
 
+/// Where a reply goes and when it was asked for: what [`deliver`] needs
+/// beside the answer.
+#[derive(Debug, Clone, Copy)]
+struct Reply {
+    /// The socket the request arrived on.
+    index: usize,
+    from: SocketAddr,
+    dest: Option<LocalDest>,
+    arrival: Arrival,
+    now_ms: u64,
+}
+
+/// Sends an answer (after the Leisure period, for a multicast request) and
+/// does its bookkeeping: counters, the transfer lines at info, the
+/// per-reply detail at trace.
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    action: Action<'_>,
+    to: Reply,
+    sockets: &[UdpSocket],
+    tx: &[u8],
+    stats: &mut Stats,
+    log_budget: &mut LogBudget,
+    leisure: &mut Leisure,
+) {
+    let Reply {
+        index,
+        from,
+        dest,
+        arrival,
+        now_ms,
+    } = to;
+    match action {
+        Action::Reply { len, outcome } => {
+            stats.count(&outcome);
+            if let Outcome::Block(t) = &outcome {
+                log_budget.log_transfer(from, t, now_ms, stats);
+            }
+            log_outcome(from, &outcome);
+            let reply = tx.get(..len).unwrap_or(&[]);
+            if !arrival.multicast {
+                send(sockets, index, reply, from, dest, stats);
+            } else if leisure.schedule(now_ms, index, from, dest, reply) {
+                stats.multicast_answers += 1;
+            } else {
+                stats.multicast_dropped += 1;
+            }
+        }
+        Action::Drop(reason) => {
+            stats.count_drop(reason);
+            trace!("{} dropped: {reason:?}", Shown(from));
+        }
+    }
+}
+
+/// A multicast group address, IPv4, IPv6 or IPv4-mapped.
+fn is_multicast(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => v4.is_multicast(),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_multicast(), |v4| v4.is_multicast()),
+    }
+}
+
 /// A request that found nothing (no image with its id, no newer image) or
 /// an image still settling: a live catalog rescans before answering it, so
 /// a file published since the last scan, or settled since, is served
@@ -856,14 +1026,8 @@ fn arrival(socket: usize, dest: Option<LocalDest>) -> Arrival {
             ..Arrival::default()
         };
     };
-    let multicast = match dest.addr {
-        IpAddr::V4(v4) => v4.is_multicast(),
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(v6.is_multicast(), |v4| v4.is_multicast()),
-    };
     Arrival {
-        multicast,
+        multicast: is_multicast(dest.addr),
         ifindex: dest.ifindex,
         socket,
         local: Some(match dest.addr {

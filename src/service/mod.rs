@@ -23,7 +23,9 @@
 //!
 //! One file per concern: `routes` (resources, bodies, Block2 slicing),
 //! `peers` (per-peer transfer, duplicate and Message ID state), `guard`
-//! (rate limit and Echo), `table` (the bounded expiring map they use).
+//! (rate limit and Echo), `table` (the bounded expiring map they use),
+//! `fast` (the fast path, [`Service::handle_block`]: a later block of an
+//! image by id, answered as `handle` would answer it, with less work).
 //! State changes are applied only when the reply is actually sent, so an
 //! unverified request answered with an Echo challenge changes nothing.
 //!
@@ -40,6 +42,7 @@
 //! and with `--echo` it is checked again (Echo values stay valid for one
 //! to two minutes, longer than a client retransmits).
 
+mod fast;
 mod guard;
 mod observe;
 mod peers;

@@ -1,0 +1,138 @@
+//! The fast path: the block that most datagrams ask for, a later block of
+//! an image downloaded by id, answered without the general path's parse,
+//! routing and per-request records.
+//!
+//! It answers only [`wire::BlockGet`] requests (a Confirmable
+//! `GET /updates/{id}` with Block2 NUM > 0 and nothing else that needs a
+//! decision: see [`wire::BlockGet::parse`]) for an image the catalog has,
+//! at a position inside it, from a peer whose records name no transfer
+//! that such a request would continue (an OFFSET its block 0 started, or a
+//! duplicate of its last continuation). Such a request, in the general
+//! path, reads no state beyond those records and the guards, writes none
+//! (no peer record, no observer: its Block2 NUM > 0 keeps it from Observe),
+//! and gets the block of the whole image under the image's ETag. Anything
+//! else returns `None` before any state has changed, and the caller hands
+//! the datagram to [`Service::handle`] as if the fast path had not looked.
+//!
+//! The guards apply as in the general path, in the same order: the rate
+//! limit counts the request (and may answer 4.29 or drop it), and with
+//! `--echo` a reply more than three times the request needs a valid Echo
+//! option or becomes the 4.01 challenge. `tests/fuzz/checks/handler.rs`
+//! runs both paths on every input and requires byte-identical answers.
+
+use super::{Action, Dropped, Outcome, Peer, ReplyTo, Service, Transfer, Via, MAX_REQUEST_LEN};
+use crate::service::peers::RequestId;
+use crate::wire::{self, Block, BlockGet};
+use coap_lite::{CoapOption, ContentFormat, MessageType, ResponseType};
+
+impl Service {
+    /// Answers `datagram` from `peer` at `now_ms` on the fast path, or
+    /// returns `None`, having changed nothing, when it needs the general
+    /// path ([`Service::handle`]); see the module docs of `fast` for what
+    /// it answers. When it answers, the answer (the bytes written into
+    /// `out`, the [`Action`], the state left behind) is the one
+    /// [`Service::handle`] would give. For unicast datagrams on the plain
+    /// socket only: a multicast request and a coaps one have rules of
+    /// their own ([`Service::handle_arrival`], [`Service::handle_secure`]).
+    #[inline]
+    pub fn handle_block(
+        &mut self,
+        peer: Peer,
+        now_ms: u64,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Option<Action<'_>> {
+        if datagram.len() > MAX_REQUEST_LEN {
+            return None;
+        }
+        let request = BlockGet::parse(datagram)?;
+        let image = self.catalog.by_id_hex(request.id)?;
+        let body: &[u8] = &image.bytes;
+        let body_len = body.len() as u64;
+        // RFC 7959 §2.4 as the general path's `block_for`: the client's
+        // size capped at the server's, at the position the client asked
+        // for; a position past the body is an error, left to it.
+        let start = request.block.position();
+        if start >= body_len {
+            return None;
+        }
+        let mut block = Block::at(start, request.block.szx.min(self.server_szx))?;
+        let end = start.saturating_add(block.size() as u64).min(body_len);
+        block.more = end < body_len;
+        let chunk = body.get(start as usize..end as usize)?;
+        let id = RequestId::new(request.mid, true, datagram);
+        if self
+            .peers
+            .continuation(peer, now_ms, id, &image.id_hex)
+            .is_some()
+        {
+            return None;
+        }
+        // From here on the request is this path's: it is counted.
+        let reply_to = ReplyTo {
+            mtype: MessageType::Acknowledgement,
+            mid: request.mid,
+            token: request.token,
+        };
+        let request_len = datagram.len();
+        if let Some(limited) = self
+            .guard
+            .rate_limit(reply_to, peer, now_ms, request_len, out)
+        {
+            return Some(limited);
+        }
+        let Ok(len) = write_block(
+            reply_to,
+            &image.etag,
+            block,
+            body.len(),
+            chunk,
+            &request,
+            out,
+        ) else {
+            return Some(Action::Drop(Dropped::Overflow));
+        };
+        if let Some(challenge) =
+            self.guard
+                .check_echo(reply_to, &peer, now_ms, request.echo, request_len, len, out)
+        {
+            return Some(challenge);
+        }
+        Some(Action::Reply {
+            len,
+            outcome: Outcome::Block(Transfer {
+                image,
+                offset: 0,
+                block,
+                block_len: chunk.len(),
+                via: Via::ById,
+            }),
+        })
+    }
+}
+
+/// The 2.05 of a block of a whole image, with the options the general path
+/// gives one (`routes`' `block_options` for a body that is not observable):
+/// ETag, Content-Format, Block2, and Size2 when the request asked.
+fn write_block(
+    reply_to: ReplyTo<'_>,
+    etag: &[u8; 8],
+    block: Block,
+    body_len: usize,
+    chunk: &[u8],
+    request: &BlockGet<'_>,
+    out: &mut [u8],
+) -> Result<usize, wire::EmitError> {
+    let mut e = reply_to.emitter(ResponseType::Content, out)?;
+    e.option(CoapOption::ETag.into(), etag)?;
+    e.option_uint(
+        CoapOption::ContentFormat.into(),
+        usize::from(ContentFormat::ApplicationOctetStream) as u32,
+    )?;
+    e.option_block(CoapOption::Block2.into(), block)?;
+    if request.size2 {
+        let size = u32::try_from(body_len).map_err(|_| wire::EmitError::BufferTooSmall)?;
+        e.option_uint(CoapOption::Size2.into(), size)?;
+    }
+    e.payload(chunk)
+}
