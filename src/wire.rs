@@ -438,14 +438,30 @@ impl<'a> BlockGet<'a> {
     /// answer to them. The walk reads each option header with the same
     /// code as [`Message::parse`].
     pub fn parse(datagram: &'a [u8]) -> Option<BlockGet<'a>> {
-        let (header, mut rest) = Header::parse(datagram).ok()?;
+        let (header, rest) = Header::parse(datagram).ok()?;
         if header.mtype != MessageType::Confirmable || header.code != GET {
             return None;
         }
-        let mut number: u32 = 0;
-        let mut segments = 0u8;
-        let mut id = None;
-        let mut block = None;
+        // The first three options, compared as bytes: an option whose
+        // delta and length are below 13 has one encoding only (RFC 7252
+        // §3.1), and any other option before Block2 (numbers 1 to 22)
+        // would not be accepted anyway, so this reads what the walk of
+        // `Message::parse` reads. Uri-Path `updates`, Uri-Path of 8 bytes:
+        let (paths, rest) = rest.split_first_chunk::<17>()?;
+        let (updates, id) = paths.split_first_chunk::<9>()?;
+        if updates != b"\xB7updates\x08" {
+            return None;
+        }
+        // Block2 (delta 12) of 1 to 3 bytes (0 bytes is NUM 0).
+        let (&first, rest) = rest.split_first()?;
+        let (value, rest) = match first {
+            0xC1..=0xC3 => rest.split_at_checked(usize::from(first & 0x0F))?,
+            _ => return None,
+        };
+        let block = Block::decode(value).ok().filter(|b| b.num > 0)?;
+        // The rest, option by option: Size2 and Echo only, once each.
+        let mut rest = rest;
+        let mut number = BLOCK2;
         let mut size2 = false;
         let mut echo = None;
         while let Some((&first, after)) = rest.split_first() {
@@ -460,21 +476,6 @@ impl<'a> BlockGet<'a> {
             number = number.saturating_add(delta);
             let (value, after) = after.split_at_checked(length as usize)?;
             match number {
-                URI_PATH => {
-                    match (segments, value.len()) {
-                        (0, _) if value == b"updates" => {}
-                        (1, 8) => id = Some(value),
-                        _ => return None,
-                    }
-                    segments += 1;
-                }
-                BLOCK2 if block.is_none() => {
-                    let b = Block::decode(value).ok()?;
-                    if b.num == 0 {
-                        return None;
-                    }
-                    block = Some(b);
-                }
                 SIZE2 if !size2 && value.len() <= 4 => size2 = true,
                 ECHO if echo.is_none() && (1..=ECHO_MAX).contains(&value.len()) => {
                     echo = Some(value)
@@ -486,19 +487,117 @@ impl<'a> BlockGet<'a> {
         Some(BlockGet {
             mid: header.mid,
             token: header.token,
-            id: id?,
-            block: block?,
+            id,
+            block,
             size2,
             echo,
         })
     }
 }
 
+/// Writes the 2.05 reply to a [`BlockGet`]: the bytes [`Emitter`] writes
+/// for a block of an `application/octet-stream` body (an ACK with `mid`
+/// and `token`, then ETag `etag`, Content-Format 42, Block2 `block`, Size2
+/// `size2` when given, and the payload), with one bounds check for all of
+/// them rather than one per option. Returns the length.
+///
+/// # Errors
+/// [`EmitError::BufferTooSmall`] when `out` cannot hold the reply or the
+/// token is longer than 8 bytes; nothing is written then.
+pub fn emit_block_ack(
+    out: &mut [u8],
+    mid: u16,
+    token: &[u8],
+    etag: &[u8; 8],
+    block: Block,
+    size2: Option<u32>,
+    payload: &[u8],
+) -> Result<usize, EmitError> {
+    if token.len() > TOKEN_MAX {
+        return Err(EmitError::BufferTooSmall);
+    }
+    // Everything before the payload (at most 4 + 8 + 11 + 4 + 5 + 1
+    // bytes), written on the stack in fixed-size pieces, some wider than
+    // their field (the next piece writes over the rest), then copied once.
+    let mut head = [0u8; 40];
+    let [mid_hi, mid_lo] = mid.to_be_bytes();
+    let first = (VERSION << 6) | (message_type_bits(MessageType::Acknowledgement) << 4);
+    let mut padded_token = [0u8; TOKEN_MAX];
+    for (dst, src) in padded_token.iter_mut().zip(token) {
+        *dst = *src;
+    }
+    let mut pos = put(
+        &mut head,
+        0,
+        [first | token.len() as u8, CONTENT, mid_hi, mid_lo],
+        4,
+    )?;
+    pos = put(&mut head, pos, padded_token, token.len())?;
+    // ETag (4): delta 4, length 8; Content-Format (12): delta 8, length 1.
+    let [e0, e1, e2, e3, e4, e5, e6, e7] = *etag;
+    let options = [0x48, e0, e1, e2, e3, e4, e5, e6, e7, 0x81, OCTET_STREAM];
+    pos = put(&mut head, pos, options, options.len())?;
+    // Block2 (23): delta 11, a value of 0 to 3 bytes.
+    let (value, len) = uint_bytes(block.raw());
+    let [v0, v1, v2, _] = value;
+    pos = put(&mut head, pos, [0xB0 | len as u8, v0, v1, v2], 1 + len)?;
+    // Size2 (28): delta 5.
+    if let Some(size) = size2 {
+        let (value, len) = uint_bytes(size);
+        let [v0, v1, v2, v3] = value;
+        pos = put(&mut head, pos, [0x50 | len as u8, v0, v1, v2, v3], 1 + len)?;
+    }
+    if !payload.is_empty() {
+        pos = put(&mut head, pos, [PAYLOAD_MARKER], 1)?;
+    }
+    let total = pos
+        .checked_add(payload.len())
+        .ok_or(EmitError::BufferTooSmall)?;
+    let (dst_head, dst_payload) = out
+        .get_mut(..total)
+        .and_then(|reply| reply.split_at_mut_checked(pos))
+        .ok_or(EmitError::BufferTooSmall)?;
+    dst_head.copy_from_slice(head.get(..pos).ok_or(EmitError::BufferTooSmall)?);
+    dst_payload.copy_from_slice(payload);
+    Ok(total)
+}
+
+/// Writes all `N` bytes of `bytes` at `pos` of `buf` and returns the
+/// position after the first `used` of them: a copy of a size known at
+/// compile time, with one bounds check.
+#[inline(always)]
+fn put<const N: usize>(
+    buf: &mut [u8],
+    pos: usize,
+    bytes: [u8; N],
+    used: usize,
+) -> Result<usize, EmitError> {
+    let room = buf
+        .get_mut(pos..)
+        .and_then(|rest| rest.first_chunk_mut::<N>())
+        .ok_or(EmitError::BufferTooSmall)?;
+    *room = bytes;
+    Ok(pos + used.min(N))
+}
+
+/// An RFC 7252 §3.2 uint in its fewest bytes, at the start of the array,
+/// and how many bytes that is (0 for zero).
+#[inline(always)]
+fn uint_bytes(value: u32) -> ([u8; 4], usize) {
+    let skip = value.leading_zeros() / 8;
+    let shifted = value.checked_shl(skip * 8).unwrap_or(0);
+    (shifted.to_be_bytes(), 4 - skip as usize)
+}
+
+/// The code byte of 2.05 Content.
+const CONTENT: u8 = 0x45;
+/// Content-Format `application/octet-stream` (RFC 7252 §12.3).
+const OCTET_STREAM: u8 = 42;
+
 /// The code byte of GET (0.01).
 const GET: u8 = 0x01;
-/// Option numbers [`BlockGet::parse`] matches on (RFC 7252 §5.10,
-/// RFC 7959 §2.1, RFC 9175 §2.2), as the `u32` its walk counts in.
-const URI_PATH: u32 = 11;
+/// Option numbers [`BlockGet::parse`] matches on (RFC 7959 §2.1, §4,
+/// RFC 9175 §2.2), as the `u32` its walk counts in.
 const BLOCK2: u32 = 23;
 const SIZE2: u32 = 28;
 const ECHO: u32 = OPTION_ECHO as u32;
@@ -679,10 +778,14 @@ impl Block {
     /// Encodes into the fewest bytes; `num` is masked to 20 bits and `szx`
     /// capped at 6, so the result is always a valid 0 to 3 byte value.
     pub fn encode<'o>(&self, out: &'o mut [u8; 4]) -> &'o [u8] {
-        let raw = ((self.num & Self::MAX_NUM) << 4)
+        encode_uint(self.raw(), out)
+    }
+
+    /// The option value as a number: NUM, M and SZX (below 2^24).
+    fn raw(&self) -> u32 {
+        ((self.num & Self::MAX_NUM) << 4)
             | (u32::from(self.more) << 3)
-            | u32::from(self.szx.min(Self::MAX_SZX));
-        encode_uint(raw, out)
+            | u32::from(self.szx.min(Self::MAX_SZX))
     }
 }
 

@@ -23,7 +23,7 @@
 use super::{Action, Dropped, Outcome, Peer, ReplyTo, Service, Transfer, Via, MAX_REQUEST_LEN};
 use crate::service::peers::RequestId;
 use crate::wire::{self, Block, BlockGet};
-use coap_lite::{CoapOption, ContentFormat, MessageType, ResponseType};
+use coap_lite::MessageType;
 
 impl Service {
     /// Answers `datagram` from `peer` at `now_ms` on the fast path, or
@@ -81,15 +81,23 @@ impl Service {
         {
             return Some(limited);
         }
-        let Ok(len) = write_block(
-            reply_to,
+        // The general path drops a reply whose Size2 does not fit a u32
+        // (an image never is that large).
+        let size2 = match (request.size2, u32::try_from(body.len())) {
+            (false, _) => None,
+            (true, Ok(size)) => Some(size),
+            (true, Err(_)) => return Some(Action::Drop(Dropped::Overflow)),
+        };
+        let written = wire::emit_block_ack(
+            out,
+            request.mid,
+            request.token,
             &image.etag,
             block,
-            body.len(),
+            size2,
             chunk,
-            &request,
-            out,
-        ) else {
+        );
+        let Ok(len) = written else {
             return Some(Action::Drop(Dropped::Overflow));
         };
         if let Some(challenge) =
@@ -109,30 +117,4 @@ impl Service {
             }),
         })
     }
-}
-
-/// The 2.05 of a block of a whole image, with the options the general path
-/// gives one (`routes`' `block_options` for a body that is not observable):
-/// ETag, Content-Format, Block2, and Size2 when the request asked.
-fn write_block(
-    reply_to: ReplyTo<'_>,
-    etag: &[u8; 8],
-    block: Block,
-    body_len: usize,
-    chunk: &[u8],
-    request: &BlockGet<'_>,
-    out: &mut [u8],
-) -> Result<usize, wire::EmitError> {
-    let mut e = reply_to.emitter(ResponseType::Content, out)?;
-    e.option(CoapOption::ETag.into(), etag)?;
-    e.option_uint(
-        CoapOption::ContentFormat.into(),
-        usize::from(ContentFormat::ApplicationOctetStream) as u32,
-    )?;
-    e.option_block(CoapOption::Block2.into(), block)?;
-    if request.size2 {
-        let size = u32::try_from(body_len).map_err(|_| wire::EmitError::BufferTooSmall)?;
-        e.option_uint(CoapOption::Size2.into(), size)?;
-    }
-    e.payload(chunk)
 }
