@@ -761,6 +761,25 @@ pub(crate) fn wait_readable(
     (0..count).map(|k| (start + k) % count).find(ready)
 }
 
+/// CLOCK_MONOTONIC in milliseconds: the clock `Instant` reads on Linux,
+/// without `Instant`'s `Duration` arithmetic (a subtraction with its
+/// checks and a 128-bit millisecond count), as the loop reads it once per
+/// datagram. 0 if the clock cannot be read, which POSIX rules out for
+/// CLOCK_MONOTONIC.
+pub(crate) fn monotonic_ms() -> u64 {
+    // SAFETY: timespec is plain data (with padding fields on some 32-bit
+    // musl targets, which is why it is not built with a literal); all
+    // zeroes is a valid value.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `now` is a live timespec, which the call only writes.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return 0;
+    }
+    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    seconds.saturating_mul(1000).saturating_add(millis)
+}
+
 // ---------------------------------------------------------------------------
 // Signals: the handlers only set flags, which the loop reads after each
 // receive or timeout.

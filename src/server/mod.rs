@@ -102,6 +102,9 @@ pub struct Server {
     rx: Vec<u8>,
     tx: Vec<u8>,
     started: Instant,
+    /// [`sockio::monotonic_ms`] at `started`: the loop's clock counts from
+    /// it.
+    origin_ms: u64,
     stats: Stats,
     log_budget: LogBudget,
     /// Milliseconds since start at the last received datagram.
@@ -161,6 +164,7 @@ impl Server {
             rx: vec![0; MAX_REQUEST_LEN + 1],
             tx: vec![0; MAX_REPLY_LEN],
             started: Instant::now(),
+            origin_ms: sockio::monotonic_ms(),
             stats: Stats::default(),
             log_budget: LogBudget::default(),
             now_ms: 0,
@@ -694,7 +698,7 @@ impl Server {
 
     /// Milliseconds since start.
     fn clock_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        sockio::monotonic_ms().saturating_sub(self.origin_ms)
     }
 
     /// The next datagram of socket `index`, or `None` after a timeout, an

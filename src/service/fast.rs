@@ -75,11 +75,15 @@ impl Service {
             token: request.token,
         };
         let request_len = datagram.len();
-        if let Some(limited) = self
-            .guard
-            .rate_limit(reply_to, peer, now_ms, request_len, out)
-        {
-            return Some(limited);
+        // The guards as configured by the same limits: tested here first,
+        // so that a server without them does not call them.
+        if self.limits.rate_limit.is_some() {
+            if let Some(limited) = self
+                .guard
+                .rate_limit(reply_to, peer, now_ms, request_len, out)
+            {
+                return Some(limited);
+            }
         }
         // The general path drops a reply whose Size2 does not fit a u32
         // (an image never is that large).
@@ -100,11 +104,13 @@ impl Service {
         let Ok(len) = written else {
             return Some(Action::Drop(Dropped::Overflow));
         };
-        if let Some(challenge) =
-            self.guard
-                .check_echo(reply_to, &peer, now_ms, request.echo, request_len, len, out)
-        {
-            return Some(challenge);
+        if self.limits.echo {
+            if let Some(challenge) =
+                self.guard
+                    .check_echo(reply_to, &peer, now_ms, request.echo, request_len, len, out)
+            {
+                return Some(challenge);
+            }
         }
         Some(Action::Reply {
             len,
