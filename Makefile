@@ -131,8 +131,11 @@ bench-dtls-build:
 # downloads each); the difference of the two totals over the 8,192 blocks
 # between them is printed, start-up and the lookup cancelled out
 # (tests/bench/instructions.py, raw UDP from python3: no client build).
-# Fails above BENCH_INSTRUCTIONS_MAX; about 10 s once built.
-BENCH_INSTRUCTIONS_MAX ?= 2600
+# Fails above BENCH_INSTRUCTIONS_MAX, set about 10 % above what the code
+# reaches (1,088 on 2026-12-07; issue 17's goal was 1,200): the count is
+# steady to a few instructions, so a rise past it is a change to look at.
+# About 10 s once built (CI runs it after make test).
+BENCH_INSTRUCTIONS_MAX ?= 1200
 
 bench-instructions: release
 	python3 tests/bench/instructions.py --server $(or $(CARGO_TARGET_DIR),target)/release/iot-ota-server \
