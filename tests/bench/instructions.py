@@ -64,7 +64,7 @@ def uint(value):
     return out
 
 
-def request(mid, token, path, query=(), block_num=None):
+def request(mid, token, path, query=(), block_num=None, payload=b""):
     """A Confirmable GET."""
     msg = bytearray([0x40 | len(token), 0x01]) + struct.pack(">H", mid) + token
     prev = 0
@@ -76,6 +76,8 @@ def request(mid, token, path, query=(), block_num=None):
         prev = 15
     if block_num is not None:
         msg += option(prev, 23, uint((block_num << 4) | SZX))
+    if payload:
+        msg += b"\xff" + payload
     return bytes(msg)
 
 
@@ -136,9 +138,15 @@ def exchange(sock, addr, msg, timeout_s):
     raise RuntimeError("no answer from the server within %.0f s" % timeout_s)
 
 
-def drive(addr, image, devices, downloads, timeout_s):
-    """Every device downloads the image `downloads` times, stop-and-wait;
-    returns (blocks, retransmissions)."""
+# The legacy protocol's device payload on every block, as deployed devices
+# send it: PIDLEN PID TYPE(3, APP) VERSION(1.0.0) OFFSET(0), little-endian.
+LEGACY_PAYLOAD = bytes([9]) + b"BENCH-DEV" + bytes([3]) + struct.pack("<II", 0x01000000, 0)
+
+
+def drive(addr, image, devices, downloads, timeout_s, legacy=False):
+    """Every device downloads the image `downloads` times, stop-and-wait, by
+    id or (`legacy`) by the legacy protocol; returns (blocks,
+    retransmissions)."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     reply = exchange(
         probe,
@@ -164,7 +172,10 @@ def drive(addr, image, devices, downloads, timeout_s):
     def send(s):
         st = state[s]
         st[2] = (st[2] + 1) & 0xFFFF
-        st[4] = request(st[2], st[3], [b"updates", image_id], block_num=st[0])
+        if legacy:
+            st[4] = request(st[2], st[3], [b"updates"], block_num=st[0], payload=LEGACY_PAYLOAD)
+        else:
+            st[4] = request(st[2], st[3], [b"updates", image_id], block_num=st[0])
         st[5] = time.monotonic()
         s.sendto(st[4], addr)
 
@@ -214,7 +225,7 @@ def drive(addr, image, devices, downloads, timeout_s):
     return blocks, retx
 
 
-def count(server, server_args, directory, image, devices, downloads, out_file, timeout_s):
+def count(server, server_args, directory, image, devices, downloads, out_file, timeout_s, legacy):
     """Total instructions (Ir) of one server run under callgrind."""
     port = free_port()
     cmd = [
@@ -233,7 +244,7 @@ def count(server, server_args, directory, image, devices, downloads, out_file, t
         ping = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         exchange(ping, ("127.0.0.1", port), b"\x40\x00\x00\x07", 60)
         ping.close()
-        blocks, retx = drive(("127.0.0.1", port), image, devices, downloads, timeout_s)
+        blocks, retx = drive(("127.0.0.1", port), image, devices, downloads, timeout_s, legacy)
     finally:
         # The server ends on SIGTERM (within its 1 s wake-up), and callgrind
         # writes the profile then.
@@ -263,6 +274,8 @@ def main():
     p.add_argument("--max", type=int, default=0, help="fail above this many instructions per block (0: never)")
     p.add_argument("--keep", help="directory to keep the callgrind profiles in")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--legacy", action="store_true",
+                   help="download by the legacy protocol (GET /updates with the device payload on every block)")
     p.add_argument("server_args", nargs="*", default=["-q"],
                    help="options after -d and -l (default: -q, the shipped defaults otherwise)")
     args = p.parse_args()
@@ -283,7 +296,8 @@ def main():
             out = os.path.join(keep, "callgrind.%d.out" % downloads)
             started = time.monotonic()
             total, blocks, retx = count(
-                args.server, args.server_args, directory, image, args.devices, downloads, out, args.timeout
+                args.server, args.server_args, directory, image, args.devices, downloads, out, args.timeout,
+                args.legacy,
             )
             results.append((total, blocks, retx))
             print("run: %6d blocks, %11d instructions in all, %d retransmissions, %.1f s (%s)"
@@ -296,7 +310,8 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
     (t1, b1, r1), (t2, b2, r2) = results
     per_block = (t2 - t1) / (b2 - b1)
-    print("instructions per block by id (callgrind, start-up removed): %.0f" % per_block)
+    print("instructions per block %s (callgrind, start-up removed): %.0f"
+          % ("by the legacy protocol" if args.legacy else "by id", per_block))
     if r1 or r2:
         print("note: retransmissions add requests, and duplicates, to the count")
     if args.max and per_block > args.max:
