@@ -436,11 +436,13 @@ impl Server {
             self.serve_secure(index, from, dest, len);
             return self.after_general(self.now_ms);
         }
-        if self.serve_fast(index, from, dest, len) {
+        let source = peer(from);
+        if self.serve_fast(index, from, source, dest, len) {
             return;
         }
-        self.serve_general(index, from, dest, len, truncated);
-        self.after_general(self.now_ms);
+        if self.serve_general(index, from, source, dest, len, truncated) {
+            self.after_general(self.now_ms);
+        }
     }
 
     /// The fast path (`Service::handle_block`) for a unicast datagram of
@@ -456,6 +458,7 @@ impl Server {
         &mut self,
         index: usize,
         from: SocketAddr,
+        source: Peer,
         dest: Option<LocalDest>,
         len: usize,
     ) -> bool {
@@ -463,9 +466,9 @@ impl Server {
             return false;
         }
         let datagram = self.rx.get(..len).unwrap_or(&[]);
-        let Some(action) =
-            self.service
-                .handle_block(peer(from), self.now_ms, datagram, &mut self.tx)
+        let Some(action) = self
+            .service
+            .handle_block(source, self.now_ms, datagram, &mut self.tx)
         else {
             return false;
         };
@@ -498,15 +501,20 @@ impl Server {
     }
 
     /// A datagram of the plain sockets through `Service::handle_arrival`,
-    /// with a rescan first when it missed or found a replaced file.
+    /// with a rescan first when it missed or found a replaced file. True
+    /// when it may have moved a timer: it rescanned (which changes what
+    /// observers see), was sent to a group (its answer is held back), or
+    /// there are observers (it may have registered or ended one, or
+    /// acknowledged a notification). Anything else changes no timer.
     fn serve_general(
         &mut self,
         index: usize,
         from: SocketAddr,
+        source: Peer,
         dest: Option<LocalDest>,
         len: usize,
         truncated: bool,
-    ) {
+    ) -> bool {
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         if truncated {
             trace!("{} datagram cut at {len} bytes", Shown(from));
@@ -519,7 +527,7 @@ impl Server {
             || self.service.tree().is_some_and(FileTree::has_pending);
         let mut action =
             self.service
-                .handle_arrival(peer(from), arrival, self.now_ms, datagram, &mut self.tx);
+                .handle_arrival(source, arrival, self.now_ms, datagram, &mut self.tx);
         // Why to look at the directory before answering: the image asked
         // for may have been published since the last scan, or the file
         // behind a first block replaced since it was read.
@@ -532,6 +540,7 @@ impl Server {
                 .then_some("a file changed"),
             _ => None,
         };
+        let rescanned = rescan_for.is_some();
         if let (Some(why), Some(live)) = (rescan_for, self.live.as_mut()) {
             self.stats.rescans += 1;
             if live.rescan(&mut self.service, why) {
@@ -540,7 +549,7 @@ impl Server {
             // Answered from what is there now.
             action =
                 self.service
-                    .handle_again(peer(from), arrival, self.now_ms, datagram, &mut self.tx);
+                    .handle_again(source, arrival, self.now_ms, datagram, &mut self.tx);
         }
         deliver(
             action,
@@ -557,6 +566,7 @@ impl Server {
             &mut self.log_budget,
             &mut self.leisure,
         );
+        rescanned || arrival.multicast || self.service.observer_count() > 0
     }
 
     /// After a datagram off the fast path: it may have registered an
