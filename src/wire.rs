@@ -438,10 +438,16 @@ impl<'a> BlockGet<'a> {
     /// answer to them. The walk reads each option header with the same
     /// code as [`Message::parse`].
     pub fn parse(datagram: &'a [u8]) -> Option<BlockGet<'a>> {
-        let (header, rest) = Header::parse(datagram).ok()?;
-        if header.mtype != MessageType::Confirmable || header.code != GET {
+        // The header as bytes: version 1, CON, a token of at most 8 bytes,
+        // GET; what `Header::parse` checks besides is then true (code 0.01
+        // is no empty message), so every datagram that is not this form
+        // costs a few comparisons here.
+        let ([first, code, mid_hi, mid_lo], rest) = datagram.split_first_chunk::<4>()?;
+        let tkl = usize::from(first & 0x0F);
+        if first & 0xF0 != (VERSION << 6) || *code != GET || tkl > TOKEN_MAX {
             return None;
         }
+        let (token, rest) = rest.split_at_checked(tkl)?;
         // The first three options, compared as bytes: an option whose
         // delta and length are below 13 has one encoding only (RFC 7252
         // §3.1), and any other option before Block2 (numbers 1 to 22)
@@ -485,8 +491,8 @@ impl<'a> BlockGet<'a> {
             rest = after;
         }
         Some(BlockGet {
-            mid: header.mid,
-            token: header.token,
+            mid: u16::from_be_bytes([*mid_hi, *mid_lo]),
+            token,
             id,
             block,
             size2,

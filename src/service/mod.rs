@@ -849,11 +849,15 @@ impl Service {
         };
         let observed = ctx.observed;
         let write = ctx.peer_state.into_write();
-        if let Some(challenge) =
-            self.guard
-                .check_echo(reply_to, &peer, now_ms, msg.echo, request_len, len, out)
-        {
-            return challenge;
+        // Tested here first, so that a server without --echo does not
+        // call the check (as the fast path does).
+        if self.limits.echo {
+            if let Some(challenge) =
+                self.guard
+                    .check_echo(reply_to, &peer, now_ms, msg.echo, request_len, len, out)
+            {
+                return challenge;
+            }
         }
         self.peers.commit(peer, write, now_ms);
         if intent != Intent::None {
