@@ -10,7 +10,10 @@
 //! can be another one than the client asked; libcoap drops such a reply and
 //! a connected client socket never sees it. `std` has no way to learn a
 //! datagram's destination or to choose a reply's source, hence the `libc`
-//! calls.
+//! calls. A socket bound to one unicast address needs neither: it is
+//! served with `recvfrom` ([`recv_plain`]) and `sendto`, which cost the
+//! kernel less than the message-header calls (no header to copy in, no
+//! control message either way).
 //!
 //! Linux only (glibc and musl): only `libc` items both provide are used,
 //! and fields whose types differ between them (`msg_iovlen`,
@@ -133,6 +136,39 @@ pub(crate) fn recv_with_dest(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<R
 }
 
 /// The sender address recvmsg wrote into `name`.
+/// One datagram of `socket` into `buf`, without its destination: for a
+/// socket that does not ask for packet information, `recvfrom` rather
+/// than `recvmsg`, with no message header or control buffer. MSG_TRUNC
+/// makes Linux return the datagram's real length, so that a cut one is
+/// told as [`recv_with_dest`] tells it.
+///
+/// # Errors
+/// As `recvfrom`.
+pub(crate) fn recv_plain(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut name_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` and `name` are live for the call, with the lengths
+    // given; the kernel writes within them.
+    let n = unsafe {
+        libc::recvfrom(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_TRUNC,
+            std::ptr::from_mut(&mut name).cast(),
+            &mut name_len,
+        )
+    };
+    let len = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    Ok(Received {
+        len: len.min(buf.len()),
+        from: socket_addr(&name, name_len)?,
+        dest: None,
+        truncated: len > buf.len(),
+    })
+}
+
 fn socket_addr(name: &libc::sockaddr_storage, len: libc::socklen_t) -> io::Result<SocketAddr> {
     let len = len as usize;
     match libc::c_int::from(name.ss_family) {
@@ -291,7 +327,9 @@ pub(crate) fn send_from(
             }
             result => result,
         },
-        None => sendmsg(socket, buf, to, None),
+        // No source to name: sendto, without a message header to build
+        // and for the kernel to copy in.
+        None => socket.send_to(buf, to),
     }
 }
 

@@ -12,7 +12,9 @@
 //! Each reply leaves from the address its request was sent to (RFC 7252
 //! §5.3.2), also on a wildcard socket of a host with several addresses,
 //! where `send_to` would let the kernel pick another: `sockio` receives
-//! the destination with the datagram and sends from it.
+//! the destination with the datagram and sends from it. A socket bound to
+//! one unicast address (not link-local) has one source only, and is
+//! served with the plain `recvfrom` and `sendto`.
 //!
 //! With several listen sockets, or with multicast on, the loop waits on
 //! all sockets at once (`poll`) with a timeout that is the next held-back
@@ -98,6 +100,9 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Server {
     sockets: Vec<UdpSocket>,
+    /// Per socket: the kernel gives each datagram's destination (packet
+    /// info), received with `recvmsg`; else `recvfrom` is enough.
+    destinations: Vec<bool>,
     service: Service,
     rx: Vec<u8>,
     tx: Vec<u8>,
@@ -154,9 +159,10 @@ impl Server {
     /// does (right on a socket bound to one address, maybe not on a
     /// wildcard one).
     pub fn new(socket: UdpSocket, service: Service) -> Server {
-        enable_pktinfo(&socket);
+        let destinations = vec![enable_pktinfo(&socket)];
         Server {
             sockets: vec![socket],
+            destinations,
             service,
             // One byte more than the largest accepted request, so that a
             // datagram filling it, cut or not, is too long for the service
@@ -287,7 +293,7 @@ impl Server {
     /// # Errors
     /// As `set_nonblocking`.
     pub fn add_socket(&mut self, socket: UdpSocket) -> io::Result<()> {
-        enable_pktinfo(&socket);
+        self.destinations.push(enable_pktinfo(&socket));
         self.sockets.push(socket);
         self.sockets
             .iter()
@@ -715,7 +721,11 @@ impl Server {
     /// interruption or a counted receive error.
     fn receive(&mut self, index: usize) -> Option<Received> {
         let socket = self.sockets.get(index)?;
-        match sockio::recv_with_dest(socket, &mut self.rx) {
+        let received = match self.destinations.get(index) {
+            Some(true) => sockio::recv_with_dest(socket, &mut self.rx),
+            _ => sockio::recv_plain(socket, &mut self.rx),
+        };
+        match received {
             Ok(received) => {
                 self.stats.received += 1;
                 Some(received)
@@ -889,10 +899,39 @@ pub fn install_signal_handlers() -> io::Result<()> {
 /// Asks the kernel for each datagram's destination address, so that
 /// replies leave from it; where it refuses, warns: replies then leave as
 /// `send_to` sends them (right on a socket bound to one address, maybe not
-/// on a wildcard one).
-fn enable_pktinfo(socket: &UdpSocket) {
-    if let Err(e) = sockio::enable_pktinfo(socket) {
-        warn!("cannot learn the destination address of requests ({e}): on a host with several addresses, replies may leave from another address than the one asked");
+/// on a wildcard one). A socket bound to one unicast address needs none of
+/// it: it receives only what was sent to that address and sends from it,
+/// and the packet info would cost a control message on every receive and
+/// send.
+/// True when the kernel gives each datagram's destination.
+fn enable_pktinfo(socket: &UdpSocket) -> bool {
+    if socket.local_addr().is_ok_and(bound_to_one_address) {
+        return false;
+    }
+    match sockio::enable_pktinfo(socket) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!("cannot learn the destination address of requests ({e}): on a host with several addresses, replies may leave from another address than the one asked");
+            false
+        }
+    }
+}
+
+/// True for a socket address naming one unicast address that is not
+/// link-local: where a request arrived and which interface it came in on
+/// are then known without asking (a link-local one keeps the packet info,
+/// for the interface its peers' zones need).
+fn bound_to_one_address(addr: SocketAddr) -> bool {
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local())
+        }
+        IpAddr::V6(v6) => {
+            let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
+            let mapped = v6.to_ipv4_mapped();
+            !(v6.is_unspecified() || v6.is_multicast() || link_local)
+                && mapped.map_or(true, |v4| bound_to_one_address(SocketAddr::from((v4, 0))))
+        }
     }
 }
 
