@@ -131,15 +131,21 @@ bench-dtls-build:
 # downloads each); the difference of the two totals over the 8,192 blocks
 # between them is printed, start-up and the lookup cancelled out
 # (tests/bench/instructions.py, raw UDP from python3: no client build).
-# Fails above BENCH_INSTRUCTIONS_MAX, set about 10 % above what the code
-# reaches (1,088 on 2026-12-07; issue 17's goal was 1,200): the count is
-# steady to a few instructions, so a rise past it is a change to look at.
-# About 10 s once built (CI runs it after make test).
-BENCH_INSTRUCTIONS_MAX ?= 1200
+# Twice: on a socket bound to 127.0.0.1, as make bench listens (recvfrom,
+# sendto), and on 0.0.0.0, where replies name their source (recvmsg and
+# sendmsg with packet info). Fails above BENCH_INSTRUCTIONS_MAX and
+# BENCH_INSTRUCTIONS_MAX_WILDCARD, set about 10 % above what the code
+# reaches (883 and 1,039 on 2026-12-07; issue 17's goal was 1,200): the
+# count is steady to a few instructions, so a rise past it is a change to
+# look at. About 10 s once built (CI runs it after make test).
+BENCH_INSTRUCTIONS_MAX ?= 1000
+BENCH_INSTRUCTIONS_MAX_WILDCARD ?= 1150
 
 bench-instructions: release
 	python3 tests/bench/instructions.py --server $(or $(CARGO_TARGET_DIR),target)/release/iot-ota-server \
 	    --max $(BENCH_INSTRUCTIONS_MAX)
+	python3 tests/bench/instructions.py --server $(or $(CARGO_TARGET_DIR),target)/release/iot-ota-server \
+	    --max $(BENCH_INSTRUCTIONS_MAX_WILDCARD) --wildcard
 
 # The memory rows of the benchmark alone (1,000 images of 64 KiB, static
 # musl and host builds): about a minute once built.

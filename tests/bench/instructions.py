@@ -225,7 +225,7 @@ def drive(addr, image, devices, downloads, timeout_s, legacy=False):
     return blocks, retx
 
 
-def count(server, server_args, directory, image, devices, downloads, out_file, timeout_s, legacy):
+def count(server, server_args, directory, image, devices, downloads, out_file, timeout_s, legacy, bind):
     """Total instructions (Ir) of one server run under callgrind."""
     port = free_port()
     cmd = [
@@ -236,7 +236,7 @@ def count(server, server_args, directory, image, devices, downloads, out_file, t
         "-d",
         directory,
         "-l",
-        "127.0.0.1:%d" % port,
+        "%s:%d" % (bind, port),
     ] + server_args
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -274,6 +274,9 @@ def main():
     p.add_argument("--max", type=int, default=0, help="fail above this many instructions per block (0: never)")
     p.add_argument("--keep", help="directory to keep the callgrind profiles in")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--wildcard", action="store_true",
+                   help="listen on 0.0.0.0 (replies then name their source: recvmsg and sendmsg with "
+                        "packet info) rather than on 127.0.0.1 (recvfrom and sendto)")
     p.add_argument("--legacy", action="store_true",
                    help="download by the legacy protocol (GET /updates with the device payload on every block)")
     p.add_argument("server_args", nargs="*", default=["-q"],
@@ -297,7 +300,7 @@ def main():
             started = time.monotonic()
             total, blocks, retx = count(
                 args.server, args.server_args, directory, image, args.devices, downloads, out, args.timeout,
-                args.legacy,
+                args.legacy, "0.0.0.0" if args.wildcard else "127.0.0.1",
             )
             results.append((total, blocks, retx))
             print("run: %6d blocks, %11d instructions in all, %d retransmissions, %.1f s (%s)"
@@ -310,8 +313,9 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
     (t1, b1, r1), (t2, b2, r2) = results
     per_block = (t2 - t1) / (b2 - b1)
-    print("instructions per block %s (callgrind, start-up removed): %.0f"
-          % ("by the legacy protocol" if args.legacy else "by id", per_block))
+    print("instructions per block %s, %s (callgrind, start-up removed): %.0f"
+          % ("by the legacy protocol" if args.legacy else "by id",
+             "wildcard socket" if args.wildcard else "socket bound to 127.0.0.1", per_block))
     if r1 or r2:
         print("note: retransmissions add requests, and duplicates, to the count")
     if args.max and per_block > args.max:
