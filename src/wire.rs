@@ -399,19 +399,21 @@ impl<'a> Header<'a> {
     }
 }
 
-/// The one request form the server's fast path answers: a Confirmable
-/// `GET /updates/{id}` of a block after the first, with nothing else that
-/// needs a decision. [`BlockGet::parse`] accepts a datagram only when
-/// [`Message::parse`] accepts it too and reads the same request from it,
-/// so that the fast path can answer it as the general one would.
+/// The request forms the server's fast path answers: a Confirmable GET of
+/// a block after the first, of `/updates/{id}` or of `/updates` (the
+/// legacy protocol, with or without the device payload), with nothing
+/// else that needs a decision. [`BlockGet::parse`] accepts a datagram only
+/// when [`Message::parse`] accepts it too and reads the same request from
+/// it, so that the fast path can answer it as the general one would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockGet<'a> {
     /// Message ID.
     pub mid: u16,
     /// Token, 0 to 8 bytes.
     pub token: &'a [u8],
-    /// The second Uri-Path segment: exactly 8 bytes (an image id's form).
-    pub id: &'a [u8],
+    /// `Some`: the second Uri-Path segment of `/updates/{id}`, exactly 8
+    /// bytes (an image id's form); `None`: `/updates`.
+    pub id: Option<&'a [u8]>,
     /// Block2, with NUM > 0 and a valid SZX.
     pub block: Block,
     /// A Size2 option was present (RFC 7959 §4: the reply then carries the
@@ -419,6 +421,8 @@ pub struct BlockGet<'a> {
     pub size2: bool,
     /// Echo (RFC 9175), when present once.
     pub echo: Option<&'a [u8]>,
+    /// The payload: always empty for `/updates/{id}`.
+    pub payload: &'a [u8],
 }
 
 impl<'a> BlockGet<'a> {
@@ -426,12 +430,15 @@ impl<'a> BlockGet<'a> {
     /// `Some` only for a datagram that
     ///
     /// - has version 1, type CON, code 0.01 (GET) and a token of 0 to 8 bytes;
-    /// - carries exactly these options: Uri-Path `updates`, Uri-Path of 8
-    ///   bytes, one Block2 of at most 3 bytes with NUM > 0 and SZX 0 to 6,
-    ///   and optionally one Size2 (at most 4 bytes) and one Echo (1 to 40
-    ///   bytes): no Uri-Query, Observe, Accept, ETag, Uri-Host, Uri-Port,
-    ///   proxy option, unknown option (elective or critical) or repeated one;
-    /// - has no payload, and is well formed to its last byte.
+    /// - carries exactly these options: Uri-Path `updates`, optionally a
+    ///   second Uri-Path of 8 bytes, one Block2 of at most 3 bytes with
+    ///   NUM > 0 and SZX 0 to 6, and optionally one Size2 (at most 4
+    ///   bytes) and one Echo (1 to 40 bytes): no Uri-Query, Observe,
+    ///   Accept, ETag, Uri-Host, Uri-Port, proxy option, unknown option
+    ///   (elective or critical) or repeated one;
+    /// - has no payload when it names an id (a payload after `/updates`
+    ///   is taken as it is: what it says is for the service to decide),
+    ///   and is well formed to its last byte.
     ///
     /// Everything else, malformed datagrams included, is left to
     /// [`Message::parse`] and the general path, which also decides what to
@@ -448,16 +455,20 @@ impl<'a> BlockGet<'a> {
             return None;
         }
         let (token, rest) = rest.split_at_checked(tkl)?;
-        // The first three options, compared as bytes: an option whose
+        // The options up to Block2, compared as bytes: an option whose
         // delta and length are below 13 has one encoding only (RFC 7252
         // §3.1), and any other option before Block2 (numbers 1 to 22)
         // would not be accepted anyway, so this reads what the walk of
-        // `Message::parse` reads. Uri-Path `updates`, Uri-Path of 8 bytes:
-        let (paths, rest) = rest.split_first_chunk::<17>()?;
-        let (updates, id) = paths.split_first_chunk::<9>()?;
-        if updates != b"\xB7updates\x08" {
+        // `Message::parse` reads. Uri-Path `updates`, then maybe a
+        // Uri-Path of 8 bytes:
+        let (updates, rest) = rest.split_first_chunk::<8>()?;
+        if updates != b"\xB7updates" {
             return None;
         }
+        let (id, rest) = match rest.split_first_chunk::<9>() {
+            Some(([0x08, id @ ..], rest)) => (Some(&id[..]), rest),
+            _ => (None, rest),
+        };
         // Block2 (delta 12) of 1 to 3 bytes (0 bytes is NUM 0).
         let (&first, rest) = rest.split_first()?;
         let (value, rest) = match first {
@@ -470,10 +481,15 @@ impl<'a> BlockGet<'a> {
         let mut number = BLOCK2;
         let mut size2 = false;
         let mut echo = None;
+        let mut payload: &[u8] = &[];
         while let Some((&first, after)) = rest.split_first() {
-            // A payload, or a marker without one (a format error).
             if first == PAYLOAD_MARKER {
-                return None;
+                // Not after an id; never empty (a format error).
+                if id.is_some() || after.is_empty() {
+                    return None;
+                }
+                payload = after;
+                break;
             }
             let (delta, after) = option_field(first >> 4, after).ok()?;
             let (length, after) = option_field(first & 0x0F, after).ok()?;
@@ -497,6 +513,7 @@ impl<'a> BlockGet<'a> {
             block,
             size2,
             echo,
+            payload,
         })
     }
 }

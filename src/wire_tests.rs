@@ -1023,7 +1023,8 @@ fn block_get_reads_a_later_block_by_id_and_nothing_else() {
     let get = BlockGet::parse(&block_request).expect("a fast request");
     assert_eq!(get.mid, 0x0102);
     assert_eq!(get.token, [0xAB, 0xCD]);
-    assert_eq!(get.id, b"e40c292c");
+    assert_eq!(get.id, Some(&b"e40c292c"[..]));
+    assert!(get.payload.is_empty());
     assert_eq!(
         get.block,
         Block {
@@ -1072,6 +1073,20 @@ fn block_get_reads_a_later_block_by_id_and_nothing_else() {
     ] {
         assert!(with(extra, payload, num).is_none(), "{extra:?} {payload:?}");
     }
+    // The legacy form: `/updates` and Block2, with a payload or without.
+    let legacy = [
+        0x40, 0x01, 0x00, 0x07, 0xb7, b'u', b'p', b'd', b'a', b't', b'e', b's', 0xc1, 0x16, 0xff,
+        0x01, b'P', 0x03,
+    ];
+    let get = BlockGet::parse(&legacy).expect("legacy with a payload");
+    assert_eq!((get.id, get.payload), (None, &[0x01, b'P', 0x03][..]));
+    assert_eq!(get.block.num, 1);
+    let get = BlockGet::parse(&legacy[..14]).expect("legacy without a payload");
+    assert_eq!((get.id, get.payload), (None, &[][..]));
+    assert!(
+        BlockGet::parse(&legacy[..15]).is_none(),
+        "marker without payload"
+    );
     // A NON, or anything cut short.
     let mut non = block_request;
     non[0] |= 0x10;

@@ -1,29 +1,53 @@
-//! The fast path: the block that most datagrams ask for, a later block of
-//! an image downloaded by id, answered without the general path's parse,
-//! routing and per-request records.
+//! The fast path: the blocks that most datagrams ask for, a later block of
+//! an image downloaded by id or by the legacy protocol, answered without
+//! the general path's parse and routing.
 //!
-//! It answers only [`wire::BlockGet`] requests (a Confirmable
-//! `GET /updates/{id}` with Block2 NUM > 0 and nothing else that needs a
-//! decision: see [`wire::BlockGet::parse`]) for an image the catalog has,
-//! at a position inside it, from a peer whose records name no transfer
-//! that such a request would continue (an OFFSET its block 0 started, or a
-//! duplicate of its last continuation). Such a request, in the general
-//! path, reads no state beyond those records and the guards, writes none
-//! (no peer record, no observer: its Block2 NUM > 0 keeps it from Observe),
-//! and gets the block of the whole image under the image's ETag. Anything
-//! else returns `None` before any state has changed, and the caller hands
-//! the datagram to [`Service::handle`] as if the fast path had not looked.
+//! It answers only [`wire::BlockGet`] requests (a Confirmable GET of
+//! `/updates/{id}` or `/updates` with Block2 NUM > 0 and nothing else that
+//! needs a decision: see [`wire::BlockGet::parse`]), and of those only the
+//! ones whose answer is a block, in three forms:
+//!
+//! - `/updates/{id}`: an image the catalog has, from a peer whose records
+//!   name no transfer that such a request would continue (an OFFSET its
+//!   block 0 started, or a duplicate of its last continuation). It gets
+//!   the block of the whole image and changes no record.
+//! - `/updates` with a legacy device payload (PID, TYPE, VERSION, OFFSET)
+//!   for which the catalog has a newer image, from a peer whose record
+//!   names that image and OFFSET already (as it does from the first block
+//!   on, for devices that repeat the payload on every block): the block of
+//!   the body from OFFSET, and no record changes.
+//! - `/updates` without a payload, continuing the transfer the peer's
+//!   records name (libcoap's and node-coap's continuations): the block of
+//!   that body, and the record of the continuation updated, as the general
+//!   path updates it.
+//!
+//! In every other case (a position past the body, an image that is gone,
+//! no newer image, a record to start, ...) it returns `None` before any
+//! state has changed, and the caller hands the datagram to
+//! [`Service::handle`] as if the fast path had not looked. No request it
+//! answers touches the observers: its Block2 NUM > 0 keeps it from Observe.
 //!
 //! The guards apply as in the general path, in the same order: the rate
 //! limit counts the request (and may answer 4.29 or drop it), and with
 //! `--echo` a reply more than three times the request needs a valid Echo
-//! option or becomes the 4.01 challenge. `tests/fuzz/checks/handler.rs`
-//! runs both paths on every input and requires byte-identical answers.
+//! option or becomes the 4.01 challenge; a record is changed only when the
+//! reply is sent. `tests/fuzz/checks/handler.rs` runs both paths on every
+//! input and requires byte-identical answers.
 
+use super::peers::{PeerState, Peers, RequestId};
 use super::{Action, Dropped, Outcome, Peer, ReplyTo, Service, Transfer, Via, MAX_REQUEST_LEN};
-use crate::service::peers::RequestId;
+use crate::catalog::{Catalog, Image};
+use crate::firmware;
 use crate::wire::{self, Block, BlockGet};
 use coap_lite::MessageType;
+
+/// The body a fast request gets, and the record to write once it is sent.
+struct Body<'c> {
+    image: &'c Image,
+    offset: u32,
+    via: Via,
+    write: Option<PeerState>,
+}
 
 impl Service {
     /// Answers `datagram` from `peer` at `now_ms` on the fast path, or
@@ -46,12 +70,19 @@ impl Service {
             return None;
         }
         let request = BlockGet::parse(datagram)?;
-        let image = self.catalog.by_id_hex(request.id)?;
-        let body: &[u8] = &image.bytes;
+        let id = RequestId::new(request.mid, true, datagram);
+        let Body {
+            image,
+            offset,
+            via,
+            write,
+        } = fast_body(&self.catalog, &self.peers, &request, peer, now_ms, id)?;
+        // `routes`' `body`: the image from OFFSET, and within it the
+        // block of RFC 7959 §2.4 as `block_for` finds it (the client's size
+        // capped at the server's, at the position the client asked for); an
+        // OFFSET or a position past the end is an error, left to it.
+        let body = image.bytes.get(offset as usize..)?;
         let body_len = body.len() as u64;
-        // RFC 7959 §2.4 as the general path's `block_for`: the client's
-        // size capped at the server's, at the position the client asked
-        // for; a position past the body is an error, left to it.
         let start = request.block.position();
         if start >= body_len {
             return None;
@@ -60,14 +91,6 @@ impl Service {
         let end = start.saturating_add(block.size() as u64).min(body_len);
         block.more = end < body_len;
         let chunk = body.get(start as usize..end as usize)?;
-        let id = RequestId::new(request.mid, true, datagram);
-        if self
-            .peers
-            .continuation(peer, now_ms, id, &image.id_hex)
-            .is_some()
-        {
-            return None;
-        }
         // From here on the request is this path's: it is counted.
         let reply_to = ReplyTo {
             mtype: MessageType::Acknowledgement,
@@ -96,7 +119,7 @@ impl Service {
             out,
             request.mid,
             request.token,
-            &image.etag,
+            &image.body_etag(offset),
             block,
             size2,
             chunk,
@@ -112,15 +135,80 @@ impl Service {
                 return Some(challenge);
             }
         }
+        self.peers.commit(peer, write, now_ms);
         Some(Action::Reply {
             len,
             outcome: Outcome::Block(Transfer {
                 image,
-                offset: 0,
+                offset,
                 block,
                 block_len: chunk.len(),
-                via: Via::ById,
+                via,
             }),
         })
+    }
+}
+
+/// Which body `request` gets and what it records, when that is the general
+/// path's answer without a decision left: `None` otherwise. Reads only.
+#[inline]
+fn fast_body<'c>(
+    catalog: &'c Catalog,
+    peers: &Peers,
+    request: &BlockGet<'_>,
+    peer: Peer,
+    now_ms: u64,
+    id: RequestId<'_>,
+) -> Option<Body<'c>> {
+    match (request.id, request.payload) {
+        // `routes`' `image` with neither an OFFSET payload nor a query,
+        // for a later block: the peer's remembered body of this image
+        // if it has one (left to the general path), else the whole
+        // image, with no record written.
+        (Some(image_id), _) => {
+            let image = catalog.by_id_hex(image_id)?;
+            if peers
+                .continuation(peer, now_ms, id, &image.id_hex)
+                .is_some()
+            {
+                return None;
+            }
+            Some(Body {
+                image,
+                offset: 0,
+                via: Via::ById,
+                write: None,
+            })
+        }
+        // `routes`' `updates` without a payload: the transfer the
+        // peer's records continue, and the record of this continuation.
+        (None, []) => {
+            let mut pending = peers.pending(peer, now_ms, id);
+            let entry = pending.continued(None)?;
+            let image = catalog.by_id_hex(&entry.image_id)?;
+            Some(Body {
+                image,
+                offset: entry.offset,
+                via: Via::Legacy,
+                write: pending.into_write(),
+            })
+        }
+        // `routes`' `legacy`: the newer image for the device, from its
+        // OFFSET, when the peer's record names that body already (else
+        // the general path records it).
+        (None, payload) => {
+            let device = firmware::parse_payload(payload).ok()?;
+            let offset = device.offset?;
+            let image = catalog.candidate(device.pid, device.fw_type, device.version)?;
+            if !peers.names_transfer(peer, now_ms, &image.id_hex, offset) {
+                return None;
+            }
+            Some(Body {
+                image,
+                offset,
+                via: Via::Legacy,
+                write: None,
+            })
+        }
     }
 }

@@ -206,6 +206,25 @@ impl Peers {
         }
     }
 
+    /// True when `peer`'s record names the transfer of `image_id` from
+    /// `offset`: a legacy request naming it again records nothing
+    /// ([`Pending::start`]). Read only.
+    pub(crate) fn names_transfer(
+        &self,
+        peer: Peer,
+        now_ms: u64,
+        image_id: &[u8; 8],
+        offset: u32,
+    ) -> bool {
+        let transfer = Continuation {
+            image_id: *image_id,
+            offset,
+        };
+        self.table
+            .get(&peer, now_ms)
+            .is_some_and(|state| state.transfer == Some(transfer))
+    }
+
     /// Stores what a request changed, once its reply is sent; restamps the
     /// entry, so it expires a lifetime after the peer's last request that
     /// used it.

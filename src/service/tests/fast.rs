@@ -219,3 +219,79 @@ fn a_reply_that_does_not_fit_is_dropped_as_the_general_path_drops_it() {
         Action::Drop(Dropped::Overflow)
     ));
 }
+
+/// A legacy request: `GET /updates` with Block2 and the device payload of
+/// a MOTE running 1.0.0 (OFFSET `offset`), or without a payload.
+fn legacy(num: u32, mid: u16, offset: Option<u32>) -> Req {
+    let req = Req::get("updates").block2(num, 6).mid(mid);
+    match offset {
+        Some(offset) => req.payload(&device(b"MOTE", 3, version(1, 0, 0), Some(offset))),
+        None => req,
+    }
+}
+
+#[test]
+fn legacy_blocks_with_the_payload_on_every_block_take_the_fast_path_once_recorded() {
+    let mut t = Twins::new(Limits::default());
+    let img = t.img(MOTE_NEW);
+    // Block 0 records the transfer (general); the later blocks name it
+    // again and are the fast path's, the last one too.
+    assert!(!t.send(A, T0, &legacy(0, 1, Some(0))).1);
+    let (reply, fast) = t.send(A, T0, &legacy(1, 2, Some(0)));
+    assert!(fast);
+    assert_eq!(parse(&reply.unwrap()).payload, &img.bytes[1024..]);
+    // Another OFFSET is another body: recorded by the general path first.
+    assert!(!t.send(A, T0, &legacy(1, 3, Some(100))).1);
+    let (reply, fast) = t.send(A, T0, &legacy(1, 4, Some(100)));
+    assert!(fast);
+    let reply = reply.unwrap();
+    assert_eq!(parse(&reply).etag, Some(&img.from(100).etag[..]));
+    assert_eq!(parse(&reply).payload, &img.bytes[100 + 1024..]);
+    // A peer without a record, a device without a newer image, an OFFSET
+    // past the end: the general path.
+    assert!(!t.send(B, T0, &legacy(1, 5, Some(0))).1);
+    let current =
+        Req::get("updates")
+            .block2(1, 6)
+            .payload(&device(b"MOTE", 3, version(1, 1, 31), Some(0)));
+    assert!(!t.send(A, T0, &current).1);
+    assert!(!t.send(A, T0, &legacy(1, 6, Some(5000))).1);
+}
+
+#[test]
+fn legacy_continuations_without_payload_take_the_fast_path_with_their_records() {
+    let mut t = Twins::new(Limits::default());
+    let img = t.img(MOTE_NEW);
+    assert!(!t.send(A, T0, &legacy(0, 1, Some(100))).1);
+    let (first, fast) = t.send(A, T0 + 1, &legacy(1, 2, None));
+    assert!(fast);
+    let first = first.unwrap();
+    assert_eq!(parse(&first).payload, &img.bytes[100 + 1024..]);
+    // The device starts another body; a late duplicate of the earlier
+    // continuation still gets what its first copy got, and a new
+    // continuation gets the new body: the records agree between the paths.
+    assert!(!t.send(A, T0 + 2, &legacy(0, 3, Some(0))).1);
+    let (again, fast) = t.send(A, T0 + 3, &legacy(1, 2, None));
+    assert!(fast);
+    assert_eq!(again.unwrap(), first);
+    let (next, fast) = t.send(A, T0 + 4, &legacy(1, 4, None));
+    assert!(fast);
+    assert_eq!(parse(&next.unwrap()).payload, &img.bytes[1024..]);
+    // No transfer for this peer: 4.00 from the general path.
+    assert!(!t.send(B, T0, &legacy(1, 5, None)).1);
+    // With --echo, a challenged continuation records nothing.
+    let mut t = Twins::new(Limits {
+        echo: true,
+        ..Limits::default()
+    });
+    let start = legacy(0, 1, Some(0));
+    let echo = echo_of(&t.send(A, T0, &start).0.unwrap());
+    let (started, _) = t.send(A, T0, &start.mid(9).option(wire::OPTION_ECHO, &echo));
+    assert_eq!(parse(&started.unwrap()).payload, &img.bytes[..1024]);
+    let (challenge, fast) = t.send(A, T0, &legacy(1, 2, None));
+    assert!(fast);
+    assert_eq!(echo_of(&challenge.unwrap()), echo);
+    let (reply, fast) = t.send(A, T0, &legacy(1, 3, None).option(wire::OPTION_ECHO, &echo));
+    assert!(fast);
+    assert_eq!(parse(&reply.unwrap()).payload, &img.bytes[1024..]);
+}

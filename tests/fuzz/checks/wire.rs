@@ -20,9 +20,10 @@
 //!   back to a value that decodes to the same block.
 //! * The fast path's parser: whatever `wire::BlockGet::parse` accepts,
 //!   `parse` accepts too and reads the same request from it (a CON GET of
-//!   `/updates/{8 bytes}` with Block2 NUM > 0, the same Size2 and Echo, and
-//!   nothing else: no query, payload, Observe, Accept, ETag, proxy or
-//!   unrecognised critical option).
+//!   `/updates/{8 bytes}` without payload or of `/updates` with the same
+//!   payload, Block2 NUM > 0, the same Size2 and Echo, and nothing else:
+//!   no query, Observe, Accept, ETag, proxy or unrecognised critical
+//!   option).
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 use iot_ota::wire::{self, Block, BlockError, Emitter, Message, ParseError};
@@ -55,13 +56,20 @@ fn fast_parser(data: &[u8]) {
     assert_eq!(msg.mtype, MessageType::Confirmable);
     assert_eq!(msg.code, 0x01);
     assert_eq!((msg.mid, msg.token), (fast.mid, fast.token));
-    assert_eq!(msg.path.as_slice(), [&b"updates"[..], fast.id]);
-    assert!(!msg.path.overflowed() && fast.id.len() == 8);
+    match fast.id {
+        Some(id) => {
+            assert_eq!(msg.path.as_slice(), [&b"updates"[..], id]);
+            assert!(id.len() == 8 && fast.payload.is_empty());
+        }
+        None => assert_eq!(msg.path.as_slice(), [&b"updates"[..]]),
+    }
+    assert!(!msg.path.overflowed());
+    assert_eq!(msg.payload, fast.payload);
     assert_eq!(msg.block2, Some(Ok(fast.block)));
     assert!(fast.block.num > 0);
     assert_eq!(msg.size2.is_some(), fast.size2);
     assert_eq!(msg.echo, fast.echo);
-    assert!(msg.query.is_empty() && msg.payload.is_empty());
+    assert!(msg.query.is_empty());
     assert_eq!(
         (
             msg.observe,
