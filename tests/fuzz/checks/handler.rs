@@ -44,7 +44,9 @@
 //!   `/updates/{id}` without payload, its 4-byte LE payload otherwise, the
 //!   OFFSET of a legacy `/updates` payload, and for a payload-less
 //!   continuation one of the (image, OFFSET) pairs this peer asked for
-//!   before. The service's own `Outcome::Block` must agree.
+//!   before, by id or by the legacy protocol (a peer has one transfer
+//!   record, whichever form started it). The service's own
+//!   `Outcome::Block` must agree.
 //! * The fast path answers as the general one: a second service with the
 //!   same configuration gets the same datagrams through
 //!   `Service::handle_block` first (and `Service::handle` when it declines).
@@ -370,6 +372,20 @@ impl Model {
         }
     }
 
+    /// The OFFSETs `peer` named for image `index` before, by the legacy
+    /// protocol or by id with an OFFSET payload: the bodies its one
+    /// transfer record may name, which a payload-less continuation of
+    /// either form continues.
+    fn named(&self, peer: Peer, index: usize) -> impl Iterator<Item = u32> + '_ {
+        let id = &known()[index].id_hex;
+        let legacy = self.legacy.get(&peer).into_iter().flatten();
+        let by_id = self.by_id.get(&peer).into_iter().flatten();
+        legacy
+            .filter(move |(i, _)| *i == index)
+            .map(|&(_, o)| o)
+            .chain(by_id.filter(move |(i, _)| i == id).map(|&(_, o)| o))
+    }
+
     /// A request by id with an OFFSET payload may be remembered for its
     /// peer's payload-less continuations: note the (id, OFFSET).
     fn note_by_id(&mut self, peer: Peer, sent: &Sent) {
@@ -526,18 +542,10 @@ fn check_block(
             match (sent.payload.as_slice(), sent.offset_query()) {
                 ([], Some(offset)) => vec![offset],
                 // A continuation: the whole image, or an OFFSET this peer
-                // named for this image before.
-                ([], None) => std::iter::once(0)
-                    .chain(
-                        model
-                            .by_id
-                            .get(&peer)
-                            .into_iter()
-                            .flatten()
-                            .filter(|(i, _)| i == &image.id_hex)
-                            .map(|&(_, o)| o),
-                    )
-                    .collect(),
+                // named for this image before, by id or by the legacy
+                // protocol (the peer has one transfer record, whichever
+                // form started it).
+                ([], None) => std::iter::once(0).chain(model.named(peer, index)).collect(),
                 (&[a, b, c, d], _) => vec![u32::from_le_bytes([a, b, c, d])],
                 (other, _) => panic!("block served for a payload of {} bytes", other.len()),
             }
@@ -552,15 +560,15 @@ fn check_block(
             );
             vec![offset]
         }
+        // A legacy continuation: an OFFSET this peer named for this image
+        // before, by either form.
         [updates] if updates.as_slice() == b"updates" => {
-            let seen = model
-                .legacy
-                .get(&peer)
-                .expect("continuation without an earlier legacy request");
-            seen.iter()
-                .filter(|(i, _)| *i == index)
-                .map(|&(_, o)| o)
-                .collect()
+            let seen: Vec<u32> = model.named(peer, index).collect();
+            assert!(
+                !seen.is_empty(),
+                "continuation without an earlier request naming an OFFSET"
+            );
+            seen
         }
         other => panic!("image bytes on path {other:?}"),
     };
