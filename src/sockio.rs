@@ -10,7 +10,10 @@
 //! can be another one than the client asked; libcoap drops such a reply and
 //! a connected client socket never sees it. `std` has no way to learn a
 //! datagram's destination or to choose a reply's source, hence the `libc`
-//! calls.
+//! calls. A socket bound to one unicast address needs neither: it is
+//! served with `recvfrom` ([`recv_plain`]) and `sendto`, which cost the
+//! kernel less than the message-header calls (no header to copy in, no
+//! control message either way).
 //!
 //! Linux only (glibc and musl): only `libc` items both provide are used,
 //! and fields whose types differ between them (`msg_iovlen`,
@@ -133,6 +136,39 @@ pub(crate) fn recv_with_dest(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<R
 }
 
 /// The sender address recvmsg wrote into `name`.
+/// One datagram of `socket` into `buf`, without its destination: for a
+/// socket that does not ask for packet information, `recvfrom` rather
+/// than `recvmsg`, with no message header or control buffer. MSG_TRUNC
+/// makes Linux return the datagram's real length, so that a cut one is
+/// told as [`recv_with_dest`] tells it.
+///
+/// # Errors
+/// As `recvfrom`.
+pub(crate) fn recv_plain(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut name_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` and `name` are live for the call, with the lengths
+    // given; the kernel writes within them.
+    let n = unsafe {
+        libc::recvfrom(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_TRUNC,
+            std::ptr::from_mut(&mut name).cast(),
+            &mut name_len,
+        )
+    };
+    let len = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    Ok(Received {
+        len: len.min(buf.len()),
+        from: socket_addr(&name, name_len)?,
+        dest: None,
+        truncated: len > buf.len(),
+    })
+}
+
 fn socket_addr(name: &libc::sockaddr_storage, len: libc::socklen_t) -> io::Result<SocketAddr> {
     let len = len as usize;
     match libc::c_int::from(name.ss_family) {
@@ -291,7 +327,9 @@ pub(crate) fn send_from(
             }
             result => result,
         },
-        None => sendmsg(socket, buf, to, None),
+        // No source to name: sendto, without a message header to build
+        // and for the kernel to copy in.
+        None => socket.send_to(buf, to),
     }
 }
 
@@ -759,6 +797,25 @@ pub(crate) fn wait_readable(
             .is_some_and(|slot| slot.revents & (libc::POLLIN | libc::POLLERR) != 0)
     };
     (0..count).map(|k| (start + k) % count).find(ready)
+}
+
+/// CLOCK_MONOTONIC in milliseconds: the clock `Instant` reads on Linux,
+/// without `Instant`'s `Duration` arithmetic (a subtraction with its
+/// checks and a 128-bit millisecond count), as the loop reads it once per
+/// datagram. 0 if the clock cannot be read, which POSIX rules out for
+/// CLOCK_MONOTONIC.
+pub(crate) fn monotonic_ms() -> u64 {
+    // SAFETY: timespec is plain data (with padding fields on some 32-bit
+    // musl targets, which is why it is not built with a literal); all
+    // zeroes is a valid value.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `now` is a live timespec, which the call only writes.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return 0;
+    }
+    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    seconds.saturating_mul(1000).saturating_add(millis)
 }
 
 // ---------------------------------------------------------------------------

@@ -1011,3 +1011,151 @@ fn block_position_and_block_at_keep_the_byte_position() {
     assert_eq!(Block::at(last + 16, 0), None);
     assert_eq!(Block::at(u64::MAX, 0), None);
 }
+
+// ---------------------------------------------------------------------------
+// The fast path's parser and emitter (`BlockGet`, `emit_block_ack`)
+
+#[test]
+fn block_get_reads_a_later_block_by_id_and_nothing_else() {
+    // The fixture without its payload; with it, it is not a fast request.
+    assert!(BlockGet::parse(&GET_BLOCK2_NUM300).is_none());
+    let block_request: [u8; 26] = GET_BLOCK2_NUM300[..26].try_into().unwrap();
+    let get = BlockGet::parse(&block_request).expect("a fast request");
+    assert_eq!(get.mid, 0x0102);
+    assert_eq!(get.token, [0xAB, 0xCD]);
+    assert_eq!(get.id, Some(&b"e40c292c"[..]));
+    assert!(get.payload.is_empty());
+    assert_eq!(
+        get.block,
+        Block {
+            num: 300,
+            more: false,
+            szx: 6
+        }
+    );
+    assert!(!get.size2 && get.echo.is_none());
+    let with = |extra: &[(u16, &[u8])], payload: &[u8], num: u32| {
+        let mut buf = [0u8; 128];
+        let mut e = Emitter::new(&mut buf, MessageType::Confirmable, GET, 7, &[1]).unwrap();
+        let mut options: Vec<(u16, &[u8])> = vec![(11, b"updates"), (11, b"e40c292c")];
+        options.extend_from_slice(extra);
+        options.push((23, &[]));
+        options.sort_by_key(|o| o.0);
+        for (number, value) in options {
+            if number == 23 {
+                e.option_block(
+                    23,
+                    Block {
+                        num,
+                        more: false,
+                        szx: 6,
+                    },
+                )
+                .unwrap();
+            } else {
+                e.option(number, value).unwrap();
+            }
+        }
+        let len = e.payload(payload).unwrap();
+        BlockGet::parse(&buf[..len]).map(|g| (g.size2, g.echo.map(<[u8]>::to_vec)))
+    };
+    let fast = with(&[(28, &[]), (OPTION_ECHO, b"echo")], &[], 1).expect("Size2 and Echo");
+    assert!(fast.0);
+    assert_eq!(fast.1.as_deref(), Some(&b"echo"[..]));
+    for (extra, payload, num) in [
+        (&[][..], &[][..], 0),
+        (&[(6, &[][..])], &[][..], 1),
+        (&[(15, &b"offset=1"[..])], &[], 1),
+        (&[(17, &[42][..])], &[], 1),
+        (&[(28, &[][..]), (28, &[][..])], &[], 1),
+        (&[(2048, &b"x"[..])], &[], 1),
+        (&[], &[1, 0, 0, 0][..], 1),
+    ] {
+        assert!(with(extra, payload, num).is_none(), "{extra:?} {payload:?}");
+    }
+    // The legacy form: `/updates` and Block2, with a payload or without.
+    let legacy = [
+        0x40, 0x01, 0x00, 0x07, 0xb7, b'u', b'p', b'd', b'a', b't', b'e', b's', 0xc1, 0x16, 0xff,
+        0x01, b'P', 0x03,
+    ];
+    let get = BlockGet::parse(&legacy).expect("legacy with a payload");
+    assert_eq!((get.id, get.payload), (None, &[0x01, b'P', 0x03][..]));
+    assert_eq!(get.block.num, 1);
+    let get = BlockGet::parse(&legacy[..14]).expect("legacy without a payload");
+    assert_eq!((get.id, get.payload), (None, &[][..]));
+    assert!(
+        BlockGet::parse(&legacy[..15]).is_none(),
+        "marker without payload"
+    );
+    // A NON, or anything cut short.
+    let mut non = block_request;
+    non[0] |= 0x10;
+    assert!(BlockGet::parse(&non).is_none());
+    for cut in 0..block_request.len() {
+        assert!(BlockGet::parse(&block_request[..cut]).is_none());
+    }
+}
+
+#[test]
+fn emit_block_ack_writes_what_the_emitter_writes() {
+    let payload: Vec<u8> = (0..1024u32).map(|i| i as u8).collect();
+    let etag = [0xE7, 0, 1, 2, 3, 4, 5, 0xFF];
+    for token_len in 0..=8usize {
+        let token: Vec<u8> = (0..token_len as u8).map(|b| b ^ 0x5A).collect();
+        for (num, szx, more) in [
+            (1u32, 6u8, true),
+            (15, 0, false),
+            (4095, 2, true),
+            (Block::MAX_NUM, 6, false),
+        ] {
+            let block = Block { num, more, szx };
+            for size2 in [None, Some(0), Some(255), Some(70_000), Some(u32::MAX)] {
+                for payload in [&payload[..], &payload[..1], &[]] {
+                    let expected = emit_to_vec(|buf| {
+                        let mut e = Emitter::new(
+                            buf,
+                            MessageType::Acknowledgement,
+                            CONTENT,
+                            0xBEEF,
+                            &token,
+                        )?;
+                        e.option(4, &etag)?;
+                        e.option_uint(12, 42)?;
+                        e.option_block(23, block)?;
+                        if let Some(size) = size2 {
+                            e.option_uint(28, size)?;
+                        }
+                        e.payload(payload)
+                    });
+                    let got = emit_to_vec(|buf| {
+                        emit_block_ack(buf, 0xBEEF, &token, &etag, block, size2, payload)
+                    });
+                    assert_eq!(got, expected, "{token_len} {block:?} {size2:?}");
+                    // One byte less room: refused, not cut.
+                    let mut small = vec![0u8; expected.len() - 1];
+                    assert_eq!(
+                        emit_block_ack(&mut small, 0xBEEF, &token, &etag, block, size2, payload),
+                        Err(EmitError::BufferTooSmall)
+                    );
+                }
+            }
+        }
+    }
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        emit_block_ack(
+            &mut buf,
+            1,
+            &[0; 9],
+            &etag,
+            Block {
+                num: 1,
+                more: false,
+                szx: 6
+            },
+            None,
+            &[]
+        ),
+        Err(EmitError::BufferTooSmall)
+    );
+}

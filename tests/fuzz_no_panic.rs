@@ -10,7 +10,10 @@
 //! the request's MID and token, nothing for ACK/RST/foreign versions);
 //! error replies carry a UTF-8 diagnostic; and every 2.05 block of an
 //! image carries exactly the image bytes at the position its Block2 option
-//! names.
+//! names. Each service has a twin that gets every datagram through the
+//! fast path first (`Service::handle_block`, then `Service::handle` when it
+//! declines): the twins' answers and notifications must be byte for byte
+//! the same.
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use iot_ota::catalog::Catalog;
@@ -426,26 +429,45 @@ fn check_reply(datagram: &[u8], reply: &[u8], outcome: &Outcome<'_>) {
     }
 }
 
+/// An answer as the twins are compared: the reply's bytes and, for a
+/// block, its image id, OFFSET and Block2; or why nothing was sent.
+type Answer = Result<(Vec<u8>, Option<(u32, u32, Block)>), iot_ota::service::Dropped>;
+
+fn answer(action: Action<'_>, out: &[u8]) -> Answer {
+    match action {
+        Action::Drop(reason) => Err(reason),
+        Action::Reply { len, outcome } => {
+            let block = match outcome {
+                Outcome::Block(t) => Some((t.image.id, t.offset, t.block)),
+                _ => None,
+            };
+            Ok((out[..len].to_vec(), block))
+        }
+    }
+}
+
 #[test]
 fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
     let started = Instant::now();
     let files = files();
     let catalog = || Catalog::from_files(files.clone()).unwrap().0;
-    let mut services = [
-        Service::new(catalog(), Limits::default(), support::TEST_KEYS),
-        Service::new(
-            catalog(),
-            Limits {
-                max_block_size: 64,
-                continuation_capacity: 8,
-                rate_limit: Some(3),
-                rate_table_capacity: 8,
-                echo: true,
-                max_observers: 4,
-            },
-            support::TEST_KEYS,
-        ),
+    let configurations = [
+        Limits::default(),
+        Limits {
+            max_block_size: 64,
+            continuation_capacity: 8,
+            rate_limit: Some(3),
+            rate_table_capacity: 8,
+            echo: true,
+            max_observers: 4,
+        },
     ];
+    let mut services = configurations.map(|l| Service::new(catalog(), l, support::TEST_KEYS));
+    let mut twins = configurations.map(|l| Service::new(catalog(), l, support::TEST_KEYS));
+    let mut twin_out = vec![0u8; MAX_REPLY_LEN];
+    let mut fast_answers = 0usize;
+    // Per twin, a spare catalog of each content (below).
+    let mut spares: [[Option<Catalog>; 2]; 2] = Default::default();
     let ids: Vec<String> = services[0]
         .catalog()
         .images()
@@ -513,8 +535,25 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
             Err(_) => {}
         }
 
-        for svc in services.iter_mut() {
-            match svc.handle(peer, now, &input, &mut out) {
+        for ((svc, twin), twin_spares) in services
+            .iter_mut()
+            .zip(twins.iter_mut())
+            .zip(spares.iter_mut())
+        {
+            let twin_answer = match twin.handle_block(peer, now, &input, &mut twin_out) {
+                Some(action) => {
+                    fast_answers += 1;
+                    answer(action, &twin_out)
+                }
+                None => answer(twin.handle(peer, now, &input, &mut twin_out), &twin_out),
+            };
+            let action = svc.handle(peer, now, &input, &mut out);
+            assert_eq!(
+                answer(action, &out),
+                twin_answer,
+                "the fast path's twin answers otherwise: {input:02x?}"
+            );
+            match action {
                 Action::Reply { len, outcome } => {
                     replies += 1;
                     if matches!(outcome, Outcome::Block(_)) {
@@ -545,11 +584,33 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
                     other_catalog()
                 };
                 svc.replace_catalog(next);
+                // The twin's catalogs are built once and then swapped back
+                // and forth (building one hashes a 4 MiB image).
+                let kind = usize::from(n % 1000 != 0);
+                let spare = twin_spares[kind].take();
+                let next = spare.unwrap_or_else(|| {
+                    if kind == 0 {
+                        catalog()
+                    } else {
+                        other_catalog()
+                    }
+                });
+                let old = twin.replace_catalog(next);
+                // The content it had: the first catalog's until n = 500,
+                // then the other one's of the two.
+                let old_kind = if n == 0 { 0 } else { 1 - kind };
+                if let Some(slot) = twin_spares.get_mut(old_kind) {
+                    slot.get_or_insert(old);
+                }
             }
             for _ in 0..=svc.limits().max_observers {
-                let Some(note) = svc.poll_notification(now, &mut out) else {
+                let note = svc.poll_notification(now, &mut out);
+                let twin_note = twin.poll_notification(now, &mut twin_out);
+                assert_eq!(note, twin_note);
+                let Some(note) = note else {
                     break;
                 };
+                assert_eq!(out[..note.len], twin_out[..note.len]);
                 notifications += 1;
                 check_notification(&out[..note.len]);
             }
@@ -561,8 +622,12 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
     assert!(replies > INPUTS / 4, "replies {replies}");
     assert!(blocks > INPUTS / 20, "blocks {blocks}");
     assert!(notifications > 0, "no notification was ever sent");
+    assert!(
+        fast_answers > INPUTS / 100,
+        "fast path answers {fast_answers}"
+    );
     eprintln!(
-        "{INPUTS} inputs: {parsed} parsed, {replies} replies, {blocks} blocks in {:?}",
+        "{INPUTS} inputs: {parsed} parsed, {replies} replies, {blocks} blocks, {fast_answers} answered by the fast path in {:?}",
         started.elapsed()
     );
 }

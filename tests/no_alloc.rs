@@ -546,6 +546,154 @@ fn server_serve_one_allocates_nothing_in_steady_state() {
     assert_eq!((stats.receive_errors, stats.send_errors), (0, 0));
 }
 
+/// The server as `iot-ota-server` runs with the shipped defaults (a
+/// watched directory rescanned every second, `--settle 200`, default
+/// limits): later blocks by id (the fast path, its last blocks, a
+/// duplicate, Size2), a NON block, legacy blocks with the device payload,
+/// a body from an OFFSET and its payload-less continuation go through
+/// `serve_one` without an allocation. A timed rescan reads the directory
+/// and may allocate: a datagram whose turn ran one is not held to it (the
+/// test waits for the timer once, so there are one to three).
+#[test]
+fn server_with_the_default_options_allocates_nothing_per_block() {
+    let dir = support::TempDir::new("no-alloc-defaults");
+    let images = support::write_images(&dir, &[("MOTE", 5000), ("BIG", 70_000)]);
+    let catalog = Catalog::load(dir.path()).expect("catalog").catalog;
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut server = Server::new(
+        socket,
+        Service::new(catalog, Limits::default(), support::TEST_KEYS),
+    );
+    server
+        .watch(dir.path().to_path_buf(), 1000, 200)
+        .expect("watch");
+    let server_addr: SocketAddr = server.local_addr().unwrap();
+    let clients: Vec<UdpSocket> = (0..5)
+        .map(|_| {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c
+        })
+        .collect();
+    let up: &[u8] = b"updates";
+    let (mote, big) = (images[0].id.as_bytes(), images[1].id.as_bytes());
+    let by_id = |mid: u16, id: &[u8], num: u32, extra: &[(u16, &[u8])]| {
+        let b = block(num, 6);
+        let mut options = vec![(PATH, up), (PATH, id), (BLOCK2, &b[..])];
+        options.extend_from_slice(extra);
+        request(false, 1, mid, &options, &[])
+    };
+    let mut per_client = Vec::new();
+    for num in 1..5 {
+        per_client.push(by_id(num as u16, mote, num, &[]));
+    }
+    for num in [1, 2, 3, 30, 68] {
+        per_client.push(by_id(100 + num as u16, big, num, &[]));
+    }
+    per_client.push(by_id(103, big, 3, &[])); // a duplicate
+    per_client.push(by_id(200, big, 5, &[(SIZE2, &[])]));
+    let b = block(2, 6);
+    per_client.push(request(
+        true,
+        1,
+        201,
+        &[(PATH, up), (PATH, big), (BLOCK2, &b)],
+        &[],
+    ));
+    for num in [1u32, 2] {
+        let b = block(num, 6);
+        let payload = device(b"MOTE", 0, Some(0));
+        per_client.push(request(
+            false,
+            1,
+            300 + num as u16,
+            &[(PATH, up), (BLOCK2, &b)],
+            &payload,
+        ));
+    }
+    // A body from an OFFSET and its payload-less continuation, from a
+    // client of their own (its later payload-less blocks of the image
+    // continue that body).
+    let b1 = block(1, 6);
+    let b2 = block(2, 6);
+    let offset = 1000u32.to_le_bytes();
+    let offset_flow = [
+        request(
+            false,
+            1,
+            400,
+            &[(PATH, up), (PATH, big), (BLOCK2, &b1)],
+            &offset,
+        ),
+        request(
+            false,
+            1,
+            401,
+            &[(PATH, up), (PATH, big), (BLOCK2, &b2)],
+            &[],
+        ),
+    ];
+    let last = clients.len() - 1;
+    let plan: Vec<(usize, &Vec<u8>)> = (0..last)
+        .flat_map(|c| per_client.iter().map(move |d| (c, d)))
+        .chain(offset_flow.iter().map(|d| (last, d)))
+        .collect();
+
+    let mut reply = vec![0u8; 2048];
+    // Sends one datagram and serves it; whether serving it allocated, and
+    // whether a rescan ran in its turn.
+    let mut exchange = |server: &mut Server, c: usize, datagram: &[u8], armed: bool| {
+        clients[c].send_to(datagram, server_addr).unwrap();
+        let before = server.stats();
+        let counted_before = allocations();
+        arm(armed);
+        server.serve_one();
+        arm(false);
+        let after = server.stats();
+        assert_eq!(after.sent, before.sent + 1, "no answer to {datagram:02x?}");
+        let (len, _) = clients[c].recv_from(&mut reply).expect("reply arrives");
+        let answer = Message::parse(&reply[..len]).expect("reply parses");
+        assert_eq!(answer.code, 0x45, "2.05 for {datagram:02x?}");
+        (
+            allocations() != counted_before,
+            after.rescans != before.rescans,
+        )
+    };
+    // Warm-up: each client's whole downloads first (block 0 checks the
+    // file on disk, which builds its path), then the plan.
+    for (c, _) in clients.iter().enumerate() {
+        for (id, blocks) in [(mote, 5u32), (big, 69)] {
+            for num in 0..blocks {
+                exchange(&mut server, c, &by_id(num as u16, id, num, &[]), false);
+            }
+        }
+    }
+    for &(c, datagram) in &plan {
+        exchange(&mut server, c, datagram, false);
+    }
+    let (mut checked, mut rescanned) = (0, 0);
+    for round in 0..5 {
+        if round == 3 {
+            // Past the rescan timer: the next datagram's turn rescans, and
+            // the ones after it are held to the rule again.
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        for (i, &(c, datagram)) in plan.iter().enumerate() {
+            match exchange(&mut server, c, datagram, true) {
+                (_, true) => rescanned += 1,
+                (true, false) => panic!(
+                    "round {round}: serve_one allocated for request #{i} from client {c}: {datagram:02x?}"
+                ),
+                (false, false) => checked += 1,
+            }
+        }
+    }
+    assert!((1..=3).contains(&rescanned), "{rescanned} rescans");
+    assert!(checked >= 5 * plan.len() - 3);
+    let stats = server.stats();
+    assert_eq!((stats.receive_errors, stats.send_errors), (0, 0));
+}
+
 #[test]
 fn the_counter_sees_allocations() {
     // The instrument works: an armed allocation is counted.

@@ -12,7 +12,9 @@
 //! Each reply leaves from the address its request was sent to (RFC 7252
 //! §5.3.2), also on a wildcard socket of a host with several addresses,
 //! where `send_to` would let the kernel pick another: `sockio` receives
-//! the destination with the datagram and sends from it.
+//! the destination with the datagram and sends from it. A socket bound to
+//! one unicast address (not link-local) has one source only, and is
+//! served with the plain `recvfrom` and `sendto`.
 //!
 //! With several listen sockets, or with multicast on, the loop waits on
 //! all sockets at once (`poll`) with a timeout that is the next held-back
@@ -98,14 +100,31 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Server {
     sockets: Vec<UdpSocket>,
+    /// Per socket: the kernel gives each datagram's destination (packet
+    /// info), received with `recvmsg`; else `recvfrom` is enough.
+    destinations: Vec<bool>,
     service: Service,
     rx: Vec<u8>,
     tx: Vec<u8>,
     started: Instant,
+    /// [`sockio::monotonic_ms`] at `started`: the loop's clock counts from
+    /// it.
+    origin_ms: u64,
     stats: Stats,
     log_budget: LogBudget,
     /// Milliseconds since start at the last received datagram.
     now_ms: u64,
+    /// The earliest time any timer wants the loop (rescans, held-back
+    /// multicast answers, notifications, DTLS timers, the counters' log
+    /// line): `u64::MAX` for none. Kept up to date whenever a timer may
+    /// have moved (timer work, a datagram off the fast path, a signal), so
+    /// that a datagram costs one comparison with it instead of a look at
+    /// every timer, as smoltcp's `poll_at`.
+    deadline_ms: u64,
+    /// When the counters are next logged, if they changed.
+    next_report_ms: u64,
+    /// The counters as last logged.
+    reported: Stats,
     /// Held-back answers to multicast requests.
     leisure: Leisure,
     /// The firmware directory, when it is watched for changes.
@@ -140,9 +159,10 @@ impl Server {
     /// does (right on a socket bound to one address, maybe not on a
     /// wildcard one).
     pub fn new(socket: UdpSocket, service: Service) -> Server {
-        enable_pktinfo(&socket);
+        let destinations = vec![enable_pktinfo(&socket)];
         Server {
             sockets: vec![socket],
+            destinations,
             service,
             // One byte more than the largest accepted request, so that a
             // datagram filling it, cut or not, is too long for the service
@@ -150,9 +170,13 @@ impl Server {
             rx: vec![0; MAX_REQUEST_LEN + 1],
             tx: vec![0; MAX_REPLY_LEN],
             started: Instant::now(),
+            origin_ms: sockio::monotonic_ms(),
             stats: Stats::default(),
             log_budget: LogBudget::default(),
             now_ms: 0,
+            deadline_ms: STATS_INTERVAL_MS,
+            next_report_ms: STATS_INTERVAL_MS,
+            reported: Stats::default(),
             leisure: Leisure::off(),
             live: None,
             poll_start: 0,
@@ -183,6 +207,7 @@ impl Server {
             psk_file,
             local_dests: std::collections::HashMap::new(),
         });
+        self.refresh_deadline();
         self.sockets
             .iter()
             .try_for_each(|s| s.set_nonblocking(true))
@@ -258,6 +283,7 @@ impl Server {
             .iter()
             .try_for_each(|s| s.set_read_timeout(timeout))?;
         self.live = Some(live);
+        self.refresh_deadline();
         Ok(())
     }
 
@@ -267,7 +293,7 @@ impl Server {
     /// # Errors
     /// As `set_nonblocking`.
     pub fn add_socket(&mut self, socket: UdpSocket) -> io::Result<()> {
-        enable_pktinfo(&socket);
+        self.destinations.push(enable_pktinfo(&socket));
         self.sockets.push(socket);
         self.sockets
             .iter()
@@ -287,6 +313,7 @@ impl Server {
         seed: u64,
     ) -> io::Result<()> {
         self.leisure = Leisure::new(leisure_ms, capacity, seed);
+        self.refresh_deadline();
         self.sockets
             .iter()
             .try_for_each(|s| s.set_nonblocking(true))
@@ -333,8 +360,6 @@ impl Server {
     /// When the signal handlers cannot be installed.
     pub fn run(&mut self) -> io::Result<()> {
         sockio::install_signal_flags()?;
-        let mut last_report_ms = self.now_ms;
-        let mut reported = self.stats;
         loop {
             if sockio::terminating() {
                 #[cfg(feature = "dtls")]
@@ -353,15 +378,6 @@ impl Server {
                 continue;
             }
             self.serve_one();
-            // The time serve_one read for the datagram: no second clock
-            // read per datagram.
-            if self.now_ms.saturating_sub(last_report_ms) >= STATS_INTERVAL_MS {
-                if self.stats != reported {
-                    info!("{}", StatsLine(&self.stats));
-                    reported = self.stats;
-                }
-                last_report_ms = self.now_ms;
-            }
         }
     }
 
@@ -378,30 +394,26 @@ impl Server {
             }
             None => info!("SIGHUP: the directory is not watched (--rescan is off)"),
         }
+        self.refresh_deadline();
     }
 
     /// Receives one datagram (blocking, or until the socket's read timeout)
-    /// and answers it, after sending the held-back multicast answers that
-    /// are due. Never fails: errors are counted and logged at debug.
+    /// and answers it; the timer work (held-back multicast answers, rescans,
+    /// notifications, DTLS timers, the counters' log line) runs first when
+    /// the cached deadline has passed. Never fails: errors are counted and
+    /// logged at debug.
     pub fn serve_one(&mut self) {
         let index = if self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure() {
             0
         } else {
-            self.send_due_answers();
             let now = self.clock_ms();
-            let rescan_due = self.live.as_ref().and_then(Live::next_due_ms);
-            let notify_due = self.service.next_notification_ms();
-            let timeout = [
-                self.leisure.next_due_ms(),
-                rescan_due,
-                notify_due,
-                self.secure_timer_ms(),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|due| due.saturating_sub(now))
-            .or(self.live.as_ref().map(|_| WAKE_MS));
+            if now >= self.deadline_ms {
+                self.on_timers(now);
+            }
+            let timeout = match self.deadline_ms {
+                u64::MAX => self.live.as_ref().map(|_| WAKE_MS),
+                due => Some(due.saturating_sub(now)),
+            };
             // Start the scan after the socket served last, so that a flood
             // on one socket cannot starve the others.
             self.poll_start = self.poll_start.wrapping_add(1);
@@ -413,7 +425,9 @@ impl Server {
         let received = self.receive(index);
         // One clock read per datagram, shared by the timers and the service.
         self.now_ms = self.clock_ms();
-        self.on_timers(self.now_ms);
+        if self.now_ms >= self.deadline_ms {
+            self.on_timers(self.now_ms);
+        }
         let Some(Received {
             len,
             from,
@@ -425,8 +439,88 @@ impl Server {
         };
         #[cfg(feature = "dtls")]
         if self.secure_socket() == Some(index) {
-            return self.serve_secure(index, from, dest, len);
+            self.serve_secure(index, from, dest, len);
+            return self.after_general(self.now_ms);
         }
+        let source = peer(from);
+        if self.serve_fast(index, from, source, dest, len) {
+            return;
+        }
+        if self.serve_general(index, from, source, dest, len, truncated) {
+            self.after_general(self.now_ms);
+        }
+    }
+
+    /// The fast path (`Service::handle_block`) for a unicast datagram of
+    /// the plain sockets, while debug logging (which shows every request)
+    /// is off; false when the datagram needs the general path. A block in
+    /// the middle of a body costs a counter and a send; the rest of what it
+    /// may answer (the last block, which is logged, a 4.29, an Echo
+    /// challenge) goes through the general path's bookkeeping. Nothing it
+    /// answers moves a timer, a rescan or a notification: the deadline
+    /// stays as it is.
+    #[inline]
+    fn serve_fast(
+        &mut self,
+        index: usize,
+        from: SocketAddr,
+        source: Peer,
+        dest: Option<LocalDest>,
+        len: usize,
+    ) -> bool {
+        if dest.is_some_and(|d| is_multicast(d.addr)) || log_enabled!(Level::Debug) {
+            return false;
+        }
+        let datagram = self.rx.get(..len).unwrap_or(&[]);
+        let Some(action) = self
+            .service
+            .handle_block(source, self.now_ms, datagram, &mut self.tx)
+        else {
+            return false;
+        };
+        match action {
+            Action::Reply {
+                len,
+                outcome: Outcome::Block(t),
+            } if !t.is_last() => {
+                self.stats.blocks += 1;
+                let reply = self.tx.get(..len).unwrap_or(&[]);
+                send(&self.sockets, index, reply, from, dest, &mut self.stats);
+            }
+            action => deliver(
+                action,
+                Reply {
+                    index,
+                    from,
+                    dest,
+                    arrival: arrival(index, dest),
+                    now_ms: self.now_ms,
+                },
+                &self.sockets,
+                &self.tx,
+                &mut self.stats,
+                &mut self.log_budget,
+                &mut self.leisure,
+            ),
+        }
+        true
+    }
+
+    /// A datagram of the plain sockets through `Service::handle_arrival`,
+    /// with a rescan first when it missed or found a replaced file. True
+    /// when it may have moved a timer: it rescanned (which changes what
+    /// observers see), was sent to a group (its answer is held back), or
+    /// there are observers (it may have registered or ended one, or
+    /// acknowledged a notification). Anything else changes no timer.
+    fn serve_general(
+        &mut self,
+        index: usize,
+        from: SocketAddr,
+        source: Peer,
+        dest: Option<LocalDest>,
+        len: usize,
+        truncated: bool,
+    ) -> bool {
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         if truncated {
             trace!("{} datagram cut at {len} bytes", Shown(from));
@@ -439,7 +533,7 @@ impl Server {
             || self.service.tree().is_some_and(FileTree::has_pending);
         let mut action =
             self.service
-                .handle_arrival(peer(from), arrival, self.now_ms, datagram, &mut self.tx);
+                .handle_arrival(source, arrival, self.now_ms, datagram, &mut self.tx);
         // Why to look at the directory before answering: the image asked
         // for may have been published since the last scan, or the file
         // behind a first block replaced since it was read.
@@ -452,6 +546,7 @@ impl Server {
                 .then_some("a file changed"),
             _ => None,
         };
+        let rescanned = rescan_for.is_some();
         if let (Some(why), Some(live)) = (rescan_for, self.live.as_mut()) {
             self.stats.rescans += 1;
             if live.rescan(&mut self.service, why) {
@@ -460,32 +555,49 @@ impl Server {
             // Answered from what is there now.
             action =
                 self.service
-                    .handle_again(peer(from), arrival, self.now_ms, datagram, &mut self.tx);
+                    .handle_again(source, arrival, self.now_ms, datagram, &mut self.tx);
         }
-        match action {
-            Action::Reply { len, outcome } => {
-                self.stats.count(&outcome);
-                if let Outcome::Block(t) = &outcome {
-                    self.log_budget
-                        .log_transfer(from, t, self.now_ms, &mut self.stats);
-                }
-                log_outcome(from, &outcome);
-                let reply = self.tx.get(..len).unwrap_or(&[]);
-                if !arrival.multicast {
-                    send(&self.sockets, index, reply, from, dest, &mut self.stats);
-                } else if self.leisure.schedule(self.now_ms, index, from, dest, reply) {
-                    self.stats.multicast_answers += 1;
-                } else {
-                    self.stats.multicast_dropped += 1;
-                }
-            }
-            Action::Drop(reason) => {
-                self.stats.count_drop(reason);
-                trace!("{} dropped: {reason:?}", Shown(from));
-            }
+        deliver(
+            action,
+            Reply {
+                index,
+                from,
+                dest,
+                arrival,
+                now_ms: self.now_ms,
+            },
+            &self.sockets,
+            &self.tx,
+            &mut self.stats,
+            &mut self.log_budget,
+            &mut self.leisure,
+        );
+        rescanned || arrival.multicast || self.service.observer_count() > 0
+    }
+
+    /// After a datagram off the fast path: it may have registered an
+    /// observer, held back a multicast answer, rescanned (which changes
+    /// what observers see) or moved a DTLS timer, so the deadline is
+    /// computed again, and the timer work done at once when it is due
+    /// (the notifications a rescan made owed among it).
+    fn after_general(&mut self, now_ms: u64) {
+        self.refresh_deadline();
+        if now_ms >= self.deadline_ms {
+            self.on_timers(now_ms);
         }
-        // A rescan after a miss may have changed what observers see.
-        self.send_notifications(self.now_ms);
+    }
+
+    /// Computes the cached deadline again from every timer.
+    fn refresh_deadline(&mut self) {
+        self.deadline_ms = [
+            self.leisure.next_due_ms(),
+            self.live.as_ref().and_then(Live::next_due_ms),
+            self.service.next_notification_ms(),
+            self.secure_timer_ms(),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_report_ms, u64::min);
     }
 
     /// Sends the Observe notifications owed at `now_ms`, at most
@@ -547,9 +659,15 @@ impl Server {
         }
     }
 
-    /// Rescans the directory when its timer is due, and sends the
-    /// notifications owed.
+    /// The timer work: sends the held-back multicast answers that are due,
+    /// runs the DTLS timers, rescans the directory when its timer is due,
+    /// sends the notifications owed, logs the counters every
+    /// [`STATS_INTERVAL_MS`] when they changed; then computes the deadline
+    /// again. Kept out of the per-datagram path: called when the deadline
+    /// has passed or a wait timed out.
+    #[inline(never)]
     fn on_timers(&mut self, now_ms: u64) {
+        self.send_due_answers(now_ms);
         #[cfg(feature = "dtls")]
         if let Some(secure) = self.dtls.as_mut() {
             if secure
@@ -570,11 +688,18 @@ impl Server {
             }
         }
         self.send_notifications(now_ms);
+        if now_ms >= self.next_report_ms {
+            if self.stats != self.reported {
+                info!("{}", StatsLine(&self.stats));
+                self.reported = self.stats;
+            }
+            self.next_report_ms = now_ms.saturating_add(STATS_INTERVAL_MS);
+        }
+        self.refresh_deadline();
     }
 
     /// Sends the held-back multicast answers whose time has come.
-    fn send_due_answers(&mut self) {
-        let now = self.clock_ms();
+    fn send_due_answers(&mut self, now: u64) {
         while let Some(due) = self.leisure.take_due(now) {
             send(
                 &self.sockets,
@@ -589,14 +714,18 @@ impl Server {
 
     /// Milliseconds since start.
     fn clock_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        sockio::monotonic_ms().saturating_sub(self.origin_ms)
     }
 
     /// The next datagram of socket `index`, or `None` after a timeout, an
     /// interruption or a counted receive error.
     fn receive(&mut self, index: usize) -> Option<Received> {
         let socket = self.sockets.get(index)?;
-        match sockio::recv_with_dest(socket, &mut self.rx) {
+        let received = match self.destinations.get(index) {
+            Some(true) => sockio::recv_with_dest(socket, &mut self.rx),
+            _ => sockio::recv_plain(socket, &mut self.rx),
+        };
+        match received {
             Ok(received) => {
                 self.stats.received += 1;
                 Some(received)
@@ -775,10 +904,39 @@ pub fn install_signal_handlers() -> io::Result<()> {
 /// Asks the kernel for each datagram's destination address, so that
 /// replies leave from it; where it refuses, warns: replies then leave as
 /// `send_to` sends them (right on a socket bound to one address, maybe not
-/// on a wildcard one).
-fn enable_pktinfo(socket: &UdpSocket) {
-    if let Err(e) = sockio::enable_pktinfo(socket) {
-        warn!("cannot learn the destination address of requests ({e}): on a host with several addresses, replies may leave from another address than the one asked");
+/// on a wildcard one). A socket bound to one unicast address needs none of
+/// it: it receives only what was sent to that address and sends from it,
+/// and the packet info would cost a control message on every receive and
+/// send.
+/// True when the kernel gives each datagram's destination.
+fn enable_pktinfo(socket: &UdpSocket) -> bool {
+    if socket.local_addr().is_ok_and(bound_to_one_address) {
+        return false;
+    }
+    match sockio::enable_pktinfo(socket) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!("cannot learn the destination address of requests ({e}): on a host with several addresses, replies may leave from another address than the one asked");
+            false
+        }
+    }
+}
+
+/// True for a socket address naming one unicast address that is not
+/// link-local: where a request arrived and which interface it came in on
+/// are then known without asking (a link-local one keeps the packet info,
+/// for the interface its peers' zones need).
+fn bound_to_one_address(addr: SocketAddr) -> bool {
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local())
+        }
+        IpAddr::V6(v6) => {
+            let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
+            let mapped = v6.to_ipv4_mapped();
+            !(v6.is_unspecified() || v6.is_multicast() || link_local)
+                && mapped.map_or(true, |v4| bound_to_one_address(SocketAddr::from((v4, 0))))
+        }
     }
 }
 
@@ -802,6 +960,71 @@ fn send(
             stats.send_errors += 1;
             debug!("{} send failed (ignored): {e}", Shown(to));
         }
+    }
+}
+
+/// Where a reply goes and when it was asked for: what [`deliver`] needs
+/// beside the answer.
+#[derive(Debug, Clone, Copy)]
+struct Reply {
+    /// The socket the request arrived on.
+    index: usize,
+    from: SocketAddr,
+    dest: Option<LocalDest>,
+    arrival: Arrival,
+    now_ms: u64,
+}
+
+/// Sends an answer (after the Leisure period, for a multicast request) and
+/// does its bookkeeping: counters, the transfer lines at info, the
+/// per-reply detail at trace.
+#[allow(clippy::too_many_arguments)]
+fn deliver(
+    action: Action<'_>,
+    to: Reply,
+    sockets: &[UdpSocket],
+    tx: &[u8],
+    stats: &mut Stats,
+    log_budget: &mut LogBudget,
+    leisure: &mut Leisure,
+) {
+    let Reply {
+        index,
+        from,
+        dest,
+        arrival,
+        now_ms,
+    } = to;
+    match action {
+        Action::Reply { len, outcome } => {
+            stats.count(&outcome);
+            if let Outcome::Block(t) = &outcome {
+                log_budget.log_transfer(from, t, now_ms, stats);
+            }
+            log_outcome(from, &outcome);
+            let reply = tx.get(..len).unwrap_or(&[]);
+            if !arrival.multicast {
+                send(sockets, index, reply, from, dest, stats);
+            } else if leisure.schedule(now_ms, index, from, dest, reply) {
+                stats.multicast_answers += 1;
+            } else {
+                stats.multicast_dropped += 1;
+            }
+        }
+        Action::Drop(reason) => {
+            stats.count_drop(reason);
+            trace!("{} dropped: {reason:?}", Shown(from));
+        }
+    }
+}
+
+/// A multicast group address, IPv4, IPv6 or IPv4-mapped.
+fn is_multicast(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => v4.is_multicast(),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_multicast(), |v4| v4.is_multicast()),
     }
 }
 
@@ -861,14 +1084,8 @@ fn arrival(socket: usize, dest: Option<LocalDest>) -> Arrival {
             ..Arrival::default()
         };
     };
-    let multicast = match dest.addr {
-        IpAddr::V4(v4) => v4.is_multicast(),
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(v6.is_multicast(), |v4| v4.is_multicast()),
-    };
     Arrival {
-        multicast,
+        multicast: is_multicast(dest.addr),
         ifindex: dest.ifindex,
         socket,
         local: Some(match dest.addr {

@@ -23,7 +23,9 @@
 //!
 //! One file per concern: `routes` (resources, bodies, Block2 slicing),
 //! `peers` (per-peer transfer, duplicate and Message ID state), `guard`
-//! (rate limit and Echo), `table` (the bounded expiring map they use).
+//! (rate limit and Echo), `table` (the bounded expiring map they use),
+//! `fast` (the fast path, [`Service::handle_block`]: a later block of an
+//! image by id, answered as `handle` would answer it, with less work).
 //! State changes are applied only when the reply is actually sent, so an
 //! unverified request answered with an Echo challenge changes nothing.
 //!
@@ -40,6 +42,7 @@
 //! and with `--echo` it is checked again (Echo values stay valid for one
 //! to two minutes, longer than a client retransmits).
 
+mod fast;
 mod guard;
 mod observe;
 mod peers;
@@ -846,11 +849,15 @@ impl Service {
         };
         let observed = ctx.observed;
         let write = ctx.peer_state.into_write();
-        if let Some(challenge) =
-            self.guard
-                .check_echo(reply_to, &peer, now_ms, msg.echo, request_len, len, out)
-        {
-            return challenge;
+        // Tested here first, so that a server without --echo does not
+        // call the check (as the fast path does).
+        if self.limits.echo {
+            if let Some(challenge) =
+                self.guard
+                    .check_echo(reply_to, &peer, now_ms, msg.echo, request_len, len, out)
+            {
+                return challenge;
+            }
         }
         self.peers.commit(peer, write, now_ms);
         if intent != Intent::None {

@@ -89,12 +89,28 @@ fn fingerprint(datagram: &[u8]) -> u32 {
     fnv1a32(datagram)
 }
 
+impl PeerState {
+    /// True when a payload-less request could continue a transfer from
+    /// this state: it names one, or records a continuation whose
+    /// duplicates must be answered as their first copy was.
+    fn can_continue(&self) -> bool {
+        self.transfer.is_some() || self.last_continuation.is_some()
+    }
+}
+
 /// The bounded table of [`PeerState`]s and the key of the NON Message ID
 /// starts.
 #[derive(Debug)]
 pub(crate) struct Peers {
     table: BoundedTable<Peer, PeerState>,
     mid_key: SipKey,
+    lifetime_ms: u64,
+    /// The latest time a state that [can continue](PeerState::can_continue)
+    /// was written. Every such entry was stamped at or before it, so a
+    /// lifetime after it none is left, and [`Peers::continuation`] answers
+    /// without a lookup: the common download, by id without an OFFSET,
+    /// then costs no hash of the peer's address.
+    latest_continuable_ms: Option<u64>,
 }
 
 impl Peers {
@@ -109,7 +125,38 @@ impl Peers {
         Peers {
             table: BoundedTable::new(capacity, lifetime_ms, table_keys),
             mid_key,
+            lifetime_ms,
+            latest_continuable_ms: None,
         }
+    }
+
+    /// Stores `state` for `peer`, stamped `now_ms`; every write goes
+    /// through here, so that `latest_continuable_ms` stays true.
+    fn insert(&mut self, peer: Peer, state: PeerState, now_ms: u64) {
+        if state.can_continue() {
+            let latest = self.latest_continuable_ms.map_or(now_ms, |t| t.max(now_ms));
+            self.latest_continuable_ms = Some(latest);
+        }
+        self.table.insert(peer, state, now_ms);
+    }
+
+    /// The transfer a payload-less request `request` for a later block of
+    /// the image `image_id` would continue, read only: what
+    /// [`Pending::continued`] finds, without recording anything. `None`
+    /// means the request gets the whole image and changes no state.
+    pub(crate) fn continuation(
+        &self,
+        peer: Peer,
+        now_ms: u64,
+        request: RequestId<'_>,
+        image_id: &[u8; 8],
+    ) -> Option<Continuation> {
+        let latest = self.latest_continuable_ms?;
+        if now_ms.saturating_sub(latest) >= self.lifetime_ms {
+            return None;
+        }
+        let state = self.table.get(&peer, now_ms)?;
+        continued_entry(state, request, Some(image_id))
     }
 
     /// Peers remembered.
@@ -139,7 +186,7 @@ impl Peers {
             hasher.finish() as u16
         });
         state.next_mid = Some(mid.wrapping_add(1));
-        self.table.insert(peer, state, now_ms);
+        self.insert(peer, state, now_ms);
         mid
     }
 
@@ -159,12 +206,31 @@ impl Peers {
         }
     }
 
+    /// True when `peer`'s record names the transfer of `image_id` from
+    /// `offset`: a legacy request naming it again records nothing
+    /// ([`Pending::start`]). Read only.
+    pub(crate) fn names_transfer(
+        &self,
+        peer: Peer,
+        now_ms: u64,
+        image_id: &[u8; 8],
+        offset: u32,
+    ) -> bool {
+        let transfer = Continuation {
+            image_id: *image_id,
+            offset,
+        };
+        self.table
+            .get(&peer, now_ms)
+            .is_some_and(|state| state.transfer == Some(transfer))
+    }
+
     /// Stores what a request changed, once its reply is sent; restamps the
     /// entry, so it expires a lifetime after the peer's last request that
     /// used it.
     pub(crate) fn commit(&mut self, peer: Peer, write: Option<PeerState>, now_ms: u64) {
         if let Some(state) = write {
-            self.table.insert(peer, state, now_ms);
+            self.insert(peer, state, now_ms);
         }
     }
 }
@@ -198,17 +264,7 @@ impl Pending<'_, '_> {
     pub(crate) fn continued(&mut self, image_id: Option<&[u8; 8]>) -> Option<Continuation> {
         let mut state = self.current()?;
         let request = self.request;
-        let repeated = state
-            .last_continuation
-            .filter(|last| {
-                request.confirmable
-                    && last.mid == request.mid
-                    && last.fingerprint == request.fingerprint()
-            })
-            .map(|last| last.entry);
-        let entry = repeated
-            .or(state.transfer)
-            .filter(|entry| image_id.map_or(true, |id| *id == entry.image_id))?;
+        let entry = continued_entry(&state, request, image_id)?;
         if request.confirmable {
             state.last_continuation = Some(Exchange {
                 mid: request.mid,
@@ -257,6 +313,30 @@ impl Pending<'_, '_> {
             self.write = Some(state);
         }
     }
+}
+
+/// Which transfer of `state` a payload-less request for a later block
+/// continues (of the image `image_id`, when given): for a duplicate of the
+/// peer's last continuation the one its first copy continued, else the
+/// peer's transfer. Shared by [`Pending::continued`] and
+/// [`Peers::continuation`], so that the fast path decides as the general
+/// one does.
+fn continued_entry(
+    state: &PeerState,
+    request: RequestId<'_>,
+    image_id: Option<&[u8; 8]>,
+) -> Option<Continuation> {
+    let repeated = state
+        .last_continuation
+        .filter(|last| {
+            request.confirmable
+                && last.mid == request.mid
+                && last.fingerprint == request.fingerprint()
+        })
+        .map(|last| last.entry);
+    repeated
+        .or(state.transfer)
+        .filter(|entry| image_id.map_or(true, |id| *id == entry.image_id))
 }
 
 #[cfg(test)]

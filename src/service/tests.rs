@@ -2320,3 +2320,5 @@ fn without_a_tree_other_paths_stay_4_04() {
 }
 
 mod observe;
+
+mod fast;

@@ -44,13 +44,22 @@
 //!   `/updates/{id}` without payload, its 4-byte LE payload otherwise, the
 //!   OFFSET of a legacy `/updates` payload, and for a payload-less
 //!   continuation one of the (image, OFFSET) pairs this peer asked for
-//!   before. The service's own `Outcome::Block` must agree.
+//!   before, by id or by the legacy protocol (a peer has one transfer
+//!   record, whichever form started it). The service's own
+//!   `Outcome::Block` must agree.
+//! * The fast path answers as the general one: a second service with the
+//!   same configuration gets the same datagrams through
+//!   `Service::handle_block` first (and `Service::handle` when it declines).
+//!   Whenever the fast path answers, its answer (sent or dropped, the reply's
+//!   bytes, the block's image, OFFSET and Block2) equals the general
+//!   service's; and since every later answer is compared too, a fast path
+//!   that declined or answered must have left the same state behind.
 
 use coap_lite::{CoapOption, Packet};
 use iot_ota::catalog::Catalog;
 use iot_ota::hash::SipKey;
 use iot_ota::hash::{body_etag, fnv1a32, fnv1a64};
-use iot_ota::service::{Action, Keys, Limits, Outcome, Peer, Service, MAX_REPLY_LEN};
+use iot_ota::service::{Action, Dropped, Keys, Limits, Outcome, Peer, Service, MAX_REPLY_LEN};
 use iot_ota::wire::{self, Block, Message};
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -125,10 +134,27 @@ struct Model {
     by_id: HashMap<Peer, HashSet<(Vec<u8>, u32)>>,
 }
 
+/// A deliberate fault in the fast path's answers, for the test that shows
+/// the comparison catches one.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The fast path as it is.
+    None,
+    /// The last byte of every reply the fast path writes is flipped.
+    FlipFastByte,
+}
+
 /// Runs every property on one input; panics on a violation.
 pub fn check(data: &[u8]) {
+    check_with(data, Fault::None);
+}
+
+/// [`check`], with `fault` injected into the fast path's answers; returns
+/// how many datagrams the fast path answered.
+pub fn check_with(data: &[u8], fault: Fault) -> usize {
     let Some((&[flags, sizes], mut rest)) = data.split_first_chunk::<2>() else {
-        return;
+        return 0;
     };
     let server_szx = ((flags >> 4) & 7).min(6);
     let limits = Limits {
@@ -142,16 +168,22 @@ pub fn check(data: &[u8]) {
         // exercised by tests/fuzz_no_panic.rs instead.
         max_observers: 0,
     };
-    let files = known()
-        .iter()
-        .map(|k| (k.name.to_owned(), k.bytes.clone()))
-        .collect();
-    let (catalog, skipped) = Catalog::from_files(files).expect("test catalog builds");
-    assert!(skipped.is_empty());
-    let mut service = Service::new(catalog, limits, FUZZ_KEYS);
+    let catalog = || {
+        let files = known()
+            .iter()
+            .map(|k| (k.name.to_owned(), k.bytes.clone()))
+            .collect();
+        let (catalog, skipped) = Catalog::from_files(files).expect("test catalog builds");
+        assert!(skipped.is_empty());
+        catalog
+    };
+    let mut service = Service::new(catalog(), limits, FUZZ_KEYS);
+    let mut fast = Service::new(catalog(), limits, FUZZ_KEYS);
+    let mut fast_answers = 0;
     let mut model = Model::default();
     let mut now_ms = 0u64;
     let mut out = vec![0u8; MAX_REPLY_LEN];
+    let mut fast_out = vec![0u8; MAX_REPLY_LEN];
     for _ in 0..MAX_FRAMES {
         let Some((&[p, dt, lo, hi], tail)) = rest.split_first_chunk::<4>() else {
             break;
@@ -170,28 +202,62 @@ pub fn check(data: &[u8]) {
             model.note_legacy(peer, sent);
             model.note_by_id(peer, sent);
         }
-        let (reply_len, block) = match service.handle(peer, now_ms, request, &mut out) {
-            Action::Drop(_) => continue,
-            Action::Reply { len, outcome } => {
-                let block = match outcome {
-                    Outcome::Block(t) => Some((t.image.etag, t.offset, t.image.bytes.len())),
-                    _ => None,
-                };
-                (len, block)
+        let general = answer(service.handle(peer, now_ms, request, &mut out), &out);
+        let (answered, fast_answer) = match fast.handle_block(peer, now_ms, request, &mut fast_out)
+        {
+            Some(action) => {
+                let mut answer = answer(action, &fast_out);
+                if let (Fault::FlipFastByte, Ok((reply, _))) = (fault, &mut answer) {
+                    if let Some(last) = reply.last_mut() {
+                        *last ^= 0x01;
+                    }
+                }
+                (true, answer)
             }
+            None => (
+                false,
+                answer(fast.handle(peer, now_ms, request, &mut fast_out), &fast_out),
+            ),
         };
-        assert!(reply_len <= MAX_REPLY_LEN);
-        let reply = &out[..reply_len];
+        fast_answers += usize::from(answered);
+        assert_eq!(
+            fast_answer, general,
+            "the fast path (answered: {answered}) and the general one differ on {request:02x?}"
+        );
+        let Ok((reply, block)) = general else {
+            continue;
+        };
+        let block = block.map(|(etag, offset, len, _)| (etag, offset, len));
+        assert!(reply.len() <= MAX_REPLY_LEN);
         check_reply(
             request,
             sent.as_ref(),
-            reply,
+            &reply,
             block,
             &limits,
             server_szx,
             peer,
             &mut model,
         );
+    }
+    fast_answers
+}
+
+/// An answer as the comparison of the two paths sees it: the reply's bytes
+/// and, for a block, the image's content tag, the OFFSET, the image's
+/// length and the Block2 sent; or why nothing was sent.
+type Answer = Result<(Vec<u8>, Option<([u8; 8], u32, usize, Block)>), Dropped>;
+
+fn answer(action: Action<'_>, out: &[u8]) -> Answer {
+    match action {
+        Action::Drop(reason) => Err(reason),
+        Action::Reply { len, outcome } => {
+            let block = match outcome {
+                Outcome::Block(t) => Some((t.image.etag, t.offset, t.image.bytes.len(), t.block)),
+                _ => None,
+            };
+            Ok((out[..len].to_vec(), block))
+        }
     }
 }
 
@@ -304,6 +370,20 @@ impl Model {
         if let Some(index) = candidate(pid, fw_type, version) {
             self.legacy.entry(peer).or_default().insert((index, offset));
         }
+    }
+
+    /// The OFFSETs `peer` named for image `index` before, by the legacy
+    /// protocol or by id with an OFFSET payload: the bodies its one
+    /// transfer record may name, which a payload-less continuation of
+    /// either form continues.
+    fn named(&self, peer: Peer, index: usize) -> impl Iterator<Item = u32> + '_ {
+        let id = &known()[index].id_hex;
+        let legacy = self.legacy.get(&peer).into_iter().flatten();
+        let by_id = self.by_id.get(&peer).into_iter().flatten();
+        legacy
+            .filter(move |(i, _)| *i == index)
+            .map(|&(_, o)| o)
+            .chain(by_id.filter(move |(i, _)| i == id).map(|&(_, o)| o))
     }
 
     /// A request by id with an OFFSET payload may be remembered for its
@@ -462,18 +542,10 @@ fn check_block(
             match (sent.payload.as_slice(), sent.offset_query()) {
                 ([], Some(offset)) => vec![offset],
                 // A continuation: the whole image, or an OFFSET this peer
-                // named for this image before.
-                ([], None) => std::iter::once(0)
-                    .chain(
-                        model
-                            .by_id
-                            .get(&peer)
-                            .into_iter()
-                            .flatten()
-                            .filter(|(i, _)| i == &image.id_hex)
-                            .map(|&(_, o)| o),
-                    )
-                    .collect(),
+                // named for this image before, by id or by the legacy
+                // protocol (the peer has one transfer record, whichever
+                // form started it).
+                ([], None) => std::iter::once(0).chain(model.named(peer, index)).collect(),
                 (&[a, b, c, d], _) => vec![u32::from_le_bytes([a, b, c, d])],
                 (other, _) => panic!("block served for a payload of {} bytes", other.len()),
             }
@@ -488,15 +560,15 @@ fn check_block(
             );
             vec![offset]
         }
+        // A legacy continuation: an OFFSET this peer named for this image
+        // before, by either form.
         [updates] if updates.as_slice() == b"updates" => {
-            let seen = model
-                .legacy
-                .get(&peer)
-                .expect("continuation without an earlier legacy request");
-            seen.iter()
-                .filter(|(i, _)| *i == index)
-                .map(|&(_, o)| o)
-                .collect()
+            let seen: Vec<u32> = model.named(peer, index).collect();
+            assert!(
+                !seen.is_empty(),
+                "continuation without an earlier request naming an OFFSET"
+            );
+            seen
         }
         other => panic!("image bytes on path {other:?}"),
     };

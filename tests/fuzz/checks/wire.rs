@@ -18,6 +18,12 @@
 //!   Uri-Path and Uri-Query values.
 //! * The Block option codec: any 0 to 3 byte value that decodes encodes
 //!   back to a value that decodes to the same block.
+//! * The fast path's parser: whatever `wire::BlockGet::parse` accepts,
+//!   `parse` accepts too and reads the same request from it (a CON GET of
+//!   `/updates/{8 bytes}` without payload or of `/updates` with the same
+//!   payload, Block2 NUM > 0, the same Size2 and Echo, and nothing else:
+//!   no query, Observe, Accept, ETag, proxy or unrecognised critical
+//!   option).
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 use iot_ota::wire::{self, Block, BlockError, Emitter, Message, ParseError};
@@ -25,6 +31,7 @@ use iot_ota::wire::{self, Block, BlockError, Emitter, Message, ParseError};
 /// Runs every property on one input; panics on a violation.
 pub fn check(data: &[u8]) {
     block_codec(data);
+    fast_parser(data);
     let msg = match Message::parse(data) {
         Ok(msg) => msg,
         Err(e) => {
@@ -39,6 +46,41 @@ pub fn check(data: &[u8]) {
     touch_accessors(&msg);
     against_coap_lite(data, &msg);
     canonical_round_trip(data, &msg);
+}
+
+fn fast_parser(data: &[u8]) {
+    let Some(fast) = wire::BlockGet::parse(data) else {
+        return;
+    };
+    let msg = Message::parse(data).expect("the general parser accepts what the fast one does");
+    assert_eq!(msg.mtype, MessageType::Confirmable);
+    assert_eq!(msg.code, 0x01);
+    assert_eq!((msg.mid, msg.token), (fast.mid, fast.token));
+    match fast.id {
+        Some(id) => {
+            assert_eq!(msg.path.as_slice(), [&b"updates"[..], id]);
+            assert!(id.len() == 8 && fast.payload.is_empty());
+        }
+        None => assert_eq!(msg.path.as_slice(), [&b"updates"[..]]),
+    }
+    assert!(!msg.path.overflowed());
+    assert_eq!(msg.payload, fast.payload);
+    assert_eq!(msg.block2, Some(Ok(fast.block)));
+    assert!(fast.block.num > 0);
+    assert_eq!(msg.size2.is_some(), fast.size2);
+    assert_eq!(msg.echo, fast.echo);
+    assert!(msg.query.is_empty());
+    assert_eq!(
+        (
+            msg.observe,
+            msg.accept,
+            msg.etag,
+            msg.content_format,
+            msg.max_age
+        ),
+        (None, None, None, None, None)
+    );
+    assert!(!msg.proxy && msg.unrecognized_critical.is_none());
 }
 
 fn touch_accessors(msg: &Message<'_>) {
