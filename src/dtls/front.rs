@@ -684,10 +684,7 @@ impl Front {
                 }
                 Output::Connected => connected = true,
                 Output::Timeout(t) => {
-                    hs.engine_ms = Some(
-                        u64::try_from(t.saturating_duration_since(self.epoch).as_millis())
-                            .unwrap_or(u64::MAX),
-                    );
+                    hs.engine_ms = Some(ms_after(self.epoch, t));
                     break;
                 }
                 Output::BufferTooSmall { needed } => self.scratch.resize(needed, 0),
@@ -799,10 +796,7 @@ impl Front {
                     handled = Handled::Closed;
                 }
                 Output::Timeout(t) => {
-                    session.engine_ms = Some(
-                        u64::try_from(t.saturating_duration_since(self.epoch).as_millis())
-                            .unwrap_or(u64::MAX),
-                    );
+                    session.engine_ms = Some(ms_after(self.epoch, t));
                     break;
                 }
                 Output::BufferTooSmall { needed } => self.scratch.resize(needed, 0),
@@ -964,8 +958,16 @@ impl Front {
     }
 
     fn ms_of(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+        ms_after(self.epoch, at)
     }
+}
+
+/// The caller's millisecond at or after `at`, rounded up: a timer read
+/// back as a millisecond must not come before the engine's own instant,
+/// or the engine, woken early, has nothing to do and asks again.
+fn ms_after(epoch: Instant, at: Instant) -> u64 {
+    let micros = at.saturating_duration_since(epoch).as_micros();
+    u64::try_from(micros.div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 /// True when the identity the client named is not in the keys the
