@@ -39,7 +39,7 @@ pub(crate) fn stamp(meta: &fs::Metadata, mtime: SystemTime) -> Stamp {
 
 /// The bytes of one image, immutable once read, where they cost the least memory: an image
 /// whose length is within 1/64 of whole pages gets pages of its own (see
-/// [`ImageBytes::wants_own_pages`]), any other one a block of the heap. Dereferences to the
+/// `ImageBytes::wants_own_pages`), any other one a block of the heap. Dereferences to the
 /// bytes.
 pub struct ImageBytes(Storage);
 

@@ -4,7 +4,7 @@
 //!
 //! Like [`crate::catalog`], a [`FileTree`] is an immutable snapshot: built
 //! by walking the directory, looked up without allocation, rebuilt by
-//! [`FileTree::refresh`] (which reuses the bytes of unchanged files and
+//! `FileTree::refresh` (which reuses the bytes of unchanged files and
 //! reads new or changed ones only once they have settled, with the
 //! stamping, settling and reading of [`crate::snapshot`]) and swapped in
 //! whole. It never touches a socket or the logger.
@@ -106,7 +106,7 @@ pub enum TreeError {
         /// Why.
         error: io::Error,
     },
-    /// More than [`MAX_FILES`] files.
+    /// More than `MAX_FILES` files.
     TooManyFiles,
 }
 
@@ -123,7 +123,7 @@ impl fmt::Display for TreeError {
 
 impl std::error::Error for TreeError {}
 
-/// The outcome of [`FileTree::refresh`]: the shared [`snapshot::Refresh`] with the tree's
+/// The outcome of `FileTree::refresh`: the shared [`snapshot::Refresh`] with the tree's
 /// types. Names are paths relative to the tree's directory; `pending` holds new and changed
 /// files that have not settled (a changed one keeps serving its old bytes); `skipped` the
 /// entries left out.

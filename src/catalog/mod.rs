@@ -5,7 +5,7 @@
 //! - [`Catalog::load`] scans the directory at start-up, before the socket is bound. It reads
 //!   every image completely into memory, so no request ever waits for the disk, into memory
 //!   of exactly its length ([`ImageBytes`]: pages of its own for an image of whole pages).
-//! - [`Catalog::refresh`] lists the directory again and builds the next snapshot: an image
+//! - `Catalog::refresh` lists the directory again and builds the next snapshot: an image
 //!   whose file shows the same length and modification time is reused, bytes shared, without
 //!   reading it; a new or changed file is read only once it has *settled* (not modified for
 //!   the settle time) and only if it did not change while it was read; a removed file goes.
@@ -15,11 +15,11 @@
 //!   refresh builds a whole new snapshot, which the server swaps in with one assignment; the
 //!   snapshot it replaces stays intact, bytes included, until it is dropped. A refresh whose
 //!   result would break the collision rules gives no snapshot, only the error.
-//! - Lookups ([`Catalog::by_id_hex`], [`Catalog::newest`], [`Catalog::candidate`],
-//!   [`Catalog::pending_retry`]) are O(1) hash lookups whatever the number of images, and
+//! - Lookups (`Catalog::by_id_hex`, [`Catalog::newest`], [`Catalog::candidate`],
+//!   `Catalog::pending_retry`) are O(1) hash lookups whatever the number of images, and
 //!   allocate nothing, because they run once per request.
 //! - The `/.well-known/core` links (RFC 6690) are prebuilt, one string per link
-//!   ([`Catalog::core_links`]), so that query filters (RFC 6690 §4.1) select links and the
+//!   (`Catalog::core_links`), so that query filters (RFC 6690 §4.1) select links and the
 //!   blocks of the body are copied link by link without building the body per request.
 //! - The result does not depend on the order in which the operating system lists the
 //!   directory: files are sorted by name before anything is decided, so [`Catalog::images`],
@@ -33,7 +33,7 @@
 //!
 //! This file holds the snapshot itself ([`Catalog`], [`Image`]) and its lookups; the name
 //! grammar is in `grammar.rs`, the discovery links in `links.rs`, the directory scan of
-//! [`Catalog::load`] in `scan.rs`, the rescan of [`Catalog::refresh`] in `refresh.rs`, and the
+//! [`Catalog::load`] in `scan.rs`, the rescan of `Catalog::refresh` in `refresh.rs`, and the
 //! stamping, settling and reading shared with [`crate::tree`] in [`crate::snapshot`].
 
 use std::collections::HashMap;

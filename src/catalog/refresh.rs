@@ -15,8 +15,8 @@ use super::*;
 use crate::snapshot;
 use crate::snapshot::{io_reason, read_settled, settle_wait, stamp_of, stat_followed, Unread};
 
-/// A new image file that has not settled yet: [`Catalog::refresh`] does not read it, and
-/// the snapshot answers requests for its id with [`Catalog::pending_retry`].
+/// A new image file that has not settled yet: `Catalog::refresh` does not read it, and
+/// the snapshot answers requests for its id with `Catalog::pending_retry`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     /// The file name.
@@ -55,7 +55,7 @@ impl fmt::Display for Pending {
     }
 }
 
-/// The outcome of [`Catalog::refresh`]: the shared [`snapshot::Refresh`] with the catalog's
+/// The outcome of `Catalog::refresh`: the shared [`snapshot::Refresh`] with the catalog's
 /// types. Names are image file names; `pending` holds only new files (a changed file that
 /// has not settled keeps its old image, unreported); `skipped` holds `.fmu` candidates left
 /// out, as in [`LoadReport::skipped`]; `error` is [`Error::ReadDir`] when the directory
