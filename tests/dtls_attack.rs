@@ -11,8 +11,11 @@
 //! leaves the first session working.
 #![cfg(feature = "dtls")]
 
+#[path = "support/dtls_session.rs"]
+mod dtls_session;
 mod support;
 
+use dtls_session::{client_hello, hello_verify_cookie};
 use iot_ota::dtls::ClientPsk;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -92,34 +95,6 @@ fn rss_kib(server: &TestServer) -> u64 {
 /// The coaps address to reach the server at from loopback.
 fn target(server: &TestServer) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], server.addr.port()))
-}
-
-/// A DTLS 1.2 ClientHello with `cookie` (PSK_AES128_CCM_8, null
-/// compression, extended master secret), message_seq and record number
-/// `seq`.
-fn client_hello(random: &[u8; 32], cookie: &[u8], seq: u8) -> Vec<u8> {
-    let mut body = vec![0xfe, 0xfd];
-    body.extend_from_slice(random);
-    body.push(0);
-    body.push(cookie.len() as u8);
-    body.extend_from_slice(cookie);
-    body.extend_from_slice(&[0, 2, 0xc0, 0xa8, 1, 0, 0, 4, 0, 0x17, 0, 0]);
-    let len = (body.len() as u32).to_be_bytes();
-    let mut record = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, seq];
-    record.extend_from_slice(&((body.len() + 12) as u16).to_be_bytes());
-    record.extend_from_slice(&[1, len[1], len[2], len[3], 0, seq, 0, 0, 0]);
-    record.extend_from_slice(&[len[1], len[2], len[3]]);
-    record.extend_from_slice(&body);
-    record
-}
-
-/// The cookie of a HelloVerifyRequest datagram.
-fn hello_verify_cookie(datagram: &[u8]) -> Option<&[u8]> {
-    if datagram.first() != Some(&22) || datagram.get(13) != Some(&3) {
-        return None;
-    }
-    let len = usize::from(*datagram.get(27)?);
-    datagram.get(28..28 + len)
 }
 
 /// Eight one-byte fragments of a future handshake message (message_seq

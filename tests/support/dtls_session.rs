@@ -28,6 +28,16 @@ pub fn client_hello(random: &[u8; 32], cookie: &[u8], seq: u8) -> Vec<u8> {
     record
 }
 
+/// The cookie of a HelloVerifyRequest datagram (record header 13,
+/// handshake header 12, version 2, cookie length 1).
+pub fn hello_verify_cookie(datagram: &[u8]) -> Option<&[u8]> {
+    if datagram.first() != Some(&22) || datagram.get(13) != Some(&3) {
+        return None;
+    }
+    let len = usize::from(*datagram.get(27)?);
+    datagram.get(28..28 + len)
+}
+
 /// Runs a real handshake between the client engine, with `identity` and
 /// `key`, and `front` as `peer`, the front's clock at millisecond
 /// `start_ms` of `epoch` (the front's own epoch) and one millisecond

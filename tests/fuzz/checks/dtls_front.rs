@@ -156,16 +156,6 @@ fn hello_random_and_cookie(datagram: &[u8]) -> Option<([u8; 32], &[u8])> {
     Some((random, cookie))
 }
 
-/// The cookie of a HelloVerifyRequest datagram (record header 13,
-/// handshake header 12, version 2, cookie length 1).
-fn hello_verify_cookie(datagram: &[u8]) -> Option<&[u8]> {
-    if datagram.first() != Some(&22) || datagram.get(13) != Some(&3) {
-        return None;
-    }
-    let len = usize::from(*datagram.get(27)?);
-    datagram.get(28..28 + len)
-}
-
 /// The cookie a front with the same keys answers the hello at the start
 /// of `datagram`, without its cookie, from `from` with.
 fn cookie_issued(from: SocketAddr, datagram: &[u8], now_ms: u64) -> Option<Vec<u8>> {
@@ -176,7 +166,7 @@ fn cookie_issued(from: SocketAddr, datagram: &[u8], now_ms: u64) -> Option<Vec<u
     }
     let answers = oracle.take_outgoing();
     let (_, record) = answers.first()?;
-    hello_verify_cookie(record).map(<[u8]>::to_vec)
+    dtls_session::hello_verify_cookie(record).map(<[u8]>::to_vec)
 }
 
 /// The ClientHello record at the start of `datagram` with its cookie
