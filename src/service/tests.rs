@@ -6,6 +6,7 @@
 use super::*;
 use crate::catalog::Catalog;
 use crate::firmware::version;
+use crate::hash::SipKey;
 use crate::testkit::{image_bytes, seeded_files, KEYS};
 use coap_lite::{Packet, RequestType};
 
