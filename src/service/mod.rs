@@ -345,54 +345,12 @@ impl Service {
         }
     }
 
-    /// Handles one datagram from `peer` that arrived as `arrival` says: a
-    /// unicast request as [`Service::handle`]; a request sent to a
-    /// multicast group by RFC 7252 §8: only Non-confirmable requests are
-    /// answered, and only with something useful: never an RST, an error or
-    /// an empty answer (§8.2.1), so a group of servers stays quiet except
-    /// for the ones that have what was asked for. The caller sends a
-    /// multicast answer after a random delay within the Leisure period
-    /// (§8.2), from a unicast address of the interface it arrived on.
+    /// Handles one unicast datagram on the plain socket from `peer`
+    /// received at `now_ms` (any monotonic millisecond clock): shorthand
+    /// for [`Service::handle_request`] with [`Request::new`]. A datagram
+    /// longer than [`MAX_REQUEST_LEN`] is taken as truncated and answered
+    /// 4.13. `out` should hold [`MAX_REPLY_LEN`] bytes.
     #[inline]
-    pub fn handle_arrival(
-        &mut self,
-        peer: Peer,
-        arrival: Arrival,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-    ) -> Action<'_> {
-        self.answer(peer, arrival, now_ms, datagram, out, true, None)
-    }
-
-    /// Handles one datagram that arrived decrypted over a secure channel
-    /// (coaps) from a peer authenticated as allowed to fetch what
-    /// `authorization` says: as [`Service::handle_arrival`], except that a
-    /// request for an image of another product gets 4.03 Forbidden.
-    pub fn handle_secure(
-        &mut self,
-        peer: Peer,
-        arrival: Arrival,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-        authorization: &Authorization,
-    ) -> Action<'_> {
-        self.answer(
-            peer,
-            arrival,
-            now_ms,
-            datagram,
-            out,
-            true,
-            Some(authorization),
-        )
-    }
-
-    /// Handles one datagram from `peer` received at `now_ms` (any monotonic
-    /// millisecond clock). A datagram longer than [`MAX_REQUEST_LEN`] is
-    /// taken as truncated and answered 4.13. `out` should hold
-    /// [`MAX_REPLY_LEN`] bytes.
     pub fn handle(
         &mut self,
         peer: Peer,
@@ -400,45 +358,43 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Action<'_> {
-        self.answer(peer, Arrival::default(), now_ms, datagram, out, true, None)
+        self.answer(&Request::new(peer, now_ms, datagram), out, true)
     }
 
-    /// [`Service::handle_arrival`] once more for the same datagram, after
+    /// Handles one datagram as `request` describes it. A unicast request
+    /// is answered as the protocol says; a request sent to a multicast
+    /// group by RFC 7252 §8: only Non-confirmable requests are answered,
+    /// and only with something useful: never an RST, an error or an empty
+    /// answer (§8.2.1), so a group of servers stays quiet except for the
+    /// ones that have what was asked for. The caller sends a multicast
+    /// answer after a random delay within the Leisure period (§8.2), from a
+    /// unicast address of the interface it arrived on. A request with an
+    /// [`Request::authorization`] (one that arrived decrypted over a secure
+    /// channel, coaps) for an image of another product gets 4.03 Forbidden.
+    #[inline]
+    pub fn handle_request(&mut self, request: &Request<'_>, out: &mut [u8]) -> Action<'_> {
+        self.answer(request, out, true)
+    }
+
+    /// [`Service::handle_request`] once more for the same request, after
     /// the caller replaced the catalog because the first answer found
     /// nothing: the request is not counted against the rate limit again.
-    pub fn handle_again(
-        &mut self,
-        peer: Peer,
-        arrival: Arrival,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-    ) -> Action<'_> {
-        self.answer(peer, arrival, now_ms, datagram, out, false, None)
+    pub fn handle_again(&mut self, request: &Request<'_>, out: &mut [u8]) -> Action<'_> {
+        self.answer(request, out, false)
     }
 
     /// The one path of every request: the multicast rules of
-    /// [`Service::handle_arrival`] around [`Service::handle_counted`].
+    /// [`Service::handle_request`] around [`Service::handle_counted`].
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn answer(
-        &mut self,
-        peer: Peer,
-        arrival: Arrival,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-        count: bool,
-        authorization: Option<&Authorization>,
-    ) -> Action<'_> {
-        if !arrival.multicast {
-            return self.handle_counted(peer, arrival, now_ms, datagram, out, count, authorization);
+    fn answer(&mut self, request: &Request<'_>, out: &mut [u8], count: bool) -> Action<'_> {
+        if !request.arrival.multicast {
+            return self.handle_counted(request, out, count);
         }
-        match wire::Header::parse(datagram) {
+        match wire::Header::parse(request.datagram) {
             Ok((header, _)) if header.mtype == MessageType::NonConfirmable => {}
             _ => return Action::Drop(Dropped::Multicast),
         }
-        match self.handle_counted(peer, arrival, now_ms, datagram, out, count, authorization) {
+        match self.handle_counted(request, out, count) {
             Action::Reply { len, outcome } if useful(&outcome, out.get(..len)) => {
                 Action::Reply { len, outcome }
             }
@@ -447,22 +403,18 @@ impl Service {
         }
     }
 
-    /// [`Service::handle`], counting the request against the rate limit
-    /// when `count`, limited to what `authorization` allows when it is
-    /// given (a secure channel).
-    #[allow(clippy::too_many_arguments)]
-    fn handle_counted(
-        &mut self,
-        peer: Peer,
-        arrival: Arrival,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-        count: bool,
-        authorization: Option<&Authorization>,
-    ) -> Action<'_> {
+    /// [`Service::handle_request`], counting the request against the rate
+    /// limit when `count`.
+    fn handle_counted(&mut self, request: &Request<'_>, out: &mut [u8], count: bool) -> Action<'_> {
+        let Request {
+            peer,
+            arrival,
+            now_ms,
+            datagram,
+            authorization,
+        } = *request;
         if datagram.len() > MAX_REQUEST_LEN {
-            return self.too_large(peer, now_ms, datagram, out);
+            return self.too_large(request, out);
         }
         let msg = match Message::parse(datagram) {
             Ok(msg) => msg,
@@ -539,24 +491,13 @@ impl Service {
         // Tested here first, so that a server without --echo does not
         // call the check (as the fast path does).
         if self.limits.echo {
-            if let Some(challenge) =
-                self.guard
-                    .check_echo(reply_to, &peer, now_ms, msg.echo, request_len, len, out)
-            {
+            if let Some(challenge) = self.guard.check_echo(reply_to, request, msg.echo, len, out) {
                 return challenge;
             }
         }
         self.peers.commit(peer, write, now_ms);
         if intent != Intent::None {
-            apply_intent(
-                &mut self.observers,
-                intent,
-                observed,
-                &msg,
-                datagram,
-                arrival,
-                now_ms,
-            );
+            apply_intent(&mut self.observers, intent, observed, &msg, request);
         }
         Action::Reply { len, outcome }
     }
@@ -587,14 +528,8 @@ impl Service {
 
     /// 4.13 for a datagram longer than [`MAX_REQUEST_LEN`], when its header
     /// and token can be read and it is a request.
-    fn too_large<'c>(
-        &mut self,
-        peer: Peer,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-    ) -> Action<'c> {
-        let header = match wire::Header::parse(datagram) {
+    fn too_large<'c>(&mut self, request: &Request<'_>, out: &mut [u8]) -> Action<'c> {
+        let header = match wire::Header::parse(request.datagram) {
             Ok((header, _)) => header,
             Err(ParseError::TooShort) => return Action::Drop(Dropped::TooShort),
             Err(ParseError::BadVersion(_)) => return Action::Drop(Dropped::BadVersion),
@@ -613,7 +548,13 @@ impl Service {
         }
         let code = ResponseType::RequestEntityTooLarge;
         let written = self
-            .reply_to(peer, now_ms, header.mtype, header.mid, header.token)
+            .reply_to(
+                request.peer,
+                request.now_ms,
+                header.mtype,
+                header.mid,
+                header.token,
+            )
             .emitter(code, out)
             .and_then(|mut e| {
                 e.option_uint(CoapOption::Size1.into(), MAX_REQUEST_LEN as u32)?;
@@ -667,20 +608,17 @@ fn write_diagnostic(e: Emitter<'_>, diagnostic: Diagnostic) -> Result<usize, wir
 
 /// Applies `intent` once the reply is sent; `observed` is the tag of an
 /// answer that carried Observe.
-#[allow(clippy::too_many_arguments)]
 fn apply_intent(
     observers: &mut Observers,
     intent: Intent,
     observed: Option<u64>,
     msg: &Message<'_>,
-    datagram: &[u8],
-    arrival: Arrival,
-    now_ms: u64,
+    request: &Request<'_>,
 ) {
     match (intent, observed) {
         (Intent::Register { key, seq }, Some(tag)) => {
             let target = target_of(msg);
-            observers.register(key, datagram, target, arrival, seq, tag, now_ms);
+            observers.register(key, request, target, seq, tag);
         }
         // RFC 7641 §4.1: a registration answered with an error (or by
         // a resource that cannot be observed) ends an existing one.

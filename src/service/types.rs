@@ -200,6 +200,56 @@ pub struct Arrival {
     pub local: Option<[u8; 16]>,
 }
 
+/// One datagram to handle, with everything the service is told about it:
+/// who sent it, how it arrived, when, and (over a secure channel) what its
+/// sender may fetch. Built once by the caller and passed by reference
+/// through every layer that needs any of it, so that a new per-request
+/// fact is one more field rather than one more argument everywhere.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The sender.
+    pub peer: Peer,
+    /// How it arrived: multicast or not, on which socket and interface.
+    pub arrival: Arrival,
+    /// When it arrived, on any monotonic millisecond clock.
+    pub now_ms: u64,
+    /// The datagram's bytes.
+    pub datagram: &'a [u8],
+    /// `Some` for a request that arrived over a secure channel (coaps):
+    /// what its authenticated sender may fetch. `None` on plain CoAP.
+    pub authorization: Option<&'a Authorization>,
+}
+
+impl<'a> Request<'a> {
+    /// A unicast datagram on the plain socket from `peer` at `now_ms`.
+    #[inline]
+    pub fn new(peer: Peer, now_ms: u64, datagram: &'a [u8]) -> Request<'a> {
+        Request {
+            peer,
+            arrival: Arrival::default(),
+            now_ms,
+            datagram,
+            authorization: None,
+        }
+    }
+
+    /// The same request, arrived as `arrival` says.
+    #[inline]
+    pub fn arrived(self, arrival: Arrival) -> Request<'a> {
+        Request { arrival, ..self }
+    }
+
+    /// The same request, arrived over a secure channel from a peer
+    /// authenticated as allowed to fetch what `authorization` says.
+    #[inline]
+    pub fn authorized(self, authorization: &'a Authorization) -> Request<'a> {
+        Request {
+            authorization: Some(authorization),
+            ..self
+        }
+    }
+}
+
 /// A notification (RFC 7641) written by [`Service::poll_notification`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Notification {
