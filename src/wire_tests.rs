@@ -3,7 +3,7 @@
 //! come in pairs over the same fixture where both directions exist.
 
 use super::*;
-use coap_lite::{RequestType, ResponseType};
+use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
 
 const GET: MessageClass = MessageClass::Request(RequestType::Get);
 const CONTENT: MessageClass = MessageClass::Response(ResponseType::Content);

@@ -531,9 +531,8 @@ impl Server {
         let arrival = arrival(index, dest);
         let settling = self.service.catalog().has_pending()
             || self.service.tree().is_some_and(FileTree::has_pending);
-        let mut action =
-            self.service
-                .handle_arrival(source, arrival, self.now_ms, datagram, &mut self.tx);
+        let request = crate::service::Request::new(source, self.now_ms, datagram).arrived(arrival);
+        let mut action = self.service.handle_request(&request, &mut self.tx);
         // Why to look at the directory before answering: the image asked
         // for may have been published since the last scan, or the file
         // behind a first block replaced since it was read.
@@ -553,9 +552,7 @@ impl Server {
                 self.stats.catalog_changes += 1;
             }
             // Answered from what is there now.
-            action =
-                self.service
-                    .handle_again(source, arrival, self.now_ms, datagram, &mut self.tx);
+            action = self.service.handle_again(&request, &mut self.tx);
         }
         deliver(
             action,
@@ -798,14 +795,10 @@ impl Server {
             if log_enabled!(Level::Debug) {
                 log_request(from, &request);
             }
-            let action = self.service.handle_secure(
-                peer(from),
-                arrival(index, dest),
-                now_ms,
-                &request,
-                &mut self.tx,
-                &authorization,
-            );
+            let incoming = crate::service::Request::new(peer(from), now_ms, &request)
+                .arrived(arrival(index, dest))
+                .authorized(&authorization);
+            let action = self.service.handle_request(&incoming, &mut self.tx);
             match action {
                 Action::Reply { len, outcome } => {
                     self.stats.count(&outcome);

@@ -35,7 +35,9 @@
 //! input and requires byte-identical answers.
 
 use super::peers::{PeerState, Peers, RequestId};
-use super::{Action, Dropped, Outcome, Peer, ReplyTo, Service, Transfer, Via, MAX_REQUEST_LEN};
+use super::{
+    Action, Dropped, Outcome, Peer, ReplyTo, Request, Service, Transfer, Via, MAX_REQUEST_LEN,
+};
 use crate::catalog::{Catalog, Image};
 use crate::firmware;
 use crate::wire::{self, Block, BlockGet};
@@ -57,7 +59,7 @@ impl Service {
     /// `out`, the [`Action`], the state left behind) is the one
     /// [`Service::handle`] would give. For unicast datagrams on the plain
     /// socket only: a multicast request and a coaps one have rules of
-    /// their own ([`Service::handle_arrival`], [`Service::handle_secure`]).
+    /// their own ([`Service::handle_request`] with an arrival or an authorization).
     #[inline]
     pub fn handle_block(
         &mut self,
@@ -128,10 +130,13 @@ impl Service {
             return Some(Action::Drop(Dropped::Overflow));
         };
         if self.limits.echo {
-            if let Some(challenge) =
-                self.guard
-                    .check_echo(reply_to, &peer, now_ms, request.echo, request_len, len, out)
-            {
+            if let Some(challenge) = self.guard.check_echo(
+                reply_to,
+                &Request::new(peer, now_ms, datagram),
+                request.echo,
+                len,
+                out,
+            ) {
                 return Some(challenge);
             }
         }

@@ -3,7 +3,7 @@
 //! their own answers never amplify what they answer.
 
 use super::table::BoundedTable;
-use super::{Action, Dropped, Outcome, Peer, ReplyTo};
+use super::{Action, Dropped, Outcome, Peer, ReplyTo, Request};
 use crate::hash::SipKey;
 use crate::wire;
 use coap_lite::{CoapOption, ResponseType};
@@ -117,21 +117,19 @@ impl Guard {
         ))
     }
 
-    /// With `--echo`, a reply of `reply_len` bytes to an unverified request
-    /// of `request_len` bytes that would be more than 3 times larger is
+    /// With `--echo`, a reply of `reply_len` bytes to an unverified
+    /// `request` (whose Echo option is `echo`) that would be more than 3 times larger is
     /// replaced by a 4.01 Echo challenge (or nothing, if even that would
     /// amplify): `Some` is what to do instead of sending the reply.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn check_echo(
         &self,
         reply_to: ReplyTo<'_>,
-        peer: &Peer,
-        now_ms: u64,
+        request: &Request<'_>,
         echo: Option<&[u8]>,
-        request_len: usize,
         reply_len: usize,
         out: &mut [u8],
     ) -> Option<Action<'static>> {
+        let (peer, now_ms, request_len) = (&request.peer, request.now_ms, request.datagram.len());
         if !self.echo || reply_len <= AMPLIFICATION_FACTOR.saturating_mul(request_len) {
             return None;
         }

@@ -21,7 +21,8 @@
 //! payload-less block continues, and a wrong guess is visible to the
 //! client (see `routes`).
 //!
-//! One file per concern: `routes` (resources, bodies, Block2 slicing),
+//! One file per concern: `types` (the values the service takes and
+//! returns: limits, keys, peers, actions, outcomes), `routes` (resources, bodies, Block2 slicing),
 //! `peers` (per-peer transfer, duplicate and Message ID state), `guard`
 //! (rate limit and Echo), `table` (the bounded expiring map they use),
 //! `fast` (the fast path, [`Service::handle_block`]: a later block of an
@@ -48,10 +49,10 @@ mod observe;
 mod peers;
 mod routes;
 mod table;
+mod types;
 
-use crate::catalog::{Catalog, Image};
-use crate::firmware;
-use crate::hash::{fnv1a64_concat, SipKey};
+use crate::catalog::Catalog;
+use crate::hash::fnv1a64_concat;
 use crate::tree::FileTree;
 use crate::wire::{self, Block, Emitter, Message, ParseError};
 use coap_lite::{CoapOption, MessageClass, MessageType, ResponseType};
@@ -61,322 +62,8 @@ use observe::{Intent, ObserverKey, Observers};
 pub use observe::{OBSERVE_MAX_AGE_S, REFRESH_MS};
 use peers::{Peers, RequestId};
 use routes::Ctx;
-
-/// RFC 7252 §4.8.2 EXCHANGE_LIFETIME: how long per-peer state is kept
-/// after the peer's last request that used it.
-pub const EXCHANGE_LIFETIME_MS: u64 = 247_000;
-/// Largest request the server accepts; a longer one gets 4.13. Device
-/// payloads are at most [`firmware::MAX_PAYLOAD_LEN`] bytes, so this
-/// leaves room for options.
-pub const MAX_REQUEST_LEN: usize = 1152;
-/// Room a reply needs: header, token, options, a 1024-byte block.
-pub const MAX_REPLY_LEN: usize = 1152;
-/// The code byte of a GET request (0.01).
-const GET_CODE: u8 = 0x01;
-/// Longest diagnostic payload of an error reply (RFC 7252 §5.5.2).
-const DIAGNOSTIC_MAX: usize = 120;
-
-/// The secrets of a [`Service`], drawn by the caller: `main` from the
-/// operating system at every start, tests and fuzzers fixed, so that Echo
-/// values, Message ID starts and table layouts are reproducible.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keys {
-    /// The Echo MAC (RFC 9175): unforgeable without it.
-    pub echo: SipKey,
-    /// The random start of each peer's NON Message IDs.
-    pub message_ids: SipKey,
-    /// The hash of the per-peer tables, whose keys attackers choose.
-    pub tables: [u64; 2],
-}
-
-impl Keys {
-    /// Keys spread from 48 bytes of secret randomness.
-    pub fn from_bytes(random: [u8; 48]) -> Keys {
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            if let Some(src) = random.get(i * 8..i * 8 + 8) {
-                w.copy_from_slice(src);
-            }
-            u64::from_le_bytes(w)
-        };
-        Keys {
-            echo: SipKey([word(0), word(1)]),
-            message_ids: SipKey([word(2), word(3)]),
-            tables: [word(4), word(5)],
-        }
-    }
-}
-
-/// Configuration of [`Service`], fixed at start-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest Block2 size the server sends, 16..=1024, a power of two.
-    pub max_block_size: usize,
-    /// Peers whose state is remembered (`--peers`): the image and OFFSET
-    /// of their last transfer for payload-less continuations, what
-    /// recognises their late duplicates, their next NON Message ID.
-    pub continuation_capacity: usize,
-    /// `Some(n)`: at most `n` requests a second per peer address (4.29).
-    pub rate_limit: Option<u32>,
-    /// Addresses the rate limiter tracks.
-    pub rate_table_capacity: usize,
-    /// Answer unverified peers whose reply would be more than 3 times their
-    /// request with a 4.01 Echo challenge (RFC 9175 §2.4).
-    pub echo: bool,
-    /// Observations kept at most (`--max-observers`; 0 turns Observe off):
-    /// a new one in a full table ends the oldest.
-    pub max_observers: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_block_size: 1024,
-            continuation_capacity: 4096,
-            rate_limit: None,
-            rate_table_capacity: 4096,
-            echo: false,
-            max_observers: 1024,
-        }
-    }
-}
-
-/// A peer as a hashable value: IPv4 addresses as IPv4-mapped IPv6, so the
-/// service needs nothing from `std::net`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Peer {
-    /// IPv6 address bytes (or `::ffff:a.b.c.d`).
-    pub ip: [u8; 16],
-    /// UDP port.
-    pub port: u16,
-}
-
-/// What the caller does with a datagram once handled.
-#[derive(Debug, Clone, Copy)]
-pub enum Action<'c> {
-    /// Send `out[..len]` back to the peer.
-    Reply {
-        /// Length written into the caller's buffer.
-        len: usize,
-        /// What the reply is, for counters and log lines.
-        outcome: Outcome<'c>,
-    },
-    /// Send nothing.
-    Drop(Dropped),
-}
-
-/// What a reply is.
-#[derive(Debug, Clone, Copy)]
-pub enum Outcome<'c> {
-    /// One block of a firmware body.
-    Block(Transfer<'c>),
-    /// One block of a file of the `--files` tree.
-    File {
-        /// The file.
-        file: &'c crate::tree::TreeFile,
-        /// The block sent.
-        block: Block,
-    },
-    /// Another 2.05: a lookup answer, the discovery listing or a block of
-    /// a directory listing.
-    Content,
-    /// An error response; its code.
-    Error(ResponseType),
-    /// A 4.01 with an Echo option (RFC 9175).
-    EchoChallenge,
-    /// A 4.29 (RFC 8516).
-    RateLimited,
-    /// An RST; why.
-    Reset(ResetReason),
-}
-
-/// Why an RST was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetReason {
-    /// An empty Confirmable message: a CoAP ping.
-    Ping,
-    /// The legacy protocol's "no update" signal.
-    NoUpdate,
-    /// A Confirmable message that could not be parsed or is not a request.
-    Rejected,
-}
-
-/// One block of a firmware body on its way to a device.
-#[derive(Debug, Clone, Copy)]
-pub struct Transfer<'c> {
-    /// The image.
-    pub image: &'c Image,
-    /// Where the body starts in the image.
-    pub offset: u32,
-    /// The block sent.
-    pub block: Block,
-    /// Bytes of the image in this block.
-    pub block_len: usize,
-    /// The request form that asked for it.
-    pub via: Via,
-}
-
-impl Transfer<'_> {
-    /// The first block of the body.
-    pub fn is_first(&self) -> bool {
-        self.block.num == 0
-    }
-    /// The last block of the body.
-    pub fn is_last(&self) -> bool {
-        !self.block.more
-    }
-}
-
-/// Which request form a body is sent through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// The reference server's one-request protocol, `GET /updates` with
-    /// the device payload (or its payload-less continuation).
-    Legacy,
-    /// `GET /updates/{id}`.
-    ById,
-}
-
-/// How a request arrived, beyond its sender: what the socket layer learns
-/// from the datagram's destination. An observation keeps it, so that its
-/// notifications leave from where the registration arrived.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Arrival {
-    /// It was sent to a multicast group (RFC 7252 §8).
-    pub multicast: bool,
-    /// The index of the interface it arrived on; 0 when unknown.
-    pub ifindex: u32,
-    /// Which of the caller's sockets it arrived on.
-    pub socket: usize,
-    /// The address it was sent to (IPv4 as IPv4-mapped IPv6), when known.
-    pub local: Option<[u8; 16]>,
-}
-
-/// A notification (RFC 7641) written by [`Service::poll_notification`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Notification {
-    /// Length written into the caller's buffer.
-    pub len: usize,
-    /// The observer.
-    pub peer: Peer,
-    /// Where its registration arrived: the notification leaves from there.
-    pub arrival: Arrival,
-    /// A Confirmable message (a retransmission among them).
-    pub confirmable: bool,
-    /// The resource can no longer be observed (a file was removed): this
-    /// error response ended the observation.
-    pub last: bool,
-}
-
-/// What an authenticated peer may fetch (a coaps identity's PIDs): a
-/// request over the secure channel for an image of another product gets
-/// 4.03 Forbidden. Files of the `--files` tree and discovery are open to
-/// every authenticated peer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Authorization {
-    /// `None`: images of every PID.
-    pids: Option<Vec<Box<[u8]>>>,
-}
-
-impl Authorization {
-    /// Images of every product.
-    pub fn any_pid() -> Authorization {
-        Authorization { pids: None }
-    }
-
-    /// Images of these products only.
-    pub fn only_pids<I, P>(pids: I) -> Authorization
-    where
-        I: IntoIterator<Item = P>,
-        P: AsRef<[u8]>,
-    {
-        Authorization {
-            pids: Some(pids.into_iter().map(|p| p.as_ref().into()).collect()),
-        }
-    }
-
-    /// True when images of `pid` may be fetched.
-    pub fn allows(&self, pid: &[u8]) -> bool {
-        self.pids
-            .as_ref()
-            .map_or(true, |pids| pids.iter().any(|allowed| **allowed == *pid))
-    }
-}
-
-/// Why nothing was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dropped {
-    /// Shorter than a header.
-    TooShort,
-    /// Version other than 1.
-    BadVersion,
-    /// A malformed message that is not Confirmable.
-    Malformed,
-    /// An ACK or RST from a client: nothing to answer.
-    AckOrReset,
-    /// A Non-confirmable message that is empty or not a request.
-    NotARequest,
-    /// A rate-limited request whose 4.29 would be larger than it.
-    RateLimited,
-    /// With `--echo`, an unverified request so small that even the 4.01
-    /// challenge would be more than 3 times its size.
-    Unverified,
-    /// A Non-confirmable request with an unrecognized critical option:
-    /// RFC 7252 §5.4.1 has it rejected, i.e. ignored (§4.3).
-    BadOptionNon,
-    /// A request sent to a multicast group that gets no answer: a
-    /// Confirmable one, or one whose answer would be an error, an RST or
-    /// empty (RFC 7252 §8).
-    Multicast,
-    /// The reply did not fit the output buffer (a bug, never expected).
-    Overflow,
-}
-
-/// Why a request cannot be served as asked: one variant per reply that
-/// is not a 2.05 or a block.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Failure {
-    Error(ResponseType, Diagnostic),
-    /// 5.03 with Max-Age: the image exists but is still being written.
-    Unavailable {
-        max_age: u32,
-    },
-    NoUpdate,
-    Ignore(Dropped),
-    Overflow,
-}
-
-/// Diagnostic payloads, formatted only when an error is sent.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Diagnostic {
-    Text(&'static str),
-    Payload(firmware::PayloadError),
-    Query(firmware::QueryError),
-    Critical(u16),
-    TooLarge(usize),
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Diagnostic::Text(text) => f.write_str(text),
-            Diagnostic::Payload(e) => e.fmt(f),
-            Diagnostic::Query(e) => e.fmt(f),
-            Diagnostic::Critical(n) => write!(f, "unrecognized critical option {n}"),
-            Diagnostic::TooLarge(max) => write!(f, "request larger than {max} bytes"),
-        }
-    }
-}
-
-pub(crate) fn error(code: ResponseType, text: &'static str) -> Failure {
-    Failure::Error(code, Diagnostic::Text(text))
-}
-
-impl From<wire::EmitError> for Failure {
-    fn from(_: wire::EmitError) -> Self {
-        Failure::Overflow
-    }
-}
+pub use types::*;
+use types::{DIAGNOSTIC_MAX, GET_CODE};
 
 /// The protocol core with its bounded state; see the module docs.
 #[derive(Debug)]
@@ -658,54 +345,12 @@ impl Service {
         }
     }
 
-    /// Handles one datagram from `peer` that arrived as `arrival` says: a
-    /// unicast request as [`Service::handle`]; a request sent to a
-    /// multicast group by RFC 7252 §8: only Non-confirmable requests are
-    /// answered, and only with something useful: never an RST, an error or
-    /// an empty answer (§8.2.1), so a group of servers stays quiet except
-    /// for the ones that have what was asked for. The caller sends a
-    /// multicast answer after a random delay within the Leisure period
-    /// (§8.2), from a unicast address of the interface it arrived on.
+    /// Handles one unicast datagram on the plain socket from `peer`
+    /// received at `now_ms` (any monotonic millisecond clock): shorthand
+    /// for [`Service::handle_request`] with [`Request::new`]. A datagram
+    /// longer than [`MAX_REQUEST_LEN`] is taken as truncated and answered
+    /// 4.13. `out` should hold [`MAX_REPLY_LEN`] bytes.
     #[inline]
-    pub fn handle_arrival(
-        &mut self,
-        peer: Peer,
-        arrival: Arrival,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-    ) -> Action<'_> {
-        self.answer(peer, arrival, now_ms, datagram, out, true, None)
-    }
-
-    /// Handles one datagram that arrived decrypted over a secure channel
-    /// (coaps) from a peer authenticated as allowed to fetch what
-    /// `authorization` says: as [`Service::handle_arrival`], except that a
-    /// request for an image of another product gets 4.03 Forbidden.
-    pub fn handle_secure(
-        &mut self,
-        peer: Peer,
-        arrival: Arrival,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-        authorization: &Authorization,
-    ) -> Action<'_> {
-        self.answer(
-            peer,
-            arrival,
-            now_ms,
-            datagram,
-            out,
-            true,
-            Some(authorization),
-        )
-    }
-
-    /// Handles one datagram from `peer` received at `now_ms` (any monotonic
-    /// millisecond clock). A datagram longer than [`MAX_REQUEST_LEN`] is
-    /// taken as truncated and answered 4.13. `out` should hold
-    /// [`MAX_REPLY_LEN`] bytes.
     pub fn handle(
         &mut self,
         peer: Peer,
@@ -713,45 +358,43 @@ impl Service {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Action<'_> {
-        self.answer(peer, Arrival::default(), now_ms, datagram, out, true, None)
+        self.answer(&Request::new(peer, now_ms, datagram), out, true)
     }
 
-    /// [`Service::handle_arrival`] once more for the same datagram, after
+    /// Handles one datagram as `request` describes it. A unicast request
+    /// is answered as the protocol says; a request sent to a multicast
+    /// group by RFC 7252 §8: only Non-confirmable requests are answered,
+    /// and only with something useful: never an RST, an error or an empty
+    /// answer (§8.2.1), so a group of servers stays quiet except for the
+    /// ones that have what was asked for. The caller sends a multicast
+    /// answer after a random delay within the Leisure period (§8.2), from a
+    /// unicast address of the interface it arrived on. A request with an
+    /// [`Request::authorization`] (one that arrived decrypted over a secure
+    /// channel, coaps) for an image of another product gets 4.03 Forbidden.
+    #[inline]
+    pub fn handle_request(&mut self, request: &Request<'_>, out: &mut [u8]) -> Action<'_> {
+        self.answer(request, out, true)
+    }
+
+    /// [`Service::handle_request`] once more for the same request, after
     /// the caller replaced the catalog because the first answer found
     /// nothing: the request is not counted against the rate limit again.
-    pub fn handle_again(
-        &mut self,
-        peer: Peer,
-        arrival: Arrival,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-    ) -> Action<'_> {
-        self.answer(peer, arrival, now_ms, datagram, out, false, None)
+    pub fn handle_again(&mut self, request: &Request<'_>, out: &mut [u8]) -> Action<'_> {
+        self.answer(request, out, false)
     }
 
     /// The one path of every request: the multicast rules of
-    /// [`Service::handle_arrival`] around [`Service::handle_counted`].
+    /// [`Service::handle_request`] around [`Service::handle_counted`].
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn answer(
-        &mut self,
-        peer: Peer,
-        arrival: Arrival,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-        count: bool,
-        authorization: Option<&Authorization>,
-    ) -> Action<'_> {
-        if !arrival.multicast {
-            return self.handle_counted(peer, arrival, now_ms, datagram, out, count, authorization);
+    fn answer(&mut self, request: &Request<'_>, out: &mut [u8], count: bool) -> Action<'_> {
+        if !request.arrival.multicast {
+            return self.handle_counted(request, out, count);
         }
-        match wire::Header::parse(datagram) {
+        match wire::Header::parse(request.datagram) {
             Ok((header, _)) if header.mtype == MessageType::NonConfirmable => {}
             _ => return Action::Drop(Dropped::Multicast),
         }
-        match self.handle_counted(peer, arrival, now_ms, datagram, out, count, authorization) {
+        match self.handle_counted(request, out, count) {
             Action::Reply { len, outcome } if useful(&outcome, out.get(..len)) => {
                 Action::Reply { len, outcome }
             }
@@ -760,22 +403,18 @@ impl Service {
         }
     }
 
-    /// [`Service::handle`], counting the request against the rate limit
-    /// when `count`, limited to what `authorization` allows when it is
-    /// given (a secure channel).
-    #[allow(clippy::too_many_arguments)]
-    fn handle_counted(
-        &mut self,
-        peer: Peer,
-        arrival: Arrival,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-        count: bool,
-        authorization: Option<&Authorization>,
-    ) -> Action<'_> {
+    /// [`Service::handle_request`], counting the request against the rate
+    /// limit when `count`.
+    fn handle_counted(&mut self, request: &Request<'_>, out: &mut [u8], count: bool) -> Action<'_> {
+        let Request {
+            peer,
+            arrival,
+            now_ms,
+            datagram,
+            authorization,
+        } = *request;
         if datagram.len() > MAX_REQUEST_LEN {
-            return self.too_large(peer, now_ms, datagram, out);
+            return self.too_large(request, out);
         }
         let msg = match Message::parse(datagram) {
             Ok(msg) => msg,
@@ -852,24 +491,13 @@ impl Service {
         // Tested here first, so that a server without --echo does not
         // call the check (as the fast path does).
         if self.limits.echo {
-            if let Some(challenge) =
-                self.guard
-                    .check_echo(reply_to, &peer, now_ms, msg.echo, request_len, len, out)
-            {
+            if let Some(challenge) = self.guard.check_echo(reply_to, request, msg.echo, len, out) {
                 return challenge;
             }
         }
         self.peers.commit(peer, write, now_ms);
         if intent != Intent::None {
-            apply_intent(
-                &mut self.observers,
-                intent,
-                observed,
-                &msg,
-                datagram,
-                arrival,
-                now_ms,
-            );
+            apply_intent(&mut self.observers, intent, observed, &msg, request);
         }
         Action::Reply { len, outcome }
     }
@@ -900,14 +528,8 @@ impl Service {
 
     /// 4.13 for a datagram longer than [`MAX_REQUEST_LEN`], when its header
     /// and token can be read and it is a request.
-    fn too_large<'c>(
-        &mut self,
-        peer: Peer,
-        now_ms: u64,
-        datagram: &[u8],
-        out: &mut [u8],
-    ) -> Action<'c> {
-        let header = match wire::Header::parse(datagram) {
+    fn too_large<'c>(&mut self, request: &Request<'_>, out: &mut [u8]) -> Action<'c> {
+        let header = match wire::Header::parse(request.datagram) {
             Ok((header, _)) => header,
             Err(ParseError::TooShort) => return Action::Drop(Dropped::TooShort),
             Err(ParseError::BadVersion(_)) => return Action::Drop(Dropped::BadVersion),
@@ -926,7 +548,13 @@ impl Service {
         }
         let code = ResponseType::RequestEntityTooLarge;
         let written = self
-            .reply_to(peer, now_ms, header.mtype, header.mid, header.token)
+            .reply_to(
+                request.peer,
+                request.now_ms,
+                header.mtype,
+                header.mid,
+                header.token,
+            )
             .emitter(code, out)
             .and_then(|mut e| {
                 e.option_uint(CoapOption::Size1.into(), MAX_REQUEST_LEN as u32)?;
@@ -980,20 +608,17 @@ fn write_diagnostic(e: Emitter<'_>, diagnostic: Diagnostic) -> Result<usize, wir
 
 /// Applies `intent` once the reply is sent; `observed` is the tag of an
 /// answer that carried Observe.
-#[allow(clippy::too_many_arguments)]
 fn apply_intent(
     observers: &mut Observers,
     intent: Intent,
     observed: Option<u64>,
     msg: &Message<'_>,
-    datagram: &[u8],
-    arrival: Arrival,
-    now_ms: u64,
+    request: &Request<'_>,
 ) {
     match (intent, observed) {
         (Intent::Register { key, seq }, Some(tag)) => {
             let target = target_of(msg);
-            observers.register(key, datagram, target, arrival, seq, tag, now_ms);
+            observers.register(key, request, target, seq, tag);
         }
         // RFC 7641 §4.1: a registration answered with an error (or by
         // a resource that cannot be observed) ends an existing one.

@@ -22,7 +22,7 @@
 //! notification unanswered after [`MAX_RETRANSMIT`] retransmissions, or any
 //! notification answered with an RST, ends the observation.
 
-use super::{Arrival, Peer};
+use super::{Arrival, Peer, Request};
 use crate::hash::KeyedBuild;
 use std::collections::{HashMap, VecDeque};
 
@@ -203,20 +203,19 @@ impl Observers {
         self.map.get(key)
     }
 
-    /// Registers (or refreshes) the observation of `key`, whose response
-    /// carried `seq` and the representation `tag`. A new key in a full
+    /// Registers (or refreshes) the observation of `key` made by `request`
+    /// (kept, to be answered again), whose response carried `seq` and the
+    /// representation `tag`. A new key in a full
     /// table evicts the oldest registration.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn register(
         &mut self,
         key: ObserverKey,
-        request: &[u8],
+        request: &Request<'_>,
         target: u64,
-        arrival: Arrival,
         seq: u32,
         tag: u64,
-        now_ms: u64,
     ) {
+        let (arrival, now_ms) = (request.arrival, request.now_ms);
         if !self.enabled() {
             return;
         }
@@ -243,7 +242,7 @@ impl Observers {
         self.map.insert(
             key,
             Observer {
-                request: request.into(),
+                request: request.datagram.into(),
                 target,
                 arrival,
                 seq,
@@ -471,7 +470,7 @@ mod tests {
     }
 
     fn add(t: &mut Observers, k: ObserverKey, now: u64) {
-        t.register(k, b"req", 7, Arrival::default(), 0, 1, now);
+        t.register(k, &Request::new(k.peer(), now, b"req"), 7, 0, 1);
     }
 
     #[test]

@@ -66,6 +66,16 @@ pub(super) struct Ctx<'s, 't, 'm> {
     pub(super) authorization: Option<&'m Authorization>,
 }
 
+/// What the blocks of a response are cut from: its ETag, Content-Format
+/// and length, and whether it can be observed.
+#[derive(Clone, Copy)]
+struct Representation<'e> {
+    etag: &'e [u8; 8],
+    format: ContentFormat,
+    len: usize,
+    observable: bool,
+}
+
 impl<'s> Ctx<'s, '_, '_> {
     /// The answer to the request, written into `out`, or why there is none.
     pub(super) fn route(&mut self, out: &mut [u8]) -> Reply<'s> {
@@ -313,15 +323,13 @@ impl<'s> Ctx<'s, '_, '_> {
         let (block, range) = self.block_for(body.len())?;
         let chunk = body.get(range).ok_or(Failure::Overflow)?;
         // An image by id never changes: not observable.
-        let len = self.emit_block(
-            out,
-            &image.body_etag(offset),
-            ContentFormat::ApplicationOctetStream,
-            block,
-            body.len(),
-            chunk,
-            false,
-        )?;
+        let representation = Representation {
+            etag: &image.body_etag(offset),
+            format: ContentFormat::ApplicationOctetStream,
+            len: body.len(),
+            observable: false,
+        };
+        let len = self.emit_block(out, representation, block, chunk)?;
         let transfer = Transfer {
             image,
             offset,
@@ -358,14 +366,13 @@ impl<'s> Ctx<'s, '_, '_> {
             }
         };
         let mut e = self.emitter(ResponseType::Content, out)?;
-        self.block_options(
-            &mut e,
-            &etag,
-            ContentFormat::ApplicationLinkFormat,
-            block,
-            total,
-            true,
-        )?;
+        let representation = Representation {
+            etag: &etag,
+            format: ContentFormat::ApplicationLinkFormat,
+            len: total,
+            observable: true,
+        };
+        self.block_options(&mut e, representation, block)?;
         let len = e.payload_with(range.len(), |room| {
             let mut position = 0usize;
             let mut written = 0usize;
@@ -446,7 +453,13 @@ impl<'s> Ctx<'s, '_, '_> {
         self.check_accept(format)?;
         let (block, range) = self.block_for(body.len())?;
         let chunk = body.get(range).ok_or(Failure::Overflow)?;
-        let len = self.emit_block(out, etag, format, block, body.len(), chunk, true)?;
+        let representation = Representation {
+            etag,
+            format,
+            len: body.len(),
+            observable: true,
+        };
+        let len = self.emit_block(out, representation, block, chunk)?;
         Ok((len, Outcome::Content))
     }
 
@@ -505,45 +518,42 @@ impl<'s> Ctx<'s, '_, '_> {
         Ok(self.reply_to.emitter(code, out)?)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `block` of `body`, whose bytes are `chunk`.
     #[inline]
     fn emit_block(
         &mut self,
         out: &mut [u8],
-        etag: &[u8; 8],
-        format: ContentFormat,
+        body: Representation<'_>,
         block: Block,
-        body_len: usize,
         chunk: &[u8],
-        observable: bool,
     ) -> Result<usize, Failure> {
         let mut e = self.emitter(ResponseType::Content, out)?;
-        self.block_options(&mut e, etag, format, block, body_len, observable)?;
+        self.block_options(&mut e, body, block)?;
         Ok(e.payload(chunk)?)
     }
 
-    /// ETag, Observe (when `observable` and registering), Content-Format,
-    /// Max-Age (with Observe), Block2 and Size2 of a block response, in
-    /// option number order.
+    /// ETag, Observe (when `body` is observable and the request
+    /// registers), Content-Format, Max-Age (with Observe), Block2 and
+    /// Size2 of a block response, in option number order.
     #[inline]
     fn block_options(
         &mut self,
         e: &mut Emitter<'_>,
-        etag: &[u8; 8],
-        format: ContentFormat,
+        body: Representation<'_>,
         block: Block,
-        body_len: usize,
-        observable: bool,
     ) -> Result<(), Failure> {
-        e.option(CoapOption::ETag.into(), etag)?;
-        if observable {
-            self.observe_option(e, u64::from_be_bytes(*etag))?;
+        e.option(CoapOption::ETag.into(), body.etag)?;
+        if body.observable {
+            self.observe_option(e, u64::from_be_bytes(*body.etag))?;
         }
-        e.option_uint(CoapOption::ContentFormat.into(), content_format(format))?;
+        e.option_uint(
+            CoapOption::ContentFormat.into(),
+            content_format(body.format),
+        )?;
         self.max_age_option(e)?;
         e.option_block(CoapOption::Block2.into(), block)?;
         if block.num == 0 || self.msg.size2.is_some() {
-            let size = u32::try_from(body_len).map_err(|_| Failure::Overflow)?;
+            let size = u32::try_from(body.len).map_err(|_| Failure::Overflow)?;
             e.option_uint(CoapOption::Size2.into(), size)?;
         }
         Ok(())

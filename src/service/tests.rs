@@ -6,6 +6,7 @@
 use super::*;
 use crate::catalog::Catalog;
 use crate::firmware::version;
+use crate::hash::SipKey;
 use crate::testkit::{image_bytes, seeded_files, KEYS};
 use coap_lite::{Packet, RequestType};
 
@@ -2040,10 +2041,10 @@ fn by_multicast(fx: &mut Fx, req: &Req) -> Result<Vec<u8>, Dropped> {
         ifindex: 3,
         ..Arrival::default()
     };
-    match fx
-        .svc
-        .handle_arrival(peer(A), arrival, T0, &req.bytes(), &mut fx.out)
-    {
+    match fx.svc.handle_request(
+        &Request::new(peer(A), T0, &req.bytes()).arrived(arrival),
+        &mut fx.out,
+    ) {
         Action::Reply { len, .. } => Ok(fx.out[..len].to_vec()),
         Action::Drop(reason) => Err(reason),
     }
@@ -2088,15 +2089,12 @@ fn multicast_gets_no_error_no_rst_no_empty_answer_and_no_con() {
         &[0x40u8, 0x00, 0x00, 0x01][..],
         &[0x40, 0x01, 0x00, 0x02, 0xFF],
     ] {
-        let got = fx.svc.handle_arrival(
-            peer(A),
-            Arrival {
+        let got = fx.svc.handle_request(
+            &Request::new(peer(A), T0, datagram).arrived(Arrival {
                 multicast: true,
                 ifindex: 3,
                 ..Arrival::default()
-            },
-            T0,
-            datagram,
+            }),
             &mut fx.out,
         );
         assert!(matches!(got, Action::Drop(_)), "{datagram:?}: {got:?}");

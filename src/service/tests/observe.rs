@@ -390,10 +390,10 @@ fn observe_off_and_multicast_registrations_answer_as_plain_gets() {
         ..Arrival::default()
     };
     let request = observe(Req::get(".well-known/core").non(), 0).bytes();
-    match fx
-        .svc
-        .handle_arrival(peer(A), arrival, T0, &request, &mut fx.out)
-    {
+    match fx.svc.handle_request(
+        &Request::new(peer(A), T0, &request).arrived(arrival),
+        &mut fx.out,
+    ) {
         Action::Reply { len, .. } => assert_eq!(parse(&fx.out[..len]).observe, None),
         other => panic!("{other:?}"),
     }
@@ -410,9 +410,10 @@ fn notifications_leave_from_where_the_registration_arrived() {
         local: Some([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
     };
     let request = observe(Req::get(QUERY), 0).bytes();
-    let _ = fx
-        .svc
-        .handle_arrival(peer(A), arrival, T0, &request, &mut fx.out);
+    let _ = fx.svc.handle_request(
+        &Request::new(peer(A), T0, &request).arrived(arrival),
+        &mut fx.out,
+    );
     fx.svc.replace_catalog(catalog_plus(&[(MOTE_NEWER, 300)]));
     let (_, n) = one_notification(&mut fx, T0 + 1);
     assert_eq!(n.arrival, arrival);

@@ -47,7 +47,7 @@
 use iot_ota::catalog::Catalog;
 use iot_ota::dtls::{Entropy, Front, Handled, Limits as DtlsLimits, PskTable};
 use iot_ota::hash::SipKey;
-use iot_ota::service::{Action, Arrival, Keys, Limits, Peer, Service, MAX_REPLY_LEN};
+use iot_ota::service::{Action, Keys, Limits, Peer, Request, Service, MAX_REPLY_LEN};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -281,14 +281,9 @@ pub fn run(data: &[u8]) -> Reached {
         let authorization = front.authorization(from).cloned().unwrap_or_default();
         reached.requests += requests.len();
         for request in requests {
-            let action = service.handle_secure(
-                service_peer(from),
-                Arrival::default(),
-                now_ms,
-                &request,
-                &mut out,
-                &authorization,
-            );
+            let incoming =
+                Request::new(service_peer(from), now_ms, &request).authorized(&authorization);
+            let action = service.handle_request(&incoming, &mut out);
             if let Action::Reply { len, .. } = action {
                 assert!(len <= MAX_REPLY_LEN);
                 let reply = &out[..len];
