@@ -12,10 +12,13 @@
 //!  datagram + peer + destination   sockio::recv_with_dest (recvmsg, packet info)
 //!   ─► wire::Message::parse        borrowed view over the receive buffer,
 //!                                  every RFC 7252 §3 check in one pass
-//!   ─► service::Service::handle    pure: (peer, now, datagram, catalog) → Action,
-//!                                  the reply written into the caller's buffer
-//!                                  (tried first: `handle_block`, the fast path
-//!                                  of a later block by id, same answers)
+//!   ─► service::Service::handle_request
+//!                                  pure: one `Request` (peer, arrival, now,
+//!                                  datagram, coaps authorization) and the
+//!                                  snapshot → Action, the reply written into
+//!                                  the caller's buffer (tried first:
+//!                                  `handle_block`, the fast path of a later
+//!                                  block, same answers byte for byte)
 //!   ─► server                      sends from the address the request was sent
 //!                                  to; counters and log lines
 //! ```
@@ -42,9 +45,10 @@
 //!
 //! * **A resource**: a route in `service/routes.rs`, with a unit test per
 //!   case in `service/tests`.
-//! * **A per-request decision** (authorization, eligibility): a value the
-//!   route asks for, carried with the request (as the coaps identity's
-//!   `service::Authorization` is), not another argument down the layers.
+//! * **A per-request decision** (authorization, eligibility): a field of
+//!   `service::Request`, filled by the caller (as the coaps identity's
+//!   `service::Authorization` is) and read by the route that needs it, not
+//!   another argument down the layers.
 //! * **A watched source** (a file reloaded while the server runs: a key
 //!   file, a rollout policy): one `impl Source` in
 //!   `server/live/sources.rs` and one entry in `Live::new`'s list; it
