@@ -1,7 +1,7 @@
 //! Receiving a datagram with the address it was sent to, and sending a
 //! reply from that address: `recvmsg` and `sendmsg` with IP_PKTINFO and
-//! IPV6_PKTINFO. It never lists interfaces, binds,
-//! waits or handles signals (the sibling modules do).
+//! IPV6_PKTINFO. It never lists interfaces, binds, waits or handles
+//! signals (the sibling modules do).
 //!
 //! RFC 7252 §5.3.2: "The source endpoint of the response MUST be the same
 //! as the destination endpoint of the original request." A socket bound to
@@ -19,7 +19,7 @@
 //! and fields whose types differ between them (`msg_iovlen`,
 //! `msg_controllen`, `cmsg_len`) are assigned with `as _`. Nothing here
 //! allocates: the address and control buffers live on the stack.
-//!
+
 use std::io;
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
