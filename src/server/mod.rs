@@ -22,11 +22,12 @@
 //! multicast it blocks in `recvmsg`, as cheap as it gets.
 //!
 //! This file holds the [`Server`] and its loop: receiving, the fast and
-//! the general path, the cached deadline and the timer work. The rest, one
+//! the general path. The rest, one
 //! concern a file: `setup` (building and configuring a server, the
 //! start-up checks), `reply` (sending from the right address, the
 //! bookkeeping of an answer), `stats` (the counters and every log line's
-//! text), `secure` (the coaps glue, with the `dtls` feature only),
+//! text), `timers` (the timer work and the cached deadline), `secure`
+//! (the coaps glue, with the `dtls` feature only),
 //! `leisure` (held-back multicast answers) and `live` (the watched
 //! sources). It never encodes or decides a CoAP answer: the service does.
 
@@ -37,6 +38,7 @@ mod reply;
 mod secure;
 mod setup;
 mod stats;
+mod timers;
 
 use crate::service::{Action, Outcome, Peer, ResetReason, Service};
 use crate::sockio::{self, LocalDest, Received};
@@ -44,9 +46,9 @@ use crate::tree::FileTree;
 use leisure::Leisure;
 use live::Live;
 use log::{debug, info, log_enabled, trace, Level};
-use reply::{arrival, deliver, is_multicast, notification_route, peer, send, Reply};
+use reply::{arrival, deliver, is_multicast, peer, send, Reply};
 #[cfg(feature = "dtls")]
-use secure::{flush, Secure};
+use secure::Secure;
 pub use setup::{check_dual_stack, install_signal_handlers};
 pub use stats::Stats;
 use stats::{log_request, LogBudget, Shown, StatsLine};
@@ -62,10 +64,6 @@ pub const MAX_SOCKETS: usize = sockio::MAX_SOCKETS;
 const WAKE_MS: u64 = 1000;
 /// How often the counters are logged (at info, when anything changed).
 const STATS_INTERVAL_MS: u64 = 300_000;
-/// Notifications sent between two receives at most: a publish that
-/// concerns a thousand observers must not keep the loop from requests
-/// (nor overrun the socket's send buffer in one burst).
-const NOTIFICATIONS_PER_TURN: usize = 32;
 
 /// The server: socket, buffers, service and counters.
 #[derive(Debug)]
@@ -114,14 +112,6 @@ impl Server {
         return self.dtls.is_some();
         #[cfg(not(feature = "dtls"))]
         false
-    }
-
-    /// When the next DTLS handshake timer is due.
-    fn secure_timer_ms(&self) -> Option<u64> {
-        #[cfg(feature = "dtls")]
-        return self.dtls.as_ref().and_then(|s| s.front.next_timer_ms());
-        #[cfg(not(feature = "dtls"))]
-        None
     }
 
     /// Serves until SIGTERM or SIGINT (installed here: the handlers only
@@ -344,143 +334,6 @@ impl Server {
             &mut self.leisure,
         );
         rescanned || arrival.multicast || self.service.observer_count() > 0
-    }
-
-    /// After a datagram off the fast path: it may have registered an
-    /// observer, held back a multicast answer, rescanned (which changes
-    /// what observers see) or moved a DTLS timer, so the deadline is
-    /// computed again, and the timer work done at once when it is due
-    /// (the notifications a rescan made owed among it).
-    fn after_general(&mut self, now_ms: u64) {
-        self.refresh_deadline();
-        if now_ms >= self.deadline_ms {
-            self.on_timers(now_ms);
-        }
-    }
-
-    /// Computes the cached deadline again from every timer.
-    fn refresh_deadline(&mut self) {
-        self.deadline_ms = [
-            self.leisure.next_due_ms(),
-            self.live.as_ref().and_then(Live::next_due_ms),
-            self.service.next_notification_ms(),
-            self.secure_timer_ms(),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(self.next_report_ms, u64::min);
-    }
-
-    /// Sends the Observe notifications owed at `now_ms`, at most
-    /// [`NOTIFICATIONS_PER_TURN`]; the rest stay queued for the next turn,
-    /// which the wait's timeout then makes immediate.
-    #[inline]
-    fn send_notifications(&mut self, now_ms: u64) {
-        if self
-            .service
-            .next_notification_ms()
-            .is_some_and(|due| due <= now_ms)
-        {
-            self.send_due_notifications(now_ms);
-        }
-    }
-
-    /// The part of [`Server::send_notifications`] that runs when some are
-    /// due: kept out of line, so that the check stays cheap.
-    #[inline(never)]
-    fn send_due_notifications(&mut self, now_ms: u64) {
-        for _ in 0..NOTIFICATIONS_PER_TURN {
-            let Some(n) = self.service.poll_notification(now_ms, &mut self.tx) else {
-                break;
-            };
-            let Some(socket) = self.sockets.get(n.arrival.socket) else {
-                continue;
-            };
-            let ipv4_socket = socket.local_addr().is_ok_and(|a| a.is_ipv4());
-            let (to, dest) = notification_route(&n, ipv4_socket);
-            #[cfg(feature = "dtls")]
-            if self.secure_socket() == Some(n.arrival.socket) {
-                // An observer over coaps hears over its session; without
-                // one (closed, evicted) the notification is not sent.
-                let reply = self.tx.get(..n.len).unwrap_or(&[]);
-                if let Some(secure) = self.dtls.as_mut() {
-                    if secure.front.send(to, reply) {
-                        self.stats.notifications += 1;
-                    }
-                    flush(&self.sockets, secure, dest, &mut self.stats);
-                }
-                continue;
-            }
-            debug!(
-                "{} notification ({}{})",
-                Shown(to),
-                if n.confirmable { "CON" } else { "NON" },
-                if n.last { ", last" } else { "" }
-            );
-            let reply = self.tx.get(..n.len).unwrap_or(&[]);
-            send(
-                &self.sockets,
-                n.arrival.socket,
-                reply,
-                to,
-                dest,
-                &mut self.stats,
-            );
-            self.stats.notifications += 1;
-        }
-    }
-
-    /// The timer work: sends the held-back multicast answers that are due,
-    /// runs the DTLS timers, rescans the directory when its timer is due,
-    /// sends the notifications owed, logs the counters every
-    /// [`STATS_INTERVAL_MS`] when they changed; then computes the deadline
-    /// again. Kept out of the per-datagram path: called when the deadline
-    /// has passed or a wait timed out.
-    #[inline(never)]
-    fn on_timers(&mut self, now_ms: u64) {
-        self.send_due_answers(now_ms);
-        #[cfg(feature = "dtls")]
-        if let Some(secure) = self.dtls.as_mut() {
-            if secure
-                .front
-                .next_timer_ms()
-                .is_some_and(|due| due <= now_ms)
-            {
-                secure.front.on_timers(now_ms);
-                flush(&self.sockets, secure, None, &mut self.stats);
-            }
-        }
-        if let Some(live) = self.live.as_mut() {
-            if live.next_due_ms().is_some_and(|due| now_ms >= due) {
-                self.stats.rescans += 1;
-                if live.on_timer(&mut self.service, now_ms) {
-                    self.stats.catalog_changes += 1;
-                }
-            }
-        }
-        self.send_notifications(now_ms);
-        if now_ms >= self.next_report_ms {
-            if self.stats != self.reported {
-                info!("{}", StatsLine(&self.stats));
-                self.reported = self.stats;
-            }
-            self.next_report_ms = now_ms.saturating_add(STATS_INTERVAL_MS);
-        }
-        self.refresh_deadline();
-    }
-
-    /// Sends the held-back multicast answers whose time has come.
-    fn send_due_answers(&mut self, now: u64) {
-        while let Some(due) = self.leisure.take_due(now) {
-            send(
-                &self.sockets,
-                due.socket,
-                due.bytes,
-                due.to,
-                due.dest,
-                &mut self.stats,
-            );
-        }
     }
 
     /// Milliseconds since start.
