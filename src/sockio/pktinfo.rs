@@ -370,6 +370,8 @@ pub(super) fn raw_addr(addr: SocketAddr) -> (RawAddr, libc::socklen_t) {
     }
 }
 
+/// One `sendmsg` of `buf` to `to`, with an IP_PKTINFO or IPV6_PKTINFO
+/// control message naming `source` when there is one.
 fn sendmsg(
     socket: &UdpSocket,
     buf: &[u8],

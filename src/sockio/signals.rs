@@ -11,6 +11,7 @@ static HANGUP: AtomicBool = AtomicBool::new(false);
 /// Set by SIGTERM or SIGINT: stop the loop.
 static TERMINATE: AtomicBool = AtomicBool::new(false);
 
+/// The handler of all three signals: sets the flag of the one received.
 extern "C" fn on_signal(signal: libc::c_int) {
     // Only atomic stores: async-signal-safe.
     if signal == libc::SIGHUP {
