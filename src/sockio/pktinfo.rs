@@ -1,7 +1,7 @@
 //! Receiving a datagram with the address it was sent to, and sending a
 //! reply from that address: `recvmsg` and `sendmsg` with IP_PKTINFO and
-//! IPV6_PKTINFO. Most of the crate's unsafe code lives here (the rest is
-//! `pages`, the memory of large images).
+//! IPV6_PKTINFO. It never lists interfaces, binds, waits or handles
+//! signals (the sibling modules do).
 //!
 //! RFC 7252 §5.3.2: "The source endpoint of the response MUST be the same
 //! as the destination endpoint of the original request." A socket bound to
@@ -19,9 +19,6 @@
 //! and fields whose types differ between them (`msg_iovlen`,
 //! `msg_controllen`, `cmsg_len`) are assigned with `as _`. Nothing here
 //! allocates: the address and control buffers live on the stack.
-//!
-//! The crate denies unsafe code; its `mod sockio` declaration alone allows
-//! it, and every unsafe block here says why it is sound.
 
 use std::io;
 use std::mem::size_of;
@@ -135,7 +132,6 @@ pub(crate) fn recv_with_dest(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<R
     })
 }
 
-/// The sender address recvmsg wrote into `name`.
 /// One datagram of `socket` into `buf`, without its destination: for a
 /// socket that does not ask for packet information, `recvfrom` rather
 /// than `recvmsg`, with no message header or control buffer. MSG_TRUNC
@@ -169,6 +165,7 @@ pub(crate) fn recv_plain(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Recei
     })
 }
 
+/// The sender address recvmsg or recvfrom wrote into `name`.
 fn socket_addr(name: &libc::sockaddr_storage, len: libc::socklen_t) -> io::Result<SocketAddr> {
     let len = len as usize;
     match libc::c_int::from(name.ss_family) {
@@ -335,12 +332,13 @@ pub(crate) fn send_from(
 
 /// A destination in the C layout; which variant is given by `len`.
 #[repr(C)]
-union RawAddr {
+pub(super) union RawAddr {
     v4: libc::sockaddr_in,
     v6: libc::sockaddr_in6,
 }
 
-fn raw_addr(addr: SocketAddr) -> (RawAddr, libc::socklen_t) {
+/// `addr` in the C layout, with its length.
+pub(super) fn raw_addr(addr: SocketAddr) -> (RawAddr, libc::socklen_t) {
     match addr {
         SocketAddr::V4(a) => (
             RawAddr {
@@ -372,6 +370,8 @@ fn raw_addr(addr: SocketAddr) -> (RawAddr, libc::socklen_t) {
     }
 }
 
+/// One `sendmsg` of `buf` to `to`, with an IP_PKTINFO or IPV6_PKTINFO
+/// control message naming `source` when there is one.
 fn sendmsg(
     socket: &UdpSocket,
     buf: &[u8],
@@ -523,350 +523,4 @@ mod tests {
             );
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// Interfaces, multicast membership, binding before an address exists, and
-// waiting on several sockets: start-up and loop plumbing std does not offer.
-
-/// The index of the interface named `name`, `None` when there is none.
-pub(crate) fn interface_index(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `name` is a NUL-terminated string alive for the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
-}
-
-/// The name of interface `index` written into `buf`, `None` when there is
-/// none: no allocation, for log lines.
-pub(crate) fn interface_name_in(index: u32, buf: &mut [u8; libc::IF_NAMESIZE]) -> Option<&str> {
-    // SAFETY: `buf` holds IF_NAMESIZE bytes, the most if_indextoname writes.
-    let named = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
-    if named.is_null() {
-        return None;
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    std::str::from_utf8(buf.get(..len)?).ok()
-}
-
-/// Room for an interface name.
-pub(crate) type NameBuf = [u8; libc::IF_NAMESIZE];
-
-/// The name of interface `index`, `None` when there is none.
-pub(crate) fn interface_name(index: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: `buf` holds IF_NAMESIZE bytes, the most if_indextoname writes
-    // (the name and its NUL).
-    let named = unsafe { libc::if_indextoname(index, buf.as_mut_ptr().cast()) };
-    if named.is_null() {
-        return None;
-    }
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8(buf.get(..len)?.to_vec()).ok()
-}
-
-/// One network interface as `getifaddrs` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Interface {
-    /// Its name, e.g. `wpan0`.
-    pub(crate) name: String,
-    /// Its index (the zone of its link-local addresses).
-    pub(crate) index: u32,
-    /// IFF_MULTICAST is set.
-    pub(crate) multicast: bool,
-    /// It has at least one IPv4 address.
-    pub(crate) has_ipv4: bool,
-    /// Its addresses (IPv4 and IPv6).
-    pub(crate) addrs: Vec<IpAddr>,
-}
-
-/// Every interface with its flags and addresses.
-///
-/// # Errors
-/// As `getifaddrs`.
-pub(crate) fn interfaces() -> io::Result<Vec<Interface>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: `head` is a valid out-pointer; on success the list it points
-    // to is freed below with freeifaddrs and not used after.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut found: Vec<Interface> = Vec::new();
-    let mut node = head;
-    while !node.is_null() {
-        // SAFETY: `node` is an element of the list getifaddrs returned,
-        // alive until freeifaddrs.
-        let entry = unsafe { &*node };
-        node = entry.ifa_next;
-        if entry.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string within the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }
-            .to_string_lossy()
-            .into_owned();
-        let addr = if entry.ifa_addr.is_null() {
-            None
-        } else {
-            // SAFETY: ifa_addr points to a sockaddr whose family says how
-            // long it is; socket_addr_of checks the family before reading.
-            unsafe { socket_addr_of(entry.ifa_addr) }
-        };
-        let index = match found.iter().position(|i| i.name == name) {
-            Some(index) => index,
-            None => {
-                let Some(ifindex) = interface_index(&name) else {
-                    continue;
-                };
-                found.push(Interface {
-                    name,
-                    index: ifindex,
-                    multicast: entry.ifa_flags & libc::IFF_MULTICAST as libc::c_uint != 0,
-                    has_ipv4: false,
-                    addrs: Vec::new(),
-                });
-                found.len() - 1
-            }
-        };
-        if let (Some(interface), Some(addr)) = (found.get_mut(index), addr) {
-            interface.has_ipv4 |= addr.is_ipv4();
-            interface.addrs.push(addr);
-        }
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(found)
-}
-
-/// The address behind a `sockaddr` pointer of any family.
-///
-/// # Safety
-/// `addr` must point to a sockaddr at least as long as its family's
-/// structure.
-unsafe fn socket_addr_of(addr: *const libc::sockaddr) -> Option<IpAddr> {
-    // SAFETY: the caller guarantees a readable sockaddr; the family field
-    // is at the same place in every variant.
-    let family = libc::c_int::from(unsafe { (*addr).sa_family });
-    match family {
-        libc::AF_INET => {
-            // SAFETY: AF_INET: the caller guarantees a sockaddr_in.
-            let v4 = unsafe { addr.cast::<libc::sockaddr_in>().read_unaligned() };
-            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: AF_INET6: the caller guarantees a sockaddr_in6.
-            let v6 = unsafe { addr.cast::<libc::sockaddr_in6>().read_unaligned() };
-            Some(IpAddr::V6(Ipv6Addr::from(v6.sin6_addr.s6_addr)))
-        }
-        _ => None,
-    }
-}
-
-/// Joins the IPv4 group `group` on interface `ifindex` (by index, so that
-/// an interface whose address is not known yet can be named), also on a
-/// dual-stack IPv6 socket, which Linux lets receive IPv4 multicast.
-///
-/// # Errors
-/// As `setsockopt(IP_ADD_MEMBERSHIP)`.
-pub(crate) fn join_v4_on(socket: &UdpSocket, group: Ipv4Addr, ifindex: u32) -> io::Result<()> {
-    let request = libc::ip_mreqn {
-        imr_multiaddr: libc::in_addr {
-            s_addr: u32::from(group).to_be(),
-        },
-        imr_address: libc::in_addr { s_addr: 0 },
-        imr_ifindex: ifindex as libc::c_int,
-    };
-    // SAFETY: the option value is a live ip_mreqn and its size is given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_ADD_MEMBERSHIP,
-            std::ptr::from_ref(&request).cast(),
-            size_of::<libc::ip_mreqn>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// A UDP socket bound to `addr`, with options std's `UdpSocket::bind`
-/// cannot set because they must precede the bind:
-/// - `freebind` (IP_FREEBIND): the bind succeeds although the address is
-///   not configured on any interface yet (a border router at boot), and
-///   datagrams arrive once it is;
-/// - `reuse_port` (SO_REUSEPORT): other sockets of the same user that set
-///   it too may bind the same address and port; the kernel hands each
-///   datagram to one of them by a hash of its addresses and ports, so a
-///   peer stays with one socket while the group is unchanged.
-///
-/// # Errors
-/// As `socket`, `setsockopt` and `bind`.
-pub(crate) fn bind_with(
-    addr: SocketAddr,
-    freebind: bool,
-    reuse_port: bool,
-) -> io::Result<UdpSocket> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let domain = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain system call; the descriptor is owned below.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns; OwnedFd closes
-    // it on every early return.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    if freebind {
-        // IP_FREEBIND at the IP level covers IPv6 sockets too (Linux checks
-        // the same flag in both binds).
-        set_flag(&owned, libc::IPPROTO_IP, libc::IP_FREEBIND)?;
-    }
-    if reuse_port {
-        set_flag(&owned, libc::SOL_SOCKET, libc::SO_REUSEPORT)?;
-    }
-    let (name, name_len) = raw_addr(addr);
-    // SAFETY: `name` is a sockaddr of the length given, alive for the call.
-    let rc = unsafe { libc::bind(fd, std::ptr::from_ref(&name).cast(), name_len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(UdpSocket::from(owned))
-}
-
-/// Sets the boolean socket option `level`/`name` on `fd`.
-fn set_flag(fd: &std::os::fd::OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: the descriptor is open for the borrow of `fd`; the option
-    // value points to a live c_int and the length given is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(&on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// The most sockets [`wait_readable`] waits on.
-pub(crate) const MAX_SOCKETS: usize = 16;
-
-/// Waits until one of `sockets` is readable or `timeout_ms` passed
-/// (`None`: no timeout); returns the index of a readable one, the first at
-/// or after `start` (taken modulo the count), so that callers can rotate.
-/// Interrupted waits return `None` like timeouts.
-pub(crate) fn wait_readable(
-    sockets: &[UdpSocket],
-    timeout_ms: Option<u64>,
-    start: usize,
-) -> Option<usize> {
-    let mut fds = [libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    }; MAX_SOCKETS];
-    let count = sockets.len().min(MAX_SOCKETS);
-    for (slot, socket) in fds.iter_mut().zip(sockets) {
-        slot.fd = socket.as_raw_fd();
-        slot.events = libc::POLLIN;
-    }
-    let timeout = timeout_ms.map_or(-1, |ms| {
-        libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-    });
-    // SAFETY: `fds` holds `count` initialised pollfd entries, alive for the
-    // call; poll writes only their revents.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), count as libc::nfds_t, timeout) };
-    if rc <= 0 {
-        return None;
-    }
-    let ready = |i: &usize| {
-        fds.get(*i)
-            .is_some_and(|slot| slot.revents & (libc::POLLIN | libc::POLLERR) != 0)
-    };
-    (0..count).map(|k| (start + k) % count).find(ready)
-}
-
-/// CLOCK_MONOTONIC in milliseconds: the clock `Instant` reads on Linux,
-/// without `Instant`'s `Duration` arithmetic (a subtraction with its
-/// checks and a 128-bit millisecond count), as the loop reads it once per
-/// datagram. 0 if the clock cannot be read, which POSIX rules out for
-/// CLOCK_MONOTONIC.
-pub(crate) fn monotonic_ms() -> u64 {
-    // SAFETY: timespec is plain data (with padding fields on some 32-bit
-    // musl targets, which is why it is not built with a literal); all
-    // zeroes is a valid value.
-    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: `now` is a live timespec, which the call only writes.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
-        return 0;
-    }
-    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
-    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
-    seconds.saturating_mul(1000).saturating_add(millis)
-}
-
-// ---------------------------------------------------------------------------
-// Signals: the handlers only set flags, which the loop reads after each
-// receive or timeout.
-
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// Set by SIGHUP: rescan now.
-static HANGUP: AtomicBool = AtomicBool::new(false);
-/// Set by SIGTERM or SIGINT: stop the loop.
-static TERMINATE: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(signal: libc::c_int) {
-    // Only atomic stores: async-signal-safe.
-    if signal == libc::SIGHUP {
-        HANGUP.store(true, Ordering::Relaxed);
-    } else {
-        TERMINATE.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Installs the handlers of SIGHUP, SIGTERM and SIGINT. Without
-/// SA_RESTART, so a blocking receive returns (EINTR) and the loop sees the
-/// flag at once.
-///
-/// # Errors
-/// As `sigaction`.
-pub(crate) fn install_signal_flags() -> io::Result<()> {
-    for signal in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: sigaction is plain data; all zeroes is an empty mask and
-        // no flags.
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // SAFETY: `action.sa_mask` is a live sigset_t.
-        unsafe { libc::sigemptyset(&mut action.sa_mask) };
-        // SAFETY: `action` is initialised; the handler only stores atomics,
-        // which is async-signal-safe; the old action is not asked for.
-        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Whether SIGHUP came since the last call.
-pub(crate) fn take_hangup() -> bool {
-    HANGUP.swap(false, Ordering::Relaxed)
-}
-
-/// Whether SIGTERM or SIGINT came.
-pub(crate) fn terminating() -> bool {
-    TERMINATE.load(Ordering::Relaxed)
 }

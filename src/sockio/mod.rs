@@ -1,0 +1,39 @@
+//! The system calls std does not offer, for the socket loop and its
+//! start-up; the crate's unsafe code lives here (and in `pages`, the memory
+//! of large images), each submodule one concern:
+//!
+//! * `pktinfo`: receiving a datagram with the address it was sent to and
+//!   sending a reply from that address (`recvmsg`/`sendmsg` with
+//!   IP_PKTINFO and IPV6_PKTINFO), and the plain `recvfrom`;
+//! * `interfaces`: listing the network interfaces, their names and
+//!   indexes, and joining an IPv4 multicast group on one;
+//! * `bind`: a socket bound with options that must precede the bind
+//!   (IP_FREEBIND, SO_REUSEPORT);
+//! * `wait`: waiting on several sockets (`poll`) and the monotonic clock
+//!   the loop reads;
+//! * `signals`: the SIGHUP, SIGTERM and SIGINT handlers, which only set
+//!   flags the loop reads.
+//!
+//! Linux only (glibc and musl): only `libc` items both provide are used,
+//! and fields whose types differ between them are assigned with `as _`.
+//! Nothing here allocates on the per-datagram path, logs, or knows CoAP.
+//!
+//! The crate denies unsafe code; its `mod sockio` declaration alone allows
+//! it (for these submodules too), and every unsafe block here says why it
+//! is sound.
+
+mod bind;
+mod interfaces;
+mod pktinfo;
+mod signals;
+mod wait;
+
+pub(crate) use bind::bind_with;
+pub(crate) use interfaces::{
+    interface_index, interface_name, interface_name_in, interfaces, join_v4_on, NameBuf,
+};
+pub(crate) use pktinfo::{
+    enable_pktinfo, recv_plain, recv_with_dest, send_from, LocalDest, Received,
+};
+pub(crate) use signals::{install_signal_flags, take_hangup, terminating};
+pub(crate) use wait::{monotonic_ms, wait_readable, MAX_SOCKETS};
