@@ -37,7 +37,7 @@ const FRONT_BOUND_KIB: u64 = 3 * 1024;
 /// The attacker's address: one host.
 const ATTACKER: &str = "127.0.0.2";
 /// The addresses of the memory attack: fifteen sources of four
-/// handshakes each fill every place of the default `--max-handshakes`.
+/// handshakes each take 60 of the 64 places of `--max-handshakes`.
 const SOURCES: u8 = 15;
 const PSK_FILE: &str = "dev1:dev1-secret-key:DEV\n";
 
