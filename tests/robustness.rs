@@ -635,7 +635,7 @@ fn symlink(target: &Path, link: &Path) {
 /// (A file that vanishes between listing and reading is a race the
 /// directory cannot be made to lose on purpose from outside the process;
 /// `catalog::read_image` maps NotFound to `SkipReason::Vanished`, which is
-/// for unit tests in src/catalog.rs.)
+/// for unit tests in src/catalog/tests.rs.)
 #[test]
 fn broken_catalog_entries_are_logged_and_skipped() {
     use std::os::unix::ffi::OsStrExt;
