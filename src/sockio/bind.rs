@@ -5,9 +5,7 @@
 
 use super::pktinfo::raw_addr;
 use std::io;
-use std::mem::size_of;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 
 /// A UDP socket bound to `addr`, with options std's `UdpSocket::bind`
 /// cannot set because they must precede the bind:
@@ -42,10 +40,10 @@ pub(crate) fn bind_with(
     if freebind {
         // IP_FREEBIND at the IP level covers IPv6 sockets too (Linux checks
         // the same flag in both binds).
-        set_flag(&owned, libc::IPPROTO_IP, libc::IP_FREEBIND)?;
+        super::set_flag(&owned, libc::IPPROTO_IP, libc::IP_FREEBIND)?;
     }
     if reuse_port {
-        set_flag(&owned, libc::SOL_SOCKET, libc::SO_REUSEPORT)?;
+        super::set_flag(&owned, libc::SOL_SOCKET, libc::SO_REUSEPORT)?;
     }
     let (name, name_len) = raw_addr(addr);
     // SAFETY: `name` is a sockaddr of the length given, alive for the call.
@@ -54,25 +52,4 @@ pub(crate) fn bind_with(
         return Err(io::Error::last_os_error());
     }
     Ok(UdpSocket::from(owned))
-}
-
-/// Sets the boolean socket option `level`/`name` on `fd`.
-fn set_flag(fd: &std::os::fd::OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: the descriptor is open for the borrow of `fd`; the option
-    // value points to a live c_int and the length given is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(&on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }

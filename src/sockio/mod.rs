@@ -37,3 +37,28 @@ pub(crate) use pktinfo::{
 };
 pub(crate) use signals::{install_signal_flags, take_hangup, terminating};
 pub(crate) use wait::{monotonic_ms, wait_readable, MAX_SOCKETS};
+
+/// Sets the boolean socket option `level`/`name` on `fd`.
+pub(super) fn set_flag(
+    fd: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is open for the borrow of `fd`; the option
+    // value points to a live c_int and the length given is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -72,23 +72,7 @@ pub(crate) fn enable_pktinfo(socket: &UdpSocket) -> io::Result<()> {
         SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
         SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
     };
-    let on: libc::c_int = 1;
-    // SAFETY: the descriptor is open for the borrow of `socket`; the option
-    // value points to a live c_int and the length given is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(&on).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    super::set_flag(socket, level, name)
 }
 
 /// Receives one datagram into `buf` with its sender and, when
