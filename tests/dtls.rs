@@ -15,12 +15,13 @@ use iot_ota::server::Server;
 use iot_ota::service::{Limits, Service};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{device_payload, TempDir, TestImage, TestServer};
+use support::coaps::{observe_lookup, CoapsFixture};
+use support::{device_payload, TestServer};
 
 const CLIENTS: [&str; 2] = ["coap-client-gnutls", "coap-client-openssl"];
 /// Bound on one coap-client run; its own `-B` gives up sooner.
@@ -32,51 +33,10 @@ const PSK_FILE: &str = "# test keys\n\
                         dev1:dev1-secret-key:DEV\n\
                         ops:ops-secret-key\n";
 
-struct Fixture {
-    dir: TempDir,
-    keys: TempDir,
-    out: TempDir,
-    images: Vec<TestImage>,
-}
-
-impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        let dir = TempDir::new(tag);
-        // 5000 bytes: 79 blocks of 64, 5 of 1024, the last ones short.
-        let images = support::write_images(&dir, &[("DEV", 5000), ("OTHER", 3000)]);
-        let keys = TempDir::new(&format!("{tag}-keys"));
-        let psk = keys.write("psk", PSK_FILE.as_bytes());
-        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        Fixture {
-            dir,
-            keys,
-            out: TempDir::new(&format!("{tag}-out")),
-            images,
-        }
-    }
-
-    fn psk(&self) -> PathBuf {
-        self.keys.path().join("psk")
-    }
-
-    fn image(&self, pid: &str) -> &TestImage {
-        support::find_image(&self.images, pid)
-    }
-
-    /// A server with coaps only on `listen`.
-    fn server(&self, listen: &str) -> TestServer {
-        let psk = self.psk();
-        support::spawn_server(
-            self.dir.path(),
-            "none",
-            &[
-                "--psk-file",
-                psk.to_str().expect("utf-8"),
-                "--dtls-listen",
-                listen,
-            ],
-        )
-    }
+/// The images of every test here: DEV 5000 bytes (79 blocks of 64, 5 of
+/// 1024, the last ones short) and OTHER 3000.
+fn fixture(tag: &str) -> CoapsFixture {
+    CoapsFixture::new(tag, &[("DEV", 5000), ("OTHER", 3000)], PSK_FILE)
 }
 
 /// Runs `client` with `args`, bounded by `-B 10` and RUN_TIMEOUT.
@@ -123,7 +83,7 @@ fn download(
 
 #[test]
 fn libcoap_clients_discover_look_up_and_download_by_id_over_coaps() {
-    let fx = Fixture::new("dtls-interop");
+    let fx = fixture("dtls-interop");
     let clients: Vec<&str> = CLIENTS
         .into_iter()
         .filter(|c| support::require_program(c))
@@ -134,7 +94,7 @@ fn libcoap_clients_discover_look_up_and_download_by_id_over_coaps() {
         .write("lookup", &device_payload("DEV", 3, VERSION_1_0_1 - 1, None));
     let payload = payload.to_string_lossy().into_owned();
     for listen in ["127.0.0.1:0", "[::1]:0"] {
-        let server = fx.server(listen);
+        let server = fx.server(listen, &[]);
         for client in &clients {
             let discovery = run(
                 client,
@@ -196,9 +156,9 @@ fn libcoap_clients_discover_look_up_and_download_by_id_over_coaps() {
 
 #[test]
 fn an_identity_gets_4_03_for_another_products_image_and_ops_gets_it() {
-    let fx = Fixture::new("dtls-forbidden");
+    let fx = fixture("dtls-forbidden");
     let other = fx.image("OTHER");
-    let server = fx.server("127.0.0.1:0");
+    let server = fx.server("127.0.0.1:0", &[]);
     for client in CLIENTS {
         if !support::require_program(client) {
             continue;
@@ -225,7 +185,7 @@ struct InProcess {
 }
 
 impl InProcess {
-    fn start(fx: &Fixture, max_sessions: usize) -> InProcess {
+    fn start(fx: &CoapsFixture, max_sessions: usize) -> InProcess {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let addr = socket.local_addr().expect("addr");
         let keys = PskTable::read(&fx.psk()).expect("psk file");
@@ -277,7 +237,7 @@ impl InProcess {
 
 #[test]
 fn a_wrong_key_or_an_unknown_identity_fails_the_handshake_and_leaves_no_session() {
-    let fx = Fixture::new("dtls-wrong");
+    let fx = fixture("dtls-wrong");
     let dev = fx.image("DEV");
     // The failed handshakes alone on one server: whatever the good
     // sessions later do (their close_notify may still be queued when a
@@ -398,13 +358,13 @@ fn ten_thousand_spoofed_client_hellos_leave_no_session_and_get_no_larger_answer(
     const HELLOS: usize = 10_000;
     /// Sockets open at once: each hello comes from a port of its own.
     const BATCH: usize = 100;
-    let fx = Fixture::new("dtls-spoof");
+    let fx = fixture("dtls-spoof");
     // Every hello goes to two servers: the in-process one, whose session
     // table the test reads, and a server process of its own, whose
     // resident set is measured (the test process's is shared with the
     // tests running beside this one).
     let server = InProcess::start(&fx, 16);
-    let process = fx.server("127.0.0.1:0");
+    let process = fx.server("127.0.0.1:0", &[]);
     let rss_at_start = rss_bytes(process.pid());
     let mut rss_after_first_batch = None;
     let mut answered = 0;
@@ -501,7 +461,7 @@ fn ten_thousand_spoofed_client_hellos_leave_no_session_and_get_no_larger_answer(
 
 #[test]
 fn a_psk_file_readable_by_others_is_refused_with_a_clear_error() {
-    let fx = Fixture::new("dtls-mode");
+    let fx = fixture("dtls-mode");
     let psk = fx.psk();
     std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let output = support::run_bounded(
@@ -527,7 +487,7 @@ fn our_client(args: &[&str]) -> Output {
 
 #[test]
 fn our_client_downloads_over_coaps_in_device_mode_and_by_query() {
-    let fx = Fixture::new("dtls-client");
+    let fx = fixture("dtls-client");
     let dev = fx.image("DEV");
     // The client's key file: one identity:key line, owner only.
     let client_psk = fx.keys.write("client-psk", b"dev1:dev1-secret-key\n");
@@ -536,7 +496,7 @@ fn our_client_downloads_over_coaps_in_device_mode_and_by_query() {
     // One version before the images' 1.0.1.
     let version = "1.0.0";
     for listen in ["127.0.0.1:0", "[::1]:0"] {
-        let server = fx.server(listen);
+        let server = fx.server(listen, &[]);
         let base = format!("coaps://{}", server.addr);
         for block in ["64", "1024"] {
             let out = fx.out.path().join(format!("device-{block}"));
@@ -613,9 +573,9 @@ fn our_client_downloads_over_coaps_in_device_mode_and_by_query() {
 
 #[test]
 fn our_client_gets_4_03_for_another_product_and_fails_clearly_with_a_wrong_key() {
-    let fx = Fixture::new("dtls-client-refused");
+    let fx = fixture("dtls-client-refused");
     let other = fx.image("OTHER");
-    let server = fx.server("127.0.0.1:0");
+    let server = fx.server("127.0.0.1:0", &[]);
     let uri = format!("coaps://{}/updates/{}", server.addr, other.id);
     let out = fx.out.path().join("other");
     let out_text = out.to_string_lossy().into_owned();
@@ -672,7 +632,7 @@ fn our_client_gets_4_03_for_another_product_and_fails_clearly_with_a_wrong_key()
 
 #[test]
 fn our_client_refuses_coaps_without_a_key_and_keys_without_coaps() {
-    let fx = Fixture::new("dtls-client-usage");
+    let fx = fixture("dtls-client-usage");
     let open_psk = fx.keys.write("open-psk", b"dev1:dev1-secret-key\n");
     std::fs::set_permissions(&open_psk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let open_psk = open_psk.to_string_lossy().into_owned();
@@ -737,9 +697,7 @@ fn publish(dir: &Path, name: &str, bytes: &[u8]) {
 
 #[test]
 fn our_client_observes_the_lookup_over_coaps_and_downloads_the_published_image() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    let fx = Fixture::new("dtls-observe");
+    let fx = fixture("dtls-observe");
     let psk = fx.psk();
     let server = support::spawn_server(
         fx.dir.path(),
@@ -754,36 +712,7 @@ fn our_client_observes_the_lookup_over_coaps_and_downloads_the_published_image()
         ],
     );
     let out = fx.out.path().join("observed");
-    let mut client = Command::new(support::CLIENT_BIN)
-        .arg(format!("coaps://{}", server.addr))
-        .args([
-            "--pid",
-            "DEV",
-            "--type",
-            "3",
-            "--version",
-            "1.0.1",
-            "--observe",
-        ])
-        .args([
-            "--psk-identity",
-            "dev1",
-            "--psk-key",
-            "dev1-secret-key",
-            "-o",
-        ])
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("client");
-    let stdout = client.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut client, rx) = observe_lookup(server.addr, "dev1", "dev1-secret-key", &out);
     let first = rx.recv_timeout(Duration::from_secs(10));
     assert_eq!(first.as_deref(), Ok("no update"), "{}", server.log());
     // A newer DEV image: the notification travels in the session.
@@ -810,10 +739,10 @@ fn our_client_observes_the_lookup_over_coaps_and_downloads_the_published_image()
 
 #[test]
 fn handshake_retransmissions_leave_from_the_address_the_hello_was_sent_to() {
-    let fx = Fixture::new("dtls-reply-from");
+    let fx = fixture("dtls-reply-from");
     // A wildcard socket: the kernel would pick 127.0.0.1 as the source of
     // a datagram to 127.0.0.1 unless told otherwise.
-    let server = fx.server("0.0.0.0:0");
+    let server = fx.server("0.0.0.0:0", &[]);
     let to: SocketAddr = format!("127.0.0.2:{}", server.addr.port())
         .parse()
         .expect("addr");

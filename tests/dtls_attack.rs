@@ -18,15 +18,13 @@ mod support;
 
 use dtls_session::{client_hello, hello_verify_cookie};
 use iot_ota::dtls::ClientPsk;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{TempDir, TestImage, TestServer};
+use support::coaps::{observe_lookup, CoapsFixture};
+use support::{TestImage, TestServer};
 
 /// How long each attack lasts.
 const ATTACK: Duration = Duration::from_secs(30);
@@ -41,45 +39,9 @@ const ATTACKER: &str = "127.0.0.2";
 const SOURCES: u8 = 15;
 const PSK_FILE: &str = "dev1:dev1-secret-key:DEV\n";
 
-struct Fixture {
-    dir: TempDir,
-    keys: TempDir,
-    out: TempDir,
-    images: Vec<TestImage>,
-}
-
-impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        let dir = TempDir::new(tag);
-        let images = support::write_images(&dir, &[("DEV", 5000)]);
-        let keys = TempDir::new(&format!("{tag}-keys"));
-        let psk = keys.write("psk", PSK_FILE.as_bytes());
-        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        Fixture {
-            dir,
-            keys,
-            out: TempDir::new(&format!("{tag}-out")),
-            images,
-        }
-    }
-
-    fn psk(&self) -> PathBuf {
-        self.keys.path().join("psk")
-    }
-
-    /// The server with coaps only, on 127.0.0.1 and default limits, plus
-    /// `extra` options.
-    fn server(&self, extra: &[&str]) -> TestServer {
-        let psk = self.psk();
-        let mut args = vec![
-            "--psk-file",
-            psk.to_str().expect("utf-8"),
-            "--dtls-listen",
-            "0.0.0.0:0",
-        ];
-        args.extend_from_slice(extra);
-        support::spawn_server(self.dir.path(), "none", &args)
-    }
+/// One image, DEV 5000 bytes, and one identity, dev1, for DEV.
+fn fixture(tag: &str) -> CoapsFixture {
+    CoapsFixture::new(tag, &[("DEV", 5000)], PSK_FILE)
 }
 
 /// The server's resident set in KiB.
@@ -208,7 +170,7 @@ impl Attacker {
 /// Our client's coaps download of `image` as dev1; returns how long it
 /// took, after checking the bytes.
 fn download_with_our_client(
-    fx: &Fixture,
+    fx: &CoapsFixture,
     server: SocketAddr,
     image: &TestImage,
     n: usize,
@@ -236,8 +198,8 @@ fn download_with_our_client(
 
 #[test]
 fn fragment_stuffing_into_every_half_open_handshake_keeps_memory_bounded() {
-    let fx = Fixture::new("dtls-memory");
-    let server = fx.server(&[]);
+    let fx = fixture("dtls-memory");
+    let server = fx.server("0.0.0.0:0", &[]);
     let to = target(&server);
     let image = &fx.images[0];
     // Warm: one download, so that what the first session allocates is in
@@ -297,46 +259,13 @@ fn fragment_stuffing_into_every_half_open_handshake_keeps_memory_bounded() {
 
 #[test]
 fn cookie_exchanges_at_full_speed_from_one_host_lock_no_one_else_out() {
-    let fx = Fixture::new("dtls-outage");
-    let psk = fx.psk();
-    let server = support::spawn_server(
-        fx.dir.path(),
-        "none",
-        &[
-            "--psk-file",
-            psk.to_str().expect("utf-8"),
-            "--dtls-listen",
-            "0.0.0.0:0",
-            "--rescan",
-            "200",
-        ],
-    );
+    let fx = fixture("dtls-outage");
+    let server = fx.server("0.0.0.0:0", &["--rescan", "200"]);
     let to = target(&server);
     let image = &fx.images[0];
     // The observer, from 127.0.0.1, registered before the attack.
     let observed = fx.out.path().join("observed");
-    let mut observer = Command::new(support::CLIENT_BIN)
-        .arg(format!("coaps://{to}"))
-        .args(["--pid", "DEV", "--version", "1.0.1", "--observe"])
-        .args([
-            "--psk-identity",
-            "dev1",
-            "--psk-key",
-            "dev1-secret-key",
-            "-o",
-        ])
-        .arg(&observed)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("observer");
-    let stdout = observer.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut observer, rx) = observe_lookup(to, "dev1", "dev1-secret-key", &observed);
     let first = rx.recv_timeout(Duration::from_secs(10));
     assert_eq!(first.as_deref(), Ok("no update"), "{}", server.log());
     // The attack, from 1,024 ports of 127.0.0.2: 64 cookie exchanges in
@@ -524,8 +453,8 @@ impl Device {
 
 #[test]
 fn an_idle_session_ends_and_an_unfinished_second_handshake_leaves_the_first_working() {
-    let fx = Fixture::new("dtls-idle");
-    let server = fx.server(&["--session-idle", "2"]);
+    let fx = fixture("dtls-idle");
+    let server = fx.server("0.0.0.0:0", &["--session-idle", "2"]);
     let to = target(&server);
     // Replacement: the device's session stays while a second handshake
     // from its address and port stops after the cookie exchange.

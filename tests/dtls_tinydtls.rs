@@ -19,7 +19,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-use support::{TempDir, TestImage, TestServer};
+use support::coaps::CoapsFixture;
+use support::{TestImage, TestServer};
 
 /// Bound on one aiocoap run (one takes about half a second here).
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -115,64 +116,26 @@ fn require_tinydtls() -> bool {
     found
 }
 
-struct Fixture {
-    dir: TempDir,
-    keys: TempDir,
-    out: TempDir,
-    images: Vec<TestImage>,
+/// DEV: 5000 bytes, 79 blocks of 64 and 5 of 1024, the last ones short.
+/// OTHER: 4096 bytes, a multiple of both sizes: its last block is full and
+/// has no more after it.
+fn fixture(tag: &str) -> CoapsFixture {
+    CoapsFixture::new(tag, &[("DEV", 5000), ("OTHER", 4096)], PSK_FILE)
 }
 
-impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        let dir = TempDir::new(tag);
-        // DEV: 5000 bytes, 79 blocks of 64 and 5 of 1024, the last ones
-        // short. OTHER: 4096 bytes, a multiple of both sizes: its last
-        // block is full and has no more after it.
-        let images = support::write_images(&dir, &[("DEV", 5000), ("OTHER", 4096)]);
-        let keys = TempDir::new(&format!("{tag}-keys"));
-        let psk = keys.write("psk", PSK_FILE.as_bytes());
-        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        Fixture {
-            dir,
-            keys,
-            out: TempDir::new(&format!("{tag}-out")),
-            images,
-        }
-    }
-
-    fn image(&self, pid: &str) -> &TestImage {
-        support::find_image(&self.images, pid)
-    }
-
-    /// A server with coaps only on `listen`.
-    fn server(&self, listen: &str) -> TestServer {
-        let psk = self.keys.path().join("psk");
-        support::spawn_server(
-            self.dir.path(),
-            "none",
-            &[
-                "--psk-file",
-                psk.to_str().expect("utf-8"),
-                "--dtls-listen",
-                listen,
-            ],
-        )
-    }
-
-    /// An aiocoap credentials file (JSON, the name must end in .json)
-    /// giving `identity` and `key` for every coaps URI of `server`.
-    fn credentials(&self, server: &TestServer, identity: &str, key: &str) -> PathBuf {
-        let json = format!(
-            r#"{{"coaps://{}/*": {{"dtls": {{"psk": {{"ascii": "{key}"}}, "client-identity": {{"ascii": "{identity}"}}}}}}}}"#,
-            server.addr
-        );
-        let path = self.keys.write(
-            &format!("{identity}-{}.json", server.addr.port()),
-            json.as_bytes(),
-        );
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        path
-    }
+/// An aiocoap credentials file (JSON, the name must end in .json)
+/// giving `identity` and `key` for every coaps URI of `server`.
+fn credentials(fx: &CoapsFixture, server: &TestServer, identity: &str, key: &str) -> PathBuf {
+    let json = format!(
+        r#"{{"coaps://{}/*": {{"dtls": {{"psk": {{"ascii": "{key}"}}, "client-identity": {{"ascii": "{identity}"}}}}}}}}"#,
+        server.addr
+    );
+    let path = fx.keys.write(
+        &format!("{identity}-{}.json", server.addr.port()),
+        json.as_bytes(),
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
 }
 
 fn updates_uri(addr: SocketAddr, image: &TestImage) -> String {
@@ -231,15 +194,15 @@ fn aiocoap_client_over_tinydtls_fetches_by_id_byte_exact() {
     if !require_tinydtls() {
         return;
     }
-    let fx = Fixture::new("tinydtls-cli");
+    let fx = fixture("tinydtls-cli");
     for listen in ["127.0.0.1:0", "[::1]:0"] {
-        let server = fx.server(listen);
+        let server = fx.server(listen, &[]);
         for (identity, key, pid) in [
             ("dev1", "dev1-secret-key", "DEV"),
             ("ops", "ops-secret-key", "OTHER"),
         ] {
             let image = fx.image(pid);
-            let credentials = fx.credentials(&server, identity, key);
+            let credentials = credentials(&fx, &server, identity, key);
             let output = aiocoap_client(&credentials, &updates_uri(server.addr, image));
             assert!(
                 output.status.success() && output.stdout == image.bytes,
@@ -258,15 +221,15 @@ fn tinydtls_fetches_by_id_with_64_and_1024_byte_blocks_byte_exact() {
     if !require_tinydtls() {
         return;
     }
-    let fx = Fixture::new("tinydtls-blocks");
+    let fx = fixture("tinydtls-blocks");
     for listen in ["127.0.0.1:0", "[::1]:0"] {
-        let server = fx.server(listen);
+        let server = fx.server(listen, &[]);
         for (identity, key, pid) in [
             ("dev1", "dev1-secret-key", "DEV"),
             ("ops", "ops-secret-key", "OTHER"),
         ] {
             let image = fx.image(pid);
-            let credentials = fx.credentials(&server, identity, key);
+            let credentials = credentials(&fx, &server, identity, key);
             for (szx, size) in [(2u8, 64usize), (6, 1024)] {
                 let out = fx.out.path().join(format!("{pid}-{size}"));
                 let len = image.bytes.len();
@@ -302,11 +265,11 @@ fn tinydtls_identity_gets_4_03_for_another_products_image_and_ops_gets_it() {
     if !require_tinydtls() {
         return;
     }
-    let fx = Fixture::new("tinydtls-forbidden");
+    let fx = fixture("tinydtls-forbidden");
     let other = fx.image("OTHER");
-    let server = fx.server("127.0.0.1:0");
+    let server = fx.server("127.0.0.1:0", &[]);
     let uri = updates_uri(server.addr, other);
-    let dev1 = fx.credentials(&server, "dev1", "dev1-secret-key");
+    let dev1 = credentials(&fx, &server, "dev1", "dev1-secret-key");
     let refused = aiocoap_client(&dev1, &uri);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -331,7 +294,7 @@ fn tinydtls_identity_gets_4_03_for_another_products_image_and_ops_gets_it() {
     );
     // The same image for an identity allowed every product: the refusal
     // was dev1's, not the image's or the session's.
-    let ops = fx.credentials(&server, "ops", "ops-secret-key");
+    let ops = credentials(&fx, &server, "ops", "ops-secret-key");
     let allowed = aiocoap_client(&ops, &uri);
     assert!(
         allowed.status.success() && allowed.stdout == other.bytes,

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod coap;
+pub mod coaps;
 mod images;
 #[allow(unused_imports)] // Not every test uses every part of the kit.
 pub use images::{image_bytes, XorShift};
