@@ -155,16 +155,23 @@ pub struct FileTree {
 
 /// The lookup key of a path: FNV-1a 64 over each segment followed by `/`,
 /// so that `[]`, `[""]` and `["a", ""]` all differ.
-fn key<S: AsRef<[u8]>>(segments: &[S]) -> u64 {
+fn key<'x, T: AsRef<[u8]> + ?Sized + 'x>(segments: impl IntoIterator<Item = &'x T>) -> u64 {
     fnv1a64_concat(
         segments
-            .iter()
+            .into_iter()
             .flat_map(|segment| [segment.as_ref(), b"/".as_slice()]),
     )
 }
 
-fn same<S: AsRef<[u8]>>(stored: &[Box<[u8]>], asked: &[S]) -> bool {
-    stored.len() == asked.len() && stored.iter().zip(asked).all(|(a, b)| &a[..] == b.as_ref())
+fn same<'x, T: AsRef<[u8]> + ?Sized + 'x>(
+    stored: &[Box<[u8]>],
+    asked: impl IntoIterator<Item = &'x T>,
+) -> bool {
+    let mut asked = asked.into_iter();
+    stored
+        .iter()
+        .all(|a| asked.next().is_some_and(|b| a[..] == *b.as_ref()))
+        && asked.next().is_none()
 }
 
 fn split(path: &str) -> Box<[Box<[u8]>]> {
@@ -406,7 +413,7 @@ impl FileTree {
         let mut pending = HashMap::default();
         for listed in walk.files {
             let segments = split(&listed.rel);
-            let old = self.file(&segments);
+            let old = self.file(segments.iter());
             if let Some(old) = old.filter(|old| old.stamp == listed.stamp) {
                 files.push(old.clone());
                 continue;
@@ -577,28 +584,41 @@ impl FileTree {
         }
     }
 
-    /// The file at the path `segments` (Uri-Path values). O(1), no allocation.
-    pub fn file<S: AsRef<[u8]>>(&self, segments: &[S]) -> Option<&TreeFile> {
+    /// The file at the path `segments` (Uri-Path values: a slice, or a
+    /// request's [`Path::iter`](crate::wire::Path::iter), walked as it
+    /// is decoded). O(1), no allocation.
+    pub fn file<'x, T, I>(&self, segments: I) -> Option<&TreeFile>
+    where
+        T: AsRef<[u8]> + ?Sized + 'x,
+        I: IntoIterator<Item = &'x T> + Clone,
+    {
         self.by_key
-            .get(&key(segments))?
+            .get(&key(segments.clone()))?
             .iter()
             .filter_map(|&i| self.files.get(i))
-            .find(|file| same(&file.segments, segments))
+            .find(|file| same(&file.segments, segments.clone()))
     }
 
-    /// The directory at the path `segments` (`[]`: the root). O(1), no
-    /// allocation.
-    pub fn dir<S: AsRef<[u8]>>(&self, segments: &[S]) -> Option<&TreeDir> {
+    /// The directory at the path `segments` (`[]`: the root), given as to
+    /// [`FileTree::file`]. O(1), no allocation.
+    pub fn dir<'x, T, I>(&self, segments: I) -> Option<&TreeDir>
+    where
+        T: AsRef<[u8]> + ?Sized + 'x,
+        I: IntoIterator<Item = &'x T> + Clone,
+    {
         self.dir_by_key
-            .get(&key(segments))?
+            .get(&key(segments.clone()))?
             .iter()
             .filter_map(|&i| self.dirs.get(i))
-            .find(|dir| same(&dir.segments, segments))
+            .find(|dir| same(&dir.segments, segments.clone()))
     }
 
     /// For a path the tree does not serve: the Max-Age of a 5.03 when it is
     /// a new file that had not settled when this snapshot was built.
-    pub(crate) fn pending_retry<S: AsRef<[u8]>>(&self, segments: &[S]) -> Option<u32> {
+    pub(crate) fn pending_retry<'x, T: AsRef<[u8]> + ?Sized + 'x>(
+        &self,
+        segments: impl IntoIterator<Item = &'x T>,
+    ) -> Option<u32> {
         self.pending.get(&key(segments)).copied()
     }
 
@@ -706,7 +726,7 @@ mod tests {
             .file(&["fw/app/board/slot0.5.bin".as_bytes()])
             .is_none());
         assert!(tree.dir(&segs("fw/app/board")).is_some());
-        assert!(tree.dir::<&[u8]>(&[]).is_some());
+        assert!(tree.dir::<&[u8], _>(&[]).is_some());
         assert!(tree.dir(&[b"".as_slice()]).is_none());
     }
 
@@ -717,7 +737,7 @@ mod tests {
         dir.write("fw/sub/b.bin", b"b");
         dir.write("top", b"t");
         let (tree, _) = load(&dir);
-        let root = tree.dir::<&[u8]>(&[]).expect("root");
+        let root = tree.dir::<&[u8], _>(&[]).expect("root");
         assert_eq!(root.listing, b"</fw/>;ct=40,</top>");
         let fw = tree.dir(&segs("fw")).expect("fw");
         assert_eq!(fw.listing, b"</fw/a.bin>,</fw/sub/>;ct=40");

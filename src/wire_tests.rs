@@ -71,7 +71,7 @@ fn parses_rfc7252_figure_16_request() {
     assert_eq!(msg.class(), MessageClass::Request(RequestType::Get));
     assert_eq!(msg.mid, 0x7d34);
     assert!(msg.token.is_empty());
-    assert_eq!(msg.path.as_slice(), &[&b"temperature"[..]]);
+    assert_eq!(msg.path.iter().collect::<Vec<_>>(), [&b"temperature"[..]]);
     assert!(msg.query.is_empty());
     assert!(msg.payload.is_empty());
     assert_eq!(msg.unrecognized_critical, None);
@@ -115,7 +115,10 @@ fn emits_rfc7252_figure_16_response() {
 fn parses_rfc7252_figure_17_token() {
     let request = Message::parse(&FIG17_REQUEST).unwrap();
     assert_eq!(request.token, &[0x20]);
-    assert_eq!(request.path.as_slice(), &[&b"temperature"[..]]);
+    assert_eq!(
+        request.path.iter().collect::<Vec<_>>(),
+        [&b"temperature"[..]]
+    );
     let response = Message::parse(&FIG17_RESPONSE).unwrap();
     assert_eq!(response.token, &[0x20]);
     assert_eq!(response.payload, b"22.3 C");
@@ -141,7 +144,10 @@ fn parses_get_block2_num300() {
     let msg = Message::parse(&GET_BLOCK2_NUM300).unwrap();
     assert_eq!(msg.mid, 0x0102);
     assert_eq!(msg.token, &[0xab, 0xcd]);
-    assert_eq!(msg.path.as_slice(), &[&b"updates"[..], &b"e40c292c"[..]]);
+    assert_eq!(
+        msg.path.iter().collect::<Vec<_>>(),
+        [&b"updates"[..], &b"e40c292c"[..]]
+    );
     assert_eq!(
         msg.block2,
         Some(Ok(Block {
@@ -494,7 +500,7 @@ fn unknown_elective_option_is_ignored() {
     ];
     let msg = Message::parse(&d).unwrap();
     assert_eq!(msg.unrecognized_critical, None);
-    assert_eq!(msg.path.as_slice(), &[&b"updates"[..]]);
+    assert_eq!(msg.path.iter().collect::<Vec<_>>(), [&b"updates"[..]]);
     assert_eq!(msg.observe, Some(0));
 }
 
@@ -524,8 +530,8 @@ fn uri_path_beyond_max_path_segments_overflows() {
     }
     let msg = Message::parse(&d).unwrap();
     assert!(msg.path.overflowed());
-    assert_eq!(msg.path.as_slice().len(), MAX_PATH_SEGMENTS);
-    assert_eq!(msg.path.as_slice()[0], b"a");
+    assert_eq!(msg.path.iter().count(), MAX_PATH_SEGMENTS);
+    assert_eq!(msg.path.get(0), Some(&b"a"[..]));
     assert_eq!(
         msg.unrecognized_critical, None,
         "a long path is not a format error"
@@ -535,7 +541,7 @@ fn uri_path_beyond_max_path_segments_overflows() {
     let exact = &d[..d.len() - 2];
     let msg = Message::parse(exact).unwrap();
     assert!(!msg.path.overflowed());
-    assert_eq!(msg.path.as_slice().len(), MAX_PATH_SEGMENTS);
+    assert_eq!(msg.path.iter().count(), MAX_PATH_SEGMENTS);
 }
 
 #[test]
@@ -813,7 +819,7 @@ fn emits_options_in_order_with_delta_and_length_extensions() {
     assert_eq!(bytes, expected);
 
     let msg = Message::parse(&bytes).unwrap();
-    assert_eq!(msg.path.as_slice(), &[&long13[..]]);
+    assert_eq!(msg.path.iter().collect::<Vec<_>>(), [&long13[..]]);
     assert_eq!(msg.size2, Some(1025));
     assert_eq!(msg.echo, Some(&[0xEC][..]));
     assert_eq!(msg.unrecognized_critical, None);
@@ -1158,4 +1164,44 @@ fn emit_block_ack_writes_what_the_emitter_writes() {
         ),
         Err(EmitError::BufferTooSmall)
     );
+}
+
+#[test]
+fn path_is_a_view_of_its_options_not_an_array_of_segments() {
+    // The parsed message reserves no slot per segment: the path is a
+    // slice and a count.
+    assert!(std::mem::size_of::<Path<'static>>() <= 3 * std::mem::size_of::<usize>());
+    // Segments of 0, 13 and 255 bytes (length nibble 13), two longer ones
+    // skipped as unrecognised (269 bytes: nibble 14; 256), one of 1 byte,
+    // then Uri-Query and Block2.
+    let long13 = [b'm'; 13];
+    let long255 = [b'l'; 255];
+    let mut d = vec![0x40, 0x01, 0, 1, 0xB0, 0x0D, 0];
+    d.extend_from_slice(&long13);
+    d.extend_from_slice(&[0x0D, 242]); // 13 + 242 = 255
+    d.extend_from_slice(&long255);
+    d.extend_from_slice(&[0x0E, 0, 0]); // 269 + 0
+    d.extend_from_slice(&[b'y'; 269]);
+    d.extend_from_slice(&[0x0D, 243]); // 13 + 243 = 256
+    d.extend_from_slice(&[b'x'; 256]);
+    d.extend_from_slice(&[0x01, b'z', 0x41, b'q', 0x81, 0x02]);
+    let msg = Message::parse(&d).unwrap();
+    assert_eq!(msg.unrecognized_critical, Some(11));
+    assert_eq!(
+        msg.path.iter().collect::<Vec<_>>(),
+        [&b""[..], &long13[..], &long255[..], b"z"]
+    );
+    assert_eq!(
+        (msg.path.len(), msg.path.get(3), msg.path.get(4)),
+        (4, Some(&b"z"[..]), None)
+    );
+    assert_eq!(msg.query.as_slice(), [b"q"]);
+    assert!(matches!(msg.block2, Some(Ok(_))));
+    assert_eq!(
+        format!("{:?}", Message::parse(&FIG16_REQUEST).unwrap().path),
+        format!("{:?}", [b"temperature"])
+    );
+    // No Uri-Path: an empty view.
+    let msg = Message::parse(&[0x40, 0x01, 0, 1]).unwrap();
+    assert!(msg.path.is_empty() && msg.path.iter().next().is_none() && msg.path.get(0).is_none());
 }

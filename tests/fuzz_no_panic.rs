@@ -526,7 +526,7 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
                 parsed += 1;
                 let _ = (
                     msg.class(),
-                    msg.path.as_slice(),
+                    msg.path.iter().collect::<Vec<_>>(),
                     msg.query.as_slice(),
                     msg.path.overflowed(),
                 );

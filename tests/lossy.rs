@@ -267,7 +267,7 @@ fn note_request(datagram: &[u8], seen: &mut Seen) {
     let Ok(msg) = Message::parse(datagram) else {
         return;
     };
-    let is_body = match msg.path.as_slice() {
+    let is_body = match msg.path.iter().collect::<Vec<_>>()[..] {
         [b"updates", _] => true,
         // The legacy form: PIDLEN + PID + TYPE + VERSION + OFFSET.
         [b"updates"] => msg

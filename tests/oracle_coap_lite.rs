@@ -352,7 +352,7 @@ fn assert_parses_like_coap_lite(p: &Packet) -> Vec<u8> {
     };
     let uri_path = values(CoapOption::UriPath);
     if uri_path.len() <= wire::MAX_PATH_SEGMENTS {
-        assert_eq!(ours.path.as_slice(), &uri_path[..]);
+        assert_eq!(ours.path.iter().collect::<Vec<_>>(), &uri_path[..]);
     }
     let in_range: Vec<&[u8]> = values(CoapOption::UriQuery)
         .into_iter()

@@ -175,7 +175,7 @@ pub(super) fn log_request(from: SocketAddr, datagram: &[u8]) {
         return;
     };
     let mut path = String::new();
-    for segment in msg.path.as_slice() {
+    for segment in msg.path.iter() {
         path.push('/');
         path.push_str(&String::from_utf8_lossy(segment));
     }

@@ -636,7 +636,7 @@ fn target_of(msg: &Message<'_>) -> u64 {
         let [hi, lo] = a.to_be_bytes();
         [0, hi, lo]
     });
-    let path = msg.path.as_slice().iter().flat_map(|s| [&b"/"[..], s]);
+    let path = msg.path.iter().flat_map(|s| [&b"/"[..], s]);
     let query = msg.query.as_slice().iter().flat_map(|q| [&b"?"[..], q]);
     fnv1a64_concat(
         path.chain(query)

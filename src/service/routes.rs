@@ -98,12 +98,14 @@ impl<'s> Ctx<'s, '_, '_> {
                 Diagnostic::Critical(option),
             ));
         }
-        let route = match self.msg.path.as_slice() {
-            _ if self.msg.path.overflowed() => None,
-            [b"updates"] => Some(Route::Updates),
-            [b"updates", id] => Some(Route::Image(id)),
-            [b".well-known", b"core"] => Some(Route::Discovery),
-            [b"updates", ..] => None,
+        let path = self.msg.path;
+        let mut segments = path.iter();
+        let route = match (path.len(), segments.next(), segments.next()) {
+            _ if path.overflowed() => None,
+            (1, Some(b"updates"), _) => Some(Route::Updates),
+            (2, Some(b"updates"), Some(id)) => Some(Route::Image(id)),
+            (2, Some(b".well-known"), Some(b"core")) => Some(Route::Discovery),
+            (_, Some(b"updates"), _) => None,
             _ => self.tree.map(Route::Tree),
         };
         let Some(route) = route else {
@@ -397,14 +399,15 @@ impl<'s> Ctx<'s, '_, '_> {
     /// Uri-Path at all for the root); 4.00 for a directory without the `/`
     /// or a file with one; 5.03 for a new file still settling; else 4.04.
     fn tree_get(&mut self, tree: &'s FileTree, out: &mut [u8]) -> Reply<'s> {
-        let path = self.msg.path.as_slice();
-        let (dir_path, wants_dir) = match path.split_last() {
-            None => (path, true),
-            Some((&[], rest)) => (rest, true),
-            Some(_) => (path, false),
+        let path = self.msg.path.iter();
+        let (dir_len, wants_dir) = match path.clone().last() {
+            None => (0, true),
+            Some([]) => (self.msg.path.len().saturating_sub(1), true),
+            Some(_) => (self.msg.path.len(), false),
         };
         if wants_dir {
-            if let Some(dir) = tree.dir(dir_path) {
+            let dir_path = path.take(dir_len);
+            if let Some(dir) = tree.dir(dir_path.clone()) {
                 return self.whole_body(
                     &dir.listing,
                     &dir.etag,
@@ -420,7 +423,7 @@ impl<'s> Ctx<'s, '_, '_> {
             }
             return Err(error(ResponseType::NotFound, "no such directory"));
         }
-        if let Some(file) = tree.file(path) {
+        if let Some(file) = tree.file(path.clone()) {
             let (len, _) = self.whole_body(
                 &file.bytes,
                 &file.etag,
@@ -430,7 +433,7 @@ impl<'s> Ctx<'s, '_, '_> {
             let block = self.block_for(file.bytes.len())?.0;
             return Ok((len, Outcome::File { file, block }));
         }
-        if tree.dir(path).is_some() {
+        if tree.dir(path.clone()).is_some() {
             return Err(error(
                 ResponseType::BadRequest,
                 "not a file (add a trailing slash)",

@@ -8,7 +8,10 @@ use super::{
 };
 use coap_lite::{CoapOption, MessageClass, MessageType};
 
-/// Up to `N` repeated option values (Uri-Path, Uri-Query), borrowed from
+/// Uri-Path (RFC 7252 §5.10).
+const OPTION_URI_PATH: u16 = 11;
+
+/// Up to `N` repeated option values (Uri-Query), borrowed from
 /// the datagram. Values past `N` are counted, not stored.
 #[derive(Debug, Clone, Copy)]
 pub struct Segments<'a, const N: usize> {
@@ -49,8 +52,119 @@ impl<'a, const N: usize> Segments<'a, N> {
     }
 }
 
-/// The Uri-Path of a request.
-pub type Path<'a> = Segments<'a, MAX_PATH_SEGMENTS>;
+/// The Uri-Path of a request: a view of its options in the datagram,
+/// decoded when read, so that a message reserves no room per segment.
+///
+/// Options are sorted by number, so the Uri-Path options (11) of a message
+/// are consecutive: the first with its delta, the others with delta 0.
+/// The view holds the bytes of those options and how many were kept; a
+/// Uri-Path value longer than 255 bytes is skipped (the parser reports it
+/// as an unrecognised critical option). Only the first
+/// [`MAX_PATH_SEGMENTS`] values are read; more are reported by
+/// [`Path::overflowed`].
+#[derive(Clone, Copy, Default)]
+pub struct Path<'a> {
+    /// The encoded Uri-Path options, headers included.
+    options: &'a [u8],
+    /// How many values of at most 255 bytes they hold.
+    total: usize,
+}
+
+impl<'a> Path<'a> {
+    /// How many segments [`Path::iter`] yields: at most
+    /// [`MAX_PATH_SEGMENTS`].
+    pub fn len(&self) -> usize {
+        self.total.min(MAX_PATH_SEGMENTS)
+    }
+
+    /// True when the message had no Uri-Path at all.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// True when the message had more than [`MAX_PATH_SEGMENTS`] segments:
+    /// the view then reads only the first ones.
+    pub fn overflowed(&self) -> bool {
+        self.total > MAX_PATH_SEGMENTS
+    }
+
+    /// The segments, in message order.
+    pub fn iter(&self) -> PathIter<'a> {
+        PathIter {
+            rest: self.options,
+            left: self.len(),
+        }
+    }
+
+    /// The segment at `index`, if there is one.
+    pub fn get(&self, index: usize) -> Option<&'a [u8]> {
+        self.iter().nth(index)
+    }
+}
+
+impl<'a> IntoIterator for Path<'a> {
+    type Item = &'a [u8];
+    type IntoIter = PathIter<'a>;
+
+    fn into_iter(self) -> PathIter<'a> {
+        self.iter()
+    }
+}
+
+impl core::fmt::Debug for Path<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut list = f.debug_list();
+        list.entries(self.iter());
+        if self.overflowed() {
+            list.entry(&format_args!("(+{})", self.total - MAX_PATH_SEGMENTS));
+        }
+        list.finish()
+    }
+}
+
+/// The segments of a [`Path`], decoded one option at a time.
+#[derive(Debug, Clone)]
+pub struct PathIter<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl<'a> Iterator for PathIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while self.left > 0 {
+            let Some(value) = self.next_option() else {
+                // Unreachable for a view built by the parser.
+                self.left = 0;
+                return None;
+            };
+            if value.len() <= 255 {
+                self.left -= 1;
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.left))
+    }
+}
+
+impl<'a> PathIter<'a> {
+    /// The value of the next option; its delta is skipped (the first
+    /// option's delta leads to 11, the others' are 0).
+    fn next_option(&mut self) -> Option<&'a [u8]> {
+        let (&first, rest) = self.rest.split_first()?;
+        let (_, rest) = option_field(first >> 4, rest).ok()?;
+        let (length, rest) = option_field(first & 0x0F, rest).ok()?;
+        let (value, rest) = rest.split_at_checked(usize::try_from(length).ok()?)?;
+        self.rest = rest;
+        Some(value)
+    }
+}
+
 /// The Uri-Query values of a request.
 pub type Query<'a> = Segments<'a, MAX_QUERY_SEGMENTS>;
 
@@ -121,7 +235,7 @@ impl<'a> Message<'a> {
             code,
             mid,
             token,
-            path: Segments::EMPTY,
+            path: Path::default(),
             query: Segments::EMPTY,
             block2: None,
             size2: None,
@@ -138,6 +252,8 @@ impl<'a> Message<'a> {
 
         let mut number: u32 = 0;
         let mut seen = Seen::default();
+        // Where the Uri-Path options start and end in the datagram.
+        let mut path_range: Option<(usize, usize)> = None;
         while let Some((&first, after)) = rest.split_first() {
             if first == PAYLOAD_MARKER {
                 if after.is_empty() {
@@ -155,8 +271,16 @@ impl<'a> Message<'a> {
             let (value, after) = after
                 .split_at_checked(length as usize)
                 .ok_or(format(FormatError::TruncatedOption))?;
+            if number16 == OPTION_URI_PATH {
+                let end = datagram.len() - after.len();
+                let start = path_range.map_or(datagram.len() - rest.len(), |(start, _)| start);
+                path_range = Some((start, end));
+            }
             msg.take_option(number16, value, &mut seen);
             rest = after;
+        }
+        if let Some((start, end)) = path_range {
+            msg.path.options = datagram.get(start..end).unwrap_or_default();
         }
         Ok(msg)
     }
@@ -180,7 +304,7 @@ impl<'a> Message<'a> {
                 true
             }
             CoapOption::UriPath if len <= 255 => {
-                self.path.push(value);
+                self.path.total = self.path.total.saturating_add(1);
                 true
             }
             CoapOption::UriQuery if len <= 255 => {

@@ -32,7 +32,7 @@ mod message;
 pub use block::{Block, BlockError};
 pub use block_get::{emit_block_ack, BlockGet};
 pub use emit::{emit_empty, EmitError, Emitter};
-pub use message::{Header, Message, Path, Query, Segments};
+pub use message::{Header, Message, Path, PathIter, Query, Segments};
 
 use coap_lite::MessageType;
 use core::fmt;
@@ -45,7 +45,7 @@ pub const HEADER_LEN: usize = 4;
 pub const TOKEN_MAX: usize = 8;
 /// Byte that separates options from a non-empty payload.
 pub const PAYLOAD_MARKER: u8 = 0xFF;
-/// Uri-Path segments kept; a longer path matches no resource of ours:
+/// Uri-Path segments read; a longer path matches no resource of ours:
 /// the deepest file of a `--files` tree, and the empty segment that asks
 /// for a listing after its deepest directory.
 pub const MAX_PATH_SEGMENTS: usize = crate::tree::MAX_DEPTH + 1;

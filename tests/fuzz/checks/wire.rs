@@ -58,10 +58,10 @@ fn fast_parser(data: &[u8]) {
     assert_eq!((msg.mid, msg.token), (fast.mid, fast.token));
     match fast.id {
         Some(id) => {
-            assert_eq!(msg.path.as_slice(), [&b"updates"[..], id]);
+            assert_eq!(msg.path.iter().collect::<Vec<_>>(), [&b"updates"[..], id]);
             assert!(id.len() == 8 && fast.payload.is_empty());
         }
-        None => assert_eq!(msg.path.as_slice(), [&b"updates"[..]]),
+        None => assert_eq!(msg.path.iter().collect::<Vec<_>>(), [&b"updates"[..]]),
     }
     assert!(!msg.path.overflowed());
     assert_eq!(msg.payload, fast.payload);
@@ -87,11 +87,11 @@ fn touch_accessors(msg: &Message<'_>) {
     let _ = msg.class();
     let _ = format!("{}", msg.class());
     assert!(msg.token.len() <= wire::TOKEN_MAX);
-    assert!(msg.path.as_slice().len() <= wire::MAX_PATH_SEGMENTS);
+    assert!(msg.path.iter().count() <= wire::MAX_PATH_SEGMENTS);
     assert!(msg.query.as_slice().len() <= wire::MAX_QUERY_SEGMENTS);
-    assert_eq!(msg.path.is_empty(), msg.path.as_slice().is_empty());
+    assert_eq!(msg.path.is_empty(), msg.path.iter().next().is_none());
     if msg.path.overflowed() {
-        assert_eq!(msg.path.as_slice().len(), wire::MAX_PATH_SEGMENTS);
+        assert_eq!(msg.path.iter().count(), wire::MAX_PATH_SEGMENTS);
     }
     if msg.query.overflowed() {
         assert_eq!(msg.query.as_slice().len(), wire::MAX_QUERY_SEGMENTS);
@@ -145,7 +145,7 @@ fn against_coap_lite(data: &[u8], msg: &Message<'_>) {
                 .collect()
         })
         .unwrap_or_default();
-    let stored = msg.path.as_slice();
+    let stored: Vec<_> = msg.path.iter().collect();
     assert!(lite_path.len() >= stored.len());
     assert_eq!(&lite_path[..stored.len()], stored);
 }
@@ -158,7 +158,10 @@ fn canonical_round_trip(data: &[u8], msg: &Message<'_>) {
     assert_eq!(again.code, msg.code);
     assert_eq!(again.mid, msg.mid);
     assert_eq!(again.token, msg.token);
-    assert_eq!(again.path.as_slice(), msg.path.as_slice());
+    assert_eq!(
+        again.path.iter().collect::<Vec<_>>(),
+        msg.path.iter().collect::<Vec<_>>()
+    );
     assert_eq!(again.query.as_slice(), msg.query.as_slice());
     assert_eq!(again.block2, msg.block2);
     assert_eq!(again.size2, msg.size2);
@@ -182,7 +185,10 @@ fn canonical_round_trip(data: &[u8], msg: &Message<'_>) {
             .unwrap_or_default()
     };
     let ours = |values: &[&[u8]]| -> Vec<Vec<u8>> { values.iter().map(|v| v.to_vec()).collect() };
-    assert_eq!(lite(CoapOption::UriPath), ours(msg.path.as_slice()));
+    assert_eq!(
+        lite(CoapOption::UriPath),
+        ours(&msg.path.iter().collect::<Vec<_>>())
+    );
     assert_eq!(lite(CoapOption::UriQuery), ours(msg.query.as_slice()));
     assert_eq!(packet.payload, msg.payload);
 }
@@ -201,7 +207,7 @@ fn emit_canonical(msg: &Message<'_>, buf: &mut [u8]) -> Result<usize, wire::Emit
     if let Some(etag) = msg.etag {
         e.option(CoapOption::ETag.into(), etag)?;
     }
-    for segment in msg.path.as_slice() {
+    for segment in msg.path.iter() {
         e.option(CoapOption::UriPath.into(), segment)?;
     }
     if let Some(format) = msg.content_format {

@@ -922,7 +922,7 @@ mod tests {
             [3, b'P', b'I', b'D', 3, 3, 0, 2, 1, 0, 0, 0, 0]
         );
         let msg = Message::parse(&request[..len]).unwrap();
-        assert_eq!(msg.path.as_slice(), [b"updates"]);
+        assert_eq!(msg.path.iter().collect::<Vec<_>>(), [b"updates"]);
         assert_eq!(
             msg.block2,
             Some(Ok(Block {
