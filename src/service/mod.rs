@@ -58,8 +58,10 @@ use crate::wire::{self, Block, Emitter, Message, ParseError};
 use coap_lite::{CoapOption, MessageClass, MessageType, ResponseType};
 use core::fmt::{self, Write as _};
 use guard::Guard;
+#[cfg(test)]
+use observe::OBSERVE_MAX_AGE_S;
+use observe::REFRESH_MS;
 use observe::{Intent, ObserverKey, Observers};
-pub use observe::{OBSERVE_MAX_AGE_S, REFRESH_MS};
 use peers::{Peers, RequestId};
 use routes::Ctx;
 pub use types::*;
@@ -173,7 +175,7 @@ impl Service {
     /// else at the next retransmission or 24-hour refresh; `None` without
     /// observers.
     #[inline]
-    pub fn next_notification_ms(&self) -> Option<u64> {
+    pub(crate) fn next_notification_ms(&self) -> Option<u64> {
         self.observers.next_due_ms()
     }
 
@@ -379,7 +381,7 @@ impl Service {
     /// [`Service::handle_request`] once more for the same request, after
     /// the caller replaced the catalog because the first answer found
     /// nothing: the request is not counted against the rate limit again.
-    pub fn handle_again(&mut self, request: &Request<'_>, out: &mut [u8]) -> Action<'_> {
+    pub(crate) fn handle_again(&mut self, request: &Request<'_>, out: &mut [u8]) -> Action<'_> {
         self.answer(request, out, false)
     }
 

@@ -28,13 +28,13 @@ use std::collections::{HashMap, VecDeque};
 
 /// How long an observer may go without a Confirmable exchange (RFC 7641
 /// §4.5: at least one Confirmable notification every 24 hours).
-pub const REFRESH_MS: u64 = 24 * 60 * 60 * 1000;
+pub(crate) const REFRESH_MS: u64 = 24 * 60 * 60 * 1000;
 /// Max-Age of every Observe response, one hour. A change is notified as
 /// it happens, so freshness is not what this bounds: a client registers
 /// again when Max-Age runs out without news (RFC 7641 §3.3.1), which is
 /// what brings observers back within the hour after a server restart
 /// (observations live in memory only) or an eviction from a full table.
-pub const OBSERVE_MAX_AGE_S: u32 = 3600;
+pub(crate) const OBSERVE_MAX_AGE_S: u32 = 3600;
 /// Every this many notifications one is Confirmable (RFC 7641 §4.5).
 pub(crate) const CON_EVERY: u8 = 20;
 /// RFC 7252 §4.8: ACK_TIMEOUT, spread by ACK_RANDOM_FACTOR 1.5.

@@ -12,7 +12,7 @@ use core::fmt;
 
 /// RFC 7252 §4.8.2 EXCHANGE_LIFETIME: how long per-peer state is kept
 /// after the peer's last request that used it.
-pub const EXCHANGE_LIFETIME_MS: u64 = 247_000;
+pub(crate) const EXCHANGE_LIFETIME_MS: u64 = 247_000;
 /// Largest request the server accepts; a longer one gets 4.13. Device
 /// payloads are at most [`firmware::MAX_PAYLOAD_LEN`] bytes, so this
 /// leaves room for options.
@@ -166,11 +166,11 @@ pub struct Transfer<'c> {
 
 impl Transfer<'_> {
     /// The first block of the body.
-    pub fn is_first(&self) -> bool {
+    pub(crate) fn is_first(&self) -> bool {
         self.block.num == 0
     }
     /// The last block of the body.
-    pub fn is_last(&self) -> bool {
+    pub(crate) fn is_last(&self) -> bool {
         !self.block.more
     }
 }

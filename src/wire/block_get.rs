@@ -137,7 +137,7 @@ impl<'a> BlockGet<'a> {
 /// # Errors
 /// [`EmitError::BufferTooSmall`] when `out` cannot hold the reply or the
 /// token is longer than 8 bytes; nothing is written then.
-pub fn emit_block_ack(
+pub(crate) fn emit_block_ack(
     out: &mut [u8],
     mid: u16,
     token: &[u8],

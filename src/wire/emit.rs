@@ -21,7 +21,7 @@ impl fmt::Display for EmitError {
 ///
 /// Options must be added in ascending number order (RFC 7252 §3.1 encodes
 /// deltas); a debug build asserts it. Finish with [`Emitter::payload`] or
-/// [`Emitter::payload_with`], which return the message length.
+/// `Emitter::payload_with`, which return the message length.
 #[derive(Debug)]
 pub struct Emitter<'b> {
     buf: &'b mut [u8],
@@ -149,7 +149,7 @@ impl<'b> Emitter<'b> {
     ///
     /// # Errors
     /// [`EmitError::BufferTooSmall`] when `max` bytes do not fit.
-    pub fn payload_with(
+    pub(crate) fn payload_with(
         mut self,
         max: usize,
         fill: impl FnOnce(&mut [u8]) -> usize,

@@ -418,7 +418,7 @@ impl<'a> Header<'a> {
 
     /// True for a request code: any non-empty code of class 0, assigned
     /// or not (RFC 7252 §5.8: an unassigned method is answered 4.05).
-    pub fn is_request(&self) -> bool {
+    pub(crate) fn is_request(&self) -> bool {
         self.code != 0 && self.code >> 5 == 0
     }
 }

@@ -21,7 +21,7 @@
 //! This module has no I/O, no clock and no logging. One file per concern:
 //! `message` ([`Message`], [`Header`]), `emit` ([`Emitter`]), `block`
 //! ([`Block`]), `block_get` (the fast path's [`BlockGet`] and
-//! [`emit_block_ack`]); the constants, errors and the option and uint
+//! `emit_block_ack`); the constants, errors and the option and uint
 //! codec they share are here.
 
 mod block;
@@ -30,7 +30,8 @@ mod emit;
 mod message;
 
 pub use block::{Block, BlockError};
-pub use block_get::{emit_block_ack, BlockGet};
+pub(crate) use block_get::emit_block_ack;
+pub use block_get::BlockGet;
 pub use emit::{emit_empty, EmitError, Emitter};
 pub use message::{Header, Message, Path, PathIter, Query, Segments};
 
@@ -44,7 +45,7 @@ pub const HEADER_LEN: usize = 4;
 /// Longest token (RFC 7252 §3: TKL 9 to 15 are reserved).
 pub const TOKEN_MAX: usize = 8;
 /// Byte that separates options from a non-empty payload.
-pub const PAYLOAD_MARKER: u8 = 0xFF;
+pub(crate) const PAYLOAD_MARKER: u8 = 0xFF;
 /// Uri-Path segments read; a longer path matches no resource of ours:
 /// the deepest file of a `--files` tree, and the empty segment that asks
 /// for a listing after its deepest directory.
