@@ -61,7 +61,7 @@ impl Front {
             match dtls.poll_output(&mut self.scratch) {
                 Output::Packet(p) => answer.push(p.to_vec()),
                 Output::Timeout(t) => {
-                    engine_ms = Some(self.ms_of(t));
+                    engine_ms = Some(ms_after(self.epoch, t));
                     break;
                 }
                 Output::BufferTooSmall { needed } => self.scratch.resize(needed, 0),

@@ -237,11 +237,6 @@ impl Front {
         self.stats
     }
 
-    /// Established sessions evicted for new ones since start.
-    pub fn evicted(&self) -> u64 {
-        self.stats.sessions_evicted
-    }
-
     /// True when `peer` has an established session or a half-open
     /// handshake.
     pub fn has_session(&self, peer: SocketAddr) -> bool {
@@ -468,10 +463,6 @@ impl Front {
 
     fn instant(&self, ms: u64) -> Instant {
         self.epoch + Duration::from_millis(ms)
-    }
-
-    fn ms_of(&self, at: Instant) -> u64 {
-        ms_after(self.epoch, at)
     }
 }
 

@@ -118,6 +118,21 @@ fn run(
     false
 }
 
+/// Four devices (198.51.100.1 to .4) with established sessions, as many
+/// as `limits()` keeps.
+fn four_established(front: &mut Front, epoch: Instant) -> Vec<Device> {
+    let mut devices: Vec<Device> = (0..4)
+        .map(|i| {
+            let address = format!("198.51.100.{}:5000", i + 1);
+            Device::new(&address, "dev2", "other-key", epoch, 0)
+        })
+        .collect();
+    for dev in &mut devices {
+        assert!(run(front, dev, epoch, 0, |_, _| {}));
+    }
+    devices
+}
+
 /// One encrypted CoAP GET from `device`, as the front decrypts it.
 fn request(front: &mut Front, device: &mut Device, now_ms: u64, mid: u8) -> Vec<Vec<u8>> {
     let coap = [0x40, 0x01, 0x00, mid];
@@ -260,15 +275,7 @@ fn a_wrong_key_gets_decrypt_error_and_an_unknown_identity_unknown_psk_identity()
 fn half_open_handshakes_are_capped_per_source_and_never_evict_sessions() {
     let epoch = Instant::now();
     let mut front = front_with(limits(), epoch);
-    let mut devices: Vec<Device> = (0..4)
-        .map(|i| {
-            let address = format!("198.51.100.{}:5000", i + 1);
-            Device::new(&address, "dev2", "other-key", epoch, 0)
-        })
-        .collect();
-    for dev in &mut devices {
-        assert!(run(&mut front, dev, epoch, 0, |_, _| {}));
-    }
+    let mut devices = four_established(&mut front, epoch);
     // One host, many ports, every cookie exchange completed.
     for port in 0..40u16 {
         let from = SocketAddr::new(IpAddr::from([203, 0, 113, 9]), 40_000 + port);
@@ -384,15 +391,7 @@ fn records_that_do_not_decrypt_do_not_keep_a_session_from_its_idle_end() {
 fn a_full_table_evicts_the_least_recently_used_session_for_a_new_one() {
     let epoch = Instant::now();
     let mut front = front_with(limits(), epoch);
-    let mut devices: Vec<Device> = (0..4)
-        .map(|i| {
-            let address = format!("198.51.100.{}:5000", i + 1);
-            Device::new(&address, "dev2", "other-key", epoch, 0)
-        })
-        .collect();
-    for dev in &mut devices {
-        assert!(run(&mut front, dev, epoch, 0, |_, _| {}));
-    }
+    let mut devices = four_established(&mut front, epoch);
     // Device 0 is used last; device 1 is the least recently used.
     for (i, dev) in devices.iter_mut().enumerate() {
         let order = [4, 0, 1, 2][i];
