@@ -17,9 +17,13 @@
 //! served with the plain `recvfrom` and `sendto`.
 //!
 //! With several listen sockets, or with multicast on, the loop waits on
-//! all sockets at once (`poll`) with a timeout that is the next held-back
-//! multicast answer's due time (`leisure`); with one socket and no
-//! multicast it blocks in `recvmsg`, as cheap as it gets.
+//! all sockets at once (`poll`) with a timeout that is the cached deadline
+//! (`timers`); with one socket and no multicast it blocks in `recvmsg`, as
+//! cheap as it gets, with a read timeout that ends the wait by that
+//! deadline, and skips the wait while timer work is owed at once (a
+//! change concerning more observers than one turn notifies): `poll` with
+//! no timeout then says whether a datagram waits, so that the
+//! notifications and the requests interleave.
 //!
 //! This file holds the [`Server`] and its loop: receiving, the fast and
 //! the general path. The rest, one
@@ -59,9 +63,15 @@ use std::time::Instant;
 /// The most listen sockets one server serves (`-l` given more often is a
 /// usage error).
 pub const MAX_SOCKETS: usize = sockio::MAX_SOCKETS;
-/// The longest a blocking wait lasts while the directory is watched, so
-/// that timers and signals are seen.
+/// The longest a blocking receive lasts, so that a signal that came just
+/// before it blocked is seen within this time.
 const WAKE_MS: u64 = 1000;
+/// How late past the deadline the blocking receive of the only socket may
+/// return before its read timeout is set again (a `setsockopt`): a busy
+/// server whose deadline comes closer sets it at most this often, and a
+/// timer fires at most this late. Notifications owed at once are not
+/// concerned: they skip the wait.
+const WAIT_SLACK_MS: u64 = 50;
 /// How often the counters are logged (at info, when anything changed).
 const STATS_INTERVAL_MS: u64 = 300_000;
 
@@ -100,6 +110,17 @@ pub struct Server {
     live: Option<Live>,
     /// Where the next wait on several sockets starts looking.
     poll_start: usize,
+    /// The next wait is a blocking receive on the only socket (no
+    /// multicast, no coaps, no timer work owed at once); else `poll`.
+    blocking: bool,
+    /// How long the next wait may last: the only socket's read timeout
+    /// when `blocking`, else [`timers::MIN_WAIT_MS`]. Never below it, so
+    /// that one comparison after each datagram (`now + wait_ms` against
+    /// the deadline and [`WAIT_SLACK_MS`]) catches both a deadline that
+    /// passed and a read timeout that would overrun it.
+    wait_ms: u64,
+    /// The only socket's read timeout as last set, in ms (0: none).
+    read_timeout_ms: u64,
     /// The coaps socket's index and its DTLS sessions.
     #[cfg(feature = "dtls")]
     dtls: Option<Secure>,
@@ -155,6 +176,8 @@ impl Server {
             }
             None => info!("SIGHUP: the directory is not watched (--rescan is off)"),
         }
+        // The notifications a change made owed are due at once: the next
+        // turn sends them before it waits.
         self.refresh_deadline();
     }
 
@@ -164,7 +187,7 @@ impl Server {
     /// the cached deadline has passed. Never fails: errors are counted and
     /// logged at debug.
     pub fn serve_one(&mut self) {
-        let index = if self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure() {
+        let index = if self.blocking {
             0
         } else {
             let now = self.clock_ms();
@@ -186,8 +209,11 @@ impl Server {
         let received = self.receive(index);
         // One clock read per datagram, shared by the timers and the service.
         self.now_ms = self.clock_ms();
-        if self.now_ms >= self.deadline_ms {
-            self.on_timers(self.now_ms);
+        // One comparison: the deadline passed, or the next blocking receive
+        // would wait past it (`wait_ms` is never below MIN_WAIT_MS).
+        if self.now_ms.saturating_add(self.wait_ms) > self.deadline_ms.saturating_add(WAIT_SLACK_MS)
+        {
+            self.on_deadline(self.now_ms);
         }
         let Some(Received {
             len,

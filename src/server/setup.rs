@@ -8,14 +8,15 @@
 use super::leisure::Leisure;
 use super::live::Live;
 use super::stats::{LogBudget, Stats};
-use super::{Server, STATS_INTERVAL_MS, WAKE_MS};
+use super::timers::MIN_WAIT_MS;
+use super::{Server, STATS_INTERVAL_MS};
 use crate::service::{Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
 use crate::sockio;
 use log::warn;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 impl Server {
     /// Wraps a bound socket; both buffers are allocated here, once. Asks
@@ -25,7 +26,7 @@ impl Server {
     /// wildcard one).
     pub fn new(socket: UdpSocket, service: Service) -> Server {
         let destinations = vec![enable_pktinfo(&socket)];
-        Server {
+        let mut server = Server {
             sockets: vec![socket],
             destinations,
             service,
@@ -45,19 +46,24 @@ impl Server {
             leisure: Leisure::off(),
             live: None,
             poll_start: 0,
+            blocking: false,
+            wait_ms: MIN_WAIT_MS,
+            read_timeout_ms: 0,
             #[cfg(feature = "dtls")]
             dtls: None,
-        }
+        };
+        // The read timeout that ends the first wait by the deadline.
+        server.refresh_deadline();
+        server
     }
 
     /// Watches `dir` (the directory the catalog was loaded from): rescans
     /// it every `rescan_ms` (0: only on SIGHUP and when a request misses)
     /// and admits a changed file once it has not changed for `settle_ms`.
-    /// A single socket gets a read timeout of `rescan_ms`, so that the
-    /// blocking receive wakes for the timer.
+    /// The rescan timer is one of the deadline's, which the wait ends by.
     ///
     /// # Errors
-    /// As `set_read_timeout`.
+    /// None today; kept for callers that handle the socket set-up's.
     pub fn watch(&mut self, dir: PathBuf, rescan_ms: u64, settle_ms: u64) -> io::Result<()> {
         self.watch_dirs(Some(dir), rescan_ms, settle_ms)
     }
@@ -67,7 +73,7 @@ impl Server {
     /// tree, if it has one, is rescanned either way.
     ///
     /// # Errors
-    /// As `set_read_timeout`.
+    /// None today; kept for callers that handle the socket set-up's.
     pub fn watch_dirs(
         &mut self,
         dir: Option<PathBuf>,
@@ -81,16 +87,6 @@ impl Server {
             settle_ms,
             self.clock_ms(),
         );
-        // The blocking receive wakes at least once a second, for the timer
-        // and for a signal that came just before it blocked.
-        let wake_ms = match rescan_ms {
-            0 => WAKE_MS,
-            ms => ms.min(WAKE_MS),
-        };
-        let timeout = Some(Duration::from_millis(wake_ms));
-        self.sockets
-            .iter()
-            .try_for_each(|s| s.set_read_timeout(timeout))?;
         self.live = Some(live);
         self.refresh_deadline();
         Ok(())
@@ -104,6 +100,7 @@ impl Server {
     pub fn add_socket(&mut self, socket: UdpSocket) -> io::Result<()> {
         self.destinations.push(enable_pktinfo(&socket));
         self.sockets.push(socket);
+        self.refresh_deadline();
         self.sockets
             .iter()
             .try_for_each(|s| s.set_nonblocking(true))

@@ -5,19 +5,31 @@
 //!
 //! It never receives: the loop calls it when the deadline has passed, a
 //! wait timed out, or a datagram off the fast path may have moved a timer.
+//! Whenever the deadline is computed again, the next wait is fitted to it
+//! ([`Server::fit_wait`]): the only socket's read timeout ends a blocking
+//! receive by the deadline, and timer work owed at once (notifications
+//! left over from a turn) makes the next wait a look without waiting.
 
 use super::live::Live;
 use super::reply::{notification_route, send};
 #[cfg(feature = "dtls")]
 use super::secure::flush;
 use super::stats::{Shown, StatsLine};
-use super::{Server, STATS_INTERVAL_MS};
+use super::{Server, STATS_INTERVAL_MS, WAIT_SLACK_MS, WAKE_MS};
 use log::{debug, info};
+use std::time::Duration;
 
-/// Notifications sent between two receives at most: a publish that
-/// concerns a thousand observers must not keep the loop from requests
-/// (nor overrun the socket's send buffer in one burst).
+/// Notifications sent per timer run at most (a turn runs the timers at
+/// most twice: before its wait and after its datagram): a publish that
+/// concerns thousands of observers must not keep the loop from requests
+/// (nor overrun the socket's send buffer in one burst). The rest go out in
+/// the next turns, which do not wait for a datagram meanwhile: 1,024
+/// observers are told within a few milliseconds.
 const NOTIFICATIONS_PER_TURN: usize = 32;
+/// The shortest read timeout of the blocking receive, and the `wait_ms`
+/// of a `poll` wait: one more than [`WAIT_SLACK_MS`], so that the check
+/// after each datagram trips whenever the deadline has passed.
+pub(super) const MIN_WAIT_MS: u64 = WAIT_SLACK_MS + 1;
 
 impl Server {
     /// When the next DTLS handshake timer is due.
@@ -40,7 +52,8 @@ impl Server {
         }
     }
 
-    /// Computes the cached deadline again from every timer.
+    /// Computes the cached deadline again from every timer, and fits the
+    /// next wait to it.
     pub(super) fn refresh_deadline(&mut self) {
         self.deadline_ms = [
             self.leisure.next_due_ms(),
@@ -51,11 +64,56 @@ impl Server {
         .into_iter()
         .flatten()
         .fold(self.next_report_ms, u64::min);
+        self.fit_wait();
+    }
+
+    /// After a datagram, when the deadline has passed (the timer work) or
+    /// the next blocking receive would overrun it (its read timeout set
+    /// again).
+    #[inline(never)]
+    pub(super) fn on_deadline(&mut self, now_ms: u64) {
+        if now_ms >= self.deadline_ms {
+            self.on_timers(now_ms);
+        } else {
+            self.fit_wait();
+        }
+    }
+
+    /// Fits the next wait to the deadline. With one plain socket and no
+    /// multicast, a blocking receive whose read timeout is what is left
+    /// until the deadline (at least [`MIN_WAIT_MS`], at most [`WAKE_MS`]),
+    /// set only when it changes; when the deadline has already passed
+    /// (timer work left over, e.g. notifications beyond one turn's share),
+    /// no blocking: the next turn runs the timers and looks for a datagram
+    /// with `poll` and no timeout. With several sockets, multicast or
+    /// coaps, `poll` with the deadline as its timeout, as always.
+    pub(super) fn fit_wait(&mut self) {
+        let single = self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure();
+        let left = self.deadline_ms.saturating_sub(self.clock_ms());
+        self.blocking = false;
+        self.wait_ms = MIN_WAIT_MS;
+        if !single || left == 0 {
+            return;
+        }
+        let want = left.clamp(MIN_WAIT_MS, WAKE_MS);
+        if want != self.read_timeout_ms {
+            let Some(socket) = self.sockets.first() else {
+                return;
+            };
+            if let Err(e) = socket.set_read_timeout(Some(Duration::from_millis(want))) {
+                // `poll` with the deadline as timeout does as well.
+                debug!("cannot set the read timeout ({e}); waiting with poll");
+                return;
+            }
+            self.read_timeout_ms = want;
+        }
+        self.blocking = true;
+        self.wait_ms = want;
     }
 
     /// Sends the Observe notifications owed at `now_ms`, at most
     /// [`NOTIFICATIONS_PER_TURN`]; the rest stay queued for the next turn,
-    /// which the wait's timeout then makes immediate.
+    /// which then does not wait for a datagram (the deadline stays passed).
     #[inline]
     pub(super) fn send_notifications(&mut self, now_ms: u64) {
         if self
