@@ -111,12 +111,17 @@ impl Service {
         }
     }
 
-    /// Counts Echo windows by the wall clock: `unix_ms` is the time, in
-    /// milliseconds since the Unix epoch, at `now_ms` 0 of [`Service::handle`].
-    /// Without it windows start at the first `now_ms` 0, which is enough
-    /// for one process; processes sharing an Echo key need the same cut.
-    pub fn set_echo_clock(&mut self, unix_ms: u64) {
+    /// Ties the service's clock to the wall clock: `unix_ms` is the time,
+    /// in milliseconds since the Unix epoch, at `now_ms` 0 of
+    /// [`Service::handle`]. Echo windows are then cut at the same instants
+    /// in every process (processes sharing an Echo key need that), and
+    /// Observe values are the wall-clock time (README, "Observe"), so that
+    /// a client registering again after a restart takes them as newer than
+    /// the last it had (RFC 7641 §3.4). Without it both count from the
+    /// first `now_ms` 0, which is enough within one process.
+    pub fn set_wall_clock(&mut self, unix_ms: u64) {
         self.guard.set_echo_clock(unix_ms);
+        self.observers.set_clock(unix_ms);
     }
 
     /// Serves `catalog` from the next request on, and returns the one it
@@ -223,6 +228,13 @@ impl Service {
         let o = self.observers.get(&key)?;
         let (sent_tag, sent_seq, last_mid, in_flight, arrival) =
             (o.tag, o.seq, o.last_mid, o.in_flight, o.arrival);
+        if in_flight.is_some_and(|f| f.attempts >= observe::MAX_RETRANSMIT) {
+            // Its last transmission is out (RFC 7252 §4.2): the change
+            // waits for the ACK, and the last timeout without one ends the
+            // observation.
+            self.observers.hold(&key);
+            return None;
+        }
         let overdue = now_ms.saturating_sub(o.confirmed_ms) >= REFRESH_MS;
         let every_nth = o.non_since_con.saturating_add(1) >= observe::CON_EVERY;
         let probe = self.answer_again(&key, MessageType::NonConfirmable, 0, 0, now_ms, out);
@@ -235,7 +247,7 @@ impl Service {
             (true, Some(mid)) => (mid, sent_seq),
             _ => (
                 self.peers.next_non_mid(key.peer(), now_ms),
-                observe::seq_after(sent_seq),
+                self.observers.next_seq(&key, now_ms),
             ),
         };
         let confirmable = in_flight.is_some() || every_nth || overdue;
@@ -313,7 +325,14 @@ impl Service {
     /// plain request (the later blocks of an observed body are plain GETs
     /// with the same token); requests to a multicast group never register.
     #[inline]
-    fn observe_intent(&self, peer: Peer, msg: &Message<'_>, arrival: Arrival) -> Intent {
+    fn observe_intent(&self, msg: &Message<'_>, request: &Request<'_>) -> Intent {
+        let Request {
+            peer,
+            arrival,
+            now_ms,
+            datagram,
+            ..
+        } = *request;
         // The common case first, in two loads: no Observe option and
         // nobody observing (no decoding of the code, no key built).
         if msg.observe.is_none() && self.observers.is_empty() {
@@ -328,9 +347,16 @@ impl Service {
         };
         match msg.observe {
             Some(0) if first_block && !arrival.multicast && self.observers.enabled() => {
-                Intent::Register {
-                    key,
-                    seq: self.observers.next_seq(&key),
+                let duplicate = match msg.mtype {
+                    MessageType::Confirmable => self.observers.duplicate(&key, datagram, now_ms),
+                    _ => None,
+                };
+                match duplicate {
+                    Some(seq) => Intent::Duplicate { key, seq },
+                    None => Intent::Register {
+                        key,
+                        seq: self.observers.next_seq(&key, now_ms),
+                    },
                 }
             }
             Some(1) if !self.observers.is_empty() => Intent::Deregister(key),
@@ -410,10 +436,10 @@ impl Service {
     fn handle_counted(&mut self, request: &Request<'_>, out: &mut [u8], count: bool) -> Action<'_> {
         let Request {
             peer,
-            arrival,
             now_ms,
             datagram,
             authorization,
+            ..
         } = *request;
         if datagram.len() > MAX_REQUEST_LEN {
             return self.too_large(request, out);
@@ -455,7 +481,7 @@ impl Service {
             }
         }
         let confirmable = msg.mtype == MessageType::Confirmable;
-        let intent = self.observe_intent(peer, &msg, arrival);
+        let intent = self.observe_intent(&msg, request);
         let mut ctx = Ctx {
             catalog: &self.catalog,
             tree: self.tree.as_ref(),
@@ -468,7 +494,7 @@ impl Service {
             msg: &msg,
             reply_to,
             observe: match intent {
-                Intent::Register { seq, .. } => Some(seq),
+                Intent::Register { seq, .. } | Intent::Duplicate { seq, .. } => Some(seq),
                 _ => None,
             },
             observed: None,
@@ -499,7 +525,15 @@ impl Service {
         }
         self.peers.commit(peer, write, now_ms);
         if intent != Intent::None {
-            apply_intent(&mut self.observers, intent, observed, &msg, request);
+            let non_mid = (reply_to.mtype == MessageType::NonConfirmable).then_some(reply_to.mid);
+            apply_intent(
+                &mut self.observers,
+                intent,
+                observed,
+                &msg,
+                request,
+                non_mid,
+            );
         }
         Action::Reply { len, outcome }
     }
@@ -609,19 +643,22 @@ fn write_diagnostic(e: Emitter<'_>, diagnostic: Diagnostic) -> Result<usize, wir
 }
 
 /// Applies `intent` once the reply is sent; `observed` is the tag of an
-/// answer that carried Observe.
+/// answer that carried Observe, `non_mid` the Message ID of a NON reply.
 fn apply_intent(
     observers: &mut Observers,
     intent: Intent,
     observed: Option<u64>,
     msg: &Message<'_>,
     request: &Request<'_>,
+    non_mid: Option<u16>,
 ) {
     match (intent, observed) {
         (Intent::Register { key, seq }, Some(tag)) => {
             let target = target_of(msg);
-            observers.register(key, request, target, seq, tag);
+            observers.register(key, request, target, (seq, tag), non_mid);
         }
+        // Answered as its first copy was; the observation is unchanged.
+        (Intent::Duplicate { .. }, _) => {}
         // RFC 7641 §4.1: a registration answered with an error (or by
         // a resource that cannot be observed) ends an existing one.
         (Intent::Register { key, .. } | Intent::Deregister(key), _) => observers.remove(&key),

@@ -18,9 +18,27 @@
 //! Non-confirmable, except every [`CON_EVERY`]th one and any sent when the
 //! observer has not confirmed for [`REFRESH_MS`] (24 hours). An observer
 //! that hears nothing for that long is sent its current state again, as a
-//! Confirmable probe: the ACK proves it still listens; a Confirmable
-//! notification unanswered after [`MAX_RETRANSMIT`] retransmissions, or any
-//! notification answered with an RST, ends the observation.
+//! Confirmable probe: the ACK proves it still listens. While a Confirmable
+//! notification awaits its ACK, every transmission to the observer counts
+//! against it, a retransmission or a newer notification sent in its place
+//! (RFC 7641 §4.5.2), and the timeout doubles each time; once the first
+//! transmission and [`MAX_RETRANSMIT`] more are out, a change waits for the
+//! ACK, and the last timeout without one ends the observation (RFC 7252
+//! §4.2), as does an RST to any answer the observer was sent, the
+//! registration's included.
+//!
+//! Observe values come from a clock (RFC 7641 §4.4 allows any source that
+//! rises): the wall-clock time in milliseconds, modulo 2^24, taken at the
+//! monotonic clock's start and advanced by it ([`Observers::set_clock`]),
+//! and one past the last value when two answers to one observer fall in
+//! one millisecond. A client compares them as §3.4 says (serial
+//! arithmetic over 24 bits, or fresh anyway 128 s after the last), so a
+//! client that registers again after a server restart takes the new
+//! values as newer than the last of the old process: the time between
+//! the two is under 2^23 ms (2.3 hours) or over 128 s. The values wrap
+//! every 2^24 ms (4.7 hours), which §3.4's rule absorbs; a wall clock set
+//! back across a restart by more than the restart took makes the first
+//! new values look stale for at most 128 s.
 
 use super::{Arrival, Peer, Request};
 use crate::hash::KeyedBuild;
@@ -43,6 +61,12 @@ const ACK_TIMEOUT_MS: u64 = 2000;
 pub(crate) const MAX_RETRANSMIT: u8 = 4;
 /// Observe values are 24-bit (RFC 7641 §3.4).
 const SEQ_MASK: u32 = 0x00FF_FFFF;
+/// RFC 7641 §3.4: a value is newer when it is ahead by less than 2^23.
+const SEQ_HALF: u32 = 1 << 23;
+/// After this long without an answer to an observer, the clock's value is
+/// sent whatever the last one was: RFC 7641 §3.4 makes any value fresh
+/// 128 s after the last, and this is twice that, for network delays.
+const FRESH_ANYWAY_MS: u64 = 2 * 128_000;
 
 /// An observation's identity: the client endpoint and the token (RFC 7641
 /// §2).
@@ -96,6 +120,12 @@ pub(crate) struct Observer {
     pub(crate) arrival: Arrival,
     /// Observe value of the last response sent.
     pub(crate) seq: u32,
+    /// When it was sent.
+    sent_ms: u64,
+    /// The Observe value of the registration's answer, and when it was
+    /// sent: a duplicate of the registration (same bytes, so same Message
+    /// ID, within EXCHANGE_LIFETIME) is answered with it, byte for byte.
+    answered: (u32, u64),
     /// What identifies the representation last sent (an ETag, an image id).
     pub(crate) tag: u64,
     /// Non-confirmable notifications sent since the last Confirmable one.
@@ -107,6 +137,9 @@ pub(crate) struct Observer {
     pub(crate) last_mid: Option<u16>,
     /// The Confirmable notification awaiting its ACK, if one is.
     pub(crate) in_flight: Option<InFlight>,
+    /// A change came after the in-flight notification's last
+    /// transmission: it is sent when the ACK comes.
+    held: bool,
     /// A notification is queued.
     due: bool,
     /// Its place in the eviction order.
@@ -131,6 +164,10 @@ pub(crate) enum Intent {
     /// Observe 0: register (or refresh) if the answer is observable; the
     /// response carries `seq`.
     Register { key: ObserverKey, seq: u32 },
+    /// A duplicate of the registration of `key` (RFC 7252 §4.5): answered
+    /// as the first copy was, with its Observe value `seq`; the
+    /// observation stays as it is.
+    Duplicate { key: ObserverKey, seq: u32 },
     /// Observe 1: end the observation, whatever it observed.
     Deregister(ObserverKey),
     /// A plain GET for a first block: ends the observation with this token
@@ -155,6 +192,8 @@ pub(crate) struct Observers {
     changed: bool,
     /// The earliest retransmission or refresh; `u64::MAX` when none.
     next_timer_ms: u64,
+    /// The wall-clock time, in ms since the Unix epoch, at `now_ms` 0.
+    clock_origin_ms: u64,
 }
 
 impl Observers {
@@ -170,7 +209,22 @@ impl Observers {
             next_queued: 0,
             changed: false,
             next_timer_ms: u64::MAX,
+            clock_origin_ms: 0,
         }
+    }
+
+    /// Derives Observe values from the wall clock: `unix_ms` is the time,
+    /// in milliseconds since the Unix epoch, at `now_ms` 0. Without it the
+    /// values count from the first `now_ms` 0, which is fresh for clients
+    /// of one process only.
+    pub(crate) fn set_clock(&mut self, unix_ms: u64) {
+        self.clock_origin_ms = unix_ms;
+    }
+
+    /// The clock's Observe value at `now_ms`.
+    fn clock_seq(&self, now_ms: u64) -> u32 {
+        // Modulo 2^24: the mask keeps the low 24 bits.
+        (self.clock_origin_ms.wrapping_add(now_ms) & u64::from(SEQ_MASK)) as u32
     }
 
     /// Whether registrations are accepted at all.
@@ -189,13 +243,31 @@ impl Observers {
         self.map.is_empty()
     }
 
-    /// The Observe value of the next response to `key`: one past the last
-    /// sent to it, so a re-registration reads as newer (§3.4), or 0 for a
-    /// new observer.
-    pub(crate) fn next_seq(&self, key: &ObserverKey) -> u32 {
-        self.map
-            .get(key)
-            .map_or(0, |o| o.seq.wrapping_add(1) & SEQ_MASK)
+    /// The Observe value of the next response to `key` at `now_ms`: the
+    /// clock's, or one past the last sent to it when the clock's would not
+    /// read as newer than that (two in one millisecond) and the last is
+    /// recent enough for the client to compare them (§3.4).
+    pub(crate) fn next_seq(&self, key: &ObserverKey, now_ms: u64) -> u32 {
+        let clock = self.clock_seq(now_ms);
+        match self.map.get(key) {
+            Some(o)
+                if !seq_newer(clock, o.seq)
+                    && now_ms.saturating_sub(o.sent_ms) < FRESH_ANYWAY_MS =>
+            {
+                o.seq.wrapping_add(1) & SEQ_MASK
+            }
+            _ => clock,
+        }
+    }
+
+    /// The Observe value of the registration's answer, when `datagram`
+    /// from `key`'s endpoint is a duplicate of the registration (the same
+    /// bytes within EXCHANGE_LIFETIME of its answer).
+    pub(crate) fn duplicate(&self, key: &ObserverKey, datagram: &[u8], now_ms: u64) -> Option<u32> {
+        let o = self.map.get(key)?;
+        let (seq, at) = o.answered;
+        (now_ms.saturating_sub(at) < super::EXCHANGE_LIFETIME_MS && *o.request == *datagram)
+            .then_some(seq)
     }
 
     /// The observation of `key`, if there is one.
@@ -205,15 +277,16 @@ impl Observers {
 
     /// Registers (or refreshes) the observation of `key` made by `request`
     /// (kept, to be answered again), whose response carried `seq` and the
-    /// representation `tag`. A new key in a full
+    /// representation `tag`, and had Message ID `reply_mid` when it was a
+    /// NON (an RST naming it ends the observation). A new key in a full
     /// table evicts the oldest registration.
     pub(crate) fn register(
         &mut self,
         key: ObserverKey,
         request: &Request<'_>,
         target: u64,
-        seq: u32,
-        tag: u64,
+        (seq, tag): (u32, u64),
+        reply_mid: Option<u16>,
     ) {
         let (arrival, now_ms) = (request.arrival, request.now_ms);
         if !self.enabled() {
@@ -246,15 +319,21 @@ impl Observers {
                 target,
                 arrival,
                 seq,
+                sent_ms: now_ms,
+                answered: (seq, now_ms),
                 tag,
                 non_since_con: 0,
                 confirmed_ms: now_ms,
-                last_mid: None,
+                last_mid: reply_mid,
                 in_flight: None,
+                held: false,
                 due: false,
                 queued,
             },
         );
+        if let Some(mid) = reply_mid {
+            self.by_mid.insert((key.peer, mid), key);
+        }
         self.next_timer_ms = self.next_timer_ms.min(now_ms.saturating_add(REFRESH_MS));
     }
 
@@ -285,6 +364,11 @@ impl Observers {
                 o.in_flight = None;
                 o.confirmed_ms = now_ms;
                 o.non_since_con = 0;
+                // The change that waited for this ACK goes out now.
+                if std::mem::take(&mut o.held) && !o.due {
+                    o.due = true;
+                    self.due.push_back(key);
+                }
                 // Only an ACK of a notification in flight gets here (a
                 // forged one is a hash lookup): the scan is affordable.
                 self.next_timer_ms = self
@@ -297,8 +381,9 @@ impl Observers {
         }
     }
 
-    /// An RST from `peer` for the notification with Message ID `mid`: the
-    /// client no longer knows the observation (RFC 7641 §3.6).
+    /// An RST from `peer` for the notification (or the NON answer to the
+    /// registration) with Message ID `mid`: the client no longer knows the
+    /// observation (RFC 7641 §3.6).
     pub(crate) fn on_reset(&mut self, peer: Peer, mid: u16) {
         if let Some(key) = self.by_mid.get(&(peer, mid)).copied() {
             self.remove(&key);
@@ -382,6 +467,14 @@ impl Observers {
         expired.len()
     }
 
+    /// Holds the change owed to `key` until the ACK of the notification in
+    /// flight, whose transmissions are all out.
+    pub(crate) fn hold(&mut self, key: &ObserverKey) {
+        if let Some(o) = self.map.get_mut(key) {
+            o.held = true;
+        }
+    }
+
     /// The next observer owed a notification.
     pub(crate) fn pop_due(&mut self) -> Option<ObserverKey> {
         while let Some(key) = self.due.pop_front() {
@@ -397,7 +490,8 @@ impl Observers {
 
     /// Records a notification sent to `key`: Message ID `mid`, Observe
     /// value `seq`, representation `tag`, Confirmable when `confirmable`.
-    /// A retransmission repeats the last notification's `mid` and `seq`.
+    /// A retransmission repeats the last notification's `mid` and `seq`;
+    /// a newer notification in its place has its own.
     pub(crate) fn record_sent(
         &mut self,
         key: ObserverKey,
@@ -416,22 +510,20 @@ impl Observers {
             }
         }
         self.by_mid.insert((key.peer, mid), key);
-        let retransmission = o.seq == seq && o.in_flight.is_some();
         o.seq = seq;
+        o.sent_ms = now_ms;
         o.tag = tag;
         if confirmable {
             o.non_since_con = 0;
-            // A newer notification takes over the transmission state of
-            // the one it replaces (RFC 7641 §4.5.2).
+            // Every transmission while one awaits its ACK counts, a
+            // retransmission or a newer notification in its place (RFC
+            // 7641 §4.5.2), so that changes cannot keep an observer that
+            // never answers (RFC 7252 §4.2).
             let flight = match o.in_flight {
-                Some(f) if retransmission => InFlight {
+                Some(f) => InFlight {
                     attempts: f.attempts.saturating_add(1),
                     timeout_ms: f.timeout_ms.saturating_mul(2),
                     due_ms: now_ms.saturating_add(f.timeout_ms.saturating_mul(2)),
-                },
-                Some(f) => InFlight {
-                    due_ms: now_ms.saturating_add(f.timeout_ms),
-                    ..f
                 },
                 None => {
                     // ACK_TIMEOUT spread over [1, 1.5) by the Message ID,
@@ -452,9 +544,11 @@ impl Observers {
     }
 }
 
-/// The Observe value after `seq`.
-pub(crate) fn seq_after(seq: u32) -> u32 {
-    seq.wrapping_add(1) & SEQ_MASK
+/// RFC 7641 §3.4 without the time rule: `a` is newer than `b` in 24-bit
+/// serial arithmetic.
+pub(crate) fn seq_newer(a: u32, b: u32) -> bool {
+    let ahead = a.wrapping_sub(b) & SEQ_MASK;
+    ahead != 0 && ahead < SEQ_HALF
 }
 
 #[cfg(test)]
@@ -470,7 +564,7 @@ mod tests {
     }
 
     fn add(t: &mut Observers, k: ObserverKey, now: u64) {
-        t.register(k, &Request::new(k.peer(), now, b"req"), 7, 0, 1);
+        t.register(k, &Request::new(k.peer(), now, b"req"), 7, (0, 1), None);
     }
 
     #[test]
@@ -567,12 +661,89 @@ mod tests {
     }
 
     #[test]
-    fn sequence_numbers_wrap_at_24_bits() {
-        assert_eq!(seq_after(SEQ_MASK), 0);
+    fn observe_values_are_the_wall_clock_in_milliseconds_modulo_2_24() {
+        let mut t = table(2);
+        let k = key(1, b"t");
+        // 2026-12-07T08:00:00Z, and 2^24 ms later: the same value.
+        let unix_ms = 1_796_630_400_000;
+        t.set_clock(unix_ms);
+        let at = |now: u64| ((unix_ms + now) % (1 << 24)) as u32;
+        assert_eq!(t.next_seq(&k, 0), at(0));
+        assert_eq!(t.next_seq(&k, 1 << 24), at(0));
+        add(&mut t, k, 0);
+        t.record_sent(k, 1, at(5000), 0, false, 5000);
+        assert_eq!(t.next_seq(&k, 9000), at(9000));
+    }
+
+    #[test]
+    fn two_values_in_one_millisecond_still_rise() {
         let mut t = table(2);
         let k = key(1, b"t");
         add(&mut t, k, 0);
-        t.record_sent(k, 1, SEQ_MASK, 0, false, 0);
-        assert_eq!(t.next_seq(&k), 0);
+        // The clock is 7 at now 7; two values already went out at 7.
+        t.record_sent(k, 1, 8, 0, false, 7);
+        assert_eq!(t.next_seq(&k, 7), 9);
+        // Wrapping at 24 bits: after 0xFFFFFF comes 0.
+        t.set_clock(u64::from(SEQ_MASK) - 7);
+        t.record_sent(k, 2, SEQ_MASK, 0, false, 7);
+        assert_eq!(t.next_seq(&k, 7), 0);
+        assert!(seq_newer(0, SEQ_MASK) && !seq_newer(SEQ_MASK, 0));
+    }
+
+    #[test]
+    fn after_a_long_silence_the_clock_value_is_sent_whatever_it_reads_as() {
+        let mut t = table(2);
+        let k = key(1, b"t");
+        add(&mut t, k, 0);
+        // 3 hours later the clock is more than 2^23 ahead, which reads as
+        // older; the client takes it anyway, more than 128 s having passed
+        // (RFC 7641 §3.4), and the values keep following the clock, as a
+        // restart's will.
+        let later = 3 * 3_600_000;
+        assert!(!seq_newer((later & 0xFF_FFFF) as u32, 0));
+        assert_eq!(t.next_seq(&k, later), (later & 0xFF_FFFF) as u32);
+    }
+
+    #[test]
+    fn a_replacement_counts_as_a_transmission() {
+        let mut t = table(2);
+        let k = key(1, b"t");
+        add(&mut t, k, 0);
+        t.record_sent(k, 10, 1, 1, true, 0);
+        let first = t.get(&k).unwrap().in_flight.unwrap();
+        // A newer notification 1.5 s later, before the timeout.
+        t.record_sent(k, 11, 2, 2, true, 1500);
+        let second = t.get(&k).unwrap().in_flight.unwrap();
+        assert_eq!(second.attempts, 1);
+        assert_eq!(second.timeout_ms, 2 * first.timeout_ms);
+        assert_eq!(second.due_ms, 1500 + 2 * first.timeout_ms);
+        // The replaced one's ID no longer names the observation.
+        t.on_ack(k.peer(), 10, 1600);
+        assert!(t.get(&k).unwrap().in_flight.is_some());
+    }
+
+    #[test]
+    fn an_rst_to_a_non_registration_answer_ends_it() {
+        let mut t = table(2);
+        let k = key(1, b"t");
+        t.register(k, &Request::new(k.peer(), 0, b"req"), 7, (0, 1), Some(42));
+        t.on_reset(k.peer(), 41);
+        assert!(t.get(&k).is_some());
+        t.on_reset(k.peer(), 42);
+        assert!(t.get(&k).is_none());
+        assert!(t.by_mid.is_empty());
+    }
+
+    #[test]
+    fn a_duplicate_registration_is_known_within_the_exchange_lifetime() {
+        let mut t = table(2);
+        let k = key(1, b"t");
+        t.register(k, &Request::new(k.peer(), 100, b"req"), 7, (1234, 1), None);
+        t.record_sent(k, 1, 2000, 2, false, 2000);
+        assert_eq!(t.duplicate(&k, b"req", 2000), Some(1234));
+        assert_eq!(t.duplicate(&k, b"other", 2000), None);
+        let late = 100 + super::super::EXCHANGE_LIFETIME_MS;
+        assert_eq!(t.duplicate(&k, b"req", late), None);
+        assert_eq!(t.duplicate(&key(2, b"t"), b"req", 2000), None);
     }
 }

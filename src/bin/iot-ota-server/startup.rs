@@ -87,8 +87,9 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
     }
     let mut service = Service::new(catalog, config.limits, keys);
     // Echo windows cut at the same instants in every process, so that a
-    // value one made is valid at another sharing the key.
-    service.set_echo_clock(Timestamp::now().unix_ms);
+    // value one made is valid at another sharing the key; Observe values
+    // that rise across a restart.
+    service.set_wall_clock(Timestamp::now().unix_ms);
     service.replace_tree(tree);
     let mut server = Server::new(first, service);
     for socket in sockets {

@@ -38,6 +38,12 @@ fn one_notification(fx: &mut Fx, now: u64) -> (Vec<u8>, Notification) {
     all.remove(0)
 }
 
+/// The Observe value of an answer sent at `now`: the clock's, modulo 2^24
+/// (no wall clock set: it counts from `now` 0).
+fn value_at(now: u64) -> Option<u32> {
+    Some((now % (1 << 24)) as u32)
+}
+
 fn id_of(fx: &Fx, name: &str) -> String {
     fx.img(name).id
 }
@@ -50,7 +56,7 @@ fn observed_lookup_without_update_is_an_empty_2_05_then_the_new_id() {
     let reply = fx.ask(&observe(Req::get(QUERY), 0));
     let msg = parse(&reply);
     assert_eq!(msg.class(), MessageClass::Response(ResponseType::Content));
-    assert_eq!((msg.observe, msg.payload), (Some(0), &[][..]));
+    assert_eq!((msg.observe, msg.payload), (value_at(T0), &[][..]));
     assert_eq!(msg.content_format, Some(0));
     assert_eq!(msg.max_age, Some(OBSERVE_MAX_AGE_S));
     cross_check(&reply);
@@ -64,14 +70,14 @@ fn observed_lookup_without_update_is_an_empty_2_05_then_the_new_id() {
     assert_eq!(notifications(&mut fx, T0 + 2), []);
 
     // A newer MOTE image: one NON 2.05 with its id, the same token, the
-    // next Observe value.
+    // clock's Observe value.
     fx.svc.replace_catalog(catalog_plus(&[(MOTE_NEWER, 300)]));
     let (bytes, n) = one_notification(&mut fx, T0 + 3);
     let msg = parse(&bytes);
     assert_eq!(msg.mtype, MessageType::NonConfirmable);
     assert_eq!(msg.class(), MessageClass::Response(ResponseType::Content));
     assert_eq!(msg.token, TOKEN);
-    assert_eq!(msg.observe, Some(1));
+    assert_eq!(msg.observe, value_at(T0 + 3));
     assert_eq!(msg.payload, id_of(&fx, MOTE_NEWER).as_bytes());
     assert_eq!((n.peer, n.confirmable, n.last), (peer(A), false, false));
     cross_check(&bytes);
@@ -80,7 +86,7 @@ fn observed_lookup_without_update_is_an_empty_2_05_then_the_new_id() {
     let (bytes, _) = one_notification(&mut fx, T0 + 4);
     assert_eq!(
         (parse(&bytes).observe, parse(&bytes).payload),
-        (Some(2), &[][..])
+        (value_at(T0 + 4), &[][..])
     );
 }
 
@@ -89,7 +95,7 @@ fn payload_form_lookup_is_observable_and_names_its_product() {
     let mut fx = Fx::new();
     let payload = device(b"MOTE", 3, version(1, 1, 31), None);
     let reply = fx.ask(&observe(Req::get("updates").payload(&payload), 0).token(b"p"));
-    assert_eq!(parse(&reply).observe, Some(0));
+    assert_eq!(parse(&reply).observe, value_at(T0));
     // Another product observed with another token from the same peer.
     let other = device(b"MOTE", 7, version(2, 0, 0), None);
     fx.ask(&observe(Req::get("updates").payload(&other), 0).token(b"q"));
@@ -129,7 +135,7 @@ fn a_tree_file_notifies_its_new_etag_and_its_removal_ends_it() {
     let req = observe(get_segments(&segments_of(SLOT0)), 0).block2(0, 2);
     let reply = fx.ask(&req);
     let msg = parse(&reply);
-    assert_eq!(msg.observe, Some(0));
+    assert_eq!(msg.observe, value_at(T0));
     assert_eq!(
         msg.etag,
         Some(&crate::hash::fnv1a64(&slot).to_be_bytes()[..])
@@ -151,7 +157,7 @@ fn a_tree_file_notifies_its_new_etag_and_its_removal_ends_it() {
     reload(&mut fx);
     let (bytes, _) = one_notification(&mut fx, T0 + 2);
     let msg = parse(&bytes);
-    assert_eq!(msg.observe, Some(1));
+    assert_eq!(msg.observe, value_at(T0 + 2));
     assert_eq!(
         msg.etag,
         Some(&crate::hash::fnv1a64(&new).to_be_bytes()[..])
@@ -179,11 +185,11 @@ fn a_tree_file_notifies_its_new_etag_and_its_removal_ends_it() {
 fn discovery_notifies_when_the_listing_changes() {
     let mut fx = Fx::new();
     let reply = fx.ask(&observe(Req::get(".well-known/core"), 0));
-    assert_eq!(parse(&reply).observe, Some(0));
+    assert_eq!(parse(&reply).observe, value_at(T0));
     fx.svc.replace_catalog(catalog_plus(&[(MOTE_NEWER, 300)]));
     let (bytes, _) = one_notification(&mut fx, T0 + 1);
     let msg = parse(&bytes);
-    assert_eq!(msg.observe, Some(1));
+    assert_eq!(msg.observe, value_at(T0 + 1));
     assert_eq!(msg.content_format, Some(40));
     assert_ne!(msg.etag, parse(&reply).etag);
 }
@@ -248,7 +254,7 @@ fn every_20th_notification_is_confirmable_and_an_ack_resets_the_count() {
         let now = T0 + 10 * (i + 1);
         let (bytes, n) = one_notification(&mut fx, now);
         let msg = parse(&bytes);
-        assert_eq!(msg.observe, Some(i as u32 + 1), "sequence numbers rise");
+        assert_eq!(msg.observe, value_at(now), "Observe values rise");
         kinds.push(n.confirmable);
         if n.confirmable {
             assert_eq!(msg.mtype, MessageType::Confirmable);
@@ -277,7 +283,7 @@ fn an_observer_silent_for_24_hours_gets_a_confirmable_refresh() {
     assert!(n.confirmable);
     assert_eq!(
         (msg.mtype, msg.observe),
-        (MessageType::Confirmable, Some(1))
+        (MessageType::Confirmable, value_at(T0 + REFRESH_MS))
     );
     // Acknowledged: the next one is due a day after the ACK.
     let ack_at = T0 + REFRESH_MS + 500;
@@ -326,7 +332,7 @@ fn a_change_during_a_confirmable_notification_replaces_it() {
         "still Confirmable: it carries the one in flight"
     );
     assert_ne!(msg.mid, first.mid);
-    assert_eq!(msg.observe, Some(2));
+    assert_eq!(msg.observe, value_at(T0 + REFRESH_MS + 1));
     assert_eq!(msg.payload, id_of(&fx, MOTE_NEWER).as_bytes());
     // The ACK of the old one confirms nothing any more; that of the new one does.
     let _ = fx.handle(
@@ -359,7 +365,7 @@ fn ten_thousand_spoofed_registrations_keep_the_bound_and_the_newest() {
                 &observe(Req::get(QUERY).non(), 0).bytes(),
             )
             .unwrap();
-        assert_eq!(parse(&reply).observe, Some(0));
+        assert_eq!(parse(&reply).observe, value_at(T0));
         assert!(fx.svc.observer_count() <= 1024);
     }
     assert_eq!(fx.svc.observer_count(), 1024);
@@ -417,4 +423,107 @@ fn notifications_leave_from_where_the_registration_arrived() {
     fx.svc.replace_catalog(catalog_plus(&[(MOTE_NEWER, 300)]));
     let (_, n) = one_notification(&mut fx, T0 + 1);
     assert_eq!(n.arrival, arrival);
+}
+
+#[test]
+fn a_duplicate_confirmable_registration_gets_the_same_ack_byte_for_byte() {
+    let mut fx = Fx::new();
+    let registration = observe(Req::get(QUERY), 0).mid(77);
+    let first = fx.ask_from(A, T0, &registration);
+    // Its duplicate, a second later: the same ACK, Observe value included,
+    // and the observation unchanged (one observer, nothing owed).
+    let again = fx.ask_from(A, T0 + 1000, &registration);
+    assert_eq!(again, first);
+    assert_eq!(parse(&again).observe, value_at(T0));
+    assert_eq!(fx.svc.observer_count(), 1);
+    assert_eq!(notifications(&mut fx, T0 + 1001), []);
+    // A new registration with the same token (another Message ID)
+    // refreshes it, with a newer value.
+    let refreshed = fx.ask_from(A, T0 + 2000, &observe(Req::get(QUERY), 0).mid(78));
+    assert_eq!(parse(&refreshed).observe, value_at(T0 + 2000));
+    // Past EXCHANGE_LIFETIME the same bytes are a new registration too.
+    let late = T0 + 2000 + EXCHANGE_LIFETIME_MS;
+    let reply = fx.ask_from(A, late, &observe(Req::get(QUERY), 0).mid(78));
+    assert_eq!(parse(&reply).observe, value_at(late));
+}
+
+#[test]
+fn an_rst_to_the_answer_of_a_non_registration_ends_it() {
+    let mut fx = Fx::new();
+    let reply = fx.ask(&observe(Req::get(QUERY).non(), 0));
+    let answer = parse(&reply);
+    assert_eq!(answer.mtype, MessageType::NonConfirmable);
+    assert_eq!(fx.svc.observer_count(), 1);
+    let rst = wire_empty(MessageType::Reset, answer.mid);
+    assert_eq!(fx.handle(peer(A), T0 + 1, &rst), Err(Dropped::AckOrReset));
+    assert_eq!(fx.svc.observer_count(), 0);
+    fx.svc.replace_catalog(catalog_plus(&[(MOTE_NEWER, 300)]));
+    assert_eq!(notifications(&mut fx, T0 + 2), []);
+}
+
+#[test]
+fn changes_cannot_keep_an_observer_that_never_acknowledges() {
+    let mut fx = Fx::new();
+    fx.ask(&observe(Req::get(QUERY), 0));
+    // The 24-hour refresh starts a Confirmable exchange; then the answer
+    // changes every 1.5 s and the observer never answers.
+    let start = T0 + REFRESH_MS;
+    let mut cons = notifications(&mut fx, start).len();
+    let mut now = start;
+    let mut flip = 0;
+    while fx.svc.observer_count() == 1 && now < start + 200_000 {
+        now += 100;
+        if (now - start) % 1500 == 0 {
+            let [a, b] = flip_catalogs();
+            fx.svc.replace_catalog(if flip % 2 == 0 { a } else { b });
+            flip += 1;
+        }
+        for (_, n) in notifications(&mut fx, now) {
+            assert!(n.confirmable);
+            cons += 1;
+        }
+    }
+    // The first transmission and MAX_RETRANSMIT more, each change sent in
+    // place of the one in flight; then the changes wait, and the last
+    // timeout (16 times the first, 32 to 48 s) ends the observation.
+    assert_eq!(
+        cons,
+        1 + usize::from(crate::service::observe::MAX_RETRANSMIT)
+    );
+    assert_eq!(fx.svc.observer_count(), 0);
+    assert!(
+        (6000 + 32_000..=6000 + 48_100).contains(&(now - start)),
+        "{}",
+        now - start
+    );
+}
+
+#[test]
+fn a_change_held_for_an_exhausted_flight_goes_out_with_its_ack() {
+    let mut fx = Fx::new();
+    fx.ask(&observe(Req::get(QUERY), 0));
+    let mut now = T0 + REFRESH_MS;
+    let mut last = notifications(&mut fx, now);
+    // Four changes replace the one in flight: five transmissions.
+    for i in 0..4 {
+        let [a, b] = flip_catalogs();
+        fx.svc.replace_catalog(if i % 2 == 0 { a } else { b });
+        now += 1000;
+        last = notifications(&mut fx, now);
+        assert_eq!(last.len(), 1);
+    }
+    // A fifth change waits.
+    let [a, _] = flip_catalogs();
+    fx.svc.replace_catalog(a);
+    assert_eq!(notifications(&mut fx, now + 1000), []);
+    // The ACK of the last one sends it, Non-confirmable again.
+    let mid = parse(&last[0].0).mid;
+    let ack = wire_empty(MessageType::Acknowledgement, mid);
+    assert_eq!(
+        fx.handle(peer(A), now + 2000, &ack),
+        Err(Dropped::AckOrReset)
+    );
+    let (bytes, n) = one_notification(&mut fx, now + 2000);
+    assert!(!n.confirmable);
+    assert_eq!(parse(&bytes).payload, id_of(&fx, MOTE_NEWER).as_bytes());
 }
