@@ -309,12 +309,17 @@ fn an_rst_and_observe_1_end_observations() {
     let path: Vec<&str> = FILE.split('/').collect();
 
     // Registered with token A; the first change is notified.
-    let registered = observe_call(&socket, &server, 1, b"A", &path, 0);
-    assert_eq!(registered, (Some(0), b"one".to_vec()));
+    let (registered, body) = observe_call(&socket, &server, 1, b"A", &path, 0);
+    assert_eq!(body, b"one");
     publish(dir.path(), FILE, b"two");
     let raw = notification(&socket, &server, b"A", NOTIFY_WITHIN).expect("a notification");
     let note = Message::parse(&raw).unwrap();
-    assert_eq!((note.observe, note.payload), (Some(1), &b"two"[..]));
+    assert_eq!(note.payload, b"two");
+    assert!(fresh(
+        registered.unwrap(),
+        note.observe.unwrap(),
+        Duration::ZERO
+    ));
     assert_eq!(note.etag, Some(&fnv1a64(b"two").to_be_bytes()[..]));
     // The client forgot it: RST. The next change is not sent.
     socket
@@ -325,14 +330,18 @@ fn an_rst_and_observe_1_end_observations() {
     assert_eq!(notification(&socket, &server, b"A", QUIET), None);
 
     // Registered with token B; Observe 1 ends it (answered as a plain GET).
-    assert_eq!(observe_call(&socket, &server, 2, b"B", &path, 0).0, Some(0));
+    assert!(observe_call(&socket, &server, 2, b"B", &path, 0)
+        .0
+        .is_some());
     let deregistered = observe_call(&socket, &server, 3, b"B", &path, 1);
     assert_eq!(deregistered, (None, b"three".to_vec()));
     publish(dir.path(), FILE, b"four");
     assert_eq!(notification(&socket, &server, b"B", QUIET), None);
 
     // A removed file: its observer gets a last 4.04, without Observe.
-    assert_eq!(observe_call(&socket, &server, 4, b"C", &path, 0).0, Some(0));
+    assert!(observe_call(&socket, &server, 4, b"C", &path, 0)
+        .0
+        .is_some());
     std::fs::remove_file(dir.path().join(FILE)).unwrap();
     let raw = notification(&socket, &server, b"C", NOTIFY_WITHIN).expect("a last notification");
     let last = Message::parse(&raw).unwrap();
@@ -354,7 +363,7 @@ fn a_full_table_keeps_the_newest_registrations() {
     for n in 0..200u16 {
         let core = [".well-known", "core"];
         let (observe, _) = observe_call(&socket, &server, n, &n.to_be_bytes(), &core, 0);
-        assert_eq!(observe, Some(0));
+        assert!(observe.is_some());
     }
     // A new file changes the listing: exactly the 8 newest hear of it.
     publish(dir.path(), "b.bin", b"b");
@@ -375,10 +384,247 @@ fn a_full_table_keeps_the_newest_registrations() {
                 .send_to(&empty(MessageType::Acknowledgement, msg.mid), server.addr)
                 .unwrap();
         }
-        assert_eq!(msg.observe, Some(1));
+        assert!(msg.observe.is_some());
         tokens.push(u16::from_be_bytes(msg.token.try_into().unwrap()));
         assert!(tokens.len() <= 8, "more notifications than observers kept");
     }
     tokens.sort_unstable();
     assert_eq!(tokens, (192..200).collect::<Vec<u16>>(), "{}", server.log());
+}
+
+/// RFC 7641 §3.4: whether a notification with Observe value `v2`, received
+/// `elapsed` after one with `v1`, is newer (24-bit serial arithmetic, or
+/// fresh anyway after 128 s).
+fn fresh(v1: u32, v2: u32, elapsed: Duration) -> bool {
+    const HALF: u32 = 1 << 23;
+    (v1 < v2 && v2 - v1 < HALF) || (v1 > v2 && v1 - v2 > HALF) || elapsed > Duration::from_secs(128)
+}
+
+/// `count` observers of `FILE` (tokens on 64 sockets) registered with
+/// the server at `server`, each socket with its tokens.
+fn register_fleet(server: &TestServer, count: u16) -> Vec<(UdpSocket, Vec<u16>)> {
+    let path: Vec<&str> = FILE.split('/').collect();
+    let mut fleet: Vec<(UdpSocket, Vec<u16>)> = (0..64)
+        .map(|_| (support::client_socket(server.addr), Vec::new()))
+        .collect();
+    for n in 0..count {
+        let (socket, tokens) = &mut fleet[usize::from(n) % 64];
+        let (observe, _) = observe_call(socket, server, n, &n.to_be_bytes(), &path, 0);
+        assert!(observe.is_some(), "observer {n} registered");
+        tokens.push(n);
+    }
+    fleet
+}
+
+/// When each observer of `fleet` heard of a change (within 5 s), as time
+/// since `since`; fails when one was not told.
+fn fleet_notified(
+    server: &TestServer,
+    fleet: &[(UdpSocket, Vec<u16>)],
+    since: Instant,
+) -> Vec<Duration> {
+    let total: usize = fleet.iter().map(|(_, t)| t.len()).sum();
+    let mut heard = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (socket, _) in fleet {
+        socket.set_nonblocking(true).unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    while heard.len() < total && Instant::now() < deadline {
+        let mut idle = true;
+        for (socket, _) in fleet {
+            while let Ok((n, _)) = socket.recv_from(&mut buf) {
+                idle = false;
+                let msg = Message::parse(&buf[..n]).unwrap();
+                let token = u16::from_be_bytes(msg.token.try_into().unwrap());
+                heard.entry(token).or_insert_with(|| since.elapsed());
+            }
+        }
+        if idle {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    assert_eq!(
+        heard.len(),
+        total,
+        "{} of {total} observers notified; log:\n{}",
+        heard.len(),
+        server.log()
+    );
+    let mut times: Vec<Duration> = heard.into_values().collect();
+    times.sort_unstable();
+    times
+}
+
+#[test]
+fn a_thousand_observers_hear_of_a_change_within_a_second() {
+    // One socket (a blocking receive), then two (poll).
+    for extra in [&[][..], &["-l", "127.0.0.1:0"][..]] {
+        let dir = TempDir::new("observe-fleet");
+        publish(dir.path(), FILE, b"v1");
+        let mut args = vec!["--rescan", "100"];
+        args.extend_from_slice(extra);
+        let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &args);
+        let fleet = register_fleet(&server, 1024);
+        let changed = Instant::now();
+        publish(dir.path(), FILE, b"v2");
+        let times = fleet_notified(&server, &fleet, changed);
+        let (first, last) = (times[0], times[times.len() - 1]);
+        println!(
+            "{} socket(s): 1024 observers told {:?} to {:?} after the change (spread {:?}, rescans every 100 ms)",
+            1 + extra.len() / 2,
+            first,
+            last,
+            last - first
+        );
+        assert!(last < Duration::from_secs(1), "the last one after {last:?}");
+    }
+}
+
+#[test]
+fn an_observer_hears_of_a_sighup_within_250_ms() {
+    let dir = TempDir::new("observe-sighup");
+    publish(dir.path(), FILE, b"v1");
+    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "1000"]);
+    let socket = support::client_socket(server.addr);
+    let path: Vec<&str> = FILE.split('/').collect();
+    assert!(observe_call(&socket, &server, 1, b"H", &path, 0)
+        .0
+        .is_some());
+    // The change and the signal within microseconds: the SIGHUP's rescan
+    // is (all but always) the one that sees it.
+    let changed = Instant::now();
+    publish(dir.path(), FILE, b"v2");
+    server.signal(libc::SIGHUP);
+    let raw = notification(&socket, &server, b"H", Duration::from_secs(5)).expect("a notification");
+    let took = changed.elapsed();
+    println!("notified {took:?} after the change and SIGHUP (--rescan 1000)");
+    assert_eq!(Message::parse(&raw).unwrap().payload, b"v2");
+    assert!(
+        took < Duration::from_millis(250),
+        "{took:?}; log:\n{}",
+        server.log()
+    );
+}
+
+#[test]
+fn an_observer_that_never_acknowledges_gets_at_most_five_confirmable_notifications() {
+    let dir = TempDir::new("observe-silent");
+    publish(dir.path(), FILE, b"v0");
+    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "50"]);
+    let socket = support::client_socket(server.addr);
+    let path: Vec<&str> = FILE.split('/').collect();
+    assert!(observe_call(&socket, &server, 1, b"S", &path, 0)
+        .0
+        .is_some());
+    let receive = |within: Duration| {
+        support::coap::receive_from(&socket, server.addr, within)
+            .map(|raw| Message::parse(&raw).unwrap().mtype)
+    };
+    // Nineteen quick changes, each told by a NON (which needs no answer):
+    // the next notification is the twentieth, Confirmable (RFC 7641 §4.5).
+    for i in 1..20 {
+        publish(dir.path(), FILE, format!("v{i}").as_bytes());
+        assert_eq!(
+            receive(NOTIFY_WITHIN),
+            Some(MessageType::NonConfirmable),
+            "change {i}"
+        );
+    }
+    // Then a change every 1.5 s for 12 s; the observer never answers.
+    let mut cons = Vec::new();
+    let start = Instant::now();
+    for i in 20..28 {
+        publish(dir.path(), FILE, format!("v{i}").as_bytes());
+        let next = start + Duration::from_millis(1500) * (i - 19);
+        while let Some(mtype) = receive(next.saturating_duration_since(Instant::now())) {
+            assert_eq!(mtype, MessageType::Confirmable);
+            cons.push(start.elapsed());
+        }
+    }
+    println!("Confirmable notifications at {cons:?} after the first change every 1.5 s");
+    // The first transmission and MAX_RETRANSMIT (4) more, then silence
+    // while three more changes come (the last one's timeout is 32 s at
+    // least, and ends the observation).
+    assert_eq!(cons.len(), 5, "{cons:?}; log:\n{}", server.log());
+    assert!(cons[4] < Duration::from_millis(7500), "{cons:?}");
+}
+
+#[test]
+fn a_client_registering_again_after_a_restart_takes_the_new_values_as_fresh() {
+    let dir = TempDir::new("observe-restart");
+    publish(dir.path(), FILE, b"old");
+    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "100"]);
+    let socket = support::client_socket(server.addr);
+    let path: Vec<&str> = FILE.split('/').collect();
+    let (first, _) = observe_call(&socket, &server, 1, b"R", &path, 0);
+    publish(dir.path(), FILE, b"old, changed");
+    let raw = notification(&socket, &server, b"R", NOTIFY_WITHIN).expect("a notification");
+    let last_old = Message::parse(&raw).unwrap().observe.expect("Observe");
+    let last_old_at = Instant::now();
+    assert!(fresh(first.unwrap(), last_old, Duration::ZERO));
+
+    // Restarted on the same address; the client registers again with the
+    // same token well within 128 s.
+    let addr = server.addr;
+    drop(server);
+    let server = spawn_fileserver(dir.path(), &addr.to_string(), &["--rescan", "100"]);
+    assert_eq!(server.addr, addr);
+    let (again, body) = observe_call(&socket, &server, 2, b"R", &path, 0);
+    let again = again.expect("Observe");
+    let elapsed = last_old_at.elapsed();
+    assert!(elapsed < Duration::from_secs(100), "{elapsed:?}");
+    println!(
+        "last value before the restart {last_old:#x}, first after {again:#x}, {elapsed:?} apart"
+    );
+    assert_eq!(body, b"old, changed");
+    assert!(
+        fresh(last_old, again, elapsed),
+        "{again:#x} after {last_old:#x} reads as stale (RFC 7641 §3.4)"
+    );
+    // And the notifications after it are newer still.
+    publish(dir.path(), FILE, b"new");
+    let raw = notification(&socket, &server, b"R", NOTIFY_WITHIN).expect("a notification");
+    let next = Message::parse(&raw).unwrap().observe.expect("Observe");
+    assert!(
+        fresh(again, next, Duration::ZERO),
+        "{next:#x} after {again:#x}"
+    );
+}
+
+#[test]
+fn a_duplicated_confirmable_registration_gets_the_same_ack() {
+    let dir = TempDir::new("observe-duplicate");
+    publish(dir.path(), FILE, b"one");
+    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "200"]);
+    let socket = support::client_socket(server.addr);
+    let path: Vec<&str> = FILE.split('/').collect();
+    let request = get(MessageType::Confirmable, 9, b"D", &path, Some(0), None);
+    let first = call(&socket, &server, 9, &request);
+    std::thread::sleep(Duration::from_millis(50));
+    let again = call(&socket, &server, 9, &request);
+    assert_eq!(again, first, "the duplicate's ACK differs");
+    assert!(Message::parse(&first).unwrap().observe.is_some());
+}
+
+#[test]
+fn an_rst_to_the_answer_of_a_non_registration_ends_it() {
+    let dir = TempDir::new("observe-non-rst");
+    publish(dir.path(), FILE, b"one");
+    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "100"]);
+    let socket = support::client_socket(server.addr);
+    let path: Vec<&str> = FILE.split('/').collect();
+    let request = get(MessageType::NonConfirmable, 5, b"N", &path, Some(0), None);
+    socket.send_to(&request, server.addr).unwrap();
+    let raw = notification(&socket, &server, b"N", NOTIFY_WITHIN).expect("an answer");
+    let answer = Message::parse(&raw).unwrap();
+    assert_eq!(answer.mtype, MessageType::NonConfirmable);
+    assert!(answer.observe.is_some(), "registered");
+    // The client does not know the token (any more): RST.
+    socket
+        .send_to(&empty(MessageType::Reset, answer.mid), server.addr)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    publish(dir.path(), FILE, b"two");
+    assert_eq!(notification(&socket, &server, b"N", QUIET), None);
 }
