@@ -2,8 +2,12 @@
 //! a device waiting on the lookup hears of a published image, libcoap's
 //! `coap-client -s` and our client follow a file of the tree as it is
 //! replaced, and an observation ends on RST, on Observe 1 and by eviction
-//! from a full table. Datagrams are built with `iot_ota::wire::Emitter`
-//! and decoded with `Message::parse`.
+//! from a full table. The timing a fleet relies on is measured (the issue
+//! asks these tests to: 1,024 observers within a second of a change, one
+//! within 250 ms of a SIGHUP), and the message layer checked: dead
+//! observers dropped, values fresh across a restart, duplicates answered
+//! alike. Datagrams are built with `iot_ota::wire::Emitter` and decoded
+//! with `Message::parse`.
 
 mod support;
 

@@ -67,10 +67,8 @@ pub const MAX_SOCKETS: usize = sockio::MAX_SOCKETS;
 /// before it blocked is seen within this time.
 const WAKE_MS: u64 = 1000;
 /// How late past the deadline the blocking receive of the only socket may
-/// return before its read timeout is set again (a `setsockopt`): a busy
-/// server whose deadline comes closer sets it at most this often, and a
-/// timer fires at most this late. Notifications owed at once are not
-/// concerned: they skip the wait.
+/// return: a timer fires at most this late (notifications owed at once
+/// are not concerned: they skip the wait).
 const WAIT_SLACK_MS: u64 = 50;
 /// How often the counters are logged (at info, when anything changed).
 const STATS_INTERVAL_MS: u64 = 300_000;
@@ -113,12 +111,11 @@ pub struct Server {
     /// The next wait is a blocking receive on the only socket (no
     /// multicast, no coaps, no timer work owed at once); else `poll`.
     blocking: bool,
-    /// How long the next wait may last: the only socket's read timeout
-    /// when `blocking`, else [`timers::MIN_WAIT_MS`]. Never below it, so
-    /// that one comparison after each datagram (`now + wait_ms` against
-    /// the deadline and [`WAIT_SLACK_MS`]) catches both a deadline that
-    /// passed and a read timeout that would overrun it.
-    wait_ms: u64,
+    /// From when a datagram's time calls for [`Server::on_deadline`]: the
+    /// deadline itself, or earlier by what the next blocking receive would
+    /// overrun it by (its read timeout, less [`WAIT_SLACK_MS`]); computed
+    /// with the deadline, so that a datagram costs one comparison.
+    trip_ms: u64,
     /// The only socket's read timeout as last set, in ms (0: none).
     read_timeout_ms: u64,
     /// The coaps socket's index and its DTLS sessions.
@@ -210,9 +207,8 @@ impl Server {
         // One clock read per datagram, shared by the timers and the service.
         self.now_ms = self.clock_ms();
         // One comparison: the deadline passed, or the next blocking receive
-        // would wait past it (`wait_ms` is never below MIN_WAIT_MS).
-        if self.now_ms.saturating_add(self.wait_ms) > self.deadline_ms.saturating_add(WAIT_SLACK_MS)
-        {
+        // would wait past it.
+        if self.now_ms >= self.trip_ms {
             self.on_deadline(self.now_ms);
         }
         let Some(Received {
@@ -222,6 +218,11 @@ impl Server {
             truncated,
         }) = received
         else {
+            // A read timeout ends at half of what was left: wait again,
+            // for what is left now.
+            if self.blocking {
+                self.fit_wait();
+            }
             return;
         };
         #[cfg(feature = "dtls")]

@@ -8,7 +8,6 @@
 use super::leisure::Leisure;
 use super::live::Live;
 use super::stats::{LogBudget, Stats};
-use super::timers::MIN_WAIT_MS;
 use super::{Server, STATS_INTERVAL_MS};
 use crate::service::{Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
 use crate::sockio;
@@ -47,7 +46,7 @@ impl Server {
             live: None,
             poll_start: 0,
             blocking: false,
-            wait_ms: MIN_WAIT_MS,
+            trip_ms: 0,
             read_timeout_ms: 0,
             #[cfg(feature = "dtls")]
             dtls: None,

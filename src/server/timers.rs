@@ -26,10 +26,10 @@ use std::time::Duration;
 /// the next turns, which do not wait for a datagram meanwhile: 1,024
 /// observers are told within a few milliseconds.
 const NOTIFICATIONS_PER_TURN: usize = 32;
-/// The shortest read timeout of the blocking receive, and the `wait_ms`
-/// of a `poll` wait: one more than [`WAIT_SLACK_MS`], so that the check
-/// after each datagram trips whenever the deadline has passed.
-pub(super) const MIN_WAIT_MS: u64 = WAIT_SLACK_MS + 1;
+/// The shortest read timeout of the blocking receive: one more than
+/// [`WAIT_SLACK_MS`], so that the check after each datagram trips whenever
+/// the deadline has passed.
+const MIN_WAIT_MS: u64 = WAIT_SLACK_MS + 1;
 
 impl Server {
     /// When the next DTLS handshake timer is due.
@@ -80,22 +80,27 @@ impl Server {
     }
 
     /// Fits the next wait to the deadline. With one plain socket and no
-    /// multicast, a blocking receive whose read timeout is what is left
-    /// until the deadline (at least [`MIN_WAIT_MS`], at most [`WAKE_MS`]),
-    /// set only when it changes; when the deadline has already passed
-    /// (timer work left over, e.g. notifications beyond one turn's share),
-    /// no blocking: the next turn runs the timers and looks for a datagram
-    /// with `poll` and no timeout. With several sockets, multicast or
-    /// coaps, `poll` with the deadline as its timeout, as always.
+    /// multicast, a blocking receive whose read timeout is half of what is
+    /// left until the deadline (at least [`MIN_WAIT_MS`], at most
+    /// [`WAKE_MS`]), set only when it changes, and fitted again when it
+    /// runs out or, on a busy server, when the deadline comes closer than
+    /// it less [`WAIT_SLACK_MS`]: a few `setsockopt` per deadline rather
+    /// than one per [`WAIT_SLACK_MS`], and a timer at most that late. When
+    /// the deadline has already passed (timer work left over, e.g.
+    /// notifications beyond one turn's share), no blocking: the next turn
+    /// runs the timers and looks for a datagram with `poll` and no
+    /// timeout. With several sockets, multicast or coaps, `poll` with the
+    /// deadline as its timeout, as always.
+    #[inline(never)]
     pub(super) fn fit_wait(&mut self) {
         let single = self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure();
         let left = self.deadline_ms.saturating_sub(self.clock_ms());
         self.blocking = false;
-        self.wait_ms = MIN_WAIT_MS;
+        self.trip_ms = self.deadline_ms;
         if !single || left == 0 {
             return;
         }
-        let want = left.clamp(MIN_WAIT_MS, WAKE_MS);
+        let want = (left / 2).clamp(MIN_WAIT_MS, WAKE_MS);
         if want != self.read_timeout_ms {
             let Some(socket) = self.sockets.first() else {
                 return;
@@ -108,7 +113,11 @@ impl Server {
             self.read_timeout_ms = want;
         }
         self.blocking = true;
-        self.wait_ms = want;
+        // `want` is above WAIT_SLACK_MS: never after the deadline.
+        self.trip_ms = self
+            .deadline_ms
+            .saturating_add(WAIT_SLACK_MS + 1)
+            .saturating_sub(want);
     }
 
     /// Sends the Observe notifications owed at `now_ms`, at most

@@ -7,7 +7,7 @@
 //! (the lookup forms, files and listings of the tree, `/.well-known/core`)
 //! notifies through the same code that answers it, and nothing about a
 //! resource is stored twice. An entry costs the request's bytes (at most
-//! [`MAX_REQUEST_LEN`](super::MAX_REQUEST_LEN)) and about 150 bytes more.
+//! [`MAX_REQUEST_LEN`](super::MAX_REQUEST_LEN)) and about 170 bytes more.
 //!
 //! The table is bounded (`--max-observers`): a full table drops its oldest
 //! registration for a new one, so spoofed registrations from many ports
