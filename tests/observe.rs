@@ -404,6 +404,39 @@ fn fresh(v1: u32, v2: u32, elapsed: Duration) -> bool {
     (v1 < v2 && v2 - v1 < HALF) || (v1 > v2 && v1 - v2 > HALF) || elapsed > Duration::from_secs(128)
 }
 
+/// A file server over a new directory holding `FILE` with `body`,
+/// rescanning every `rescan` ms, and a client socket observing `FILE` with
+/// `token` (registered with Message ID 1).
+struct Observed {
+    dir: TempDir,
+    server: TestServer,
+    socket: UdpSocket,
+    /// The Observe value of the registration's answer.
+    registered: u32,
+}
+
+fn observing(tag: &str, body: &[u8], rescan: &str, token: &[u8]) -> Observed {
+    let (dir, server, socket) = serving(tag, body, rescan);
+    let path: Vec<&str> = FILE.split('/').collect();
+    let (registered, _) = observe_call(&socket, &server, 1, token, &path, 0);
+    Observed {
+        dir,
+        server,
+        socket,
+        registered: registered.expect("registered"),
+    }
+}
+
+/// A file server over a new directory holding `FILE` with `body`,
+/// rescanning every `rescan` ms, and a client socket for it.
+fn serving(tag: &str, body: &[u8], rescan: &str) -> (TempDir, TestServer, UdpSocket) {
+    let dir = TempDir::new(tag);
+    publish(dir.path(), FILE, body);
+    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", rescan]);
+    let socket = support::client_socket(server.addr);
+    (dir, server, socket)
+}
+
 /// `count` observers of `FILE` (tokens on 64 sockets) registered with
 /// the server at `server`, each socket with its tokens.
 fn register_fleet(server: &TestServer, count: u16) -> Vec<(UdpSocket, Vec<u16>)> {
@@ -487,20 +520,14 @@ fn a_thousand_observers_hear_of_a_change_within_a_second() {
 
 #[test]
 fn an_observer_hears_of_a_sighup_within_250_ms() {
-    let dir = TempDir::new("observe-sighup");
-    publish(dir.path(), FILE, b"v1");
-    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "1000"]);
-    let socket = support::client_socket(server.addr);
-    let path: Vec<&str> = FILE.split('/').collect();
-    assert!(observe_call(&socket, &server, 1, b"H", &path, 0)
-        .0
-        .is_some());
+    let observed = observing("observe-sighup", b"v1", "1000", b"H");
+    let (dir, server, socket) = (&observed.dir, &observed.server, &observed.socket);
     // The change and the signal within microseconds: the SIGHUP's rescan
     // is (all but always) the one that sees it.
     let changed = Instant::now();
     publish(dir.path(), FILE, b"v2");
     server.signal(libc::SIGHUP);
-    let raw = notification(&socket, &server, b"H", Duration::from_secs(5)).expect("a notification");
+    let raw = notification(socket, server, b"H", Duration::from_secs(5)).expect("a notification");
     let took = changed.elapsed();
     println!("notified {took:?} after the change and SIGHUP (--rescan 1000)");
     assert_eq!(Message::parse(&raw).unwrap().payload, b"v2");
@@ -513,16 +540,10 @@ fn an_observer_hears_of_a_sighup_within_250_ms() {
 
 #[test]
 fn an_observer_that_never_acknowledges_gets_at_most_five_confirmable_notifications() {
-    let dir = TempDir::new("observe-silent");
-    publish(dir.path(), FILE, b"v0");
-    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "50"]);
-    let socket = support::client_socket(server.addr);
-    let path: Vec<&str> = FILE.split('/').collect();
-    assert!(observe_call(&socket, &server, 1, b"S", &path, 0)
-        .0
-        .is_some());
+    let observed = observing("observe-silent", b"v0", "50", b"S");
+    let (dir, server, socket) = (&observed.dir, &observed.server, &observed.socket);
     let receive = |within: Duration| {
-        support::coap::receive_from(&socket, server.addr, within)
+        support::coap::receive_from(socket, server.addr, within)
             .map(|raw| Message::parse(&raw).unwrap().mtype)
     };
     // Nineteen quick changes, each told by a NON (which needs no answer):
@@ -556,17 +577,18 @@ fn an_observer_that_never_acknowledges_gets_at_most_five_confirmable_notificatio
 
 #[test]
 fn a_client_registering_again_after_a_restart_takes_the_new_values_as_fresh() {
-    let dir = TempDir::new("observe-restart");
-    publish(dir.path(), FILE, b"old");
-    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "100"]);
-    let socket = support::client_socket(server.addr);
+    let Observed {
+        dir,
+        server,
+        socket,
+        registered,
+    } = observing("observe-restart", b"old", "100", b"R");
     let path: Vec<&str> = FILE.split('/').collect();
-    let (first, _) = observe_call(&socket, &server, 1, b"R", &path, 0);
     publish(dir.path(), FILE, b"old, changed");
     let raw = notification(&socket, &server, b"R", NOTIFY_WITHIN).expect("a notification");
     let last_old = Message::parse(&raw).unwrap().observe.expect("Observe");
     let last_old_at = Instant::now();
-    assert!(fresh(first.unwrap(), last_old, Duration::ZERO));
+    assert!(fresh(registered, last_old, Duration::ZERO));
 
     // Restarted on the same address; the client registers again with the
     // same token well within 128 s.
@@ -598,10 +620,7 @@ fn a_client_registering_again_after_a_restart_takes_the_new_values_as_fresh() {
 
 #[test]
 fn a_duplicated_confirmable_registration_gets_the_same_ack() {
-    let dir = TempDir::new("observe-duplicate");
-    publish(dir.path(), FILE, b"one");
-    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "200"]);
-    let socket = support::client_socket(server.addr);
+    let (_dir, server, socket) = serving("observe-duplicate", b"one", "200");
     let path: Vec<&str> = FILE.split('/').collect();
     let request = get(MessageType::Confirmable, 9, b"D", &path, Some(0), None);
     let first = call(&socket, &server, 9, &request);
@@ -613,10 +632,7 @@ fn a_duplicated_confirmable_registration_gets_the_same_ack() {
 
 #[test]
 fn an_rst_to_the_answer_of_a_non_registration_ends_it() {
-    let dir = TempDir::new("observe-non-rst");
-    publish(dir.path(), FILE, b"one");
-    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "100"]);
-    let socket = support::client_socket(server.addr);
+    let (dir, server, socket) = serving("observe-non-rst", b"one", "100");
     let path: Vec<&str> = FILE.split('/').collect();
     let request = get(MessageType::NonConfirmable, 5, b"N", &path, Some(0), None);
     socket.send_to(&request, server.addr).unwrap();
