@@ -75,6 +75,7 @@ pub mod catalog;
 #[cfg(feature = "dtls")]
 pub mod dtls;
 pub mod firmware;
+pub mod fleet;
 pub mod hash;
 pub mod iface;
 pub mod logfmt;
@@ -85,6 +86,7 @@ pub mod service;
 pub mod snapshot;
 #[allow(unsafe_code)]
 mod sockio;
+pub mod state;
 #[cfg(test)]
 mod testkit;
 pub mod tree;

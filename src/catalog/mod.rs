@@ -51,7 +51,8 @@ mod refresh;
 mod scan;
 
 pub use crate::snapshot::{ImageBytes, Stamp, MAX_IMAGE_LEN};
-use grammar::{parse_image_name, IMAGE_SUFFIX};
+pub(crate) use grammar::parse_image_name;
+use grammar::IMAGE_SUFFIX;
 pub use grammar::{ImageName, NameError};
 pub(crate) use links::AttrValue;
 pub use links::CoreLink;

@@ -6,7 +6,7 @@
 //! Nothing here runs per datagram.
 
 use super::leisure::Leisure;
-use super::live::Live;
+use super::live::{read_fleet_files, Live};
 use super::stats::{LogBudget, Stats};
 use super::{Server, STATS_INTERVAL_MS, WAKE_MS};
 use crate::service::{Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
@@ -45,6 +45,8 @@ impl Server {
             leisure: Leisure::off(),
             live: None,
             poll_start: 0,
+            journal: None,
+            fleet_log: Default::default(),
             #[cfg(feature = "dtls")]
             dtls: None,
         }
@@ -75,12 +77,32 @@ impl Server {
         settle_ms: u64,
     ) -> io::Result<()> {
         let live = Live::new(
-            dir,
+            dir.clone(),
             self.service.tree(),
             rescan_ms,
             settle_ms,
             self.clock_ms(),
         );
+        // The rollout policies and patches beside the images: read now,
+        // before the first request, whole, as the catalog was (no settle
+        // time); the rescans take changes from there.
+        if let Some(dir) = &dir {
+            let start = read_fleet_files(
+                dir,
+                self.service.fleet().files(),
+                std::time::SystemTime::now(),
+                Duration::ZERO,
+            );
+            for skipped in &start.skipped {
+                log::warn!("{skipped}");
+            }
+            if let Some(error) = &start.error {
+                log::warn!("{error}");
+            }
+            if let Some(next) = start.next {
+                self.service.replace_fleet_files(next);
+            }
+        }
         // The blocking receive wakes at least once a second, for the timer
         // and for a signal that came just before it blocked.
         let wake_ms = match rescan_ms {
@@ -160,6 +182,11 @@ impl Server {
     /// The protocol core, for inspection.
     pub fn service(&self) -> &Service {
         &self.service
+    }
+
+    /// The service, to set it up before serving (the fleet's clock).
+    pub fn service_mut(&mut self) -> &mut Service {
+        &mut self.service
     }
 }
 

@@ -48,10 +48,11 @@ mod guard;
 mod observe;
 mod peers;
 mod routes;
-mod table;
+pub(crate) mod table;
 mod types;
 
 use crate::catalog::Catalog;
+use crate::fleet::{DeviceName, Fleet, FleetFiles, Note, Target};
 use crate::hash::fnv1a64_concat;
 use crate::tree::FileTree;
 use crate::wire::{self, Block, Emitter, Message, ParseError};
@@ -78,6 +79,8 @@ pub struct Service {
     peers: Peers,
     guard: Guard,
     observers: Observers,
+    /// Rollouts, devices and their reports.
+    fleet: Fleet,
 }
 
 impl Service {
@@ -108,7 +111,50 @@ impl Service {
                 keys.echo,
             ),
             observers: Observers::new(limits.max_observers, keys.tables),
+            fleet: Fleet::new(limits.max_devices, keys.tables),
         }
+    }
+
+    /// The fleet: policies, devices, rollouts, and the events the caller
+    /// logs and journals.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// The fleet, to restore it from a journal or drain its events.
+    pub fn fleet_mut(&mut self) -> &mut Fleet {
+        &mut self.fleet
+    }
+
+    /// Tells the fleet about a block the fast path ([`Service::handle_block`])
+    /// sent to `peer` at `now_ms`: the caller calls it for the last block of
+    /// a body only (the fast path never sends block 0), so that the blocks
+    /// in between cost nothing more.
+    pub fn note_block(&mut self, peer: Peer, block: BlockSent, now_ms: u64) {
+        let request = Request::new(peer, now_ms, &[]);
+        let note = Note::Block {
+            name: device_name(&self.fleet, None, &request),
+            target: Target {
+                image: self
+                    .fleet
+                    .files()
+                    .patch_target(block.image)
+                    .unwrap_or(block.image),
+                version: block.version,
+            },
+            first: block.first,
+            last: block.last,
+        };
+        self.fleet.apply(note, now_ms);
+    }
+
+    /// Serves the policies and patches `files` from the next request on
+    /// and returns the snapshot it replaces (one assignment, as
+    /// [`Service::replace_catalog`]); observers are compared again, since
+    /// a lookup's answer may have changed.
+    pub fn replace_fleet_files(&mut self, files: FleetFiles) -> FleetFiles {
+        self.observers.mark_changed();
+        self.fleet.replace_files(files)
     }
 
     /// Counts Echo windows by the wall clock: `unix_ms` is the time, in
@@ -298,6 +344,11 @@ impl Service {
             // The registration was authorized; a lookup's answers stay
             // within its PID, an image by id is not observable.
             authorization: None,
+            fleet: &self.fleet,
+            peer: key.peer(),
+            identity: None,
+            status_open: false,
+            note: None,
         };
         let len = match ctx.route(out) {
             Ok((len, _)) => len,
@@ -414,6 +465,7 @@ impl Service {
             now_ms,
             datagram,
             authorization,
+            identity,
         } = *request;
         if datagram.len() > MAX_REQUEST_LEN {
             return self.too_large(request, out);
@@ -473,6 +525,17 @@ impl Service {
             },
             observed: None,
             authorization,
+            fleet: &self.fleet,
+            peer,
+            identity,
+            status_open: self
+                .limits
+                .status_from
+                .iter()
+                .flatten()
+                .any(|p| p.contains(&peer.ip))
+                || is_local_source(&peer.ip),
+            note: None,
         };
         let (len, outcome) = match ctx.route(out) {
             Ok(done) => done,
@@ -489,6 +552,7 @@ impl Service {
             Err(Failure::Overflow) => return Action::Drop(Dropped::Overflow),
         };
         let observed = ctx.observed;
+        let note = ctx.note;
         let write = ctx.peer_state.into_write();
         // Tested here first, so that a server without --echo does not
         // call the check (as the fast path does).
@@ -498,6 +562,10 @@ impl Service {
             }
         }
         self.peers.commit(peer, write, now_ms);
+        let note = note.or_else(|| block_note(&self.fleet, &outcome, request));
+        if let Some(note) = note {
+            self.fleet.apply(note, now_ms);
+        }
         if intent != Intent::None {
             apply_intent(&mut self.observers, intent, observed, &msg, request);
         }
@@ -628,6 +696,68 @@ fn apply_intent(
         (Intent::PlainGet { key, target }, _) => observers.remove_if_target(&key, target),
         (Intent::None, _) => {}
     }
+}
+
+/// A block sent, as [`Service::note_block`] takes it: no borrow of the
+/// catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSent {
+    /// The id of the image (or patch) the body is cut from.
+    pub image: u32,
+    /// Its version.
+    pub version: u32,
+    /// Block 0 of the body.
+    pub first: bool,
+    /// The last block of the body.
+    pub last: bool,
+}
+
+impl BlockSent {
+    /// The block `t` is.
+    pub fn of(t: &Transfer<'_>) -> BlockSent {
+        BlockSent {
+            image: t.image.id,
+            version: t.image.version,
+            first: t.is_first(),
+            last: t.is_last(),
+        }
+    }
+}
+
+/// The fleet's note of the first or last block of a firmware body (block
+/// 0 is "downloading", the last "downloaded"); `None` for any other reply.
+/// The device is named by its coaps identity, else by the `ep=` its last
+/// lookup from the same address gave, else by its address.
+fn block_note(fleet: &Fleet, outcome: &Outcome<'_>, request: &Request<'_>) -> Option<Note> {
+    let Outcome::Block(t) = outcome else {
+        return None;
+    };
+    if !t.is_first() && !t.is_last() {
+        return None;
+    }
+    let image = fleet.files().patch_target(t.image.id).unwrap_or(t.image.id);
+    Some(Note::Block {
+        name: device_name(fleet, None, request),
+        target: Target {
+            image,
+            version: t.image.version,
+        },
+        first: t.is_first(),
+        last: t.is_last(),
+    })
+}
+
+/// A device's name: `ep` when the request gave one, else its coaps
+/// identity, else the name a lookup from its address gave, else its
+/// address.
+pub(crate) fn device_name(
+    fleet: &Fleet,
+    ep: Option<DeviceName>,
+    request: &Request<'_>,
+) -> DeviceName {
+    ep.or_else(|| request.identity.map(DeviceName::from_identity))
+        .or_else(|| fleet.name_of(request.peer.ip))
+        .unwrap_or_else(|| DeviceName::from_ip(request.peer.ip))
 }
 
 /// What identifies the resource a request names, beyond its token: path,

@@ -7,15 +7,21 @@
 use super::observe::OBSERVE_MAX_AGE_S;
 use super::peers::Pending;
 use super::{
-    error, write_diagnostic, Authorization, Diagnostic, Dropped, Failure, Outcome, ReplyTo,
-    Transfer, Via,
+    device_name, error, write_diagnostic, Authorization, Diagnostic, Dropped, Failure, Outcome,
+    Peer, ReplyTo, Request, Transfer, Via,
 };
 use crate::catalog::{Catalog, CoreLink, Image};
 use crate::firmware::{self, DeviceRequest};
+use crate::fleet::report::Report;
+use crate::fleet::{DeviceName, Fleet, Note, StatusFormat, Target};
 use crate::hash::fnv1a64_concat;
 use crate::tree::FileTree;
 use crate::wire::{Block, BlockError, Emitter, Message};
 use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, RequestType, ResponseType};
+
+/// Query filters (RFC 6690 §4.1) one discovery request may combine; more
+/// are 4.00.
+const MAX_DISCOVERY_FILTERS: usize = 4;
 
 /// The answer chosen for a request before it is written.
 pub(super) type Reply<'c> = Result<(usize, Outcome<'c>), Failure>;
@@ -34,6 +40,10 @@ enum Named {
 /// Where a request is going.
 enum Route<'a, 's> {
     Updates,
+    /// `POST /updates/report`.
+    Report,
+    /// `GET /status`.
+    Status,
     Image(&'a [u8]),
     Discovery,
     /// Any other path, with a file tree served.
@@ -64,6 +74,16 @@ pub(super) struct Ctx<'s, 't, 'm> {
     /// Over a secure channel: the products whose images the peer may
     /// fetch; `None` on the plain socket.
     pub(super) authorization: Option<&'m Authorization>,
+    /// The fleet: rollout eligibility, and the status view.
+    pub(super) fleet: &'m Fleet,
+    /// The sender.
+    pub(super) peer: Peer,
+    /// Over coaps, the sender's PSK identity.
+    pub(super) identity: Option<&'m [u8]>,
+    /// The sender may read `/status`.
+    pub(super) status_open: bool,
+    /// What the request tells the fleet, applied once the reply is sent.
+    pub(super) note: Option<Note>,
 }
 
 /// What the blocks of a response are cut from: its ETag, Content-Format
@@ -103,6 +123,8 @@ impl<'s> Ctx<'s, '_, '_> {
         let route = match (path.len(), segments.next(), segments.next()) {
             _ if path.overflowed() => None,
             (1, Some(b"updates"), _) => Some(Route::Updates),
+            (1, Some(b"status"), _) => Some(Route::Status),
+            (2, Some(b"updates"), Some(b"report")) => Some(Route::Report),
             (2, Some(b"updates"), Some(id)) => Some(Route::Image(id)),
             (2, Some(b".well-known"), Some(b"core")) => Some(Route::Discovery),
             (_, Some(b"updates"), _) => None,
@@ -111,10 +133,21 @@ impl<'s> Ctx<'s, '_, '_> {
         let Some(route) = route else {
             return Err(error(ResponseType::NotFound, "no such resource"));
         };
+        if let Route::Report = route {
+            if self.msg.class() != MessageClass::Request(RequestType::Post) {
+                return Err(error(
+                    ResponseType::MethodNotAllowed,
+                    "only POST is allowed",
+                ));
+            }
+            return self.report(out);
+        }
         if self.msg.class() != MessageClass::Request(RequestType::Get) {
             return Err(error(ResponseType::MethodNotAllowed, "only GET is allowed"));
         }
         match route {
+            Route::Report => Err(Failure::Overflow),
+            Route::Status => self.status(out),
             Route::Updates => self.updates(out),
             Route::Image(id) => self.image(id, out),
             Route::Discovery => self.discovery(out),
@@ -168,9 +201,19 @@ impl<'s> Ctx<'s, '_, '_> {
     /// observing the lookup is to hear of an image that is not there yet.
     fn lookup(&mut self, request: &DeviceRequest<'_>, out: &mut [u8]) -> Reply<'s> {
         self.authorize(request.pid)?;
+        let ep = self.ep()?;
+        let name = self.name(ep);
         let image = self
             .catalog
-            .candidate(request.pid, request.fw_type, request.version);
+            .candidate(request.pid, request.fw_type, request.version)
+            .filter(|image| self.fleet.offers(&name, image));
+        self.note = Some(Note::Lookup {
+            name,
+            ip: self.peer.ip,
+            named: ep.is_some(),
+            running: request.version,
+            offered: image.map(Target::of),
+        });
         if image.is_none() && self.observe.is_none() {
             return Err(error(ResponseType::NotFound, "no newer image"));
         }
@@ -212,12 +255,144 @@ impl<'s> Ctx<'s, '_, '_> {
         let image = catalog
             .candidate(request.pid, request.fw_type, request.version)
             .ok_or(Failure::NoUpdate)?;
+        // The rollout decides when a transfer starts; once it runs, every
+        // block is served (a pause lets begun downloads finish).
+        if !self.continuing() {
+            let name = self.name(None);
+            let offered = self.fleet.offers(&name, image);
+            self.note = Some(Note::Lookup {
+                name,
+                ip: self.peer.ip,
+                named: false,
+                running: request.version,
+                offered: offered.then(|| Target::of(image)),
+            });
+            if !offered {
+                return Err(Failure::NoUpdate);
+            }
+        }
         let reply = self.body(image, offset, Via::Legacy, out)?;
         // Every legacy request names its transfer: deployed devices repeat
         // it on every block, node-coap sends it with the first block it
         // asks for (which may be a resumed NUM > 0).
         self.peer_state.start(image.id_hex, offset);
         Ok(reply)
+    }
+
+    /// The `ep=NAME` of the request's query, if any.
+    fn ep(&self) -> Result<Option<DeviceName>, Failure> {
+        let mut found = None;
+        for pair in self.msg.query.as_slice() {
+            if let Some(value) = pair.strip_prefix(b"ep=") {
+                let name = DeviceName::parse(value).ok_or(error(
+                    ResponseType::BadRequest,
+                    "ep must be 1 to 63 of A-Z a-z 0-9 . _ : -",
+                ))?;
+                if found.replace(name).is_some() {
+                    return Err(error(ResponseType::BadRequest, "ep given twice"));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The device's name: `ep`, else its coaps identity, else the name a
+    /// lookup from its address gave, else its address.
+    fn name(&self, ep: Option<DeviceName>) -> DeviceName {
+        let request = Request {
+            identity: self.identity,
+            ..Request::new(self.peer, 0, &[])
+        };
+        device_name(self.fleet, ep, &request)
+    }
+
+    /// `POST /updates/report`: the query form (empty payload) or CBOR
+    /// (Content-Format 60); 2.04 Changed, and the fleet notes it once the
+    /// answer is sent.
+    fn report(&mut self, out: &mut [u8]) -> Reply<'s> {
+        if self.msg.query.overflowed() {
+            return Err(error(ResponseType::BadRequest, "too many query options"));
+        }
+        let bad = |e| Failure::Error(ResponseType::BadRequest, Diagnostic::Report(e));
+        let report = match (self.msg.content_format, self.msg.payload) {
+            (Some(60), payload) => Report::from_cbor(payload).map_err(bad)?,
+            (Some(0) | None, []) => Report::from_query(self.msg.query.as_slice()).map_err(bad)?,
+            (None, _) => return Err(bad(crate::fleet::report::ReportError::PayloadWithoutFormat)),
+            (Some(_), _) => {
+                return Err(error(
+                    ResponseType::UnsupportedContentFormat,
+                    "a report is a query (no payload) or CBOR (Content-Format 60)",
+                ))
+            }
+        };
+        if let Some(pid) = report.pid {
+            self.authorize(pid)?;
+        }
+        let target = match (report.pid, report.fw_type, report.target) {
+            (Some(pid), Some(fw_type), Some(version)) => {
+                let image = self
+                    .catalog
+                    .newest(pid, fw_type)
+                    .filter(|i| i.version == version);
+                let image = image.or_else(|| {
+                    self.catalog.images().iter().find(|i| {
+                        i.version == version && i.name.fw_type == fw_type && *i.name.pid == *pid
+                    })
+                });
+                Some(image.map(Target::of).ok_or(error(
+                    ResponseType::BadRequest,
+                    "no image of this pid, type and target version",
+                ))?)
+            }
+            _ => None,
+        };
+        self.note = Some(Note::Report {
+            name: self.name(report.ep),
+            running: report.version,
+            target,
+            state: report.state,
+            result: report.result,
+        });
+        let e = self.emitter(ResponseType::Changed, out)?;
+        Ok((e.payload(&[])?, Outcome::Content))
+    }
+
+    /// `GET /status` and `GET /status?ep=NAME`, from loopback and
+    /// link-local sources and the `--status-from` prefixes only (4.03
+    /// otherwise), in the format Accept asks for (4.06 for one it cannot).
+    fn status(&mut self, out: &mut [u8]) -> Reply<'s> {
+        if !self.status_open {
+            return Err(error(
+                ResponseType::Forbidden,
+                "/status is open to loopback and link-local sources (see --status-from)",
+            ));
+        }
+        let format = StatusFormat::from_accept(self.msg.accept).ok_or(error(
+            ResponseType::NotAcceptable,
+            "status is text (0), JSON (50) or CBOR (60)",
+        ))?;
+        let body = match self.ep()? {
+            Some(name) => self
+                .fleet
+                .device_status(&name, format)
+                .ok_or(error(ResponseType::NotFound, "no device of this name"))?,
+            None => self.fleet.status(self.catalog, format),
+        };
+        let etag = crate::hash::fnv1a64(&body).to_be_bytes();
+        let (block, range) = self.block_for(body.len())?;
+        let chunk = body.get(range).ok_or(Failure::Overflow)?;
+        let mut e = self.emitter(ResponseType::Content, out)?;
+        e.option(CoapOption::ETag.into(), &etag)?;
+        e.option_uint(
+            CoapOption::ContentFormat.into(),
+            u32::from(format.content_format()),
+        )?;
+        e.option_block(CoapOption::Block2.into(), block)?;
+        if block.num == 0 || self.msg.size2.is_some() {
+            let size = u32::try_from(body.len()).map_err(|_| Failure::Overflow)?;
+            e.option_uint(CoapOption::Size2.into(), size)?;
+        }
+        Ok((e.payload(chunk)?, Outcome::Content))
     }
 
     /// 4.03 when the request came over a secure channel whose identity
@@ -347,11 +522,18 @@ impl<'s> Ctx<'s, '_, '_> {
     fn discovery(&mut self, out: &mut [u8]) -> Reply<'s> {
         // Filters past the kept ones would be silently dropped, and the
         // listing would be wider than asked: refuse instead.
-        if self.msg.query.overflowed() {
+        if self.msg.query.overflowed() || self.msg.query.as_slice().len() > MAX_DISCOVERY_FILTERS {
             return Err(error(ResponseType::BadRequest, "too many query options"));
         }
         let tree_links = self.tree.map_or(&[][..], FileTree::core_links);
-        let links = || self.catalog.core_links().iter().chain(tree_links);
+        let patch_links = self.fleet.files().core_links();
+        let links = || {
+            self.catalog
+                .core_links()
+                .iter()
+                .chain(patch_links)
+                .chain(tree_links)
+        };
         let query = self.msg.query.as_slice();
         let selected = |link: &&CoreLink| query.iter().all(|q| link.matches(q));
         let total = links()
@@ -361,10 +543,17 @@ impl<'s> Ctx<'s, '_, '_> {
             .sum::<usize>();
         self.check_accept(ContentFormat::ApplicationLinkFormat)?;
         let (block, range) = self.block_for(total)?;
-        let etag = match self.tree {
-            None => self.catalog.core_etag(),
-            Some(tree) => {
-                fnv1a64_concat([&self.catalog.core_etag()[..], &tree.core_etag()[..]]).to_be_bytes()
+        let etag = match (self.tree, patch_links.is_empty()) {
+            (None, true) => self.catalog.core_etag(),
+            (tree, _) => {
+                let patches = patch_links.iter().map(|l| &l.text[..]);
+                let tree_tag = tree.map(FileTree::core_etag).unwrap_or_default();
+                fnv1a64_concat(
+                    [&self.catalog.core_etag()[..], &tree_tag[..]]
+                        .into_iter()
+                        .chain(patches),
+                )
+                .to_be_bytes()
             }
         };
         let mut e = self.emitter(ResponseType::Content, out)?;

@@ -138,6 +138,11 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
         self.map.len()
     }
 
+    /// Every stored key and its value, live or expired, in no order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter().map(|(k, e)| (k, &e.value))
+    }
+
     /// The bound given to [`BoundedTable::new`].
     #[cfg(test)]
     fn capacity(&self) -> usize {
