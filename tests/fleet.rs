@@ -610,3 +610,67 @@ fn a_flood_of_random_names_stays_within_the_memory_and_state_bounds() {
     let status = Client::new(&s).status("");
     assert!(status.contains("devices known: 10000"), "{status}");
 }
+
+#[test]
+fn a_detools_delta_goes_to_its_base_version_and_rebuilds_the_image() {
+    if !require_program("detools") {
+        return;
+    }
+    let dir = TempDir::new("fleet-delta");
+    let work = TempDir::new("fleet-delta-work");
+    // The release: the base with a few hundred bytes changed.
+    let base = image_bytes(IMAGE_LEN, 3);
+    let mut release = base.clone();
+    release[1000..1300].copy_from_slice(&image_bytes(300, 4));
+    dir.write(IMAGE, &release);
+    let base_file = work.write("base.bin", &base);
+    let release_file = work.write("release.bin", &release);
+    let patch_name = format!("{IMAGE}.from-1.0.1.detools");
+    let patch_file = work.path().join(&patch_name);
+    let out = run_bounded(
+        Command::new("detools").args([
+            "create_patch".as_ref(),
+            base_file.as_os_str(),
+            release_file.as_os_str(),
+            patch_file.as_os_str(),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{out:?}");
+    // Published beside the image: written aside, renamed into place.
+    std::fs::copy(&patch_file, dir.path().join(".patch.tmp")).expect("copy");
+    std::fs::rename(dir.path().join(".patch.tmp"), dir.path().join(&patch_name)).expect("rename");
+    let s = server(dir.path(), &[]);
+    let mut c = Client::new(&s);
+    let patch_id = image_id(&patch_name);
+    let a = c.get("updates?pid=FLEET&type=APP&version=1.0.1&delta=detools&ep=delta-1");
+    assert_eq!(a.text(), format!("{patch_id};delta=detools;base=1.0.1"));
+    let patch = c.download(&format!("updates/{patch_id}"));
+    assert!(patch.len() < release.len() / 2, "{} bytes", patch.len());
+    let got = work.write("got.patch", &patch);
+    let rebuilt = work.path().join("rebuilt.bin");
+    let out = run_bounded(
+        Command::new("detools").args([
+            "apply_patch".as_ref(),
+            base_file.as_os_str(),
+            got.as_os_str(),
+            rebuilt.as_os_str(),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(&rebuilt).expect("rebuilt"), release);
+    // The patch's download counts for its image.
+    assert!(c.status("?ep=delta-1").contains("state downloaded"));
+    // Another base, or no delta asked: the full image.
+    for query in ["version=1.0.0&delta=detools", "version=1.0.1"] {
+        let a = c.get(&format!("updates?pid=FLEET&type=APP&{query}&ep=delta-2"));
+        assert_eq!(a.text(), image_id(IMAGE), "{query}");
+    }
+    let links = c.get(".well-known/core?rt=fw.patch").text();
+    assert!(
+        links.contains(&format!("</updates/{patch_id}>;rt=\"fw.patch\""))
+            && links.contains("base=\"1.0.1\""),
+        "{links}"
+    );
+}

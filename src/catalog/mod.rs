@@ -343,6 +343,11 @@ impl Catalog {
             .get(*self.by_id_text.get(&u64::from_le_bytes(text))?)
     }
 
+    /// The image whose id is `id`. O(1).
+    pub fn by_id(&self, id: u32) -> Option<&Image> {
+        self.by_id_hex(&hex8(id))
+    }
+
     /// The image with this PID (byte for byte) and TYPE that has the highest version, whatever
     /// its version. `None` when there is none, or when `pid` is longer than 255 bytes (no image
     /// can have such a PID). O(1) and allocation-free: the index key is built on the stack.

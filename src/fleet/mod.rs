@@ -55,8 +55,10 @@ pub const RESULT_SUCCESS: u8 = 1;
 
 /// A device's name: an `ep=`, a coaps PSK identity, or the text of its
 /// address. 1 to [`NAME_MAX`] bytes of `[A-Za-z0-9._:-]`, held inline so
-/// that the table's entries have a fixed size.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// that the table's entries have a fixed size. Equal names have equal
+/// (zero) padding, so the derived equality is the names'; hashing reads
+/// only the name's bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct DeviceName {
     len: u8,
     bytes: [u8; NAME_MAX],
@@ -119,6 +121,12 @@ impl DeviceName {
     /// The name as text (always ASCII).
     pub fn as_str(&self) -> &str {
         core::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+}
+
+impl core::hash::Hash for DeviceName {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_bytes());
     }
 }
 
@@ -392,7 +400,6 @@ pub(crate) enum Note {
 
 /// The fleet's state; see the module docs.
 pub struct Fleet {
-    files: FleetFiles,
     devices: BoundedTable<DeviceName, Device>,
     addrs: Vec<Option<([u8; 16], DeviceName)>>,
     addr_hash: KeyedBuild,
@@ -416,7 +423,6 @@ impl Fleet {
     /// `keys`, without policies.
     pub fn new(max_devices: usize, keys: [u64; 2]) -> Fleet {
         Fleet {
-            files: FleetFiles::default(),
             devices: BoundedTable::new(max_devices, u64::MAX, keys),
             addrs: vec![None; ADDR_SLOTS],
             addr_hash: KeyedBuild::new([keys[1], keys[0]]),
@@ -438,15 +444,11 @@ impl Fleet {
         self.unix_origin_ms.saturating_add(now_ms)
     }
 
-    /// The policies and patches served.
-    pub fn files(&self) -> &FleetFiles {
-        &self.files
-    }
-
-    /// Serves `files` from the next request on and returns the snapshot it
-    /// replaces. A rollout paused by its outcomes whose policy file changed
-    /// resumes (an [`Event::Resumed`]).
-    pub fn replace_files(&mut self, files: FleetFiles) -> FleetFiles {
+    /// The policies and patches are now `files` (the snapshot the service
+    /// serves from the next request on): a rollout paused by its outcomes
+    /// whose policy file changed resumes (an [`Event::Resumed`]) and
+    /// counts its outcomes afresh.
+    pub fn files_changed(&mut self, files: &FleetFiles) {
         let mut resumed = Vec::new();
         for (&image, rollout) in &mut self.rollouts {
             let generation = files.policy(image).map(|p| p.policy.generation);
@@ -463,12 +465,11 @@ impl Fleet {
         for image in resumed {
             self.push(Event::Resumed { image });
         }
-        std::mem::replace(&mut self.files, files)
     }
 
     /// Why `image` is not offered to new devices, if it is not.
-    pub fn pause(&self, image: u32) -> Option<Pause> {
-        let file = self.files.policy(image)?;
+    pub fn pause(&self, files: &FleetFiles, image: u32) -> Option<Pause> {
+        let file = files.policy(image)?;
         if file.invalid {
             return Some(Pause::Invalid);
         }
@@ -488,11 +489,11 @@ impl Fleet {
     /// with one, a canary or a name whose hash falls within the share,
     /// unless the rollout is paused, when only a device whose download of
     /// it began keeps being answered.
-    pub fn offers(&self, name: &DeviceName, image: &Image) -> bool {
-        let Some(file) = self.files.policy(image.id) else {
+    pub fn offers(&self, files: &FleetFiles, name: &DeviceName, image: &Image) -> bool {
+        let Some(file) = files.policy(image.id) else {
             return true;
         };
-        if self.pause(image.id).is_some() {
+        if self.pause(files, image.id).is_some() {
             return self.devices.get(name, 0).is_some_and(|d| {
                 d.target == Some(Target::of(image))
                     && matches!(d.state, State::Downloading | State::Downloaded)
@@ -548,11 +549,18 @@ impl Fleet {
         }
     }
 
-    /// The events queued since the last call, oldest first, and how many
-    /// were lost because the queue was full.
-    pub fn drain_events(&mut self) -> (std::vec::Drain<'_, Event>, u64) {
-        let lost = std::mem::take(&mut self.lost_events);
-        (self.events.drain(..), lost)
+    /// The oldest event queued, taken from the queue.
+    pub fn next_event(&mut self) -> Option<Event> {
+        if self.events.is_empty() {
+            return None;
+        }
+        Some(self.events.remove(0))
+    }
+
+    /// How many events were lost since the last call because the queue
+    /// was full.
+    pub fn take_lost_events(&mut self) -> u64 {
+        std::mem::take(&mut self.lost_events)
     }
 
     /// Whether events are queued.
@@ -568,8 +576,9 @@ impl Fleet {
         }
     }
 
-    /// Applies what a request told, at `now_ms`.
-    pub(crate) fn apply(&mut self, note: Note, now_ms: u64) {
+    /// Applies what a request told, at `now_ms`, under the policies of
+    /// `files`.
+    pub(crate) fn apply(&mut self, files: &FleetFiles, note: Note, now_ms: u64) {
         let now = self.unix_ms(now_ms);
         let (name, source) = match note {
             Note::Lookup { name, .. } => (name, Source::Lookup),
@@ -663,7 +672,7 @@ impl Fleet {
         if changed {
             d.changed_unix_ms = now;
         }
-        self.count_outcome(&mut d);
+        self.count_outcome(files, &mut d);
         self.devices.insert(name, d, 0);
         if changed {
             self.push(Event::Device {
@@ -679,7 +688,7 @@ impl Fleet {
     /// (only images with a policy file have one), moving a failure to the
     /// successes when a failed device later succeeds, and pauses the
     /// rollout when the failure share reaches `max-failures`.
-    fn count_outcome(&mut self, d: &mut Device) {
+    fn count_outcome(&mut self, files: &FleetFiles, d: &mut Device) {
         let now = match d.state {
             State::Updated => Counted::Success,
             State::Failed => Counted::Failure,
@@ -689,7 +698,7 @@ impl Fleet {
         if d.counted == now {
             return;
         }
-        let Some(file) = self.files.policy(target.image) else {
+        let Some(file) = files.policy(target.image) else {
             return;
         };
         let policy = &file.policy;

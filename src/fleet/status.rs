@@ -9,7 +9,7 @@
 
 use super::cbor::Encoder;
 use super::policy::SHARE_SCALE;
-use super::{Device, DeviceName, Fleet, State};
+use super::{Device, DeviceName, Fleet, FleetFiles, State};
 use crate::catalog::{Catalog, Image};
 use crate::firmware::VersionText;
 use crate::logfmt::Timestamp;
@@ -87,7 +87,11 @@ fn json_string(out: &mut String, s: &str) {
 }
 
 impl Fleet {
-    fn image_views<'a>(&'a self, catalog: &'a Catalog) -> Vec<ImageView<'a>> {
+    fn image_views<'a>(
+        &'a self,
+        files: &'a FleetFiles,
+        catalog: &'a Catalog,
+    ) -> Vec<ImageView<'a>> {
         let mut counts: HashMap<u32, [u32; 7]> = HashMap::new();
         for (_, d) in self.devices() {
             if let Some(t) = d.target {
@@ -105,7 +109,7 @@ impl Fleet {
             .images()
             .iter()
             .map(|image| {
-                let file = self.files.policy(image.id);
+                let file = files.policy(image.id);
                 let generation = file.map(|f| f.policy.generation);
                 let outcomes = self
                     .rollouts
@@ -118,7 +122,7 @@ impl Fleet {
                     canaries: file.map_or(Vec::new(), |f| {
                         f.policy.canaries.iter().map(DeviceName::as_str).collect()
                     }),
-                    paused: self.pause(image.id).map(|p| p.to_string()),
+                    paused: self.pause(files, image.id).map(|p| p.to_string()),
                     policy: file.is_some(),
                     policy_error: file.and_then(|f| f.error.as_ref()).map(|e| e.to_string()),
                     counts: counts.get(&image.id).copied().unwrap_or_default(),
@@ -128,9 +132,10 @@ impl Fleet {
             .collect()
     }
 
-    /// The whole view of `catalog`'s images in `format`.
-    pub fn status(&self, catalog: &Catalog, format: StatusFormat) -> Vec<u8> {
-        let views = self.image_views(catalog);
+    /// The whole view of `catalog`'s images under the policies of `files`,
+    /// in `format`.
+    pub fn status(&self, files: &FleetFiles, catalog: &Catalog, format: StatusFormat) -> Vec<u8> {
+        let views = self.image_views(files, catalog);
         match format {
             StatusFormat::Text => {
                 let mut out = String::new();

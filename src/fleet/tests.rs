@@ -13,15 +13,17 @@ fn catalog() -> Catalog {
         .0
 }
 
-fn with_policy(text: &str) -> Fleet {
+fn with_policy(text: &str) -> (Fleet, FleetFiles) {
     let mut fleet = Fleet::new(100, [1, 2]);
     let file = PolicyFile::new("OTA-X_1_0_2_APP.fmu.rollout", text.as_bytes(), None, None).unwrap();
-    fleet.replace_files(FleetFiles::new(vec![file], Vec::new()));
-    fleet
+    let files = FleetFiles::new(vec![file], Vec::new());
+    fleet.files_changed(&files);
+    (fleet, files)
 }
 
-fn report(fleet: &mut Fleet, who: &str, target: Target, result: u8) {
+fn report(fleet: &mut Fleet, files: &FleetFiles, who: &str, target: Target, result: u8) {
     fleet.apply(
+        files,
         Note::Report {
             name: name(who),
             running: None,
@@ -56,9 +58,11 @@ fn inference_from_blocks_and_lookups() {
     let image = &catalog.images()[0];
     let t = Target::of(image);
     let mut fleet = Fleet::new(100, [1, 2]);
+    let none = FleetFiles::default();
     let d = name("d1");
     let lookup = |fleet: &mut Fleet, running| {
         fleet.apply(
+            &none,
             Note::Lookup {
                 name: d,
                 ip: [0; 16],
@@ -71,6 +75,7 @@ fn inference_from_blocks_and_lookups() {
     };
     let block = |fleet: &mut Fleet, first, last| {
         fleet.apply(
+            &none,
             Note::Block {
                 name: d,
                 target: t,
@@ -100,9 +105,8 @@ fn inference_from_blocks_and_lookups() {
     // Then it makes it after all.
     lookup(&mut fleet, 0x0100_0002);
     assert_eq!(fleet.device(&d).unwrap().state, State::Updated);
-    let (events, lost) = fleet.drain_events();
-    assert_eq!(lost, 0);
-    assert!(events.count() >= 6);
+    assert_eq!(fleet.take_lost_events(), 0);
+    assert!(std::iter::from_fn(|| fleet.next_event()).count() >= 6);
 }
 
 #[test]
@@ -110,23 +114,23 @@ fn failures_pause_and_an_edit_resumes() {
     let catalog = catalog();
     let image = &catalog.images()[0];
     let t = Target::of(image);
-    let mut fleet = with_policy("max-failures = 30%\nmin-outcomes = 5\n");
-    assert!(fleet.offers(&name("x"), image));
+    let (mut fleet, files) = with_policy("max-failures = 30%\nmin-outcomes = 5\n");
+    assert!(fleet.offers(&files, &name("x"), image));
     for (who, result) in [("a", 1), ("b", 1), ("c", 8), ("d", 5)] {
-        report(&mut fleet, who, t, result);
-        assert_eq!(fleet.pause(image.id), None, "after {who}");
+        report(&mut fleet, &files, who, t, result);
+        assert_eq!(fleet.pause(&files, image.id), None, "after {who}");
     }
-    report(&mut fleet, "e", t, 2);
+    report(&mut fleet, &files, "e", t, 2);
     assert_eq!(
-        fleet.pause(image.id),
+        fleet.pause(&files, image.id),
         Some(Pause::Auto {
             successes: 2,
             failures: 3
         })
     );
-    assert!(!fleet.offers(&name("x"), image));
+    assert!(!fleet.offers(&files, &name("x"), image));
     // A repeated failure report of the same device counts once.
-    report(&mut fleet, "e", t, 2);
+    report(&mut fleet, &files, "e", t, 2);
     assert_eq!(fleet.rollouts().next().unwrap().1.failures, 3);
     let file = PolicyFile::new(
         "OTA-X_1_0_2_APP.fmu.rollout",
@@ -135,25 +139,24 @@ fn failures_pause_and_an_edit_resumes() {
         None,
     )
     .unwrap();
-    fleet.replace_files(FleetFiles::new(vec![file], Vec::new()));
-    assert_eq!(fleet.pause(image.id), None);
-    assert!(fleet.offers(&name("x"), image));
-    let (events, _) = fleet.drain_events();
-    assert!(events
-        .into_iter()
-        .any(|e| matches!(e, Event::Resumed { .. })));
+    let files = FleetFiles::new(vec![file], Vec::new());
+    fleet.files_changed(&files);
+    assert_eq!(fleet.pause(&files, image.id), None);
+    assert!(fleet.offers(&files, &name("x"), image));
+    assert!(std::iter::from_fn(|| fleet.next_event()).any(|e| matches!(e, Event::Resumed { .. })));
 }
 
 #[test]
 fn paused_offers_only_begun_downloads_and_canaries_beat_share() {
     let catalog = catalog();
     let image = &catalog.images()[0];
-    let fleet = with_policy("percent = 0\ncanary = c1\n");
-    assert!(fleet.offers(&name("c1"), image));
-    assert!(!fleet.offers(&name("c2"), image));
-    let mut fleet = with_policy("pause = yes\ncanary = c1\n");
-    assert!(!fleet.offers(&name("c1"), image));
+    let (fleet, files) = with_policy("percent = 0\ncanary = c1\n");
+    assert!(fleet.offers(&files, &name("c1"), image));
+    assert!(!fleet.offers(&files, &name("c2"), image));
+    let (mut fleet, files) = with_policy("pause = yes\ncanary = c1\n");
+    assert!(!fleet.offers(&files, &name("c1"), image));
     fleet.apply(
+        &files,
         Note::Block {
             name: name("c1"),
             target: Target::of(image),
@@ -162,7 +165,7 @@ fn paused_offers_only_begun_downloads_and_canaries_beat_share() {
         },
         0,
     );
-    assert!(fleet.offers(&name("c1"), image));
+    assert!(fleet.offers(&files, &name("c1"), image));
 }
 
 #[test]
@@ -187,6 +190,7 @@ fn the_table_is_bounded() {
     let mut fleet = Fleet::new(50, [1, 2]);
     for i in 0..1000 {
         fleet.apply(
+            &FleetFiles::default(),
             Note::Lookup {
                 name: name(&format!("n{i}")),
                 ip: [0; 16],
@@ -196,7 +200,7 @@ fn the_table_is_bounded() {
             },
             i,
         );
-        let _ = fleet.drain_events();
+        while fleet.next_event().is_some() {}
     }
     assert!(fleet.device_count() <= 50);
     assert!(fleet.device(&name("n999")).is_some());
@@ -206,20 +210,20 @@ fn the_table_is_bounded() {
 fn status_formats() {
     let catalog = catalog();
     let image = &catalog.images()[0];
-    let mut fleet = with_policy("percent = 12.5\ncanary = c1");
-    report(&mut fleet, "d1", Target::of(image), 1);
-    let text = String::from_utf8(fleet.status(&catalog, StatusFormat::Text)).unwrap();
+    let (mut fleet, files) = with_policy("percent = 12.5\ncanary = c1");
+    report(&mut fleet, &files, "d1", Target::of(image), 1);
+    let text = String::from_utf8(fleet.status(&files, &catalog, StatusFormat::Text)).unwrap();
     assert!(
         text.contains("12.5% of devices, canaries c1; offered"),
         "{text}"
     );
     assert!(text.contains("updated 1"), "{text}");
-    let json = String::from_utf8(fleet.status(&catalog, StatusFormat::Json)).unwrap();
+    let json = String::from_utf8(fleet.status(&files, &catalog, StatusFormat::Json)).unwrap();
     assert!(
         json.contains("\"percent\":12.5") && json.contains("\"updated\":1"),
         "{json}"
     );
-    let cbor = fleet.status(&catalog, StatusFormat::Cbor);
+    let cbor = fleet.status(&files, &catalog, StatusFormat::Cbor);
     assert_eq!(cbor[0], 0xa2);
     let dev = String::from_utf8(
         fleet

@@ -61,13 +61,12 @@ impl Server {
         if second != self.fleet_log.second {
             self.fleet_log = FleetLog { second, lines: 0 };
         }
-        let (events, lost) = self.service.fleet_mut().drain_events();
-        let events: Vec<Event> = events.collect();
+        let lost = self.service.fleet_mut().take_lost_events();
         if lost > 0 {
             debug!("fleet: {lost} events not logged (queue full)");
         }
         let mut appended = false;
-        for event in events {
+        while let Some(event) = self.service.fleet_mut().next_event() {
             let record = match event {
                 Event::Device {
                     name,
@@ -92,7 +91,7 @@ impl Server {
                 } => {
                     let file = self.image_name(image);
                     if paused_now {
-                        let policy = self.service.fleet().files().policy(image);
+                        let policy = self.service.fleet_files().policy(image);
                         let (max, min) = policy
                             .map_or((0, 0), |p| (p.policy.max_failures, p.policy.min_outcomes));
                         warn!(
@@ -158,9 +157,7 @@ impl Server {
     fn image_name(&self, image: u32) -> String {
         self.service
             .catalog()
-            .images()
-            .iter()
-            .find(|i| i.id == image)
+            .by_id(image)
             .map_or_else(|| format!("{image:08x}"), |i| i.file_name.clone())
     }
 }

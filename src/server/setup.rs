@@ -89,7 +89,7 @@ impl Server {
         if let Some(dir) = &dir {
             let start = read_fleet_files(
                 dir,
-                self.service.fleet().files(),
+                self.service.fleet_files(),
                 std::time::SystemTime::now(),
                 Duration::ZERO,
             );

@@ -81,6 +81,9 @@ pub struct Service {
     observers: Observers,
     /// Rollouts, devices and their reports.
     fleet: Fleet,
+    /// The rollout policies and patches beside the images: an immutable
+    /// snapshot like the catalog, swapped in whole.
+    fleet_files: FleetFiles,
 }
 
 impl Service {
@@ -112,6 +115,7 @@ impl Service {
             ),
             observers: Observers::new(limits.max_observers, keys.tables),
             fleet: Fleet::new(limits.max_devices, keys.tables),
+            fleet_files: FleetFiles::default(),
         }
     }
 
@@ -136,8 +140,7 @@ impl Service {
             name: device_name(&self.fleet, None, &request),
             target: Target {
                 image: self
-                    .fleet
-                    .files()
+                    .fleet_files
                     .patch_target(block.image)
                     .unwrap_or(block.image),
                 version: block.version,
@@ -145,7 +148,7 @@ impl Service {
             first: block.first,
             last: block.last,
         };
-        self.fleet.apply(note, now_ms);
+        self.fleet.apply(&self.fleet_files, note, now_ms);
     }
 
     /// Serves the policies and patches `files` from the next request on
@@ -154,7 +157,13 @@ impl Service {
     /// a lookup's answer may have changed.
     pub fn replace_fleet_files(&mut self, files: FleetFiles) -> FleetFiles {
         self.observers.mark_changed();
-        self.fleet.replace_files(files)
+        self.fleet.files_changed(&files);
+        std::mem::replace(&mut self.fleet_files, files)
+    }
+
+    /// The rollout policies and patches served.
+    pub fn fleet_files(&self) -> &FleetFiles {
+        &self.fleet_files
     }
 
     /// Counts Echo windows by the wall clock: `unix_ms` is the time, in
@@ -345,6 +354,7 @@ impl Service {
             // within its PID, an image by id is not observable.
             authorization: None,
             fleet: &self.fleet,
+            fleet_files: &self.fleet_files,
             peer: key.peer(),
             identity: None,
             status_open: false,
@@ -526,6 +536,7 @@ impl Service {
             observed: None,
             authorization,
             fleet: &self.fleet,
+            fleet_files: &self.fleet_files,
             peer,
             identity,
             status_open: self
@@ -562,9 +573,9 @@ impl Service {
             }
         }
         self.peers.commit(peer, write, now_ms);
-        let note = note.or_else(|| block_note(&self.fleet, &outcome, request));
+        let note = note.or_else(|| block_note(&self.fleet, &self.fleet_files, &outcome, request));
         if let Some(note) = note {
-            self.fleet.apply(note, now_ms);
+            self.fleet.apply(&self.fleet_files, note, now_ms);
         }
         if intent != Intent::None {
             apply_intent(&mut self.observers, intent, observed, &msg, request);
@@ -728,14 +739,19 @@ impl BlockSent {
 /// 0 is "downloading", the last "downloaded"); `None` for any other reply.
 /// The device is named by its coaps identity, else by the `ep=` its last
 /// lookup from the same address gave, else by its address.
-fn block_note(fleet: &Fleet, outcome: &Outcome<'_>, request: &Request<'_>) -> Option<Note> {
+fn block_note(
+    fleet: &Fleet,
+    files: &FleetFiles,
+    outcome: &Outcome<'_>,
+    request: &Request<'_>,
+) -> Option<Note> {
     let Outcome::Block(t) = outcome else {
         return None;
     };
     if !t.is_first() && !t.is_last() {
         return None;
     }
-    let image = fleet.files().patch_target(t.image.id).unwrap_or(t.image.id);
+    let image = files.patch_target(t.image.id).unwrap_or(t.image.id);
     Some(Note::Block {
         name: device_name(fleet, None, request),
         target: Target {

@@ -13,7 +13,7 @@ use super::{
 use crate::catalog::{Catalog, CoreLink, Image};
 use crate::firmware::{self, DeviceRequest};
 use crate::fleet::report::Report;
-use crate::fleet::{DeviceName, Fleet, Note, StatusFormat, Target};
+use crate::fleet::{DeviceName, Fleet, FleetFiles, Note, StatusFormat, Target};
 use crate::hash::fnv1a64_concat;
 use crate::tree::FileTree;
 use crate::wire::{Block, BlockError, Emitter, Message};
@@ -76,6 +76,8 @@ pub(super) struct Ctx<'s, 't, 'm> {
     pub(super) authorization: Option<&'m Authorization>,
     /// The fleet: rollout eligibility, and the status view.
     pub(super) fleet: &'m Fleet,
+    /// The rollout policies and patches served.
+    pub(super) fleet_files: &'s FleetFiles,
     /// The sender.
     pub(super) peer: Peer,
     /// Over coaps, the sender's PSK identity.
@@ -206,7 +208,7 @@ impl<'s> Ctx<'s, '_, '_> {
         let image = self
             .catalog
             .candidate(request.pid, request.fw_type, request.version)
-            .filter(|image| self.fleet.offers(&name, image));
+            .filter(|image| self.fleet.offers(self.fleet_files, &name, image));
         self.note = Some(Note::Lookup {
             name,
             ip: self.peer.ip,
@@ -218,7 +220,39 @@ impl<'s> Ctx<'s, '_, '_> {
             return Err(error(ResponseType::NotFound, "no newer image"));
         }
         self.check_accept(ContentFormat::TextPlain)?;
-        let id: &[u8] = image.map_or(&[], |image| &image.id_hex[..]);
+        // A device that asks for a delta (`delta=FORMAT`) and runs exactly
+        // the base version of a patch published for the image gets the
+        // patch's id followed by `;delta=FORMAT;base=M.m.b`; anyone else
+        // the image's id alone.
+        let patch = match (image, self.delta()?) {
+            (Some(image), Some(format)) => {
+                self.fleet_files
+                    .patch_for(image.id, request.version, format)
+            }
+            _ => None,
+        };
+        let mut text = [0u8; 64];
+        let id: &[u8] = match (image, patch) {
+            (_, Some(patch)) => {
+                let mut w = super::SliceWriter {
+                    buf: &mut text,
+                    len: 0,
+                };
+                let _ = core::fmt::Write::write_fmt(
+                    &mut w,
+                    format_args!(
+                        "{};delta={};base={}",
+                        patch.body.id_str(),
+                        patch.format,
+                        firmware::VersionText(patch.base)
+                    ),
+                );
+                let len = w.len;
+                text.get(..len).unwrap_or(&[])
+            }
+            (Some(image), None) => &image.id_hex[..],
+            (None, _) => &[],
+        };
         let mut e = self.emitter(ResponseType::Content, out)?;
         self.observe_option(&mut e, fnv1a64_concat([b"id:".as_slice(), id]))?;
         e.option_uint(
@@ -259,7 +293,7 @@ impl<'s> Ctx<'s, '_, '_> {
         // block is served (a pause lets begun downloads finish).
         if !self.continuing() {
             let name = self.name(None);
-            let offered = self.fleet.offers(&name, image);
+            let offered = self.fleet.offers(self.fleet_files, &name, image);
             self.note = Some(Note::Lookup {
                 name,
                 ip: self.peer.ip,
@@ -277,6 +311,30 @@ impl<'s> Ctx<'s, '_, '_> {
         // asks for (which may be a resumed NUM > 0).
         self.peer_state.start(image.id_hex, offset);
         Ok(reply)
+    }
+
+    /// The `delta=FORMAT` of the request's query, if any: 1 to 16
+    /// lowercase letters and digits, else 4.00.
+    fn delta(&self) -> Result<Option<&[u8]>, Failure> {
+        let mut found = None;
+        for pair in self.msg.query.as_slice() {
+            if let Some(value) = pair.strip_prefix(b"delta=") {
+                let ok = (1..=16).contains(&value.len())
+                    && value
+                        .iter()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                if !ok {
+                    return Err(error(
+                        ResponseType::BadRequest,
+                        "delta must be a patch format: 1 to 16 of a-z 0-9",
+                    ));
+                }
+                if found.replace(value).is_some() {
+                    return Err(error(ResponseType::BadRequest, "delta given twice"));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The `ep=NAME` of the request's query, if any.
@@ -376,7 +434,7 @@ impl<'s> Ctx<'s, '_, '_> {
                 .fleet
                 .device_status(&name, format)
                 .ok_or(error(ResponseType::NotFound, "no device of this name"))?,
-            None => self.fleet.status(self.catalog, format),
+            None => self.fleet.status(self.fleet_files, self.catalog, format),
         };
         let etag = crate::hash::fnv1a64(&body).to_be_bytes();
         let (block, range) = self.block_for(body.len())?;
@@ -460,7 +518,11 @@ impl<'s> Ctx<'s, '_, '_> {
                 ))
             }
         };
-        let Some(image) = self.catalog.by_id_hex(id) else {
+        let image = self
+            .catalog
+            .by_id_hex(id)
+            .or_else(|| self.fleet_files.patch_by_id_hex(id));
+        let Some(image) = image else {
             // A file being published whose bytes have not settled yet.
             return Err(match self.catalog.pending_retry(id) {
                 Some(max_age) => Failure::Unavailable { max_age },
@@ -526,7 +588,7 @@ impl<'s> Ctx<'s, '_, '_> {
             return Err(error(ResponseType::BadRequest, "too many query options"));
         }
         let tree_links = self.tree.map_or(&[][..], FileTree::core_links);
-        let patch_links = self.fleet.files().core_links();
+        let patch_links = self.fleet_files.core_links();
         let links = || {
             self.catalog
                 .core_links()

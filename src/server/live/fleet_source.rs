@@ -42,7 +42,7 @@ impl Source for FleetSource {
     const UNITS: &'static str = "files";
 
     fn current<'s>(&self, service: &'s Service) -> Option<&'s FleetFiles> {
-        Some(service.fleet().files())
+        Some(service.fleet_files())
     }
 
     fn shown(&self, _: &FleetFiles) -> String {

@@ -246,3 +246,55 @@ fn local_sources_are_loopback_and_link_local() {
         &"fd00::1".parse::<core::net::Ipv6Addr>().unwrap().octets()
     ));
 }
+
+/// The MOTE 1.1.31 image's patch from 1.0.0, in `format`.
+fn patch_files(format: &str) -> FleetFiles {
+    let name = format!("{MOTE_NEW}.from-1.0.0.{format}");
+    let bytes = crate::catalog::ImageBytes::from_vec(b"PATCH-BYTES".to_vec()).unwrap();
+    let patch = crate::fleet::Patch::new(&name, std::sync::Arc::new(bytes), None).unwrap();
+    FleetFiles::new(Vec::new(), vec![patch])
+}
+
+#[test]
+fn a_delta_goes_only_to_its_base_version_when_asked_for() {
+    let mut fx = Fx::new();
+    let mote = fx.img(MOTE_NEW);
+    fx.svc.replace_fleet_files(patch_files("detools"));
+    let patch_id = crate::hash::fnv1a32(format!("{MOTE_NEW}.from-1.0.0.detools").as_bytes());
+    let asks = |version: &str, delta: &str| {
+        Req::get(&format!(
+            "updates?pid=MOTE&type=APP&version={version}{delta}"
+        ))
+    };
+    let reply = fx.ask(&asks("1.0.0", "&delta=detools"));
+    let text = String::from_utf8(parse(&reply).payload.to_vec()).unwrap();
+    assert_eq!(text, format!("{patch_id:08x};delta=detools;base=1.0.0"));
+    // Not asked, another format, another base: the full image.
+    for (version, delta) in [
+        ("1.0.0", ""),
+        ("1.0.0", "&delta=bsdiff"),
+        ("1.0.1", "&delta=detools"),
+    ] {
+        let reply = fx.ask(&asks(version, delta));
+        assert_eq!(
+            parse(&reply).payload,
+            mote.id.as_bytes(),
+            "{version}{delta}"
+        );
+    }
+    assert_error(
+        &fx.ask(&asks("1.0.0", "&delta=Bad!")),
+        ResponseType::BadRequest,
+    );
+    // The patch is served by its id, and listed with its base.
+    let reply = fx.ask(&Req::get(&format!("updates/{patch_id:08x}")));
+    assert_eq!(parse(&reply).payload, b"PATCH-BYTES");
+    let reply = fx.ask(&Req::get(".well-known/core?rt=fw.patch"));
+    let links = String::from_utf8(parse(&reply).payload.to_vec()).unwrap();
+    assert!(
+        links.contains(&format!(
+            "</updates/{patch_id:08x}>;rt=\"fw.patch\";ct=42;sz=11;"
+        )) && links.contains("base=\"1.0.0\""),
+        "{links}"
+    );
+}
