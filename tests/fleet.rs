@@ -321,7 +321,7 @@ fn failures_pause_the_rollout_across_a_restart_until_the_file_is_edited() {
     );
     assert!(c.status("?ep=bad-3").contains("state failed result 2"));
     write_policy(dir.path(), &format!("{policy}# looked at the failures\n"));
-    wait_status(&mut c, "; offered");
+    wait_status(&mut c, "; running");
     assert!(
         c.offered("new-4", "1.0.1").is_some(),
         "editing the file did not resume"

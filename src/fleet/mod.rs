@@ -283,6 +283,21 @@ pub struct Rollout {
     pub paused: bool,
 }
 
+impl Rollout {
+    /// The policy's generation is now `generation`: a paused rollout
+    /// resumes with its counts started over, a running one keeps them.
+    fn renew(&mut self, generation: u64) {
+        if self.paused {
+            *self = Rollout {
+                generation,
+                ..Rollout::default()
+            };
+        } else {
+            self.generation = generation;
+        }
+    }
+}
+
 /// Why an image is not offered to new devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pause {
@@ -447,7 +462,8 @@ impl Fleet {
     /// The policies and patches are now `files` (the snapshot the service
     /// serves from the next request on): a rollout paused by its outcomes
     /// whose policy file changed resumes (an [`Event::Resumed`]) and
-    /// counts its outcomes afresh.
+    /// counts its outcomes afresh; one that is not paused keeps its counts
+    /// (raising the share does not forget the canaries' outcomes).
     pub fn files_changed(&mut self, files: &FleetFiles) {
         let mut resumed = Vec::new();
         for (&image, rollout) in &mut self.rollouts {
@@ -456,10 +472,7 @@ impl Fleet {
                 if rollout.paused {
                     resumed.push(image);
                 }
-                *rollout = Rollout {
-                    generation: generation.unwrap_or(0),
-                    ..Rollout::default()
-                };
+                rollout.renew(generation.unwrap_or(0));
             }
         }
         for image in resumed {
@@ -707,10 +720,9 @@ impl Fleet {
         }
         let rollout = self.rollouts.entry(target.image).or_default();
         if rollout.generation != policy.generation {
-            *rollout = Rollout {
-                generation: policy.generation,
-                ..Rollout::default()
-            };
+            // Counts restored from a journal written under another
+            // version of the file.
+            rollout.renew(policy.generation);
         }
         match d.counted {
             Counted::Success => rollout.successes = rollout.successes.saturating_sub(1),

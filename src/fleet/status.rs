@@ -114,7 +114,7 @@ impl Fleet {
                 let outcomes = self
                     .rollouts
                     .get(&image.id)
-                    .filter(|r| Some(r.generation) == generation)
+                    .filter(|r| !r.paused || Some(r.generation) == generation)
                     .map_or((0, 0), |r| (r.successes, r.failures));
                 ImageView {
                     image,
@@ -161,7 +161,7 @@ impl Fleet {
                         Some(why) => {
                             let _ = writeln!(out, "; paused ({why})");
                         }
-                        None => out.push_str("; offered\n"),
+                        None => out.push_str("; running\n"),
                     }
                     if let Some(e) = &v.policy_error {
                         let _ = writeln!(out, "  policy file refused: {e}");

@@ -214,7 +214,7 @@ fn status_formats() {
     report(&mut fleet, &files, "d1", Target::of(image), 1);
     let text = String::from_utf8(fleet.status(&files, &catalog, StatusFormat::Text)).unwrap();
     assert!(
-        text.contains("12.5% of devices, canaries c1; offered"),
+        text.contains("12.5% of devices, canaries c1; running"),
         "{text}"
     );
     assert!(text.contains("updated 1"), "{text}");
@@ -238,4 +238,17 @@ fn status_formats() {
     assert!(fleet
         .device_status(&name("nobody"), StatusFormat::Text)
         .is_none());
+}
+
+#[test]
+fn an_edit_keeps_the_counts_of_a_running_rollout() {
+    let catalog = catalog();
+    let t = Target::of(&catalog.images()[0]);
+    let (mut fleet, files) = with_policy("percent = 0\ncanary = c1\n");
+    report(&mut fleet, &files, "c1", t, 1);
+    let (_, raised) = with_policy("percent = 10\ncanary = c1\n");
+    fleet.files_changed(&raised);
+    report(&mut fleet, &raised, "d1", t, 8);
+    let counts = *fleet.rollouts().next().unwrap().1;
+    assert_eq!((counts.successes, counts.failures), (1, 1));
 }

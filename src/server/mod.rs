@@ -160,6 +160,7 @@ impl Server {
             }
             None => info!("SIGHUP: the directory is not watched (--rescan is off)"),
         }
+        self.fleet_events();
         self.refresh_deadline();
     }
 

@@ -100,6 +100,13 @@ impl Server {
                 log::warn!("{error}");
             }
             if let Some(next) = start.next {
+                log::info!(
+                    target: crate::logfmt::SUMMARY,
+                    "fleet: {} rollout policies and {} patches from {}",
+                    next.policies().len(),
+                    next.patches().len(),
+                    dir.display()
+                );
                 self.service.replace_fleet_files(next);
             }
         }

@@ -138,6 +138,8 @@ impl Server {
                 if live.on_timer(&mut self.service, now_ms) {
                     self.stats.catalog_changes += 1;
                 }
+                // An edited policy may have resumed a rollout.
+                self.fleet_events();
             }
         }
         self.send_notifications(now_ms);
