@@ -8,7 +8,7 @@
 
 use super::cbor::{self, CborError, Item};
 use super::DeviceName;
-use crate::firmware::{parse_type, parse_version, valid_pid};
+use crate::firmware::{parse_type, parse_version, query_pairs, valid_pid};
 use core::fmt;
 
 /// Highest LwM2M Firmware Update state: 3, updating.
@@ -102,14 +102,7 @@ impl<'a> Report<'a> {
     /// The first bad or repeated field, or [`ReportError::Empty`].
     pub fn from_query(query: &[&'a [u8]]) -> Result<Report<'a>, ReportError> {
         let mut report = Report::default();
-        for &pair in query {
-            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-                continue;
-            };
-            let (key, value) = (
-                pair.get(..eq).unwrap_or(&[]),
-                pair.get(eq + 1..).unwrap_or(&[]),
-            );
+        for (key, value) in query_pairs(query) {
             if let Some(index) = FIELDS.iter().position(|(long, _)| long.as_bytes() == key) {
                 report.set(index, Value::Text(value))?;
             }

@@ -52,6 +52,15 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
         }
     }
 
+    /// Reserves the eviction queue's full length now (twice the capacity),
+    /// for a table whose keys are rewritten all the time: its queue would
+    /// otherwise grow in steps long after the set of keys stopped growing.
+    /// Pages of it are only touched as it fills.
+    pub(crate) fn reserve_queue(&mut self) {
+        self.order
+            .reserve(self.capacity.saturating_mul(2).saturating_add(1));
+    }
+
     /// The live value for `key`, if one was stored within the lifetime.
     pub(crate) fn get(&self, key: &K, now_ms: u64) -> Option<&V> {
         self.map

@@ -372,8 +372,8 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         limits.max_devices = n
             .parse()
             .ok()
-            .filter(|n| (1..=1_000_000).contains(n))
-            .ok_or_else(|| format!("invalid --devices '{n}': use 1..1000000"))?;
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| format!("invalid --devices '{n}': use 1..100000"))?;
     }
     let status_from = m.opt_strs("status-from");
     if status_from.len() > limits.status_from.len() {
