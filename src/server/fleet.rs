@@ -16,8 +16,8 @@ use std::io;
 use std::path::Path;
 
 /// Device lines logged at info per second at most; the rest at debug (a
-/// flood of reports must not become a flood of log lines). Pauses and
-/// resumptions are always logged.
+/// flood of lookups or reports from made-up names must not become a flood
+/// of log lines). Pauses and resumptions are always logged.
 const DEVICE_LINES_PER_SECOND: u32 = 50;
 
 /// The per-second budget of device lines.
@@ -75,7 +75,7 @@ impl Server {
                     durable,
                 } => {
                     self.fleet_log.lines += 1;
-                    let loud = durable && self.fleet_log.lines <= DEVICE_LINES_PER_SECOND;
+                    let loud = self.fleet_log.lines <= DEVICE_LINES_PER_SECOND;
                     let line = DeviceLine(self, &name, &device, source.name());
                     if loud {
                         info!("{line}");
