@@ -25,6 +25,8 @@ const DEVICE_LINES_PER_SECOND: u32 = 50;
 pub(super) struct FleetLog {
     second: u64,
     lines: u32,
+    /// The journal's last append failed (logged once until one succeeds).
+    journal_failing: bool,
 }
 
 impl Server {
@@ -59,7 +61,8 @@ impl Server {
     fn drain_fleet_events(&mut self) {
         let second = self.now_ms / 1000;
         if second != self.fleet_log.second {
-            self.fleet_log = FleetLog { second, lines: 0 };
+            self.fleet_log.second = second;
+            self.fleet_log.lines = 0;
         }
         let lost = self.service.fleet_mut().take_lost_events();
         if lost > 0 {
@@ -115,8 +118,17 @@ impl Server {
                 }
             };
             if let (Some(record), Some(journal)) = (record, self.journal.as_mut()) {
-                if let Err(e) = journal.append(&record) {
-                    warn!("fleet journal: cannot append: {e}");
+                match journal.append(&record) {
+                    Err(e) if !self.fleet_log.journal_failing => {
+                        warn!("fleet journal: cannot append (not said again until it can): {e}");
+                        self.fleet_log.journal_failing = true;
+                    }
+                    Err(_) => {}
+                    Ok(()) if self.fleet_log.journal_failing => {
+                        info!("fleet journal: appending again");
+                        self.fleet_log.journal_failing = false;
+                    }
+                    Ok(()) => {}
                 }
                 appended = true;
             }
