@@ -670,3 +670,37 @@ fn a_detools_delta_goes_to_its_base_version_and_rebuilds_the_image() {
         "{links}"
     );
 }
+
+#[test]
+fn an_observer_of_status_hears_of_a_new_device() {
+    let (dir, _) = fixture("fleet-observe", None);
+    let s = server(dir.path(), &[]);
+    let observer = support::client_socket(s.addr);
+    let register = con_request(
+        RequestType::Get,
+        7,
+        b"obs",
+        &[(6, &[]), (URI_PATH, b"status")],
+        &[],
+    );
+    let first = support::exchange(&observer, s.addr, &register).expect("an answer");
+    let first = Packet::from_bytes(&first).expect("CoAP");
+    assert!(
+        first.get_option(coap_lite::CoapOption::Observe).is_some(),
+        "not registered: {:?}",
+        String::from_utf8_lossy(&first.payload)
+    );
+    assert!(first.payload.starts_with(b"devices known: 0"));
+    let mut c = Client::new(&s);
+    assert!(c.offered("watched-1", "1.0.1").is_some());
+    // The notification comes within a rescan period (100 ms here).
+    let raw = support::coap::receive_from(&observer, s.addr, Duration::from_secs(5))
+        .expect("no notification within 5 s");
+    let n = Packet::from_bytes(&raw).expect("CoAP");
+    assert_eq!(n.get_token(), b"obs");
+    assert!(
+        n.payload.starts_with(b"devices known: 1"),
+        "{:?}",
+        n.payload
+    );
+}

@@ -142,6 +142,7 @@ impl Server {
                 self.fleet_events();
             }
         }
+        self.service.notice_fleet_changes();
         self.send_notifications(now_ms);
         if now_ms >= self.next_report_ms {
             if self.stats != self.reported {

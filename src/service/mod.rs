@@ -84,6 +84,8 @@ pub struct Service {
     /// The rollout policies and patches beside the images: an immutable
     /// snapshot like the catalog, swapped in whole.
     fleet_files: FleetFiles,
+    /// The fleet changed since [`Service::notice_fleet_changes`] last ran.
+    fleet_changed: bool,
 }
 
 impl Service {
@@ -116,6 +118,7 @@ impl Service {
             observers: Observers::new(limits.max_observers, keys.tables),
             fleet: Fleet::new(limits.max_devices, keys.tables),
             fleet_files: FleetFiles::default(),
+            fleet_changed: false,
         }
     }
 
@@ -149,6 +152,18 @@ impl Service {
             last: block.last,
         };
         self.fleet.apply(&self.fleet_files, note, now_ms);
+        self.fleet_changed |= self.fleet.has_events();
+    }
+
+    /// Has the observers of `/status` (and every other observer) compared
+    /// again at the next [`Service::poll_notification`] when the fleet
+    /// changed since the last call. The caller calls it on a timer (the
+    /// rescan's), so that a flood of changes costs one comparison per
+    /// period, not one per request.
+    pub(crate) fn notice_fleet_changes(&mut self) {
+        if std::mem::take(&mut self.fleet_changed) && !self.observers.is_empty() {
+            self.observers.mark_changed();
+        }
     }
 
     /// Serves the policies and patches `files` from the next request on
@@ -357,7 +372,7 @@ impl Service {
             fleet_files: &self.fleet_files,
             peer: key.peer(),
             identity: None,
-            status_open: false,
+            status_open: status_open(&self.limits, key.peer()),
             note: None,
         };
         let len = match ctx.route(out) {
@@ -539,13 +554,7 @@ impl Service {
             fleet_files: &self.fleet_files,
             peer,
             identity,
-            status_open: self
-                .limits
-                .status_from
-                .iter()
-                .flatten()
-                .any(|p| p.contains(&peer.ip))
-                || is_local_source(&peer.ip),
+            status_open: status_open(&self.limits, peer),
             note: None,
         };
         let (len, outcome) = match ctx.route(out) {
@@ -576,6 +585,7 @@ impl Service {
         let note = note.or_else(|| block_note(&self.fleet, &self.fleet_files, &outcome, request));
         if let Some(note) = note {
             self.fleet.apply(&self.fleet_files, note, now_ms);
+            self.fleet_changed |= self.fleet.has_events();
         }
         if intent != Intent::None {
             apply_intent(&mut self.observers, intent, observed, &msg, request);
@@ -707,6 +717,17 @@ fn apply_intent(
         (Intent::PlainGet { key, target }, _) => observers.remove_if_target(&key, target),
         (Intent::None, _) => {}
     }
+}
+
+/// Whether `peer` may read `/status`: a loopback or link-local source, or
+/// one within a `--status-from` prefix.
+fn status_open(limits: &Limits, peer: Peer) -> bool {
+    is_local_source(&peer.ip)
+        || limits
+            .status_from
+            .iter()
+            .flatten()
+            .any(|p| p.contains(&peer.ip))
 }
 
 /// A block sent, as [`Service::note_block`] takes it: no borrow of the

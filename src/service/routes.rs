@@ -441,10 +441,14 @@ impl<'s> Ctx<'s, '_, '_> {
         let chunk = body.get(range).ok_or(Failure::Overflow)?;
         let mut e = self.emitter(ResponseType::Content, out)?;
         e.option(CoapOption::ETag.into(), &etag)?;
+        // Observable (RFC 7641): compared again once per rescan period
+        // when the fleet changed.
+        self.observe_option(&mut e, u64::from_be_bytes(etag))?;
         e.option_uint(
             CoapOption::ContentFormat.into(),
             u32::from(format.content_format()),
         )?;
+        self.max_age_option(&mut e)?;
         e.option_block(CoapOption::Block2.into(), block)?;
         if block.num == 0 || self.msg.size2.is_some() {
             let size = u32::try_from(body.len()).map_err(|_| Failure::Overflow)?;

@@ -298,3 +298,29 @@ fn a_delta_goes_only_to_its_base_version_when_asked_for() {
         "{links}"
     );
 }
+
+#[test]
+fn status_is_observable_and_notified_once_per_period_after_a_change() {
+    let mut fx = Fx::new();
+    let register = Req::get("status").uint(CoapOption::Observe.into(), 0);
+    let reply = fx.handle(loopback(), T0, &register.bytes()).unwrap();
+    assert_eq!(parse(&reply).observe, Some(0), "not registered");
+    // Nothing changed: nothing owed.
+    fx.svc.notice_fleet_changes();
+    assert!(fx.svc.poll_notification(T0, &mut fx.out).is_none());
+    // Two lookups change the fleet; one comparison, one notification.
+    fx.ask(&lookup("d1"));
+    fx.ask(&lookup("d2"));
+    assert!(
+        fx.svc.poll_notification(T0, &mut fx.out).is_none(),
+        "before the period"
+    );
+    fx.svc.notice_fleet_changes();
+    let n = fx
+        .svc
+        .poll_notification(T0 + 1, &mut fx.out)
+        .expect("a notification");
+    let text = String::from_utf8(parse(&fx.out[..n.len]).payload.to_vec()).unwrap();
+    assert!(text.starts_with("devices known: 2"), "{text}");
+    assert!(fx.svc.poll_notification(T0 + 1, &mut fx.out).is_none());
+}
