@@ -154,7 +154,8 @@ impl Policy {
             if let Some(seen) = seen.get_mut(slot) {
                 if *seen {
                     const KEYS: [&str; 4] = ["percent", "pause", "max-failures", "min-outcomes"];
-                    return Err(fail(PolicyProblem::Repeated(KEYS[slot])));
+                    let key = KEYS.get(slot).copied().unwrap_or("a key");
+                    return Err(fail(PolicyProblem::Repeated(key)));
                 }
                 *seen = true;
             }
