@@ -26,7 +26,10 @@
 //! `peers` (per-peer transfer, duplicate and Message ID state), `guard`
 //! (rate limit and Echo), `table` (the bounded expiring map they use),
 //! `fast` (the fast path, [`Service::handle_block`]: a later block of an
-//! image by id, answered as `handle` would answer it, with less work).
+//! image by id, answered as `handle` would answer it, with less work),
+//! `fleet_routes` (reports, `/status`, and the lookup's `ep=` and
+//! `delta=`; the fleet itself is [`crate::fleet`], asked per lookup and
+//! report and told of first and last blocks).
 //! State changes are applied only when the reply is actually sent, so an
 //! unverified request answered with an Echo challenge changes nothing.
 //!
@@ -44,6 +47,7 @@
 //! to two minutes, longer than a client retransmits).
 
 mod fast;
+mod fleet_routes;
 mod guard;
 mod observe;
 mod peers;

@@ -7,13 +7,12 @@
 use super::observe::OBSERVE_MAX_AGE_S;
 use super::peers::Pending;
 use super::{
-    device_name, error, write_diagnostic, Authorization, Diagnostic, Dropped, Failure, Outcome,
-    Peer, ReplyTo, Request, Transfer, Via,
+    error, write_diagnostic, Authorization, Diagnostic, Dropped, Failure, Outcome, Peer, ReplyTo,
+    Transfer, Via,
 };
 use crate::catalog::{Catalog, CoreLink, Image};
 use crate::firmware::{self, DeviceRequest};
-use crate::fleet::report::Report;
-use crate::fleet::{DeviceName, Fleet, FleetFiles, Note, StatusFormat, Target};
+use crate::fleet::{Fleet, FleetFiles, Note, Target};
 use crate::hash::fnv1a64_concat;
 use crate::tree::FileTree;
 use crate::wire::{Block, BlockError, Emitter, Message};
@@ -265,7 +264,7 @@ impl<'s> Ctx<'s, '_, '_> {
 
     /// The Observe option (6) of an observable answer whose representation
     /// is `tag`, when the request registers.
-    fn observe_option(&mut self, e: &mut Emitter<'_>, tag: u64) -> Result<(), Failure> {
+    pub(super) fn observe_option(&mut self, e: &mut Emitter<'_>, tag: u64) -> Result<(), Failure> {
         if let Some(seq) = self.observe {
             e.option_uint(CoapOption::Observe.into(), seq)?;
             self.observed = Some(tag);
@@ -274,7 +273,7 @@ impl<'s> Ctx<'s, '_, '_> {
     }
 
     /// The Max-Age option (14) of an answer that carries Observe.
-    fn max_age_option(&self, e: &mut Emitter<'_>) -> Result<(), Failure> {
+    pub(super) fn max_age_option(&self, e: &mut Emitter<'_>) -> Result<(), Failure> {
         if self.observed.is_some() {
             e.option_uint(CoapOption::MaxAge.into(), OBSERVE_MAX_AGE_S)?;
         }
@@ -313,154 +312,10 @@ impl<'s> Ctx<'s, '_, '_> {
         Ok(reply)
     }
 
-    /// The `delta=FORMAT` of the request's query, if any: 1 to 16
-    /// lowercase letters and digits, else 4.00.
-    fn delta(&self) -> Result<Option<&[u8]>, Failure> {
-        let mut found = None;
-        for pair in self.msg.query.as_slice() {
-            if let Some(value) = pair.strip_prefix(b"delta=") {
-                let ok = (1..=16).contains(&value.len())
-                    && value
-                        .iter()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-                if !ok {
-                    return Err(error(
-                        ResponseType::BadRequest,
-                        "delta must be a patch format: 1 to 16 of a-z 0-9",
-                    ));
-                }
-                if found.replace(value).is_some() {
-                    return Err(error(ResponseType::BadRequest, "delta given twice"));
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    /// The `ep=NAME` of the request's query, if any.
-    fn ep(&self) -> Result<Option<DeviceName>, Failure> {
-        let mut found = None;
-        for pair in self.msg.query.as_slice() {
-            if let Some(value) = pair.strip_prefix(b"ep=") {
-                let name = DeviceName::parse(value).ok_or(error(
-                    ResponseType::BadRequest,
-                    "ep must be 1 to 63 of A-Z a-z 0-9 . _ : -",
-                ))?;
-                if found.replace(name).is_some() {
-                    return Err(error(ResponseType::BadRequest, "ep given twice"));
-                }
-            }
-        }
-        Ok(found)
-    }
-
-    /// The device's name: `ep`, else its coaps identity, else the name a
-    /// lookup from its address gave, else its address.
-    fn name(&self, ep: Option<DeviceName>) -> DeviceName {
-        let request = Request {
-            identity: self.identity,
-            ..Request::new(self.peer, 0, &[])
-        };
-        device_name(self.fleet, ep, &request)
-    }
-
-    /// `POST /updates/report`: the query form (empty payload) or CBOR
-    /// (Content-Format 60); 2.04 Changed, and the fleet notes it once the
-    /// answer is sent.
-    fn report(&mut self, out: &mut [u8]) -> Reply<'s> {
-        if self.msg.query.overflowed() {
-            return Err(error(ResponseType::BadRequest, "too many query options"));
-        }
-        let bad = |e| Failure::Error(ResponseType::BadRequest, Diagnostic::Report(e));
-        let report = match (self.msg.content_format, self.msg.payload) {
-            (Some(60), payload) => Report::from_cbor(payload).map_err(bad)?,
-            (Some(0) | None, []) => Report::from_query(self.msg.query.as_slice()).map_err(bad)?,
-            (None, _) => return Err(bad(crate::fleet::report::ReportError::PayloadWithoutFormat)),
-            (Some(_), _) => {
-                return Err(error(
-                    ResponseType::UnsupportedContentFormat,
-                    "a report is a query (no payload) or CBOR (Content-Format 60)",
-                ))
-            }
-        };
-        if let Some(pid) = report.pid {
-            self.authorize(pid)?;
-        }
-        let target = match (report.pid, report.fw_type, report.target) {
-            (Some(pid), Some(fw_type), Some(version)) => {
-                let image = self
-                    .catalog
-                    .newest(pid, fw_type)
-                    .filter(|i| i.version == version);
-                let image = image.or_else(|| {
-                    self.catalog.images().iter().find(|i| {
-                        i.version == version && i.name.fw_type == fw_type && *i.name.pid == *pid
-                    })
-                });
-                Some(image.map(Target::of).ok_or(error(
-                    ResponseType::BadRequest,
-                    "no image of this pid, type and target version",
-                ))?)
-            }
-            _ => None,
-        };
-        self.note = Some(Note::Report {
-            name: self.name(report.ep),
-            running: report.version,
-            target,
-            state: report.state,
-            result: report.result,
-        });
-        let e = self.emitter(ResponseType::Changed, out)?;
-        Ok((e.payload(&[])?, Outcome::Content))
-    }
-
-    /// `GET /status` and `GET /status?ep=NAME`, from loopback and
-    /// link-local sources and the `--status-from` prefixes only (4.03
-    /// otherwise), in the format Accept asks for (4.06 for one it cannot).
-    fn status(&mut self, out: &mut [u8]) -> Reply<'s> {
-        if !self.status_open {
-            return Err(error(
-                ResponseType::Forbidden,
-                "/status is open to loopback and link-local sources (see --status-from)",
-            ));
-        }
-        let format = StatusFormat::from_accept(self.msg.accept).ok_or(error(
-            ResponseType::NotAcceptable,
-            "status is text (0), JSON (50) or CBOR (60)",
-        ))?;
-        let body = match self.ep()? {
-            Some(name) => self
-                .fleet
-                .device_status(&name, format)
-                .ok_or(error(ResponseType::NotFound, "no device of this name"))?,
-            None => self.fleet.status(self.fleet_files, self.catalog, format),
-        };
-        let etag = crate::hash::fnv1a64(&body).to_be_bytes();
-        let (block, range) = self.block_for(body.len())?;
-        let chunk = body.get(range).ok_or(Failure::Overflow)?;
-        let mut e = self.emitter(ResponseType::Content, out)?;
-        e.option(CoapOption::ETag.into(), &etag)?;
-        // Observable (RFC 7641): compared again once per rescan period
-        // when the fleet changed.
-        self.observe_option(&mut e, u64::from_be_bytes(etag))?;
-        e.option_uint(
-            CoapOption::ContentFormat.into(),
-            u32::from(format.content_format()),
-        )?;
-        self.max_age_option(&mut e)?;
-        e.option_block(CoapOption::Block2.into(), block)?;
-        if block.num == 0 || self.msg.size2.is_some() {
-            let size = u32::try_from(body.len()).map_err(|_| Failure::Overflow)?;
-            e.option_uint(CoapOption::Size2.into(), size)?;
-        }
-        Ok((e.payload(chunk)?, Outcome::Content))
-    }
-
     /// 4.03 when the request came over a secure channel whose identity
     /// may not fetch images of `pid`.
     #[inline]
-    fn authorize(&self, pid: &[u8]) -> Result<(), Failure> {
+    pub(super) fn authorize(&self, pid: &[u8]) -> Result<(), Failure> {
         match self.authorization {
             Some(authorization) if !authorization.allows(pid) => Err(error(
                 ResponseType::Forbidden,
@@ -735,7 +590,10 @@ impl<'s> Ctx<'s, '_, '_> {
     /// The block to send of a body of `body_len` bytes and its byte range,
     /// after SZX negotiation (RFC 7959 §2.4: the client's size, capped at
     /// the server's, at the byte position the client asked for).
-    fn block_for(&self, body_len: usize) -> Result<(Block, core::ops::Range<usize>), Failure> {
+    pub(super) fn block_for(
+        &self,
+        body_len: usize,
+    ) -> Result<(Block, core::ops::Range<usize>), Failure> {
         let requested = match self.msg.block2 {
             None => Block {
                 num: 0,
@@ -772,7 +630,11 @@ impl<'s> Ctx<'s, '_, '_> {
         Ok((block, start as usize..end as usize))
     }
 
-    fn emitter<'o>(&self, code: ResponseType, out: &'o mut [u8]) -> Result<Emitter<'o>, Failure> {
+    pub(super) fn emitter<'o>(
+        &self,
+        code: ResponseType,
+        out: &'o mut [u8],
+    ) -> Result<Emitter<'o>, Failure> {
         Ok(self.reply_to.emitter(code, out)?)
     }
 
