@@ -202,6 +202,17 @@ impl fmt::Display for QueryError {
     }
 }
 
+/// The `key=value` pairs of Uri-Query values, split at the first `=`;
+/// values without one are left out.
+pub(crate) fn query_pairs<'q, 'a>(
+    query: &'q [&'a [u8]],
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'q {
+    query.iter().filter_map(|&pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        Some((pair.get(..eq)?, pair.get(eq + 1..)?))
+    })
+}
+
 /// Parses the query form `pid=P&type=APP&version=1.1.2`, one Uri-Query
 /// option per pair. Keys other than these three are ignored, as RFC 7252
 /// lets a resource do.
@@ -210,14 +221,7 @@ impl fmt::Display for QueryError {
 /// [`QueryError`] naming the missing or malformed key.
 pub(crate) fn parse_query<'a>(query: &[&'a [u8]]) -> Result<DeviceRequest<'a>, QueryError> {
     let (mut pid, mut fw_type, mut version) = (None, None, None);
-    for &pair in query {
-        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-            continue;
-        };
-        let (key, value) = (
-            pair.get(..eq).unwrap_or(&[]),
-            pair.get(eq + 1..).unwrap_or(&[]),
-        );
+    for (key, value) in query_pairs(query) {
         let slot_was_set = match key {
             b"pid" => pid.replace(value).is_some(),
             b"type" => fw_type

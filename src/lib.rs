@@ -37,7 +37,9 @@
 //! | [`snapshot`] | a file's stamp, settling, whole reads, the `Refresh` outcome that the catalog and the tree share | sockets, CoAP messages, log |
 //! | [`catalog`] | a directory → an immutable set of images with O(1) indexes | sockets, CoAP messages |
 //! | [`tree`] | a directory tree → an immutable set of files and listings | sockets, CoAP messages |
-//! | [`service`] | routes, block slicing, per-peer state, rate limit, Echo, Observe | sockets, files, clocks, log, randomness |
+//! | [`fleet`] | rollout policies and eligibility, the device table (the bounded table of `service`, its one use of a lower layer), reports, the status view | sockets, files, clocks (time injected), log |
+//! | [`service`] | routes, block slicing, per-peer state, rate limit, Echo, Observe; asks `fleet` per lookup and report | sockets, files, clocks, log, randomness |
+//! | [`state`] | the fleet's journal under `--state-dir`: replay, append, compaction | sockets, CoAP |
 //! | `dtls` (feature) | cookies, handshakes, sessions, what may reach an engine | sockets, files, clocks (time injected) |
 //! | [`server`] | the socket loop, live reload of the watched sources, counters, log lines | CoAP encoding |
 //!
@@ -75,6 +77,7 @@ pub mod catalog;
 #[cfg(feature = "dtls")]
 pub mod dtls;
 pub mod firmware;
+pub mod fleet;
 pub mod hash;
 pub mod iface;
 pub mod logfmt;
@@ -85,6 +88,7 @@ pub mod service;
 pub mod snapshot;
 #[allow(unsafe_code)]
 mod sockio;
+pub mod state;
 #[cfg(test)]
 mod testkit;
 pub mod tree;

@@ -787,3 +787,49 @@ fn handshake_retransmissions_leave_from_the_address_the_hello_was_sent_to() {
     }
     assert_eq!(flights, 1, "no retransmitted flight within 10 s");
 }
+
+#[test]
+fn a_coaps_device_is_named_by_its_psk_identity_in_the_fleet() {
+    let fx = fixture("dtls-fleet");
+    let server = fx.server("127.0.0.1:0", &[]);
+    let base = format!("coaps://{}", server.addr);
+    let out = fx.out.path().join("fleet-device");
+    let out_text = out.to_string_lossy().into_owned();
+    let device = our_client(&[
+        &base,
+        "--pid",
+        "DEV",
+        "--version",
+        "1.0.0",
+        "--psk-identity",
+        "dev1",
+        "--psk-key",
+        "dev1-secret-key",
+        "--timeout-ms",
+        "300",
+        "-o",
+        &out_text,
+    ]);
+    assert_eq!(device.status.code(), Some(0), "{}", text(&device));
+    // No ep= and no report: the lookup and the blocks are dev1's, as the
+    // operator reads over coaps from loopback.
+    let status = our_client(&[
+        &base,
+        "--get",
+        "/status?ep=dev1",
+        "--psk-identity",
+        "ops",
+        "--psk-key",
+        "ops-secret-key",
+        "--timeout-ms",
+        "300",
+    ]);
+    let shown = text(&status);
+    assert_eq!(status.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains(
+            "device dev1 state downloaded result 0 (inferred) running 1.0.0 target 1.0.1"
+        ),
+        "{shown}"
+    );
+}

@@ -460,6 +460,8 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
             rate_table_capacity: 8,
             echo: true,
             max_observers: 4,
+            max_devices: 8,
+            ..Limits::default()
         },
     ];
     let mut services = configurations.map(|l| Service::new(catalog(), l, support::TEST_KEYS));

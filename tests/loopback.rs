@@ -1416,15 +1416,20 @@ fn options_the_server_understands_or_ignores() {
             "version=0.0.0",
             "a=b",
             "c=d",
+            "e=f",
+            "g=h",
+            "i=j",
+            "k=l",
         ]))
-        .assert_error(ResponseType::BadRequest, "5 query options on /updates");
+        .assert_error(ResponseType::BadRequest, "9 query options on /updates");
     });
 }
 
-/// Every filter applies, the fifth too: `wire` keeps four Uri-Query values
-/// and reports more with `Segments::overflowed`, which `/updates` answers
-/// with 4.00 but discovery ignores, so its answer is wider than asked.
-/// Either the filtered listing or a 4.00 is right; a wider listing is not.
+/// Every filter applies, the fifth too: discovery combines four filters at
+/// most and refuses more with 4.00 (`wire` keeps eight Uri-Query values
+/// and reports more with `Segments::overflowed`); a filter silently
+/// dropped would make the answer wider than asked. Either the filtered
+/// listing or a 4.00 is right; a wider listing is not.
 #[test]
 fn discovery_with_five_filters_applies_them_all_or_refuses() {
     let fx = Fixture::new("loop-core5", false);

@@ -485,7 +485,15 @@ fn packaged_config_starts_one_jailed_unprivileged_instance() {
         assert_eq!(instance.name, "main");
         assert_eq!(
             instance.command(),
-            strings(&[PROG, "-d", "/srv/firmware", "--log-format", "syslog"]),
+            strings(&[
+                PROG,
+                "-d",
+                "/srv/firmware",
+                "--state-dir",
+                "/tmp/iot-ota-server",
+                "--log-format",
+                "syslog"
+            ]),
             "{shell:?}"
         );
         assert!(instance.param("respawn").is_some(), "no respawn");
@@ -504,10 +512,13 @@ fn packaged_config_starts_one_jailed_unprivileged_instance() {
             );
         }
         assert_eq!(instance.read_only, strings(&["/srv/firmware"]));
-        assert!(instance.read_write.is_empty(), "{:?}", instance.read_write);
+        // The journal's directory, in RAM, is the one it may write.
+        assert_eq!(instance.read_write, strings(&["/tmp/iot-ota-server"]));
         assert!(recording.signals.is_empty(), "start sent a signal");
         assert!(recording.stderr.is_empty(), "stderr: {}", recording.stderr);
     }
+    // The script made the state directory (empty: removed again).
+    let _ = std::fs::remove_dir("/tmp/iot-ota-server");
 }
 
 /// The user the package creates (`USERID:=user:group` in its Makefile).
@@ -539,6 +550,9 @@ fn every_option_maps_to_its_flag_and_lists_repeat() {
 \tlist multicast 'br-lan'
 \toption log_level 'debug'
 \toption log_format 'journal'
+\toption devices '500'
+\tlist status_from '192.168.1.0/24'
+\toption state_dir '/tmp/iot-ota-state test'
 ",
     );
     let command = command_for(&config);
@@ -567,6 +581,12 @@ fn every_option_maps_to_its_flag_and_lists_repeat() {
             "wpan0",
             "--multicast",
             "br-lan",
+            "--devices",
+            "500",
+            "--status-from",
+            "192.168.1.0/24",
+            "--state-dir",
+            "/tmp/iot-ota-state test",
             "-v",
             "--log-format",
             "journal",
@@ -587,6 +607,12 @@ fn every_option_maps_to_its_flag_and_lists_repeat() {
         recording.instance().read_only,
         strings(&["/srv/fw images", "/srv/files"])
     );
+    assert_eq!(
+        recording.instance().read_write,
+        strings(&["/tmp/iot-ota-state test"])
+    );
+    // The script made the state directory (empty: removed again).
+    let _ = std::fs::remove_dir("/tmp/iot-ota-state test");
 }
 
 fn server_help() -> String {

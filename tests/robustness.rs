@@ -154,16 +154,6 @@ fn download(server: SocketAddr, id: &str, szx: u8, first_mid: u16) -> Vec<u8> {
     panic!("download of {id} did not end within 20,000 blocks");
 }
 
-/// Resident set size of a process in KiB, from /proc/PID/status.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -430,13 +420,13 @@ fn floods_from_ten_thousand_peers_stay_within_the_memory_bound() {
     let socket = local_socket(server.addr);
     let first = call(&socket, server.addr, &request).expect("first request answered");
     assert_eq!(Message::parse(&first).expect("parses").code, CODE_CONTENT);
-    let baseline = rss_kib(server.pid());
+    let baseline = support::rss_kib(server.pid());
 
     const PEERS: u16 = 10_240;
     let first = flood(server.addr, 1, 20_000, PEERS, &request);
-    let after_first = rss_kib(server.pid());
+    let after_first = support::rss_kib(server.pid());
     let second = flood(server.addr, 2, 20_000, PEERS, &request);
-    let after_second = rss_kib(server.pid());
+    let after_second = support::rss_kib(server.pid());
     eprintln!(
         "RSS KiB: baseline {baseline}, after flood 1 {after_first} ({} served), \
          after flood 2 {after_second} ({} served)",
@@ -715,7 +705,7 @@ fn broken_catalog_entries_are_logged_and_skipped() {
     );
 
     // The huge file was never read: 4 GiB would show in the RSS.
-    let rss = rss_kib(server.pid());
+    let rss = support::rss_kib(server.pid());
     assert!(
         rss < 64 * 1024,
         "server RSS {rss} KiB: the huge file was read?"

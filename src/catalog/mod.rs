@@ -51,7 +51,8 @@ mod refresh;
 mod scan;
 
 pub use crate::snapshot::{ImageBytes, Stamp, MAX_IMAGE_LEN};
-use grammar::{parse_image_name, IMAGE_SUFFIX};
+pub(crate) use grammar::parse_image_name;
+use grammar::IMAGE_SUFFIX;
 pub use grammar::{ImageName, NameError};
 pub(crate) use links::AttrValue;
 pub use links::CoreLink;
@@ -340,6 +341,11 @@ impl Catalog {
         let text = <[u8; 8]>::try_from(id_hex).ok()?;
         self.images
             .get(*self.by_id_text.get(&u64::from_le_bytes(text))?)
+    }
+
+    /// The image whose id is `id`. O(1).
+    pub fn by_id(&self, id: u32) -> Option<&Image> {
+        self.by_id_hex(&hex8(id))
     }
 
     /// The image with this PID (byte for byte) and TYPE that has the highest version, whatever

@@ -4,7 +4,10 @@
 //! two datagrams (each source's `refresh` does the reading and decides what
 //! changed; this module decides when, and logs).
 
+mod fleet_source;
 mod sources;
+
+pub(super) use fleet_source::read_fleet_files;
 
 use crate::hash::fnv1a64;
 use crate::service::{Outcome, Service};
@@ -74,6 +77,12 @@ impl Live {
         let mut sources: Vec<Box<dyn Watched + Send>> = vec![Box::new(Watch::new(tree))];
         if let Some(dir) = dir {
             sources.push(Box::new(Watch::new(CatalogSource {
+                dir: dir.clone(),
+                dir_mtime: None,
+            })));
+            // After the catalog: a policy names an image the rescan may
+            // just have published.
+            sources.push(Box::new(Watch::new(fleet_source::FleetSource {
                 dir,
                 dir_mtime: None,
             })));

@@ -35,6 +35,7 @@
 //! `leisure` (held-back multicast answers) and `live` (the watched
 //! sources). It never encodes or decides a CoAP answer: the service does.
 
+mod fleet;
 mod leisure;
 mod live;
 mod reply;
@@ -44,7 +45,7 @@ mod setup;
 mod stats;
 mod timers;
 
-use crate::service::{Action, Outcome, Peer, Request, ResetReason, Service};
+use crate::service::{Action, BlockSent, Outcome, Peer, Request, ResetReason, Service};
 use crate::sockio::{self, LocalDest, Received};
 use crate::tree::FileTree;
 use leisure::Leisure;
@@ -118,6 +119,10 @@ pub struct Server {
     trip_ms: u64,
     /// The only socket's read timeout as last set, in ms (0: none).
     read_timeout_ms: u64,
+    /// With `--state-dir`: the fleet's journal.
+    journal: Option<crate::state::Journal>,
+    /// The per-second budget of the fleet's device lines.
+    fleet_log: fleet::FleetLog,
     /// The coaps socket's index and its DTLS sessions.
     #[cfg(feature = "dtls")]
     dtls: Option<Secure>,
@@ -175,6 +180,7 @@ impl Server {
         }
         // The notifications a change made owed are due at once: the next
         // turn sends them before it waits.
+        self.fleet_events();
         self.refresh_deadline();
     }
 
@@ -228,6 +234,7 @@ impl Server {
         #[cfg(feature = "dtls")]
         if self.secure_socket() == Some(index) {
             self.serve_secure(index, from, dest, len);
+            self.fleet_events();
             return self.after_general(self.now_ms);
         }
         let source = peer(from);
@@ -237,6 +244,7 @@ impl Server {
         if self.serve_general(index, from, source, dest, len, truncated) {
             self.after_general(self.now_ms);
         }
+        self.fleet_events();
     }
 
     /// The fast path (`Service::handle_block`) for a unicast datagram of
@@ -275,21 +283,35 @@ impl Server {
                 let reply = self.tx.get(..len).unwrap_or(&[]);
                 send(&self.sockets, index, reply, from, dest, &mut self.stats);
             }
-            action => deliver(
-                action,
-                Reply {
-                    index,
-                    from,
-                    dest,
-                    arrival: arrival(index, dest),
-                    now_ms: self.now_ms,
-                },
-                &self.sockets,
-                &self.tx,
-                &mut self.stats,
-                &mut self.log_budget,
-                &mut self.leisure,
-            ),
+            action => {
+                // The last block: the fleet counts a whole download.
+                let last = match &action {
+                    Action::Reply {
+                        outcome: Outcome::Block(t),
+                        ..
+                    } => Some(BlockSent::of(t)),
+                    _ => None,
+                };
+                deliver(
+                    action,
+                    Reply {
+                        index,
+                        from,
+                        dest,
+                        arrival: arrival(index, dest),
+                        now_ms: self.now_ms,
+                    },
+                    &self.sockets,
+                    &self.tx,
+                    &mut self.stats,
+                    &mut self.log_budget,
+                    &mut self.leisure,
+                );
+                if let Some(last) = last {
+                    self.service.note_block(source, last, self.now_ms);
+                    self.fleet_events();
+                }
+            }
         }
         true
     }

@@ -119,13 +119,17 @@ impl Server {
             .authorization(from)
             .cloned()
             .unwrap_or_default();
+        // The device's name for the fleet (copied, as the authorization
+        // is: the session table is borrowed again to send).
+        let identity = secure.front.identity(from).unwrap_or_default().to_vec();
         for request in requests {
             if log_enabled!(Level::Debug) {
                 log_request(from, &request);
             }
             let incoming = Request::new(peer(from), now_ms, &request)
                 .arrived(arrival(index, dest))
-                .authorized(&authorization);
+                .authorized(&authorization)
+                .identified(&identity);
             let action = self.service.handle_request(&incoming, &mut self.tx);
             if let Some(len) = account(action, from, now_ms, &mut self.stats, &mut self.log_budget)
             {

@@ -6,7 +6,7 @@
 //! Nothing here runs per datagram.
 
 use super::leisure::Leisure;
-use super::live::Live;
+use super::live::{read_fleet_files, Live};
 use super::stats::{LogBudget, Stats};
 use super::{Server, STATS_INTERVAL_MS};
 use crate::service::{Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
@@ -48,6 +48,8 @@ impl Server {
             blocking: false,
             trip_ms: 0,
             read_timeout_ms: 0,
+            journal: None,
+            fleet_log: Default::default(),
             #[cfg(feature = "dtls")]
             dtls: None,
         };
@@ -80,12 +82,39 @@ impl Server {
         settle_ms: u64,
     ) -> io::Result<()> {
         let live = Live::new(
-            dir,
+            dir.clone(),
             self.service.tree(),
             rescan_ms,
             settle_ms,
             self.clock_ms(),
         );
+        // The rollout policies and patches beside the images: read now,
+        // before the first request, whole, as the catalog was (no settle
+        // time); the rescans take changes from there.
+        if let Some(dir) = &dir {
+            let start = read_fleet_files(
+                dir,
+                self.service.fleet_files(),
+                std::time::SystemTime::now(),
+                std::time::Duration::ZERO,
+            );
+            for skipped in &start.skipped {
+                log::warn!("{skipped}");
+            }
+            if let Some(error) = &start.error {
+                log::warn!("{error}");
+            }
+            if let Some(next) = start.next {
+                log::info!(
+                    target: crate::logfmt::SUMMARY,
+                    "fleet: {} rollout policies and {} patches from {}",
+                    next.policies().len(),
+                    next.patches().len(),
+                    dir.display()
+                );
+                self.service.replace_fleet_files(next);
+            }
+        }
         self.live = Some(live);
         self.refresh_deadline();
         Ok(())
@@ -156,6 +185,11 @@ impl Server {
     /// The protocol core, for inspection.
     pub fn service(&self) -> &Service {
         &self.service
+    }
+
+    /// The service, to set it up before serving (the fleet's clock).
+    pub fn service_mut(&mut self) -> &mut Service {
+        &mut self.service
     }
 }
 

@@ -205,6 +205,10 @@ impl Server {
                 if live.on_timer(&mut self.service, now_ms) {
                     self.stats.catalog_changes += 1;
                 }
+                // An edited policy may have resumed a rollout; /status
+                // observers are compared once a period.
+                self.fleet_events();
+                self.service.notice_fleet_changes();
             }
         }
         self.send_notifications(now_ms);

@@ -26,7 +26,10 @@
 //! `peers` (per-peer transfer, duplicate and Message ID state), `guard`
 //! (rate limit and Echo), `table` (the bounded expiring map they use),
 //! `fast` (the fast path, [`Service::handle_block`]: a later block of an
-//! image by id, answered as `handle` would answer it, with less work).
+//! image by id, answered as `handle` would answer it, with less work),
+//! `fleet_routes` (reports, `/status`, and the lookup's `ep=` and
+//! `delta=`; the fleet itself is [`crate::fleet`], asked per lookup and
+//! report and told of first and last blocks).
 //! State changes are applied only when the reply is actually sent, so an
 //! unverified request answered with an Echo challenge changes nothing.
 //!
@@ -44,14 +47,16 @@
 //! to two minutes, longer than a client retransmits).
 
 mod fast;
+mod fleet_routes;
 mod guard;
 mod observe;
 mod peers;
 mod routes;
-mod table;
+pub(crate) mod table;
 mod types;
 
 use crate::catalog::Catalog;
+use crate::fleet::{DeviceName, Fleet, FleetFiles, Note, Target};
 use crate::hash::fnv1a64_concat;
 use crate::tree::FileTree;
 use crate::wire::{self, Block, Emitter, Message, ParseError};
@@ -78,6 +83,13 @@ pub struct Service {
     peers: Peers,
     guard: Guard,
     observers: Observers,
+    /// Rollouts, devices and their reports.
+    fleet: Fleet,
+    /// The rollout policies and patches beside the images: an immutable
+    /// snapshot like the catalog, swapped in whole.
+    fleet_files: FleetFiles,
+    /// The fleet changed since [`Service::notice_fleet_changes`] last ran.
+    fleet_changed: bool,
 }
 
 impl Service {
@@ -108,7 +120,69 @@ impl Service {
                 keys.echo,
             ),
             observers: Observers::new(limits.max_observers, keys.tables),
+            fleet: Fleet::new(limits.max_devices, keys.tables),
+            fleet_files: FleetFiles::default(),
+            fleet_changed: false,
         }
+    }
+
+    /// The fleet: policies, devices, rollouts, and the events the caller
+    /// logs and journals.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// The fleet, to restore it from a journal or drain its events.
+    pub fn fleet_mut(&mut self) -> &mut Fleet {
+        &mut self.fleet
+    }
+
+    /// Tells the fleet about a block the fast path ([`Service::handle_block`])
+    /// sent to `peer` at `now_ms`: the caller calls it for the last block of
+    /// a body only (the fast path never sends block 0), so that the blocks
+    /// in between cost nothing more.
+    pub fn note_block(&mut self, peer: Peer, block: BlockSent, now_ms: u64) {
+        let request = Request::new(peer, now_ms, &[]);
+        let note = Note::Block {
+            name: device_name(&self.fleet, None, &request),
+            target: Target {
+                image: self
+                    .fleet_files
+                    .patch_target(block.image)
+                    .unwrap_or(block.image),
+                version: block.version,
+            },
+            first: block.first,
+            last: block.last,
+        };
+        self.fleet.apply(&self.fleet_files, note, now_ms);
+        self.fleet_changed |= self.fleet.has_events();
+    }
+
+    /// Has the observers of `/status` (and every other observer) compared
+    /// again at the next [`Service::poll_notification`] when the fleet
+    /// changed since the last call. The caller calls it on a timer (the
+    /// rescan's), so that a flood of changes costs one comparison per
+    /// period, not one per request.
+    pub(crate) fn notice_fleet_changes(&mut self) {
+        if std::mem::take(&mut self.fleet_changed) && !self.observers.is_empty() {
+            self.observers.mark_changed();
+        }
+    }
+
+    /// Serves the policies and patches `files` from the next request on
+    /// and returns the snapshot it replaces (one assignment, as
+    /// [`Service::replace_catalog`]); observers are compared again, since
+    /// a lookup's answer may have changed.
+    pub fn replace_fleet_files(&mut self, files: FleetFiles) -> FleetFiles {
+        self.observers.mark_changed();
+        self.fleet.files_changed(&files);
+        std::mem::replace(&mut self.fleet_files, files)
+    }
+
+    /// The rollout policies and patches served.
+    pub fn fleet_files(&self) -> &FleetFiles {
+        &self.fleet_files
     }
 
     /// Ties the service's clock to the wall clock: `unix_ms` is the time,
@@ -310,6 +384,12 @@ impl Service {
             // The registration was authorized; a lookup's answers stay
             // within its PID, an image by id is not observable.
             authorization: None,
+            fleet: &self.fleet,
+            fleet_files: &self.fleet_files,
+            peer: key.peer(),
+            identity: None,
+            status_open: status_open(&self.limits, key.peer()),
+            note: None,
         };
         let len = match ctx.route(out) {
             Ok((len, _)) => len,
@@ -439,6 +519,7 @@ impl Service {
             now_ms,
             datagram,
             authorization,
+            identity,
             ..
         } = *request;
         if datagram.len() > MAX_REQUEST_LEN {
@@ -499,6 +580,12 @@ impl Service {
             },
             observed: None,
             authorization,
+            fleet: &self.fleet,
+            fleet_files: &self.fleet_files,
+            peer,
+            identity,
+            status_open: status_open(&self.limits, peer),
+            note: None,
         };
         let (len, outcome) = match ctx.route(out) {
             Ok(done) => done,
@@ -515,6 +602,7 @@ impl Service {
             Err(Failure::Overflow) => return Action::Drop(Dropped::Overflow),
         };
         let observed = ctx.observed;
+        let note = ctx.note;
         let write = ctx.peer_state.into_write();
         // Tested here first, so that a server without --echo does not
         // call the check (as the fast path does).
@@ -524,6 +612,11 @@ impl Service {
             }
         }
         self.peers.commit(peer, write, now_ms);
+        let note = note.or_else(|| block_note(&self.fleet, &self.fleet_files, &outcome, request));
+        if let Some(note) = note {
+            self.fleet.apply(&self.fleet_files, note, now_ms);
+            self.fleet_changed |= self.fleet.has_events();
+        }
         if intent != Intent::None {
             let non_mid = (reply_to.mtype == MessageType::NonConfirmable).then_some(reply_to.mid);
             apply_intent(
@@ -665,6 +758,84 @@ fn apply_intent(
         (Intent::PlainGet { key, target }, _) => observers.remove_if_target(&key, target),
         (Intent::None, _) => {}
     }
+}
+
+/// Whether `peer` may read `/status`: a loopback or link-local source, or
+/// one within a `--status-from` prefix.
+fn status_open(limits: &Limits, peer: Peer) -> bool {
+    is_local_source(&peer.ip)
+        || limits
+            .status_from
+            .iter()
+            .flatten()
+            .any(|p| p.contains(&peer.ip))
+}
+
+/// A block sent, as [`Service::note_block`] takes it: no borrow of the
+/// catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSent {
+    /// The id of the image (or patch) the body is cut from.
+    pub image: u32,
+    /// Its version.
+    pub version: u32,
+    /// Block 0 of the body.
+    pub first: bool,
+    /// The last block of the body.
+    pub last: bool,
+}
+
+impl BlockSent {
+    /// The block `t` is.
+    pub fn of(t: &Transfer<'_>) -> BlockSent {
+        BlockSent {
+            image: t.image.id,
+            version: t.image.version,
+            first: t.is_first(),
+            last: t.is_last(),
+        }
+    }
+}
+
+/// The fleet's note of the first or last block of a firmware body (block
+/// 0 is "downloading", the last "downloaded"); `None` for any other reply.
+/// The device is named by its coaps identity, else by the `ep=` its last
+/// lookup from the same address gave, else by its address.
+fn block_note(
+    fleet: &Fleet,
+    files: &FleetFiles,
+    outcome: &Outcome<'_>,
+    request: &Request<'_>,
+) -> Option<Note> {
+    let Outcome::Block(t) = outcome else {
+        return None;
+    };
+    if !t.is_first() && !t.is_last() {
+        return None;
+    }
+    let image = files.patch_target(t.image.id).unwrap_or(t.image.id);
+    Some(Note::Block {
+        name: device_name(fleet, None, request),
+        target: Target {
+            image,
+            version: t.image.version,
+        },
+        first: t.is_first(),
+        last: t.is_last(),
+    })
+}
+
+/// A device's name: `ep` when the request gave one, else its coaps
+/// identity, else the name a lookup from its address gave, else its
+/// address.
+pub(crate) fn device_name(
+    fleet: &Fleet,
+    ep: Option<DeviceName>,
+    request: &Request<'_>,
+) -> DeviceName {
+    ep.or_else(|| request.identity.map(DeviceName::from_identity))
+        .or_else(|| fleet.name_of(request.peer.ip))
+        .unwrap_or_else(|| DeviceName::from_ip(request.peer.ip))
 }
 
 /// What identifies the resource a request names, beyond its token: path,

@@ -7,15 +7,20 @@
 use super::observe::OBSERVE_MAX_AGE_S;
 use super::peers::Pending;
 use super::{
-    error, write_diagnostic, Authorization, Diagnostic, Dropped, Failure, Outcome, ReplyTo,
+    error, write_diagnostic, Authorization, Diagnostic, Dropped, Failure, Outcome, Peer, ReplyTo,
     Transfer, Via,
 };
 use crate::catalog::{Catalog, CoreLink, Image};
 use crate::firmware::{self, DeviceRequest};
+use crate::fleet::{Fleet, FleetFiles, Note, Target};
 use crate::hash::fnv1a64_concat;
 use crate::tree::FileTree;
 use crate::wire::{Block, BlockError, Emitter, Message};
 use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, RequestType, ResponseType};
+
+/// Query filters (RFC 6690 §4.1) one discovery request may combine; more
+/// are 4.00.
+const MAX_DISCOVERY_FILTERS: usize = 4;
 
 /// The answer chosen for a request before it is written.
 pub(super) type Reply<'c> = Result<(usize, Outcome<'c>), Failure>;
@@ -34,6 +39,10 @@ enum Named {
 /// Where a request is going.
 enum Route<'a, 's> {
     Updates,
+    /// `POST /updates/report`.
+    Report,
+    /// `GET /status`.
+    Status,
     Image(&'a [u8]),
     Discovery,
     /// Any other path, with a file tree served.
@@ -64,6 +73,18 @@ pub(super) struct Ctx<'s, 't, 'm> {
     /// Over a secure channel: the products whose images the peer may
     /// fetch; `None` on the plain socket.
     pub(super) authorization: Option<&'m Authorization>,
+    /// The fleet: rollout eligibility, and the status view.
+    pub(super) fleet: &'m Fleet,
+    /// The rollout policies and patches served.
+    pub(super) fleet_files: &'s FleetFiles,
+    /// The sender.
+    pub(super) peer: Peer,
+    /// Over coaps, the sender's PSK identity.
+    pub(super) identity: Option<&'m [u8]>,
+    /// The sender may read `/status`.
+    pub(super) status_open: bool,
+    /// What the request tells the fleet, applied once the reply is sent.
+    pub(super) note: Option<Note>,
 }
 
 /// What the blocks of a response are cut from: its ETag, Content-Format
@@ -103,6 +124,8 @@ impl<'s> Ctx<'s, '_, '_> {
         let route = match (path.len(), segments.next(), segments.next()) {
             _ if path.overflowed() => None,
             (1, Some(b"updates"), _) => Some(Route::Updates),
+            (1, Some(b"status"), _) => Some(Route::Status),
+            (2, Some(b"updates"), Some(b"report")) => Some(Route::Report),
             (2, Some(b"updates"), Some(id)) => Some(Route::Image(id)),
             (2, Some(b".well-known"), Some(b"core")) => Some(Route::Discovery),
             (_, Some(b"updates"), _) => None,
@@ -111,10 +134,21 @@ impl<'s> Ctx<'s, '_, '_> {
         let Some(route) = route else {
             return Err(error(ResponseType::NotFound, "no such resource"));
         };
+        if let Route::Report = route {
+            if self.msg.class() != MessageClass::Request(RequestType::Post) {
+                return Err(error(
+                    ResponseType::MethodNotAllowed,
+                    "only POST is allowed",
+                ));
+            }
+            return self.report(out);
+        }
         if self.msg.class() != MessageClass::Request(RequestType::Get) {
             return Err(error(ResponseType::MethodNotAllowed, "only GET is allowed"));
         }
         match route {
+            Route::Report => Err(Failure::Overflow),
+            Route::Status => self.status(out),
             Route::Updates => self.updates(out),
             Route::Image(id) => self.image(id, out),
             Route::Discovery => self.discovery(out),
@@ -168,14 +202,56 @@ impl<'s> Ctx<'s, '_, '_> {
     /// observing the lookup is to hear of an image that is not there yet.
     fn lookup(&mut self, request: &DeviceRequest<'_>, out: &mut [u8]) -> Reply<'s> {
         self.authorize(request.pid)?;
+        let ep = self.ep()?;
+        let name = self.name(ep);
         let image = self
             .catalog
-            .candidate(request.pid, request.fw_type, request.version);
+            .candidate(request.pid, request.fw_type, request.version)
+            .filter(|image| self.fleet.offers(self.fleet_files, &name, image));
+        self.note = Some(Note::Lookup {
+            name,
+            ip: self.peer.ip,
+            named: ep.is_some(),
+            running: request.version,
+            offered: image.map(Target::of),
+        });
         if image.is_none() && self.observe.is_none() {
             return Err(error(ResponseType::NotFound, "no newer image"));
         }
         self.check_accept(ContentFormat::TextPlain)?;
-        let id: &[u8] = image.map_or(&[], |image| &image.id_hex[..]);
+        // A device that asks for a delta (`delta=FORMAT`) and runs exactly
+        // the base version of a patch published for the image gets the
+        // patch's id followed by `;delta=FORMAT;base=M.m.b`; anyone else
+        // the image's id alone.
+        let patch = match (image, self.delta()?) {
+            (Some(image), Some(format)) => {
+                self.fleet_files
+                    .patch_for(image.id, request.version, format)
+            }
+            _ => None,
+        };
+        let mut text = [0u8; 64];
+        let id: &[u8] = match (image, patch) {
+            (_, Some(patch)) => {
+                let mut w = super::SliceWriter {
+                    buf: &mut text,
+                    len: 0,
+                };
+                let _ = core::fmt::Write::write_fmt(
+                    &mut w,
+                    format_args!(
+                        "{};delta={};base={}",
+                        patch.body.id_str(),
+                        patch.format,
+                        firmware::VersionText(patch.base)
+                    ),
+                );
+                let len = w.len;
+                text.get(..len).unwrap_or(&[])
+            }
+            (Some(image), None) => &image.id_hex[..],
+            (None, _) => &[],
+        };
         let mut e = self.emitter(ResponseType::Content, out)?;
         self.observe_option(&mut e, fnv1a64_concat([b"id:".as_slice(), id]))?;
         e.option_uint(
@@ -188,7 +264,7 @@ impl<'s> Ctx<'s, '_, '_> {
 
     /// The Observe option (6) of an observable answer whose representation
     /// is `tag`, when the request registers.
-    fn observe_option(&mut self, e: &mut Emitter<'_>, tag: u64) -> Result<(), Failure> {
+    pub(super) fn observe_option(&mut self, e: &mut Emitter<'_>, tag: u64) -> Result<(), Failure> {
         if let Some(seq) = self.observe {
             e.option_uint(CoapOption::Observe.into(), seq)?;
             self.observed = Some(tag);
@@ -197,7 +273,7 @@ impl<'s> Ctx<'s, '_, '_> {
     }
 
     /// The Max-Age option (14) of an answer that carries Observe.
-    fn max_age_option(&self, e: &mut Emitter<'_>) -> Result<(), Failure> {
+    pub(super) fn max_age_option(&self, e: &mut Emitter<'_>) -> Result<(), Failure> {
         if self.observed.is_some() {
             e.option_uint(CoapOption::MaxAge.into(), OBSERVE_MAX_AGE_S)?;
         }
@@ -212,6 +288,22 @@ impl<'s> Ctx<'s, '_, '_> {
         let image = catalog
             .candidate(request.pid, request.fw_type, request.version)
             .ok_or(Failure::NoUpdate)?;
+        // The rollout decides when a transfer starts; once it runs, every
+        // block is served (a pause lets begun downloads finish).
+        if !self.continuing() {
+            let name = self.name(None);
+            let offered = self.fleet.offers(self.fleet_files, &name, image);
+            self.note = Some(Note::Lookup {
+                name,
+                ip: self.peer.ip,
+                named: false,
+                running: request.version,
+                offered: offered.then(|| Target::of(image)),
+            });
+            if !offered {
+                return Err(Failure::NoUpdate);
+            }
+        }
         let reply = self.body(image, offset, Via::Legacy, out)?;
         // Every legacy request names its transfer: deployed devices repeat
         // it on every block, node-coap sends it with the first block it
@@ -223,7 +315,7 @@ impl<'s> Ctx<'s, '_, '_> {
     /// 4.03 when the request came over a secure channel whose identity
     /// may not fetch images of `pid`.
     #[inline]
-    fn authorize(&self, pid: &[u8]) -> Result<(), Failure> {
+    pub(super) fn authorize(&self, pid: &[u8]) -> Result<(), Failure> {
         match self.authorization {
             Some(authorization) if !authorization.allows(pid) => Err(error(
                 ResponseType::Forbidden,
@@ -285,7 +377,11 @@ impl<'s> Ctx<'s, '_, '_> {
                 ))
             }
         };
-        let Some(image) = self.catalog.by_id_hex(id) else {
+        let image = self
+            .catalog
+            .by_id_hex(id)
+            .or_else(|| self.fleet_files.patch_by_id_hex(id));
+        let Some(image) = image else {
             // A file being published whose bytes have not settled yet.
             return Err(match self.catalog.pending_retry(id) {
                 Some(max_age) => Failure::Unavailable { max_age },
@@ -347,11 +443,18 @@ impl<'s> Ctx<'s, '_, '_> {
     fn discovery(&mut self, out: &mut [u8]) -> Reply<'s> {
         // Filters past the kept ones would be silently dropped, and the
         // listing would be wider than asked: refuse instead.
-        if self.msg.query.overflowed() {
+        if self.msg.query.overflowed() || self.msg.query.as_slice().len() > MAX_DISCOVERY_FILTERS {
             return Err(error(ResponseType::BadRequest, "too many query options"));
         }
         let tree_links = self.tree.map_or(&[][..], FileTree::core_links);
-        let links = || self.catalog.core_links().iter().chain(tree_links);
+        let patch_links = self.fleet_files.core_links();
+        let links = || {
+            self.catalog
+                .core_links()
+                .iter()
+                .chain(patch_links)
+                .chain(tree_links)
+        };
         let query = self.msg.query.as_slice();
         let selected = |link: &&CoreLink| query.iter().all(|q| link.matches(q));
         let total = links()
@@ -361,10 +464,17 @@ impl<'s> Ctx<'s, '_, '_> {
             .sum::<usize>();
         self.check_accept(ContentFormat::ApplicationLinkFormat)?;
         let (block, range) = self.block_for(total)?;
-        let etag = match self.tree {
-            None => self.catalog.core_etag(),
-            Some(tree) => {
-                fnv1a64_concat([&self.catalog.core_etag()[..], &tree.core_etag()[..]]).to_be_bytes()
+        let etag = match (self.tree, patch_links.is_empty()) {
+            (None, true) => self.catalog.core_etag(),
+            (tree, _) => {
+                let patches = patch_links.iter().map(|l| &l.text[..]);
+                let tree_tag = tree.map(FileTree::core_etag).unwrap_or_default();
+                fnv1a64_concat(
+                    [&self.catalog.core_etag()[..], &tree_tag[..]]
+                        .into_iter()
+                        .chain(patches),
+                )
+                .to_be_bytes()
             }
         };
         let mut e = self.emitter(ResponseType::Content, out)?;
@@ -480,7 +590,10 @@ impl<'s> Ctx<'s, '_, '_> {
     /// The block to send of a body of `body_len` bytes and its byte range,
     /// after SZX negotiation (RFC 7959 §2.4: the client's size, capped at
     /// the server's, at the byte position the client asked for).
-    fn block_for(&self, body_len: usize) -> Result<(Block, core::ops::Range<usize>), Failure> {
+    pub(super) fn block_for(
+        &self,
+        body_len: usize,
+    ) -> Result<(Block, core::ops::Range<usize>), Failure> {
         let requested = match self.msg.block2 {
             None => Block {
                 num: 0,
@@ -517,7 +630,11 @@ impl<'s> Ctx<'s, '_, '_> {
         Ok((block, start as usize..end as usize))
     }
 
-    fn emitter<'o>(&self, code: ResponseType, out: &'o mut [u8]) -> Result<Emitter<'o>, Failure> {
+    pub(super) fn emitter<'o>(
+        &self,
+        code: ResponseType,
+        out: &'o mut [u8],
+    ) -> Result<Emitter<'o>, Failure> {
         Ok(self.reply_to.emitter(code, out)?)
     }
 

@@ -52,6 +52,15 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
         }
     }
 
+    /// Reserves the eviction queue's full length now (twice the capacity),
+    /// for a table whose keys are rewritten all the time: its queue would
+    /// otherwise grow in steps long after the set of keys stopped growing.
+    /// Pages of it are only touched as it fills.
+    pub(crate) fn reserve_queue(&mut self) {
+        self.order
+            .reserve(self.capacity.saturating_mul(2).saturating_add(1));
+    }
+
     /// The live value for `key`, if one was stored within the lifetime.
     pub(crate) fn get(&self, key: &K, now_ms: u64) -> Option<&V> {
         self.map
@@ -136,6 +145,11 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
     /// Number of stored keys, live or expired: never more than `capacity`.
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Every stored key and its value, live or expired, in no order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter().map(|(k, e)| (k, &e.value))
     }
 
     /// The bound given to [`BoundedTable::new`].

@@ -597,7 +597,10 @@ fn query_form_with_missing_or_bad_fields_is_4_00() {
         ("updates?pid=MOTE&type=APP", "version"),
         ("updates?pid=MOTE&type=APP&version=1.2", "version"),
         ("updates?pid=MOTE&type=BOOT&version=1.0.0", "type"),
-        ("updates?pid=MOTE&type=APP&version=1.0.0&a=1&b=2", "query"),
+        (
+            "updates?pid=MOTE&type=APP&version=1.0.0&a=1&b=2&c=3&d=4&e=5&f=6",
+            "query",
+        ),
     ] {
         let text = assert_error(&fx.ask(&Req::get(uri)), ResponseType::BadRequest);
         assert!(text.contains(needle), "{uri}: {text}");
@@ -2320,3 +2323,5 @@ fn without_a_tree_other_paths_stay_4_04() {
 mod observe;
 
 mod fast;
+
+mod fleet;

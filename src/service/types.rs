@@ -74,6 +74,49 @@ pub struct Limits {
     /// Observations kept at most (`--max-observers`; 0 turns Observe off):
     /// a new one in a full table ends the oldest.
     pub max_observers: usize,
+    /// Devices the fleet remembers (`--devices`), about the least recently
+    /// seen evicted.
+    pub max_devices: usize,
+    /// Sources allowed to read `/status` besides loopback and link-local
+    /// addresses (`--status-from`).
+    pub status_from: [Option<Prefix>; MAX_STATUS_FROM],
+}
+
+/// How many `--status-from` prefixes a server takes.
+pub const MAX_STATUS_FROM: usize = 8;
+
+/// An address prefix (IPv4 as IPv4-mapped IPv6, its length plus 96).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    /// The address.
+    pub ip: [u8; 16],
+    /// Leading bits that must match, 0..=128.
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Whether `ip` is within the prefix.
+    pub fn contains(&self, ip: &[u8; 16]) -> bool {
+        let a = u128::from_be_bytes(self.ip);
+        let b = u128::from_be_bytes(*ip);
+        let mask = match self.len {
+            0 => 0,
+            n => u128::MAX << (128 - u32::from(n.min(128))),
+        };
+        a & mask == b & mask
+    }
+}
+
+/// Whether `ip` is a loopback (`::1`, `127.0.0.0/8`) or link-local
+/// (`fe80::/10`, `169.254.0.0/16`) address: the sources `/status` answers
+/// without `--status-from`.
+pub fn is_local_source(ip: &[u8; 16]) -> bool {
+    let v6 = u128::from_be_bytes(*ip);
+    let mapped = |bits: u32, prefix: u128| v6 >> (128 - bits) == prefix >> (128 - bits);
+    v6 == 1
+        || mapped(104, 0xffff_7f00_0000)
+        || mapped(10, 0xfe80u128 << 112)
+        || mapped(112, 0xffff_a9fe_0000)
 }
 
 impl Default for Limits {
@@ -85,6 +128,8 @@ impl Default for Limits {
             rate_table_capacity: 4096,
             echo: false,
             max_observers: 1024,
+            max_devices: 10_000,
+            status_from: [None; MAX_STATUS_FROM],
         }
     }
 }
@@ -218,6 +263,9 @@ pub struct Request<'a> {
     /// `Some` for a request that arrived over a secure channel (coaps):
     /// what its authenticated sender may fetch. `None` on plain CoAP.
     pub authorization: Option<&'a Authorization>,
+    /// Over coaps, the sender's PSK identity: the device's name for the
+    /// fleet when its lookup gives no `ep=`.
+    pub identity: Option<&'a [u8]>,
 }
 
 impl<'a> Request<'a> {
@@ -230,6 +278,16 @@ impl<'a> Request<'a> {
             now_ms,
             datagram,
             authorization: None,
+            identity: None,
+        }
+    }
+
+    /// The same request, from a sender authenticated as `identity`.
+    #[inline]
+    pub fn identified(self, identity: &'a [u8]) -> Request<'a> {
+        Request {
+            identity: Some(identity),
+            ..self
         }
     }
 
@@ -350,6 +408,7 @@ pub(crate) enum Diagnostic {
     Text(&'static str),
     Payload(firmware::PayloadError),
     Query(firmware::QueryError),
+    Report(crate::fleet::report::ReportError),
     Critical(u16),
     TooLarge(usize),
 }
@@ -360,6 +419,7 @@ impl fmt::Display for Diagnostic {
             Diagnostic::Text(text) => f.write_str(text),
             Diagnostic::Payload(e) => e.fmt(f),
             Diagnostic::Query(e) => e.fmt(f),
+            Diagnostic::Report(e) => e.fmt(f),
             Diagnostic::Critical(n) => write!(f, "unrecognized critical option {n}"),
             Diagnostic::TooLarge(max) => write!(f, "request larger than {max} bytes"),
         }

@@ -51,7 +51,9 @@ pub(crate) const PAYLOAD_MARKER: u8 = 0xFF;
 /// for a listing after its deepest directory.
 pub const MAX_PATH_SEGMENTS: usize = crate::tree::MAX_DEPTH + 1;
 /// Uri-Query values kept; more are reported by [`Segments::overflowed`].
-pub const MAX_QUERY_SEGMENTS: usize = 4;
+/// Eight: a report's query form has seven fields
+/// (`ep pid type version target state result`).
+pub const MAX_QUERY_SEGMENTS: usize = 8;
 /// Echo option (RFC 9175 §2.2), elective; coap-lite has no name for it.
 pub const OPTION_ECHO: u16 = 252;
 /// Longest Echo value (RFC 9175 §2.2.1).

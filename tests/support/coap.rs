@@ -84,12 +84,24 @@ pub fn con_get_options(
     options: &[(u16, &[u8])],
     payload: &[u8],
 ) -> Vec<u8> {
-    use coap_lite::{MessageClass, MessageType, RequestType};
+    con_request(coap_lite::RequestType::Get, mid, token, options, payload)
+}
+
+/// A Confirmable request with `method`, `options` (in ascending order of
+/// number) and `payload`.
+pub fn con_request(
+    method: coap_lite::RequestType,
+    mid: u16,
+    token: &[u8],
+    options: &[(u16, &[u8])],
+    payload: &[u8],
+) -> Vec<u8> {
+    use coap_lite::{MessageClass, MessageType};
     let mut buf = vec![0u8; 1280];
     let mut e = iot_ota::wire::Emitter::new(
         &mut buf,
         MessageType::Confirmable,
-        MessageClass::Request(RequestType::Get),
+        MessageClass::Request(method),
         mid,
         token,
     )

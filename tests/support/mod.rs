@@ -395,6 +395,16 @@ pub fn exchange(socket: &UdpSocket, server: SocketAddr, datagram: &[u8]) -> Opti
     }
 }
 
+/// Resident set size of process `pid` in KiB (VmRSS of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
 /// True when `program` can be run. When it cannot: under CI (`CI=true`)
 /// the test fails; on a developer's machine it is skipped with a note.
 pub fn require_program(program: &str) -> bool {

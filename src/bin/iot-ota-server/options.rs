@@ -40,6 +40,9 @@ pub(crate) struct Config {
     /// The file the Echo key is read from, so that processes sharing it
     /// accept each other's Echo values.
     pub(crate) echo_key_file: Option<PathBuf>,
+    /// `--state-dir`: where the fleet's journal is kept; `None`: memory
+    /// only.
+    pub(crate) state_dir: Option<PathBuf>,
     /// Interfaces whose All-CoAP-Nodes groups are joined (`all`: every
     /// multicast-capable one).
     pub(crate) multicast: Vec<String>,
@@ -201,6 +204,27 @@ fn options() -> Options {
          Echo values (default: a random key per process)",
         "FILE",
     );
+    o.optopt(
+        "",
+        "devices",
+        "devices the fleet remembers (rollouts, reports, /status), least recently seen \
+         evicted (default: 10000)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "state-dir",
+        "keep the fleet's state (device outcomes, automatic pauses) in a journal in DIR \
+         across restarts (default: memory only)",
+        "DIR",
+    );
+    o.optmulti(
+        "",
+        "status-from",
+        "also answer /status to sources in CIDR (e.g. 192.0.2.0/24, fd00::/8), repeatable \
+         up to 8 times (default: loopback and link-local only)",
+        "CIDR",
+    );
     o.optflagmulti("v", "verbose", "more log detail: -v debug, -vv trace");
     o.optflag(
         "q",
@@ -224,6 +248,7 @@ fn usage_text(o: &Options) -> String {
     let brief = "Usage: iot-ota-server [-d DIR] [--files DIR | --fileserver DIR] [-l ADDR]... [-b BYTES] [--peers N] [--max-observers N]\n\
                  \x20                     [--rate-limit N] [--echo] [--echo-key-file FILE] [--multicast IFACE]... [--leisure MS]\n\
                  \x20                     [--strict-bind] [--reuse-port] [--rescan MS] [--settle MS]\n\
+                 \x20                     [--devices N] [--state-dir DIR] [--status-from CIDR]...\n\
                  \x20                     [-v]... [-q] [--log-format plain|journal|syslog] [-h] [-V]\n\n\
                  Serves the .fmu firmware images in DIR (and with --files a plain file tree) to devices\n\
                  over CoAP (RFC 7252, Block2 RFC 7959).\n\
@@ -343,6 +368,26 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
             )
         })?);
     }
+    if let Some(n) = m.opt_str("devices") {
+        limits.max_devices = n
+            .parse()
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| format!("invalid --devices '{n}': use 1..100000"))?;
+    }
+    let status_from = m.opt_strs("status-from");
+    if status_from.len() > limits.status_from.len() {
+        return Err(format!(
+            "--status-from given {} times: at most {}",
+            status_from.len(),
+            limits.status_from.len()
+        ));
+    }
+    for (slot, cidr) in limits.status_from.iter_mut().zip(&status_from) {
+        *slot = Some(parse_cidr(cidr).ok_or_else(|| {
+            format!("invalid --status-from '{cidr}': use ADDRESS/BITS, e.g. 192.0.2.0/24")
+        })?);
+    }
     let echo_key_file = m.opt_str("echo-key-file").map(PathBuf::from);
     limits.echo = m.opt_present("echo") || echo_key_file.is_some();
     let level = match (m.opt_present("q"), m.opt_count("v")) {
@@ -369,6 +414,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         strict_bind: m.opt_present("strict-bind"),
         reuse_port: m.opt_present("reuse-port"),
         echo_key_file,
+        state_dir: m.opt_str("state-dir").map(PathBuf::from),
         multicast: m.opt_strs("multicast"),
         leisure_ms,
         #[cfg(feature = "dtls")]
@@ -466,6 +512,23 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
                 )
             }),
     }
+}
+
+/// `ADDRESS/BITS` (IPv4 or IPv6; a bare address is the one address) as a
+/// prefix of IPv4-mapped IPv6 addresses.
+fn parse_cidr(text: &str) -> Option<iot_ota::service::Prefix> {
+    let (addr, bits) = match text.split_once('/') {
+        Some((addr, bits)) => (addr, Some(bits.parse::<u8>().ok()?)),
+        None => (text, None),
+    };
+    let (ip, len) = match addr.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(v4) => {
+            let bits = bits.unwrap_or(32);
+            (v4.to_ipv6_mapped().octets(), 96 + bits.min(33))
+        }
+        std::net::IpAddr::V6(v6) => (v6.octets(), bits.unwrap_or(128)),
+    };
+    (len <= 128).then_some(iot_ota::service::Prefix { ip, len })
 }
 
 #[cfg(test)]

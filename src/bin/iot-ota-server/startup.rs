@@ -112,6 +112,21 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
     server
         .watch_dirs(config.dir.clone(), config.rescan_ms, config.settle_ms)
         .map_err(|e| format!("cannot watch the directories: {e}"))?;
+    server
+        .service_mut()
+        .fleet_mut()
+        .set_clock(Timestamp::now().unix_ms);
+    if let Some(dir) = &config.state_dir {
+        let (records, skipped) = server
+            .keep_state(dir)
+            .map_err(|e| format!("cannot keep the fleet's state in {}: {e}", dir.display()))?;
+        info!(
+            target: SUMMARY,
+            "fleet state in {}: {records} journal lines replayed{}",
+            dir.display(),
+            if skipped > 0 { format!(", {skipped} unreadable skipped") } else { String::new() }
+        );
+    }
     if !interfaces.is_empty() {
         server
             .enable_multicast_answers(config.leisure_ms, LEISURE_QUEUE, leisure_seed())

@@ -167,6 +167,7 @@ pub fn check_with(data: &[u8], fault: Fault) -> usize {
         // answers "no update" with 2.05 rather than 4.04: Observe is
         // exercised by tests/fuzz_no_panic.rs instead.
         max_observers: 0,
+        ..Limits::default()
     };
     let catalog = || {
         let files = known()
