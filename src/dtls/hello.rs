@@ -53,6 +53,9 @@ pub(super) struct ClientHello {
     cookie: Range<usize>,
     /// Cipher suites and compression methods, with their lengths.
     tail: Range<usize>,
+    /// The extensions, without their total length (empty when there
+    /// are none).
+    extensions: Range<usize>,
 }
 
 impl ClientHello {
@@ -88,6 +91,14 @@ impl ClientHello {
         let compression_len = usize::from(*body.get(compression_at)?);
         let tail_end = compression_at + 1 + compression_len;
         body.get(..tail_end)?;
+        let extensions = match body.get(tail_end..tail_end + 2) {
+            None => tail_end..tail_end,
+            Some(len) => {
+                let end = tail_end + 2 + usize::try_from(be(len)).ok()?;
+                body.get(..end)?;
+                tail_end + 2..end
+            }
+        };
         let at = |range: Range<usize>| body_start + range.start..body_start + range.end;
         Some(ClientHello {
             record_len,
@@ -96,7 +107,19 @@ impl ClientHello {
             head: at(0..cookie_len_at),
             cookie: at(cookie_start..suites_at),
             tail: at(suites_at..tail_end),
+            extensions: at(extensions),
         })
+    }
+
+    /// The cipher suites the hello offers, in the client's order of
+    /// preference.
+    pub(super) fn suites<'d>(&self, datagram: &'d [u8]) -> impl Iterator<Item = u16> + 'd {
+        let tail = datagram.get(self.tail.clone()).unwrap_or_default();
+        let len = usize::try_from(be(tail.get(..2).unwrap_or_default())).unwrap_or(0);
+        tail.get(2..2 + len)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .filter_map(|pair| Some(u16::from_be_bytes(pair.try_into().ok()?)))
     }
 
     /// The hello's record alone (a datagram may carry more after it).

@@ -34,11 +34,13 @@
 //!   peer. A session is replaced only when its replacement finished its
 //!   handshake (RFC 6347 §4.2.8).
 
+mod cert;
 mod front;
 mod hello;
 mod psk;
 mod records;
 
+pub use cert::{CertificateAuth, DeviceNames, Refusal, ServerCertificate, TrustAnchors};
 pub use front::{Front, FrontStats, Handled};
 pub use hello::HELLO_VERIFY_LEN;
 pub use psk::{ClientPsk, PskTable};

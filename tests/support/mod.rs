@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub mod coap;
 pub mod coaps;
 mod images;
+pub mod pki;
 #[allow(unused_imports)] // Not every test uses every part of the kit.
 pub use images::{image_bytes, XorShift};
 

@@ -63,8 +63,18 @@ pub(crate) struct Config {
 #[cfg(feature = "dtls")]
 pub(crate) struct DtlsConfig {
     pub(crate) listen: SocketAddr,
-    pub(crate) psk_file: PathBuf,
+    pub(crate) psk_file: Option<PathBuf>,
+    pub(crate) certificates: Option<CertificateFiles>,
     pub(crate) limits: iot_ota::dtls::Limits,
+}
+
+/// `--cert`, `--key`, `--ca` and `--cert-names`.
+#[cfg(feature = "dtls")]
+pub(crate) struct CertificateFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) ca: PathBuf,
+    pub(crate) names: Option<PathBuf>,
 }
 
 fn options() -> Options {
@@ -102,8 +112,36 @@ fn options() -> Options {
         );
         o.optopt(
             "",
+            "cert",
+            "serve coaps with certificates too (TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256): the \
+             server's ECDSA P-256 certificate, PEM (needs --key and --ca)",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "key",
+            "the private key of --cert, PEM; FILE must not be readable by other users",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "ca",
+            "the CA certificates (PEM) client certificates must be issued by: every coaps \
+             client with a certificate must present one",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "cert-names",
+            "the devices' names (certificate CN or subjectAltName) and the products each may \
+             fetch: lines NAME or NAME:PID,PID; a device not named may fetch no image \
+             (default: every device --ca vouches for may fetch every image)",
+            "FILE",
+        );
+        o.optopt(
+            "",
             "dtls-listen",
-            "UDP address of the coaps socket (default with --psk-file: [::]:5684)",
+            "UDP address of the coaps socket (default with --psk-file or --cert: [::]:5684)",
             "ADDR",
         );
         o.optopt(
@@ -276,7 +314,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     let secure = false;
     if listen.is_empty() && !secure {
         return Err(if cfg!(feature = "dtls") {
-            "-l none with no --psk-file: there would be nothing to serve".to_owned()
+            "-l none with no --psk-file or --cert: there would be nothing to serve".to_owned()
         } else {
             "-l none: this build has no coaps (feature dtls), there would be nothing to serve"
                 .to_owned()
@@ -381,11 +419,28 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     }))
 }
 
-/// `--psk-file`, `--dtls-listen`, `--max-sessions`, `--max-handshakes`
-/// and `--session-idle`.
+/// `--psk-file`, `--cert`, `--key`, `--ca`, `--cert-names`,
+/// `--dtls-listen`, `--max-sessions`, `--max-handshakes` and
+/// `--session-idle`.
 #[cfg(feature = "dtls")]
 fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
-    let Some(psk_file) = m.opt_str("psk-file") else {
+    let psk_file = m.opt_str("psk-file").map(PathBuf::from);
+    let certificates = match (m.opt_str("cert"), m.opt_str("key"), m.opt_str("ca")) {
+        (Some(cert), Some(key), Some(ca)) => Some(CertificateFiles {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+            ca: PathBuf::from(ca),
+            names: m.opt_str("cert-names").map(PathBuf::from),
+        }),
+        (None, None, None) => {
+            if m.opt_present("cert-names") {
+                return Err("--cert-names needs --cert, --key and --ca".to_owned());
+            }
+            None
+        }
+        _ => return Err("--cert, --key and --ca go together".to_owned()),
+    };
+    if psk_file.is_none() && certificates.is_none() {
         for option in [
             "dtls-listen",
             "max-sessions",
@@ -393,11 +448,11 @@ fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
             "session-idle",
         ] {
             if m.opt_present(option) {
-                return Err(format!("--{option} needs --psk-file"));
+                return Err(format!("--{option} needs --psk-file or --cert"));
             }
         }
         return Ok(None);
-    };
+    }
     let listen = parse_listen(
         &m.opt_str("dtls-listen")
             .unwrap_or_else(|| format!("[::]:{}", iot_ota::dtls::DEFAULT_PORT)),
@@ -431,7 +486,8 @@ fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
     };
     Ok(Some(DtlsConfig {
         listen,
-        psk_file: PathBuf::from(psk_file),
+        psk_file,
+        certificates,
         limits,
     }))
 }

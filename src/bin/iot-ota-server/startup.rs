@@ -57,20 +57,39 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
     #[cfg(feature = "dtls")]
     let (sockets, front) = match &config.dtls {
         Some(dtls) => {
-            let keys = iot_ota::dtls::PskTable::read(&dtls.psk_file)?;
+            let keys = match &dtls.psk_file {
+                Some(path) => iot_ota::dtls::PskTable::read(path)?,
+                None => iot_ota::dtls::PskTable::default(),
+            };
+            let certificates = dtls
+                .certificates
+                .as_ref()
+                .map(read_certificates)
+                .transpose()?;
             info!(
                 target: SUMMARY,
-                "coaps: {} PSK identities from {}, up to {} sessions and {} handshakes, \
-                 sessions idle {} s end",
-                keys.len(),
-                dtls.psk_file.display(),
+                "coaps: {}{}, up to {} sessions and {} handshakes, sessions idle {} s end",
+                match &dtls.psk_file {
+                    Some(path) => format!("{} PSK identities from {}", keys.len(), path.display()),
+                    None => "no PSK".to_owned(),
+                },
+                match (&dtls.certificates, &certificates) {
+                    (Some(files), Some((_, anchors, names))) => format!(
+                        ", certificate {} with {} CA certificates from {}{}",
+                        files.cert.display(),
+                        anchors,
+                        files.ca.display(),
+                        names.map_or(String::new(), |n| format!(", {n} device names"))
+                    ),
+                    _ => String::new(),
+                },
                 dtls.limits.max_sessions,
                 dtls.limits.max_handshakes,
                 dtls.limits.session_idle_ms / 1000
             );
             let mut sockets = sockets;
             sockets.push(bind(dtls.listen, config.strict_bind, config.reuse_port)?);
-            (sockets, Some(keys))
+            (sockets, Some((keys, certificates.map(|(auth, _, _)| auth))))
         }
         None => (sockets, None),
     };
@@ -97,15 +116,22 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot serve several sockets: {e}"))?;
     }
     #[cfg(feature = "dtls")]
-    if let (Some(keys), Some(dtls)) = (front, &config.dtls) {
-        let front = iot_ota::dtls::Front::new(
+    if let (Some((keys, certificates)), Some(dtls)) = (front, &config.dtls) {
+        let mut front = iot_ota::dtls::Front::new(
             keys,
             dtls.limits,
             Box::new(iot_ota::dtls::os_entropy),
             server.started(),
         );
+        if let Some(auth) = certificates {
+            // The wall clock at the front's millisecond 0, for the
+            // certificates' dates.
+            let since_start = server.started().elapsed().as_secs();
+            let now_s = Timestamp::now().unix_ms / 1000;
+            front = front.with_certificates(auth, now_s.saturating_sub(since_start))?;
+        }
         server
-            .serve_dtls(plain_sockets, front, Some(dtls.psk_file.clone()))
+            .serve_dtls(plain_sockets, front, dtls.psk_file.clone())
             .map_err(|e| format!("cannot serve coaps: {e}"))?;
     }
     server
@@ -457,6 +483,28 @@ fn load_catalog(dir: &Path, config: &Config) -> Result<Catalog, String> {
         );
     }
     Ok(catalog)
+}
+
+/// The server's certificate and key, the CA certificates and the device
+/// names of `--cert`, `--key`, `--ca` and `--cert-names`, with the
+/// number of CA certificates and of names for the log.
+#[cfg(feature = "dtls")]
+fn read_certificates(
+    files: &crate::options::CertificateFiles,
+) -> Result<(iot_ota::dtls::CertificateAuth, usize, Option<usize>), String> {
+    let server = iot_ota::dtls::ServerCertificate::read(&files.cert, &files.key)?;
+    let anchors = iot_ota::dtls::TrustAnchors::read(&files.ca)?;
+    let names = files
+        .names
+        .as_deref()
+        .map(iot_ota::dtls::DeviceNames::read)
+        .transpose()?;
+    let counts = (anchors.len(), names.as_ref().map(|n| n.len()));
+    Ok((
+        iot_ota::dtls::CertificateAuth::new(server, anchors, names),
+        counts.0,
+        counts.1,
+    ))
 }
 
 #[cfg(test)]

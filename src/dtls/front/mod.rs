@@ -24,9 +24,10 @@
 mod handshake;
 mod session;
 
+use super::cert::{self, CertificateAuth, Refusal};
 use super::hello::{self, ClientHello, CookieSecrets, HELLO_VERIFY_LEN};
 use super::psk::{self, PskTable, Resolver};
-use super::records::{self, Alert, Contents, Screened, ALERT_LEN};
+use super::records::{self, Alert, Contents, Mode, Screened, ALERT_LEN};
 use super::{Entropy, Limits};
 use crate::service::Authorization;
 use dimpl::{Dtls, Output};
@@ -41,10 +42,10 @@ use std::time::{Duration, Instant};
 /// How long a cookie secret is current; a cookie is valid for up to two
 /// such periods.
 const COOKIE_PERIOD_MS: u64 = 30_000;
-/// The largest datagram a half-open handshake takes: a PSK client's
-/// flight (ClientKeyExchange with an identity of at most 128 bytes,
-/// ChangeCipherSpec, Finished) is under 300 bytes.
-const HANDSHAKE_DATAGRAM_MAX: usize = 512;
+/// The engine's output buffer: a record of at most [`super::MTU`] bytes,
+/// or the peer's certificate, which is no larger than the datagram that
+/// carried it ([`Mode::datagram_max`]: handshake messages come whole).
+const SCRATCH_LEN: usize = 2048;
 /// Datagrams a half-open handshake takes in before it is ended: a
 /// client needs one to three (ClientKeyExchange, ChangeCipherSpec and
 /// Finished, together or apart), and each again when a flight is lost.
@@ -146,9 +147,20 @@ enum Table {
     Sessions,
 }
 
+/// Certificate handshakes: the check of client certificates, the engine
+/// configuration, and the wall clock the certificates' dates are read
+/// against.
+struct Certificates {
+    auth: CertificateAuth,
+    config: Arc<dimpl::Config>,
+    /// Seconds since 1970 at millisecond 0 of the caller's clock.
+    epoch_unix_s: u64,
+}
+
 /// The DTLS front: handshakes, sessions and what is to be sent.
 pub struct Front {
     keys: Arc<PskTable>,
+    certificates: Option<Certificates>,
     limits: Limits,
     cookies: CookieSecrets,
     handshakes: HashMap<SocketAddr, Handshake>,
@@ -186,6 +198,7 @@ impl Front {
     pub fn new(keys: PskTable, limits: Limits, entropy: Entropy, epoch: Instant) -> Front {
         Front {
             keys: Arc::new(keys),
+            certificates: None,
             limits: limits.sane(),
             cookies: CookieSecrets::new(entropy, COOKIE_PERIOD_MS),
             handshakes: HashMap::new(),
@@ -194,9 +207,31 @@ impl Front {
             epoch,
             outbox: Outbox::default(),
             inbox: Vec::new(),
-            scratch: vec![0; super::MTU + 64],
+            scratch: vec![0; SCRATCH_LEN],
             stats: FrontStats::default(),
         }
+    }
+
+    /// Serves certificate handshakes too, beside the PSK ones: a
+    /// ClientHello whose first suite the server can serve is an
+    /// ECDHE-ECDSA one gets the server's certificate, and its client must
+    /// send one `auth` accepts. `epoch_unix_s` is the wall clock (seconds
+    /// since 1970) at millisecond 0 of the caller's clock.
+    ///
+    /// # Errors
+    /// The engine's complaint about its configuration.
+    pub fn with_certificates(
+        mut self,
+        auth: CertificateAuth,
+        epoch_unix_s: u64,
+    ) -> Result<Front, String> {
+        let config = cert::server_config(Duration::from_millis(HANDSHAKE_TIMEOUT_MS))?;
+        self.certificates = Some(Certificates {
+            auth,
+            config,
+            epoch_unix_s,
+        });
+        Ok(self)
     }
 
     /// Uses `keys` from now on (SIGHUP). A session whose identity is gone
@@ -208,6 +243,9 @@ impl Front {
         let old = std::mem::replace(&mut self.keys, Arc::new(keys));
         let mut ended = Vec::new();
         for (addr, session) in &mut self.sessions {
+            if session.mode != Mode::Psk {
+                continue;
+            }
             let id = session.identity.as_slice();
             match (old.key(id), self.keys.key(id), self.keys.authorization(id)) {
                 (Some(before), Some(now), Some(authorization)) if before == now => {
@@ -410,7 +448,12 @@ impl Front {
         if !in_handshake && !in_session {
             return Handled::Ignored;
         }
-        let screened = records::screen(datagram);
+        let mode = match (self.handshakes.get(&from), self.sessions.get(&from)) {
+            (Some(h), _) => h.mode,
+            (None, Some(s)) => s.mode,
+            (None, None) => Mode::Psk,
+        };
+        let screened = records::screen(datagram, mode);
         if in_session {
             // A new handshake's flight carries plaintext records (its
             // ClientKeyExchange, its ChangeCipherSpec); anything else of
@@ -437,7 +480,7 @@ impl Front {
         let Screened::Handshake(contents) = screened else {
             return Handled::Ignored;
         };
-        if datagram.len() > HANDSHAKE_DATAGRAM_MAX {
+        if datagram.len() > mode.datagram_max() {
             return Handled::Ignored;
         }
         self.feed_handshake(from, now_ms, datagram, contents)

@@ -1,0 +1,216 @@
+//! coaps with X.509 certificates (`--cert`, `--key`, `--ca`,
+//! `--cert-names`; `--features dtls`): libcoap's `coap-client-gnutls`
+//! and `coap-client-openssl` with a device certificate (`-c/-j/-C`)
+//! download by id byte for byte at 64- and 1024-byte blocks over
+//! 127.0.0.1 and [::1]; a certificate from another CA, an expired one
+//! and none at all are refused in the handshake with the alert that says
+//! why; a device gets 4.03 for another product's image. The PKI is made
+//! at test time with `openssl` (tests/support/pki.rs), and the server
+//! serves its PSK file on the same socket.
+#![cfg(feature = "dtls")]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+use support::coaps::CoapsFixture;
+use support::pki::Pki;
+use support::TestServer;
+
+const CLIENTS: [&str; 2] = ["coap-client-gnutls", "coap-client-openssl"];
+/// Bound on one coap-client run; its own `-B` gives up sooner.
+const RUN_TIMEOUT: Duration = Duration::from_secs(40);
+/// dev1 may fetch DEV images only; ops may fetch all.
+const NAMES: &str = "# device names\ndev1:DEV\nops\n";
+
+/// Images (DEV 5000 bytes, OTHER 3000), a PSK file, and the PKI: the
+/// fleet CA with the server's certificate and the devices dev1, ops and
+/// an expired dev1; another CA (with the same name) and its dev1.
+fn fixture(tag: &str) -> Option<(CoapsFixture, Pki)> {
+    let pki = Pki::new(tag)?;
+    pki.ca("ca", "Fleet CA");
+    pki.issue("ca", "server", "ota.test", "server", None);
+    pki.issue("ca", "dev1", "dev1", "client", None);
+    pki.issue("ca", "ops", "ops", "client", None);
+    pki.issue(
+        "ca",
+        "expired",
+        "dev1",
+        "client",
+        Some(("20200101000000Z", "20210101000000Z")),
+    );
+    pki.ca("other", "Fleet CA");
+    pki.issue("other", "rogue", "dev1", "client", None);
+    pki.dir.write("names", NAMES.as_bytes());
+    let fx = CoapsFixture::new(
+        tag,
+        &[("DEV", 5000), ("OTHER", 3000)],
+        "psk-device:psk-device-key\n",
+    );
+    Some((fx, pki))
+}
+
+/// A server with PSK and certificates on one coaps socket at `listen`.
+fn server(fx: &CoapsFixture, pki: &Pki, listen: &str) -> TestServer {
+    let names = pki.path("names").to_string_lossy().into_owned();
+    fx.server(
+        listen,
+        &[
+            "--cert",
+            &pki.pem("server"),
+            "--key",
+            &pki.key("server"),
+            "--ca",
+            &pki.pem("ca"),
+            "--cert-names",
+            &names,
+        ],
+    )
+}
+
+/// Runs `client` with `args` against `uri`, trusting the fleet CA.
+fn run(client: &str, pki: &Pki, args: &[&str], uri: &str) -> Output {
+    support::run_bounded(
+        Command::new(client)
+            .args(["-B", "10", "-C", &pki.pem("ca")])
+            .args(args)
+            .arg(uri),
+        RUN_TIMEOUT,
+    )
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// GETs `uri` with device `device`'s certificate at block size `block`
+/// into `out`: the body written, and what the client printed.
+fn download(
+    client: &str,
+    pki: &Pki,
+    device: &str,
+    block: usize,
+    uri: &str,
+    out: &Path,
+) -> (Vec<u8>, Output) {
+    let _ = std::fs::remove_file(out);
+    let output = run(
+        client,
+        pki,
+        &[
+            "-c",
+            &pki.pem(device),
+            "-j",
+            &pki.key(device),
+            "-b",
+            &block.to_string(),
+            "-o",
+            &out.to_string_lossy(),
+        ],
+        uri,
+    );
+    (std::fs::read(out).unwrap_or_default(), output)
+}
+
+fn available() -> Vec<&'static str> {
+    CLIENTS
+        .into_iter()
+        .filter(|c| support::require_program(c))
+        .collect()
+}
+
+#[test]
+fn libcoap_clients_with_certificates_download_by_id_byte_for_byte() {
+    let Some((fx, pki)) = fixture("certs-interop") else {
+        return;
+    };
+    let dev = fx.image("DEV");
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let server = server(&fx, &pki, listen);
+        let uri = format!("coaps://{}/updates/{}", server.addr, dev.id);
+        for client in available() {
+            for block in [64, 1024] {
+                let out = fx.out.path().join(format!("dev-{block}"));
+                let (body, output) = download(client, &pki, "dev1", block, &uri, &out);
+                assert!(
+                    body == dev.bytes,
+                    "{client} {listen} -b {block}: {} bytes of {}, {}",
+                    body.len(),
+                    dev.bytes.len(),
+                    text(&output)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn certificates_from_another_ca_expired_or_missing_are_refused_in_the_handshake() {
+    let Some((fx, pki)) = fixture("certs-refused") else {
+        return;
+    };
+    let dev = fx.image("DEV");
+    let server = server(&fx, &pki, "127.0.0.1:0");
+    let uri = format!("coaps://{}/updates/{}", server.addr, dev.id);
+    let out = fx.out.path().join("refused");
+    // The alert each client reports: GnuTLS by number, OpenSSL by name.
+    for (device, number, name) in [
+        (Some("rogue"), "48", "unknown ca"),
+        (Some("expired"), "45", "certificate expired"),
+        (None, "40", "handshake failure"),
+    ] {
+        for client in available() {
+            let _ = std::fs::remove_file(&out);
+            let out_text = out.to_string_lossy().into_owned();
+            let mut args = vec!["-o", &out_text];
+            let (cert, key);
+            if let Some(device) = device {
+                cert = pki.pem(device);
+                key = pki.key(device);
+                args.extend(["-c", &cert, "-j", &key]);
+            }
+            let output = run(client, &pki, &args, &uri);
+            let said = text(&output);
+            assert!(
+                std::fs::read(&out).unwrap_or_default().is_empty(),
+                "{client} {device:?} got bytes: {said}"
+            );
+            let expected = if client.ends_with("gnutls") {
+                format!("Alert '{number}'")
+            } else {
+                name.to_owned()
+            };
+            assert!(
+                said.contains(&expected),
+                "{client} {device:?}: no '{expected}' alert: {said}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_device_gets_4_03_for_another_products_image_and_ops_gets_it() {
+    let Some((fx, pki)) = fixture("certs-forbidden") else {
+        return;
+    };
+    let other = fx.image("OTHER");
+    let server = server(&fx, &pki, "127.0.0.1:0");
+    let uri = format!("coaps://{}/updates/{}", server.addr, other.id);
+    let out = fx.out.path().join("other");
+    for client in available() {
+        let (body, output) = download(client, &pki, "dev1", 1024, &uri, &out);
+        assert!(body.is_empty(), "{client}: dev1 got OTHER's bytes");
+        assert!(
+            text(&output).contains("4.03"),
+            "{client}: {}",
+            text(&output)
+        );
+        let (body, output) = download(client, &pki, "ops", 1024, &uri, &out);
+        assert!(body == other.bytes, "{client} ops: {}", text(&output));
+    }
+}
