@@ -4,7 +4,8 @@
 //! download by id byte for byte at 64- and 1024-byte blocks over
 //! 127.0.0.1 and [::1]; a certificate from another CA, an expired one
 //! and none at all are refused in the handshake with the alert that says
-//! why; a device gets 4.03 for another product's image. The PKI is made
+//! why; a device gets 4.03 for another product's image; a client that
+//! offers only TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 gets it. The PKI is made
 //! at test time with `openssl` (tests/support/pki.rs), and the server
 //! serves its PSK file on the same socket.
 #![cfg(feature = "dtls")]
@@ -79,6 +80,22 @@ fn run(client: &str, pki: &Pki, args: &[&str], uri: &str) -> Output {
         RUN_TIMEOUT,
     )
 }
+
+/// GnuTLS's system-wide settings with every cipher but AES-128-CCM-8
+/// disabled: libcoap's GnuTLS client, which takes no cipher option,
+/// then offers only the CCM-8 suites (GNUTLS_SYSTEM_PRIORITY_FILE).
+const GNUTLS_CCM_8_ONLY: &str = "[overrides]\n\
+    tls-disabled-cipher = AES-128-GCM\n\
+    tls-disabled-cipher = AES-256-GCM\n\
+    tls-disabled-cipher = CHACHA20-POLY1305\n\
+    tls-disabled-cipher = AES-128-CCM\n\
+    tls-disabled-cipher = AES-256-CCM\n\
+    tls-disabled-cipher = AES-256-CCM-8\n\
+    tls-disabled-cipher = AES-128-CBC\n\
+    tls-disabled-cipher = AES-256-CBC\n\
+    tls-disabled-cipher = CAMELLIA-128-CBC\n\
+    tls-disabled-cipher = CAMELLIA-256-CBC\n\
+    tls-disabled-cipher = 3DES-CBC\n";
 
 fn text(output: &Output) -> String {
     format!(
@@ -212,5 +229,57 @@ fn a_device_gets_4_03_for_another_products_image_and_ops_gets_it() {
         );
         let (body, output) = download(client, &pki, "ops", 1024, &uri, &out);
         assert!(body == other.bytes, "{client} ops: {}", text(&output));
+    }
+}
+
+#[test]
+fn the_ccm_8_suite_is_negotiated_when_the_client_offers_only_it() {
+    const CLIENT: &str = "coap-client-gnutls";
+    if !support::require_program(CLIENT) {
+        return;
+    }
+    let Some((fx, pki)) = fixture("certs-ccm8") else {
+        return;
+    };
+    let priorities = pki.dir.write("gnutls.conf", GNUTLS_CCM_8_ONLY.as_bytes());
+    let dev = fx.image("DEV");
+    let server = server(&fx, &pki, "127.0.0.1:0");
+    let uri = format!("coaps://{}/updates/{}", server.addr, dev.id);
+    for (ccm_8_only, suite) in [
+        (true, "GNUTLS_ECDHE_ECDSA_AES_128_CCM_8"),
+        (false, "GNUTLS_ECDHE_ECDSA_AES_128_GCM_SHA256"),
+    ] {
+        for block in [64, 1024] {
+            let out = fx.out.path().join(format!("ccm8-{block}"));
+            let _ = std::fs::remove_file(&out);
+            let mut command = Command::new(CLIENT);
+            if ccm_8_only {
+                command.env("GNUTLS_SYSTEM_PRIORITY_FILE", &priorities);
+            }
+            command
+                .args(["-B", "10", "-v", "9", "-C", &pki.pem("ca")])
+                .args(["-c", &pki.pem("dev1"), "-j", &pki.key("dev1")])
+                .args(["-b", &block.to_string(), "-o"])
+                .arg(&out)
+                .arg(&uri);
+            let output = support::run_bounded(&mut command, RUN_TIMEOUT);
+            // libcoap logs debug lines on stdout, warnings on stderr.
+            let said = text(&output);
+            let selected = said
+                .lines()
+                .find(|l| l.contains("Selected cipher suite:"))
+                .unwrap_or("no suite selected");
+            assert!(
+                selected.ends_with(suite),
+                "CCM-8 only {ccm_8_only}: {selected}"
+            );
+            let body = std::fs::read(&out).unwrap_or_default();
+            assert!(
+                body == dev.bytes,
+                "CCM-8 only {ccm_8_only} -b {block}: {} bytes of {}",
+                body.len(),
+                dev.bytes.len()
+            );
+        }
     }
 }

@@ -545,10 +545,14 @@ fn read_file(path: &Path, private: bool) -> Result<String, String> {
     Ok(text)
 }
 
-/// The cipher suites of certificate handshakes, in the server's order:
-/// what OpenSSL and GnuTLS prefer.
-pub(super) const SUITES: [dimpl::crypto::Dtls12CipherSuite; 1] =
-    [dimpl::crypto::Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256];
+/// The cipher suites of certificate handshakes: what OpenSSL and GnuTLS
+/// prefer, and what tinydtls speaks (RFC 7251, the suite RFC 7252
+/// §9.1.3.2 makes mandatory). The engine takes the first of the
+/// client's suites that is here.
+pub(super) const SUITES: [dimpl::crypto::Dtls12CipherSuite; 2] = [
+    dimpl::crypto::Dtls12CipherSuite::ECDHE_ECDSA_AES128_GCM_SHA256,
+    dimpl::crypto::Dtls12CipherSuite::ECDHE_ECDSA_AES128_CCM_8,
+];
 
 /// The engine configuration of certificate handshakes, built once (its
 /// validation costs elliptic-curve operations no ClientHello should pay

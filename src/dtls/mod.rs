@@ -2,7 +2,7 @@
 //! TLS_PSK_WITH_AES_128_CCM_8) in front of the service, sans-IO like the
 //! service: datagrams in, records to send and decrypted requests out, and
 //! a timer the loop wakes for. The record layer and the handshake are the
-//! `dimpl` crate's (with one addition, see `src/vendor/README.md`); this
+//! `dimpl` crate's (with small additions, see `src/vendor/README.md`); this
 //! module decides what reaches an engine and keeps every table bounded.
 //!
 //! # Budgets for what has not authenticated

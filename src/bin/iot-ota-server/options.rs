@@ -113,8 +113,8 @@ fn options() -> Options {
         o.optopt(
             "",
             "cert",
-            "serve coaps with certificates too (TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256): the \
-             server's ECDSA P-256 certificate, PEM (needs --key and --ca)",
+            "serve coaps with certificates too (TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 or \
+             _AES_128_CCM_8): the server's ECDSA P-256 certificate, PEM (needs --key and --ca)",
             "FILE",
         );
         o.optopt(
