@@ -5,7 +5,10 @@
 //! 127.0.0.1 and [::1]; a certificate from another CA, an expired one
 //! and none at all are refused in the handshake with the alert that says
 //! why; a device gets 4.03 for another product's image; a client that
-//! offers only TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 gets it. The PKI is made
+//! offers only TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 gets it; raw public
+//! keys (`coap-client-gnutls -M`) on the list download byte for byte and
+//! others are refused; one socket gives PSK, certificate and raw key
+//! hellos each their mode. The PKI is made
 //! at test time with `openssl` (tests/support/pki.rs), and the server
 //! serves its PSK file on the same socket.
 #![cfg(feature = "dtls")]
@@ -44,6 +47,16 @@ fn fixture(tag: &str) -> Option<(CoapsFixture, Pki)> {
     pki.ca("other", "Fleet CA");
     pki.issue("other", "rogue", "dev1", "client", None);
     pki.dir.write("names", NAMES.as_bytes());
+    pki.raw_key("server-rpk");
+    pki.raw_key("mote1");
+    pki.raw_key("ops-rpk");
+    pki.raw_key("stranger");
+    let clients = format!(
+        "# raw public keys\nmote-1:DEV {}\nops-rpk sha256:{}\n",
+        pki.public_key_base64("mote1"),
+        pki.fingerprint("ops-rpk")
+    );
+    pki.dir.write("rpk-clients", clients.as_bytes());
     let fx = CoapsFixture::new(
         tag,
         &[("DEV", 5000), ("OTHER", 3000)],
@@ -52,9 +65,11 @@ fn fixture(tag: &str) -> Option<(CoapsFixture, Pki)> {
     Some((fx, pki))
 }
 
-/// A server with PSK and certificates on one coaps socket at `listen`.
+/// A server with PSK, certificates and raw public keys on one coaps
+/// socket at `listen`.
 fn server(fx: &CoapsFixture, pki: &Pki, listen: &str) -> TestServer {
     let names = pki.path("names").to_string_lossy().into_owned();
+    let clients = pki.path("rpk-clients").to_string_lossy().into_owned();
     fx.server(
         listen,
         &[
@@ -66,6 +81,10 @@ fn server(fx: &CoapsFixture, pki: &Pki, listen: &str) -> TestServer {
             &pki.pem("ca"),
             "--cert-names",
             &names,
+            "--rpk-key",
+            &pki.key("server-rpk"),
+            "--rpk-clients",
+            &clients,
         ],
     )
 }
@@ -279,6 +298,119 @@ fn the_ccm_8_suite_is_negotiated_when_the_client_offers_only_it() {
                 "CCM-8 only {ccm_8_only} -b {block}: {} bytes of {}",
                 body.len(),
                 dev.bytes.len()
+            );
+        }
+    }
+}
+
+/// GETs `uri` with `coap-client-gnutls -M` and raw key `name` at block
+/// size `block` into `out`: the body written, and what the client said.
+fn download_raw(pki: &Pki, name: &str, block: usize, uri: &str, out: &Path) -> (Vec<u8>, Output) {
+    let _ = std::fs::remove_file(out);
+    let output = support::run_bounded(
+        Command::new("coap-client-gnutls")
+            .args([
+                "-B",
+                "10",
+                "-M",
+                &pki.path(&format!("{name}.rpk")).to_string_lossy(),
+            ])
+            .args(["-b", &block.to_string(), "-o"])
+            .arg(out)
+            .arg(uri),
+        RUN_TIMEOUT,
+    );
+    (std::fs::read(out).unwrap_or_default(), output)
+}
+
+#[test]
+fn raw_public_keys_on_the_list_download_byte_for_byte_and_others_are_refused() {
+    if !support::require_program("coap-client-gnutls") {
+        return;
+    }
+    let Some((fx, pki)) = fixture("certs-rpk") else {
+        return;
+    };
+    let dev = fx.image("DEV");
+    let other = fx.image("OTHER");
+    let out = fx.out.path().join("rpk");
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let server = server(&fx, &pki, listen);
+        let uri = format!("coaps://{}/updates/{}", server.addr, dev.id);
+        for block in [64, 1024] {
+            // mote-1 is listed by its key in base64, ops-rpk by its
+            // fingerprint.
+            for name in ["mote1", "ops-rpk"] {
+                let (body, output) = download_raw(&pki, name, block, &uri, &out);
+                assert!(
+                    body == dev.bytes,
+                    "{name} {listen} -b {block}: {} bytes of {}, {}",
+                    body.len(),
+                    dev.bytes.len(),
+                    text(&output)
+                );
+            }
+        }
+        let (body, output) = download_raw(&pki, "stranger", 1024, &uri, &out);
+        assert!(body.is_empty(), "an unlisted key got bytes");
+        assert!(
+            text(&output).contains("Alert '49'"),
+            "an unlisted key: no access_denied alert: {}",
+            text(&output)
+        );
+        let other_uri = format!("coaps://{}/updates/{}", server.addr, other.id);
+        let (body, output) = download_raw(&pki, "mote1", 1024, &other_uri, &out);
+        assert!(
+            body.is_empty() && text(&output).contains("4.03"),
+            "{}",
+            text(&output)
+        );
+    }
+}
+
+#[test]
+fn one_socket_gives_psk_certificate_and_raw_key_hellos_each_their_mode() {
+    if !support::require_program("coap-client-gnutls") {
+        return;
+    }
+    let Some((fx, pki)) = fixture("certs-modes") else {
+        return;
+    };
+    let dev = fx.image("DEV");
+    let out = fx.out.path().join("mode");
+    let server = server(&fx, &pki, "127.0.0.1:0");
+    let uri = format!("coaps://{}/updates/{}", server.addr, dev.id);
+    let out_text = out.to_string_lossy().into_owned();
+    let cert = pki.pem("dev1");
+    let key = pki.key("dev1");
+    let rpk = pki.path("mote1.rpk").to_string_lossy().into_owned();
+    // Each client can do one mode only: the PSK one offers PSK suites
+    // alone, the raw key one can send no certificate, the certificate one
+    // no raw key. Twice round, so that a mode left over from the previous
+    // hello would show.
+    for round in 0..2 {
+        for (mode, args) in [
+            ("psk", vec!["-u", "psk-device", "-k", "psk-device-key"]),
+            (
+                "certificate",
+                vec!["-c", &cert, "-j", &key, "-C", &pki.pem("ca")],
+            ),
+            ("raw public key", vec!["-M", &rpk]),
+        ] {
+            let _ = std::fs::remove_file(&out);
+            let output = support::run_bounded(
+                Command::new("coap-client-gnutls")
+                    .args(["-B", "10", "-b", "1024", "-o", &out_text])
+                    .args(&args)
+                    .arg(&uri),
+                RUN_TIMEOUT,
+            );
+            let body = std::fs::read(&out).unwrap_or_default();
+            assert!(
+                body == dev.bytes,
+                "round {round}, {mode}: {} bytes, {}",
+                body.len(),
+                text(&output)
             );
         }
     }

@@ -68,6 +68,9 @@ pub enum Refusal {
     Unsupported,
     /// Not a certificate that parses: bad_certificate (42).
     Malformed,
+    /// A raw public key not on the `--rpk-clients` list: access_denied
+    /// (49).
+    UnknownKey,
 }
 
 /// The server's certificate and key, DER, for the engine. Only the first
@@ -131,7 +134,7 @@ impl ServerCertificate {
 }
 
 /// A P-256 private key from PKCS #8 or SEC1 DER, as the engine reads it.
-fn p256_secret(der: &[u8]) -> Option<p256::ecdsa::SigningKey> {
+pub(super) fn p256_secret(der: &[u8]) -> Option<p256::ecdsa::SigningKey> {
     use p256::pkcs8::DecodePrivateKey;
     p256::ecdsa::SigningKey::from_pkcs8_der(der)
         .ok()
@@ -431,7 +434,13 @@ pub(super) fn verify_client(
 
 /// The public key of `cert` when it is an ECDSA P-256 key.
 fn p256_key(cert: &Certificate) -> Option<VerifyingKey> {
-    let spki = cert.tbs_certificate().subject_public_key_info();
+    p256_spki_key(cert.tbs_certificate().subject_public_key_info())
+}
+
+/// The key of `spki` when it is an ECDSA P-256 key.
+pub(super) fn p256_spki_key(
+    spki: &x509_cert::spki::SubjectPublicKeyInfoOwned,
+) -> Option<VerifyingKey> {
     if spki.algorithm.oid.to_string() != OID_EC_PUBLIC_KEY {
         return None;
     }
@@ -519,7 +528,7 @@ pub(super) fn pem_blocks(text: &str, labels: &[&str]) -> Result<Vec<Vec<u8>>, St
 
 /// The text of a certificate, key or names file; a key file (`private`)
 /// open to other users is refused, as the PSK file is.
-fn read_file(path: &Path, private: bool) -> Result<String, String> {
+pub(super) fn read_file(path: &Path, private: bool) -> Result<String, String> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
@@ -578,7 +587,9 @@ pub(super) fn server_config(
 }
 
 /// A server engine for one certificate handshake whose ClientHello
-/// cookie the front verified, as [`super::psk::server_engine`].
+/// cookie the front verified, as [`super::psk::server_engine`]; with
+/// `raw_public_keys`, for a raw public key handshake, `server` being the
+/// server's SubjectPublicKeyInfo and key.
 ///
 /// # Errors
 /// The engine's complaint when it does not start.
@@ -587,6 +598,7 @@ pub(super) fn server_engine(
     server: &ServerCertificate,
     now: std::time::Instant,
     record_sequence: u64,
+    raw_public_keys: bool,
 ) -> Result<dimpl::Dtls, String> {
     let certificate = dimpl::DtlsCertificate {
         certificate: server.certificate.clone(),
@@ -594,6 +606,9 @@ pub(super) fn server_engine(
     };
     let mut dtls = dimpl::Dtls::new_12(std::sync::Arc::clone(config), certificate, now);
     dtls.expect_verified_hello(record_sequence);
+    if raw_public_keys {
+        dtls.use_raw_public_keys();
+    }
     dtls.handle_timeout(now)
         .map_err(|e| format!("the DTLS engine does not start: {e}"))?;
     Ok(dtls)

@@ -26,6 +26,14 @@ pub(super) const COOKIE_LEN: usize = 32;
 /// The length of the HelloVerifyRequest datagram: record header 13,
 /// handshake header 12, version 2, cookie length 1, cookie 32.
 pub const HELLO_VERIFY_LEN: usize = RECORD_HEADER + HANDSHAKE_HEADER + 3 + COOKIE_LEN;
+/// The client_certificate_type extension (RFC 7250).
+const CERTIFICATE_TYPE_CLIENT: u16 = 19;
+/// The server_certificate_type extension (RFC 7250).
+const CERTIFICATE_TYPE_SERVER: u16 = 20;
+/// The certificate type of X.509 certificates.
+const X509: u8 = 0;
+/// The certificate type of raw public keys.
+const RAW_PUBLIC_KEY: u8 = 2;
 /// DTLS 1.2 on the wire; the record version of every record we write.
 const DTLS_1_2: [u8; 2] = [0xfe, 0xfd];
 /// DTLS 1.0: the server_version of a HelloVerifyRequest (RFC 6347 §4.2.1).
@@ -120,6 +128,44 @@ impl ClientHello {
             .unwrap_or_default()
             .chunks_exact(2)
             .filter_map(|pair| Some(u16::from_be_bytes(pair.try_into().ok()?)))
+    }
+
+    /// The body of the hello's extension of type `kind`, if it has one.
+    pub(super) fn extension<'d>(&self, datagram: &'d [u8], kind: u16) -> Option<&'d [u8]> {
+        let mut rest = datagram.get(self.extensions.clone())?;
+        // Bounded: each turn consumes at least four bytes.
+        while let Some(header) = rest.get(..4) {
+            let len = usize::try_from(be(header.get(2..4)?)).ok()?;
+            let body = rest.get(4..4 + len)?;
+            if be(header.get(..2)?) == u64::from(kind) {
+                return Some(body);
+            }
+            rest = rest.get(4 + len..)?;
+        }
+        None
+    }
+
+    /// Whether the hello asks for raw public keys both ways (RFC 7250
+    /// §4.1): RawPublicKey (2) among the types of its
+    /// server_certificate_type (20) extension, and in its
+    /// client_certificate_type (19), the type of what the client would
+    /// send, ahead of X.509 (0) when `x509_too` (the server takes
+    /// either). GnuTLS offers [0, 2] for the server's and [2] for its own.
+    pub(super) fn wants_raw_public_keys(&self, datagram: &[u8], x509_too: bool) -> bool {
+        let types = |kind| {
+            let body = self.extension(datagram, kind).unwrap_or_default();
+            let len = usize::from(*body.first().unwrap_or(&0));
+            body.get(1..1 + len).unwrap_or_default()
+        };
+        let own = types(CERTIFICATE_TYPE_CLIENT);
+        let raw = own.iter().position(|t| *t == RAW_PUBLIC_KEY);
+        let x509 = own.iter().position(|t| *t == X509);
+        types(CERTIFICATE_TYPE_SERVER).contains(&RAW_PUBLIC_KEY)
+            && match (raw, x509) {
+                (Some(r), Some(x)) => !x509_too || r < x,
+                (Some(_), None) => true,
+                _ => false,
+            }
     }
 
     /// The hello's record alone (a datagram may carry more after it).
@@ -359,6 +405,61 @@ pub(super) mod tests {
         assert_eq!(ClientHello::parse(&app_data), None);
         for cut in 0..with.len() {
             assert_eq!(ClientHello::parse(&with[..cut]), None, "cut at {cut}");
+        }
+    }
+
+    /// `hello(...)` with `extensions` (type, body) after its compression
+    /// methods.
+    fn hello_with(extensions: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut ext = Vec::new();
+        for (kind, body) in extensions {
+            ext.extend_from_slice(&kind.to_be_bytes());
+            ext.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            ext.extend_from_slice(body);
+        }
+        let mut record = hello(&[], 0, 0, 7);
+        let mut tail = (ext.len() as u16).to_be_bytes().to_vec();
+        tail.extend_from_slice(&ext);
+        record.extend_from_slice(&tail);
+        let grow = |at: usize, width: usize, record: &mut Vec<u8>| {
+            let n = be(&record[at..at + width]) as usize + tail.len();
+            record[at..at + width].copy_from_slice(&n.to_be_bytes()[8 - width..]);
+        };
+        grow(11, 2, &mut record);
+        grow(RECORD_HEADER + 1, 3, &mut record);
+        grow(RECORD_HEADER + 9, 3, &mut record);
+        record
+    }
+
+    #[test]
+    fn suites_and_certificate_types_are_read_from_the_hello() {
+        let first = hello(&[], 0, 0, 7);
+        let h = ClientHello::parse(&first).expect("a hello");
+        assert_eq!(h.suites(&first).collect::<Vec<_>>(), [0xc0a8]);
+        assert!(!h.wants_raw_public_keys(&first, false));
+        // GnuTLS with a raw key: X.509 or raw for the server's, raw for
+        // its own.
+        let gnutls = hello_with(&[(19, &[1, 2]), (20, &[2, 0, 2]), (23, &[])]);
+        let h = ClientHello::parse(&gnutls).expect("a hello");
+        assert_eq!(h.extension(&gnutls, 23), Some(&[][..]));
+        assert_eq!(h.extension(&gnutls, 20), Some(&[2, 0, 2][..]));
+        assert!(h.wants_raw_public_keys(&gnutls, true));
+        // A client that would send either, X.509 first: certificates when
+        // the server has them.
+        let either = hello_with(&[(19, &[2, 0, 2]), (20, &[1, 2])]);
+        let h = ClientHello::parse(&either).expect("a hello");
+        assert!(!h.wants_raw_public_keys(&either, true));
+        assert!(h.wants_raw_public_keys(&either, false));
+        // No raw key for the server's: no raw public key handshake.
+        let half = hello_with(&[(19, &[1, 2]), (20, &[1, 0])]);
+        let h = ClientHello::parse(&half).expect("a hello");
+        assert!(!h.wants_raw_public_keys(&half, false));
+        // Extensions cut short: no hello.
+        for cut in first.len() + 1..gnutls.len() {
+            let mut short = gnutls[..cut].to_vec();
+            let len = (cut - RECORD_HEADER) as u16;
+            short[11..13].copy_from_slice(&len.to_be_bytes());
+            assert!(ClientHello::parse(&short).is_none(), "cut at {cut}");
         }
     }
 

@@ -26,6 +26,8 @@ pub(super) enum Mode {
     Psk,
     /// X.509 certificates both ways (ECDHE-ECDSA suites).
     Certificate,
+    /// Raw public keys both ways (RFC 7250; ECDHE-ECDSA suites).
+    RawPublicKey,
 }
 
 impl Mode {
@@ -37,7 +39,7 @@ impl Mode {
     fn last_plaintext_seq(self) -> u64 {
         match self {
             Mode::Psk => 2,
-            Mode::Certificate => 4,
+            Mode::Certificate | Mode::RawPublicKey => 4,
         }
     }
 
@@ -46,7 +48,7 @@ impl Mode {
     fn sends(self, kind: u8) -> bool {
         match self {
             Mode::Psk => matches!(kind, CLIENT_HELLO | CLIENT_KEY_EXCHANGE),
-            Mode::Certificate => matches!(
+            Mode::Certificate | Mode::RawPublicKey => matches!(
                 kind,
                 CLIENT_HELLO | CLIENT_KEY_EXCHANGE | CERTIFICATE | CERTIFICATE_VERIFY
             ),
@@ -61,7 +63,7 @@ impl Mode {
     pub(super) fn datagram_max(self) -> usize {
         match self {
             Mode::Psk => 512,
-            Mode::Certificate => 1500,
+            Mode::Certificate | Mode::RawPublicKey => 1500,
         }
     }
 }
@@ -86,6 +88,8 @@ pub(super) enum Alert {
     CertificateExpired = 45,
     /// The client certificate is not issued by a trust anchor.
     UnknownCa = 48,
+    /// The client's raw public key is not on the list.
+    AccessDenied = 49,
     /// Any other failure of the handshake.
     HandshakeFailure = 40,
 }

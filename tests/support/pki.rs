@@ -184,4 +184,40 @@ impl Pki {
         std::fs::write(&rpk, both).expect("rpk file");
         std::fs::set_permissions(&rpk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
+
+    /// The base64 of `name`'s SubjectPublicKeyInfo (NAME.pem's body on
+    /// one line), as a `--rpk-clients` line takes it.
+    pub fn public_key_base64(&self, name: &str) -> String {
+        let pem = std::fs::read_to_string(self.path(&format!("{name}.pem"))).expect("public key");
+        pem.lines().filter(|l| !l.starts_with("-----")).collect()
+    }
+
+    /// The SHA-256 of `name`'s DER SubjectPublicKeyInfo in hex, computed
+    /// by `openssl`.
+    pub fn fingerprint(&self, name: &str) -> String {
+        let der = format!("{name}.der");
+        self.openssl(&[
+            "pkey",
+            "-pubin",
+            "-in",
+            &format!("{name}.pem"),
+            "-outform",
+            "DER",
+            "-out",
+            &der,
+        ]);
+        let output = Command::new("openssl")
+            .args(["dgst", "-sha256", "-r", &der])
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run openssl");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let hex = text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(hex.len(), 64, "openssl dgst: {text}");
+        hex
+    }
 }

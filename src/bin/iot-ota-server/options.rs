@@ -65,6 +65,8 @@ pub(crate) struct DtlsConfig {
     pub(crate) listen: SocketAddr,
     pub(crate) psk_file: Option<PathBuf>,
     pub(crate) certificates: Option<CertificateFiles>,
+    /// `--rpk-key` and `--rpk-clients`.
+    pub(crate) raw_keys: Option<(PathBuf, PathBuf)>,
     pub(crate) limits: iot_ota::dtls::Limits,
 }
 
@@ -140,8 +142,24 @@ fn options() -> Options {
         );
         o.optopt(
             "",
+            "rpk-key",
+            "serve coaps with raw public keys too (RFC 7250): the server's ECDSA P-256 private \
+             key, PEM; FILE must not be readable by other users (needs --rpk-clients)",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "rpk-clients",
+            "the client public keys accepted, one a line: NAME[:PID,PID] KEY, KEY the base64 \
+             of the SubjectPublicKeyInfo or sha256:HEX, or NAME[:PID,PID] and a PUBLIC KEY \
+             PEM block",
+            "FILE",
+        );
+        o.optopt(
+            "",
             "dtls-listen",
-            "UDP address of the coaps socket (default with --psk-file or --cert: [::]:5684)",
+            "UDP address of the coaps socket (default with --psk-file, --cert or --rpk-key: \
+             [::]:5684)",
             "ADDR",
         );
         o.optopt(
@@ -314,7 +332,8 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     let secure = false;
     if listen.is_empty() && !secure {
         return Err(if cfg!(feature = "dtls") {
-            "-l none with no --psk-file or --cert: there would be nothing to serve".to_owned()
+            "-l none with no --psk-file, --cert or --rpk-key: there would be nothing to serve"
+                .to_owned()
         } else {
             "-l none: this build has no coaps (feature dtls), there would be nothing to serve"
                 .to_owned()
@@ -440,7 +459,12 @@ fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
         }
         _ => return Err("--cert, --key and --ca go together".to_owned()),
     };
-    if psk_file.is_none() && certificates.is_none() {
+    let raw_keys = match (m.opt_str("rpk-key"), m.opt_str("rpk-clients")) {
+        (Some(key), Some(clients)) => Some((PathBuf::from(key), PathBuf::from(clients))),
+        (None, None) => None,
+        _ => return Err("--rpk-key and --rpk-clients go together".to_owned()),
+    };
+    if psk_file.is_none() && certificates.is_none() && raw_keys.is_none() {
         for option in [
             "dtls-listen",
             "max-sessions",
@@ -448,7 +472,7 @@ fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
             "session-idle",
         ] {
             if m.opt_present(option) {
-                return Err(format!("--{option} needs --psk-file or --cert"));
+                return Err(format!("--{option} needs --psk-file, --cert or --rpk-key"));
             }
         }
         return Ok(None);
@@ -488,6 +512,7 @@ fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
         listen,
         psk_file,
         certificates,
+        raw_keys,
         limits,
     }))
 }

@@ -66,9 +66,18 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
                 .as_ref()
                 .map(read_certificates)
                 .transpose()?;
+            let raw_keys = match &dtls.raw_keys {
+                Some((key, clients)) => {
+                    let clients = iot_ota::dtls::RawPublicKeys::read(clients)?;
+                    let count = clients.len();
+                    let server = iot_ota::dtls::server_key(key)?;
+                    Some((iot_ota::dtls::RawKeyAuth::new(server, clients), count))
+                }
+                None => None,
+            };
             info!(
                 target: SUMMARY,
-                "coaps: {}{}, up to {} sessions and {} handshakes, sessions idle {} s end",
+                "coaps: {}{}{}, up to {} sessions and {} handshakes, sessions idle {} s end",
                 match &dtls.psk_file {
                     Some(path) => format!("{} PSK identities from {}", keys.len(), path.display()),
                     None => "no PSK".to_owned(),
@@ -83,13 +92,26 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
                     ),
                     _ => String::new(),
                 },
+                match (&dtls.raw_keys, &raw_keys) {
+                    (Some((_, clients)), Some((_, count))) => {
+                        format!(", {count} raw public keys from {}", clients.display())
+                    }
+                    _ => String::new(),
+                },
                 dtls.limits.max_sessions,
                 dtls.limits.max_handshakes,
                 dtls.limits.session_idle_ms / 1000
             );
             let mut sockets = sockets;
             sockets.push(bind(dtls.listen, config.strict_bind, config.reuse_port)?);
-            (sockets, Some((keys, certificates.map(|(auth, _, _)| auth))))
+            (
+                sockets,
+                Some((
+                    keys,
+                    certificates.map(|(auth, _, _)| auth),
+                    raw_keys.map(|(auth, _)| auth),
+                )),
+            )
         }
         None => (sockets, None),
     };
@@ -116,7 +138,7 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot serve several sockets: {e}"))?;
     }
     #[cfg(feature = "dtls")]
-    if let (Some((keys, certificates)), Some(dtls)) = (front, &config.dtls) {
+    if let (Some((keys, certificates, raw_keys)), Some(dtls)) = (front, &config.dtls) {
         let mut front = iot_ota::dtls::Front::new(
             keys,
             dtls.limits,
@@ -129,6 +151,9 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
             let since_start = server.started().elapsed().as_secs();
             let now_s = Timestamp::now().unix_ms / 1000;
             front = front.with_certificates(auth, now_s.saturating_sub(since_start))?;
+        }
+        if let Some(auth) = raw_keys {
+            front = front.with_raw_public_keys(auth)?;
         }
         server
             .serve_dtls(plain_sockets, front, dtls.psk_file.clone())

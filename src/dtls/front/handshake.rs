@@ -62,11 +62,17 @@ impl Front {
     fn mode_of(&self, hello: &ClientHello, datagram: &[u8]) -> Option<Mode> {
         let psk = !self.keys.is_empty();
         let certificates = self.certificates.is_some();
+        let raw_keys =
+            self.raw_keys.is_some() && hello.wants_raw_public_keys(datagram, certificates);
         hello.suites(datagram).find_map(|suite| {
             let suite = dimpl::crypto::Dtls12CipherSuite::from_u16(suite);
             if psk && suite == dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8 {
                 Some(Mode::Psk)
-            } else if certificates && cert::SUITES.contains(&suite) {
+            } else if !cert::SUITES.contains(&suite) {
+                None
+            } else if raw_keys {
+                Some(Mode::RawPublicKey)
+            } else if certificates {
                 Some(Mode::Certificate)
             } else {
                 None
@@ -89,12 +95,17 @@ impl Front {
         let Some(mode) = self.mode_of(hello, datagram) else {
             return Handled::Ignored;
         };
-        let engine = match (mode, &self.certificates) {
-            (Mode::Certificate, Some(c)) => {
-                cert::server_engine(&c.config, &c.auth.server, now, hello.record_sequence)
+        let sequence = hello.record_sequence;
+        let engine = match (mode, &self.certificates, &self.raw_keys) {
+            (Mode::Certificate, Some(c), _) => {
+                cert::server_engine(&c.config, &c.auth.server, now, sequence, false)
                     .map(|dtls| (dtls, Peer::Certificate(None)))
             }
-            _ => psk::server_engine(&self.keys, timeout, now, hello.record_sequence)
+            (Mode::RawPublicKey, _, Some(r)) => {
+                cert::server_engine(&r.config, &r.auth.server, now, sequence, true)
+                    .map(|dtls| (dtls, Peer::Certificate(None)))
+            }
+            _ => psk::server_engine(&self.keys, timeout, now, sequence)
                 .map(|(dtls, resolver)| (dtls, Peer::Psk(resolver))),
         };
         let Ok((mut dtls, peer)) = engine else {
@@ -254,10 +265,14 @@ impl Front {
                 // Before anything the engine wrote after taking the
                 // certificate in (its Finished among them) goes out.
                 Output::PeerCert(der) => {
-                    let checked = self.certificates.as_ref().map(|c| {
-                        let now_s = c.epoch_unix_s.saturating_add(now_ms / 1000);
-                        c.auth.check(der, now_s)
-                    });
+                    let checked = match (hs.mode, &self.certificates, &self.raw_keys) {
+                        (Mode::Certificate, Some(c), _) => {
+                            let now_s = c.epoch_unix_s.saturating_add(now_ms / 1000);
+                            Some(c.auth.check(der, now_s))
+                        }
+                        (Mode::RawPublicKey, _, Some(r)) => Some(r.auth.check(der)),
+                        _ => None,
+                    };
                     match (checked, &mut hs.peer) {
                         (Some(Ok(accepted)), Peer::Certificate(slot)) => *slot = Some(accepted),
                         (Some(Err(refusal)), _) => {
@@ -472,6 +487,7 @@ fn refusal_alert(refusal: Refusal) -> Alert {
         Refusal::Expired => Alert::CertificateExpired,
         Refusal::Unsupported => Alert::UnsupportedCertificate,
         Refusal::Malformed => Alert::BadCertificate,
+        Refusal::UnknownKey => Alert::AccessDenied,
     }
 }
 

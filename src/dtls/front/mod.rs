@@ -28,6 +28,7 @@ use super::cert::{self, CertificateAuth, Refusal};
 use super::hello::{self, ClientHello, CookieSecrets, HELLO_VERIFY_LEN};
 use super::psk::{self, PskTable, Resolver};
 use super::records::{self, Alert, Contents, Mode, Screened, ALERT_LEN};
+use super::rpk::RawKeyAuth;
 use super::{Entropy, Limits};
 use crate::service::Authorization;
 use dimpl::{Dtls, Output};
@@ -157,10 +158,18 @@ struct Certificates {
     epoch_unix_s: u64,
 }
 
+/// Raw public key handshakes: the server's key pair and the clients'
+/// keys, and the engine configuration (that of certificates).
+struct RawKeys {
+    auth: RawKeyAuth,
+    config: Arc<dimpl::Config>,
+}
+
 /// The DTLS front: handshakes, sessions and what is to be sent.
 pub struct Front {
     keys: Arc<PskTable>,
     certificates: Option<Certificates>,
+    raw_keys: Option<RawKeys>,
     limits: Limits,
     cookies: CookieSecrets,
     handshakes: HashMap<SocketAddr, Handshake>,
@@ -199,6 +208,7 @@ impl Front {
         Front {
             keys: Arc::new(keys),
             certificates: None,
+            raw_keys: None,
             limits: limits.sane(),
             cookies: CookieSecrets::new(entropy, COOKIE_PERIOD_MS),
             handshakes: HashMap::new(),
@@ -231,6 +241,19 @@ impl Front {
             config,
             epoch_unix_s,
         });
+        Ok(self)
+    }
+
+    /// Serves raw public key handshakes too (RFC 7250): a ClientHello
+    /// with an ECDHE-ECDSA suite that asks for raw public keys both ways
+    /// gets the server's public key, and its client's key must be one of
+    /// `auth`'s.
+    ///
+    /// # Errors
+    /// The engine's complaint about its configuration.
+    pub fn with_raw_public_keys(mut self, auth: RawKeyAuth) -> Result<Front, String> {
+        let config = cert::server_config(Duration::from_millis(HANDSHAKE_TIMEOUT_MS))?;
+        self.raw_keys = Some(RawKeys { auth, config });
         Ok(self)
     }
 

@@ -520,6 +520,17 @@ impl Dtls {
         }
     }
 
+    /// Patched in by iot-ota-server (see src/vendor/README.md): a DTLS
+    /// 1.2 server that negotiates raw public keys both ways (RFC 7250):
+    /// the certificate it was built with is the DER SubjectPublicKeyInfo
+    /// of its key, and the peer's, surfaced as [`Output::PeerCert`], is
+    /// one too. Does nothing on a client or a DTLS 1.3 instance.
+    pub fn use_raw_public_keys(&mut self) {
+        if let Some(Inner::Server12(server)) = self.inner.as_mut() {
+            server.use_raw_public_keys();
+        }
+    }
+
     /// Create a new DTLS 1.3 instance in the server role.
     ///
     /// Call [`set_active(true)`](Self::set_active) to switch to client

@@ -101,6 +101,9 @@ pub struct Server {
 
     /// Data that is sent before we are connected.
     queued_data: Vec<Buf>,
+
+    /// Patched in by iot-ota-server: raw public keys both ways (RFC 7250).
+    raw_public_keys: bool,
 }
 
 /// Current state of the server.
@@ -178,7 +181,18 @@ impl Server {
             last_now: now,
             local_events: VecDeque::new(),
             queued_data: Vec::new(),
+            raw_public_keys: false,
         }
+    }
+
+    /// Patched in by iot-ota-server (see src/vendor/README.md): the
+    /// caller read the client's certificate type extensions (RFC 7250)
+    /// and chose raw public keys both ways. The ServerHello says so, the
+    /// server's Certificate carries the SubjectPublicKeyInfo given as its
+    /// certificate, and the client's (surfaced as [`crate::Output::PeerCert`])
+    /// is one too.
+    pub fn use_raw_public_keys(&mut self) {
+        self.raw_public_keys = true;
     }
 
     /// Patched in by iot-ota-server (see src/vendor/README.md): the
@@ -502,6 +516,7 @@ impl State {
         // unwrap: is ok because we set the random in handle_timeout
         let random = server.random.unwrap();
         let negotiated_srtp_profile = server.negotiated_srtp_profile;
+        let raw_public_keys = server.raw_public_keys;
         let extension_data = &mut server.extension_data;
 
         // Send ServerHello
@@ -515,6 +530,7 @@ impl State {
                     session_id,
                     negotiated_srtp_profile,
                     extension_data,
+                    raw_public_keys,
                 )
             })?;
 
@@ -533,6 +549,15 @@ impl State {
     fn send_certificate(self, server: &mut Server) -> Result<Self, InternalError> {
         trace!("Sending Certificate");
 
+        if server.raw_public_keys {
+            server
+                .engine
+                .create_handshake(MessageType::Certificate, |body, engine| {
+                    engine.crypto_context().serialize_raw_public_key(body);
+                    Ok(())
+                })?;
+            return Ok(Self::SendServerKeyExchange);
+        }
         server
             .engine
             .create_handshake(MessageType::Certificate, handshake_create_certificate)?;
@@ -1221,6 +1246,7 @@ fn handshake_create_server_hello(
     session_id: SessionId,
     negotiated_srtp_profile: Option<SrtpProfile>,
     extension_data: &mut Buf,
+    raw_public_keys: bool,
 ) -> Result<(), Error> {
     let server_version = ProtocolVersion::DTLS1_2;
 
@@ -1242,7 +1268,7 @@ fn handshake_create_server_hello(
         CompressionMethod::Null,
         None,
     )
-    .with_extensions(extension_data, srtp_pid);
+    .with_extensions(extension_data, srtp_pid, raw_public_keys);
 
     sh.serialize(extension_data, body);
     Ok(())
