@@ -451,3 +451,92 @@ fn timers_cost_one_heap_entry_per_peer_whatever_the_traffic() {
         front.timers.len()
     );
 }
+
+/// A ClientHello offering TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 with
+/// the extended master secret, P-256, ECDSA-SHA256 and, asking for raw
+/// public keys both ways, the certificate type extensions.
+fn raw_key_hello(cookie: &[u8], seq: u16, record_seq: u8, random: u8) -> Vec<u8> {
+    let mut body = vec![0xfe, 0xfd];
+    body.extend_from_slice(&[random; 32]);
+    body.push(0);
+    body.push(cookie.len() as u8);
+    body.extend_from_slice(cookie);
+    body.extend_from_slice(&[0, 2, 0xc0, 0x2b, 1, 0]);
+    let extensions: [(u16, &[u8]); 5] = [
+        (23, &[]),
+        (10, &[0, 2, 0, 23]),
+        (13, &[0, 2, 4, 3]),
+        (19, &[1, 2]),
+        (20, &[1, 2]),
+    ];
+    let mut ext = Vec::new();
+    for (kind, data) in extensions {
+        ext.extend_from_slice(&kind.to_be_bytes());
+        ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        ext.extend_from_slice(data);
+    }
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&seq.to_be_bytes());
+    hs.extend_from_slice(&[0, 0, 0]);
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut record = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, record_seq];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    record
+}
+
+#[test]
+fn raw_key_hellos_pass_the_same_cookie_and_caps_as_psk_ones() {
+    let epoch = Instant::now();
+    let server_key = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).expect("scalar");
+    let pem =
+        p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&server_key, Default::default()).expect("pem");
+    let server = crate::dtls::server_key_from_pem(&pem).expect("server key");
+    let clients =
+        crate::dtls::RawPublicKeys::parse(&format!("nobody sha256:{}\n", "00".repeat(32)))
+            .expect("list");
+    let mut front = front_with(limits(), epoch)
+        .with_raw_public_keys(crate::dtls::RawKeyAuth::new(server.clone(), clients))
+        .expect("raw keys");
+    let mut devices = four_established(&mut front, epoch);
+    for port in 0..12u16 {
+        let from = SocketAddr::new(IpAddr::from([203, 0, 113, 9]), 40_000 + port);
+        let first = raw_key_hello(&[], 0, 0, port as u8);
+        // No cookie: a HelloVerifyRequest no larger than the hello, and
+        // nothing kept.
+        assert_eq!(front.receive(from, 100, &first), Handled::HelloVerify);
+        let out = front.take_outgoing();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].1.len() <= first.len());
+        assert!(!front.has_session(from));
+        // A cookie that is not this hello's opens nothing either.
+        let forged = raw_key_hello(&[0x55; 32], 1, 1, port as u8);
+        assert_eq!(front.receive(from, 100, &forged), Handled::HelloVerify);
+        let _ = front.take_outgoing();
+        assert!(!front.has_session(from));
+        let cookie = out[0].1[28..60].to_vec();
+        let second = raw_key_hello(&cookie, 1, 1, port as u8);
+        assert_eq!(front.receive(from, 100, &second), Handled::Started);
+        // The server's flight carries its public key as its Certificate.
+        let flight: Vec<u8> = front
+            .take_outgoing()
+            .into_iter()
+            .flat_map(|(_, r)| r)
+            .collect();
+        assert!(
+            flight
+                .windows(server.certificate.len())
+                .any(|w| w == server.certificate.as_slice()),
+            "no raw public key in the server's flight"
+        );
+    }
+    assert_eq!(front.handshake_count(), 4, "per-source cap");
+    for (i, dev) in devices.iter_mut().enumerate() {
+        assert_eq!(request(&mut front, dev, 200, i as u8).len(), 1);
+    }
+    assert_eq!(front.stats().sessions_evicted, 0);
+}
