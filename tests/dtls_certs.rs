@@ -415,3 +415,92 @@ fn one_socket_gives_psk_certificate_and_raw_key_hellos_each_their_mode() {
         }
     }
 }
+
+/// Runs our client against `server` in device mode (DEV at 1.0.0, one
+/// before the images') with `credentials`, into `out`: the body written
+/// and what it printed.
+fn our_client(
+    server: &TestServer,
+    credentials: &[&str],
+    block: &str,
+    out: &Path,
+) -> (Vec<u8>, Output) {
+    let _ = std::fs::remove_file(out);
+    let output = support::run_bounded(
+        Command::new(support::CLIENT_BIN)
+            .arg(format!("coaps://{}", server.addr))
+            .args(["--pid", "DEV", "--type", "3", "--version", "1.0.0"])
+            .args(["-b", block, "--timeout-ms", "300", "-o"])
+            .arg(out)
+            .args(credentials),
+        RUN_TIMEOUT,
+    );
+    (std::fs::read(out).unwrap_or_default(), output)
+}
+
+#[test]
+fn our_client_downloads_with_a_certificate_or_a_raw_public_key_and_checks_the_server() {
+    let Some((fx, pki)) = fixture("certs-client") else {
+        return;
+    };
+    let dev = fx.image("DEV");
+    let out = fx.out.path().join("client");
+    let (cert, key, ca, other_ca) = (
+        pki.pem("dev1"),
+        pki.key("dev1"),
+        pki.pem("ca"),
+        pki.pem("other"),
+    );
+    let (raw, server_raw, stranger) =
+        (pki.key("mote1"), pki.pem("server-rpk"), pki.key("stranger"));
+    let server_print = format!("sha256:{}", pki.fingerprint("server-rpk"));
+    let certificate = ["--cert", &cert, "--key", &key, "--ca", &ca];
+    let raw_key = ["--rpk-key", &raw, "--rpk-server", &server_raw];
+    let raw_key_by_print = ["--rpk-key", &raw, "--rpk-server", &server_print];
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let server = server(&fx, &pki, listen);
+        for block in ["64", "1024"] {
+            for credentials in [&certificate[..], &raw_key[..], &raw_key_by_print[..]] {
+                let (body, output) = our_client(&server, credentials, block, &out);
+                assert!(
+                    output.status.code() == Some(0) && body == dev.bytes,
+                    "{listen} -b {block} {credentials:?}: {} bytes, {}",
+                    body.len(),
+                    text(&output)
+                );
+            }
+        }
+    }
+    let server = server(&fx, &pki, "127.0.0.1:0");
+    // The server's certificate is not from the CA the client trusts; the
+    // server's key is not the one the client expects; the client's key is
+    // not on the server's list.
+    for (credentials, said) in [
+        (
+            vec!["--cert", &cert, "--key", &key, "--ca", &other_ca],
+            "refused: UnknownCa",
+        ),
+        (
+            vec!["--rpk-key", &raw, "--rpk-server", &pki.pem("mote1")],
+            "refused: UnknownKey",
+        ),
+        (
+            vec!["--rpk-key", &stranger, "--rpk-server", &server_raw],
+            "description=49",
+        ),
+    ] {
+        let (body, output) = our_client(&server, &credentials, "1024", &out);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{credentials:?}: {}",
+            text(&output)
+        );
+        assert!(body.is_empty(), "{credentials:?} got bytes");
+        assert!(
+            text(&output).contains(said),
+            "{credentials:?}: {}",
+            text(&output)
+        );
+    }
+}

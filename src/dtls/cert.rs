@@ -37,7 +37,9 @@ const OID_P256: &str = "1.2.840.10045.3.1.7";
 /// ecdsa-with-SHA256 (RFC 5758).
 const OID_ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
 /// id-kp-clientAuth (RFC 5280 §4.2.1.12).
-const OID_CLIENT_AUTH: &str = "1.3.6.1.5.5.7.3.2";
+pub(super) const OID_CLIENT_AUTH: &str = "1.3.6.1.5.5.7.3.2";
+/// id-kp-serverAuth.
+pub(super) const OID_SERVER_AUTH: &str = "1.3.6.1.5.5.7.3.1";
 /// anyExtendedKeyUsage.
 const OID_ANY_EKU: &str = "2.5.29.37.0";
 /// The extensions this check reads; another one marked critical refuses
@@ -73,35 +75,42 @@ pub enum Refusal {
     UnknownKey,
 }
 
-/// The server's certificate and key, DER, for the engine. Only the first
-/// certificate of `--cert` is sent: a client verifies it with the
-/// anchor that issued it (RFC 7252 §9.1.3.3 devices hold that one).
+/// A certificate (or, for raw public keys, a DER SubjectPublicKeyInfo)
+/// and its private key, DER, for the engine: the server's, or a
+/// device's. Only the first certificate of a file is sent: the peer
+/// verifies it with the anchor that issued it (RFC 7252 §9.1.3.3 devices
+/// hold that one).
 #[derive(Clone, PartialEq, Eq)]
-pub struct ServerCertificate {
+pub struct CertifiedKey {
     pub(super) certificate: Vec<u8>,
     pub(super) private_key: Vec<u8>,
 }
 
-impl std::fmt::Debug for ServerCertificate {
+impl std::fmt::Debug for CertifiedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the key.
-        f.debug_struct("ServerCertificate")
+        f.debug_struct("CertifiedKey")
             .field("certificate", &self.certificate.len())
             .finish_non_exhaustive()
     }
 }
 
-impl ServerCertificate {
+impl CertifiedKey {
+    /// The DER certificate (or SubjectPublicKeyInfo) sent to the peer.
+    pub fn certificate(&self) -> &[u8] {
+        &self.certificate
+    }
+
     /// Reads the certificate file (PEM, the server's certificate first)
     /// and the key file (PEM, PKCS #8 or SEC1 "EC PRIVATE KEY"); the key
     /// file must not be open to other users.
     ///
     /// # Errors
     /// A message for the operator naming the file.
-    pub fn read(cert: &Path, key: &Path) -> Result<ServerCertificate, String> {
+    pub fn read(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
         let cert_text = read_file(cert, false)?;
         let key_text = read_file(key, true)?;
-        ServerCertificate::from_pem(&cert_text, &key_text)
+        CertifiedKey::from_pem(&cert_text, &key_text)
             .map_err(|e| format!("--cert {} / --key {}: {e}", cert.display(), key.display()))
     }
 
@@ -110,7 +119,7 @@ impl ServerCertificate {
     ///
     /// # Errors
     /// What is wrong with them.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<ServerCertificate, String> {
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
         let certificate = pem_blocks(cert_pem, &["CERTIFICATE"])?
             .into_iter()
             .next()
@@ -126,7 +135,7 @@ impl ServerCertificate {
         if *secret.verifying_key() != public {
             return Err("the key is not the certificate's".to_owned());
         }
-        Ok(ServerCertificate {
+        Ok(CertifiedKey {
             certificate,
             private_key,
         })
@@ -308,7 +317,7 @@ impl DeviceNames {
 /// anchors vouch for may fetch every product).
 #[derive(Debug, Clone)]
 pub struct CertificateAuth {
-    pub(super) server: ServerCertificate,
+    pub(super) server: CertifiedKey,
     anchors: TrustAnchors,
     names: Option<DeviceNames>,
 }
@@ -317,7 +326,7 @@ impl CertificateAuth {
     /// The server's certificate, the anchors of client certificates and
     /// the names file, if there is one.
     pub fn new(
-        server: ServerCertificate,
+        server: CertifiedKey,
         anchors: TrustAnchors,
         names: Option<DeviceNames>,
     ) -> CertificateAuth {
@@ -339,7 +348,7 @@ impl CertificateAuth {
     /// # Errors
     /// Why the certificate is refused.
     pub fn check(&self, der: &[u8], now_s: u64) -> Result<(Vec<u8>, Authorization), Refusal> {
-        let names = verify_client(der, &self.anchors, now_s)?;
+        let names = verify_peer(der, &self.anchors, now_s, OID_CLIENT_AUTH)?;
         let first = names.first().cloned().ok_or(Refusal::Unsupported)?;
         let Some(file) = &self.names else {
             return Ok((first, Authorization::any_pid()));
@@ -353,13 +362,16 @@ impl CertificateAuth {
     }
 }
 
-/// Checks `der`, a client certificate, against `anchors` at `now_s`: its
+/// Checks `der`, a peer's certificate, against `anchors` at `now_s`, for
+/// `purpose` (the extended key usage a client's, [`OID_CLIENT_AUTH`], or
+/// a server's, [`OID_SERVER_AUTH`], must allow when it has one): its
 /// names (CN first, then subjectAltName DNS names and URIs, each at most
 /// [`MAX_NAME`] bytes) when it is accepted.
-pub(super) fn verify_client(
+pub(super) fn verify_peer(
     der: &[u8],
     anchors: &TrustAnchors,
     now_s: u64,
+    purpose: &str,
 ) -> Result<Vec<Vec<u8>>, Refusal> {
     let cert = Certificate::from_der(der).map_err(|_| Refusal::Malformed)?;
     let tbs = cert.tbs_certificate();
@@ -402,7 +414,7 @@ pub(super) fn verify_client(
             if !eku
                 .0
                 .iter()
-                .any(|o| [OID_CLIENT_AUTH, OID_ANY_EKU].contains(&o.to_string().as_str())) =>
+                .any(|o| [purpose, OID_ANY_EKU].contains(&o.to_string().as_str())) =>
         {
             return Err(Refusal::Unsupported)
         }
@@ -595,7 +607,7 @@ pub(super) fn server_config(
 /// The engine's complaint when it does not start.
 pub(super) fn server_engine(
     config: &std::sync::Arc<dimpl::Config>,
-    server: &ServerCertificate,
+    server: &CertifiedKey,
     now: std::time::Instant,
     record_sequence: u64,
     raw_public_keys: bool,
@@ -668,11 +680,14 @@ mod tests {
     #[test]
     fn what_is_not_a_certificate_is_refused_without_a_panic() {
         let anchors = TrustAnchors::default();
-        assert_eq!(verify_client(&[], &anchors, 0), Err(Refusal::Malformed));
+        assert_eq!(
+            verify_peer(&[], &anchors, 0, OID_CLIENT_AUTH),
+            Err(Refusal::Malformed)
+        );
         let mut bytes = vec![0x30, 0x82, 0x01, 0x00];
         bytes.extend(std::iter::repeat_n(0x30, 256));
         for cut in 0..bytes.len() {
-            assert!(verify_client(&bytes[..cut], &anchors, 0).is_err());
+            assert!(verify_peer(&bytes[..cut], &anchors, 0, OID_SERVER_AUTH).is_err());
         }
     }
 }

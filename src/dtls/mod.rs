@@ -35,13 +35,15 @@
 //!   handshake (RFC 6347 §4.2.8).
 
 mod cert;
+mod client;
 mod front;
 mod hello;
 mod psk;
 mod records;
 mod rpk;
 
-pub use cert::{CertificateAuth, DeviceNames, Refusal, ServerCertificate, TrustAnchors};
+pub use cert::{CertificateAuth, CertifiedKey, DeviceNames, Refusal, TrustAnchors};
+pub use client::ClientCredentials;
 pub use front::{Front, FrontStats, Handled};
 pub use hello::HELLO_VERIFY_LEN;
 pub use psk::{ClientPsk, PskTable};

@@ -31,7 +31,7 @@ pub fn fingerprint(spki: &[u8]) -> Fingerprint {
 
 /// The server's key pair for raw public key handshakes: its
 /// SubjectPublicKeyInfo (sent as its "certificate") and private key, DER.
-pub fn server_key(path: &Path) -> Result<cert::ServerCertificate, String> {
+pub fn server_key(path: &Path) -> Result<cert::CertifiedKey, String> {
     let text = cert::read_file(path, true)?;
     server_key_from_pem(&text).map_err(|e| format!("--rpk-key {}: {e}", path.display()))
 }
@@ -42,7 +42,7 @@ pub fn server_key(path: &Path) -> Result<cert::ServerCertificate, String> {
 ///
 /// # Errors
 /// What is wrong with the key.
-pub fn server_key_from_pem(pem: &str) -> Result<cert::ServerCertificate, String> {
+pub fn server_key_from_pem(pem: &str) -> Result<cert::CertifiedKey, String> {
     let private_key = cert::pem_blocks(pem, &["PRIVATE KEY", "EC PRIVATE KEY"])?
         .into_iter()
         .next()
@@ -52,7 +52,7 @@ pub fn server_key_from_pem(pem: &str) -> Result<cert::ServerCertificate, String>
         .verifying_key()
         .to_public_key_der()
         .map_err(|e| format!("cannot encode the public key: {e}"))?;
-    Ok(cert::ServerCertificate {
+    Ok(cert::CertifiedKey {
         certificate: spki.as_bytes().to_vec(),
         private_key,
     })
@@ -180,13 +180,13 @@ impl RawPublicKeys {
 /// the clients' keys.
 #[derive(Debug, Clone)]
 pub struct RawKeyAuth {
-    pub(super) server: cert::ServerCertificate,
+    pub(super) server: cert::CertifiedKey,
     clients: RawPublicKeys,
 }
 
 impl RawKeyAuth {
     /// The server's key pair and the accepted client keys.
-    pub fn new(server: cert::ServerCertificate, clients: RawPublicKeys) -> RawKeyAuth {
+    pub fn new(server: cert::CertifiedKey, clients: RawPublicKeys) -> RawKeyAuth {
         RawKeyAuth { server, clients }
     }
 
@@ -209,14 +209,14 @@ impl RawKeyAuth {
 
 /// The fingerprint of `der` when it is the DER SubjectPublicKeyInfo of
 /// an ECDSA P-256 key, and nothing else.
-fn spki_fingerprint(der: &[u8]) -> Option<Fingerprint> {
+pub(super) fn spki_fingerprint(der: &[u8]) -> Option<Fingerprint> {
     let spki = SubjectPublicKeyInfoOwned::from_der(der).ok()?;
     cert::p256_spki_key(&spki)?;
     Some(fingerprint(der))
 }
 
 /// 64 hex digits, colons between bytes allowed.
-fn parse_fingerprint(hex: &str) -> Option<Fingerprint> {
+pub(super) fn parse_fingerprint(hex: &str) -> Option<Fingerprint> {
     let digits: Vec<u8> = hex.bytes().filter(|b| *b != b':').collect();
     if digits.len() != 64 {
         return None;
@@ -289,7 +289,7 @@ mod tests {
             let keys = RawPublicKeys::parse(&text).expect(&text);
             assert_eq!(keys.len(), 1, "{text}");
             let auth = RawKeyAuth::new(
-                cert::ServerCertificate {
+                cert::CertifiedKey {
                     certificate: Vec::new(),
                     private_key: Vec::new(),
                 },
@@ -306,7 +306,7 @@ mod tests {
         let der = spki();
         let keys = RawPublicKeys::parse(&format!("a sha256:{}\n", "00".repeat(32))).expect("ok");
         let auth = RawKeyAuth::new(
-            cert::ServerCertificate {
+            cert::CertifiedKey {
                 certificate: Vec::new(),
                 private_key: Vec::new(),
             },

@@ -517,7 +517,7 @@ fn load_catalog(dir: &Path, config: &Config) -> Result<Catalog, String> {
 fn read_certificates(
     files: &crate::options::CertificateFiles,
 ) -> Result<(iot_ota::dtls::CertificateAuth, usize, Option<usize>), String> {
-    let server = iot_ota::dtls::ServerCertificate::read(&files.cert, &files.key)?;
+    let server = iot_ota::dtls::CertifiedKey::read(&files.cert, &files.key)?;
     let anchors = iot_ota::dtls::TrustAnchors::read(&files.ca)?;
     let names = files
         .names

@@ -101,9 +101,6 @@ pub struct Server {
 
     /// Data that is sent before we are connected.
     queued_data: Vec<Buf>,
-
-    /// Patched in by iot-ota-server: raw public keys both ways (RFC 7250).
-    raw_public_keys: bool,
 }
 
 /// Current state of the server.
@@ -181,7 +178,6 @@ impl Server {
             last_now: now,
             local_events: VecDeque::new(),
             queued_data: Vec::new(),
-            raw_public_keys: false,
         }
     }
 
@@ -192,7 +188,7 @@ impl Server {
     /// certificate, and the client's (surfaced as [`crate::Output::PeerCert`])
     /// is one too.
     pub fn use_raw_public_keys(&mut self) {
-        self.raw_public_keys = true;
+        self.engine.use_raw_public_keys();
     }
 
     /// Patched in by iot-ota-server (see src/vendor/README.md): the
@@ -516,7 +512,7 @@ impl State {
         // unwrap: is ok because we set the random in handle_timeout
         let random = server.random.unwrap();
         let negotiated_srtp_profile = server.negotiated_srtp_profile;
-        let raw_public_keys = server.raw_public_keys;
+        let raw_public_keys = server.engine.raw_public_keys();
         let extension_data = &mut server.extension_data;
 
         // Send ServerHello
@@ -549,7 +545,7 @@ impl State {
     fn send_certificate(self, server: &mut Server) -> Result<Self, InternalError> {
         trace!("Sending Certificate");
 
-        if server.raw_public_keys {
+        if server.engine.raw_public_keys() {
             server
                 .engine
                 .create_handshake(MessageType::Certificate, |body, engine| {
