@@ -148,9 +148,10 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
         if let Some(auth) = certificates {
             // The wall clock at the front's millisecond 0, for the
             // certificates' dates.
-            let since_start = server.started().elapsed().as_secs();
-            let now_s = Timestamp::now().unix_ms / 1000;
-            front = front.with_certificates(auth, now_s.saturating_sub(since_start))?;
+            let since_start = server.started().elapsed().as_millis();
+            let since_start = u64::try_from(since_start).unwrap_or(u64::MAX);
+            let now_ms = Timestamp::now().unix_ms;
+            front = front.with_certificates(auth, now_ms.saturating_sub(since_start))?;
         }
         if let Some(auth) = raw_keys {
             front = front.with_raw_public_keys(auth)?;

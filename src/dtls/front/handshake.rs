@@ -267,7 +267,7 @@ impl Front {
                 Output::PeerCert(der) => {
                     let checked = match (hs.mode, &self.certificates, &self.raw_keys) {
                         (Mode::Certificate, Some(c), _) => {
-                            let now_s = c.epoch_unix_s.saturating_add(now_ms / 1000);
+                            let now_s = c.epoch_unix_ms.saturating_add(now_ms) / 1000;
                             Some(c.auth.check(der, now_s))
                         }
                         (Mode::RawPublicKey, _, Some(r)) => Some(r.auth.check(der)),

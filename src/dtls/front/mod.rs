@@ -154,8 +154,8 @@ enum Table {
 struct Certificates {
     auth: CertificateAuth,
     config: Arc<dimpl::Config>,
-    /// Seconds since 1970 at millisecond 0 of the caller's clock.
-    epoch_unix_s: u64,
+    /// Milliseconds since 1970 at millisecond 0 of the caller's clock.
+    epoch_unix_ms: u64,
 }
 
 /// Raw public key handshakes: the server's key pair and the clients'
@@ -225,21 +225,22 @@ impl Front {
     /// Serves certificate handshakes too, beside the PSK ones: a
     /// ClientHello whose first suite the server can serve is an
     /// ECDHE-ECDSA one gets the server's certificate, and its client must
-    /// send one `auth` accepts. `epoch_unix_s` is the wall clock (seconds
-    /// since 1970) at millisecond 0 of the caller's clock.
+    /// send one `auth` accepts. `epoch_unix_ms` is the wall clock
+    /// (milliseconds since 1970) at millisecond 0 of the caller's clock:
+    /// a certificate issued a moment ago is valid from its second on.
     ///
     /// # Errors
     /// The engine's complaint about its configuration.
     pub fn with_certificates(
         mut self,
         auth: CertificateAuth,
-        epoch_unix_s: u64,
+        epoch_unix_ms: u64,
     ) -> Result<Front, String> {
         let config = cert::server_config(Duration::from_millis(HANDSHAKE_TIMEOUT_MS))?;
         self.certificates = Some(Certificates {
             auth,
             config,
-            epoch_unix_s,
+            epoch_unix_ms,
         });
         Ok(self)
     }
