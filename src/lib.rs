@@ -38,7 +38,7 @@
 //! | [`catalog`] | a directory → an immutable set of images with O(1) indexes | sockets, CoAP messages |
 //! | [`tree`] | a directory tree → an immutable set of files and listings | sockets, CoAP messages |
 //! | [`service`] | routes, block slicing, per-peer state, rate limit, Echo, Observe | sockets, files, clocks, log, randomness |
-//! | `dtls` (feature) | cookies, handshakes, sessions, what may reach an engine | sockets, files, clocks (time injected) |
+//! | `dtls` (feature) | cookies, handshakes, sessions, what may reach an engine, keys, certificates and their check | sockets, files, clocks (time injected) |
 //! | [`server`] | the socket loop, live reload of the watched sources, counters, log lines | CoAP encoding |
 //!
 //! # Where new things go

@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 use support::coaps::CoapsFixture;
 use support::pki::Pki;
-use support::TestServer;
+use support::{output_text as text, TestServer};
 
 const CLIENTS: [&str; 2] = ["coap-client-gnutls", "coap-client-openssl"];
 /// Bound on one coap-client run; its own `-B` gives up sooner.
@@ -115,14 +115,6 @@ const GNUTLS_CCM_8_ONLY: &str = "[overrides]\n\
     tls-disabled-cipher = CAMELLIA-128-CBC\n\
     tls-disabled-cipher = CAMELLIA-256-CBC\n\
     tls-disabled-cipher = 3DES-CBC\n";
-
-fn text(output: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// GETs `uri` with device `device`'s certificate at block size `block`
 /// into `out`: the body written, and what the client printed.

@@ -262,26 +262,9 @@ impl DeviceNames {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (name, pids) = match line.split_once(':') {
-                Some((name, list)) => (name, Some(list)),
-                None => (line, None),
-            };
-            if name.is_empty() || name.len() > MAX_NAME {
-                return Err(format!(
-                    "line {number}: the name must be 1 to {MAX_NAME} bytes"
-                ));
-            }
-            let authorization = match pids {
-                None => Authorization::any_pid(),
-                Some(list) => super::psk::parse_pids(list).ok_or_else(|| {
-                    format!("line {number}: '{list}' is not a comma-separated list of PIDs")
-                })?,
-            };
-            if names
-                .insert(name.as_bytes().to_vec(), authorization)
-                .is_some()
-            {
-                return Err(format!("line {number}: name '{name}' given twice"));
+            let (name, authorization) = name_and_pids(line, number)?;
+            if names.insert(name, authorization).is_some() {
+                return Err(format!("line {number}: name '{line}' given twice"));
             }
         }
         Ok(DeviceNames { names })
@@ -310,6 +293,28 @@ impl DeviceNames {
     pub fn authorization(&self, name: &[u8]) -> Option<&Authorization> {
         self.names.get(name)
     }
+}
+
+/// `NAME` or `NAME:PID,PID...` of line `number` of a names or key list:
+/// the name (1 to [`MAX_NAME`] bytes) and what it may fetch (every
+/// product without PIDs).
+pub(super) fn name_and_pids(text: &str, number: usize) -> Result<(Vec<u8>, Authorization), String> {
+    let (name, pids) = match text.split_once(':') {
+        Some((name, list)) => (name, Some(list)),
+        None => (text, None),
+    };
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(format!(
+            "line {number}: the name must be 1 to {MAX_NAME} bytes"
+        ));
+    }
+    let authorization = match pids {
+        None => Authorization::any_pid(),
+        Some(list) => super::psk::parse_pids(list).ok_or_else(|| {
+            format!("line {number}: '{list}' is not a comma-separated list of PIDs")
+        })?,
+    };
+    Ok((name.as_bytes().to_vec(), authorization))
 }
 
 /// Everything certificate handshakes need: the server's certificate,

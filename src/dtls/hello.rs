@@ -359,12 +359,37 @@ pub(super) mod tests {
     /// record sequence number `record_seq` and `random`, offering the
     /// PSK suite and null compression.
     pub(in crate::dtls) fn hello(cookie: &[u8], seq: u16, record_seq: u8, random: u8) -> Vec<u8> {
+        hello_offering(cookie, seq, record_seq, random, 0xc0a8, &[])
+    }
+
+    /// As [`hello`], offering `suite` and with `extensions` (type, body;
+    /// none: no extensions block).
+    pub(in crate::dtls) fn hello_offering(
+        cookie: &[u8],
+        seq: u16,
+        record_seq: u8,
+        random: u8,
+        suite: u16,
+        extensions: &[(u16, &[u8])],
+    ) -> Vec<u8> {
         let mut body = vec![0xfe, 0xfd];
         body.extend_from_slice(&[random; 32]);
         body.push(0);
         body.push(cookie.len() as u8);
         body.extend_from_slice(cookie);
-        body.extend_from_slice(&[0, 2, 0xc0, 0xa8, 1, 0]);
+        body.extend_from_slice(&[0, 2]);
+        body.extend_from_slice(&suite.to_be_bytes());
+        body.extend_from_slice(&[1, 0]);
+        if !extensions.is_empty() {
+            let mut ext = Vec::new();
+            for (kind, data) in extensions {
+                ext.extend_from_slice(&kind.to_be_bytes());
+                ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                ext.extend_from_slice(data);
+            }
+            body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+            body.extend_from_slice(&ext);
+        }
         let mut hs = vec![1];
         hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
         hs.extend_from_slice(&seq.to_be_bytes());
@@ -411,24 +436,7 @@ pub(super) mod tests {
     /// `hello(...)` with `extensions` (type, body) after its compression
     /// methods.
     fn hello_with(extensions: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut ext = Vec::new();
-        for (kind, body) in extensions {
-            ext.extend_from_slice(&kind.to_be_bytes());
-            ext.extend_from_slice(&(body.len() as u16).to_be_bytes());
-            ext.extend_from_slice(body);
-        }
-        let mut record = hello(&[], 0, 0, 7);
-        let mut tail = (ext.len() as u16).to_be_bytes().to_vec();
-        tail.extend_from_slice(&ext);
-        record.extend_from_slice(&tail);
-        let grow = |at: usize, width: usize, record: &mut Vec<u8>| {
-            let n = be(&record[at..at + width]) as usize + tail.len();
-            record[at..at + width].copy_from_slice(&n.to_be_bytes()[8 - width..]);
-        };
-        grow(11, 2, &mut record);
-        grow(RECORD_HEADER + 1, 3, &mut record);
-        grow(RECORD_HEADER + 9, 3, &mut record);
-        record
+        hello_offering(&[], 0, 0, 7, 0xc0a8, extensions)
     }
 
     #[test]

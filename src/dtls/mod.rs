@@ -1,7 +1,12 @@
 //! coaps: DTLS 1.2 with pre-shared keys (RFC 7252 §9.1.3.1,
-//! TLS_PSK_WITH_AES_128_CCM_8) in front of the service, sans-IO like the
-//! service: datagrams in, records to send and decrypted requests out, and
-//! a timer the loop wakes for. The record layer and the handshake are the
+//! TLS_PSK_WITH_AES_128_CCM_8), X.509 certificates (§9.1.3.3) and raw
+//! public keys (§9.1.3.2, RFC 7250), the last two with
+//! TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 or _AES_128_CCM_8, on one
+//! socket, in front of the service, sans-IO like the service: datagrams
+//! in, records to send and decrypted requests out, and a timer the loop
+//! wakes for. Module `psk` holds the PSK file, `cert` the certificates
+//! and their check, `rpk` the raw key list, `client` a device's
+//! credentials in every mode. The record layer and the handshake are the
 //! `dimpl` crate's (with small additions, see `src/vendor/README.md`); this
 //! module decides what reaches an engine and keeps every table bounded.
 //!

@@ -16,8 +16,6 @@ use std::path::Path;
 use x509_cert::der::Decode;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
-/// The longest device name the list may give.
-const MAX_NAME: usize = 128;
 /// The most keys a list holds.
 const MAX_KEYS: usize = 100_000;
 
@@ -123,25 +121,8 @@ impl RawPublicKeys {
                     "line {number}: the key is not an ECDSA P-256 public key"
                 ))?
             };
-            let (name, pids) = match who.split_once(':') {
-                Some((name, list)) => (name, Some(list)),
-                None => (who, None),
-            };
-            if name.is_empty() || name.len() > MAX_NAME {
-                return Err(format!(
-                    "line {number}: the name must be 1 to {MAX_NAME} bytes"
-                ));
-            }
-            let authorization = match pids {
-                None => Authorization::any_pid(),
-                Some(list) => super::psk::parse_pids(list).ok_or_else(|| {
-                    format!("line {number}: '{list}' is not a comma-separated list of PIDs")
-                })?,
-            };
-            if keys
-                .insert(print, (name.as_bytes().to_vec(), authorization))
-                .is_some()
-            {
+            let (name, authorization) = cert::name_and_pids(who, number)?;
+            if keys.insert(print, (name, authorization)).is_some() {
                 return Err(format!("line {number}: the key is listed twice"));
             }
             if keys.len() > MAX_KEYS {

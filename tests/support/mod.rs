@@ -425,6 +425,16 @@ pub fn on_both_families(dir: &Path, extra: &[&str], mut f: impl FnMut(&TestServe
     }
 }
 
+/// What a finished program printed, both streams, for a failed
+/// assertion's message.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// Runs `command` to completion with its stdout and stderr captured, but
 /// for at most `timeout`: past it the process is killed and the test
 /// fails with what it printed, so an outside program that waits for a

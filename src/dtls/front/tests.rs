@@ -456,12 +456,6 @@ fn timers_cost_one_heap_entry_per_peer_whatever_the_traffic() {
 /// the extended master secret, P-256, ECDSA-SHA256 and, asking for raw
 /// public keys both ways, the certificate type extensions.
 fn raw_key_hello(cookie: &[u8], seq: u16, record_seq: u8, random: u8) -> Vec<u8> {
-    let mut body = vec![0xfe, 0xfd];
-    body.extend_from_slice(&[random; 32]);
-    body.push(0);
-    body.push(cookie.len() as u8);
-    body.extend_from_slice(cookie);
-    body.extend_from_slice(&[0, 2, 0xc0, 0x2b, 1, 0]);
     let extensions: [(u16, &[u8]); 5] = [
         (23, &[]),
         (10, &[0, 2, 0, 23]),
@@ -469,24 +463,7 @@ fn raw_key_hello(cookie: &[u8], seq: u16, record_seq: u8, random: u8) -> Vec<u8>
         (19, &[1, 2]),
         (20, &[1, 2]),
     ];
-    let mut ext = Vec::new();
-    for (kind, data) in extensions {
-        ext.extend_from_slice(&kind.to_be_bytes());
-        ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        ext.extend_from_slice(data);
-    }
-    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&ext);
-    let mut hs = vec![1];
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend_from_slice(&seq.to_be_bytes());
-    hs.extend_from_slice(&[0, 0, 0]);
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend_from_slice(&body);
-    let mut record = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, record_seq];
-    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    record.extend_from_slice(&hs);
-    record
+    crate::dtls::hello::tests::hello_offering(cookie, seq, record_seq, random, 0xc02b, &extensions)
 }
 
 #[test]
