@@ -496,3 +496,56 @@ fn our_client_downloads_with_a_certificate_or_a_raw_public_key_and_checks_the_se
         );
     }
 }
+
+#[test]
+fn our_client_refuses_mixed_or_incomplete_credentials() {
+    for (args, said) in [
+        (
+            &[
+                "coap://127.0.0.1:1/.well-known/core",
+                "--cert",
+                "c",
+                "--key",
+                "k",
+                "--ca",
+                "a",
+            ][..],
+            "go with a coaps:// URI",
+        ),
+        (
+            &[
+                "coaps://127.0.0.1:1/.well-known/core",
+                "--cert",
+                "c",
+                "--key",
+                "k",
+            ][..],
+            "--cert, --key and --ca go together",
+        ),
+        (
+            &["coaps://127.0.0.1:1/.well-known/core", "--rpk-key", "k"][..],
+            "--rpk-key and --rpk-server go together",
+        ),
+        (
+            &[
+                "coaps://127.0.0.1:1/.well-known/core",
+                "--psk-identity",
+                "a",
+                "--psk-key",
+                "b",
+                "--rpk-key",
+                "k",
+            ][..],
+            "give one of",
+        ),
+        (
+            &["coaps://127.0.0.1:1/.well-known/core"][..],
+            "a raw public key",
+        ),
+    ] {
+        let output =
+            support::run_bounded(Command::new(support::CLIENT_BIN).args(args), RUN_TIMEOUT);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
+        assert!(text(&output).contains(said), "{args:?}: {}", text(&output));
+    }
+}

@@ -580,6 +580,41 @@ mod tests {
         assert_eq!(config(&["-vv"]).level, LevelFilter::Trace);
     }
 
+    #[cfg(feature = "dtls")]
+    #[test]
+    fn coaps_modes_go_alone_or_together_and_their_files_come_in_sets() {
+        let c = config(&["-l", "none", "--cert", "c", "--key", "k", "--ca", "a"]);
+        let dtls = c.dtls.expect("coaps");
+        assert!(dtls.psk_file.is_none() && dtls.raw_keys.is_none());
+        let files = dtls.certificates.expect("certificates");
+        assert_eq!((files.cert, files.names), (PathBuf::from("c"), None));
+        let c = config(&["--rpk-key", "k", "--rpk-clients", "l", "--psk-file", "p"]);
+        let dtls = c.dtls.expect("coaps");
+        assert!(dtls.psk_file.is_some() && dtls.raw_keys.is_some());
+        for (list, expected) in [
+            (
+                &["--cert", "c", "--key", "k"][..],
+                "--cert, --key and --ca go together",
+            ),
+            (&["--ca", "a"][..], "--cert, --key and --ca go together"),
+            (
+                &["--cert-names", "n"][..],
+                "--cert-names needs --cert, --key and --ca",
+            ),
+            (
+                &["--rpk-key", "k"][..],
+                "--rpk-key and --rpk-clients go together",
+            ),
+            (
+                &["--dtls-listen", "[::]:5684"][..],
+                "needs --psk-file, --cert or --rpk-key",
+            ),
+        ] {
+            let e = parse_args(&args(list)).err().unwrap_or_default();
+            assert!(e.contains(expected), "{list:?}: {e}");
+        }
+    }
+
     #[test]
     fn fileserver_alone_means_no_catalog_directory() {
         let c = config(&["--fileserver", "/srv/files"]);
