@@ -178,6 +178,14 @@ fn options() -> Options {
         );
         o.optopt(
             "",
+            "max-pk-handshakes",
+            "certificate and raw public key handshakes started per second (each costs an \
+             ECDHE key and a signature); beyond it a hello waits for its retransmission \
+             (default: 32)",
+            "N",
+        );
+        o.optopt(
+            "",
             "session-idle",
             "seconds without a datagram that end an established DTLS session (default: 300)",
             "SECONDS",
@@ -469,6 +477,7 @@ fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
             "dtls-listen",
             "max-sessions",
             "max-handshakes",
+            "max-pk-handshakes",
             "session-idle",
         ] {
             if m.opt_present(option) {
@@ -507,6 +516,11 @@ fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
         )?,
         handshakes_per_source: iot_ota::dtls::HANDSHAKES_PER_SOURCE,
         session_idle_ms: session_idle_s as u64 * 1000,
+        public_key_handshakes_per_s: count(
+            "max-pk-handshakes",
+            iot_ota::dtls::DEFAULT_PUBLIC_KEY_HANDSHAKES_PER_S,
+            100_000,
+        )?,
     };
     Ok(Some(DtlsConfig {
         listen,

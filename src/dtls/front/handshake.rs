@@ -80,6 +80,22 @@ impl Front {
         })
     }
 
+    /// Takes one of this second's public key handshakes; false when they
+    /// are all taken. A second of the caller's clock, not a sliding
+    /// window: at most twice the rate across a second's edge.
+    fn public_key_budget(&mut self, now_ms: u64) -> bool {
+        let second = now_ms / 1000;
+        if second != self.public_key_second {
+            self.public_key_second = second;
+            self.public_key_started = 0;
+        }
+        if self.public_key_started >= self.limits.public_key_handshakes_per_s {
+            return false;
+        }
+        self.public_key_started += 1;
+        true
+    }
+
     /// A hello with a valid cookie and a new random: a half-open handshake
     /// in its own table, beside the peer's established session if it has
     /// one.
@@ -95,6 +111,10 @@ impl Front {
         let Some(mode) = self.mode_of(hello, datagram) else {
             return Handled::Ignored;
         };
+        if mode != Mode::Psk && !self.public_key_budget(now_ms) {
+            self.stats.deferred += 1;
+            return Handled::Ignored;
+        }
         let sequence = hello.record_sequence;
         let engine = match (mode, &self.certificates, &self.raw_keys) {
             (Mode::Certificate, Some(c), _) => {

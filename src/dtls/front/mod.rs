@@ -103,6 +103,9 @@ pub struct FrontStats {
     pub sessions_idle: u64,
     /// Fatal alerts sent for failed handshakes.
     pub alerts: u64,
+    /// Certificate or raw public key hellos with a valid cookie dropped
+    /// because this second's public key handshakes had started.
+    pub deferred: u64,
     /// Datagrams dropped unread.
     pub ignored: u64,
 }
@@ -112,7 +115,7 @@ impl std::fmt::Display for FrontStats {
         write!(
             f,
             "coaps: hello verifies {} handshakes started {} evicted {} failed {} alerts {} \
-             connected {} sessions evicted {} idle {} ignored {}",
+             connected {} sessions evicted {} idle {} ignored {} deferred {}",
             self.hello_verifies,
             self.handshakes_started,
             self.handshakes_evicted,
@@ -121,7 +124,8 @@ impl std::fmt::Display for FrontStats {
             self.connected,
             self.sessions_evicted,
             self.sessions_idle,
-            self.ignored
+            self.ignored,
+            self.deferred
         )
     }
 }
@@ -186,6 +190,10 @@ pub struct Front {
     /// The engine's output buffer.
     scratch: Vec<u8>,
     stats: FrontStats,
+    /// The second (of the caller's clock) of the public key handshakes
+    /// counted in `public_key_started`.
+    public_key_second: u64,
+    public_key_started: usize,
 }
 
 impl std::fmt::Debug for Front {
@@ -219,6 +227,8 @@ impl Front {
             inbox: Vec::new(),
             scratch: vec![0; SCRATCH_LEN],
             stats: FrontStats::default(),
+            public_key_second: 0,
+            public_key_started: 0,
         }
     }
 

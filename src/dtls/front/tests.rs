@@ -14,6 +14,7 @@ fn limits() -> Limits {
         max_handshakes: 16,
         handshakes_per_source: 4,
         session_idle_ms: 60_000,
+        public_key_handshakes_per_s: 100,
     }
 }
 
@@ -466,9 +467,8 @@ fn raw_key_hello(cookie: &[u8], seq: u16, record_seq: u8, random: u8) -> Vec<u8>
     crate::dtls::hello::tests::hello_offering(cookie, seq, record_seq, random, 0xc02b, &extensions)
 }
 
-#[test]
-fn raw_key_hellos_pass_the_same_cookie_and_caps_as_psk_ones() {
-    let epoch = Instant::now();
+/// A front of `limits` serving raw public keys too, and the server's key.
+fn raw_key_front(limits: Limits, epoch: Instant) -> (Front, crate::dtls::CertifiedKey) {
     let server_key = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).expect("scalar");
     let pem =
         p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&server_key, Default::default()).expect("pem");
@@ -476,9 +476,54 @@ fn raw_key_hellos_pass_the_same_cookie_and_caps_as_psk_ones() {
     let clients =
         crate::dtls::RawPublicKeys::parse(&format!("nobody sha256:{}\n", "00".repeat(32)))
             .expect("list");
-    let mut front = front_with(limits(), epoch)
+    let front = front_with(limits, epoch)
         .with_raw_public_keys(crate::dtls::RawKeyAuth::new(server.clone(), clients))
         .expect("raw keys");
+    (front, server)
+}
+
+/// The cookie-bearing raw key hello from `from`, after its cookie
+/// exchange at `now_ms`.
+fn raw_key_cookie_hello(front: &mut Front, from: SocketAddr, random: u8, now_ms: u64) -> Vec<u8> {
+    let first = raw_key_hello(&[], 0, 0, random);
+    assert_eq!(front.receive(from, now_ms, &first), Handled::HelloVerify);
+    let out = front.take_outgoing();
+    raw_key_hello(&out[0].1[28..60], 1, 1, random)
+}
+
+#[test]
+fn public_key_handshakes_start_at_most_so_many_a_second_and_psk_ones_are_not_held() {
+    let epoch = Instant::now();
+    let limits = Limits {
+        public_key_handshakes_per_s: 3,
+        ..limits()
+    };
+    let (mut front, _) = raw_key_front(limits, epoch);
+    let source = |n: u8| SocketAddr::new(IpAddr::from([198, 51, 100, n]), 6000);
+    let mut handled = Vec::new();
+    for n in 0..5u8 {
+        let hello = raw_key_cookie_hello(&mut front, source(n), n, 100);
+        handled.push(front.receive(source(n), 100, &hello));
+        let _ = front.take_outgoing();
+    }
+    assert_eq!(
+        handled.iter().filter(|h| **h == Handled::Started).count(),
+        3
+    );
+    assert_eq!(front.stats().deferred, 2);
+    // A PSK hello in the same second still starts.
+    let psk = cookie_hello(&mut front, source(9), 9, 500);
+    assert_eq!(front.receive(source(9), 500, &psk), Handled::Started);
+    let _ = front.take_outgoing();
+    // The next second, the held-back client's retransmission starts.
+    let hello = raw_key_cookie_hello(&mut front, source(4), 4, 1_100);
+    assert_eq!(front.receive(source(4), 1_100, &hello), Handled::Started);
+}
+
+#[test]
+fn raw_key_hellos_pass_the_same_cookie_and_caps_as_psk_ones() {
+    let epoch = Instant::now();
+    let (mut front, server) = raw_key_front(limits(), epoch);
     let mut devices = four_established(&mut front, epoch);
     for port in 0..12u16 {
         let from = SocketAddr::new(IpAddr::from([203, 0, 113, 9]), 40_000 + port);
