@@ -20,6 +20,11 @@ use std::time::{Duration, Instant};
 /// Largest datagram taken from the socket: a record of the server's
 /// largest CoAP reply and more, with one byte to spare.
 const RECORD_RX_LEN: usize = 4096 + 1;
+/// The engine's output buffer: records, and the server's certificate,
+/// which the engine hands over whole and cannot shorten (it asserts that
+/// it fits): reassembled from at most its queue of 30 datagrams of at
+/// most [`RECORD_RX_LEN`] bytes.
+const SCRATCH_LEN: usize = 32 * RECORD_RX_LEN;
 /// Outputs taken from the engine at once: a flight, records and events,
 /// then its timer.
 const MAX_OUTPUTS: usize = 256;
@@ -84,7 +89,7 @@ impl SecureLink {
             dtls,
             timer: Some(started),
             inbox: VecDeque::new(),
-            scratch: vec![0; 2048],
+            scratch: vec![0; SCRATCH_LEN],
             record: vec![0; RECORD_RX_LEN],
             connected: false,
             closed: false,
