@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::dtls::hello::tests::counting_entropy;
-use crate::dtls::ClientPsk;
+use crate::dtls::{ClientCredentials, ClientPsk};
 
 const KEYS: &str = "dev1:dev1-secret-key:DEV\ndev2:other-key\n";
 
@@ -41,7 +41,17 @@ struct Device {
 impl Device {
     fn new(address: &str, identity: &str, key: &str, epoch: Instant, start_ms: u64) -> Device {
         let psk = ClientPsk::new(identity, key).expect("psk");
-        let dtls = psk
+        Device::with(address, &ClientCredentials::Psk(psk), epoch, start_ms)
+    }
+
+    /// A device with `credentials` (a raw key one, say).
+    fn with(
+        address: &str,
+        credentials: &ClientCredentials,
+        epoch: Instant,
+        start_ms: u64,
+    ) -> Device {
+        let dtls = credentials
             .engine(
                 Duration::from_secs(1),
                 Duration::from_secs(30),
@@ -467,15 +477,32 @@ fn raw_key_hello(cookie: &[u8], seq: u16, record_seq: u8, random: u8) -> Vec<u8>
     crate::dtls::hello::tests::hello_offering(cookie, seq, record_seq, random, 0xc02b, &extensions)
 }
 
-/// A front of `limits` serving raw public keys too, and the server's key.
+/// A P-256 key pair from the scalar `[n; 32]`, as the engine takes it.
+fn raw_key(n: u8) -> crate::dtls::CertifiedKey {
+    let key = p256::ecdsa::SigningKey::from_slice(&[n; 32]).expect("scalar");
+    let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, Default::default()).expect("pem");
+    crate::dtls::server_key_from_pem(&pem).expect("key pair")
+}
+
+/// A device with the raw key `[n; 32]`, expecting the server key of
+/// [`raw_key_front`].
+fn raw_key_device(address: &str, n: u8, epoch: Instant, start_ms: u64) -> Device {
+    let credentials = ClientCredentials::RawPublicKey {
+        own: raw_key(n),
+        server: crate::dtls::fingerprint(raw_key(9).certificate()),
+    };
+    Device::with(address, &credentials, epoch, start_ms)
+}
+
+/// A front of `limits` serving raw public keys too (the key `[9; 32]`),
+/// listing the device key `[8; 32]` as `mote`, for DEV only; and the
+/// server's key.
 fn raw_key_front(limits: Limits, epoch: Instant) -> (Front, crate::dtls::CertifiedKey) {
-    let server_key = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).expect("scalar");
-    let pem =
-        p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&server_key, Default::default()).expect("pem");
-    let server = crate::dtls::server_key_from_pem(&pem).expect("server key");
+    let server = raw_key(9);
+    let listed = crate::dtls::fingerprint(raw_key(8).certificate());
+    let hex: String = listed.iter().map(|b| format!("{b:02x}")).collect();
     let clients =
-        crate::dtls::RawPublicKeys::parse(&format!("nobody sha256:{}\n", "00".repeat(32)))
-            .expect("list");
+        crate::dtls::RawPublicKeys::parse(&format!("mote:DEV sha256:{hex}\n")).expect("list");
     let front = front_with(limits, epoch)
         .with_raw_public_keys(crate::dtls::RawKeyAuth::new(server.clone(), clients))
         .expect("raw keys");
@@ -561,4 +588,29 @@ fn raw_key_hellos_pass_the_same_cookie_and_caps_as_psk_ones() {
         assert_eq!(request(&mut front, dev, 200, i as u8).len(), 1);
     }
     assert_eq!(front.stats().sessions_evicted, 0);
+}
+
+#[test]
+fn a_raw_key_session_is_authorized_by_its_name_and_ends_idle_like_a_psk_one() {
+    let epoch = Instant::now();
+    let limits = Limits {
+        session_idle_ms: 10_000,
+        ..limits()
+    };
+    let (mut front, _) = raw_key_front(limits, epoch);
+    let mut mote = raw_key_device("192.0.2.1:5000", 8, epoch, 0);
+    assert!(run(&mut front, &mut mote, epoch, 0, |_, _| {}));
+    assert_eq!(front.identity(mote.addr), Some(&b"mote"[..]));
+    let authorization = front.authorization(mote.addr).expect("a session");
+    assert!(authorization.allows(b"DEV") && !authorization.allows(b"OTHER"));
+    assert_eq!(request(&mut front, &mut mote, 100, 1).len(), 1);
+    // A key not on the list: access_denied, no session.
+    let mut stranger = raw_key_device("192.0.2.2:5000", 7, epoch, 200);
+    assert!(!run(&mut front, &mut stranger, epoch, 200, |_, _| {}));
+    assert_eq!(stranger.alerts, [49]);
+    assert!(!front.has_session(stranger.addr));
+    // Silent for the idle time: ended, with close_notify.
+    front.on_timers(10_100);
+    assert!(!front.has_session(mote.addr), "idle past the timeout");
+    assert_eq!(front.stats().sessions_idle, 1);
 }
