@@ -8,7 +8,8 @@
 //! offers only TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 gets it; raw public
 //! keys (`coap-client-gnutls -M`) on the list download byte for byte and
 //! others are refused; one socket gives PSK, certificate and raw key
-//! hellos each their mode. The PKI is made
+//! hellos each their mode; our client in both modes; SIGHUP rereads the
+//! names file and the raw key list. The PKI is made
 //! at test time with `openssl` (tests/support/pki.rs), and the server
 //! serves its PSK file on the same socket.
 #![cfg(feature = "dtls")]
@@ -548,4 +549,50 @@ fn our_client_refuses_mixed_or_incomplete_credentials() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
         assert!(text(&output).contains(said), "{args:?}: {}", text(&output));
     }
+}
+
+#[test]
+fn sighup_rereads_the_names_file_and_the_raw_key_list() {
+    if !support::require_program("coap-client-gnutls") {
+        return;
+    }
+    let Some((fx, pki)) = fixture("certs-sighup") else {
+        return;
+    };
+    let other = fx.image("OTHER");
+    let server = server(&fx, &pki, "127.0.0.1:0");
+    let other_uri = format!("coaps://{}/updates/{}", server.addr, other.id);
+    let out = fx.out.path().join("sighup");
+    let (body, output) = download("coap-client-gnutls", &pki, "dev1", 1024, &other_uri, &out);
+    assert!(
+        body.is_empty() && text(&output).contains("4.03"),
+        "{}",
+        text(&output)
+    );
+    let (body, _) = download_raw(&pki, "mote1", 1024, &other_uri, &out);
+    assert!(body.is_empty(), "mote-1 may fetch DEV only");
+    // dev1 may now fetch OTHER; mote-1's key is no longer listed.
+    pki.dir.write("names", b"dev1:DEV,OTHER\n");
+    let list = format!("ops-rpk sha256:{}\n", pki.fingerprint("ops-rpk"));
+    pki.dir.write("rpk-clients", list.as_bytes());
+    server.signal(libc::SIGHUP);
+    // The reload happens on the loop's next turn; bounded retries.
+    let started = std::time::Instant::now();
+    loop {
+        let (body, output) = download("coap-client-gnutls", &pki, "dev1", 1024, &other_uri, &out);
+        if body == other.bytes {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "names not reread: {}",
+            text(&output)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (body, output) = download_raw(&pki, "mote1", 1024, &other_uri, &out);
+    assert!(body.is_empty(), "a removed key got bytes");
+    assert!(text(&output).contains("Alert '49'"), "{}", text(&output));
+    let (body, output) = download_raw(&pki, "ops-rpk", 1024, &other_uri, &out);
+    assert!(body == other.bytes, "ops-rpk: {}", text(&output));
 }

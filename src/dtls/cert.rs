@@ -342,6 +342,22 @@ impl CertificateAuth {
         }
     }
 
+    /// Uses `names` from now on (SIGHUP).
+    pub(super) fn replace_names(&mut self, names: Option<DeviceNames>) {
+        self.names = names;
+    }
+
+    /// What the device known by `name` may fetch under the names in use.
+    pub(super) fn authorization_of(&self, name: &[u8]) -> Authorization {
+        match &self.names {
+            None => Authorization::any_pid(),
+            Some(file) => file
+                .authorization(name)
+                .cloned()
+                .unwrap_or_else(|| Authorization::only_pids(Vec::<&[u8]>::new())),
+        }
+    }
+
     /// Checks a client's certificate (DER) at `now_s` (seconds since
     /// 1970): on success, the device's name and what it may fetch. The
     /// name is the first of the subject's CN and its subjectAltName

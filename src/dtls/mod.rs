@@ -55,7 +55,9 @@ pub use client::ClientCredentials;
 pub use front::{Front, FrontStats, Handled};
 pub use hello::HELLO_VERIFY_LEN;
 pub use psk::{ClientPsk, PskTable};
-pub use rpk::{fingerprint, server_key, server_key_from_pem, RawKeyAuth, RawPublicKeys};
+pub use rpk::{
+    fingerprint, server_key, server_key_from_pem, Fingerprint, RawKeyAuth, RawPublicKeys,
+};
 
 /// The coaps port (RFC 7252 §6.2).
 pub const DEFAULT_PORT: u16 = 5684;

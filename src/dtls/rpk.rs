@@ -20,7 +20,7 @@ use x509_cert::spki::SubjectPublicKeyInfoOwned;
 const MAX_KEYS: usize = 100_000;
 
 /// The fingerprint of a key: SHA-256 of its DER SubjectPublicKeyInfo.
-pub(crate) type Fingerprint = [u8; 32];
+pub type Fingerprint = [u8; 32];
 
 /// The fingerprint of the DER SubjectPublicKeyInfo `spki`.
 pub fn fingerprint(spki: &[u8]) -> Fingerprint {
@@ -169,6 +169,17 @@ impl RawKeyAuth {
     /// The server's key pair and the accepted client keys.
     pub fn new(server: cert::CertifiedKey, clients: RawPublicKeys) -> RawKeyAuth {
         RawKeyAuth { server, clients }
+    }
+
+    /// Uses `clients` from now on (SIGHUP).
+    pub(super) fn replace_clients(&mut self, clients: RawPublicKeys) {
+        self.clients = clients;
+    }
+
+    /// The name and products of the key with fingerprint `print`, if it
+    /// is listed.
+    pub(super) fn listed(&self, print: &Fingerprint) -> Option<&(Vec<u8>, Authorization)> {
+        self.clients.keys.get(print)
     }
 
     /// Checks a client's raw public key (its DER SubjectPublicKeyInfo, as

@@ -159,6 +159,10 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
         server
             .serve_dtls(plain_sockets, front, dtls.psk_file.clone())
             .map_err(|e| format!("cannot serve coaps: {e}"))?;
+        server.reread_on_sighup(
+            dtls.certificates.as_ref().and_then(|c| c.names.clone()),
+            dtls.raw_keys.as_ref().map(|(_, list)| list.clone()),
+        );
     }
     server
         .watch_dirs(config.dir.clone(), config.rescan_ms, config.settle_ms)

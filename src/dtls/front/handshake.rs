@@ -11,6 +11,8 @@ pub(super) struct Handshake {
     pub(super) mode: Mode,
     /// Who the peer says it is, as far as the handshake got.
     pub(super) peer: Peer,
+    /// The fingerprint of a raw public key client's key, once accepted.
+    pub(super) key: Option<Fingerprint>,
     /// The ClientHello's random: the same again is a retransmission, a
     /// new one a client that started over.
     pub(super) random: [u8; 32],
@@ -169,6 +171,7 @@ impl Front {
                 dtls,
                 mode,
                 peer,
+                key: None,
                 random: hello.random,
                 started_ms: now_ms,
                 datagrams: 0,
@@ -290,7 +293,10 @@ impl Front {
                             let now_s = c.epoch_unix_ms.saturating_add(now_ms) / 1000;
                             Some(c.auth.check(der, now_s))
                         }
-                        (Mode::RawPublicKey, _, Some(r)) => Some(r.auth.check(der)),
+                        (Mode::RawPublicKey, _, Some(r)) => {
+                            hs.key = Some(crate::dtls::rpk::fingerprint(der));
+                            Some(r.auth.check(der))
+                        }
                         _ => None,
                     };
                     match (checked, &mut hs.peer) {
@@ -380,6 +386,7 @@ impl Front {
             Session {
                 dtls: hs.dtls,
                 mode: hs.mode,
+                key: hs.key,
                 random: hs.random,
                 identity,
                 authorization,

@@ -24,11 +24,12 @@
 mod handshake;
 mod session;
 
+use super::cert::DeviceNames;
 use super::cert::{self, CertificateAuth, Refusal};
 use super::hello::{self, ClientHello, CookieSecrets, HELLO_VERIFY_LEN};
 use super::psk::{self, PskTable, Resolver};
 use super::records::{self, Alert, Contents, Mode, Screened, ALERT_LEN};
-use super::rpk::RawKeyAuth;
+use super::rpk::{Fingerprint, RawKeyAuth, RawPublicKeys};
 use super::{Entropy, Limits};
 use crate::service::Authorization;
 use dimpl::{Dtls, Output};
@@ -286,6 +287,55 @@ impl Front {
                     session.authorization = authorization.clone();
                 }
                 _ => ended.push(*addr),
+            }
+        }
+        for addr in &ended {
+            self.close(*addr);
+        }
+        ended.len()
+    }
+
+    /// Uses `names` for certificate devices from now on (SIGHUP): a
+    /// certificate session keeps its device's name and gets that name's
+    /// products under the new names (none when the file no longer holds
+    /// it). Half-open handshakes check their certificate against the new
+    /// names. Returns how many sessions were updated; nothing without
+    /// certificates.
+    pub(crate) fn replace_device_names(&mut self, names: Option<DeviceNames>) -> usize {
+        let Some(certificates) = self.certificates.as_mut() else {
+            return 0;
+        };
+        certificates.auth.replace_names(names);
+        let mut updated = 0;
+        for session in self.sessions.values_mut() {
+            if session.mode == Mode::Certificate {
+                session.authorization = certificates.auth.authorization_of(&session.identity);
+                updated += 1;
+            }
+        }
+        updated
+    }
+
+    /// Uses `keys` as the accepted client keys from now on (SIGHUP): the
+    /// session of a key no longer listed is ended (with close_notify),
+    /// the others take their key's name and products as now listed.
+    /// Returns how many sessions were ended; nothing without raw keys.
+    pub(crate) fn replace_raw_keys(&mut self, keys: RawPublicKeys) -> usize {
+        let Some(raw_keys) = self.raw_keys.as_mut() else {
+            return 0;
+        };
+        raw_keys.auth.replace_clients(keys);
+        let mut ended = Vec::new();
+        for (addr, session) in &mut self.sessions {
+            if session.mode != Mode::RawPublicKey {
+                continue;
+            }
+            match session.key.and_then(|k| raw_keys.auth.listed(&k)) {
+                Some((name, authorization)) => {
+                    session.identity = name.clone();
+                    session.authorization = authorization.clone();
+                }
+                None => ended.push(*addr),
             }
         }
         for addr in &ended {

@@ -8,6 +8,8 @@ pub(super) struct Session {
     pub(super) dtls: Dtls,
     /// How it authenticated.
     pub(super) mode: Mode,
+    /// The fingerprint of a raw public key session's client key.
+    pub(super) key: Option<Fingerprint>,
     /// The random of the ClientHello that started it: a late copy of that
     /// hello is not a new handshake.
     pub(super) random: [u8; 32],

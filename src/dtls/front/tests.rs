@@ -614,3 +614,30 @@ fn a_raw_key_session_is_authorized_by_its_name_and_ends_idle_like_a_psk_one() {
     assert!(!front.has_session(mote.addr), "idle past the timeout");
     assert_eq!(front.stats().sessions_idle, 1);
 }
+
+#[test]
+fn a_new_raw_key_list_renames_listed_sessions_and_ends_the_others() {
+    let epoch = Instant::now();
+    let (mut front, _) = raw_key_front(limits(), epoch);
+    let mut mote = raw_key_device("192.0.2.1:5000", 8, epoch, 0);
+    assert!(run(&mut front, &mut mote, epoch, 0, |_, _| {}));
+    let mut psk = Device::new("192.0.2.9:5000", "dev1", "dev1-secret-key", epoch, 0);
+    assert!(run(&mut front, &mut psk, epoch, 0, |_, _| {}));
+    let _ = front.take_outgoing();
+    let print = crate::dtls::fingerprint(raw_key(8).certificate());
+    let hex: String = print.iter().map(|b| format!("{b:02x}")).collect();
+    let renamed =
+        crate::dtls::RawPublicKeys::parse(&format!("mote-b:OTHER sha256:{hex}\n")).expect("list");
+    assert_eq!(front.replace_raw_keys(renamed), 0);
+    assert_eq!(front.identity(mote.addr), Some(&b"mote-b"[..]));
+    let authorization = front.authorization(mote.addr).expect("session");
+    assert!(authorization.allows(b"OTHER") && !authorization.allows(b"DEV"));
+    // Its key gone: the session ends with close_notify; PSK sessions stay.
+    assert_eq!(
+        front.replace_raw_keys(crate::dtls::RawPublicKeys::default()),
+        1
+    );
+    assert!(!front.has_session(mote.addr));
+    assert!(front.take_outgoing().iter().any(|(to, _)| *to == mote.addr));
+    assert!(front.has_session(psk.addr));
+}
