@@ -166,12 +166,11 @@ fn libcoap_clients_with_certificates_download_by_id_byte_for_byte() {
             for block in [64, 1024] {
                 let out = fx.out.path().join(format!("dev-{block}"));
                 let (body, output) = download(client, &pki, "dev1", block, &uri, &out);
-                assert!(
-                    body == dev.bytes,
-                    "{client} {listen} -b {block}: {} bytes of {}, {}",
-                    body.len(),
-                    dev.bytes.len(),
-                    text(&output)
+                support::assert_downloaded(
+                    &body,
+                    &dev.bytes,
+                    &format!("{client} {listen} -b {block}"),
+                    &output,
                 );
             }
         }
@@ -335,12 +334,11 @@ fn raw_public_keys_on_the_list_download_byte_for_byte_and_others_are_refused() {
             // fingerprint.
             for name in ["mote1", "ops-rpk"] {
                 let (body, output) = download_raw(&pki, name, block, &uri, &out);
-                assert!(
-                    body == dev.bytes,
-                    "{name} {listen} -b {block}: {} bytes of {}, {}",
-                    body.len(),
-                    dev.bytes.len(),
-                    text(&output)
+                support::assert_downloaded(
+                    &body,
+                    &dev.bytes,
+                    &format!("{name} {listen} -b {block}"),
+                    &output,
                 );
             }
         }

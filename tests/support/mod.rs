@@ -435,6 +435,18 @@ pub fn output_text(output: &std::process::Output) -> String {
     )
 }
 
+/// Asserts that `body`, what a client wrote, is `expected` byte for
+/// byte; on failure says `what`, both lengths and what the client printed.
+pub fn assert_downloaded(body: &[u8], expected: &[u8], what: &str, output: &std::process::Output) {
+    assert!(
+        body == expected,
+        "{what}: {} bytes of {}, {}",
+        body.len(),
+        expected.len(),
+        output_text(output)
+    );
+}
+
 /// Runs `command` to completion with its stdout and stderr captured, but
 /// for at most `timeout`: past it the process is killed and the test
 /// fails with what it printed, so an outside program that waits for a
