@@ -17,7 +17,8 @@ run:
 	$(CARGO) run --release --bin iot-ota-server -- -d updates -l '[::]:5683'
 
 # The dtls feature's own tests run only with it: the module's unit tests,
-# libcoap (tests/dtls.rs) and tinydtls (tests/dtls_tinydtls.rs) as clients,
+# libcoap (tests/dtls.rs, with certificates tests/dtls_certs.rs) and tinydtls
+# (tests/dtls_tinydtls.rs) as clients,
 # the coaps downloads over the lossy link, the DTLS front's fuzzing, and two
 # 30-second attacks (tests/dtls_attack.rs, one at a time); the rest ran
 # already. So do the loadgen feature's: the load generator's unit tests and
@@ -28,6 +29,7 @@ test:
 	$(CARGO) test --features loadgen --test bench
 	$(CARGO) test --features dtls --lib dtls
 	$(CARGO) test --features dtls --test dtls
+	$(CARGO) test --features dtls --test dtls_certs
 	$(CARGO) test --features dtls --test lossy coaps
 	$(CARGO) test --features dtls --test fuzz_dtls
 	$(CARGO) test --features dtls --test no_alloc spoofed

@@ -40,7 +40,7 @@
 //! | [`fleet`] | rollout policies and eligibility, the device table (the bounded table of `service`, its one use of a lower layer), reports, the status view | sockets, files, clocks (time injected), log |
 //! | [`service`] | routes, block slicing, per-peer state, rate limit, Echo, Observe; asks `fleet` per lookup and report | sockets, files, clocks, log, randomness |
 //! | [`state`] | the fleet's journal under `--state-dir`: replay, append, compaction | sockets, CoAP |
-//! | `dtls` (feature) | cookies, handshakes, sessions, what may reach an engine | sockets, files, clocks (time injected) |
+//! | `dtls` (feature) | cookies, handshakes, sessions, what may reach an engine, keys, certificates and their check | sockets, files, clocks (time injected) |
 //! | [`server`] | the socket loop, live reload of the watched sources, counters, log lines | CoAP encoding |
 //!
 //! # Where new things go

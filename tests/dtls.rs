@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::coaps::{observe_lookup, CoapsFixture};
-use support::{device_payload, TestServer};
+use support::{device_payload, output_text as text, TestServer};
 
 const CLIENTS: [&str; 2] = ["coap-client-gnutls", "coap-client-openssl"];
 /// Bound on one coap-client run; its own `-B` gives up sooner.
@@ -49,14 +49,6 @@ fn run(client: &str, args: &[&str]) -> Output {
 
 fn coaps(server: &TestServer, path: &str) -> String {
     format!("coaps://{}/{path}", server.addr)
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// GETs `uri` as `identity` at block size `block` into `out`; the body
@@ -142,12 +134,11 @@ fn libcoap_clients_discover_look_up_and_download_by_id_over_coaps() {
                     &coaps(&server, &format!("updates/{}", dev.id)),
                     &out,
                 );
-                assert!(
-                    body == dev.bytes,
-                    "{client} {listen} -b {block}: {} bytes of {}, {}",
-                    body.len(),
-                    dev.bytes.len(),
-                    text(&output)
+                support::assert_downloaded(
+                    &body,
+                    &dev.bytes,
+                    &format!("{client} {listen} -b {block}"),
+                    &output,
                 );
             }
         }

@@ -1,13 +1,15 @@
 //! The DTLS front (`--features dtls`) under the same kind of deterministic
 //! mutation fuzzing as tests/fuzz_no_panic.rs, in process and bounded:
 //!
-//! * mutated ClientHellos and random records from many peers: no panic,
-//!   no session (a valid cookie cannot be guessed), every answer no
+//! * mutated ClientHellos (PSK, certificate and raw public key ones) and
+//!   random records from many peers, to a front serving every mode: no
+//!   panic, no session (a valid cookie cannot be guessed), every answer no
 //!   larger than what it answers;
-//! * a real handshake by the client's engine, then its records (the
-//!   handshake's flights and encrypted requests) mutated and fed in from
-//!   the same peer: no panic, nothing decrypted from a mutated record,
-//!   and no request taken from a peer that never authenticated;
+//! * a real handshake by the client's engine (a PSK one, and a raw
+//!   public key one), then its records (the handshake's flights and
+//!   encrypted requests) mutated and fed in from the same peer: no panic,
+//!   nothing decrypted from a mutated record, and no request taken from a
+//!   peer that never authenticated;
 //! * the checks of the cargo-fuzz target `dtls_front`
 //!   (tests/fuzz/checks/dtls_front.rs) on its committed seeds, and on each
 //!   input that ever crashed it, kept here with what it found.
@@ -22,9 +24,8 @@ mod dtls_front_check;
 
 use dtls_front_check::dtls_session::{self, client_hello};
 use dtls_front_check::images::XorShift;
-use iot_ota::dtls::{Front, Handled, PskTable};
+use iot_ota::dtls::{ClientCredentials, Front, Handled};
 use std::net::SocketAddr;
-use std::time::Instant;
 
 const HELLO_INPUTS: usize = 20_000;
 const RECORD_INPUTS: usize = 5_000;
@@ -70,14 +71,9 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The fuzz target's front: PSK, certificates and raw public keys.
 fn front() -> Front {
-    let keys = PskTable::parse("dev1:dev1-secret-key:DEV\n").expect("keys");
-    Front::new(
-        keys,
-        dtls_front_check::limits(8),
-        dtls_front_check::entropy(),
-        Instant::now(),
-    )
+    dtls_front_check::front(8)
 }
 
 #[test]
@@ -85,6 +81,12 @@ fn mutated_client_hellos_and_garbage_make_no_session_and_no_larger_answer() {
     let mut rng = Rng(XorShift::seeded(0xD715_0001));
     let mut front = front();
     let mut verify_requests = 0;
+    // The first hellos of a certificate and a raw public key client: the
+    // ECDHE-ECDSA suites, and the certificate type extensions.
+    let engine_hellos = [
+        dtls_session::first_hello(&dtls_session::certificate_credentials()),
+        dtls_session::first_hello(&dtls_session::raw_key_credentials()),
+    ];
     for i in 0..HELLO_INPUTS {
         let mut random = [0u8; 32];
         random.iter_mut().for_each(|b| *b = rng.byte());
@@ -92,7 +94,10 @@ fn mutated_client_hellos_and_garbage_make_no_session_and_no_larger_answer() {
             0 => Vec::new(),
             _ => (0..32).map(|_| rng.byte()).collect(),
         };
-        let seed_input = client_hello(&random, &cookie, u8::from(!cookie.is_empty()));
+        let seed_input = match rng.below(3) {
+            0 => client_hello(&random, &cookie, u8::from(!cookie.is_empty())),
+            n => engine_hellos[n - 1].clone(),
+        };
         let input = match rng.below(10) {
             0 => (0..rng.below(300)).map(|_| rng.byte()).collect(),
             1 => seed_input,
@@ -131,19 +136,34 @@ fn mutated_client_hellos_and_garbage_make_no_session_and_no_larger_answer() {
     assert!(verify_requests > HELLO_INPUTS / 20, "{verify_requests}");
 }
 
-/// A real handshake with `front` as `peer`, `dev1`'s key.
-fn handshake(front: &mut Front, peer: SocketAddr, epoch: Instant) -> (dimpl::Dtls, Vec<Vec<u8>>) {
-    dtls_session::handshake(front, peer, epoch, 0, "dev1", "dev1-secret-key")
+/// A real handshake with `front` as `peer`, with `credentials`.
+fn handshake(
+    front: &mut Front,
+    peer: SocketAddr,
+    credentials: &ClientCredentials,
+) -> (dimpl::Dtls, Vec<Vec<u8>>) {
+    dtls_session::handshake_with(front, peer, dtls_front_check::epoch(), 0, credentials)
         .expect("a handshake between the client engine and the front")
 }
 
 #[test]
 fn mutated_records_of_a_real_session_never_panic_or_decrypt() {
-    let mut rng = Rng(XorShift::seeded(0xD715_0002));
-    let epoch = Instant::now();
+    let psk = iot_ota::dtls::ClientPsk::new("dev1", "dev1-secret-key").expect("psk");
+    mutated_records(0xD715_0002, &ClientCredentials::Psk(psk));
+}
+
+#[test]
+fn mutated_records_of_a_real_raw_public_key_session_never_panic_or_decrypt() {
+    mutated_records(0xD715_0003, &dtls_session::raw_key_credentials());
+}
+
+/// A real handshake with `credentials`, then its records and encrypted
+/// requests mutated (seed `seed`): see the module's comment.
+fn mutated_records(seed: u32, credentials: &ClientCredentials) {
+    let mut rng = Rng(XorShift::seeded(seed));
     let mut front = front();
     let peer: SocketAddr = "192.0.2.77:5000".parse().expect("addr");
-    let (mut client, mut corpus) = handshake(&mut front, peer, epoch);
+    let (mut client, mut corpus) = handshake(&mut front, peer, credentials);
     // Encrypted requests of the session join the corpus.
     for n in 0..8u8 {
         let request = [
@@ -274,6 +294,16 @@ fn write_dtls_front_seeds() {
     let (mut client, records) =
         dtls_session::handshake(&mut front, peer, epoch, start_ms, "dev1", "dev1-secret-key")
             .expect("handshake");
+    let mut raw_front = dtls_front_check::front(8);
+    let (_, raw_records) = dtls_session::handshake_with(
+        &mut raw_front,
+        peer,
+        epoch,
+        start_ms,
+        &dtls_session::raw_key_credentials(),
+    )
+    .expect("raw public key handshake");
+    let certificate_hello = dtls_session::first_hello(&dtls_session::certificate_credentials());
     let mut session = records.clone();
     for datagrams in handler_seed_datagrams("image_each") {
         session.extend(dtls_session::encrypt(&mut client, &datagrams).expect("encrypt"));
@@ -305,6 +335,14 @@ fn write_dtls_front_seeds() {
         ("client_hello", raw(&records[..1])),
         ("cookie_hello", raw(&records[..2])),
         ("session_records", raw(&session)),
+        ("raw_key_client_hello", raw(&raw_records[..1])),
+        ("raw_key_cookie_hello", raw(&raw_records[..2])),
+        ("raw_key_session_records", raw(&raw_records)),
+        ("certificate_client_hello", raw(&[certificate_hello])),
+        (
+            "live_raw_key_image_each",
+            through_session(0x21, "image_each"),
+        ),
         ("live_dev1_image_each", through_session(1, "image_each")),
         (
             "live_dev1_lookup_discovery",

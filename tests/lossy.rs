@@ -385,36 +385,66 @@ fn downloads_complete_over_a_link_that_drops_duplicates_and_reorders() {
 #[test]
 fn coaps_downloads_complete_over_a_lossy_link_with_loss_in_the_handshake() {
     use std::os::unix::fs::PermissionsExt;
-    const COAPS_RUNS: u64 = 12;
-    let image = image_bytes(IMAGE_LEN, 98);
-    let dir = TempDir::new("lossy-coaps");
-    dir.write("Lossy_1_0_1_APP.fmu", &image);
     let keys = TempDir::new("lossy-coaps-keys");
     let psk = keys.write("psk", b"mote:lossy-link-key\n");
     std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let out = TempDir::new("lossy-coaps-out");
-    let file = out.path().join("coaps.bin");
-    let server = spawn_server(
-        dir.path(),
-        "none",
-        &[
-            "--psk-file",
-            psk.to_str().expect("utf-8"),
-            "--dtls-listen",
-            "127.0.0.1:0",
-        ],
+    coaps_lossy_download(
+        "lossy-coaps",
+        &["--psk-file", psk.to_str().expect("utf-8")],
+        &["--psk-identity", "mote", "--psk-key", "lossy-link-key"],
+        0xC0A9_5000,
     );
+}
+
+/// The same through the lossy proxy with certificates both ways: the
+/// server's flight (its certificate, key exchange and certificate
+/// request, about 900 bytes) and the client's (its certificate, key
+/// exchange, CertificateVerify, ChangeCipherSpec and Finished) are lost,
+/// duplicated and reordered as the PSK ones are.
+#[cfg(feature = "dtls")]
+#[test]
+fn coaps_with_certificates_completes_over_a_lossy_link_with_loss_in_the_handshake() {
+    let Some(pki) = support::pki::Pki::new("lossy-certs") else {
+        return;
+    };
+    pki.ca("ca", "Lossy CA");
+    pki.issue("ca", "server", "lossy.test", "server", None);
+    pki.issue("ca", "mote", "mote", "client", None);
+    let (cert, key, ca) = (pki.pem("server"), pki.key("server"), pki.pem("ca"));
+    let (mote, mote_key) = (pki.pem("mote"), pki.key("mote"));
+    coaps_lossy_download(
+        "lossy-certs",
+        &["--cert", &cert, "--key", &key, "--ca", &ca],
+        &["--cert", &mote, "--key", &mote_key, "--ca", &ca],
+        0xCE27_5000,
+    );
+}
+
+/// Runs our client through a fresh lossy proxy (seeds from `seed`) to a
+/// coaps-only server with `server_args`, with `client_args`, until one
+/// download completes (at most 12 runs); see the tests above.
+#[cfg(feature = "dtls")]
+fn coaps_lossy_download(tag: &str, server_args: &[&str], client_args: &[&str], seed: u64) {
+    const COAPS_RUNS: u64 = 12;
+    let image = image_bytes(IMAGE_LEN, 98);
+    let dir = TempDir::new(tag);
+    dir.write("Lossy_1_0_1_APP.fmu", &image);
+    let out = TempDir::new(&format!("{tag}-out"));
+    let file = out.path().join("coaps.bin");
+    let mut args = server_args.to_vec();
+    args.extend(["--dtls-listen", "127.0.0.1:0"]);
+    let server = spawn_server(dir.path(), "none", &args);
     let started = Instant::now();
     let mut handshake_drops = 0;
     let mut data_drops = 0;
     for run in 0..COAPS_RUNS {
-        let proxy = Proxy::with_loss(server.addr, 0xC0A9_5000 + (run << 8), 20, 2);
+        let proxy = Proxy::with_loss(server.addr, seed + (run << 8), 20, 2);
         let _ = std::fs::remove_file(&file);
         let output = run_bounded(
             Command::new(CLIENT_BIN)
                 .arg(format!("coaps://{}", proxy.addr))
                 .args(["--pid", "Lossy", "--type", "APP", "--version", "1.0.0"])
-                .args(["--psk-identity", "mote", "--psk-key", "lossy-link-key"])
+                .args(client_args)
                 .args(["-b", "1024", "--timeout-ms", TIMEOUT_MS])
                 .arg("-o")
                 .arg(&file),
@@ -424,7 +454,7 @@ fn coaps_downloads_complete_over_a_lossy_link_with_loss_in_the_handshake() {
         handshake_drops += seen.dtls_dropped[0][0] + seen.dtls_dropped[1][0];
         data_drops += seen.dtls_dropped[0][1] + seen.dtls_dropped[1][1];
         eprintln!(
-            "coaps run {run}: exit {:?}, up [drop, dup, hold, pass] {:?}, down {:?}, \
+            "{tag} run {run}: exit {:?}, up [drop, dup, hold, pass] {:?}, down {:?}, \
              dropped [handshake, data] up {:?} down {:?}; {}",
             output.status.code(),
             seen.counts[0],

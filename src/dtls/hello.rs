@@ -26,6 +26,14 @@ pub(super) const COOKIE_LEN: usize = 32;
 /// The length of the HelloVerifyRequest datagram: record header 13,
 /// handshake header 12, version 2, cookie length 1, cookie 32.
 pub const HELLO_VERIFY_LEN: usize = RECORD_HEADER + HANDSHAKE_HEADER + 3 + COOKIE_LEN;
+/// The client_certificate_type extension (RFC 7250).
+const CERTIFICATE_TYPE_CLIENT: u16 = 19;
+/// The server_certificate_type extension (RFC 7250).
+const CERTIFICATE_TYPE_SERVER: u16 = 20;
+/// The certificate type of X.509 certificates.
+const X509: u8 = 0;
+/// The certificate type of raw public keys.
+const RAW_PUBLIC_KEY: u8 = 2;
 /// DTLS 1.2 on the wire; the record version of every record we write.
 const DTLS_1_2: [u8; 2] = [0xfe, 0xfd];
 /// DTLS 1.0: the server_version of a HelloVerifyRequest (RFC 6347 §4.2.1).
@@ -53,6 +61,9 @@ pub(super) struct ClientHello {
     cookie: Range<usize>,
     /// Cipher suites and compression methods, with their lengths.
     tail: Range<usize>,
+    /// The extensions, without their total length (empty when there
+    /// are none).
+    extensions: Range<usize>,
 }
 
 impl ClientHello {
@@ -88,6 +99,14 @@ impl ClientHello {
         let compression_len = usize::from(*body.get(compression_at)?);
         let tail_end = compression_at + 1 + compression_len;
         body.get(..tail_end)?;
+        let extensions = match body.get(tail_end..tail_end + 2) {
+            None => tail_end..tail_end,
+            Some(len) => {
+                let end = tail_end + 2 + usize::try_from(be(len)).ok()?;
+                body.get(..end)?;
+                tail_end + 2..end
+            }
+        };
         let at = |range: Range<usize>| body_start + range.start..body_start + range.end;
         Some(ClientHello {
             record_len,
@@ -96,7 +115,57 @@ impl ClientHello {
             head: at(0..cookie_len_at),
             cookie: at(cookie_start..suites_at),
             tail: at(suites_at..tail_end),
+            extensions: at(extensions),
         })
+    }
+
+    /// The cipher suites the hello offers, in the client's order of
+    /// preference.
+    pub(super) fn suites<'d>(&self, datagram: &'d [u8]) -> impl Iterator<Item = u16> + 'd {
+        let tail = datagram.get(self.tail.clone()).unwrap_or_default();
+        let len = usize::try_from(be(tail.get(..2).unwrap_or_default())).unwrap_or(0);
+        tail.get(2..2 + len)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .filter_map(|pair| Some(u16::from_be_bytes(pair.try_into().ok()?)))
+    }
+
+    /// The body of the hello's extension of type `kind`, if it has one.
+    pub(super) fn extension<'d>(&self, datagram: &'d [u8], kind: u16) -> Option<&'d [u8]> {
+        let mut rest = datagram.get(self.extensions.clone())?;
+        // Bounded: each turn consumes at least four bytes.
+        while let Some(header) = rest.get(..4) {
+            let len = usize::try_from(be(header.get(2..4)?)).ok()?;
+            let body = rest.get(4..4 + len)?;
+            if be(header.get(..2)?) == u64::from(kind) {
+                return Some(body);
+            }
+            rest = rest.get(4 + len..)?;
+        }
+        None
+    }
+
+    /// Whether the hello asks for raw public keys both ways (RFC 7250
+    /// §4.1): RawPublicKey (2) among the types of its
+    /// server_certificate_type (20) extension, and in its
+    /// client_certificate_type (19), the type of what the client would
+    /// send, ahead of X.509 (0) when `x509_too` (the server takes
+    /// either). GnuTLS offers [0, 2] for the server's and [2] for its own.
+    pub(super) fn wants_raw_public_keys(&self, datagram: &[u8], x509_too: bool) -> bool {
+        let types = |kind| {
+            let body = self.extension(datagram, kind).unwrap_or_default();
+            let len = usize::from(*body.first().unwrap_or(&0));
+            body.get(1..1 + len).unwrap_or_default()
+        };
+        let own = types(CERTIFICATE_TYPE_CLIENT);
+        let raw = own.iter().position(|t| *t == RAW_PUBLIC_KEY);
+        let x509 = own.iter().position(|t| *t == X509);
+        types(CERTIFICATE_TYPE_SERVER).contains(&RAW_PUBLIC_KEY)
+            && match (raw, x509) {
+                (Some(r), Some(x)) => !x509_too || r < x,
+                (Some(_), None) => true,
+                _ => false,
+            }
     }
 
     /// The hello's record alone (a datagram may carry more after it).
@@ -290,12 +359,37 @@ pub(super) mod tests {
     /// record sequence number `record_seq` and `random`, offering the
     /// PSK suite and null compression.
     pub(in crate::dtls) fn hello(cookie: &[u8], seq: u16, record_seq: u8, random: u8) -> Vec<u8> {
+        hello_offering(cookie, seq, record_seq, random, 0xc0a8, &[])
+    }
+
+    /// As [`hello`], offering `suite` and with `extensions` (type, body;
+    /// none: no extensions block).
+    pub(in crate::dtls) fn hello_offering(
+        cookie: &[u8],
+        seq: u16,
+        record_seq: u8,
+        random: u8,
+        suite: u16,
+        extensions: &[(u16, &[u8])],
+    ) -> Vec<u8> {
         let mut body = vec![0xfe, 0xfd];
         body.extend_from_slice(&[random; 32]);
         body.push(0);
         body.push(cookie.len() as u8);
         body.extend_from_slice(cookie);
-        body.extend_from_slice(&[0, 2, 0xc0, 0xa8, 1, 0]);
+        body.extend_from_slice(&[0, 2]);
+        body.extend_from_slice(&suite.to_be_bytes());
+        body.extend_from_slice(&[1, 0]);
+        if !extensions.is_empty() {
+            let mut ext = Vec::new();
+            for (kind, data) in extensions {
+                ext.extend_from_slice(&kind.to_be_bytes());
+                ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+                ext.extend_from_slice(data);
+            }
+            body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+            body.extend_from_slice(&ext);
+        }
         let mut hs = vec![1];
         hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
         hs.extend_from_slice(&seq.to_be_bytes());
@@ -336,6 +430,44 @@ pub(super) mod tests {
         assert_eq!(ClientHello::parse(&app_data), None);
         for cut in 0..with.len() {
             assert_eq!(ClientHello::parse(&with[..cut]), None, "cut at {cut}");
+        }
+    }
+
+    /// `hello(...)` with `extensions` (type, body) after its compression
+    /// methods.
+    fn hello_with(extensions: &[(u16, &[u8])]) -> Vec<u8> {
+        hello_offering(&[], 0, 0, 7, 0xc0a8, extensions)
+    }
+
+    #[test]
+    fn suites_and_certificate_types_are_read_from_the_hello() {
+        let first = hello(&[], 0, 0, 7);
+        let h = ClientHello::parse(&first).expect("a hello");
+        assert_eq!(h.suites(&first).collect::<Vec<_>>(), [0xc0a8]);
+        assert!(!h.wants_raw_public_keys(&first, false));
+        // GnuTLS with a raw key: X.509 or raw for the server's, raw for
+        // its own.
+        let gnutls = hello_with(&[(19, &[1, 2]), (20, &[2, 0, 2]), (23, &[])]);
+        let h = ClientHello::parse(&gnutls).expect("a hello");
+        assert_eq!(h.extension(&gnutls, 23), Some(&[][..]));
+        assert_eq!(h.extension(&gnutls, 20), Some(&[2, 0, 2][..]));
+        assert!(h.wants_raw_public_keys(&gnutls, true));
+        // A client that would send either, X.509 first: certificates when
+        // the server has them.
+        let either = hello_with(&[(19, &[2, 0, 2]), (20, &[1, 2])]);
+        let h = ClientHello::parse(&either).expect("a hello");
+        assert!(!h.wants_raw_public_keys(&either, true));
+        assert!(h.wants_raw_public_keys(&either, false));
+        // No raw key for the server's: no raw public key handshake.
+        let half = hello_with(&[(19, &[1, 2]), (20, &[1, 0])]);
+        let h = ClientHello::parse(&half).expect("a hello");
+        assert!(!h.wants_raw_public_keys(&half, false));
+        // Extensions cut short: no hello.
+        for cut in first.len() + 1..gnutls.len() {
+            let mut short = gnutls[..cut].to_vec();
+            let len = (cut - RECORD_HEADER) as u16;
+            short[11..13].copy_from_slice(&len.to_be_bytes());
+            assert!(ClientHello::parse(&short).is_none(), "cut at {cut}");
         }
     }
 

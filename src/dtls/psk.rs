@@ -74,18 +74,9 @@ impl PskTable {
                 .ok_or_else(|| format!("line {number}: the key of '{identity}' is invalid: use 1 to {MAX_PSK_FIELD} ASCII bytes or 0x and an even number of hex digits"))?;
             let authorization = match fields.next() {
                 None => Authorization::any_pid(),
-                Some(list) => {
-                    let pids: Vec<&str> = list.split(',').map(str::trim).collect();
-                    if pids
-                        .iter()
-                        .any(|pid| !crate::firmware::valid_pid(pid.as_bytes()))
-                    {
-                        return Err(format!(
-                            "line {number}: '{list}' is not a comma-separated list of PIDs"
-                        ));
-                    }
-                    Authorization::only_pids(pids)
-                }
+                Some(list) => parse_pids(list).ok_or_else(|| {
+                    format!("line {number}: '{list}' is not a comma-separated list of PIDs")
+                })?,
             };
             let entry = Identity { key, authorization };
             if identities
@@ -261,6 +252,15 @@ impl ClientPsk {
     }
 }
 
+/// A comma-separated list of PIDs, as the PSK file and the names file
+/// of certificates and raw public keys give them.
+pub(super) fn parse_pids(list: &str) -> Option<Authorization> {
+    let pids: Vec<&str> = list.split(',').map(str::trim).collect();
+    pids.iter()
+        .all(|pid| crate::firmware::valid_pid(pid.as_bytes()))
+        .then(|| Authorization::only_pids(pids))
+}
+
 /// A key field: `0x` and hex digits, else the ASCII bytes themselves.
 fn parse_key(text: &str) -> Option<Vec<u8>> {
     let key = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
@@ -323,7 +323,7 @@ pub(super) fn psk_provider() -> CryptoProvider {
 
 /// Datagrams a server engine queues: a PSK client's flights are one to
 /// three datagrams; more queued is an attack.
-const SERVER_QUEUE_RX: usize = 8;
+pub(super) const SERVER_QUEUE_RX: usize = 8;
 
 /// A server engine for one handshake whose ClientHello cookie the front
 /// verified; its randomness comes from the operating system (dimpl's

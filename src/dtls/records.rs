@@ -14,10 +14,59 @@ const CONTENT_ALERT: u8 = 21;
 const CLIENT_KEY_EXCHANGE: u8 = 16;
 /// Handshake type of a ClientHello.
 const CLIENT_HELLO: u8 = 1;
-/// The largest message_seq a PSK client sends in plaintext: ClientHello
-/// 0 and 1 (after the cookie), ClientKeyExchange 2. Its Finished (3) is
-/// encrypted.
-const LAST_PLAINTEXT_SEQ: u64 = 2;
+/// Handshake type of a Certificate.
+const CERTIFICATE: u8 = 11;
+/// Handshake type of a CertificateVerify.
+const CERTIFICATE_VERIFY: u8 = 15;
+
+/// How a handshake authenticates, which decides what its client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Pre-shared keys (TLS_PSK_WITH_AES_128_CCM_8).
+    Psk,
+    /// X.509 certificates both ways (ECDHE-ECDSA suites).
+    Certificate,
+    /// Raw public keys both ways (RFC 7250; ECDHE-ECDSA suites).
+    RawPublicKey,
+}
+
+impl Mode {
+    /// The largest message_seq its client sends in plaintext: a PSK
+    /// client's ClientHello 0 and 1 (after the cookie) and
+    /// ClientKeyExchange 2; a certificate client's Certificate 2,
+    /// ClientKeyExchange 3 and CertificateVerify 4. The Finished after
+    /// them is encrypted.
+    fn last_plaintext_seq(self) -> u64 {
+        match self {
+            Mode::Psk => 2,
+            Mode::Certificate | Mode::RawPublicKey => 4,
+        }
+    }
+
+    /// Whether its client sends handshake messages of type `kind` in
+    /// plaintext after its ClientHello.
+    fn sends(self, kind: u8) -> bool {
+        match self {
+            Mode::Psk => matches!(kind, CLIENT_HELLO | CLIENT_KEY_EXCHANGE),
+            Mode::Certificate | Mode::RawPublicKey => matches!(
+                kind,
+                CLIENT_HELLO | CLIENT_KEY_EXCHANGE | CERTIFICATE | CERTIFICATE_VERIFY
+            ),
+        }
+    }
+
+    /// The largest datagram a half-open handshake of this mode takes in:
+    /// a PSK client's flight (ClientKeyExchange with an identity of at
+    /// most 128 bytes, ChangeCipherSpec, Finished) is under 300 bytes; a
+    /// certificate client's adds its certificate (500 to 800 bytes for a
+    /// P-256 one) and CertificateVerify.
+    pub(super) fn datagram_max(self) -> usize {
+        match self {
+            Mode::Psk => 512,
+            Mode::Certificate | Mode::RawPublicKey => 1500,
+        }
+    }
+}
 /// The alert level of a fatal alert.
 const FATAL: u8 = 2;
 
@@ -31,6 +80,16 @@ pub(super) enum Alert {
     DecryptError = 51,
     /// The identity is not in the PSK file (RFC 4279 §2).
     UnknownPskIdentity = 115,
+    /// The client certificate does not parse.
+    BadCertificate = 42,
+    /// The client certificate is not one for a client, or not P-256.
+    UnsupportedCertificate = 43,
+    /// The client certificate (or its issuer) is outside its dates.
+    CertificateExpired = 45,
+    /// The client certificate is not issued by a trust anchor.
+    UnknownCa = 48,
+    /// The client's raw public key is not on the list.
+    AccessDenied = 49,
     /// Any other failure of the handshake.
     HandshakeFailure = 40,
 }
@@ -84,10 +143,10 @@ pub(super) struct Contents {
 }
 
 /// Reads the records of `datagram` and says whether it may be what a
-/// PSK client sends during or right after its handshake. Plaintext
+/// client of `mode` sends during or right after its handshake. Plaintext
 /// alerts are refused: a client's own is not worth a spoofer's power to
 /// end someone else's handshake with one.
-pub(super) fn screen(datagram: &[u8]) -> Screened {
+pub(super) fn screen(datagram: &[u8], mode: Mode) -> Screened {
     let mut rest = datagram;
     let mut contents = Contents::default();
     if rest.is_empty() {
@@ -105,7 +164,7 @@ pub(super) fn screen(datagram: &[u8]) -> Screened {
         };
         match (epoch, content) {
             (0, CONTENT_CHANGE_CIPHER_SPEC) => contents.change_cipher_spec = true,
-            (0, CONTENT_HANDSHAKE) => match whole_client_messages(fragment) {
+            (0, CONTENT_HANDSHAKE) => match whole_client_messages(fragment, mode) {
                 Some(key_exchange) => contents.key_exchange |= key_exchange,
                 None => return Screened::Refused,
             },
@@ -122,11 +181,12 @@ pub(super) fn screen(datagram: &[u8]) -> Screened {
 }
 
 /// Whether `fragment` (a plaintext handshake record's body) holds only
-/// whole ClientHello or ClientKeyExchange messages with a message_seq a
-/// PSK client uses: `None` when it does not, else whether a
-/// ClientKeyExchange is among them. PSK flights are a few hundred bytes:
-/// no client fragments them, so a fragment is an attacker's.
-fn whole_client_messages(mut fragment: &[u8]) -> Option<bool> {
+/// whole messages of the kinds and with a message_seq a client of `mode`
+/// sends: `None` when it does not, else whether a
+/// ClientKeyExchange is among them. PSK flights are a few hundred bytes,
+/// a certificate client's about a kilobyte, under any path MTU: no client
+/// fragments them, so a fragment is an attacker's.
+fn whole_client_messages(mut fragment: &[u8], mode: Mode) -> Option<bool> {
     if fragment.is_empty() {
         return None;
     }
@@ -138,8 +198,8 @@ fn whole_client_messages(mut fragment: &[u8]) -> Option<bool> {
         let message_seq = be(header.get(4..6)?);
         let offset = be(header.get(6..9)?);
         let fragment_length = be(header.get(9..12)?);
-        if !matches!(kind, CLIENT_HELLO | CLIENT_KEY_EXCHANGE)
-            || message_seq > LAST_PLAINTEXT_SEQ
+        if !mode.sends(kind)
+            || message_seq > mode.last_plaintext_seq()
             || offset != 0
             || fragment_length != length
         {
@@ -186,6 +246,10 @@ mod tests {
         record(22, 0, &hs)
     }
 
+    fn screen_psk(datagram: &[u8]) -> Screened {
+        screen(datagram, Mode::Psk)
+    }
+
     fn record(content: u8, epoch: u16, body: &[u8]) -> Vec<u8> {
         let mut r = vec![content, 0xfe, 0xfd];
         r.extend_from_slice(&epoch.to_be_bytes());
@@ -207,16 +271,16 @@ mod tests {
             encrypted: true,
             encrypted_handshake: true,
         };
-        assert_eq!(screen(&flight), Screened::Handshake(all));
+        assert_eq!(screen_psk(&flight), Screened::Handshake(all));
         assert_eq!(
-            screen(&record(23, 1, &[1; 30])),
+            screen_psk(&record(23, 1, &[1; 30])),
             Screened::Handshake(Contents {
                 encrypted: true,
                 ..Contents::default()
             })
         );
         assert_eq!(
-            screen(&record(20, 0, &[1])),
+            screen_psk(&record(20, 0, &[1])),
             Screened::Handshake(Contents {
                 change_cipher_spec: true,
                 plaintext: true,
@@ -228,18 +292,50 @@ mod tests {
     #[test]
     fn fragments_later_messages_and_plaintext_alerts_are_refused() {
         // One byte of a future message, as in the fragment-stuffing attack.
-        assert_eq!(screen(&handshake(16, 2, 100, 7, 1)), Screened::Refused);
-        assert_eq!(screen(&handshake(16, 2, 100, 0, 50)), Screened::Refused);
-        assert_eq!(screen(&handshake(16, 9, 4, 0, 4)), Screened::Refused);
-        assert_eq!(screen(&handshake(11, 2, 4, 0, 4)), Screened::Refused);
-        assert_eq!(screen(&record(21, 0, &[2, 40])), Screened::Refused);
-        assert_eq!(screen(&record(23, 0, &[1; 8])), Screened::Refused);
-        assert_eq!(screen(&record(23, 2, &[1; 8])), Screened::Refused);
-        assert_eq!(screen(&[]), Screened::Refused);
+        assert_eq!(screen_psk(&handshake(16, 2, 100, 7, 1)), Screened::Refused);
+        assert_eq!(screen_psk(&handshake(16, 2, 100, 0, 50)), Screened::Refused);
+        assert_eq!(screen_psk(&handshake(16, 9, 4, 0, 4)), Screened::Refused);
+        assert_eq!(screen_psk(&handshake(11, 2, 4, 0, 4)), Screened::Refused);
+        assert_eq!(screen_psk(&record(21, 0, &[2, 40])), Screened::Refused);
+        assert_eq!(screen_psk(&record(23, 0, &[1; 8])), Screened::Refused);
+        assert_eq!(screen_psk(&record(23, 2, &[1; 8])), Screened::Refused);
+        assert_eq!(screen_psk(&[]), Screened::Refused);
         let whole = handshake(16, 2, 20, 0, 20);
         for cut in 1..whole.len() {
-            assert_eq!(screen(&whole[..cut]), Screened::Refused, "cut at {cut}");
+            assert_eq!(screen_psk(&whole[..cut]), Screened::Refused, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_certificate_clients_flight_passes_in_its_mode_only() {
+        let mut flight = handshake(11, 2, 400, 0, 400);
+        flight.extend(handshake(16, 3, 66, 0, 66));
+        flight.extend(handshake(15, 4, 72, 0, 72));
+        flight.extend(record(20, 0, &[1]));
+        flight.extend(record(22, 1, &[0xaa; 40]));
+        assert!(matches!(
+            screen(&flight, Mode::Certificate),
+            Screened::Handshake(Contents {
+                key_exchange: true,
+                change_cipher_spec: true,
+                encrypted_handshake: true,
+                ..
+            })
+        ));
+        assert_eq!(screen_psk(&flight), Screened::Refused);
+        // Fragments and later messages stay refused.
+        assert_eq!(
+            screen(&handshake(11, 2, 400, 0, 200), Mode::Certificate),
+            Screened::Refused
+        );
+        assert_eq!(
+            screen(&handshake(15, 5, 72, 0, 72), Mode::Certificate),
+            Screened::Refused
+        );
+        assert_eq!(
+            screen(&handshake(20, 3, 12, 0, 12), Mode::Certificate),
+            Screened::Refused
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The coaps glue of the loop: the DTLS socket's datagrams go through
 //! `dtls::Front` (records in, decrypted requests to the service, answers
-//! encrypted back), SIGHUP rereads the PSK file, stopping ends every
+//! encrypted back), SIGHUP rereads the PSK file, the names file and the raw
+//! key list, stopping ends every
 //! session, and each record leaves from the address its session's
 //! handshake was sent to.
 //!
@@ -28,6 +29,10 @@ pub(super) struct Secure {
     pub(super) front: crate::dtls::Front,
     /// Reread on SIGHUP.
     pub(super) psk_file: Option<PathBuf>,
+    /// The certificate devices' names file and the raw key list, reread
+    /// on SIGHUP too.
+    pub(super) names_file: Option<PathBuf>,
+    pub(super) raw_key_list: Option<PathBuf>,
     /// The address each session's cookie-bearing ClientHello was sent
     /// to: every record of the session leaves from it, also those sent
     /// on a timer (retransmitted flights, notifications, close_notify),
@@ -55,12 +60,24 @@ impl Server {
             socket: index,
             front,
             psk_file,
+            names_file: None,
+            raw_key_list: None,
             local_dests: std::collections::HashMap::new(),
         });
         self.refresh_deadline();
         self.sockets
             .iter()
             .try_for_each(|s| s.set_nonblocking(true))
+    }
+
+    /// Rereads `names_file` (`--cert-names`) and `raw_key_list`
+    /// (`--rpk-clients`) on SIGHUP too, as the PSK file of
+    /// [`Server::serve_dtls`]; call after it.
+    pub fn reread_on_sighup(&mut self, names_file: Option<PathBuf>, raw_key_list: Option<PathBuf>) {
+        if let Some(secure) = self.dtls.as_mut() {
+            secure.names_file = names_file;
+            secure.raw_key_list = raw_key_list;
+        }
     }
 
     /// The DTLS sessions, when coaps is served.
@@ -141,11 +158,41 @@ impl Server {
         self.send_notifications(now_ms);
     }
 
-    /// SIGHUP: the PSK file read again; on an error the keys in use stay.
+    /// SIGHUP: the PSK file, the names file and the raw key list read
+    /// again; on an error the ones in use stay.
     pub(super) fn reload_keys(&mut self) {
         let Some(secure) = self.dtls.as_mut() else {
             return;
         };
+        if let Some(path) = secure.names_file.clone() {
+            match crate::dtls::DeviceNames::read(&path) {
+                Ok(names) => {
+                    let count = names.len();
+                    let updated = secure.front.replace_device_names(Some(names));
+                    info!(
+                        "SIGHUP: {count} device names from {}, {updated} certificate sessions \
+                         updated",
+                        path.display()
+                    );
+                }
+                Err(e) => warn!("SIGHUP: {e}; the names in use are kept"),
+            }
+        }
+        if let Some(path) = secure.raw_key_list.clone() {
+            match crate::dtls::RawPublicKeys::read(&path) {
+                Ok(keys) => {
+                    let count = keys.len();
+                    let ended = secure.front.replace_raw_keys(keys);
+                    info!(
+                        "SIGHUP: {count} raw public keys from {}, {ended} sessions of removed \
+                         keys ended",
+                        path.display()
+                    );
+                    flush(&self.sockets, secure, None, &mut self.stats);
+                }
+                Err(e) => warn!("SIGHUP: {e}; the keys in use are kept"),
+            }
+        }
         let Some(path) = secure.psk_file.clone() else {
             return;
         };

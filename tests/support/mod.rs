@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub mod coap;
 pub mod coaps;
 mod images;
+pub mod pki;
 #[allow(unused_imports)] // Not every test uses every part of the kit.
 pub use images::{image_bytes, XorShift};
 
@@ -432,6 +433,28 @@ pub fn on_both_families(dir: &Path, extra: &[&str], mut f: impl FnMut(&TestServe
         let server = spawn_server(dir, listen, extra);
         f(&server);
     }
+}
+
+/// What a finished program printed, both streams, for a failed
+/// assertion's message.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Asserts that `body`, what a client wrote, is `expected` byte for
+/// byte; on failure says `what`, both lengths and what the client printed.
+pub fn assert_downloaded(body: &[u8], expected: &[u8], what: &str, output: &std::process::Output) {
+    assert!(
+        body == expected,
+        "{what}: {} bytes of {}, {}",
+        body.len(),
+        expected.len(),
+        output_text(output)
+    );
 }
 
 /// Runs `command` to completion with its stdout and stderr captured, but

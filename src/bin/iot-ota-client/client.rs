@@ -305,7 +305,7 @@ impl Client {
         Ok(Client::with_link(Link::Plain(socket), params, rng))
     }
 
-    /// As [`Client::connect`], then a DTLS handshake with `psk` (coaps):
+    /// As [`Client::connect`], then a DTLS handshake with `credentials` (coaps):
     /// every request and answer after it is a DTLS record.
     ///
     /// # Errors
@@ -315,11 +315,11 @@ impl Client {
     pub(crate) fn connect_secure(
         server: SocketAddr,
         params: Retransmission,
-        psk: &iot_ota::dtls::ClientPsk,
+        credentials: &iot_ota::dtls::ClientCredentials,
     ) -> Result<Client, ClientError> {
         let socket = bind_ephemeral(server).map_err(ClientError::Io)?;
         socket.connect(server).map_err(ClientError::Io)?;
-        let link = crate::secure::SecureLink::handshake(socket, psk, &params)?;
+        let link = crate::secure::SecureLink::handshake(socket, credentials, &params)?;
         Ok(Client::with_link(
             Link::Secure(Box::new(link)),
             params,

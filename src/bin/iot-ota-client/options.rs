@@ -66,9 +66,9 @@ pub(crate) struct Config {
     pub(crate) observe: bool,
     /// `--count N`: stop after N notifications.
     pub(crate) count: Option<u64>,
-    /// The identity and key of a `coaps://` server.
+    /// The credentials for a `coaps://` server.
     #[cfg(feature = "dtls")]
-    pub(crate) psk: Option<iot_ota::dtls::ClientPsk>,
+    pub(crate) credentials: Option<iot_ota::dtls::ClientCredentials>,
 }
 
 fn options() -> Options {
@@ -161,6 +161,37 @@ fn options() -> Options {
             "coaps: read the identity and key from FILE, one identity:key line (not readable by other users)",
             "FILE",
         );
+        o.optopt(
+            "",
+            "cert",
+            "coaps with a certificate: the device's ECDSA P-256 certificate, PEM (with --key and --ca)",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "key",
+            "coaps: the private key of --cert, PEM (not readable by other users)",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "ca",
+            "coaps: the CA certificates (PEM) the server's certificate must be issued by",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "rpk-key",
+            "coaps with a raw public key (RFC 7250): the device's ECDSA P-256 private key, PEM \
+             (not readable by other users; with --rpk-server)",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "rpk-server",
+            "coaps: the server's raw public key, a PEM PUBLIC KEY file or sha256:HEX",
+            "FILE|sha256:HEX",
+        );
     }
     o.optflag("h", "help", "print this help");
     o.optflag(
@@ -186,7 +217,8 @@ fn usage_text(o: &Options) -> String {
          {PROGRAM} coap://HOST[:PORT]/PATH[?QUERY] [-o FILE] [-b BYTES]\n       \
          {PROGRAM} SERVER --pid PID --version M.m.b --observe [-o FILE] [--count N]\n       \
          {PROGRAM} coap://HOST[:PORT]/PATH --observe [-o FILE] [--count N]\n       \
-         {PROGRAM} coaps://HOST[:PORT]/PATH (--psk-identity ID --psk-key KEY | --psk-file FILE) ...\n\
+         {PROGRAM} coaps://HOST[:PORT]/PATH (--psk-identity ID --psk-key KEY | --psk-file FILE\n                   \
+         | --cert FILE --key FILE --ca FILE | --rpk-key FILE --rpk-server FILE|sha256:HEX) ...\n\
          {LOADGEN_USAGE}\n\
          A CoAP client for iot-ota-server: asks for a firmware update as a device does and downloads it\n\
          (Confirmable requests with RFC 7252 retransmission, Block2 per RFC 7959, Echo per RFC 9175, and\n\
@@ -388,7 +420,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         ),
     };
     #[cfg(feature = "dtls")]
-    let psk = parse_psk(&m, target.secure)?;
+    let credentials = parse_credentials(&m, target.secure)?;
     #[cfg(not(feature = "dtls"))]
     if target.secure {
         return Err(
@@ -405,12 +437,60 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         observe,
         count,
         #[cfg(feature = "dtls")]
-        psk,
+        credentials,
     }))
 }
 
+/// The credentials of a `coaps://` server (`secure`), and only of one:
+/// a pre-shared key, a certificate (`--cert`, `--key`, `--ca`) or a raw
+/// public key (`--rpk-key`, `--rpk-server`).
+#[cfg(feature = "dtls")]
+fn parse_credentials(
+    m: &getopts::Matches,
+    secure: bool,
+) -> Result<Option<iot_ota::dtls::ClientCredentials>, String> {
+    use iot_ota::dtls::ClientCredentials;
+    use std::path::Path;
+    const CERT: [&str; 3] = ["cert", "key", "ca"];
+    const RAW: [&str; 2] = ["rpk-key", "rpk-server"];
+    let certificate = CERT.iter().any(|o| m.opt_present(o));
+    let raw = RAW.iter().any(|o| m.opt_present(o));
+    let psk = parse_psk(m, secure)?;
+    if !secure {
+        return match certificate || raw {
+            true => Err(
+                "--cert, --key, --ca, --rpk-key and --rpk-server go with a coaps:// URI".to_owned(),
+            ),
+            false => Ok(None),
+        };
+    }
+    match (psk, certificate, raw) {
+        (Some(psk), false, false) => Ok(Some(ClientCredentials::Psk(psk))),
+        (None, true, false) => match (m.opt_str("cert"), m.opt_str("key"), m.opt_str("ca")) {
+            (Some(cert), Some(key), Some(ca)) => {
+                ClientCredentials::certificate(Path::new(&cert), Path::new(&key), Path::new(&ca))
+                    .map(Some)
+            }
+            _ => Err("--cert, --key and --ca go together".to_owned()),
+        },
+        (None, false, true) => match (m.opt_str("rpk-key"), m.opt_str("rpk-server")) {
+            (Some(key), Some(server)) => {
+                ClientCredentials::raw_public_key(Path::new(&key), &server).map(Some)
+            }
+            _ => Err("--rpk-key and --rpk-server go together".to_owned()),
+        },
+        (None, false, false) => Err(
+            "coaps:// needs a pre-shared key (--psk-identity ID --psk-key \
+             KEY, or --psk-file FILE), a certificate (--cert, --key, --ca) or a raw public key \
+             (--rpk-key, --rpk-server)"
+                .to_owned(),
+        ),
+        _ => Err("give one of a pre-shared key, a certificate and a raw public key".to_owned()),
+    }
+}
+
 /// `--psk-identity` and `--psk-key`, or `--psk-file`: the key of a
-/// `coaps://` server (`secure`), and only of one.
+/// `coaps://` server (`secure`), if they are given.
 #[cfg(feature = "dtls")]
 fn parse_psk(
     m: &getopts::Matches,
@@ -420,22 +500,17 @@ fn parse_psk(
     let identity = m.opt_str("psk-identity");
     let key = m.opt_str("psk-key");
     let file = m.opt_str("psk-file");
+    if [&identity, &key, &file].iter().all(|o| o.is_none()) {
+        return Ok(None);
+    }
     if !secure {
-        return match [&identity, &key, &file].iter().any(|o| o.is_some()) {
-            true => {
-                Err("--psk-identity, --psk-key and --psk-file go with a coaps:// URI".to_owned())
-            }
-            false => Ok(None),
-        };
+        return Err("--psk-identity, --psk-key and --psk-file go with a coaps:// URI".to_owned());
     }
     let psk = match (identity, key, file) {
         (Some(identity), Some(key), None) => ClientPsk::new(&identity, &key)
             .map_err(|e| format!("invalid --psk-identity/--psk-key: {e}"))?,
         (None, None, Some(path)) => ClientPsk::read(std::path::Path::new(&path))?,
-        (None, None, None) => return Err(
-            "coaps:// needs a pre-shared key: --psk-identity ID --psk-key KEY, or --psk-file FILE"
-                .to_owned(),
-        ),
+        (None, None, None) => return Ok(None),
         (_, _, Some(_)) => {
             return Err("give --psk-file or --psk-identity with --psk-key, not both".to_owned())
         }

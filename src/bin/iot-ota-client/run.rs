@@ -24,8 +24,8 @@ pub(crate) fn run(config: &Config) -> ExitCode {
     };
     let shown = iot_ota::iface::display(server);
     #[cfg(feature = "dtls")]
-    if let Some(psk) = &config.psk {
-        return match Client::connect_secure(server, config.params, psk) {
+    if let Some(credentials) = &config.credentials {
+        return match Client::connect_secure(server, config.params, credentials) {
             Ok(mut client) => run_with(&mut client, config, server),
             Err(ClientError::Io(e)) => fail(&format!(
                 "cannot open a UDP socket to {shown}: {e}{}",

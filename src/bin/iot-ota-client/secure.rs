@@ -1,15 +1,18 @@
 //! coaps for the client (`--features dtls`): a [`SecureLink`] runs the
-//! DTLS 1.2 PSK handshake on the connected socket before the first
+//! DTLS 1.2 handshake (pre-shared key, certificate or raw public key) on
+//! the connected socket before the first
 //! request, then carries each CoAP datagram in one record, so that
 //! [`crate::client::Client`] sends and receives plaintext CoAP datagrams
 //! as it does on a plain socket, with its own retransmission. The engine
-//! is the server's (`dimpl`, through [`ClientPsk::engine`]): sans-IO, so
-//! this file owns the clock and the socket.
+//! is the server's (`dimpl`, through [`ClientCredentials::engine`]):
+//! sans-IO, so this file owns the clock and the socket. The server's
+//! certificate (or raw public key) is checked before the client's
+//! Finished goes out.
 
 use crate::client::{is_unreachable, recv_within, ClientError};
 use crate::coap::Retransmission;
 use dimpl::{Dtls, Output};
-use iot_ota::dtls::ClientPsk;
+use iot_ota::dtls::ClientCredentials;
 use std::collections::VecDeque;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
@@ -17,6 +20,11 @@ use std::time::{Duration, Instant};
 /// Largest datagram taken from the socket: a record of the server's
 /// largest CoAP reply and more, with one byte to spare.
 const RECORD_RX_LEN: usize = 4096 + 1;
+/// The engine's output buffer: records, and the server's certificate,
+/// which the engine hands over whole and cannot shorten (it asserts that
+/// it fits): reassembled from at most its queue of 30 datagrams of at
+/// most [`RECORD_RX_LEN`] bytes.
+const SCRATCH_LEN: usize = 32 * RECORD_RX_LEN;
 /// Outputs taken from the engine at once: a flight, records and events,
 /// then its timer.
 const MAX_OUTPUTS: usize = 256;
@@ -39,6 +47,10 @@ pub(crate) struct SecureLink {
     connected: bool,
     /// The server sent close_notify.
     closed: bool,
+    /// Checks the server's certificate or raw public key.
+    credentials: ClientCredentials,
+    /// Why the server's certificate was refused, once it was.
+    refused: Option<String>,
 }
 
 impl std::fmt::Debug for SecureLink {
@@ -52,23 +64,24 @@ impl std::fmt::Debug for SecureLink {
 
 impl SecureLink {
     /// Runs the handshake with the server `socket` is connected to, with
-    /// `psk`: the flights are sent again after `params.ack_timeout`,
+    /// `credentials`: the flights are sent again after `params.ack_timeout`,
     /// doubling, four times, as a CoAP request (RFC 7252 §4.2), and the
     /// handshake fails when that time (MAX_TRANSMIT_WAIT) has passed.
     ///
     /// # Errors
     /// [`ClientError::Handshake`] when the server did not complete it (a
-    /// wrong key or identity is the usual reason: the server then just
-    /// stops answering), [`ClientError::Unreachable`],
+    /// wrong key or identity is the usual reason: the server then sends
+    /// a fatal alert) or its certificate is refused,
+    /// [`ClientError::Unreachable`],
     /// [`ClientError::Io`].
     pub(crate) fn handshake(
         socket: UdpSocket,
-        psk: &ClientPsk,
+        credentials: &ClientCredentials,
         params: &Retransmission,
     ) -> Result<SecureLink, ClientError> {
         let started = Instant::now();
         let give_up = params.max_transmit_wait();
-        let dtls = psk
+        let dtls = credentials
             .engine(params.ack_timeout, give_up, started)
             .map_err(ClientError::Handshake)?;
         let mut link = SecureLink {
@@ -76,20 +89,30 @@ impl SecureLink {
             dtls,
             timer: Some(started),
             inbox: VecDeque::new(),
-            scratch: vec![0; 2048],
+            scratch: vec![0; SCRATCH_LEN],
             record: vec![0; RECORD_RX_LEN],
             connected: false,
             closed: false,
+            credentials: credentials.clone(),
+            refused: None,
         };
         // The engine's own handshake timeout ends this loop; the deadline
         // is a bound should it not.
         let deadline = started + give_up + params.ack_timeout;
-        let identity = String::from_utf8_lossy(psk.identity()).into_owned();
+        let who = credentials.describe();
+        let hint = match credentials {
+            ClientCredentials::Psk(_) => "a wrong key or identity",
+            ClientCredentials::Certificate { .. } => "a certificate the server refuses",
+            ClientCredentials::RawPublicKey { .. } => "a key the server does not list",
+        };
         while !link.connected {
+            if let Some(why) = link.refused.take() {
+                return Err(ClientError::Handshake(why));
+            }
             let failed = |why: String| {
                 ClientError::Handshake(format!(
-                    "no coaps session as '{identity}' after {:.1} s ({why}): a wrong key or identity, \
-                     or no coaps server at that port",
+                    "no coaps session {who} after {:.1} s ({why}): {hint}, or no coaps server \
+                     at that port",
                     started.elapsed().as_secs_f64()
                 ))
             };
@@ -202,6 +225,20 @@ impl SecureLink {
                 }
                 Output::Connected => self.connected = true,
                 Output::CloseNotify => self.closed = true,
+                // Before the engine's Finished leaves: a server that is
+                // not the one expected gets nothing more.
+                Output::PeerCert(der) => {
+                    let now_s = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    if let Err(refusal) = self.credentials.check_server(der, now_s) {
+                        self.refused = Some(format!(
+                            "the server's certificate or key is refused: {refusal:?}"
+                        ));
+                        self.closed = true;
+                        return Ok(());
+                    }
+                }
                 Output::Timeout(at) => {
                     self.timer = Some(at);
                     return Ok(());

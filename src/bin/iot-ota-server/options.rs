@@ -66,8 +66,20 @@ pub(crate) struct Config {
 #[cfg(feature = "dtls")]
 pub(crate) struct DtlsConfig {
     pub(crate) listen: SocketAddr,
-    pub(crate) psk_file: PathBuf,
+    pub(crate) psk_file: Option<PathBuf>,
+    pub(crate) certificates: Option<CertificateFiles>,
+    /// `--rpk-key` and `--rpk-clients`.
+    pub(crate) raw_keys: Option<(PathBuf, PathBuf)>,
     pub(crate) limits: iot_ota::dtls::Limits,
+}
+
+/// `--cert`, `--key`, `--ca` and `--cert-names`.
+#[cfg(feature = "dtls")]
+pub(crate) struct CertificateFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) ca: PathBuf,
+    pub(crate) names: Option<PathBuf>,
 }
 
 fn options() -> Options {
@@ -105,8 +117,52 @@ fn options() -> Options {
         );
         o.optopt(
             "",
+            "cert",
+            "serve coaps with certificates too (TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 or \
+             _AES_128_CCM_8): the server's ECDSA P-256 certificate, PEM (needs --key and --ca)",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "key",
+            "the private key of --cert, PEM; FILE must not be readable by other users",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "ca",
+            "the CA certificates (PEM) client certificates must be issued by: every coaps \
+             client with a certificate must present one",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "cert-names",
+            "the devices' names (certificate CN or subjectAltName) and the products each may \
+             fetch: lines NAME or NAME:PID,PID; a device not named may fetch no image \
+             (default: every device --ca vouches for may fetch every image)",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "rpk-key",
+            "serve coaps with raw public keys too (RFC 7250): the server's ECDSA P-256 private \
+             key, PEM; FILE must not be readable by other users (needs --rpk-clients)",
+            "FILE",
+        );
+        o.optopt(
+            "",
+            "rpk-clients",
+            "the client public keys accepted, one a line: NAME[:PID,PID] KEY, KEY the base64 \
+             of the SubjectPublicKeyInfo or sha256:HEX, or NAME[:PID,PID] and a PUBLIC KEY \
+             PEM block",
+            "FILE",
+        );
+        o.optopt(
+            "",
             "dtls-listen",
-            "UDP address of the coaps socket (default with --psk-file: [::]:5684)",
+            "UDP address of the coaps socket (default with --psk-file, --cert or --rpk-key: \
+             [::]:5684)",
             "ADDR",
         );
         o.optopt(
@@ -121,6 +177,14 @@ fn options() -> Options {
             "max-handshakes",
             "DTLS handshakes in progress kept (after the cookie exchange), at most 4 per \
              IPv4 address or IPv6 /64; they never displace established sessions (default: 64)",
+            "N",
+        );
+        o.optopt(
+            "",
+            "max-pk-handshakes",
+            "certificate and raw public key handshakes started per second (each costs an \
+             ECDHE key and a signature); beyond it a hello waits for its retransmission \
+             (default: 32)",
             "N",
         );
         o.optopt(
@@ -301,7 +365,8 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     let secure = false;
     if listen.is_empty() && !secure {
         return Err(if cfg!(feature = "dtls") {
-            "-l none with no --psk-file: there would be nothing to serve".to_owned()
+            "-l none with no --psk-file, --cert or --rpk-key: there would be nothing to serve"
+                .to_owned()
         } else {
             "-l none: this build has no coaps (feature dtls), there would be nothing to serve"
                 .to_owned()
@@ -427,23 +492,46 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     }))
 }
 
-/// `--psk-file`, `--dtls-listen`, `--max-sessions`, `--max-handshakes`
-/// and `--session-idle`.
+/// `--psk-file`, `--cert`, `--key`, `--ca`, `--cert-names`,
+/// `--dtls-listen`, `--max-sessions`, `--max-handshakes` and
+/// `--session-idle`.
 #[cfg(feature = "dtls")]
 fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
-    let Some(psk_file) = m.opt_str("psk-file") else {
+    let psk_file = m.opt_str("psk-file").map(PathBuf::from);
+    let certificates = match (m.opt_str("cert"), m.opt_str("key"), m.opt_str("ca")) {
+        (Some(cert), Some(key), Some(ca)) => Some(CertificateFiles {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+            ca: PathBuf::from(ca),
+            names: m.opt_str("cert-names").map(PathBuf::from),
+        }),
+        (None, None, None) => {
+            if m.opt_present("cert-names") {
+                return Err("--cert-names needs --cert, --key and --ca".to_owned());
+            }
+            None
+        }
+        _ => return Err("--cert, --key and --ca go together".to_owned()),
+    };
+    let raw_keys = match (m.opt_str("rpk-key"), m.opt_str("rpk-clients")) {
+        (Some(key), Some(clients)) => Some((PathBuf::from(key), PathBuf::from(clients))),
+        (None, None) => None,
+        _ => return Err("--rpk-key and --rpk-clients go together".to_owned()),
+    };
+    if psk_file.is_none() && certificates.is_none() && raw_keys.is_none() {
         for option in [
             "dtls-listen",
             "max-sessions",
             "max-handshakes",
+            "max-pk-handshakes",
             "session-idle",
         ] {
             if m.opt_present(option) {
-                return Err(format!("--{option} needs --psk-file"));
+                return Err(format!("--{option} needs --psk-file, --cert or --rpk-key"));
             }
         }
         return Ok(None);
-    };
+    }
     let listen = parse_listen(
         &m.opt_str("dtls-listen")
             .unwrap_or_else(|| format!("[::]:{}", iot_ota::dtls::DEFAULT_PORT)),
@@ -474,10 +562,17 @@ fn parse_dtls(m: &getopts::Matches) -> Result<Option<DtlsConfig>, String> {
         )?,
         handshakes_per_source: iot_ota::dtls::HANDSHAKES_PER_SOURCE,
         session_idle_ms: session_idle_s as u64 * 1000,
+        public_key_handshakes_per_s: count(
+            "max-pk-handshakes",
+            iot_ota::dtls::DEFAULT_PUBLIC_KEY_HANDSHAKES_PER_S,
+            100_000,
+        )?,
     };
     Ok(Some(DtlsConfig {
         listen,
-        psk_file: PathBuf::from(psk_file),
+        psk_file,
+        certificates,
+        raw_keys,
         limits,
     }))
 }
@@ -560,6 +655,41 @@ mod tests {
         assert!(!c.limits.echo);
         assert_eq!(config(&["-q"]).level, LevelFilter::Warn);
         assert_eq!(config(&["-vv"]).level, LevelFilter::Trace);
+    }
+
+    #[cfg(feature = "dtls")]
+    #[test]
+    fn coaps_modes_go_alone_or_together_and_their_files_come_in_sets() {
+        let c = config(&["-l", "none", "--cert", "c", "--key", "k", "--ca", "a"]);
+        let dtls = c.dtls.expect("coaps");
+        assert!(dtls.psk_file.is_none() && dtls.raw_keys.is_none());
+        let files = dtls.certificates.expect("certificates");
+        assert_eq!((files.cert, files.names), (PathBuf::from("c"), None));
+        let c = config(&["--rpk-key", "k", "--rpk-clients", "l", "--psk-file", "p"]);
+        let dtls = c.dtls.expect("coaps");
+        assert!(dtls.psk_file.is_some() && dtls.raw_keys.is_some());
+        for (list, expected) in [
+            (
+                &["--cert", "c", "--key", "k"][..],
+                "--cert, --key and --ca go together",
+            ),
+            (&["--ca", "a"][..], "--cert, --key and --ca go together"),
+            (
+                &["--cert-names", "n"][..],
+                "--cert-names needs --cert, --key and --ca",
+            ),
+            (
+                &["--rpk-key", "k"][..],
+                "--rpk-key and --rpk-clients go together",
+            ),
+            (
+                &["--dtls-listen", "[::]:5684"][..],
+                "needs --psk-file, --cert or --rpk-key",
+            ),
+        ] {
+            let e = parse_args(&args(list)).err().unwrap_or_default();
+            assert!(e.contains(expected), "{list:?}: {e}");
+        }
     }
 
     #[test]

@@ -57,20 +57,61 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
     #[cfg(feature = "dtls")]
     let (sockets, front) = match &config.dtls {
         Some(dtls) => {
-            let keys = iot_ota::dtls::PskTable::read(&dtls.psk_file)?;
+            let keys = match &dtls.psk_file {
+                Some(path) => iot_ota::dtls::PskTable::read(path)?,
+                None => iot_ota::dtls::PskTable::default(),
+            };
+            let certificates = dtls
+                .certificates
+                .as_ref()
+                .map(read_certificates)
+                .transpose()?;
+            let raw_keys = match &dtls.raw_keys {
+                Some((key, clients)) => {
+                    let clients = iot_ota::dtls::RawPublicKeys::read(clients)?;
+                    let count = clients.len();
+                    let server = iot_ota::dtls::server_key(key)?;
+                    Some((iot_ota::dtls::RawKeyAuth::new(server, clients), count))
+                }
+                None => None,
+            };
             info!(
                 target: SUMMARY,
-                "coaps: {} PSK identities from {}, up to {} sessions and {} handshakes, \
-                 sessions idle {} s end",
-                keys.len(),
-                dtls.psk_file.display(),
+                "coaps: {}{}{}, up to {} sessions and {} handshakes, sessions idle {} s end",
+                match &dtls.psk_file {
+                    Some(path) => format!("{} PSK identities from {}", keys.len(), path.display()),
+                    None => "no PSK".to_owned(),
+                },
+                match (&dtls.certificates, &certificates) {
+                    (Some(files), Some((_, anchors, names))) => format!(
+                        ", certificate {} with {} CA certificates from {}{}",
+                        files.cert.display(),
+                        anchors,
+                        files.ca.display(),
+                        names.map_or(String::new(), |n| format!(", {n} device names"))
+                    ),
+                    _ => String::new(),
+                },
+                match (&dtls.raw_keys, &raw_keys) {
+                    (Some((_, clients)), Some((_, count))) => {
+                        format!(", {count} raw public keys from {}", clients.display())
+                    }
+                    _ => String::new(),
+                },
                 dtls.limits.max_sessions,
                 dtls.limits.max_handshakes,
                 dtls.limits.session_idle_ms / 1000
             );
             let mut sockets = sockets;
             sockets.push(bind(dtls.listen, config.strict_bind, config.reuse_port)?);
-            (sockets, Some(keys))
+            (
+                sockets,
+                Some((
+                    keys,
+                    certificates.map(|(auth, _, _)| auth),
+                    raw_keys.map(|(auth, _)| auth),
+                )),
+            )
         }
         None => (sockets, None),
     };
@@ -98,16 +139,31 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot serve several sockets: {e}"))?;
     }
     #[cfg(feature = "dtls")]
-    if let (Some(keys), Some(dtls)) = (front, &config.dtls) {
-        let front = iot_ota::dtls::Front::new(
+    if let (Some((keys, certificates, raw_keys)), Some(dtls)) = (front, &config.dtls) {
+        let mut front = iot_ota::dtls::Front::new(
             keys,
             dtls.limits,
             Box::new(iot_ota::dtls::os_entropy),
             server.started(),
         );
+        if let Some(auth) = certificates {
+            // The wall clock at the front's millisecond 0, for the
+            // certificates' dates.
+            let since_start = server.started().elapsed().as_millis();
+            let since_start = u64::try_from(since_start).unwrap_or(u64::MAX);
+            let now_ms = Timestamp::now().unix_ms;
+            front = front.with_certificates(auth, now_ms.saturating_sub(since_start))?;
+        }
+        if let Some(auth) = raw_keys {
+            front = front.with_raw_public_keys(auth)?;
+        }
         server
-            .serve_dtls(plain_sockets, front, Some(dtls.psk_file.clone()))
+            .serve_dtls(plain_sockets, front, dtls.psk_file.clone())
             .map_err(|e| format!("cannot serve coaps: {e}"))?;
+        server.reread_on_sighup(
+            dtls.certificates.as_ref().and_then(|c| c.names.clone()),
+            dtls.raw_keys.as_ref().map(|(_, list)| list.clone()),
+        );
     }
     server
         .watch_dirs(config.dir.clone(), config.rescan_ms, config.settle_ms)
@@ -473,6 +529,28 @@ fn load_catalog(dir: &Path, config: &Config) -> Result<Catalog, String> {
         );
     }
     Ok(catalog)
+}
+
+/// The server's certificate and key, the CA certificates and the device
+/// names of `--cert`, `--key`, `--ca` and `--cert-names`, with the
+/// number of CA certificates and of names for the log.
+#[cfg(feature = "dtls")]
+fn read_certificates(
+    files: &crate::options::CertificateFiles,
+) -> Result<(iot_ota::dtls::CertificateAuth, usize, Option<usize>), String> {
+    let server = iot_ota::dtls::CertifiedKey::read(&files.cert, &files.key)?;
+    let anchors = iot_ota::dtls::TrustAnchors::read(&files.ca)?;
+    let names = files
+        .names
+        .as_deref()
+        .map(iot_ota::dtls::DeviceNames::read)
+        .transpose()?;
+    let counts = (anchors.len(), names.as_ref().map(|n| n.len()));
+    Ok((
+        iot_ota::dtls::CertificateAuth::new(server, anchors, names),
+        counts.0,
+        counts.1,
+    ))
 }
 
 #[cfg(test)]

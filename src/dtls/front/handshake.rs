@@ -8,7 +8,11 @@ use super::*;
 /// (the cookie), nothing more.
 pub(super) struct Handshake {
     pub(super) dtls: Dtls,
-    pub(super) resolver: Arc<Resolver>,
+    pub(super) mode: Mode,
+    /// Who the peer says it is, as far as the handshake got.
+    pub(super) peer: Peer,
+    /// The fingerprint of a raw public key client's key, once accepted.
+    pub(super) key: Option<Fingerprint>,
     /// The ClientHello's random: the same again is a retransmission, a
     /// new one a client that started over.
     pub(super) random: [u8; 32],
@@ -33,7 +37,67 @@ pub(super) struct Handshake {
     pub(super) scheduled_ms: Option<u64>,
 }
 
+/// Who the peer of a half-open handshake says it is.
+pub(super) enum Peer {
+    /// A PSK handshake: the keys it started with and the identity the
+    /// client named, once it did.
+    Psk(Arc<Resolver>),
+    /// A certificate handshake: the device's name and what it may fetch,
+    /// once its certificate was accepted.
+    Certificate(Option<(Vec<u8>, Authorization)>),
+}
+
+impl Peer {
+    /// True when the PSK identity the client named is not in the keys the
+    /// handshake started with.
+    fn unknown_identity(&self) -> bool {
+        match self {
+            Peer::Psk(resolver) => unknown_identity(resolver),
+            Peer::Certificate(_) => false,
+        }
+    }
+}
+
 impl Front {
+    /// The mode of a hello with a valid cookie: that of the first suite
+    /// it offers that the server serves (the client's preference).
+    fn mode_of(&self, hello: &ClientHello, datagram: &[u8]) -> Option<Mode> {
+        let psk = !self.keys.is_empty();
+        let certificates = self.certificates.is_some();
+        let raw_keys =
+            self.raw_keys.is_some() && hello.wants_raw_public_keys(datagram, certificates);
+        hello.suites(datagram).find_map(|suite| {
+            let suite = dimpl::crypto::Dtls12CipherSuite::from_u16(suite);
+            if psk && suite == dimpl::crypto::Dtls12CipherSuite::PSK_AES128_CCM_8 {
+                Some(Mode::Psk)
+            } else if !cert::SUITES.contains(&suite) {
+                None
+            } else if raw_keys {
+                Some(Mode::RawPublicKey)
+            } else if certificates {
+                Some(Mode::Certificate)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Takes one of this second's public key handshakes; false when they
+    /// are all taken. A second of the caller's clock, not a sliding
+    /// window: at most twice the rate across a second's edge.
+    fn public_key_budget(&mut self, now_ms: u64) -> bool {
+        let second = now_ms / 1000;
+        if second != self.public_key_second {
+            self.public_key_second = second;
+            self.public_key_started = 0;
+        }
+        if self.public_key_started >= self.limits.public_key_handshakes_per_s {
+            return false;
+        }
+        self.public_key_started += 1;
+        true
+    }
+
     /// A hello with a valid cookie and a new random: a half-open handshake
     /// in its own table, beside the peer's established session if it has
     /// one.
@@ -46,9 +110,27 @@ impl Front {
     ) -> Handled {
         let now = self.instant(now_ms);
         let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-        let Ok((mut dtls, resolver)) =
-            psk::server_engine(&self.keys, timeout, now, hello.record_sequence)
-        else {
+        let Some(mode) = self.mode_of(hello, datagram) else {
+            return Handled::Ignored;
+        };
+        if mode != Mode::Psk && !self.public_key_budget(now_ms) {
+            self.stats.deferred += 1;
+            return Handled::Ignored;
+        }
+        let sequence = hello.record_sequence;
+        let engine = match (mode, &self.certificates, &self.raw_keys) {
+            (Mode::Certificate, Some(c), _) => {
+                cert::server_engine(&c.config, &c.auth.server, now, sequence, false)
+                    .map(|dtls| (dtls, Peer::Certificate(None)))
+            }
+            (Mode::RawPublicKey, _, Some(r)) => {
+                cert::server_engine(&r.config, &r.auth.server, now, sequence, true)
+                    .map(|dtls| (dtls, Peer::Certificate(None)))
+            }
+            _ => psk::server_engine(&self.keys, timeout, now, sequence)
+                .map(|(dtls, resolver)| (dtls, Peer::Psk(resolver))),
+        };
+        let Ok((mut dtls, peer)) = engine else {
             return Handled::Ignored;
         };
         if dtls.handle_packet(hello.record(datagram)).is_err() {
@@ -87,7 +169,9 @@ impl Front {
             from,
             Handshake {
                 dtls,
-                resolver,
+                mode,
+                peer,
+                key: None,
                 random: hello.random,
                 started_ms: now_ms,
                 datagrams: 0,
@@ -156,7 +240,7 @@ impl Front {
             Err(dimpl::Error::ReceiveQueueFull) => return Handled::Ignored,
             Err(dimpl::Error::CryptoError(_))
                 if !finished_after_its_change_cipher_spec
-                    && !unknown_identity(&hs.resolver)
+                    && !hs.peer.unknown_identity()
                     && hs.decrypt_failures < 2 =>
             {
                 hs.decrypt_failures += 1;
@@ -164,7 +248,7 @@ impl Front {
             }
             Err(e) => {
                 let alert = match e {
-                    _ if unknown_identity(&hs.resolver) => Alert::UnknownPskIdentity,
+                    _ if hs.peer.unknown_identity() => Alert::UnknownPskIdentity,
                     dimpl::Error::CryptoError(_) => Alert::DecryptError,
                     _ => Alert::HandshakeFailure,
                 };
@@ -196,10 +280,37 @@ impl Front {
             return Handled::Ignored;
         };
         let mut connected = false;
+        let mut refused = None;
         hs.engine_ms = None;
         // Bounded: an engine yields its records and events, then its timer.
         for _ in 0..64 {
             match hs.dtls.poll_output(&mut self.scratch) {
+                // Before anything the engine wrote after taking the
+                // certificate in (its Finished among them) goes out.
+                Output::PeerCert(der) => {
+                    let checked = match (hs.mode, &self.certificates, &self.raw_keys) {
+                        (Mode::Certificate, Some(c), _) => {
+                            let now_s = c.epoch_unix_ms.saturating_add(now_ms) / 1000;
+                            Some(c.auth.check(der, now_s))
+                        }
+                        (Mode::RawPublicKey, _, Some(r)) => {
+                            hs.key = Some(crate::dtls::rpk::fingerprint(der));
+                            Some(r.auth.check(der))
+                        }
+                        _ => None,
+                    };
+                    match (checked, &mut hs.peer) {
+                        (Some(Ok(accepted)), Peer::Certificate(slot)) => *slot = Some(accepted),
+                        (Some(Err(refusal)), _) => {
+                            refused = Some(refusal);
+                            break;
+                        }
+                        _ => {
+                            refused = Some(Refusal::Unsupported);
+                            break;
+                        }
+                    }
+                }
                 Output::Packet(p) => {
                     if let Some(seq) = records::last_plaintext_sequence(p) {
                         hs.last_sequence = hs.last_sequence.max(seq);
@@ -216,6 +327,10 @@ impl Front {
                 _ => {}
             }
         }
+        if let Some(refusal) = refused {
+            self.fail_handshake(peer, refusal_alert(refusal));
+            return Handled::Failed;
+        }
         if !connected {
             self.schedule_handshake(peer);
             return Handled::Handshake;
@@ -230,14 +345,23 @@ impl Front {
     /// one it had; in a full table the least recently used session makes
     /// room. The identity must still have the key the handshake used.
     pub(super) fn establish(&mut self, peer: SocketAddr, hs: Handshake, now_ms: u64) -> Handled {
-        let identity = hs.resolver.asked.lock().ok().and_then(|mut a| a.take());
-        // The handshake used the key of the table it started with: the
-        // identity must still have that key now.
-        let authorization = identity.as_deref().and_then(|i| {
-            let used = hs.resolver.table.key(i)?;
-            (self.keys.key(i)? == used).then(|| self.keys.authorization(i))?
-        });
-        let (Some(identity), Some(authorization)) = (identity, authorization.cloned()) else {
+        let (identity, authorization) = match &hs.peer {
+            Peer::Psk(resolver) => {
+                let identity = resolver.asked.lock().ok().and_then(|mut a| a.take());
+                // The handshake used the key of the table it started
+                // with: the identity must still have that key now.
+                let authorization = identity.as_deref().and_then(|i| {
+                    let used = resolver.table.key(i)?;
+                    (self.keys.key(i)? == used).then(|| self.keys.authorization(i))?
+                });
+                (identity, authorization.cloned())
+            }
+            Peer::Certificate(accepted) => match accepted {
+                Some((name, authorization)) => (Some(name.clone()), Some(authorization.clone())),
+                None => (None, None),
+            },
+        };
+        let (Some(identity), Some(authorization)) = (identity, authorization) else {
             self.stats.handshakes_failed += 1;
             return Handled::Failed;
         };
@@ -261,6 +385,8 @@ impl Front {
             peer,
             Session {
                 dtls: hs.dtls,
+                mode: hs.mode,
+                key: hs.key,
                 random: hs.random,
                 identity,
                 authorization,
@@ -378,6 +504,17 @@ pub(super) fn source_prefix(ip: IpAddr) -> [u8; 8] {
                 [o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]]
             }
         },
+    }
+}
+
+/// The alert that tells a client why its certificate was refused.
+fn refusal_alert(refusal: Refusal) -> Alert {
+    match refusal {
+        Refusal::UnknownCa => Alert::UnknownCa,
+        Refusal::Expired => Alert::CertificateExpired,
+        Refusal::Unsupported => Alert::UnsupportedCertificate,
+        Refusal::Malformed => Alert::BadCertificate,
+        Refusal::UnknownKey => Alert::AccessDenied,
     }
 }
 

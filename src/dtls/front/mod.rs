@@ -24,9 +24,12 @@
 mod handshake;
 mod session;
 
+use super::cert::DeviceNames;
+use super::cert::{self, CertificateAuth, Refusal};
 use super::hello::{self, ClientHello, CookieSecrets, HELLO_VERIFY_LEN};
 use super::psk::{self, PskTable, Resolver};
-use super::records::{self, Alert, Contents, Screened, ALERT_LEN};
+use super::records::{self, Alert, Contents, Mode, Screened, ALERT_LEN};
+use super::rpk::{Fingerprint, RawKeyAuth, RawPublicKeys};
 use super::{Entropy, Limits};
 use crate::service::Authorization;
 use dimpl::{Dtls, Output};
@@ -41,10 +44,10 @@ use std::time::{Duration, Instant};
 /// How long a cookie secret is current; a cookie is valid for up to two
 /// such periods.
 const COOKIE_PERIOD_MS: u64 = 30_000;
-/// The largest datagram a half-open handshake takes: a PSK client's
-/// flight (ClientKeyExchange with an identity of at most 128 bytes,
-/// ChangeCipherSpec, Finished) is under 300 bytes.
-const HANDSHAKE_DATAGRAM_MAX: usize = 512;
+/// The engine's output buffer: a record of at most [`super::MTU`] bytes,
+/// or the peer's certificate, which is no larger than the datagram that
+/// carried it ([`Mode::datagram_max`]: handshake messages come whole).
+const SCRATCH_LEN: usize = 2048;
 /// Datagrams a half-open handshake takes in before it is ended: a
 /// client needs one to three (ClientKeyExchange, ChangeCipherSpec and
 /// Finished, together or apart), and each again when a flight is lost.
@@ -101,6 +104,9 @@ pub struct FrontStats {
     pub sessions_idle: u64,
     /// Fatal alerts sent for failed handshakes.
     pub alerts: u64,
+    /// Certificate or raw public key hellos with a valid cookie dropped
+    /// because this second's public key handshakes had started.
+    pub deferred: u64,
     /// Datagrams dropped unread.
     pub ignored: u64,
 }
@@ -110,7 +116,7 @@ impl std::fmt::Display for FrontStats {
         write!(
             f,
             "coaps: hello verifies {} handshakes started {} evicted {} failed {} alerts {} \
-             connected {} sessions evicted {} idle {} ignored {}",
+             connected {} sessions evicted {} idle {} ignored {} deferred {}",
             self.hello_verifies,
             self.handshakes_started,
             self.handshakes_evicted,
@@ -119,7 +125,8 @@ impl std::fmt::Display for FrontStats {
             self.connected,
             self.sessions_evicted,
             self.sessions_idle,
-            self.ignored
+            self.ignored,
+            self.deferred
         )
     }
 }
@@ -146,9 +153,28 @@ enum Table {
     Sessions,
 }
 
+/// Certificate handshakes: the check of client certificates, the engine
+/// configuration, and the wall clock the certificates' dates are read
+/// against.
+struct Certificates {
+    auth: CertificateAuth,
+    config: Arc<dimpl::Config>,
+    /// Milliseconds since 1970 at millisecond 0 of the caller's clock.
+    epoch_unix_ms: u64,
+}
+
+/// Raw public key handshakes: the server's key pair and the clients'
+/// keys, and the engine configuration (that of certificates).
+struct RawKeys {
+    auth: RawKeyAuth,
+    config: Arc<dimpl::Config>,
+}
+
 /// The DTLS front: handshakes, sessions and what is to be sent.
 pub struct Front {
     keys: Arc<PskTable>,
+    certificates: Option<Certificates>,
+    raw_keys: Option<RawKeys>,
     limits: Limits,
     cookies: CookieSecrets,
     handshakes: HashMap<SocketAddr, Handshake>,
@@ -165,6 +191,10 @@ pub struct Front {
     /// The engine's output buffer.
     scratch: Vec<u8>,
     stats: FrontStats,
+    /// The second (of the caller's clock) of the public key handshakes
+    /// counted in `public_key_started`.
+    public_key_second: u64,
+    public_key_started: usize,
 }
 
 impl std::fmt::Debug for Front {
@@ -186,6 +216,8 @@ impl Front {
     pub fn new(keys: PskTable, limits: Limits, entropy: Entropy, epoch: Instant) -> Front {
         Front {
             keys: Arc::new(keys),
+            certificates: None,
+            raw_keys: None,
             limits: limits.sane(),
             cookies: CookieSecrets::new(entropy, COOKIE_PERIOD_MS),
             handshakes: HashMap::new(),
@@ -194,9 +226,47 @@ impl Front {
             epoch,
             outbox: Outbox::default(),
             inbox: Vec::new(),
-            scratch: vec![0; super::MTU + 64],
+            scratch: vec![0; SCRATCH_LEN],
             stats: FrontStats::default(),
+            public_key_second: 0,
+            public_key_started: 0,
         }
+    }
+
+    /// Serves certificate handshakes too, beside the PSK ones: a
+    /// ClientHello whose first suite the server can serve is an
+    /// ECDHE-ECDSA one gets the server's certificate, and its client must
+    /// send one `auth` accepts. `epoch_unix_ms` is the wall clock
+    /// (milliseconds since 1970) at millisecond 0 of the caller's clock:
+    /// a certificate issued a moment ago is valid from its second on.
+    ///
+    /// # Errors
+    /// The engine's complaint about its configuration.
+    pub fn with_certificates(
+        mut self,
+        auth: CertificateAuth,
+        epoch_unix_ms: u64,
+    ) -> Result<Front, String> {
+        let config = cert::server_config(Duration::from_millis(HANDSHAKE_TIMEOUT_MS))?;
+        self.certificates = Some(Certificates {
+            auth,
+            config,
+            epoch_unix_ms,
+        });
+        Ok(self)
+    }
+
+    /// Serves raw public key handshakes too (RFC 7250): a ClientHello
+    /// with an ECDHE-ECDSA suite that asks for raw public keys both ways
+    /// gets the server's public key, and its client's key must be one of
+    /// `auth`'s.
+    ///
+    /// # Errors
+    /// The engine's complaint about its configuration.
+    pub fn with_raw_public_keys(mut self, auth: RawKeyAuth) -> Result<Front, String> {
+        let config = cert::server_config(Duration::from_millis(HANDSHAKE_TIMEOUT_MS))?;
+        self.raw_keys = Some(RawKeys { auth, config });
+        Ok(self)
     }
 
     /// Uses `keys` from now on (SIGHUP). A session whose identity is gone
@@ -208,12 +278,64 @@ impl Front {
         let old = std::mem::replace(&mut self.keys, Arc::new(keys));
         let mut ended = Vec::new();
         for (addr, session) in &mut self.sessions {
+            if session.mode != Mode::Psk {
+                continue;
+            }
             let id = session.identity.as_slice();
             match (old.key(id), self.keys.key(id), self.keys.authorization(id)) {
                 (Some(before), Some(now), Some(authorization)) if before == now => {
                     session.authorization = authorization.clone();
                 }
                 _ => ended.push(*addr),
+            }
+        }
+        for addr in &ended {
+            self.close(*addr);
+        }
+        ended.len()
+    }
+
+    /// Uses `names` for certificate devices from now on (SIGHUP): a
+    /// certificate session keeps its device's name and gets that name's
+    /// products under the new names (none when the file no longer holds
+    /// it). Half-open handshakes check their certificate against the new
+    /// names. Returns how many sessions were updated; nothing without
+    /// certificates.
+    pub(crate) fn replace_device_names(&mut self, names: Option<DeviceNames>) -> usize {
+        let Some(certificates) = self.certificates.as_mut() else {
+            return 0;
+        };
+        certificates.auth.replace_names(names);
+        let mut updated = 0;
+        for session in self.sessions.values_mut() {
+            if session.mode == Mode::Certificate {
+                session.authorization = certificates.auth.authorization_of(&session.identity);
+                updated += 1;
+            }
+        }
+        updated
+    }
+
+    /// Uses `keys` as the accepted client keys from now on (SIGHUP): the
+    /// session of a key no longer listed is ended (with close_notify),
+    /// the others take their key's name and products as now listed.
+    /// Returns how many sessions were ended; nothing without raw keys.
+    pub(crate) fn replace_raw_keys(&mut self, keys: RawPublicKeys) -> usize {
+        let Some(raw_keys) = self.raw_keys.as_mut() else {
+            return 0;
+        };
+        raw_keys.auth.replace_clients(keys);
+        let mut ended = Vec::new();
+        for (addr, session) in &mut self.sessions {
+            if session.mode != Mode::RawPublicKey {
+                continue;
+            }
+            match session.key.and_then(|k| raw_keys.auth.listed(&k)) {
+                Some((name, authorization)) => {
+                    session.identity = name.clone();
+                    session.authorization = authorization.clone();
+                }
+                None => ended.push(*addr),
             }
         }
         for addr in &ended {
@@ -410,7 +532,12 @@ impl Front {
         if !in_handshake && !in_session {
             return Handled::Ignored;
         }
-        let screened = records::screen(datagram);
+        let mode = match (self.handshakes.get(&from), self.sessions.get(&from)) {
+            (Some(h), _) => h.mode,
+            (None, Some(s)) => s.mode,
+            (None, None) => Mode::Psk,
+        };
+        let screened = records::screen(datagram, mode);
         if in_session {
             // A new handshake's flight carries plaintext records (its
             // ClientKeyExchange, its ChangeCipherSpec); anything else of
@@ -437,7 +564,7 @@ impl Front {
         let Screened::Handshake(contents) = screened else {
             return Handled::Ignored;
         };
-        if datagram.len() > HANDSHAKE_DATAGRAM_MAX {
+        if datagram.len() > mode.datagram_max() {
             return Handled::Ignored;
         }
         self.feed_handshake(from, now_ms, datagram, contents)

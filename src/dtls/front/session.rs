@@ -6,6 +6,10 @@ use super::*;
 /// An established session.
 pub(super) struct Session {
     pub(super) dtls: Dtls,
+    /// How it authenticated.
+    pub(super) mode: Mode,
+    /// The fingerprint of a raw public key session's client key.
+    pub(super) key: Option<Fingerprint>,
     /// The random of the ClientHello that started it: a late copy of that
     /// hello is not a new handshake.
     pub(super) random: [u8; 32],
@@ -53,7 +57,7 @@ impl Front {
         let Some(session) = self.sessions.get_mut(&from) else {
             return Handled::Ignored;
         };
-        if records::screen(datagram) == Screened::Refused {
+        if records::screen(datagram, session.mode) == Screened::Refused {
             return Handled::Ignored;
         }
         if let Err(_e) = session

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::dtls::hello::tests::counting_entropy;
-use crate::dtls::ClientPsk;
+use crate::dtls::{ClientCredentials, ClientPsk};
 
 const KEYS: &str = "dev1:dev1-secret-key:DEV\ndev2:other-key\n";
 
@@ -14,6 +14,7 @@ fn limits() -> Limits {
         max_handshakes: 16,
         handshakes_per_source: 4,
         session_idle_ms: 60_000,
+        public_key_handshakes_per_s: 100,
     }
 }
 
@@ -40,7 +41,17 @@ struct Device {
 impl Device {
     fn new(address: &str, identity: &str, key: &str, epoch: Instant, start_ms: u64) -> Device {
         let psk = ClientPsk::new(identity, key).expect("psk");
-        let dtls = psk
+        Device::with(address, &ClientCredentials::Psk(psk), epoch, start_ms)
+    }
+
+    /// A device with `credentials` (a raw key one, say).
+    fn with(
+        address: &str,
+        credentials: &ClientCredentials,
+        epoch: Instant,
+        start_ms: u64,
+    ) -> Device {
+        let dtls = credentials
             .engine(
                 Duration::from_secs(1),
                 Duration::from_secs(30),
@@ -450,4 +461,183 @@ fn timers_cost_one_heap_entry_per_peer_whatever_the_traffic() {
         "{} heap entries",
         front.timers.len()
     );
+}
+
+/// A ClientHello offering TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 with
+/// the extended master secret, P-256, ECDSA-SHA256 and, asking for raw
+/// public keys both ways, the certificate type extensions.
+fn raw_key_hello(cookie: &[u8], seq: u16, record_seq: u8, random: u8) -> Vec<u8> {
+    let extensions: [(u16, &[u8]); 5] = [
+        (23, &[]),
+        (10, &[0, 2, 0, 23]),
+        (13, &[0, 2, 4, 3]),
+        (19, &[1, 2]),
+        (20, &[1, 2]),
+    ];
+    crate::dtls::hello::tests::hello_offering(cookie, seq, record_seq, random, 0xc02b, &extensions)
+}
+
+/// A P-256 key pair from the scalar `[n; 32]`, as the engine takes it.
+fn raw_key(n: u8) -> crate::dtls::CertifiedKey {
+    let key = p256::ecdsa::SigningKey::from_slice(&[n; 32]).expect("scalar");
+    let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, Default::default()).expect("pem");
+    crate::dtls::server_key_from_pem(&pem).expect("key pair")
+}
+
+/// A device with the raw key `[n; 32]`, expecting the server key of
+/// [`raw_key_front`].
+fn raw_key_device(address: &str, n: u8, epoch: Instant, start_ms: u64) -> Device {
+    let credentials = ClientCredentials::RawPublicKey {
+        own: raw_key(n),
+        server: crate::dtls::fingerprint(raw_key(9).certificate()),
+    };
+    Device::with(address, &credentials, epoch, start_ms)
+}
+
+/// A front of `limits` serving raw public keys too (the key `[9; 32]`),
+/// listing the device key `[8; 32]` as `mote`, for DEV only; and the
+/// server's key.
+fn raw_key_front(limits: Limits, epoch: Instant) -> (Front, crate::dtls::CertifiedKey) {
+    let server = raw_key(9);
+    let listed = crate::dtls::fingerprint(raw_key(8).certificate());
+    let hex: String = listed.iter().map(|b| format!("{b:02x}")).collect();
+    let clients =
+        crate::dtls::RawPublicKeys::parse(&format!("mote:DEV sha256:{hex}\n")).expect("list");
+    let front = front_with(limits, epoch)
+        .with_raw_public_keys(crate::dtls::RawKeyAuth::new(server.clone(), clients))
+        .expect("raw keys");
+    (front, server)
+}
+
+/// The cookie-bearing raw key hello from `from`, after its cookie
+/// exchange at `now_ms`.
+fn raw_key_cookie_hello(front: &mut Front, from: SocketAddr, random: u8, now_ms: u64) -> Vec<u8> {
+    let first = raw_key_hello(&[], 0, 0, random);
+    assert_eq!(front.receive(from, now_ms, &first), Handled::HelloVerify);
+    let out = front.take_outgoing();
+    raw_key_hello(&out[0].1[28..60], 1, 1, random)
+}
+
+#[test]
+fn public_key_handshakes_start_at_most_so_many_a_second_and_psk_ones_are_not_held() {
+    let epoch = Instant::now();
+    let limits = Limits {
+        public_key_handshakes_per_s: 3,
+        ..limits()
+    };
+    let (mut front, _) = raw_key_front(limits, epoch);
+    let source = |n: u8| SocketAddr::new(IpAddr::from([198, 51, 100, n]), 6000);
+    let mut handled = Vec::new();
+    for n in 0..5u8 {
+        let hello = raw_key_cookie_hello(&mut front, source(n), n, 100);
+        handled.push(front.receive(source(n), 100, &hello));
+        let _ = front.take_outgoing();
+    }
+    assert_eq!(
+        handled.iter().filter(|h| **h == Handled::Started).count(),
+        3
+    );
+    assert_eq!(front.stats().deferred, 2);
+    // A PSK hello in the same second still starts.
+    let psk = cookie_hello(&mut front, source(9), 9, 500);
+    assert_eq!(front.receive(source(9), 500, &psk), Handled::Started);
+    let _ = front.take_outgoing();
+    // The next second, the held-back client's retransmission starts.
+    let hello = raw_key_cookie_hello(&mut front, source(4), 4, 1_100);
+    assert_eq!(front.receive(source(4), 1_100, &hello), Handled::Started);
+}
+
+#[test]
+fn raw_key_hellos_pass_the_same_cookie_and_caps_as_psk_ones() {
+    let epoch = Instant::now();
+    let (mut front, server) = raw_key_front(limits(), epoch);
+    let mut devices = four_established(&mut front, epoch);
+    for port in 0..12u16 {
+        let from = SocketAddr::new(IpAddr::from([203, 0, 113, 9]), 40_000 + port);
+        let first = raw_key_hello(&[], 0, 0, port as u8);
+        // No cookie: a HelloVerifyRequest no larger than the hello, and
+        // nothing kept.
+        assert_eq!(front.receive(from, 100, &first), Handled::HelloVerify);
+        let out = front.take_outgoing();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].1.len() <= first.len());
+        assert!(!front.has_session(from));
+        // A cookie that is not this hello's opens nothing either.
+        let forged = raw_key_hello(&[0x55; 32], 1, 1, port as u8);
+        assert_eq!(front.receive(from, 100, &forged), Handled::HelloVerify);
+        let _ = front.take_outgoing();
+        assert!(!front.has_session(from));
+        let cookie = out[0].1[28..60].to_vec();
+        let second = raw_key_hello(&cookie, 1, 1, port as u8);
+        assert_eq!(front.receive(from, 100, &second), Handled::Started);
+        // The server's flight carries its public key as its Certificate.
+        let flight: Vec<u8> = front
+            .take_outgoing()
+            .into_iter()
+            .flat_map(|(_, r)| r)
+            .collect();
+        assert!(
+            flight
+                .windows(server.certificate.len())
+                .any(|w| w == server.certificate.as_slice()),
+            "no raw public key in the server's flight"
+        );
+    }
+    assert_eq!(front.handshake_count(), 4, "per-source cap");
+    for (i, dev) in devices.iter_mut().enumerate() {
+        assert_eq!(request(&mut front, dev, 200, i as u8).len(), 1);
+    }
+    assert_eq!(front.stats().sessions_evicted, 0);
+}
+
+#[test]
+fn a_raw_key_session_is_authorized_by_its_name_and_ends_idle_like_a_psk_one() {
+    let epoch = Instant::now();
+    let limits = Limits {
+        session_idle_ms: 10_000,
+        ..limits()
+    };
+    let (mut front, _) = raw_key_front(limits, epoch);
+    let mut mote = raw_key_device("192.0.2.1:5000", 8, epoch, 0);
+    assert!(run(&mut front, &mut mote, epoch, 0, |_, _| {}));
+    assert_eq!(front.identity(mote.addr), Some(&b"mote"[..]));
+    let authorization = front.authorization(mote.addr).expect("a session");
+    assert!(authorization.allows(b"DEV") && !authorization.allows(b"OTHER"));
+    assert_eq!(request(&mut front, &mut mote, 100, 1).len(), 1);
+    // A key not on the list: access_denied, no session.
+    let mut stranger = raw_key_device("192.0.2.2:5000", 7, epoch, 200);
+    assert!(!run(&mut front, &mut stranger, epoch, 200, |_, _| {}));
+    assert_eq!(stranger.alerts, [49]);
+    assert!(!front.has_session(stranger.addr));
+    // Silent for the idle time: ended, with close_notify.
+    front.on_timers(10_100);
+    assert!(!front.has_session(mote.addr), "idle past the timeout");
+    assert_eq!(front.stats().sessions_idle, 1);
+}
+
+#[test]
+fn a_new_raw_key_list_renames_listed_sessions_and_ends_the_others() {
+    let epoch = Instant::now();
+    let (mut front, _) = raw_key_front(limits(), epoch);
+    let mut mote = raw_key_device("192.0.2.1:5000", 8, epoch, 0);
+    assert!(run(&mut front, &mut mote, epoch, 0, |_, _| {}));
+    let mut psk = Device::new("192.0.2.9:5000", "dev1", "dev1-secret-key", epoch, 0);
+    assert!(run(&mut front, &mut psk, epoch, 0, |_, _| {}));
+    let _ = front.take_outgoing();
+    let print = crate::dtls::fingerprint(raw_key(8).certificate());
+    let hex: String = print.iter().map(|b| format!("{b:02x}")).collect();
+    let renamed =
+        crate::dtls::RawPublicKeys::parse(&format!("mote-b:OTHER sha256:{hex}\n")).expect("list");
+    assert_eq!(front.replace_raw_keys(renamed), 0);
+    assert_eq!(front.identity(mote.addr), Some(&b"mote-b"[..]));
+    let authorization = front.authorization(mote.addr).expect("session");
+    assert!(authorization.allows(b"OTHER") && !authorization.allows(b"DEV"));
+    // Its key gone: the session ends with close_notify; PSK sessions stay.
+    assert_eq!(
+        front.replace_raw_keys(crate::dtls::RawPublicKeys::default()),
+        1
+    );
+    assert!(!front.has_session(mote.addr));
+    assert!(front.take_outgoing().iter().any(|(to, _)| *to == mote.addr));
+    assert!(front.has_session(psk.addr));
 }

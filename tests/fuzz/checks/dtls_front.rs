@@ -10,7 +10,8 @@
 //! byte 0  bit 0: a live session first, a real handshake of the client's
 //!         engine as peer 0; bit 1: its identity (0 `dev1`, who may fetch
 //!         PID Hundred only; 1 `dev2`, every PID); bits 2-4: session
-//!         table capacity - 1
+//!         table capacity - 1; bit 5: the live session with the raw public
+//!         key `mote` (every PID) instead of a PSK identity
 //! then up to 64 frames:
 //!         PEER:u8  DT:u8  LEN:u16le  DATA:LEN bytes (cut at the input's end)
 //! ```
@@ -24,8 +25,9 @@
 //! handshake timeouts are reached. The front's timers run before each
 //! frame, as the loop runs them when due.
 //!
-//! The cookie secret (the same in every period), the service's keys and
-//! the PSK table are fixed, so a cookie is a function of the address and
+//! The front serves every mode (PSK, certificates, raw public keys). The
+//! cookie secret (the same in every period), the service's keys, the PSK
+//! table and the raw keys are fixed, so a cookie is a function of the address and
 //! the hello. The engine's randomness comes from the operating system, so
 //! a recorded handshake does not complete when replayed (its Finished no
 //! longer verifies): a seed's recorded session reaches a started
@@ -99,10 +101,28 @@ pub fn epoch() -> Instant {
 }
 
 /// A front with the fixed keys and room for `capacity` sessions and
-/// `capacity` handshakes.
+/// `capacity` handshakes, serving every mode: PSK, certificates (its own
+/// "certificate" a bare public key, no CA: every client certificate is
+/// refused) and raw public keys (the device key of
+/// `dtls_session::CLIENT_RAW_KEY` listed as `mote`, every PID).
 pub fn front(capacity: usize) -> Front {
+    use iot_ota::dtls::{CertificateAuth, RawKeyAuth, RawPublicKeys, TrustAnchors};
     let keys = PskTable::parse(PSK_TABLE).expect("the fuzz PSK table parses");
+    let server =
+        || iot_ota::dtls::server_key_from_pem(dtls_session::SERVER_RAW_KEY).expect("server key");
+    let clients = format!(
+        "mote sha256:{}\n",
+        dtls_session::fingerprint_hex(dtls_session::CLIENT_RAW_KEY)
+    );
+    let clients = RawPublicKeys::parse(&clients).expect("the fuzz key list parses");
     Front::new(keys, limits(capacity), entropy(), epoch())
+        .with_certificates(
+            CertificateAuth::new(server(), TrustAnchors::default(), None),
+            0,
+        )
+        .expect("certificates")
+        .with_raw_public_keys(RawKeyAuth::new(server(), clients))
+        .expect("raw public keys")
 }
 
 fn service() -> Service {
@@ -227,8 +247,15 @@ pub fn run(data: &[u8]) -> Reached {
             0 => ("dev1", "dev1-secret-key"),
             _ => ("dev2", "0x00112233445566778899aabbccddeeff"),
         };
-        let (client, _) = dtls_session::handshake(&mut front, live_peer, epoch(), 0, identity, key)
-            .expect("the client engine's handshake with the front");
+        let credentials = match flags & 0x20 {
+            0 => iot_ota::dtls::ClientCredentials::Psk(
+                iot_ota::dtls::ClientPsk::new(identity, key).expect("psk"),
+            ),
+            _ => dtls_session::raw_key_credentials(),
+        };
+        let (client, _) =
+            dtls_session::handshake_with(&mut front, live_peer, epoch(), 0, &credentials)
+                .expect("the client engine's handshake with the front");
         let _ = front.take_outgoing();
         live = Some(client);
     }

@@ -520,6 +520,22 @@ impl Dtls {
         }
     }
 
+    /// Patched in by iot-ota-server (see src/vendor/README.md): a DTLS
+    /// 1.2 server that negotiates raw public keys both ways (RFC 7250):
+    /// the certificate it was built with is the DER SubjectPublicKeyInfo
+    /// of its key, and the peer's, surfaced as [`Output::PeerCert`], is
+    /// one too. On a DTLS 1.2 client (after `set_active(true)`), the
+    /// ClientHello offers raw public keys only, both ways, and the client's
+    /// Certificate is its SubjectPublicKeyInfo. Does nothing on a DTLS
+    /// 1.3 instance.
+    pub fn use_raw_public_keys(&mut self) {
+        match self.inner.as_mut() {
+            Some(Inner::Server12(server)) => server.use_raw_public_keys(),
+            Some(Inner::Client12(client)) => client.use_raw_public_keys(),
+            _ => {}
+        }
+    }
+
     /// Create a new DTLS 1.3 instance in the server role.
     ///
     /// Call [`set_active(true)`](Self::set_active) to switch to client

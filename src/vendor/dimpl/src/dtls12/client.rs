@@ -179,6 +179,11 @@ impl Client {
         }
     }
 
+    /// Patched in by iot-ota-server: see `Dtls::use_raw_public_keys`.
+    pub fn use_raw_public_keys(&mut self) {
+        self.engine.use_raw_public_keys();
+    }
+
     pub fn into_server(self) -> Server {
         Server::new_with_engine(self.engine, self.last_now)
     }
@@ -1273,7 +1278,7 @@ fn handshake_create_client_hello(
         cipher_suites,
         compression_methods,
     )
-    .with_extensions(extension_data, engine.config());
+    .with_extensions(extension_data, engine.config(), engine.raw_public_keys());
 
     client_hello.serialize(extension_data, body);
     Ok(())
@@ -1281,6 +1286,11 @@ fn handshake_create_client_hello(
 
 fn handshake_create_certificate(body: &mut Buf, engine: &mut Engine) -> Result<(), Error> {
     let crypto = engine.crypto_context();
+    // Patched in by iot-ota-server: a raw public key (RFC 7250 §3).
+    if engine.raw_public_keys() {
+        crypto.serialize_raw_public_key(body);
+        return Ok(());
+    }
     crypto.serialize_client_certificate(body);
     Ok(())
 }

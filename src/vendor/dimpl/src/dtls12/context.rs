@@ -418,6 +418,16 @@ impl CryptoContext {
         cert.serialize(certificate, output);
     }
 
+    /// Patched in by iot-ota-server: the Certificate message of raw public
+    /// keys (RFC 7250 §3), the SubjectPublicKeyInfo given as the
+    /// certificate with its 24-bit length.
+    pub fn serialize_raw_public_key(&self, output: &mut Buf) {
+        if let AuthMode::Certificate { certificate, .. } = &self.auth {
+            output.extend_from_slice(&(certificate.len() as u32).to_be_bytes()[1..]);
+            output.extend_from_slice(certificate);
+        }
+    }
+
     /// Sign the provided data using the client's private key.
     /// Returns an error if no private key is configured (PSK-only mode).
     pub fn sign_data(

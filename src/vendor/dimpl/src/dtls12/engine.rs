@@ -114,6 +114,9 @@ pub struct Engine {
     /// Patched in by iot-ota-server: the caller verified the next
     /// ClientHello's cookie (`expect_verified_hello`).
     hello_verified: bool,
+
+    /// Patched in by iot-ota-server: raw public keys both ways (RFC 7250).
+    raw_public_keys: bool,
 }
 
 #[derive(Debug)]
@@ -165,6 +168,7 @@ impl Engine {
             close_notify_received: false,
             close_notify_reported: false,
             hello_verified: false,
+            raw_public_keys: false,
         }
     }
 
@@ -1147,6 +1151,16 @@ impl Engine {
     /// Patched in by iot-ota-server: the caller verified the cookie.
     pub fn hello_verified(&self) -> bool {
         self.hello_verified
+    }
+
+    /// Patched in by iot-ota-server: see `Dtls::use_raw_public_keys`.
+    pub fn use_raw_public_keys(&mut self) {
+        self.raw_public_keys = true;
+    }
+
+    /// Patched in by iot-ota-server: raw public keys both ways.
+    pub fn raw_public_keys(&self) -> bool {
+        self.raw_public_keys
     }
 
     pub fn reset_server_for_hello_verify_request(&mut self) {

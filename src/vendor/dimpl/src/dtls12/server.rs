@@ -182,6 +182,16 @@ impl Server {
     }
 
     /// Patched in by iot-ota-server (see src/vendor/README.md): the
+    /// caller read the client's certificate type extensions (RFC 7250)
+    /// and chose raw public keys both ways. The ServerHello says so, the
+    /// server's Certificate carries the SubjectPublicKeyInfo given as its
+    /// certificate, and the client's (surfaced as [`crate::Output::PeerCert`])
+    /// is one too.
+    pub fn use_raw_public_keys(&mut self) {
+        self.engine.use_raw_public_keys();
+    }
+
+    /// Patched in by iot-ota-server (see src/vendor/README.md): the
     /// caller verified the cookie of the ClientHello it passes next with a
     /// stateless exchange of its own (RFC 6347 §4.2.1). That hello is
     /// taken as message_seq 1 without a cookie check of this engine's, the
@@ -502,6 +512,7 @@ impl State {
         // unwrap: is ok because we set the random in handle_timeout
         let random = server.random.unwrap();
         let negotiated_srtp_profile = server.negotiated_srtp_profile;
+        let raw_public_keys = server.engine.raw_public_keys();
         let extension_data = &mut server.extension_data;
 
         // Send ServerHello
@@ -515,6 +526,7 @@ impl State {
                     session_id,
                     negotiated_srtp_profile,
                     extension_data,
+                    raw_public_keys,
                 )
             })?;
 
@@ -533,6 +545,15 @@ impl State {
     fn send_certificate(self, server: &mut Server) -> Result<Self, InternalError> {
         trace!("Sending Certificate");
 
+        if server.engine.raw_public_keys() {
+            server
+                .engine
+                .create_handshake(MessageType::Certificate, |body, engine| {
+                    engine.crypto_context().serialize_raw_public_key(body);
+                    Ok(())
+                })?;
+            return Ok(Self::SendServerKeyExchange);
+        }
         server
             .engine
             .create_handshake(MessageType::Certificate, handshake_create_certificate)?;
@@ -1221,6 +1242,7 @@ fn handshake_create_server_hello(
     session_id: SessionId,
     negotiated_srtp_profile: Option<SrtpProfile>,
     extension_data: &mut Buf,
+    raw_public_keys: bool,
 ) -> Result<(), Error> {
     let server_version = ProtocolVersion::DTLS1_2;
 
@@ -1242,7 +1264,7 @@ fn handshake_create_server_hello(
         CompressionMethod::Null,
         None,
     )
-    .with_extensions(extension_data, srtp_pid);
+    .with_extensions(extension_data, srtp_pid, raw_public_keys);
 
     sh.serialize(extension_data, body);
     Ok(())

@@ -207,9 +207,21 @@ impl SignatureVerifier for RustCryptoSignatureVerifier {
             return Err(CryptoError::UnsupportedSignatureAlgorithm(sig_alg));
         }
 
-        let cert =
-            X509Certificate::from_der(cert_der).map_err(|_| CryptoError::CertificateParseFailed)?;
-        let spki = cert.tbs_certificate().subject_public_key_info();
+        // Patched in by iot-ota-server: a raw public key (RFC 7250) is a
+        // SubjectPublicKeyInfo of its own.
+        let cert = X509Certificate::from_der(cert_der);
+        let raw = match &cert {
+            Ok(_) => None,
+            Err(_) => Some(
+                x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(cert_der)
+                    .map_err(|_| CryptoError::CertificateParseFailed)?,
+            ),
+        };
+        let spki = match (&cert, &raw) {
+            (Ok(cert), _) => cert.tbs_certificate().subject_public_key_info(),
+            (_, Some(raw)) => raw,
+            _ => return Err(CryptoError::CertificateParseFailed),
+        };
 
         const OID_EC_PUBLIC_KEY: ObjectIdentifier =
             ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");

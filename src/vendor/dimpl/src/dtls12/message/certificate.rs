@@ -25,6 +25,16 @@ impl Certificate {
         let certs_base_offset =
             base_offset + (certs_data.as_ptr() as usize - original_input.as_ptr() as usize);
 
+        // Patched in by iot-ota-server: a raw public key (RFC 7250 §3), one
+        // DER SubjectPublicKeyInfo where a list would start with a 24-bit
+        // length (never 0x30 for a certificate under 3 MiB), is kept as
+        // the list's one entry; the application checks it.
+        if certs_data.first() == Some(&0x30) {
+            let mut certificate_list = ArrayVec::new();
+            certificate_list.push(Asn1Cert(certs_base_offset..certs_base_offset + certs_data.len()));
+            return Ok((input, Certificate { certificate_list }));
+        }
+
         // Parse certificates manually with dynamic base_offset
         let mut certificate_list = ArrayVec::new();
         let mut rest = certs_data;

@@ -56,7 +56,7 @@ impl ClientHello {
     }
 
     /// Add all required extensions for DTLS handshake
-    pub fn with_extensions(mut self, buf: &mut Buf, config: &Config) -> Self {
+    pub fn with_extensions(mut self, buf: &mut Buf, config: &Config, raw_public_keys: bool) -> Self {
         // Clear the extension data buffer
         buf.clear();
 
@@ -111,6 +111,16 @@ impl ClientHello {
             let start_pos = buf.len();
             buf.extend_from_slice(&[0x00]); // Empty extension data
             ranges.push((ExtensionType::EncryptThenMac, start_pos, buf.len()));
+        }
+
+        // Patched in by iot-ota-server: RawPublicKey (2) only, both ways
+        // (RFC 7250 §4.1).
+        if raw_public_keys {
+            for t in [ExtensionType::ClientCertificateType, ExtensionType::ServerCertificateType] {
+                let start_pos = buf.len();
+                buf.extend_from_slice(&[1, 2]);
+                ranges.push((t, start_pos, buf.len()));
+            }
         }
 
         let start_pos = buf.len();

@@ -46,7 +46,12 @@ impl ServerHello {
     /// - Uses the provided buffer to stage extension bytes and then stores Range references
     /// - Includes UseSRTP if a profile is provided
     /// - Includes Extended Master Secret if the flag is set
-    pub fn with_extensions(mut self, buf: &mut Buf, srtp_profile: Option<SrtpProfileId>) -> Self {
+    pub fn with_extensions(
+        mut self,
+        buf: &mut Buf,
+        srtp_profile: Option<SrtpProfileId>,
+        raw_public_keys: bool,
+    ) -> Self {
         // Clear the buffer and collect extension byte ranges
         buf.clear();
 
@@ -63,6 +68,15 @@ impl ServerHello {
             let ext = UseSrtpExtension::new(profiles, ArrayVec::new());
             ext.serialize(buf);
             ranges.push((ExtensionType::UseSrtp, start, buf.len()));
+        }
+
+        // Patched in by iot-ota-server: RawPublicKey (2) both ways (RFC 7250 §4.2).
+        if raw_public_keys {
+            for t in [ExtensionType::ClientCertificateType, ExtensionType::ServerCertificateType] {
+                let start = buf.len();
+                buf.push(2);
+                ranges.push((t, start, buf.len()));
+            }
         }
 
         // Extended Master Secret (mandatory)
