@@ -100,6 +100,11 @@ pub struct Server {
     live: Option<Live>,
     /// Where the next wait on several sockets starts looking.
     poll_start: usize,
+    /// A file is being read in slices, one per turn: the loop must not
+    /// block in a receive (it polls with the deadline, now, instead).
+    hurry: bool,
+    /// Whether [`Server::watch`] uses inotify.
+    inotify: bool,
     /// The coaps socket's index and its DTLS sessions.
     #[cfg(feature = "dtls")]
     dtls: Option<Secure>,
@@ -138,6 +143,9 @@ impl Server {
                 // the next datagram.
                 continue;
             }
+            if sockio::take_files_changed() {
+                self.on_files_changed();
+            }
             self.serve_one();
         }
     }
@@ -158,31 +166,46 @@ impl Server {
         self.refresh_deadline();
     }
 
+    /// SIGIO: inotify has events; a file a writer closed is taken in now,
+    /// before the next datagram.
+    fn on_files_changed(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let mut changed = false;
+        if live.on_files_changed(&mut self.service, &mut changed) {
+            self.stats.rescans += 1;
+            self.stats.catalog_changes += u64::from(changed);
+        }
+        self.refresh_deadline();
+    }
+
     /// Receives one datagram (blocking, or until the socket's read timeout)
     /// and answers it; the timer work (held-back multicast answers, rescans,
     /// notifications, DTLS timers, the counters' log line) runs first when
     /// the cached deadline has passed. Never fails: errors are counted and
     /// logged at debug.
     pub fn serve_one(&mut self) {
-        let index = if self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure() {
-            0
-        } else {
-            let now = self.clock_ms();
-            if now >= self.deadline_ms {
-                self.on_timers(now);
-            }
-            let timeout = match self.deadline_ms {
-                u64::MAX => self.live.as_ref().map(|_| WAKE_MS),
-                due => Some(due.saturating_sub(now)),
+        let index =
+            if self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure() && !self.hurry {
+                0
+            } else {
+                let now = self.clock_ms();
+                if now >= self.deadline_ms {
+                    self.on_timers(now);
+                }
+                let timeout = match self.deadline_ms {
+                    u64::MAX => self.live.as_ref().map(|_| WAKE_MS),
+                    due => Some(due.saturating_sub(now)),
+                };
+                // Start the scan after the socket served last, so that a flood
+                // on one socket cannot starve the others.
+                self.poll_start = self.poll_start.wrapping_add(1);
+                match sockio::wait_readable(&self.sockets, timeout, self.poll_start) {
+                    Some(index) => index,
+                    None => return self.on_timers(self.clock_ms()),
+                }
             };
-            // Start the scan after the socket served last, so that a flood
-            // on one socket cannot starve the others.
-            self.poll_start = self.poll_start.wrapping_add(1);
-            match sockio::wait_readable(&self.sockets, timeout, self.poll_start) {
-                Some(index) => index,
-                None => return self.on_timers(self.clock_ms()),
-            }
-        };
         let received = self.receive(index);
         // One clock read per datagram, shared by the timers and the service.
         self.now_ms = self.clock_ms();
@@ -282,6 +305,11 @@ impl Server {
         len: usize,
         truncated: bool,
     ) -> bool {
+        // A writer's close that came with this datagram is seen first: the
+        // request after `cp` returned gets the file.
+        if sockio::take_files_changed() {
+            self.on_files_changed();
+        }
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         if truncated {
             trace!("{} datagram cut at {len} bytes", Shown(from));

@@ -45,9 +45,19 @@ impl Server {
             leisure: Leisure::off(),
             live: None,
             poll_start: 0,
+            hurry: false,
+            inotify: true,
             #[cfg(feature = "dtls")]
             dtls: None,
         }
+    }
+
+    /// Watches without inotify from the next [`Server::watch`] on: every
+    /// new or changed file is served once it has not changed for the
+    /// settle time, as where inotify cannot see the writers (a network
+    /// file system).
+    pub fn without_inotify(&mut self) {
+        self.inotify = false;
     }
 
     /// Watches `dir` (the directory the catalog was loaded from): rescans
@@ -80,6 +90,7 @@ impl Server {
             rescan_ms,
             settle_ms,
             self.clock_ms(),
+            self.inotify,
         );
         // The blocking receive wakes at least once a second, for the timer
         // and for a signal that came just before it blocked.

@@ -44,13 +44,14 @@ impl Server {
     pub(super) fn refresh_deadline(&mut self) {
         self.deadline_ms = [
             self.leisure.next_due_ms(),
-            self.live.as_ref().and_then(Live::next_due_ms),
+            self.live.as_ref().and_then(Live::wake_ms),
             self.service.next_notification_ms(),
             self.secure_timer_ms(),
         ]
         .into_iter()
         .flatten()
         .fold(self.next_report_ms, u64::min);
+        self.hurry = self.live.as_ref().is_some_and(Live::busy);
     }
 
     /// Sends the Observe notifications owed at `now_ms`, at most
@@ -133,6 +134,9 @@ impl Server {
             }
         }
         if let Some(live) = self.live.as_mut() {
+            if live.busy() && live.read_slice(&mut self.service) {
+                self.stats.catalog_changes += 1;
+            }
             if live.next_due_ms().is_some_and(|due| now_ms >= due) {
                 self.stats.rescans += 1;
                 if live.on_timer(&mut self.service, now_ms) {

@@ -108,6 +108,9 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
             .serve_dtls(plain_sockets, front, Some(dtls.psk_file.clone()))
             .map_err(|e| format!("cannot serve coaps: {e}"))?;
     }
+    if config.no_inotify {
+        server.without_inotify();
+    }
     server
         .watch_dirs(config.dir.clone(), config.rescan_ms, config.settle_ms)
         .map_err(|e| format!("cannot watch the directories: {e}"))?;
