@@ -56,6 +56,19 @@ pub struct TreeFile {
     pub stamp: Stamp,
 }
 
+impl TreeFile {
+    /// The key of the file's path, as the tree's index holds it: what a
+    /// peer's download record names.
+    pub(crate) fn key(&self) -> u64 {
+        key(self.segments.iter())
+    }
+
+    /// The path's segments.
+    pub(crate) fn segments(&self) -> impl Iterator<Item = &[u8]> + Clone {
+        self.segments.iter().map(|s| &s[..])
+    }
+}
+
 impl fmt::Debug for TreeFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TreeFile")

@@ -40,7 +40,7 @@ mod setup;
 mod stats;
 mod timers;
 
-use crate::service::{Action, Outcome, Peer, Request, ResetReason, Service};
+use crate::service::{Action, Held, Outcome, Peer, Request, ResetReason, Service};
 use crate::sockio::{self, LocalDest, Received};
 use crate::tree::FileTree;
 use leisure::Leisure;
@@ -51,7 +51,7 @@ use reply::{arrival, deliver, is_multicast, peer, send, Reply};
 use secure::Secure;
 pub use setup::{check_dual_stack, install_signal_handlers};
 pub use stats::Stats;
-use stats::{log_request, LogBudget, Shown, StatsLine};
+use stats::{log_request, Hex, LogBudget, Shown, StatsLine};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
@@ -322,18 +322,7 @@ impl Server {
             || self.service.tree().is_some_and(FileTree::has_pending);
         let request = Request::new(source, self.now_ms, datagram).arrived(arrival);
         let mut action = self.service.handle_request(&request, &mut self.tx);
-        // Why to look at the directory before answering: the image asked
-        // for may have been published since the last scan, or the file
-        // behind a first block replaced since it was read.
-        let rescan_for = match (self.live.as_mut(), &action) {
-            (Some(live), action) if missed(action) => live
-                .may_rescan_on_miss(settling, self.now_ms)
-                .then_some("a request missed"),
-            (Some(live), Action::Reply { outcome, .. }) => live
-                .may_rescan_on_stale(outcome, self.now_ms)
-                .then_some("a file changed"),
-            _ => None,
-        };
+        let rescan_for = rescan_reason(self.live.as_mut(), &action, settling, self.now_ms);
         let rescanned = rescan_for.is_some();
         if let (Some(why), Some(live)) = (rescan_for, self.live.as_mut()) {
             self.stats.rescans += 1;
@@ -342,6 +331,24 @@ impl Server {
             }
             // Answered from what is there now.
             action = self.service.handle_again(&request, &mut self.tx);
+        }
+        if let Action::Reply {
+            outcome:
+                Outcome::File {
+                    file,
+                    held: Held::First,
+                    ..
+                },
+            ..
+        } = action
+        {
+            info!(
+                "{} download of {} held on the version it began with (ETag {}): the file \
+                 was replaced since; new downloads get the new version",
+                Shown(from),
+                file.path,
+                Hex(&file.etag)
+            );
         }
         deliver(
             action,
@@ -392,6 +399,28 @@ impl Server {
                 None
             }
         }
+    }
+}
+
+/// Why to look at the directories before answering `action`, if at all:
+/// the image or file asked for may have been published since the last
+/// scan (a miss), or the file behind a first block replaced since it was
+/// read. `settling`: a new file was still settling at the last scan.
+/// Shared by the plain and the coaps requests.
+fn rescan_reason(
+    live: Option<&mut Live>,
+    action: &Action<'_>,
+    settling: bool,
+    now_ms: u64,
+) -> Option<&'static str> {
+    match (live, action) {
+        (Some(live), action) if missed(action) => live
+            .may_rescan_on_miss(settling, now_ms)
+            .then_some("a request missed"),
+        (Some(live), Action::Reply { outcome, .. }) => live
+            .may_rescan_on_stale(outcome, now_ms)
+            .then_some("a file changed"),
+        _ => None,
     }
 }
 

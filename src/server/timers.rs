@@ -137,6 +137,7 @@ impl Server {
             if live.busy() && live.read_slice(&mut self.service) {
                 self.stats.catalog_changes += 1;
             }
+            self.service.expire_versions(now_ms);
             if live.next_due_ms().is_some_and(|due| now_ms >= due) {
                 self.stats.rescans += 1;
                 if live.on_timer(&mut self.service, now_ms) {

@@ -56,7 +56,7 @@ fn peer_port(n: u32, port: u16) -> Peer {
     ip[10] = 0xff;
     ip[11] = 0xff;
     ip[12..].copy_from_slice(&n.to_be_bytes());
-    Peer { ip, port }
+    Peer { ip, port, scope: 0 }
 }
 
 fn peer(n: u32) -> Peer {
