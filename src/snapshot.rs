@@ -38,7 +38,7 @@ pub const INLINE_READ_MAX: u64 = 256 * 1024;
 /// The most bytes [`Reads::step`] reads (and hashes) between two datagrams: a fraction of a
 /// millisecond of work, so that the blocks to other devices keep flowing while a large file
 /// is taken in.
-pub const SLICE: usize = 128 * 1024;
+pub const SLICE: usize = 64 * 1024;
 
 /// What is known of a file's writers, from inotify (see `server`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -744,5 +744,64 @@ mod tests {
         let mut none = Refresh::<(), (), (), ()>::default();
         none.note_changes(&old, &old, |(name, bytes)| (*name, bytes));
         assert!(none.added.is_empty() && none.replaced.is_empty() && none.removed.is_empty());
+    }
+
+    /// A FIFO put where a listed file was (after the listing, before the
+    /// read): the read gives up at once, it does not wait for a writer.
+    #[test]
+    fn a_fifo_swapped_in_after_the_listing_is_not_waited_for() {
+        let dir = std::env::temp_dir().join(format!("iotota-fifo-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("slot0.bin");
+        fs::write(&path, b"image").unwrap();
+        let listed = stamp_of(&fs::metadata(&path).unwrap()).unwrap();
+        fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(matches!(
+                read_settled(&reader, listed),
+                Err(Unread::Skip(SkipReason::NotRegularFile))
+            ));
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(5));
+        if answered.is_err() {
+            // Let the stuck open go (a writer pairs with it) before failing.
+            let _ = fs::OpenOptions::new().write(true).open(&path);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            answered,
+            Ok(true),
+            "the read waited for a writer, or read the FIFO"
+        );
+    }
+
+    #[test]
+    fn reads_in_slices_give_the_bytes_and_the_tag_of_a_whole_read() {
+        let dir = std::env::temp_dir().join(format!("iotota-slices-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.bin");
+        let data: Vec<u8> = (0..(3 * SLICE + 17)).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&path, &data).unwrap();
+        let stamp = stamp_of(&fs::metadata(&path).unwrap()).unwrap();
+        let mut reads = Reads::default();
+        reads.start(&path, stamp).map_err(|_| "start").unwrap();
+        let mut steps = 0;
+        while reads.busy() {
+            assert!(!reads.has_done(), "done before the last slice");
+            reads.step(SLICE);
+            steps += 1;
+            assert!(steps <= 4, "more slices than the length needs");
+        }
+        let (bytes, etag) = reads.take(&path, stamp).expect("read whole");
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(steps, 4);
+        assert!(bytes[..] == data[..]);
+        assert_eq!(etag, fnv1a64(&data).to_be_bytes());
     }
 }

@@ -124,6 +124,41 @@ impl Inotify {
     }
 }
 
+/// Whether a process has the regular file at `path` open for writing,
+/// asked the kernel without waiting: a read lease (`F_SETLEASE`,
+/// `F_RDLCK`) is granted only when nobody has, and is given back at once.
+/// For a file that was there before its directory was watched, whose
+/// writer's close inotify could not report. `Some(false)`: nobody writes
+/// it; `Some(true)`: somebody does; `None`: the kernel would not say (the
+/// file is another user's and the server lacks `CAP_LEASE`, leases are
+/// off, the file is gone or not regular).
+///
+/// A writer that opens the file in the microseconds the lease is held
+/// waits until it is given back; the lease-break signal is SIGIO, whose
+/// handler only sets the flag.
+pub(crate) fn has_writer(path: &Path) -> Option<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor open for the borrow of `file`, integer
+    // arguments only.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return (e.raw_os_error() == Some(libc::EAGAIN)).then_some(true);
+    }
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+    Some(false)
+}
+
 /// The size of `struct inotify_event` before its name.
 const HEADER: usize = 16;
 
@@ -177,6 +212,21 @@ mod tests {
             ]
         );
         assert_eq!(events(&bytes[..bytes.len() - 1]).count(), 1);
+    }
+
+    #[test]
+    fn a_file_open_for_writing_has_a_writer_and_a_closed_one_none() {
+        let dir = std::env::temp_dir().join(format!("iotota-lease-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("slot0.bin");
+        let writer = std::fs::File::create(&path).unwrap();
+        let open = has_writer(&path);
+        drop(writer);
+        let closed = has_writer(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // As root or the file's owner (the test's case) the kernel says.
+        assert_eq!((open, closed), (Some(true), Some(false)));
     }
 
     #[test]

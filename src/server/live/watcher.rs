@@ -1,10 +1,13 @@
 //! What inotify tells about the watched directories: which files a writer
 //! closed or renamed into place (complete: read at once), which are being
 //! written (not read), and whether anything changed that a rescan should
-//! take in. Where inotify cannot tell (no inotify, a watch not added
-//! because of the watch limit, events lost to a queue overflow, a file
-//! there before its directory was watched), the answer is
-//! [`Writer::Unknown`] and the settle rule decides.
+//! take in. Where inotify cannot tell (a watch not added because of the
+//! watch limit, events lost to a queue overflow, a file there before its
+//! directory was watched), the answer is
+//! asked of the kernel (a read lease is granted only while nobody has the
+//! file open for writing), and where that fails too (another user's file
+//! without `CAP_LEASE`) it is [`Writer::Unknown`] and the settle rule
+//! decides.
 
 use crate::snapshot::Writer;
 use crate::sockio::inotify::{self, Inotify};
@@ -186,14 +189,21 @@ impl Watcher {
         self.closed.clear();
     }
 
-    /// What the events said of the writers of the file at `path`.
+    /// What the events said of the writers of the file at `path`; for a
+    /// file they said nothing of (there before its directory was watched:
+    /// `mkdir -p` then `cp` races the new watch), what the kernel says of
+    /// its writers now ([`inotify::has_writer`]).
     pub(super) fn writer(&self, path: &Path) -> Writer {
         if self.writing.contains(path) {
             Writer::Writing
         } else if self.closed.contains(path) {
             Writer::Done
         } else {
-            Writer::Unknown
+            match inotify::has_writer(path) {
+                Some(false) => Writer::Done,
+                Some(true) => Writer::Writing,
+                None => Writer::Unknown,
+            }
         }
     }
 }
