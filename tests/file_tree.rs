@@ -596,10 +596,12 @@ fn a_16_mib_publish_does_not_stall_a_paced_download_of_another_image() {
                 "block {num} of round {round}"
             );
             let copied = copy.as_ref().is_some_and(|c| c.is_finished());
-            if copied && admitted_at.is_none() && num % 50 == 0 {
-                if server.log().contains("published file fw/app/board/big.bin") {
-                    admitted_at = Some(num);
-                }
+            if copied
+                && admitted_at.is_none()
+                && num % 50 == 0
+                && server.log().contains("published file fw/app/board/big.bin")
+            {
+                admitted_at = Some(num);
             }
             // 200 more blocks after the big file was taken in.
             if admitted_at.is_some_and(|at| num >= at + 200) {
