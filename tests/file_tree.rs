@@ -122,6 +122,41 @@ fn publish(root: &Path, rel: &str, bytes: &[u8]) {
     std::fs::rename(&tmp, &path).expect("rename");
 }
 
+/// libcoap's `coap-client -b 64` fetching `path` from `server` into
+/// `out_file`; fails the test unless it exits 0. The body is in the file.
+fn libcoap_get(server: &TestServer, path: &str, out_file: &Path) {
+    let output = support::run_bounded(
+        Command::new("coap-client-notls")
+            .args(["-B", "30", "-m", "get", "-b", "64", "-o"])
+            .arg(out_file)
+            .arg(format!("coap://{}/{path}", server.addr)),
+        Duration::from_secs(60),
+    );
+    assert!(
+        output.status.success(),
+        "coap-client {path}: {}; log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+}
+
+/// `aiocoap-client` fetching `path` from `server` (on `[::1]`); fails the
+/// test unless it exits 0 (it exits 1 on a 5.03). Returns the body.
+fn aiocoap_get(server: &TestServer, path: &str) -> Vec<u8> {
+    let port = server.addr.port();
+    let output = support::run_bounded(
+        Command::new("aiocoap-client").arg(format!("coap://[::1]:{port}/{path}")),
+        Duration::from_secs(60),
+    );
+    assert!(
+        output.status.success(),
+        "aiocoap-client {path}: {}; log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+    output.stdout
+}
+
 fn assert_code(reply: &Reply, code: ResponseType, what: &str) {
     assert_eq!(
         reply.code,
@@ -190,19 +225,7 @@ fn libcoap_fetches_a_file_byte_exact() {
     publish(dir.path(), SLOT0, &slot);
     let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &[]);
     let out_file = out.path().join("out");
-    let uri = format!("coap://{}/{SLOT0}", server.addr);
-    let output = support::run_bounded(
-        Command::new("coap-client-notls")
-            .args(["-B", "10", "-m", "get", "-b", "64", "-o"])
-            .arg(&out_file)
-            .arg(&uri),
-        Duration::from_secs(40),
-    );
-    assert!(
-        output.status.success(),
-        "coap-client failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    libcoap_get(&server, SLOT0, &out_file);
     assert_eq!(std::fs::read(&out_file).expect("out written"), slot);
 }
 
@@ -213,19 +236,7 @@ fn aiocoap_client_fetches_what_riot_publishes_and_republishes() {
     }
     let dir = TempDir::new("tree-aiocoap");
     let server = spawn_fileserver(dir.path(), "[::1]:0", &[]);
-    let port = server.addr.port();
-    let fetch = |path: &str| {
-        let output = support::run_bounded(
-            Command::new("aiocoap-client").arg(format!("coap://[::1]:{port}/{path}")),
-            Duration::from_secs(40),
-        );
-        assert!(
-            output.status.success(),
-            "aiocoap-client {path}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    };
+    let fetch = |path: &str| aiocoap_get(&server, path);
     // Published while the server runs, fetched at once; then the same
     // names with new bytes. Written a second ago, so that the settle time
     // plays no part: the first request sees the new bytes because the
@@ -389,23 +400,15 @@ fn riot_cp_then_aiocoap_client_at_once() {
     let dir = TempDir::new("tree-cp-aiocoap");
     let staging = TempDir::new("tree-cp-aiocoap-staging");
     let server = spawn_fileserver(dir.path(), "[::1]:0", &[]);
-    let port = server.addr.port();
     let suit = image_bytes(480, 71);
     let slot = image_bytes(SLOT_LEN, 72);
     cp(dir.path(), SUIT, &suit, &staging);
     cp(dir.path(), SLOT0, &slot, &staging);
     for (path, bytes) in [(SUIT, &suit), (SLOT0, &slot)] {
-        let output = support::run_bounded(
-            Command::new("aiocoap-client").arg(format!("coap://[::1]:{port}/{path}")),
-            Duration::from_secs(60),
-        );
         assert!(
-            output.status.success(),
-            "aiocoap-client {path}: {}\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            server.log()
+            aiocoap_get(&server, path) == **bytes,
+            "{path}: not byte-exact"
         );
-        assert!(output.stdout == **bytes, "{path}: not byte-exact");
     }
 }
 
@@ -427,18 +430,7 @@ fn riot_cp_then_libcoap_client_at_once() {
     cp(dir.path(), SLOT0, &slot, &staging);
     for (path, bytes) in [(SUIT, &suit), (SLOT0, &slot)] {
         let out_file = out.path().join(path.replace('/', "_"));
-        let output = support::run_bounded(
-            Command::new("coap-client-notls")
-                .args(["-B", "30", "-m", "get", "-b", "64", "-o"])
-                .arg(&out_file)
-                .arg(format!("coap://{}/{path}", server.addr)),
-            Duration::from_secs(60),
-        );
-        assert!(
-            output.status.success(),
-            "coap-client {path}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        libcoap_get(&server, path, &out_file);
         let got = std::fs::read(&out_file).unwrap_or_default();
         assert!(
             got == **bytes,
