@@ -1,13 +1,15 @@
-//! What inotify tells about the watched directories: which files a writer
-//! closed or renamed into place (complete: read at once), which are being
-//! written (not read), and whether anything changed that a rescan should
-//! take in. Where inotify cannot tell (a watch not added because of the
-//! watch limit, events lost to a queue overflow, a file there before its
-//! directory was watched), the answer is
-//! asked of the kernel (a read lease is granted only while nobody has the
-//! file open for writing), and where that fails too (another user's file
-//! without `CAP_LEASE`) it is [`Writer::Unknown`] and the settle rule
-//! decides.
+//! What inotify tells about the watched directories: whether anything
+//! changed that a rescan should take in (a file closed by its writer or
+//! renamed in, created, deleted, a directory gone, events lost), and which
+//! files a writer closed or is writing. Whether a new or changed file is
+//! complete is asked of the kernel first (a read lease is granted only
+//! while nobody has the file open for writing: it knows of writers that
+//! began before a directory was watched, as `mkdir -p` then `cp` races the
+//! new watch); where it will not say (another user's file and no
+//! `CAP_LEASE`), the events answer; where they cannot (a watch not added
+//! because of the watch limit, events lost to a queue overflow, a file
+//! there before its directory was watched) the answer is
+//! [`Writer::Unknown`] and the settle rule decides.
 
 use crate::snapshot::Writer;
 use crate::sockio::inotify::{self, Inotify};
@@ -164,10 +166,10 @@ impl Watcher {
             return false;
         }
         if event.mask & libc::IN_CREATE != 0 {
-            if !is_dir {
-                self.closed.remove(&path);
-                self.writing.insert(path);
-            }
+            // A new name: a writer may have begun (`cp`), or not (a link);
+            // until a write or a close says more, its state is the
+            // kernel's answer, or unknown.
+            self.closed.remove(&path);
             return true;
         }
         if event.mask & (libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO) != 0 {
@@ -189,21 +191,17 @@ impl Watcher {
         self.closed.clear();
     }
 
-    /// What the events said of the writers of the file at `path`; for a
-    /// file they said nothing of (there before its directory was watched:
-    /// `mkdir -p` then `cp` races the new watch), what the kernel says of
-    /// its writers now ([`inotify::has_writer`]).
+    /// Whether the file at `path` is being written: what the kernel says of
+    /// its writers now ([`inotify::has_writer`]: it also knows of a writer
+    /// that began before the directory was watched, as `mkdir -p` then
+    /// `cp` races the new watch), else what the events said.
     pub(super) fn writer(&self, path: &Path) -> Writer {
-        if self.writing.contains(path) {
-            Writer::Writing
-        } else if self.closed.contains(path) {
-            Writer::Done
-        } else {
-            match inotify::has_writer(path) {
-                Some(false) => Writer::Done,
-                Some(true) => Writer::Writing,
-                None => Writer::Unknown,
-            }
+        match inotify::has_writer(path) {
+            Some(true) => Writer::Writing,
+            Some(false) => Writer::Done,
+            None if self.writing.contains(path) => Writer::Writing,
+            None if self.closed.contains(path) => Writer::Done,
+            None => Writer::Unknown,
         }
     }
 }
