@@ -286,13 +286,12 @@ impl Pending<'_, '_> {
         self.current()?.download
     }
 
-    /// Records the peer's download (replacing the one it had), unless it
-    /// is the one recorded already.
+    /// Records the peer's download (replacing the one it had). Written
+    /// even when it is the one recorded already: the write restamps the
+    /// entry, so that a download slower than the entries' lifetime (a
+    /// 6LoWPAN device takes minutes) keeps its record to its last block.
     pub(crate) fn set_download(&mut self, download: Option<Download>) {
         let mut state = self.current().unwrap_or_default();
-        if state.download == download {
-            return;
-        }
         state.download = download;
         self.write = Some(state);
     }

@@ -487,9 +487,11 @@ impl<'s> Ctx<'s, '_, '_> {
             if !block.more {
                 self.peer_state.set_download(None);
                 self.ended_held |= held != Held::No;
-            } else if held == Held::First {
-                self.peer_state
-                    .set_download(Some(Download { held: true, ..d }));
+            } else {
+                // Every block restamps the record: it lives as long as
+                // the download goes on.
+                let held = d.held || held == Held::First;
+                self.peer_state.set_download(Some(Download { held, ..d }));
             }
         }
         Ok((
