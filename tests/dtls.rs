@@ -787,3 +787,59 @@ fn handshake_retransmissions_leave_from_the_address_the_hello_was_sent_to() {
     }
     assert_eq!(flights, 1, "no retransmitted flight within 10 s");
 }
+
+/// A coaps request that misses rescans first, as a plain one does: with
+/// no timed rescans and no inotify, an image published since the last
+/// scan is found by the device's first lookup over coaps.
+#[test]
+fn a_coaps_lookup_that_misses_rescans_first_as_over_coap() {
+    let fx = fixture("dtls-miss");
+    let server = fx.server(
+        "127.0.0.1:0",
+        &["--rescan", "0", "--no-inotify", "--settle", "0"],
+    );
+    let lookup = |out: &Path| {
+        let out_text = out.to_string_lossy().into_owned();
+        our_client(&[
+            &format!("coaps://{}", server.addr),
+            "--pid",
+            "DEV",
+            "--type",
+            "3",
+            "--version",
+            "1.0.1",
+            "--psk-identity",
+            "dev1",
+            "--psk-key",
+            "dev1-secret-key",
+            "--timeout-ms",
+            "300",
+            "-o",
+            &out_text,
+        ])
+    };
+    let out = fx.out.path().join("published");
+    let output = lookup(&out);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "up to date: {}",
+        text(&output)
+    );
+    // Past the rate limit of rescans on a miss (250 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    let new = support::image_bytes(3000, 21);
+    publish(fx.dir.path(), "DEV_1_2_0_APP.fmu", &new);
+    let output = lookup(&out);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}; log:\n{}",
+        text(&output),
+        server.log()
+    );
+    assert!(
+        std::fs::read(&out).unwrap_or_default() == new,
+        "not the new image"
+    );
+}
