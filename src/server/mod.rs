@@ -19,7 +19,11 @@
 //! With several listen sockets, or with multicast on, the loop waits on
 //! all sockets at once (`poll`) with a timeout that is the next held-back
 //! multicast answer's due time (`leisure`); with one socket and no
-//! multicast it blocks in `recvmsg`, as cheap as it gets.
+//! multicast it blocks in `recvmsg`, as cheap as it gets, except while a
+//! published file is read in slices (one per turn, between datagrams).
+//! inotify's events interrupt the blocking wait (SIGIO), so a file a
+//! writer closed is taken in before the next datagram, and the per-block
+//! path pays nothing for the watching.
 //!
 //! This file holds the [`Server`] and its loop: receiving, the fast and
 //! the general path. The rest, one
