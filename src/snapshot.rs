@@ -269,6 +269,20 @@ impl Reads {
         }
     }
 
+    /// Reads the file at `path` to its end at once, if it is being read: for
+    /// a download that begins while its new version is read, which would
+    /// otherwise get the old one.
+    pub fn finish(&mut self, path: &Path) {
+        let Some(at) = self.jobs.iter().position(|j| j.path == path) else {
+            return;
+        };
+        self.jobs.swap(0, at);
+        // Each step reads or ends the first job: bounded by its length.
+        while self.jobs.first().is_some_and(|j| j.path == path) {
+            self.step(usize::MAX);
+        }
+    }
+
     /// Forgets the files read whole that no rescan took (removed or changed since).
     pub fn clear_done(&mut self) {
         self.done.clear();
@@ -799,9 +813,27 @@ mod tests {
             assert!(steps <= 4, "more slices than the length needs");
         }
         let (bytes, etag) = reads.take(&path, stamp).expect("read whole");
-        fs::remove_dir_all(&dir).unwrap();
         assert_eq!(steps, 4);
         assert!(bytes[..] == data[..]);
         assert_eq!(etag, fnv1a64(&data).to_be_bytes());
+
+        // Two files being read: the one a download asks for is finished
+        // at once, the other one goes on slice by slice.
+        let other = dir.join("other.bin");
+        fs::write(&other, &data[..2 * SLICE]).unwrap();
+        let other_stamp = stamp_of(&fs::metadata(&other).unwrap()).unwrap();
+        reads.start(&path, stamp).map_err(|_| "start").unwrap();
+        reads
+            .start(&other, other_stamp)
+            .map_err(|_| "start")
+            .unwrap();
+        reads.finish(&other);
+        assert!(
+            reads.take(&other, other_stamp).is_some(),
+            "finished at once"
+        );
+        assert!(reads.take(&path, stamp).is_none(), "still being read");
+        assert!(reads.busy());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -222,13 +222,13 @@ impl Live {
             Outcome::File { block, .. } => block.num == 0,
             _ => false,
         };
-        first_block && (self.first_block_replaced(outcome, now_ms) || self.finish_reads())
+        first_block && self.first_block_replaced(outcome, now_ms)
     }
 
     /// Reads the files being read in slices to their end at once, for a
-    /// request that may be asking for one (which would otherwise get 5.03,
-    /// or the old version, although the new one is complete on disk): true
-    /// when there were some, and a rescan should take them in.
+    /// request that missed and may be asking for one (which would
+    /// otherwise get 5.03 although the file is complete on disk): true when
+    /// there were some, and a rescan should take them in.
     fn finish_reads(&mut self) -> bool {
         if !self.reads.busy() {
             return false;
@@ -262,9 +262,13 @@ impl Live {
             return false;
         }
         self.last_stale_check = Some((key, now_ms));
-        if !replaced(&base.join(name), stamp) {
+        let path = base.join(name);
+        if !replaced(&path, stamp) {
             return false;
         }
+        // Its new version may be being read in slices: finished now, so
+        // that the rescan serves it to this new download.
+        self.reads.finish(&path);
         self.last_miss_ms = Some(now_ms);
         true
     }
