@@ -104,8 +104,8 @@ pub struct Server {
     live: Option<Live>,
     /// Where the next wait on several sockets starts looking.
     poll_start: usize,
-    /// A file is being read in slices, one per turn: the loop must not
-    /// block in a receive (it polls with the deadline, now, instead).
+    /// A file is being read in slices, one per turn: the socket of a loop
+    /// that blocks in its receive is non-blocking meanwhile.
     hurry: bool,
     /// Whether [`Server::watch`] uses inotify.
     inotify: bool,
@@ -147,9 +147,6 @@ impl Server {
                 // the next datagram.
                 continue;
             }
-            if sockio::take_files_changed() {
-                self.on_files_changed();
-            }
             self.serve_one();
         }
     }
@@ -170,8 +167,18 @@ impl Server {
         self.refresh_deadline();
     }
 
+    /// Whether the loop blocks in the receive of its one socket (no
+    /// multicast, no coaps) rather than waiting with `poll`.
+    #[inline]
+    fn blocks_in_receive(&self) -> bool {
+        self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure()
+    }
+
     /// SIGIO: inotify has events; a file a writer closed is taken in now,
-    /// before the next datagram.
+    /// before the next datagram that could ask for it. Looked at when the
+    /// receive was interrupted (as SIGIO does), before a request off the
+    /// fast path, and with the timers: a later block of a download, which
+    /// the fast path answers, never needs a new file.
     fn on_files_changed(&mut self) {
         let Some(live) = self.live.as_mut() else {
             return;
@@ -191,7 +198,7 @@ impl Server {
     /// logged at debug.
     pub fn serve_one(&mut self) {
         let index =
-            if self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure() && !self.hurry {
+            if self.blocks_in_receive() {
                 0
             } else {
                 let now = self.clock_ms();
@@ -223,6 +230,11 @@ impl Server {
             truncated,
         }) = received
         else {
+            // Interrupted (SIGIO: inotify has news), timed out, or nothing
+            // to read while a file is read in slices.
+            if sockio::take_files_changed() {
+                self.on_files_changed();
+            }
             return;
         };
         #[cfg(feature = "dtls")]

@@ -12,6 +12,7 @@ use super::reply::{notification_route, send};
 use super::secure::flush;
 use super::stats::{Shown, StatsLine};
 use super::{Server, STATS_INTERVAL_MS};
+use crate::sockio;
 use log::{debug, info};
 
 /// Notifications sent between two receives at most: a publish that
@@ -51,7 +52,26 @@ impl Server {
         .into_iter()
         .flatten()
         .fold(self.next_report_ms, u64::min);
-        self.hurry = self.live.as_ref().is_some_and(Live::busy);
+        self.set_hurry(self.live.as_ref().is_some_and(Live::busy));
+    }
+
+    /// While a file is read in slices (`hurry`), a loop that blocks in its
+    /// receive must not: its socket is made non-blocking, so that each
+    /// turn reads a slice and then serves what datagrams came, and made
+    /// blocking again after the last slice. Nothing on the per-datagram
+    /// path looks at it.
+    fn set_hurry(&mut self, hurry: bool) {
+        if hurry == self.hurry {
+            return;
+        }
+        self.hurry = hurry;
+        if self.blocks_in_receive() {
+            for socket in &self.sockets {
+                if let Err(e) = socket.set_nonblocking(hurry) {
+                    debug!("cannot make the socket (non-)blocking: {e}");
+                }
+            }
+        }
     }
 
     /// Sends the Observe notifications owed at `now_ms`, at most
@@ -132,6 +152,9 @@ impl Server {
                 secure.front.on_timers(now_ms);
                 flush(&self.sockets, secure, None, &mut self.stats);
             }
+        }
+        if sockio::take_files_changed() {
+            self.on_files_changed();
         }
         if let Some(live) = self.live.as_mut() {
             if live.busy() && live.read_slice(&mut self.service) {
