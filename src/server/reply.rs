@@ -180,16 +180,17 @@ pub(super) fn arrival(socket: usize, dest: Option<LocalDest>) -> Arrival {
 
 /// The peer as the service sees it: IPv4 as IPv4-mapped IPv6.
 pub(super) fn peer(addr: SocketAddr) -> Peer {
-    match addr {
-        SocketAddr::V4(v4) => Peer {
-            ip: v4.ip().to_ipv6_mapped().octets(),
-            port: v4.port(),
-            scope: 0,
-        },
-        SocketAddr::V6(v6) => Peer {
-            ip: v6.ip().octets(),
-            port: v6.port(),
-            scope: v6.scope_id(),
-        },
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let scope = match addr {
+        SocketAddr::V6(v6) => v6.scope_id(),
+        SocketAddr::V4(_) => 0,
+    };
+    Peer {
+        ip: ip.octets(),
+        port: addr.port(),
+        scope,
     }
 }
