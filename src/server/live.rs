@@ -116,6 +116,14 @@ impl Live {
         live
     }
 
+    /// Directs inotify's signal at the calling thread, the one that runs
+    /// the loop (the server may have been set up on another one).
+    pub(super) fn claim_signals(&self) {
+        if let Some(Err(e)) = self.watcher.as_ref().map(Watcher::signal_this_thread) {
+            debug!("inotify's signal goes to the process, not the loop's thread: {e}");
+        }
+    }
+
     /// Watches the directories the sources list now (after a rescan, which
     /// may have found new ones or lost some).
     fn watch_dirs(&mut self) {

@@ -130,6 +130,9 @@ impl Server {
     /// When the signal handlers cannot be installed.
     pub fn run(&mut self) -> io::Result<()> {
         sockio::install_signal_flags()?;
+        if let Some(live) = self.live.as_ref() {
+            live.claim_signals();
+        }
         loop {
             if sockio::terminating() {
                 #[cfg(feature = "dtls")]
@@ -197,26 +200,25 @@ impl Server {
     /// the cached deadline has passed. Never fails: errors are counted and
     /// logged at debug.
     pub fn serve_one(&mut self) {
-        let index =
-            if self.blocks_in_receive() {
-                0
-            } else {
-                let now = self.clock_ms();
-                if now >= self.deadline_ms {
-                    self.on_timers(now);
-                }
-                let timeout = match self.deadline_ms {
-                    u64::MAX => self.live.as_ref().map(|_| WAKE_MS),
-                    due => Some(due.saturating_sub(now)),
-                };
-                // Start the scan after the socket served last, so that a flood
-                // on one socket cannot starve the others.
-                self.poll_start = self.poll_start.wrapping_add(1);
-                match sockio::wait_readable(&self.sockets, timeout, self.poll_start) {
-                    Some(index) => index,
-                    None => return self.on_timers(self.clock_ms()),
-                }
+        let index = if self.blocks_in_receive() {
+            0
+        } else {
+            let now = self.clock_ms();
+            if now >= self.deadline_ms {
+                self.on_timers(now);
+            }
+            let timeout = match self.deadline_ms {
+                u64::MAX => self.live.as_ref().map(|_| WAKE_MS),
+                due => Some(due.saturating_sub(now)),
             };
+            // Start the scan after the socket served last, so that a flood
+            // on one socket cannot starve the others.
+            self.poll_start = self.poll_start.wrapping_add(1);
+            match sockio::wait_readable(&self.sockets, timeout, self.poll_start) {
+                Some(index) => index,
+                None => return self.on_timers(self.clock_ms()),
+            }
+        };
         let received = self.receive(index);
         // One clock read per datagram, shared by the timers and the service.
         self.now_ms = self.clock_ms();

@@ -81,6 +81,40 @@ impl Inotify {
         Ok(Inotify { fd })
     }
 
+    /// Raises SIGIO in the calling thread only (`F_SETOWN_EX`,
+    /// `F_OWNER_TID`), not in any thread of the process: the thread that
+    /// runs the loop, whose blocking receive the signal must interrupt. A
+    /// program that embeds the server in a thread of its own then sees no
+    /// interrupted calls in its other threads.
+    ///
+    /// # Errors
+    /// As `fcntl`.
+    pub(crate) fn signal_this_thread(&self) -> io::Result<()> {
+        /// Linux's `struct f_owner_ex`; it and the two constants are the
+        /// same on every architecture, and the libc crate has them only for
+        /// some.
+        #[repr(C)]
+        struct OwnerEx {
+            kind: libc::c_int,
+            pid: libc::pid_t,
+        }
+        const F_SETOWN_EX: libc::c_int = 15;
+        const F_OWNER_TID: libc::c_int = 0;
+        // SAFETY: no arguments; returns the caller's thread id.
+        let tid = unsafe { libc::gettid() };
+        let owner = OwnerEx {
+            kind: F_OWNER_TID,
+            pid: tid,
+        };
+        // SAFETY: fcntl on a descriptor we own; `owner` is a live
+        // f_owner_ex for the call, which only reads it.
+        let rc = unsafe { libc::fcntl(self.fd.as_raw_fd(), F_SETOWN_EX, &owner) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Watches the directory `dir` for [`WATCHED`]; the watch descriptor.
     ///
     /// # Errors

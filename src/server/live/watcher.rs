@@ -64,6 +64,14 @@ impl Watcher {
         })
     }
 
+    /// Directs inotify's SIGIO at the calling thread, the loop's.
+    ///
+    /// # Errors
+    /// As `fcntl`.
+    pub(super) fn signal_this_thread(&self) -> io::Result<()> {
+        self.inotify.signal_this_thread()
+    }
+
     /// Watches exactly `dirs`: adds the new ones, removes those gone. A new
     /// watch sees only what happens from now on: its files of unknown state
     /// settle. Reports the directories that could not be watched (the
