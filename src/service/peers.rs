@@ -243,15 +243,18 @@ impl Peers {
             .is_some_and(|state| state.transfer == Some(transfer))
     }
 
-    /// Whether a live record names the download of version `etag` of the
-    /// file `file`: a walk over the table, when a file was replaced or a
-    /// download of an old version ended.
-    pub(crate) fn any_download(&self, file: u64, etag: [u8; 8], now_ms: u64) -> bool {
-        self.table.any_live(now_ms, |state| {
-            state
-                .download
-                .is_some_and(|d| d.file == file && d.etag == etag)
-        })
+    /// The downloads live records name, as (file, ETag): one walk over the
+    /// table, when a file was replaced or a download of an old version
+    /// ended, never per request.
+    pub(crate) fn downloads(&self, now_ms: u64) -> Vec<(u64, [u8; 8])> {
+        let mut found = Vec::new();
+        self.table.for_each_live(now_ms, |state| {
+            if let Some(d) = state.download {
+                found.push((d.file, d.etag));
+            }
+        });
+        found.sort_unstable();
+        found
     }
 
     /// Stores what a request changed, once its reply is sent; restamps the

@@ -46,12 +46,16 @@ impl Versions {
         peers: &Peers,
         now_ms: u64,
     ) {
+        let downloads = peers.downloads(now_ms);
+        if downloads.is_empty() && self.is_empty() {
+            return;
+        }
         for file in current.files() {
             let key = file.key();
             let replaced = next
                 .file(file.segments())
                 .map_or(true, |now| now.etag != file.etag);
-            if replaced && peers.any_download(key, file.etag, now_ms) {
+            if replaced && downloads.binary_search(&(key, file.etag)).is_ok() {
                 self.old.insert(
                     key,
                     Old {
@@ -61,7 +65,7 @@ impl Versions {
                 );
             }
         }
-        self.expire(peers, now_ms);
+        self.retain(&downloads, now_ms);
     }
 
     /// The old version of file `key` with ETag `etag`, noted as used at
@@ -78,10 +82,16 @@ impl Versions {
         if self.is_empty() {
             return;
         }
+        self.retain(&peers.downloads(now_ms), now_ms);
+    }
+
+    /// Keeps the old versions that `downloads` (sorted) names and that
+    /// served a block within the exchange lifetime.
+    fn retain(&mut self, downloads: &[(u64, [u8; 8])], now_ms: u64) {
         let lifetime = super::EXCHANGE_LIFETIME_MS;
         self.old.retain(|key, old| {
             now_ms.saturating_sub(old.last_used_ms.get()) < lifetime
-                && peers.any_download(*key, old.file.etag, now_ms)
+                && downloads.binary_search(&(*key, old.file.etag)).is_ok()
         });
     }
 
