@@ -233,9 +233,12 @@ impl Server {
         }) = received
         else {
             // Interrupted (SIGIO: inotify has news), timed out, or nothing
-            // to read while a file is read in slices.
+            // to read while a file is read in slices. What a rescan made
+            // owed (notifications) goes out now, not after the next
+            // datagram.
             if sockio::take_files_changed() {
                 self.on_files_changed();
+                self.after_general(self.clock_ms());
             }
             return;
         };
