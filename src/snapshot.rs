@@ -8,6 +8,11 @@
 //! - *Reading*: `read_settled` reads a whole file, and only if it still shows the stamp it
 //!   was listed with, before and after the read, into memory of exactly its length
 //!   ([`ImageBytes`]: pages of its own for a file of whole pages, else the heap).
+//! - *Admission* ([`Admission`]): a file a writer is known to have closed (inotify, in
+//!   `server`) is read at once, one known to be written is not, and only a file nobody
+//!   reported on waits for the settle time. A file larger than [`INLINE_READ_MAX`] is read in
+//!   slices of [`SLICE`] bytes between datagrams ([`Reads`]), so that publishing a large image
+//!   never holds up the answers to other devices.
 //!
 //! This module never logs, never touches a socket or a CoAP message, and never decides what a
 //! snapshot serves: the catalog and the tree list their directories and build their own
@@ -17,11 +22,321 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::catalog::SkipReason;
+use crate::hash::fnv1a64;
+
+/// A new or changed file at most this long is read whole when a rescan admits it (a few
+/// hundred microseconds from the page cache): a manifest or a slot image is served from the
+/// first request after its copy ends. A longer one is read in slices between datagrams.
+pub const INLINE_READ_MAX: u64 = 256 * 1024;
+
+/// The most bytes [`Reads::step`] reads (and hashes) between two datagrams: a fraction of a
+/// millisecond of work, so that the blocks to other devices keep flowing while a large file
+/// is taken in.
+pub const SLICE: usize = 64 * 1024;
+
+/// What is known of a file's writers, from inotify (see `server`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// A writer closed it (or it was renamed into place) and nobody wrote to it since: it is
+    /// complete, and read at once.
+    Done,
+    /// It was created or written to and not closed since: it is being written, and not read.
+    Writing,
+    /// Nothing is known (no inotify, the watch limit reached, events lost, or the file was
+    /// there before its directory was watched): it is read once it has settled.
+    Unknown,
+}
+
+/// How a rescan admits new and changed files: the settle time for files nobody reported on,
+/// what inotify knows of writers, and where long files are read in slices (`None`: read
+/// whole at once, as at start-up).
+pub struct Admission<'a> {
+    /// How long a file of unknown state must go unmodified before it is read.
+    pub settle: Duration,
+    /// The state of the writers of a file, by the path the rescan found it at.
+    pub writer: &'a dyn Fn(&Path) -> Writer,
+    /// The reads in slices, if files longer than [`INLINE_READ_MAX`] are read that way.
+    pub reads: Option<&'a mut Reads>,
+}
+
+impl fmt::Debug for Admission<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission")
+            .field("settle", &self.settle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Admission::admit`] decided for a file.
+pub(crate) enum Admit {
+    /// Its bytes and their entity tag (`fnv1a64`).
+    Ready(ImageBytes, [u8; 8]),
+    /// Not yet: being written, not settled, or being read in slices; try again after the
+    /// wait (a Max-Age for a new file).
+    Wait(Duration),
+    /// Left out, and why.
+    Skip(SkipReason),
+}
+
+/// The unknown state for every file: the settle rule alone.
+fn unknown(_: &Path) -> Writer {
+    Writer::Unknown
+}
+
+impl Admission<'static> {
+    /// The settle rule alone, every file read whole: no inotify, no slices.
+    pub fn settle_only(settle: Duration) -> Admission<'static> {
+        Admission {
+            settle,
+            writer: &unknown,
+            reads: None,
+        }
+    }
+}
+
+impl Admission<'_> {
+    /// Decides for the new or changed file at `path`, listed with `stamp`, at `now`; reads it
+    /// when it may be read (see [`Writer`]).
+    pub(crate) fn admit(&mut self, path: &Path, stamp: Stamp, now: SystemTime) -> Admit {
+        match self.wait(path, stamp, now) {
+            Some(wait) => Admit::Wait(wait),
+            None => self.read(path, stamp, now),
+        }
+    }
+
+    /// How long the file at `path`, listed with `stamp`, must wait before it may be read at
+    /// `now`; `None`: it may be read now.
+    pub(crate) fn wait(&self, path: &Path, stamp: Stamp, now: SystemTime) -> Option<Duration> {
+        match (self.writer)(path) {
+            Writer::Writing => Some(Duration::from_secs(1)),
+            Writer::Done => None,
+            Writer::Unknown => settle_wait(stamp.1, now, self.settle),
+        }
+    }
+
+    /// Reads the file at `path`, listed with `stamp`, which [`Admission::wait`] let through:
+    /// whole at once, or its slices started (or taken, once read).
+    pub(crate) fn read(&mut self, path: &Path, stamp: Stamp, now: SystemTime) -> Admit {
+        if let Some(reads) = self.reads.as_deref_mut() {
+            if let Some((bytes, etag)) = reads.take(path, stamp) {
+                return Admit::Ready(bytes, etag);
+            }
+            if stamp.0 > INLINE_READ_MAX {
+                return match reads.start(path, stamp) {
+                    Ok(()) => Admit::Wait(Duration::from_secs(1)),
+                    Err(Unread::Unsettled(_)) => Admit::Wait(Duration::from_secs(1)),
+                    Err(Unread::Skip(reason)) => Admit::Skip(reason),
+                };
+            }
+        }
+        match read_settled(path, stamp) {
+            Ok(bytes) => {
+                let etag = fnv1a64(&bytes).to_be_bytes();
+                Admit::Ready(bytes, etag)
+            }
+            Err(Unread::Unsettled(latest)) => {
+                Admit::Wait(settle_wait(latest.1, now, self.settle).unwrap_or(Duration::ZERO))
+            }
+            Err(Unread::Skip(reason)) => Admit::Skip(reason),
+        }
+    }
+}
+
+/// One file being read in slices.
+struct Job {
+    path: PathBuf,
+    stamp: Stamp,
+    file: File,
+    bytes: ImageBytes,
+    filled: usize,
+    /// FNV-1a 64 of `bytes[..filled]`, so that the entity tag is ready with the last slice.
+    hash: u64,
+}
+
+/// A file read whole by [`Reads`], waiting for the next rescan to take it.
+struct Loaded {
+    path: PathBuf,
+    stamp: Stamp,
+    bytes: ImageBytes,
+    etag: [u8; 8],
+}
+
+/// The files longer than [`INLINE_READ_MAX`] being read in slices of [`SLICE`] bytes, one
+/// slice per turn of the loop, and those read whole that the next rescan takes in. Memory:
+/// each file's bytes once, as the snapshot will hold them.
+#[derive(Default)]
+pub struct Reads {
+    jobs: Vec<Job>,
+    done: Vec<Loaded>,
+}
+
+impl fmt::Debug for Reads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reads")
+            .field("jobs", &self.jobs.len())
+            .field("done", &self.done.len())
+            .finish()
+    }
+}
+
+/// FNV-1a 64 of `bytes` continued from `hash`.
+fn fnv1a64_more(mut hash: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+impl Reads {
+    /// Whether a file is being read: the loop then takes a slice every turn.
+    pub fn busy(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
+    /// Whether a file was read whole and waits for a rescan to take it in.
+    pub fn has_done(&self) -> bool {
+        !self.done.is_empty()
+    }
+
+    /// Reads at most `budget` bytes of the oldest file being read; true when a file was read
+    /// whole by it (a rescan takes it in). A file that changed while it was read is dropped:
+    /// its writer's next close brings it back.
+    pub fn step(&mut self, budget: usize) -> bool {
+        let Some(job) = self.jobs.first_mut() else {
+            return false;
+        };
+        let room = job.bytes.len().saturating_sub(job.filled).min(budget);
+        let outcome = if room == 0 {
+            Ok(true)
+        } else {
+            let from = job.filled;
+            let slot = job.bytes.as_mut_slice().get_mut(from..from + room);
+            match slot.map(|slot| (&job.file).read(slot)) {
+                Some(Ok(0)) | None => Err(()), // shorter than listed: being written
+                Some(Ok(n)) => {
+                    let read = job.bytes.get(from..from + n).unwrap_or(&[]);
+                    job.hash = fnv1a64_more(job.hash, read);
+                    job.filled += n;
+                    Ok(job.filled == job.bytes.len())
+                }
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+                Some(Err(_)) => Err(()),
+            }
+        };
+        match outcome {
+            Ok(false) => false,
+            Ok(true) => {
+                let job = self.jobs.remove(0);
+                let mut probe = [0u8; 1];
+                let ended = matches!((&job.file).read(&mut probe), Ok(0));
+                let same = job
+                    .file
+                    .metadata()
+                    .ok()
+                    .and_then(|meta| stamp_of(&meta).ok())
+                    == Some(job.stamp);
+                if ended && same {
+                    self.done.push(Loaded {
+                        etag: job.hash.to_be_bytes(),
+                        path: job.path,
+                        stamp: job.stamp,
+                        bytes: job.bytes,
+                    });
+                    return true;
+                }
+                false
+            }
+            Err(()) => {
+                self.jobs.remove(0);
+                false
+            }
+        }
+    }
+
+    /// Reads every file being read to its end, at once: for a request that asks for one of
+    /// them, which would otherwise be answered 5.03 although the file is complete.
+    pub fn finish_all(&mut self) {
+        // Each step reads SLICE bytes or ends a job: bounded by the files' lengths.
+        while self.busy() {
+            self.step(usize::MAX);
+        }
+    }
+
+    /// Reads the file at `path` to its end at once, if it is being read: for
+    /// a download that begins while its new version is read, which would
+    /// otherwise get the old one.
+    pub fn finish(&mut self, path: &Path) {
+        let Some(at) = self.jobs.iter().position(|j| j.path == path) else {
+            return;
+        };
+        self.jobs.swap(0, at);
+        // Each step reads or ends the first job: bounded by its length.
+        while self.jobs.first().is_some_and(|j| j.path == path) {
+            self.step(usize::MAX);
+        }
+    }
+
+    /// Forgets the files read whole that no rescan took (removed or changed since).
+    pub fn clear_done(&mut self) {
+        self.done.clear();
+    }
+
+    /// The bytes and entity tag of `path` read whole with `stamp`, taken out.
+    fn take(&mut self, path: &Path, stamp: Stamp) -> Option<(ImageBytes, [u8; 8])> {
+        let at = self
+            .done
+            .iter()
+            .position(|l| l.path == path && l.stamp == stamp)?;
+        let loaded = self.done.swap_remove(at);
+        Some((loaded.bytes, loaded.etag))
+    }
+
+    /// Starts reading `path` (listed with `stamp`) in slices, unless it is being read with
+    /// that stamp already; a read of an older version of it is dropped.
+    fn start(&mut self, path: &Path, stamp: Stamp) -> Result<(), Unread> {
+        if let Some(at) = self.jobs.iter().position(|j| j.path == path) {
+            if self.jobs.get(at).is_some_and(|j| j.stamp == stamp) {
+                return Ok(());
+            }
+            self.jobs.remove(at);
+        }
+        let file = open_regular(path)?;
+        let now = stamp_of(&file.metadata().map_err(|e| io_reason(&e))?)?;
+        if now != stamp {
+            return Err(Unread::Unsettled(now));
+        }
+        let len = usize::try_from(stamp.0).map_err(|_| SkipReason::TooLarge(stamp.0))?;
+        let bytes = ImageBytes::zeroed(len).map_err(|e| SkipReason::Unreadable(e.to_string()))?;
+        self.jobs.push(Job {
+            path: path.to_path_buf(),
+            stamp,
+            file,
+            bytes,
+            filled: 0,
+            hash: 0xcbf2_9ce4_8422_2325,
+        });
+        Ok(())
+    }
+}
+
+/// Opens `path` for reading without blocking (`O_NONBLOCK`: a FIFO or a device put in place
+/// of a file after it was listed cannot hold the loop) and checks that it is a regular file.
+pub(crate) fn open_regular(path: &Path) -> Result<File, SkipReason> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io_reason(&e))?;
+    check_regular(&file.metadata().map_err(|e| io_reason(&e))?)?;
+    Ok(file)
+}
 
 /// Largest image the server can address: offsets and Size2 are u32 on the wire.
 pub const MAX_IMAGE_LEN: u64 = u32::MAX as u64;
@@ -207,7 +522,7 @@ impl From<SkipReason> for Unread {
 /// Reads the file `listed` describes completely, if it still shows the stamp `listed` it
 /// was listed with, before and after the read.
 pub(crate) fn read_settled(path: &Path, listed: Stamp) -> Result<ImageBytes, Unread> {
-    let file = File::open(path).map_err(|e| io_reason(&e))?;
+    let file = open_regular(path)?;
     let before = stamp_of(&file.metadata().map_err(|e| io_reason(&e))?)?;
     if before != listed {
         return Err(Unread::Unsettled(before));
@@ -443,5 +758,82 @@ mod tests {
         let mut none = Refresh::<(), (), (), ()>::default();
         none.note_changes(&old, &old, |(name, bytes)| (*name, bytes));
         assert!(none.added.is_empty() && none.replaced.is_empty() && none.removed.is_empty());
+    }
+
+    /// A FIFO put where a listed file was (after the listing, before the
+    /// read): the read gives up at once, it does not wait for a writer.
+    #[test]
+    fn a_fifo_swapped_in_after_the_listing_is_not_waited_for() {
+        let dir = std::env::temp_dir().join(format!("iotota-fifo-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("slot0.bin");
+        fs::write(&path, b"image").unwrap();
+        let listed = stamp_of(&fs::metadata(&path).unwrap()).unwrap();
+        fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(matches!(
+                read_settled(&reader, listed),
+                Err(Unread::Skip(SkipReason::NotRegularFile))
+            ));
+        });
+        let answered = rx.recv_timeout(Duration::from_secs(5));
+        if answered.is_err() {
+            // Let the stuck open go (a writer pairs with it) before failing.
+            let _ = fs::OpenOptions::new().write(true).open(&path);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            answered,
+            Ok(true),
+            "the read waited for a writer, or read the FIFO"
+        );
+    }
+
+    #[test]
+    fn reads_in_slices_give_the_bytes_and_the_tag_of_a_whole_read() {
+        let dir = std::env::temp_dir().join(format!("iotota-slices-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.bin");
+        let data: Vec<u8> = (0..(3 * SLICE + 17)).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&path, &data).unwrap();
+        let stamp = stamp_of(&fs::metadata(&path).unwrap()).unwrap();
+        let mut reads = Reads::default();
+        reads.start(&path, stamp).map_err(|_| "start").unwrap();
+        let mut steps = 0;
+        while reads.busy() {
+            assert!(!reads.has_done(), "done before the last slice");
+            reads.step(SLICE);
+            steps += 1;
+            assert!(steps <= 4, "more slices than the length needs");
+        }
+        let (bytes, etag) = reads.take(&path, stamp).expect("read whole");
+        assert_eq!(steps, 4);
+        assert!(bytes[..] == data[..]);
+        assert_eq!(etag, fnv1a64(&data).to_be_bytes());
+
+        // Two files being read: the one a download asks for is finished
+        // at once, the other one goes on slice by slice.
+        let other = dir.join("other.bin");
+        fs::write(&other, &data[..2 * SLICE]).unwrap();
+        let other_stamp = stamp_of(&fs::metadata(&other).unwrap()).unwrap();
+        reads.start(&path, stamp).map_err(|_| "start").unwrap();
+        reads
+            .start(&other, other_stamp)
+            .map_err(|_| "start")
+            .unwrap();
+        reads.finish(&other);
+        assert!(
+            reads.take(&other, other_stamp).is_some(),
+            "finished at once"
+        );
+        assert!(reads.take(&path, stamp).is_none(), "still being read");
+        assert!(reads.busy());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

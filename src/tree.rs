@@ -17,9 +17,7 @@
 
 use crate::catalog::{AttrValue, CoreLink};
 use crate::hash::{fnv1a64, fnv1a64_concat, FnvBuild};
-use crate::snapshot::{
-    self, io_reason, read_settled, settle_wait, stamp_of, ImageBytes, Stamp, Unread,
-};
+use crate::snapshot::{self, io_reason, stamp_of, Admission, Admit, ImageBytes, Stamp};
 use coap_lite::link_format::{LINK_ATTR_CONTENT_FORMAT, LINK_ATTR_MAXIMUM_SIZE_ESTIMATE};
 use std::collections::HashMap;
 use std::fmt;
@@ -56,6 +54,19 @@ pub struct TreeFile {
     pub etag: [u8; 8],
     /// Length, modification time, inode and change time when it was read.
     pub stamp: Stamp,
+}
+
+impl TreeFile {
+    /// The key of the file's path, as the tree's index holds it: what a
+    /// peer's download record names.
+    pub(crate) fn key(&self) -> u64 {
+        key(self.segments.iter())
+    }
+
+    /// The path's segments.
+    pub(crate) fn segments(&self) -> impl Iterator<Item = &[u8]> + Clone {
+        self.segments.iter().map(|s| &s[..])
+    }
 }
 
 impl fmt::Debug for TreeFile {
@@ -378,10 +389,25 @@ impl FileTree {
     /// not changed for `settle` (until then a changed file keeps serving
     /// its old bytes and a new one answers 5.03).
     pub(crate) fn refresh(&self, now: SystemTime, settle: Duration) -> TreeRefresh {
-        self.refresh_limited(now, settle, MAX_FILES)
+        self.refresh_limited(now, &mut Admission::settle_only(settle), MAX_FILES)
     }
 
-    fn refresh_limited(&self, now: SystemTime, settle: Duration, max_files: usize) -> TreeRefresh {
+    /// [`FileTree::refresh`], with new and changed files admitted as `admission` says: at
+    /// once when their writer closed them, in slices when they are long.
+    pub(crate) fn refresh_admitting(
+        &self,
+        now: SystemTime,
+        admission: &mut Admission<'_>,
+    ) -> TreeRefresh {
+        self.refresh_limited(now, admission, MAX_FILES)
+    }
+
+    fn refresh_limited(
+        &self,
+        now: SystemTime,
+        admission: &mut Admission<'_>,
+        max_files: usize,
+    ) -> TreeRefresh {
         let mut out = TreeRefresh::default();
         let mut walk = Walk {
             max_files,
@@ -418,23 +444,20 @@ impl FileTree {
                 files.push(old.clone());
                 continue;
             }
-            let wait = settle_wait(listed.stamp.1, now, settle).map_or_else(
-                || match read_settled(&listed.fs_path, listed.stamp) {
-                    Ok(bytes) => Ok(bytes),
-                    Err(Unread::Unsettled(_)) => Err(Some(Duration::ZERO)),
-                    Err(Unread::Skip(reason)) => {
-                        walk.skipped.push(TreeSkipped {
-                            path: listed.rel.clone(),
-                            reason: reason.to_string(),
-                        });
-                        Err(None)
-                    }
-                },
-                |wait| Err(Some(wait)),
-            );
+            let wait = match admission.admit(&listed.fs_path, listed.stamp, now) {
+                Admit::Ready(bytes, etag) => Ok((bytes, etag)),
+                Admit::Wait(wait) => Err(Some(wait)),
+                Admit::Skip(reason) => {
+                    walk.skipped.push(TreeSkipped {
+                        path: listed.rel.clone(),
+                        reason: reason.to_string(),
+                    });
+                    Err(None)
+                }
+            };
             match wait {
-                Ok(bytes) => files.push(TreeFile {
-                    etag: fnv1a64(&bytes).to_be_bytes(),
+                Ok((bytes, etag)) => files.push(TreeFile {
+                    etag,
                     bytes: Arc::new(bytes),
                     path: listed.rel,
                     segments,
@@ -827,11 +850,13 @@ mod tests {
         let (tree, _) = load(&dir);
         dir.write("b/c/3", b"3");
         dir.write("b/c/4", b"4");
-        let refresh = tree.refresh_limited(far_future(), Duration::ZERO, 3);
+        let refresh =
+            tree.refresh_limited(far_future(), &mut Admission::settle_only(Duration::ZERO), 3);
         assert!(matches!(refresh.error, Some(TreeError::TooManyFiles)));
         assert!(refresh.next.is_none());
         assert!(refresh.skipped.is_empty(), "{:?}", refresh.skipped);
-        let fine = tree.refresh_limited(far_future(), Duration::ZERO, 4);
+        let fine =
+            tree.refresh_limited(far_future(), &mut Admission::settle_only(Duration::ZERO), 4);
         assert_eq!(fine.next.expect("changed").files().len(), 4);
     }
 

@@ -230,11 +230,7 @@ fn probe(pair: &NetnsPair, host: &str, window_ms: u64, datagrams: &[Vec<u8>]) ->
     let window = window_ms.to_string();
     let mut args = vec!["-c".to_owned(), PROBE.to_owned(), host.to_owned()];
     args.extend(["5683".to_owned(), window]);
-    args.extend(
-        datagrams
-            .iter()
-            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-    );
+    args.extend(datagrams.iter().map(|d| hex(d)));
     let output = run_bounded(
         launched(&pair.in_client(), "python3").args(&args),
         NETNS_RUN_LIMIT + Duration::from_millis(window_ms * datagrams.len() as u64),
@@ -647,4 +643,123 @@ fn ipv4_socket_applies_the_multicast_rules_to_224_0_1_187() {
     );
     let replies = probe(&pair, "224.0.1.187", SILENCE_MS, &[non_discovery(0x7503)]);
     assert_one_content_from(&replies, SERVER_V4, &server);
+}
+
+/// Two sockets with one address and port on two interfaces of the client
+/// namespace (`argv[2]` and `argv[3]`: `fe80::2` port 40000 on each);
+/// each later argument `N:HEX` sends the datagram HEX from socket N
+/// (0 or 1) to `argv[1]` (the server's link-local address) on that
+/// interface and prints `N REPLYHEX` (or `N timeout`).
+const TWIN_PEERS: &str = r#"
+import socket, sys
+server = sys.argv[1]
+socks = []
+for dev in sys.argv[2:4]:
+    index = socket.if_nametoindex(dev)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind(("fe80::2", 40000, 0, index))
+    s.settimeout(2.0)
+    socks.append((s, index))
+for item in sys.argv[4:]:
+    n, text = item.split(":")
+    s, index = socks[int(n)]
+    s.sendto(bytes.fromhex(text), (server, 5683, 0, index))
+    try:
+        print(n, s.recv(2048).hex(), flush=True)
+    except socket.timeout:
+        print(n, "timeout", flush=True)
+"#;
+
+/// Two devices with the same link-local address and port behind two
+/// interfaces of the server (two border routers, each with its `fe80::2`)
+/// keep separate state: each starts a legacy download of its own image
+/// (the OFFSET payload with block 0 only, as stock clients send it, and
+/// the same Message ID), and each payload-less continuation gets a block
+/// of its own image, not the other's.
+#[test]
+fn two_link_local_peers_with_one_address_on_two_interfaces_keep_separate_state() {
+    if !namespace_tools() {
+        return;
+    }
+    const SECOND_SERVER_DEV: &str = "vs1";
+    const SECOND_CLIENT_DEV: &str = "vc1";
+    let pair = NetnsPair::new("twins", &["fe80::1/64"], &["fe80::2/64"]);
+    pair.add_link(
+        SECOND_SERVER_DEV,
+        SECOND_CLIENT_DEV,
+        &["fe80::1/64"],
+        &["fe80::2/64"],
+    );
+    let dir = TempDir::new("twins");
+    let images = write_images(&dir, &[("TWIN-A", 3000), ("TWIN-B", 3000)]);
+    let server = spawn_server_via(&pair.in_server(), dir.path(), "[::]:5683", &[]);
+    listening_addrs(&server, 1, Duration::from_secs(10));
+    let start = |pid: &str| {
+        let payload = device_payload(pid, 3, 0, Some(0));
+        let block = support::block2_value(0, 2);
+        hex(&get_with_block(1, &["updates"], &block, &payload))
+    };
+    let next = hex(&get_with_block(
+        2,
+        &["updates"],
+        &support::block2_value(1, 2),
+        &[],
+    ));
+    let args = [
+        SERVER_LL.to_owned(),
+        CLIENT_DEV.to_owned(),
+        SECOND_CLIENT_DEV.to_owned(),
+        format!("0:{}", start("TWIN-A")),
+        format!("1:{}", start("TWIN-B")),
+        format!("0:{next}"),
+        format!("1:{next}"),
+    ];
+    let output = run_bounded(
+        launched(&pair.in_client(), "python3")
+            .args(["-c", TWIN_PEERS])
+            .args(&args),
+        NETNS_RUN_LIMIT + Duration::from_secs(10),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let replies: Vec<(usize, Vec<u8>)> = stdout
+        .lines()
+        .map(|line| {
+            let (n, text) = line.split_once(' ').expect("N HEX");
+            let bytes = (0..text.len())
+                .step_by(2)
+                .filter_map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+                .collect();
+            (n.parse().expect("N"), bytes)
+        })
+        .collect();
+    assert_eq!(replies.len(), 4, "{stdout}; log:\n{}", server.log());
+    for (step, (n, reply)) in replies.iter().enumerate() {
+        let image = &images[*n];
+        let num = step / 2;
+        let msg = iot_ota::wire::Message::parse(reply)
+            .unwrap_or_else(|e| panic!("step {step}: {e:?} in {stdout}"));
+        assert!(
+            msg.payload == &image.bytes[num * 64..num * 64 + 64],
+            "step {step}: device {n} did not get block {num} of {}; log:\n{}",
+            image.pid,
+            server.log()
+        );
+    }
+}
+
+/// A Confirmable GET of `path` with the Block2 value `block` and `payload`.
+fn get_with_block(mid: u16, path: &[&str], block: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut options: Vec<(u16, &[u8])> = path.iter().map(|s| (11u16, s.as_bytes())).collect();
+    options.push((23, block));
+    support::coap::con_get_options(mid, b"", &options, payload)
+}
+
+/// `bytes` as lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -476,6 +476,24 @@ fn our_client(args: &[&str]) -> Output {
     support::run_bounded(Command::new(support::CLIENT_BIN).args(args), RUN_TIMEOUT)
 }
 
+/// Our client with `args`, as dev1 (its key on the command line), a short
+/// retransmission timeout, the body to `out`.
+fn our_client_as_dev1(args: &[&str], out: &Path) -> Output {
+    let out_text = out.to_string_lossy().into_owned();
+    let mut all = args.to_vec();
+    all.extend([
+        "--psk-identity",
+        "dev1",
+        "--psk-key",
+        "dev1-secret-key",
+        "--timeout-ms",
+        "300",
+        "-o",
+        &out_text,
+    ]);
+    our_client(&all)
+}
+
 #[test]
 fn our_client_downloads_over_coaps_in_device_mode_and_by_query() {
     let fx = fixture("dtls-client");
@@ -570,17 +588,7 @@ fn our_client_gets_4_03_for_another_product_and_fails_clearly_with_a_wrong_key()
     let uri = format!("coaps://{}/updates/{}", server.addr, other.id);
     let out = fx.out.path().join("other");
     let out_text = out.to_string_lossy().into_owned();
-    let as_dev1 = our_client(&[
-        &uri,
-        "--psk-identity",
-        "dev1",
-        "--psk-key",
-        "dev1-secret-key",
-        "--timeout-ms",
-        "300",
-        "-o",
-        &out_text,
-    ]);
+    let as_dev1 = our_client_as_dev1(&[&uri], &out);
     assert_eq!(as_dev1.status.code(), Some(1), "{}", text(&as_dev1));
     assert!(
         text(&as_dev1).contains("4.03 Forbidden"),
@@ -826,5 +834,44 @@ fn a_coaps_device_is_named_by_its_psk_identity_in_the_fleet() {
             "device dev1 state downloaded result 0 (inferred) running 1.0.0 target 1.0.1"
         ),
         "{shown}"
+    );
+}
+
+/// A coaps request that misses rescans first, as a plain one does: with
+/// no timed rescans and no inotify, an image published since the last
+/// scan is found by the device's first lookup over coaps.
+#[test]
+fn a_coaps_lookup_that_misses_rescans_first_as_over_coap() {
+    let fx = fixture("dtls-miss");
+    let server = fx.server(
+        "127.0.0.1:0",
+        &["--rescan", "0", "--no-inotify", "--settle", "0"],
+    );
+    let base = format!("coaps://{}", server.addr);
+    let device = [&base, "--pid", "DEV", "--type", "3", "--version", "1.0.1"];
+    let lookup = |out: &Path| our_client_as_dev1(&device, out);
+    let out = fx.out.path().join("published");
+    let output = lookup(&out);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "up to date: {}",
+        text(&output)
+    );
+    // Past the rate limit of rescans on a miss (250 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    let new = support::image_bytes(3000, 21);
+    publish(fx.dir.path(), "DEV_1_2_0_APP.fmu", &new);
+    let output = lookup(&out);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}; log:\n{}",
+        text(&output),
+        server.log()
+    );
+    assert!(
+        std::fs::read(&out).unwrap_or_default() == new,
+        "not the new image"
     );
 }

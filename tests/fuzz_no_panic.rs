@@ -520,6 +520,7 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
                 rng.below(6) as u8,
             ],
             port: 5683 + rng.below(2) as u16,
+            scope: 0,
         };
 
         // The parser alone.
@@ -647,6 +648,7 @@ fn every_truncation_of_every_seed_is_handled() {
     let peer = Peer {
         ip: [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
         port: 1,
+        scope: 0,
     };
     for seed in seeds(&ids) {
         for cut in 0..=seed.len() {

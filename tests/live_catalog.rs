@@ -184,12 +184,14 @@ fn block64(num: u32) -> Block {
 }
 
 /// The server on an ephemeral loopback port with `--settle SETTLE` and
-/// `--rescan RESCAN` (milliseconds).
+/// `--rescan RESCAN` (milliseconds), without inotify: these tests hold the
+/// fallback (timed rescans, misses, SIGHUP, the settle rule);
+/// `tests/file_tree.rs` holds publishing with inotify.
 fn live_server(dir: &TempDir, settle: &str, rescan: &str) -> TestServer {
     spawn_server(
         dir.path(),
         "127.0.0.1:0",
-        &["--settle", settle, "--rescan", rescan],
+        &["--settle", settle, "--rescan", rescan, "--no-inotify"],
     )
 }
 

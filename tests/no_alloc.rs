@@ -100,7 +100,11 @@ fn peer(n: u32) -> Peer {
     ip[10] = 0xff;
     ip[11] = 0xff;
     ip[12..].copy_from_slice(&(0x0A00_0000 + n).to_be_bytes());
-    Peer { ip, port: 5683 }
+    Peer {
+        ip,
+        port: 5683,
+        scope: 0,
+    }
 }
 
 /// A request: CON unless `non`, options sorted by number.

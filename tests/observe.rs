@@ -273,8 +273,12 @@ fn libcoap_follows_a_file_of_the_tree_as_it_is_replaced() {
 fn our_client_follows_a_file_on_sighup_and_stops_after_count() {
     let dir = TempDir::new("observe-client");
     publish(dir.path(), FILE, b"v1");
-    // No timed rescans: SIGHUP publishes.
-    let server = spawn_fileserver(dir.path(), "127.0.0.1:0", &["--rescan", "0"]);
+    // No timed rescans and no inotify: SIGHUP publishes.
+    let server = spawn_fileserver(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--rescan", "0", "--no-inotify"],
+    );
     let out = dir.path().join("followed.bin");
     let uri = format!("coap://127.0.0.1:{}/{FILE}", server.addr.port());
     let mut client = Command::new(CLIENT_BIN)

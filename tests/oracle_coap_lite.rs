@@ -34,6 +34,7 @@ fn peer(n: u8) -> Peer {
     Peer {
         ip: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n],
         port: 40_000 + u16::from(n),
+        scope: 0,
     }
 }
 

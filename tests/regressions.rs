@@ -97,6 +97,7 @@ fn handler_rst_to_a_non_legacy_request_without_update() {
     let peer = iot_ota::service::Peer {
         ip: [0; 16],
         port: 1,
+        scope: 0,
     };
     let mut out = [0u8; iot_ota::service::MAX_REPLY_LEN];
     let iot_ota::service::Action::Reply { len, .. } = service.handle(peer, 0, &datagram, &mut out)

@@ -386,8 +386,9 @@ fn flood(server: SocketAddr, net: u8, first_port: u16, count: u16, request: &[u8
 /// that leaves a continuation entry.
 ///
 /// The bound, derived: the per-peer table holds at most 500 entries of
-/// about 100 bytes (an 18-byte peer key, the transfer, the last
-/// continuation and two recent starts, a time stamp and a queue number),
+/// about 130 bytes (a 24-byte peer key: address, port and zone; the
+/// transfer, the last continuation and two recent starts, the tree
+/// download, a time stamp and a queue number),
 /// in a HashMap that grows on demand to at most 1,024 slots under churn,
 /// plus a queue of at most 1,000 keys: some 130 KiB, and as much again in
 /// blocks the allocator freed while the map grew but keeps mapped. So RSS

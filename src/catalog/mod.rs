@@ -106,13 +106,21 @@ impl Image {
         body_etag(&self.etag, offset)
     }
 
-    fn new(file_name: String, name: ImageName, bytes: ImageBytes, stamp: Option<Stamp>) -> Image {
+    /// `etag` is `fnv1a64(&bytes)`, computed by the caller (as the bytes were read, for a
+    /// file read in slices).
+    fn new(
+        file_name: String,
+        name: ImageName,
+        bytes: ImageBytes,
+        etag: [u8; 8],
+        stamp: Option<Stamp>,
+    ) -> Image {
         let id = fnv1a32(file_name.as_bytes());
         Image {
             version: name.version(),
             id,
             id_hex: hex8(id),
-            etag: fnv1a64(&bytes).to_be_bytes(),
+            etag,
             file_name,
             name,
             bytes: Arc::new(bytes),
@@ -239,7 +247,10 @@ impl Catalog {
     fn build(found: Vec<Found>, skipped: Vec<Skipped>) -> Result<Catalog, Error> {
         let images = found
             .into_iter()
-            .map(|f| Image::new(f.file_name, f.name, f.bytes, f.stamp))
+            .map(|f| {
+                let etag = fnv1a64(&f.bytes).to_be_bytes();
+                Image::new(f.file_name, f.name, f.bytes, etag, f.stamp)
+            })
             .collect();
         Catalog::assemble(images, skipped, HashMap::default())
     }

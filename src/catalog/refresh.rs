@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use super::scan::{list_entry, lossy, Listed};
 use super::*;
 use crate::snapshot;
-use crate::snapshot::{io_reason, read_settled, settle_wait, stamp_of, stat_followed, Unread};
+use crate::snapshot::{io_reason, stamp_of, stat_followed, Admission, Admit};
 
 /// A new image file that has not settled yet: `Catalog::refresh` does not read it, and
 /// the snapshot answers requests for its id with `Catalog::pending_retry`.
@@ -100,8 +100,20 @@ impl Catalog {
     /// names or the skipped list differ from `self`'s. With nothing changed the cost is one
     /// `read_dir` and one metadata call per candidate, and allocations proportional to the
     /// number of entries, never to image sizes.
+    #[cfg(test)]
     pub(crate) fn refresh(&self, dir: &Path, now: SystemTime, settle: Duration) -> Refresh {
-        self.refresh_with(dir, now, settle, &mut || {})
+        self.refresh_with(dir, now, &mut Admission::settle_only(settle), &mut || {})
+    }
+
+    /// [`Catalog::refresh`], with new and changed files admitted as `admission` says: at
+    /// once when their writer closed them, in slices when they are long.
+    pub(crate) fn refresh_admitting(
+        &self,
+        dir: &Path,
+        now: SystemTime,
+        admission: &mut Admission<'_>,
+    ) -> Refresh {
+        self.refresh_with(dir, now, admission, &mut || {})
     }
 
     /// [`Catalog::refresh`], calling `between` after the listing and before any read: tests
@@ -110,7 +122,7 @@ impl Catalog {
         &self,
         dir: &Path,
         now: SystemTime,
-        settle: Duration,
+        admission: &mut Admission<'_>,
         between: &mut dyn FnMut(),
     ) -> Refresh {
         let mut out = Refresh::default();
@@ -127,13 +139,12 @@ impl Catalog {
 
         let mut to_read = Vec::new();
         for c in changed {
-            match (settle_wait(c.stamp.1, now, settle), c.old) {
+            match (admission.wait(&c.path, c.stamp, now), c.old) {
                 (None, _) => to_read.push(c),
                 (Some(_), Some(old)) => kept.push(old),
                 (Some(wait), None) => out.pending.push(Pending::new(c.file_name, wait)),
             }
         }
-
         out.skipped.sort_by(|a, b| a.file.cmp(&b.file));
         out.pending.sort_by(|a, b| a.file.cmp(&b.file));
 
@@ -154,16 +165,15 @@ impl Catalog {
 
         let mut fresh = Vec::new();
         for c in to_read {
-            match read_settled(&c.path, c.stamp) {
-                Ok(bytes) => fresh.push(Image::new(c.file_name, c.name, bytes, Some(c.stamp))),
-                Err(Unread::Unsettled(stamp)) => match c.old {
+            match admission.read(&c.path, c.stamp, now) {
+                Admit::Ready(bytes, etag) => {
+                    fresh.push(Image::new(c.file_name, c.name, bytes, etag, Some(c.stamp)));
+                }
+                Admit::Wait(wait) => match c.old {
                     Some(old) => kept.push(old),
-                    None => {
-                        let wait = settle_wait(stamp.1, now, settle).unwrap_or_default();
-                        out.pending.push(Pending::new(c.file_name, wait));
-                    }
+                    None => out.pending.push(Pending::new(c.file_name, wait)),
                 },
-                Err(Unread::Skip(reason)) => out.skipped.push(Skipped {
+                Admit::Skip(reason) => out.skipped.push(Skipped {
                     file: c.file_name,
                     reason,
                 }),

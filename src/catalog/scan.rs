@@ -7,11 +7,11 @@
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::fs::{self, DirEntry, File};
+use std::fs::{self, DirEntry};
 use std::path::Path;
 
 use super::*;
-use crate::snapshot::{check_regular, io_reason, read_whole, stamp, stat_followed};
+use crate::snapshot::{check_regular, io_reason, open_regular, read_whole, stamp, stat_followed};
 
 /// Why a `.fmu` candidate was left out of the catalog; the server still starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,10 +260,10 @@ pub(super) fn scan_entry(entry: &DirEntry) -> Scan {
 fn read_image(path: &Path) -> Result<(ImageBytes, Option<Stamp>), SkipReason> {
     // Follows symbolic links, and is checked before opening: opening a FIFO would block.
     check_regular(&stat_followed(path)?)?;
-    let file = File::open(path).map_err(|e| io_reason(&e))?;
-    // Again on the open file: the path may have been replaced since the first check.
+    // Without blocking, and checked again on the open file: the path may have been
+    // replaced since the first check.
+    let file = open_regular(path)?;
     let meta = file.metadata().map_err(|e| io_reason(&e))?;
-    check_regular(&meta)?;
     let expected = meta.len();
     let stamp = meta.modified().ok().map(|mtime| stamp(&meta, mtime));
     let bytes = read_whole(&file, expected)?.ok_or(SkipReason::ChangedWhileReading)?;

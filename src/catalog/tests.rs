@@ -863,7 +863,12 @@ fn a_file_whose_length_changes_between_list_and_read_is_not_admitted() {
             set_mtime(path, at(10));
         }
     };
-    let r = current.refresh_with(dir.path(), at(100), SETTLE, &mut grow);
+    let r = current.refresh_with(
+        dir.path(),
+        at(100),
+        &mut crate::snapshot::Admission::settle_only(SETTLE),
+        &mut grow,
+    );
     assert!(r.added.is_empty() && r.replaced.is_empty(), "{r:?}");
     assert_eq!(
         r.pending,
@@ -893,7 +898,12 @@ fn a_file_removed_between_list_and_read_is_skipped_as_vanished() {
     let current = loaded(&dir);
     let path = write_at(&dir, "N_1_0_0_APP.fmu", b"n", at(0));
     let mut remove = || fs::remove_file(&path).unwrap();
-    let r = current.refresh_with(dir.path(), at(100), SETTLE, &mut remove);
+    let r = current.refresh_with(
+        dir.path(),
+        at(100),
+        &mut crate::snapshot::Admission::settle_only(SETTLE),
+        &mut remove,
+    );
     assert!(r.added.is_empty() && r.pending.is_empty());
     assert_eq!(r.skipped[0].reason, SkipReason::Vanished);
 }

@@ -1,17 +1,22 @@
 //! Live reload: the watched sources (the firmware directory, the `--files`
-//! tree; see [`sources`]) are scanned again on a timer, on SIGHUP and when
-//! a request misses, and a changed snapshot replaces the served one between
-//! two datagrams (each source's `refresh` does the reading and decides what
-//! changed; this module decides when, and logs).
+//! tree; see [`sources`]) are scanned again when inotify says a writer
+//! closed a file or renamed one into place (see [`watcher`]), on a timer
+//! (the backstop), on SIGHUP and when a request misses, and a changed
+//! snapshot replaces the served one between two datagrams (each source's
+//! `refresh` does the reading and decides what changed; this module
+//! decides when, and logs). A file longer than `snapshot::INLINE_READ_MAX`
+//! is read in slices, one per turn of the loop ([`Live::read_slice`]), and
+//! taken in by the rescan after its last slice.
 
 mod fleet_source;
 mod sources;
+mod watcher;
 
 pub(super) use fleet_source::read_fleet_files;
 
 use crate::hash::fnv1a64;
 use crate::service::{Outcome, Service};
-use crate::snapshot::{stamp_of, Stamp};
+use crate::snapshot::{stamp_of, Admission, Reads, Stamp, Writer, SLICE};
 use crate::tree::FileTree;
 use log::{debug, info, warn};
 use sources::{CatalogSource, Source, TreeSource};
@@ -19,6 +24,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use watcher::{Unwatched, Watcher};
 
 /// A request that missed (no image with this id, no newer image) rescans
 /// at once, at most this often: publish-then-notify works on the first
@@ -47,6 +53,11 @@ pub(super) struct Live {
     /// Which file (a hash of its path) was last checked for a replacement
     /// after a first block, and when.
     last_stale_check: Option<(u64, u64)>,
+    /// inotify, when the system gives it: `None` means the settle rule
+    /// decides for every file.
+    watcher: Option<Watcher>,
+    /// Files being read in slices.
+    reads: Reads,
 }
 
 impl fmt::Debug for Live {
@@ -61,7 +72,8 @@ impl fmt::Debug for Live {
 
 impl Live {
     /// Watches `dir`, rescanning every `period_ms` (0: never on a timer) and
-    /// admitting a changed file once it has not changed for `settle_ms`.
+    /// admitting a file once its writer closed it (with `inotify`), else
+    /// once it has not changed for `settle_ms`.
     /// `tree` is the file tree served at the start, if any.
     pub(super) fn new(
         dir: Option<PathBuf>,
@@ -69,6 +81,7 @@ impl Live {
         period_ms: u64,
         settle_ms: u64,
         now_ms: u64,
+        inotify: bool,
     ) -> Live {
         let tree = TreeSource {
             root: tree.map(|t| t.path().to_path_buf()),
@@ -87,19 +100,96 @@ impl Live {
                 dir_mtime: None,
             })));
         }
-        Live {
+        let watcher = match inotify.then(Watcher::new) {
+            None => None,
+            Some(Ok(watcher)) => Some(watcher),
+            Some(Err(e)) => {
+                warn!(
+                    "no inotify ({e}): a new or changed file is served once it has not \
+                     changed for {settle_ms} ms (--settle)"
+                );
+                None
+            }
+        };
+        let mut live = Live {
             sources,
             period_ms,
             settle: Duration::from_millis(settle_ms),
             next_due_ms: now_ms.saturating_add(period_ms),
             last_miss_ms: None,
             last_stale_check: None,
+            watcher,
+            reads: Reads::default(),
+        };
+        live.watch_dirs();
+        live
+    }
+
+    /// Directs inotify's signal at the calling thread, the one that runs
+    /// the loop (the server may have been set up on another one).
+    pub(super) fn claim_signals(&self) {
+        if let Some(Err(e)) = self.watcher.as_ref().map(Watcher::signal_this_thread) {
+            debug!("inotify's signal goes to the process, not the loop's thread: {e}");
+        }
+    }
+
+    /// Watches the directories the sources list now (after a rescan, which
+    /// may have found new ones or lost some).
+    fn watch_dirs(&mut self) {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let dirs: Vec<&Path> = self.sources.iter().flat_map(|s| s.dirs()).collect();
+        if let Some(Unwatched { count, error }) = watcher.watch_only(&dirs) {
+            warn!(
+                "{count} directories are not watched by inotify ({error}; raise \
+                 fs.inotify.max_user_watches): files there are served once they have not \
+                 changed for the settle time"
+            );
         }
     }
 
     /// When the next timed rescan is due, if there are timed rescans.
     pub(super) fn next_due_ms(&self) -> Option<u64> {
         (self.period_ms > 0).then_some(self.next_due_ms)
+    }
+
+    /// When the loop must next come here: at once while a file is read in
+    /// slices, else at the next timed rescan.
+    pub(super) fn wake_ms(&self) -> Option<u64> {
+        if self.reads.busy() {
+            return Some(0);
+        }
+        self.next_due_ms()
+    }
+
+    /// Whether a file is being read in slices: the loop must not block.
+    pub(super) fn busy(&self) -> bool {
+        self.reads.busy()
+    }
+
+    /// Reads the next slice of a file being read; once one is read whole,
+    /// rescans to serve it. True when a snapshot changed.
+    pub(super) fn read_slice(&mut self, service: &mut Service) -> bool {
+        if self.reads.step(SLICE) {
+            return self.rescan(service, "a file was read");
+        }
+        false
+    }
+
+    /// After SIGIO, or before a request is answered: takes in the inotify
+    /// events queued, and rescans at once when one of them changes what is
+    /// served (a writer closed a file, a file was renamed in or removed).
+    /// True when it rescanned; `changed` tells whether a snapshot changed.
+    pub(super) fn on_files_changed(&mut self, service: &mut Service, changed: &mut bool) -> bool {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return false;
+        };
+        if !watcher.drain() {
+            return false;
+        }
+        *changed |= self.rescan(service, "inotify");
+        true
     }
 
     /// Rescans when the timer is due; true when the catalog changed.
@@ -118,6 +208,9 @@ impl Live {
     /// there cost one `stat` of the directory, not a scan.
     /// A file tree counts as changed when one of its directories did.
     pub(super) fn may_rescan_on_miss(&mut self, settling: bool, now_ms: u64) -> bool {
+        if self.finish_reads() {
+            return true;
+        }
         let recent = self
             .last_miss_ms
             .is_some_and(|last| now_ms.saturating_sub(last) < MISS_RESCAN_INTERVAL_MS);
@@ -149,6 +242,19 @@ impl Live {
         first_block && self.first_block_replaced(outcome, now_ms)
     }
 
+    /// Reads the files being read in slices to their end at once, for a
+    /// request that missed and may be asking for one (which would
+    /// otherwise get 5.03 although the file is complete on disk): true when
+    /// there were some, and a rescan should take them in.
+    fn finish_reads(&mut self) -> bool {
+        if !self.reads.busy() {
+            return false;
+        }
+        debug!("a request may ask for a file being read: reading it to the end now");
+        self.reads.finish_all();
+        true
+    }
+
     /// The rest of [`Live::may_rescan_on_stale`], for first blocks only.
     #[inline(never)]
     fn first_block_replaced(&mut self, outcome: &Outcome<'_>, now_ms: u64) -> bool {
@@ -173,9 +279,13 @@ impl Live {
             return false;
         }
         self.last_stale_check = Some((key, now_ms));
-        if !replaced(&base.join(name), stamp) {
+        let path = base.join(name);
+        if !replaced(&path, stamp) {
             return false;
         }
+        // Its new version may be being read in slices: finished now, so
+        // that the rescan serves it to this new download.
+        self.reads.finish(&path);
         self.last_miss_ms = Some(now_ms);
         true
     }
@@ -187,9 +297,19 @@ impl Live {
     /// error) once until it changes: the last good snapshot keeps serving.
     pub(super) fn rescan(&mut self, service: &mut Service, why: &str) -> bool {
         let mut changed = false;
+        let watcher = self.watcher.as_ref();
+        let writer = |path: &Path| watcher.map_or(Writer::Unknown, |w| w.writer(path));
+        let mut admission = Admission {
+            settle: self.settle,
+            writer: &writer,
+            reads: Some(&mut self.reads),
+        };
         for source in &mut self.sources {
-            changed |= source.rescan(service, self.settle, why);
+            changed |= source.rescan(service, &mut admission, why);
         }
+        // A file read whole that no source took is gone or changed since.
+        self.reads.clear_done();
+        self.watch_dirs();
         changed
     }
 }
@@ -199,7 +319,10 @@ impl Live {
 trait Watched {
     /// Rescans the source, swaps a changed snapshot into `service` and
     /// logs; true when it changed.
-    fn rescan(&mut self, service: &mut Service, settle: Duration, why: &str) -> bool;
+    fn rescan(&mut self, service: &mut Service, admission: &mut Admission<'_>, why: &str) -> bool;
+
+    /// As [`Source::dirs`].
+    fn dirs(&self) -> Vec<&Path>;
 
     /// As [`Source::may_have_changed`].
     fn may_have_changed(&self) -> bool;
@@ -225,12 +348,12 @@ impl<S> Watch<S> {
 }
 
 impl<S: Source> Watched for Watch<S> {
-    fn rescan(&mut self, service: &mut Service, settle: Duration, why: &str) -> bool {
+    fn rescan(&mut self, service: &mut Service, admission: &mut Admission<'_>, why: &str) -> bool {
         let Some(current) = self.source.current(service) else {
             return false;
         };
         let shown = self.source.shown(current);
-        let refresh = self.source.refresh(current, SystemTime::now(), settle);
+        let refresh = self.source.refresh(current, SystemTime::now(), admission);
         report_problem(
             &mut self.last_problem,
             &shown,
@@ -251,6 +374,10 @@ impl<S: Source> Watched for Watch<S> {
         S::swap(service, next);
         info!("{} ({why}): {count} {}", S::NAME, S::UNITS);
         true
+    }
+
+    fn dirs(&self) -> Vec<&Path> {
+        self.source.dirs()
     }
 
     fn may_have_changed(&self) -> bool {

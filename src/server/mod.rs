@@ -21,9 +21,12 @@
 //! (`timers`); with one socket and no multicast it blocks in `recvmsg`, as
 //! cheap as it gets, with a read timeout that ends the wait by that
 //! deadline, and skips the wait while timer work is owed at once (a
-//! change concerning more observers than one turn notifies): `poll` with
-//! no timeout then says whether a datagram waits, so that the
-//! notifications and the requests interleave.
+//! change concerning more observers than one turn notifies, a published
+//! file read in slices, one per turn): `poll` with no timeout then says
+//! whether a datagram waits, so that the timer work and the requests
+//! interleave. inotify's events interrupt the blocking wait (SIGIO), so a
+//! file a writer closed is taken in before the next datagram, and the
+//! per-block path pays nothing for the watching.
 //!
 //! This file holds the [`Server`] and its loop: receiving, the fast and
 //! the general path. The rest, one
@@ -45,7 +48,7 @@ mod setup;
 mod stats;
 mod timers;
 
-use crate::service::{Action, BlockSent, Outcome, Peer, Request, ResetReason, Service};
+use crate::service::{Action, BlockSent, Held, Outcome, Peer, Request, ResetReason, Service};
 use crate::sockio::{self, LocalDest, Received};
 use crate::tree::FileTree;
 use leisure::Leisure;
@@ -56,7 +59,7 @@ use reply::{arrival, deliver, is_multicast, peer, send, Reply};
 use secure::Secure;
 pub use setup::{check_dual_stack, install_signal_handlers};
 pub use stats::Stats;
-use stats::{log_request, LogBudget, Shown, StatsLine};
+use stats::{log_request, Hex, LogBudget, Shown, StatsLine};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Instant;
@@ -123,6 +126,8 @@ pub struct Server {
     journal: Option<crate::state::Journal>,
     /// The per-second budget of the fleet's device lines.
     fleet_log: fleet::FleetLog,
+    /// Whether [`Server::watch`] uses inotify.
+    inotify: bool,
     /// The coaps socket's index and its DTLS sessions.
     #[cfg(feature = "dtls")]
     dtls: Option<Secure>,
@@ -144,6 +149,9 @@ impl Server {
     /// When the signal handlers cannot be installed.
     pub fn run(&mut self) -> io::Result<()> {
         sockio::install_signal_flags()?;
+        if let Some(live) = self.live.as_ref() {
+            live.claim_signals();
+        }
         loop {
             if sockio::terminating() {
                 #[cfg(feature = "dtls")]
@@ -181,6 +189,30 @@ impl Server {
         // The notifications a change made owed are due at once: the next
         // turn sends them before it waits.
         self.fleet_events();
+        self.refresh_deadline();
+    }
+
+    /// Whether the loop blocks in the receive of its one socket (no
+    /// multicast, no coaps) rather than waiting with `poll`.
+    #[inline]
+    fn blocks_in_receive(&self) -> bool {
+        self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure()
+    }
+
+    /// SIGIO: inotify has events; a file a writer closed is taken in now,
+    /// before the next datagram that could ask for it. Looked at when the
+    /// receive was interrupted (as SIGIO does), before a request off the
+    /// fast path, and with the timers: a later block of a download, which
+    /// the fast path answers, never needs a new file.
+    fn on_files_changed(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let mut changed = false;
+        if live.on_files_changed(&mut self.service, &mut changed) {
+            self.stats.rescans += 1;
+            self.stats.catalog_changes += u64::from(changed);
+        }
         self.refresh_deadline();
     }
 
@@ -224,9 +256,14 @@ impl Server {
             truncated,
         }) = received
         else {
-            // A read timeout ends at half of what was left: wait again,
-            // for what is left now.
-            if self.blocking {
+            // Interrupted (SIGIO: inotify has news): what a rescan made
+            // owed (notifications) goes out now, not after the next
+            // datagram. Else a read timeout, which ends at half of what
+            // was left: wait again, for what is left now.
+            if sockio::take_files_changed() {
+                self.on_files_changed();
+                self.after_general(self.clock_ms());
+            } else if self.blocking {
                 self.fit_wait();
             }
             return;
@@ -331,6 +368,11 @@ impl Server {
         len: usize,
         truncated: bool,
     ) -> bool {
+        // A writer's close that came with this datagram is seen first: the
+        // request after `cp` returned gets the file.
+        if sockio::take_files_changed() {
+            self.on_files_changed();
+        }
         let datagram = self.rx.get(..len).unwrap_or(&[]);
         if truncated {
             trace!("{} datagram cut at {len} bytes", Shown(from));
@@ -343,18 +385,7 @@ impl Server {
             || self.service.tree().is_some_and(FileTree::has_pending);
         let request = Request::new(source, self.now_ms, datagram).arrived(arrival);
         let mut action = self.service.handle_request(&request, &mut self.tx);
-        // Why to look at the directory before answering: the image asked
-        // for may have been published since the last scan, or the file
-        // behind a first block replaced since it was read.
-        let rescan_for = match (self.live.as_mut(), &action) {
-            (Some(live), action) if missed(action) => live
-                .may_rescan_on_miss(settling, self.now_ms)
-                .then_some("a request missed"),
-            (Some(live), Action::Reply { outcome, .. }) => live
-                .may_rescan_on_stale(outcome, self.now_ms)
-                .then_some("a file changed"),
-            _ => None,
-        };
+        let rescan_for = rescan_reason(self.live.as_mut(), &action, settling, self.now_ms);
         let rescanned = rescan_for.is_some();
         if let (Some(why), Some(live)) = (rescan_for, self.live.as_mut()) {
             self.stats.rescans += 1;
@@ -363,6 +394,24 @@ impl Server {
             }
             // Answered from what is there now.
             action = self.service.handle_again(&request, &mut self.tx);
+        }
+        if let Action::Reply {
+            outcome:
+                Outcome::File {
+                    file,
+                    held: Held::First,
+                    ..
+                },
+            ..
+        } = action
+        {
+            info!(
+                "{} download of {} held on the version it began with (ETag {}): the file \
+                 was replaced since; new downloads get the new version",
+                Shown(from),
+                file.path,
+                Hex(&file.etag)
+            );
         }
         deliver(
             action,
@@ -413,6 +462,28 @@ impl Server {
                 None
             }
         }
+    }
+}
+
+/// Why to look at the directories before answering `action`, if at all:
+/// the image or file asked for may have been published since the last
+/// scan (a miss), or the file behind a first block replaced since it was
+/// read. `settling`: a new file was still settling at the last scan.
+/// Shared by the plain and the coaps requests.
+fn rescan_reason(
+    live: Option<&mut Live>,
+    action: &Action<'_>,
+    settling: bool,
+    now_ms: u64,
+) -> Option<&'static str> {
+    match (live, action) {
+        (Some(live), action) if missed(action) => live
+            .may_rescan_on_miss(settling, now_ms)
+            .then_some("a request missed"),
+        (Some(live), Action::Reply { outcome, .. }) => live
+            .may_rescan_on_stale(outcome, now_ms)
+            .then_some("a file changed"),
+        _ => None,
     }
 }
 

@@ -11,10 +11,12 @@
 //! datagrams.
 
 use super::reply::{account, arrival, peer, send};
+use super::rescan_reason;
 use super::stats::{log_request, Shown, Stats};
 use super::Server;
 use crate::service::Request;
 use crate::sockio::LocalDest;
+use crate::tree::FileTree;
 use log::{debug, info, log_enabled, trace, warn, Level};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -102,6 +104,11 @@ impl Server {
         len: usize,
     ) {
         let now_ms = self.now_ms;
+        // As on the plain socket: a writer's close that came with this
+        // datagram is seen before it is answered.
+        if crate::sockio::take_files_changed() {
+            self.on_files_changed();
+        }
         let Some(secure) = self.dtls.as_mut() else {
             return;
         };
@@ -147,7 +154,22 @@ impl Server {
                 .arrived(arrival(index, dest))
                 .authorized(&authorization)
                 .identified(&identity);
-            let action = self.service.handle_request(&incoming, &mut self.tx);
+            let settling = self.service.catalog().has_pending()
+                || self.service.tree().is_some_and(FileTree::has_pending);
+            let mut action = self.service.handle_request(&incoming, &mut self.tx);
+            // As on the plain socket: a miss or a replaced file looks at
+            // the directories first.
+            if let Some(why) = rescan_reason(self.live.as_mut(), &action, settling, now_ms) {
+                self.stats.rescans += 1;
+                if self
+                    .live
+                    .as_mut()
+                    .is_some_and(|live| live.rescan(&mut self.service, why))
+                {
+                    self.stats.catalog_changes += 1;
+                }
+                action = self.service.handle_again(&incoming, &mut self.tx);
+            }
             if let Some(len) = account(action, from, now_ms, &mut self.stats, &mut self.log_budget)
             {
                 let reply = self.tx.get(..len).unwrap_or(&[]);

@@ -50,12 +50,21 @@ impl Server {
             read_timeout_ms: 0,
             journal: None,
             fleet_log: Default::default(),
+            inotify: true,
             #[cfg(feature = "dtls")]
             dtls: None,
         };
         // The read timeout that ends the first wait by the deadline.
         server.refresh_deadline();
         server
+    }
+
+    /// Watches without inotify from the next [`Server::watch`] on: every
+    /// new or changed file is served once it has not changed for the
+    /// settle time, as where inotify cannot see the writers (a network
+    /// file system).
+    pub fn without_inotify(&mut self) {
+        self.inotify = false;
     }
 
     /// Watches `dir` (the directory the catalog was loaded from): rescans
@@ -87,6 +96,7 @@ impl Server {
             rescan_ms,
             settle_ms,
             self.clock_ms(),
+            self.inotify,
         );
         // The rollout policies and patches beside the images: read now,
         // before the first request, whole, as the catalog was (no settle
@@ -96,7 +106,7 @@ impl Server {
                 dir,
                 self.service.fleet_files(),
                 std::time::SystemTime::now(),
-                std::time::Duration::ZERO,
+                &crate::snapshot::Admission::settle_only(std::time::Duration::ZERO),
             );
             for skipped in &start.skipped {
                 log::warn!("{skipped}");

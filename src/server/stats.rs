@@ -211,7 +211,7 @@ pub(super) fn log_request(from: SocketAddr, datagram: &[u8]) {
 }
 
 /// Bytes as lowercase hex.
-struct Hex<'a>(&'a [u8]);
+pub(super) struct Hex<'a>(pub(super) &'a [u8]);
 
 impl std::fmt::Display for Hex<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -16,6 +16,7 @@ use super::reply::{notification_route, send};
 use super::secure::flush;
 use super::stats::{Shown, StatsLine};
 use super::{Server, STATS_INTERVAL_MS, WAIT_SLACK_MS, WAKE_MS};
+use crate::sockio;
 use log::{debug, info};
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ impl Server {
     pub(super) fn refresh_deadline(&mut self) {
         self.deadline_ms = [
             self.leisure.next_due_ms(),
-            self.live.as_ref().and_then(Live::next_due_ms),
+            self.live.as_ref().and_then(Live::wake_ms),
             self.service.next_notification_ms(),
             self.secure_timer_ms(),
         ]
@@ -93,7 +94,7 @@ impl Server {
     /// deadline as its timeout, as always.
     #[inline(never)]
     pub(super) fn fit_wait(&mut self) {
-        let single = self.sockets.len() == 1 && !self.leisure.is_on() && !self.secure();
+        let single = self.blocks_in_receive();
         let left = self.deadline_ms.saturating_sub(self.clock_ms());
         self.blocking = false;
         self.trip_ms = self.deadline_ms;
@@ -199,7 +200,14 @@ impl Server {
                 flush(&self.sockets, secure, None, &mut self.stats);
             }
         }
+        if sockio::take_files_changed() {
+            self.on_files_changed();
+        }
         if let Some(live) = self.live.as_mut() {
+            if live.busy() && live.read_slice(&mut self.service) {
+                self.stats.catalog_changes += 1;
+            }
+            self.service.expire_versions(now_ms);
             if live.next_due_ms().is_some_and(|due| now_ms >= due) {
                 self.stats.rescans += 1;
                 if live.on_timer(&mut self.service, now_ms) {

@@ -208,6 +208,7 @@ mod tests {
         let peer = Peer {
             ip: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
             port: 5683,
+            scope: 0,
         };
         let started_at = |unix_ms| {
             let mut guard = Guard::new(None, 16, [1, 2], true, key);

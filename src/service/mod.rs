@@ -54,6 +54,7 @@ mod peers;
 mod routes;
 pub(crate) mod table;
 mod types;
+mod versions;
 
 use crate::catalog::Catalog;
 use crate::fleet::{DeviceName, Fleet, FleetFiles, Note, Target};
@@ -71,6 +72,7 @@ use peers::{Peers, RequestId};
 use routes::Ctx;
 pub use types::*;
 use types::{DIAGNOSTIC_MAX, GET_CODE};
+use versions::Versions;
 
 /// The protocol core with its bounded state; see the module docs.
 #[derive(Debug)]
@@ -90,6 +92,13 @@ pub struct Service {
     fleet_files: FleetFiles,
     /// The fleet changed since [`Service::notice_fleet_changes`] last ran.
     fleet_changed: bool,
+    /// Old versions of the tree's files that downloads still need.
+    versions: Versions,
+    /// A download of an old version ended: the next request drops what no
+    /// download needs any more.
+    versions_to_expire: bool,
+    /// The time of the latest request, for a tree swapped in between two.
+    latest_ms: u64,
 }
 
 impl Service {
@@ -123,6 +132,9 @@ impl Service {
             fleet: Fleet::new(limits.max_devices, keys.tables),
             fleet_files: FleetFiles::default(),
             fleet_changed: false,
+            versions: Versions::default(),
+            versions_to_expire: false,
+            latest_ms: 0,
         }
     }
 
@@ -210,11 +222,28 @@ impl Service {
     }
 
     /// Serves `tree` (`None`: no file tree) from the next datagram on and
-    /// returns the one it replaces: one assignment, like
-    /// [`Service::replace_catalog`].
+    /// returns the one it replaces, like [`Service::replace_catalog`]. A
+    /// file replaced while peers download it keeps its old version for
+    /// them (one per file; see `versions`), so that each download ends
+    /// with the bytes it began with.
     pub fn replace_tree(&mut self, tree: Option<FileTree>) -> Option<FileTree> {
         self.observers.mark_changed();
+        if let (Some(current), Some(next)) = (self.tree.as_ref(), tree.as_ref()) {
+            self.versions
+                .on_replace(current, next, &self.peers, self.latest_ms);
+        }
         std::mem::replace(&mut self.tree, tree)
+    }
+
+    /// Drops the old versions of files that no download needs any more
+    /// (see `versions`): the server calls it with its timers.
+    pub fn expire_versions(&mut self, now_ms: u64) {
+        self.versions.expire(&self.peers, now_ms);
+    }
+
+    /// Old versions of files held for downloads under way, and their bytes.
+    pub fn old_versions(&self) -> (usize, u64) {
+        (self.versions.len(), self.versions.bytes())
     }
 
     /// The file tree served, if any.
@@ -366,6 +395,9 @@ impl Service {
         let mut ctx = Ctx {
             catalog: &self.catalog,
             tree: self.tree.as_ref(),
+            versions: &self.versions,
+            ended_held: false,
+            now_ms,
             server_szx: self.server_szx,
             // Read only: a notification changes no transfer.
             peer_state: self.peers.pending(
@@ -563,9 +595,17 @@ impl Service {
         }
         let confirmable = msg.mtype == MessageType::Confirmable;
         let intent = self.observe_intent(&msg, request);
+        self.latest_ms = now_ms;
+        if self.versions_to_expire {
+            self.versions_to_expire = false;
+            self.versions.expire(&self.peers, now_ms);
+        }
         let mut ctx = Ctx {
             catalog: &self.catalog,
             tree: self.tree.as_ref(),
+            versions: &self.versions,
+            ended_held: false,
+            now_ms,
             server_szx: self.server_szx,
             peer_state: self.peers.pending(
                 peer,
@@ -603,6 +643,7 @@ impl Service {
         };
         let observed = ctx.observed;
         let note = ctx.note;
+        let ended_held = ctx.ended_held;
         let write = ctx.peer_state.into_write();
         // Tested here first, so that a server without --echo does not
         // call the check (as the fast path does).
@@ -617,6 +658,7 @@ impl Service {
             self.fleet.apply(&self.fleet_files, note, now_ms);
             self.fleet_changed |= self.fleet.has_events();
         }
+        self.versions_to_expire |= ended_held;
         if intent != Intent::None {
             let non_mid = (reply_to.mtype == MessageType::NonConfirmable).then_some(reply_to.mid);
             apply_intent(

@@ -556,7 +556,15 @@ mod tests {
     use super::*;
 
     fn key(port: u16, token: &[u8]) -> ObserverKey {
-        ObserverKey::new(Peer { ip: [0; 16], port }, token).unwrap()
+        ObserverKey::new(
+            Peer {
+                ip: [0; 16],
+                port,
+                scope: 0,
+            },
+            token,
+        )
+        .unwrap()
     }
 
     fn table(capacity: usize) -> Observers {
@@ -597,7 +605,8 @@ mod tests {
         assert!(ObserverKey::new(
             Peer {
                 ip: [0; 16],
-                port: 1
+                port: 1,
+                scope: 0,
             },
             &[0; 9]
         )

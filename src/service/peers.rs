@@ -11,6 +11,9 @@
 //!   of the datagram, so a late duplicate is answered as its first copy
 //!   was without resetting a transfer started since.
 //! - The Message ID of the peer's next NON reply (RFC 7252 §4.4).
+//! - The file of the tree the peer is downloading and the ETag its block 0
+//!   was sent under, so that its later blocks come from that version even
+//!   if the file is replaced meanwhile (see `versions`).
 //!
 //! A request reads the table through a [`Pending`] view and its changes
 //! are committed only once its reply is actually sent: a request answered
@@ -41,6 +44,19 @@ struct Exchange {
     entry: Continuation,
 }
 
+/// A download of a file of the tree: which file (the key of its path) and
+/// the ETag of the version its block 0 was sent under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Download {
+    /// The tree's key of the file's path.
+    pub(crate) file: u64,
+    /// The ETag of the version being downloaded.
+    pub(crate) etag: [u8; 8],
+    /// Whether a block of it was served from the old version already (the
+    /// log line is written once per download).
+    pub(crate) held: bool,
+}
+
 /// Everything remembered about one peer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct PeerState {
@@ -53,6 +69,8 @@ pub(crate) struct PeerState {
     starts: [Option<(u16, u32)>; 2],
     /// The Message ID of the next NON reply to this peer.
     next_mid: Option<u16>,
+    /// The file of the tree the peer is downloading.
+    download: Option<Download>,
 }
 
 /// The request being answered, as the per-peer records know it.
@@ -225,6 +243,20 @@ impl Peers {
             .is_some_and(|state| state.transfer == Some(transfer))
     }
 
+    /// The downloads live records name, as (file, ETag): one walk over the
+    /// table, when a file was replaced or a download of an old version
+    /// ended, never per request.
+    pub(crate) fn downloads(&self, now_ms: u64) -> Vec<(u64, [u8; 8])> {
+        let mut found = Vec::new();
+        self.table.for_each_live(now_ms, |state| {
+            if let Some(d) = state.download {
+                found.push((d.file, d.etag));
+            }
+        });
+        found.sort_unstable();
+        found
+    }
+
     /// Stores what a request changed, once its reply is sent; restamps the
     /// entry, so it expires a lifetime after the peer's last request that
     /// used it.
@@ -250,6 +282,21 @@ impl Pending<'_, '_> {
     fn current(&self) -> Option<PeerState> {
         self.write
             .or_else(|| self.peers.table.get(&self.peer, self.now_ms).copied())
+    }
+
+    /// The file the peer is downloading, if any.
+    pub(crate) fn download(&self) -> Option<Download> {
+        self.current()?.download
+    }
+
+    /// Records the peer's download (replacing the one it had). Written
+    /// even when it is the one recorded already: the write restamps the
+    /// entry, so that a download slower than the entries' lifetime (a
+    /// 6LoWPAN device takes minutes) keeps its record to its last block.
+    pub(crate) fn set_download(&mut self, download: Option<Download>) {
+        let mut state = self.current().unwrap_or_default();
+        state.download = download;
+        self.write = Some(state);
     }
 
     /// What to commit when the reply is sent.
@@ -352,7 +399,11 @@ mod tests {
     }
 
     fn peer(port: u16) -> Peer {
-        Peer { ip: [0; 16], port }
+        Peer {
+            ip: [0; 16],
+            port,
+            scope: 0,
+        }
     }
 
     fn con(mid: u16, bytes: &[u8]) -> RequestId<'_> {

@@ -5,10 +5,11 @@
 //! buffer; a block is copied once from the image's bytes.
 
 use super::observe::OBSERVE_MAX_AGE_S;
-use super::peers::Pending;
+use super::peers::{Download, Pending};
+use super::versions::Versions;
 use super::{
-    error, write_diagnostic, Authorization, Diagnostic, Dropped, Failure, Outcome, Peer, ReplyTo,
-    Transfer, Via,
+    error, write_diagnostic, Authorization, Diagnostic, Dropped, Failure, Held, Outcome, Peer,
+    ReplyTo, Transfer, Via,
 };
 use crate::catalog::{Catalog, CoreLink, Image};
 use crate::firmware::{self, DeviceRequest};
@@ -55,6 +56,13 @@ pub(super) struct Ctx<'s, 't, 'm> {
     pub(super) catalog: &'s Catalog,
     /// The `--files` tree, if one is served.
     pub(super) tree: Option<&'s FileTree>,
+    /// The old versions of the tree's files that downloads still need.
+    pub(super) versions: &'s Versions,
+    /// Set when a download of an old version ended with this request: the
+    /// old version may be dropped.
+    pub(super) ended_held: bool,
+    /// The request's time.
+    pub(super) now_ms: u64,
     /// The server's largest block size.
     pub(super) server_szx: u8,
     /// The peer's state, read and changed for this request.
@@ -534,14 +542,7 @@ impl<'s> Ctx<'s, '_, '_> {
             return Err(error(ResponseType::NotFound, "no such directory"));
         }
         if let Some(file) = tree.file(path.clone()) {
-            let (len, _) = self.whole_body(
-                &file.bytes,
-                &file.etag,
-                ContentFormat::ApplicationOctetStream,
-                out,
-            )?;
-            let block = self.block_for(file.bytes.len())?.0;
-            return Ok((len, Outcome::File { file, block }));
+            return self.file_get(file, out);
         }
         if tree.dir(path.clone()).is_some() {
             return Err(error(
@@ -553,6 +554,64 @@ impl<'s> Ctx<'s, '_, '_> {
             Some(max_age) => Failure::Unavailable { max_age },
             None => error(ResponseType::NotFound, "no such file"),
         })
+    }
+
+    /// A block of `file`, as the tree serves it now, or from the version
+    /// the peer's download began with if the file was replaced since (see
+    /// `versions`); recorded: the download a block 0 begins, its end.
+    fn file_get(&mut self, file: &'s crate::tree::TreeFile, out: &mut [u8]) -> Reply<'s> {
+        let key = file.key();
+        let num = match self.msg.block2 {
+            Some(Ok(block)) => block.num,
+            _ => 0,
+        };
+        let download = self.peer_state.download().filter(|d| d.file == key);
+        let mut served = file;
+        let mut held = Held::No;
+        if let Some(d) = download.filter(|d| num > 0 && d.etag != file.etag) {
+            let Some(old) = self.versions.get(key, &d.etag, self.now_ms) else {
+                return Err(error(
+                    ResponseType::NotFound,
+                    "the version this download began with is gone: start again",
+                ));
+            };
+            served = old;
+            held = if d.held { Held::Again } else { Held::First };
+        }
+        let (len, _) = self.whole_body(
+            &served.bytes,
+            &served.etag,
+            ContentFormat::ApplicationOctetStream,
+            out,
+        )?;
+        let (block, _) = self.block_for(served.bytes.len())?;
+        if num == 0 {
+            if block.more {
+                self.peer_state.set_download(Some(Download {
+                    file: key,
+                    etag: file.etag,
+                    held: false,
+                }));
+            }
+        } else if let Some(d) = download {
+            if !block.more {
+                self.peer_state.set_download(None);
+                self.ended_held |= held != Held::No;
+            } else {
+                // Every block restamps the record: it lives as long as
+                // the download goes on.
+                let held = d.held || held == Held::First;
+                self.peer_state.set_download(Some(Download { held, ..d }));
+            }
+        }
+        Ok((
+            len,
+            Outcome::File {
+                file: served,
+                block,
+                held,
+            },
+        ))
     }
 
     /// One Block2 block of a whole body of the tree, with its ETag.

@@ -142,6 +142,17 @@ impl<K: Hash + Eq + Copy, V> BoundedTable<K, V> {
         self.order.push_back((key, seq));
     }
 
+    /// Calls `visit` with every live value (stored within the lifetime): a
+    /// walk over the whole table, for rare questions (a file replaced, a
+    /// download ended), never per request.
+    pub(crate) fn for_each_live(&self, now_ms: u64, mut visit: impl FnMut(&V)) {
+        for e in self.map.values() {
+            if now_ms.saturating_sub(e.stamp_ms) < self.lifetime_ms {
+                visit(&e.value);
+            }
+        }
+    }
+
     /// Number of stored keys, live or expired: never more than `capacity`.
     pub(crate) fn len(&self) -> usize {
         self.map.len()

@@ -56,7 +56,7 @@ fn peer_port(n: u32, port: u16) -> Peer {
     ip[10] = 0xff;
     ip[11] = 0xff;
     ip[12..].copy_from_slice(&n.to_be_bytes());
-    Peer { ip, port }
+    Peer { ip, port, scope: 0 }
 }
 
 fn peer(n: u32) -> Peer {
@@ -2164,6 +2164,111 @@ fn get_segments(segments: &[&str]) -> Req {
 
 fn segments_of(path: &str) -> Vec<&str> {
     path.split('/').collect()
+}
+
+/// The tree of `dir` as it is now, read whole.
+fn load_tree(dir: &TreeDir) -> crate::tree::FileTree {
+    let far = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    crate::tree::FileTree::load(&dir.0, far)
+        .expect("tree loads")
+        .next
+        .expect("a tree")
+}
+
+/// One version per download: a peer that got block 0 of a file under one
+/// ETag gets the rest from that version after the file was replaced, and
+/// another peer's new download gets the new one; the old version is held
+/// only while a download needs it.
+#[test]
+fn a_download_keeps_the_version_its_block_0_had_when_the_file_is_replaced() {
+    let (mut fx, dir, old) = tree_fx("versions");
+    let old_etag = crate::hash::fnv1a64(&old).to_be_bytes();
+    let segments = segments_of(SLOT0);
+    let block = |num: u32| get_segments(&segments).block2(num, 2).mid(num as u16);
+    let first = fx.ask_from(A, T0, &block(0));
+    assert_eq!(parse(&first).etag, Some(&old_etag[..]));
+
+    let new = image_bytes(200, 8);
+    let new_etag = crate::hash::fnv1a64(&new).to_be_bytes();
+    dir.write(SLOT0, &new);
+    fx.svc.replace_tree(Some(load_tree(&dir)));
+    assert_eq!(fx.svc.old_versions(), (1, 200), "held for A's download");
+
+    let other = fx.ask_from(B, T0 + 1, &block(0));
+    assert_eq!(parse(&other).etag, Some(&new_etag[..]));
+    assert_eq!(parse(&other).payload, &new[..64]);
+    for num in 1..4u32 {
+        let reply = fx.ask_from(A, T0 + 2, &block(num));
+        let msg = parse(&reply);
+        assert_eq!(msg.etag, Some(&old_etag[..]), "block {num}");
+        let at = num as usize * 64;
+        assert_eq!(msg.payload, &old[at..(at + 64).min(200)], "block {num}");
+    }
+    // A's download ended: the next request drops the old version.
+    fx.ask_from(B, T0 + 3, &block(1));
+    assert_eq!(fx.svc.old_versions(), (0, 0));
+
+    // B's download ends too; then replaced while nobody downloads it:
+    // nothing is held.
+    for num in 2..4u32 {
+        let reply = fx.ask_from(B, T0 + 4, &block(num));
+        assert_eq!(parse(&reply).etag, Some(&new_etag[..]), "B's block {num}");
+    }
+    dir.write(SLOT0, &image_bytes(200, 9));
+    fx.svc.replace_tree(Some(load_tree(&dir)));
+    assert_eq!(fx.svc.old_versions(), (0, 0));
+}
+
+/// The old version a download needs is dropped once the download went
+/// quiet for the exchange lifetime.
+#[test]
+fn an_old_version_is_dropped_when_its_download_goes_quiet() {
+    let (mut fx, dir, _) = tree_fx("versions-quiet");
+    let block0 = get_segments(&segments_of(SLOT0)).block2(0, 2);
+    fx.ask_from(A, T0, &block0);
+    dir.write(SLOT0, &image_bytes(200, 10));
+    fx.svc.replace_tree(Some(load_tree(&dir)));
+    assert_eq!(fx.svc.old_versions().0, 1);
+    fx.svc.expire_versions(T0 + EXCHANGE_LIFETIME_MS - 1);
+    assert_eq!(fx.svc.old_versions().0, 1, "not quiet long enough");
+    fx.svc.expire_versions(T0 + EXCHANGE_LIFETIME_MS);
+    assert_eq!(fx.svc.old_versions().0, 0);
+}
+
+/// Two peers with the same link-local address and port on two interfaces
+/// (zones) keep separate transfers.
+#[test]
+fn peers_in_two_zones_keep_separate_transfers() {
+    let mut fx = Fx::new();
+    let one = fx.img(MOTE_NEW);
+    let two = fx.img(SZ1025);
+    let mut link_local = [0u8; 16];
+    link_local[0] = 0xfe;
+    link_local[1] = 0x80;
+    link_local[15] = 2;
+    let zone = |scope| Peer {
+        ip: link_local,
+        port: 40_000,
+        scope,
+    };
+    // Each starts a body at its own OFFSET, sent with block 0 only.
+    let offsets = [(1, &one, 100usize), (2, &two, 200)];
+    for (scope, img, offset) in offsets {
+        let start = get_segments(&["updates", &img.id])
+            .block2(0, 2)
+            .payload(&(offset as u32).to_le_bytes());
+        fx.handle(zone(scope), T0, &start.bytes()).expect("a reply");
+    }
+    for (scope, img, offset) in offsets {
+        let next = get_segments(&["updates", &img.id]).block2(1, 2).mid(2);
+        let reply = fx.handle(zone(scope), T0, &next.bytes()).expect("a reply");
+        let at = offset + 64;
+        assert_eq!(
+            parse(&reply).payload,
+            &img.bytes[at..at + 64],
+            "zone {scope}"
+        );
+    }
 }
 
 #[test]

@@ -135,13 +135,32 @@ impl Default for Limits {
 }
 
 /// A peer as a hashable value: IPv4 addresses as IPv4-mapped IPv6, so the
-/// service needs nothing from `std::net`.
+/// service needs nothing from `std::net`. The zone is part of it: two
+/// devices with the same link-local address on two interfaces (two 6LoWPAN
+/// border routers, each with its own `fe80::2`) are two peers, with their
+/// own transfers and observations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Peer {
     /// IPv6 address bytes (or `::ffff:a.b.c.d`).
     pub ip: [u8; 16],
     /// UDP port.
     pub port: u16,
+    /// The IPv6 zone (scope id: the interface index) of a link-local
+    /// address; 0 for any other address.
+    pub scope: u32,
+}
+
+/// Whether a block of a file came from an old version (see
+/// [`Outcome::File`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// From the file as the tree serves it now.
+    No,
+    /// From the version the peer's download began with, replaced since:
+    /// the first such block of this download (worth a log line).
+    First,
+    /// As `First`, a later block.
+    Again,
 }
 
 /// What the caller does with a datagram once handled.
@@ -165,10 +184,13 @@ pub enum Outcome<'c> {
     Block(Transfer<'c>),
     /// One block of a file of the `--files` tree.
     File {
-        /// The file.
+        /// The file (the version the block was cut from).
         file: &'c crate::tree::TreeFile,
         /// The block sent.
         block: Block,
+        /// Whether the block came from an old version of the file, for a
+        /// download that began before the file was replaced.
+        held: Held,
     },
     /// Another 2.05: a lookup answer, the discovery listing or a block of
     /// a directory listing.

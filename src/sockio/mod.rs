@@ -11,8 +11,10 @@
 //!   (IP_FREEBIND, SO_REUSEPORT);
 //! * `wait`: waiting on several sockets (`poll`) and the monotonic clock
 //!   the loop reads;
-//! * `signals`: the SIGHUP, SIGTERM and SIGINT handlers, which only set
-//!   flags the loop reads.
+//! * `signals`: the SIGHUP, SIGTERM, SIGINT and SIGIO handlers, which
+//!   only set flags the loop reads;
+//! * `inotify`: the directory watches that tell when a writer closed a
+//!   file.
 //!
 //! Linux only (glibc and musl): only `libc` items both provide are used,
 //! and fields whose types differ between them are assigned with `as _`.
@@ -23,6 +25,7 @@
 //! is sound.
 
 mod bind;
+pub(crate) mod inotify;
 mod interfaces;
 mod pktinfo;
 mod signals;
@@ -35,7 +38,7 @@ pub(crate) use interfaces::{
 pub(crate) use pktinfo::{
     enable_pktinfo, recv_plain, recv_with_dest, send_from, LocalDest, Received,
 };
-pub(crate) use signals::{install_signal_flags, take_hangup, terminating};
+pub(crate) use signals::{install_signal_flags, take_files_changed, take_hangup, terminating};
 pub(crate) use wait::{monotonic_ms, wait_readable, MAX_SOCKETS};
 
 /// Sets the boolean socket option `level`/`name` on `fd`.

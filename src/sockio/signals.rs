@@ -1,5 +1,6 @@
-//! Signals: the handlers of SIGHUP, SIGTERM and SIGINT only set flags,
-//! which the loop reads after each receive or timeout.
+//! Signals: the handlers of SIGHUP, SIGTERM, SIGINT and SIGIO (raised by
+//! the inotify descriptor, see `inotify`) only set flags, which the loop
+//! reads after each receive or timeout.
 //!
 //! Nothing else runs in a handler: no log line, no allocation, no rescan.
 
@@ -10,12 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 static HANGUP: AtomicBool = AtomicBool::new(false);
 /// Set by SIGTERM or SIGINT: stop the loop.
 static TERMINATE: AtomicBool = AtomicBool::new(false);
+/// Set by SIGIO: inotify has events for the watched directories.
+static FILES_CHANGED: AtomicBool = AtomicBool::new(false);
 
 /// The handler of all three signals: sets the flag of the one received.
 extern "C" fn on_signal(signal: libc::c_int) {
     // Only atomic stores: async-signal-safe.
     if signal == libc::SIGHUP {
         HANGUP.store(true, Ordering::Relaxed);
+    } else if signal == libc::SIGIO {
+        FILES_CHANGED.store(true, Ordering::Relaxed);
     } else {
         TERMINATE.store(true, Ordering::Relaxed);
     }
@@ -28,7 +33,23 @@ extern "C" fn on_signal(signal: libc::c_int) {
 /// # Errors
 /// As `sigaction`.
 pub(crate) fn install_signal_flags() -> io::Result<()> {
-    for signal in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+    [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGIO]
+        .into_iter()
+        .try_for_each(install)
+}
+
+/// Installs the SIGIO handler alone, before an inotify descriptor is made
+/// signal-driven: SIGIO's default action would end the process.
+///
+/// # Errors
+/// As `sigaction`.
+pub(crate) fn install_io_flag() -> io::Result<()> {
+    install(libc::SIGIO)
+}
+
+/// Installs [`on_signal`] for `signal`.
+fn install(signal: libc::c_int) -> io::Result<()> {
+    {
         // SAFETY: sigaction is plain data; all zeroes is an empty mask and
         // no flags.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -42,6 +63,12 @@ pub(crate) fn install_signal_flags() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether SIGIO came since the last call: a load first, so that the
+/// common answer (no) costs no atomic write.
+pub(crate) fn take_files_changed() -> bool {
+    FILES_CHANGED.load(Ordering::Relaxed) && FILES_CHANGED.swap(false, Ordering::Relaxed)
 }
 
 /// Whether SIGHUP came since the last call.

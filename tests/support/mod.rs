@@ -893,34 +893,48 @@ impl NetnsPair {
             ip(&["netns", "add", ns]);
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
+        pair.add_link(SERVER_DEV, CLIENT_DEV, server_addrs, client_addrs);
+        pair
+    }
+
+    /// Adds a veth pair between the namespaces, `server_dev` in the
+    /// server's with `server_addrs`, `client_dev` in the client's with
+    /// `client_addrs` (as [`NetnsPair::new`] sets its own up), and waits
+    /// until both ends are ready.
+    pub fn add_link(
+        &self,
+        server_dev: &str,
+        client_dev: &str,
+        server_addrs: &[&str],
+        client_addrs: &[&str],
+    ) {
         ip(&[
             "link",
             "add",
-            SERVER_DEV,
+            server_dev,
             "netns",
-            &pair.server,
+            &self.server,
             "type",
             "veth",
             "peer",
             "name",
-            CLIENT_DEV,
+            client_dev,
             "netns",
-            &pair.client,
+            &self.client,
         ]);
         for (ns, dev, addrs) in [
-            (&pair.server, SERVER_DEV, server_addrs),
-            (&pair.client, CLIENT_DEV, client_addrs),
+            (&self.server, server_dev, server_addrs),
+            (&self.client, client_dev, client_addrs),
         ] {
             ip(&["-n", ns, "link", "set", dev, "addrgenmode", "none"]);
             for addr in addrs {
-                pair.add_addr(ns, dev, addr);
+                self.add_addr(ns, dev, addr);
             }
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
-        for (ns, dev) in [(&pair.server, SERVER_DEV), (&pair.client, CLIENT_DEV)] {
+        for (ns, dev) in [(&self.server, server_dev), (&self.client, client_dev)] {
             wait_link_ready(ns, dev);
         }
-        pair
     }
 
     /// Adds `addr` (`ADDR/PREFIX`, then optionally more words for

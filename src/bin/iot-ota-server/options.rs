@@ -56,6 +56,8 @@ pub(crate) struct Config {
     pub(crate) rescan_ms: u64,
     /// Milliseconds a changed file must stay unchanged before it is served.
     pub(crate) settle_ms: u64,
+    /// `--no-inotify`: the settle rule for every file.
+    pub(crate) no_inotify: bool,
     pub(crate) limits: Limits,
     pub(crate) level: LevelFilter,
     /// `--log-format`; `None`: journal when stderr is the journal, else plain.
@@ -228,8 +230,15 @@ fn options() -> Options {
     o.optopt(
         "",
         "settle",
-        "serve a new or changed file once it has not changed for MS (default: 200)",
+        "serve a new or changed file whose writer is not known to be done once it has not \
+         changed for MS (default: 200)",
         "MS",
+    );
+    o.optflag(
+        "",
+        "no-inotify",
+        "do not watch the directories with inotify (a network file system whose remote \
+         writers inotify does not see): new and changed files settle for --settle MS",
     );
     o.optopt(
         "b",
@@ -311,7 +320,7 @@ fn options() -> Options {
 fn usage_text(o: &Options) -> String {
     let brief = "Usage: iot-ota-server [-d DIR] [--files DIR | --fileserver DIR] [-l ADDR]... [-b BYTES] [--peers N] [--max-observers N]\n\
                  \x20                     [--rate-limit N] [--echo] [--echo-key-file FILE] [--multicast IFACE]... [--leisure MS]\n\
-                 \x20                     [--strict-bind] [--reuse-port] [--rescan MS] [--settle MS]\n\
+                 \x20                     [--strict-bind] [--reuse-port] [--rescan MS] [--settle MS] [--no-inotify]\n\
                  \x20                     [--devices N] [--state-dir DIR] [--status-from CIDR]...\n\
                  \x20                     [-v]... [-q] [--log-format plain|journal|syslog] [-h] [-V]\n\n\
                  Serves the .fmu firmware images in DIR (and with --files a plain file tree) to devices\n\
@@ -486,6 +495,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         dtls,
         rescan_ms,
         settle_ms,
+        no_inotify: m.opt_present("no-inotify"),
         limits,
         level,
         log_format,

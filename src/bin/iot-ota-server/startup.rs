@@ -165,6 +165,9 @@ pub(crate) fn serve(config: Config) -> Result<(), String> {
             dtls.raw_keys.as_ref().map(|(_, list)| list.clone()),
         );
     }
+    if config.no_inotify {
+        server.without_inotify();
+    }
     server
         .watch_dirs(config.dir.clone(), config.rescan_ms, config.settle_ms)
         .map_err(|e| format!("cannot watch the directories: {e}"))?;

@@ -8,12 +8,12 @@ use crate::catalog::{ImageBytes, MAX_IMAGE_LEN};
 use crate::fleet::policy::POLICY_SUFFIX;
 use crate::fleet::{FleetFiles, Patch, PolicyFile, PATCH_MARK};
 use crate::service::{Outcome, Service};
-use crate::snapshot::{settle_wait, stamp_of, Refresh, Stamp};
+use crate::snapshot::{stamp_of, Admission, Refresh, Stamp};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Largest policy file read: a policy is a few lines.
 const MAX_POLICY_LEN: u64 = 64 * 1024;
@@ -49,9 +49,18 @@ impl Source for FleetSource {
         self.dir.display().to_string()
     }
 
-    fn refresh(&mut self, current: &FleetFiles, now: SystemTime, settle: Duration) -> FleetRefresh {
+    fn refresh(
+        &mut self,
+        current: &FleetFiles,
+        now: SystemTime,
+        admission: &mut Admission<'_>,
+    ) -> FleetRefresh {
         self.dir_mtime = dir_mtime(&self.dir);
-        read_fleet_files(&self.dir, current, now, settle)
+        read_fleet_files(&self.dir, current, now, admission)
+    }
+
+    fn dirs(&self) -> Vec<&Path> {
+        vec![self.dir.as_path()]
     }
 
     fn swap(service: &mut Service, next: FleetFiles) {
@@ -76,14 +85,16 @@ impl Source for FleetSource {
 }
 
 /// The next snapshot of the fleet's files in `dir` after `current`, or
-/// `next: None` when nothing changed. A policy file that is refused keeps
+/// `next: None` when nothing changed. A file a writer closed is read at
+/// once, one still written waits, one nothing is known of waits for the
+/// settle time (`admission`); these files are small and read whole. A policy file that is refused keeps
 /// the last good policy in force (or, new, pauses its image) and is
 /// reported in `skipped`.
 pub(in crate::server) fn read_fleet_files(
     dir: &Path,
     current: &FleetFiles,
     now: SystemTime,
-    settle: Duration,
+    admission: &Admission<'_>,
 ) -> FleetRefresh {
     let mut r = FleetRefresh::default();
     let entries = match fs::read_dir(dir) {
@@ -124,7 +135,7 @@ pub(in crate::server) fn read_fleet_files(
             keep_old(&mut policies, &mut patches);
             continue;
         }
-        if settle_wait(stamp.1, now, settle).is_some() {
+        if admission.wait(&path, stamp, now).is_some() {
             r.pending.push(name);
             keep_old(&mut policies, &mut patches);
             continue;

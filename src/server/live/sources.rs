@@ -12,11 +12,11 @@
 
 use crate::catalog::{self, Catalog, Pending, Skipped};
 use crate::service::{Outcome, Service};
-use crate::snapshot::{Refresh, Stamp};
+use crate::snapshot::{Admission, Refresh, Stamp};
 use crate::tree::{self, FileTree, TreeError, TreeSkipped};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// A source of immutable snapshots that live reload rescans and swaps in
 /// whole (see [`crate::snapshot`]).
@@ -53,8 +53,11 @@ pub(super) trait Source {
         &mut self,
         current: &Self::Snapshot,
         now: SystemTime,
-        settle: Duration,
+        admission: &mut Admission<'_>,
     ) -> Refresh<Self::Snapshot, Self::Pending, Self::Skipped, Self::Error>;
+
+    /// The directories a refresh lists, to be watched with inotify.
+    fn dirs(&self) -> Vec<&Path>;
 
     /// Serves `next` from the next datagram on.
     fn swap(service: &mut Service, next: Self::Snapshot);
@@ -111,12 +114,16 @@ impl Source for CatalogSource {
         &mut self,
         current: &Catalog,
         now: SystemTime,
-        settle: Duration,
+        admission: &mut Admission<'_>,
     ) -> catalog::Refresh {
         // Read before the listing: a change during the scan shows at the
         // next miss.
         self.dir_mtime = dir_mtime(&self.dir);
-        current.refresh(&self.dir, now, settle)
+        current.refresh_admitting(&self.dir, now, admission)
+    }
+
+    fn dirs(&self) -> Vec<&Path> {
+        vec![&self.dir]
     }
 
     fn swap(service: &mut Service, next: Catalog) {
@@ -176,13 +183,17 @@ impl Source for TreeSource {
         &mut self,
         current: &FileTree,
         now: SystemTime,
-        settle: Duration,
+        admission: &mut Admission<'_>,
     ) -> tree::TreeRefresh {
-        let refresh = current.refresh(now, settle);
+        let refresh = current.refresh_admitting(now, admission);
         if let Some(next) = &refresh.next {
             self.dirs = next.dir_mtimes().to_vec();
         }
         refresh
+    }
+
+    fn dirs(&self) -> Vec<&Path> {
+        self.dirs.iter().map(|(dir, _)| dir.as_path()).collect()
     }
 
     fn swap(service: &mut Service, next: FileTree) {

@@ -22,6 +22,7 @@ fn loopback() -> Peer {
     Peer {
         ip: core::net::Ipv6Addr::LOCALHOST.octets(),
         port: 40000,
+        scope: 0,
     }
 }
 

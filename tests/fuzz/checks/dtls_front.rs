@@ -158,9 +158,14 @@ fn service_peer(addr: SocketAddr) -> Peer {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
     };
+    let scope = match addr {
+        SocketAddr::V6(v6) => v6.scope_id(),
+        SocketAddr::V4(_) => 0,
+    };
     Peer {
         ip: ip.octets(),
         port: addr.port(),
+        scope,
     }
 }
 

@@ -283,6 +283,7 @@ fn peer(p: u8) -> Peer {
     Peer {
         ip,
         port: 40_000 + u16::from(p >> 2),
+        scope: 0,
     }
 }
 
