@@ -254,12 +254,26 @@ fn econnrefused_after_a_vanished_client_is_counted_and_survived() {
     client.send_to(&request, server_addr).expect("send");
     drop(client);
     server.serve_one(); // answers a port nobody listens on any more
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.stats().receive_errors == 0 && Instant::now() < deadline {
+                        // The kernel may drop an ICMP error under load (its global rate limit,
+                        // which the other tests' vanished clients draw on): the client comes
+                        // back and vanishes again, three times at most.
+    let mut vanished = 1;
+    let mut deadline = Instant::now() + Duration::from_secs(2);
+    while server.stats().receive_errors == 0 {
+        if Instant::now() >= deadline {
+            if vanished == 3 {
+                break;
+            }
+            let client = socket_on(client_addr, Duration::from_millis(1500)).expect("rebind");
+            client.send_to(&request, server_addr).expect("send");
+            drop(client);
+            vanished += 1;
+            deadline = Instant::now() + Duration::from_secs(2);
+        }
         server.serve_one(); // ECONNREFUSED, or a read timeout if the ICMP is late
     }
     let stats = server.stats();
-    assert_eq!(stats.received, 1);
+    assert_eq!(stats.received, vanished);
     assert_eq!(
         stats.receive_errors, 1,
         "ECONNREFUSED was not reported: {stats:?}"
@@ -276,7 +290,7 @@ fn econnrefused_after_a_vanished_client_is_counted_and_survived() {
     let msg = Message::parse(&buf[..n]).expect("parses");
     assert_eq!(msg.code, CODE_CONTENT);
     assert_eq!(msg.payload, &image[..1024]);
-    assert_eq!(server.stats().sent, 2);
+    assert_eq!(server.stats().sent, vanished + 1);
 }
 
 /// Item 3, interrupted calls: the server process is stopped (SIGSTOP)
