@@ -28,10 +28,12 @@ const CLIENTS: [&str; 2] = ["coap-client-gnutls", "coap-client-openssl"];
 const RUN_TIMEOUT: Duration = Duration::from_secs(40);
 /// Version of the test images (type APP, 3), 1.0.1.
 const VERSION_1_0_1: u32 = (1 << 24) | 1;
-/// dev1 may fetch DEV images only; ops may fetch all.
+/// dev1 may fetch DEV images only; ops may fetch all; operator may read
+/// /status and fetch nothing.
 const PSK_FILE: &str = "# test keys\n\
                         dev1:dev1-secret-key:DEV\n\
-                        ops:ops-secret-key\n";
+                        ops:ops-secret-key\n\
+                        operator:operator-key:@status\n";
 
 /// The images of every test here: DEV 5000 bytes (79 blocks of 64, 5 of
 /// 1024, the last ones short) and OTHER 3000.
@@ -807,18 +809,11 @@ fn a_coaps_device_is_named_by_its_psk_identity_in_the_fleet() {
     ]);
     assert_eq!(device.status.code(), Some(0), "{}", text(&device));
     // No ep= and no report: the lookup and the blocks are dev1's, as the
-    // operator reads over coaps from loopback.
-    let status = our_client(&[
-        &base,
-        "--get",
-        "/status?ep=dev1",
-        "--psk-identity",
-        "ops",
-        "--psk-key",
-        "ops-secret-key",
-        "--timeout-ms",
-        "300",
-    ]);
+    // operator reads over coaps.
+    let status = get_as(&base, "/status?ep=dev1", "operator", "operator-key");
+    // ops may fetch every image but not read /status, from loopback too.
+    let refused = get_as(&base, "/status?ep=dev1", "ops", "ops-secret-key");
+    assert!(text(&refused).contains("4.03"), "{}", text(&refused));
     let shown = text(&status);
     assert_eq!(status.status.code(), Some(0), "{shown}");
     assert!(
@@ -827,4 +822,68 @@ fn a_coaps_device_is_named_by_its_psk_identity_in_the_fleet() {
         ),
         "{shown}"
     );
+}
+
+/// `iot-ota-client BASE --get PATH` over coaps as `identity` with `key`,
+/// started by `launcher` (empty: here).
+fn get_as_via(launcher: &[&str], base: &str, path: &str, identity: &str, key: &str) -> Output {
+    support::run_bounded(
+        support::launched(launcher, support::CLIENT_BIN).args([
+            base,
+            "--get",
+            path,
+            "--psk-identity",
+            identity,
+            "--psk-key",
+            key,
+            "--timeout-ms",
+            "300",
+        ]),
+        RUN_TIMEOUT,
+    )
+}
+
+fn get_as(base: &str, path: &str, identity: &str, key: &str) -> Output {
+    get_as_via(&[], base, path, identity, key)
+}
+
+#[test]
+fn over_coaps_status_is_read_by_identities_with_at_status_from_any_address() {
+    if !support::can_make_namespaces() {
+        return;
+    }
+    let fx = fixture("dtls-status");
+    let pair = support::NetnsPair::new("dtlsstat", &["10.78.0.1/24"], &["10.78.0.2/24"]);
+    // --status-from opens plain CoAP to the client's prefix, not coaps.
+    let server = fx.server_via(
+        &pair.in_server(),
+        "0.0.0.0:5684",
+        &["--status-from", "10.78.0.0/24"],
+    );
+    let base = "coaps://10.78.0.1:5684";
+    let from_afar = |path, identity, key| get_as_via(&pair.in_client(), base, path, identity, key);
+    let operator = from_afar("/status", "operator", "operator-key");
+    let shown = text(&operator);
+    assert_eq!(operator.status.code(), Some(0), "{shown}\n{}", server.log());
+    assert!(shown.contains(&fx.image("DEV").file_name), "{shown}");
+    let one = from_afar("/status?ep=dev1", "operator", "operator-key");
+    // dev1 never asked: 4.04 (no such device), past the right's check.
+    assert!(text(&one).contains("4.04"), "{}", text(&one));
+    for (identity, key) in [("ops", "ops-secret-key"), ("dev1", "dev1-secret-key")] {
+        let refused = from_afar("/status", identity, key);
+        let shown = text(&refused);
+        assert_eq!(refused.status.code(), Some(1), "{identity}: {shown}");
+        assert!(
+            shown.contains("4.03") && shown.contains("@status"),
+            "{shown}"
+        );
+    }
+    // From the server's own loopback (a tunnel's end looks the same):
+    // the identity decides there too.
+    let local = "coaps://127.0.0.1:5684";
+    let server_ns = pair.in_server();
+    let refused = get_as_via(&server_ns, local, "/status", "ops", "ops-secret-key");
+    assert!(text(&refused).contains("4.03"), "{}", text(&refused));
+    let allowed = get_as_via(&server_ns, local, "/status", "operator", "operator-key");
+    assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed));
 }

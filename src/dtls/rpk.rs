@@ -291,6 +291,18 @@ mod tests {
             assert_eq!(name, b"mote-1");
             assert!(pids.allows(b"DEV") && !pids.allows(b"OTHER"));
         }
+        // The names file's list, rights included.
+        let keys = RawPublicKeys::parse(&format!("operator:@status {}\n", base64(&der)))
+            .expect("operator");
+        let auth = RawKeyAuth::new(
+            cert::CertifiedKey {
+                certificate: Vec::new(),
+                private_key: Vec::new(),
+            },
+            keys,
+        );
+        let (_, rights) = auth.check(&der).expect("listed");
+        assert!(rights.reads_status() && !rights.allows(b"DEV"));
     }
 
     #[test]

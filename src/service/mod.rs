@@ -388,7 +388,9 @@ impl Service {
             fleet_files: &self.fleet_files,
             peer: key.peer(),
             identity: None,
-            status_open: status_open(&self.limits, key.peer()),
+            // Its registration was allowed to read `/status`: by its
+            // address (the limits do not change) or by its identity.
+            status_open: true,
             note: None,
         };
         let len = match ctx.route(out) {
@@ -584,7 +586,7 @@ impl Service {
             fleet_files: &self.fleet_files,
             peer,
             identity,
-            status_open: status_open(&self.limits, peer),
+            status_open: status_open(&self.limits, authorization, peer),
             note: None,
         };
         let (len, outcome) = match ctx.route(out) {
@@ -760,15 +762,23 @@ fn apply_intent(
     }
 }
 
-/// Whether `peer` may read `/status`: a loopback or link-local source, or
-/// one within a `--status-from` prefix.
-fn status_open(limits: &Limits, peer: Peer) -> bool {
-    is_local_source(&peer.ip)
-        || limits
-            .status_from
-            .iter()
-            .flatten()
-            .any(|p| p.contains(&peer.ip))
+/// Whether a request may read `/status`. Over coaps (`authorization`
+/// given) its identity decides, never its address: a coaps front reached
+/// through a tunnel or a relay sees its peers at a loopback address. On
+/// plain CoAP a loopback or link-local source may, or one within a
+/// `--status-from` prefix.
+fn status_open(limits: &Limits, authorization: Option<&Authorization>, peer: Peer) -> bool {
+    match authorization {
+        Some(authorization) => authorization.reads_status(),
+        None => {
+            is_local_source(&peer.ip)
+                || limits
+                    .status_from
+                    .iter()
+                    .flatten()
+                    .any(|p| p.contains(&peer.ip))
+        }
+    }
 }
 
 /// A block sent, as [`Service::note_block`] takes it: no borrow of the

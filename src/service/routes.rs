@@ -81,7 +81,8 @@ pub(super) struct Ctx<'s, 't, 'm> {
     pub(super) peer: Peer,
     /// Over coaps, the sender's PSK identity.
     pub(super) identity: Option<&'m [u8]>,
-    /// The sender may read `/status`.
+    /// The sender may read `/status`: by its address on plain CoAP, by
+    /// its identity's right over coaps.
     pub(super) status_open: bool,
     /// What the request tells the fleet, applied once the reply is sent.
     pub(super) note: Option<Note>,
