@@ -4,7 +4,9 @@
 //! byte, 4.03 for another product's image), handshakes that must fail
 //! (wrong key, unknown identity) leaving no session, and a flood of
 //! spoofed ClientHellos that must leave no session, no growth of the
-//! server's resident set and never an answer larger than themselves.
+//! server's resident set and never an answer larger than themselves;
+//! `/status` read by the identity with `@status` from another network
+//! namespace and refused to the others, from loopback too.
 #![cfg(feature = "dtls")]
 
 mod support;
