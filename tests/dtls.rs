@@ -6,7 +6,8 @@
 //! spoofed ClientHellos that must leave no session, no growth of the
 //! server's resident set and never an answer larger than themselves;
 //! `/status` read by the identity with `@status` from another network
-//! namespace and refused to the others, from loopback too.
+//! namespace and refused to the others, from loopback too, and no longer
+//! notified to an observer once SIGHUP took the right away.
 #![cfg(feature = "dtls")]
 
 mod support;
@@ -794,21 +795,12 @@ fn a_coaps_device_is_named_by_its_psk_identity_in_the_fleet() {
     let base = format!("coaps://{}", server.addr);
     let out = fx.out.path().join("fleet-device");
     let out_text = out.to_string_lossy().into_owned();
-    let device = our_client(&[
-        &base,
-        "--pid",
-        "DEV",
-        "--version",
-        "1.0.0",
-        "--psk-identity",
+    let device = our_client_as(
+        &[],
         "dev1",
-        "--psk-key",
         "dev1-secret-key",
-        "--timeout-ms",
-        "300",
-        "-o",
-        &out_text,
-    ]);
+        &[&base, "--pid", "DEV", "--version", "1.0.0", "-o", &out_text],
+    );
     assert_eq!(device.status.code(), Some(0), "{}", text(&device));
     // No ep= and no report: the lookup and the blocks are dev1's, as the
     // operator reads over coaps.
@@ -826,23 +818,21 @@ fn a_coaps_device_is_named_by_its_psk_identity_in_the_fleet() {
     );
 }
 
-/// `iot-ota-client BASE --get PATH` over coaps as `identity` with `key`,
-/// started by `launcher` (empty: here).
-fn get_as_via(launcher: &[&str], base: &str, path: &str, identity: &str, key: &str) -> Output {
+/// Our client with `args`, over coaps as `identity` with `key` (a 300 ms
+/// first timeout), started by `launcher` (empty: here).
+fn our_client_as(launcher: &[&str], identity: &str, key: &str, args: &[&str]) -> Output {
     support::run_bounded(
-        support::launched(launcher, support::CLIENT_BIN).args([
-            base,
-            "--get",
-            path,
-            "--psk-identity",
-            identity,
-            "--psk-key",
-            key,
-            "--timeout-ms",
-            "300",
-        ]),
+        support::launched(launcher, support::CLIENT_BIN)
+            .args(args)
+            .args(["--psk-identity", identity, "--psk-key", key])
+            .args(["--timeout-ms", "300"]),
         RUN_TIMEOUT,
     )
+}
+
+/// `iot-ota-client BASE --get PATH` as `identity`, started by `launcher`.
+fn get_as_via(launcher: &[&str], base: &str, path: &str, identity: &str, key: &str) -> Output {
+    our_client_as(launcher, identity, key, &[base, "--get", path])
 }
 
 fn get_as(base: &str, path: &str, identity: &str, key: &str) -> Output {
@@ -888,4 +878,82 @@ fn over_coaps_status_is_read_by_identities_with_at_status_from_any_address() {
     assert!(text(&refused).contains("4.03"), "{}", text(&refused));
     let allowed = get_as_via(&server_ns, local, "/status", "operator", "operator-key");
     assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed));
+}
+
+#[test]
+fn a_status_observer_whose_right_a_sighup_removes_is_no_longer_notified() {
+    let fx = fixture("dtls-status-revoked");
+    let server = fx.server("127.0.0.1:0", &["--rescan", "200"]);
+    let base = format!("coaps://{}", server.addr);
+    /// The observing client, ended however the test ends.
+    struct Observer(std::process::Child);
+    impl Drop for Observer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut observer = Observer(
+        Command::new(support::CLIENT_BIN)
+            .arg(format!("{base}/status"))
+            .args(["--observe", "--psk-identity", "operator"])
+            .args(["--psk-key", "operator-key"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("client"),
+    );
+    let stderr = observer.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // The lines the observer printed within `wait`.
+    let lines_within = |wait: Duration| {
+        let until = Instant::now() + wait;
+        let mut lines = Vec::new();
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        lines.join("\n")
+    };
+    let a_lookup_as = |identity: &str, key: &str| {
+        let lookup_args = [base.as_str(), "--pid", "DEV", "--version", "1.0.0"];
+        let lookup = our_client_as(&[], identity, key, &lookup_args);
+        assert_eq!(lookup.status.code(), Some(0), "{}", text(&lookup));
+    };
+    // With the right: the registration's answer, then a notification
+    // after a device appears.
+    let seen = lines_within(Duration::from_secs(3));
+    assert!(seen.contains("notification 0:"), "{seen}");
+    a_lookup_as("dev1", "dev1-secret-key");
+    let seen = lines_within(Duration::from_secs(5));
+    assert!(seen.contains("notification 1:"), "{seen}\n{}", server.log());
+    // The right taken away: the session stays (same key), the
+    // observation is no longer fed.
+    let psk = PSK_FILE.replace("operator-key:@status", "operator-key:DEV");
+    std::fs::write(fx.psk(), psk).expect("rewrite the PSK file");
+    server.signal(libc::SIGHUP);
+    assert!(
+        server.wait_for_log("SIGHUP: 3 PSK identities", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    a_lookup_as("ops", "ops-secret-key");
+    let seen = lines_within(Duration::from_secs(3));
+    drop(observer);
+    assert!(
+        !seen.contains("notification 2:"),
+        "{seen}\n{}",
+        server.log()
+    );
 }

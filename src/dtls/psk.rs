@@ -418,11 +418,10 @@ mod tests {
     #[test]
     fn at_status_in_the_pid_list_grants_the_status_right() {
         let table = PskTable::parse(
-            "operator:operator-key:@status
-             lab:lab-key: FOO , @status
-             dev:dev-key:FOO
-             all:all-key
-",
+            "operator:operator-key:@status\n\
+             lab:lab-key: FOO , @status\n\
+             dev:dev-key:FOO\n\
+             all:all-key\n",
         )
         .expect("valid file");
         let right = |id: &str| table.authorization(id.as_bytes()).expect(id);
@@ -435,21 +434,9 @@ mod tests {
         assert!(!right("dev").reads_status());
         assert!(!right("all").reads_status() && right("all").allows(b"ANY"));
         for (text, says) in [
-            (
-                "a:k:@stats
-",
-                "unknown right '@stats'",
-            ),
-            (
-                "a:k:FOO,@
-",
-                "unknown right '@'",
-            ),
-            (
-                "a:k:@status,,FOO
-",
-                "not a comma-separated list",
-            ),
+            ("a:k:@stats\n", "unknown right '@stats'"),
+            ("a:k:FOO,@\n", "unknown right '@'"),
+            ("a:k:@status,,FOO\n", "not a comma-separated list"),
         ] {
             let e = PskTable::parse(text).expect_err(text);
             assert!(e.starts_with("line 1") && e.contains(says), "{text:?}: {e}");

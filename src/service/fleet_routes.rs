@@ -128,6 +128,7 @@ impl<'s> Ctx<'s, '_, '_> {
                 },
             ));
         }
+        self.read_status = true;
         let format = StatusFormat::from_accept(self.msg.accept).ok_or(error(
             ResponseType::NotAcceptable,
             "status is text (0), JSON (50) or CBOR (60)",

@@ -324,6 +324,11 @@ pub struct Notification {
     /// The resource can no longer be observed (a file was removed): this
     /// error response ended the observation.
     pub last: bool,
+    /// A notification of `/status`. Over coaps the caller sends it only
+    /// while the observer's session has the status right
+    /// ([`Authorization::reads_status`]): the key files may have taken it
+    /// away since the registration.
+    pub of_status: bool,
 }
 
 /// What an authenticated peer may do (a coaps identity's rights): fetch

@@ -294,6 +294,8 @@ fn an_operator_observing_status_over_coaps_from_afar_is_notified() {
         .poll_notification(T0 + 1, &mut fx.out)
         .expect("a notification");
     assert_eq!(n.peer, peer(B));
+    // The server checks the session's right again before sending it.
+    assert!(n.of_status);
     let text = String::from_utf8(parse(&fx.out[..n.len]).payload.to_vec()).unwrap();
     assert!(text.starts_with("devices known: 1"), "{text}");
     assert!(!n.last);
