@@ -4,7 +4,10 @@
 //! byte, 4.03 for another product's image), handshakes that must fail
 //! (wrong key, unknown identity) leaving no session, and a flood of
 //! spoofed ClientHellos that must leave no session, no growth of the
-//! server's resident set and never an answer larger than themselves.
+//! server's resident set and never an answer larger than themselves;
+//! `/status` read by the identity with `@status` from another network
+//! namespace and refused to the others, from loopback too, and no longer
+//! notified to an observer once SIGHUP took the right away.
 #![cfg(feature = "dtls")]
 
 mod support;
@@ -28,10 +31,12 @@ const CLIENTS: [&str; 2] = ["coap-client-gnutls", "coap-client-openssl"];
 const RUN_TIMEOUT: Duration = Duration::from_secs(40);
 /// Version of the test images (type APP, 3), 1.0.1.
 const VERSION_1_0_1: u32 = (1 << 24) | 1;
-/// dev1 may fetch DEV images only; ops may fetch all.
+/// dev1 may fetch DEV images only; ops may fetch all; operator may read
+/// /status and fetch nothing.
 const PSK_FILE: &str = "# test keys\n\
                         dev1:dev1-secret-key:DEV\n\
-                        ops:ops-secret-key\n";
+                        ops:ops-secret-key\n\
+                        operator:operator-key:@status\n";
 
 /// The images of every test here: DEV 5000 bytes (79 blocks of 64, 5 of
 /// 1024, the last ones short) and OTHER 3000.
@@ -481,17 +486,8 @@ fn our_client(args: &[&str]) -> Output {
 fn our_client_as_dev1(args: &[&str], out: &Path) -> Output {
     let out_text = out.to_string_lossy().into_owned();
     let mut all = args.to_vec();
-    all.extend([
-        "--psk-identity",
-        "dev1",
-        "--psk-key",
-        "dev1-secret-key",
-        "--timeout-ms",
-        "300",
-        "-o",
-        &out_text,
-    ]);
-    our_client(&all)
+    all.extend(["-o", &out_text]);
+    our_client_as(&[], "dev1", "dev1-secret-key", &all)
 }
 
 #[test]
@@ -798,35 +794,19 @@ fn a_coaps_device_is_named_by_its_psk_identity_in_the_fleet() {
     let base = format!("coaps://{}", server.addr);
     let out = fx.out.path().join("fleet-device");
     let out_text = out.to_string_lossy().into_owned();
-    let device = our_client(&[
-        &base,
-        "--pid",
-        "DEV",
-        "--version",
-        "1.0.0",
-        "--psk-identity",
+    let device = our_client_as(
+        &[],
         "dev1",
-        "--psk-key",
         "dev1-secret-key",
-        "--timeout-ms",
-        "300",
-        "-o",
-        &out_text,
-    ]);
+        &[&base, "--pid", "DEV", "--version", "1.0.0", "-o", &out_text],
+    );
     assert_eq!(device.status.code(), Some(0), "{}", text(&device));
     // No ep= and no report: the lookup and the blocks are dev1's, as the
-    // operator reads over coaps from loopback.
-    let status = our_client(&[
-        &base,
-        "--get",
-        "/status?ep=dev1",
-        "--psk-identity",
-        "ops",
-        "--psk-key",
-        "ops-secret-key",
-        "--timeout-ms",
-        "300",
-    ]);
+    // operator reads over coaps.
+    let status = get_as(&base, "/status?ep=dev1", "operator", "operator-key");
+    // ops may fetch every image but not read /status, from loopback too.
+    let refused = get_as(&base, "/status?ep=dev1", "ops", "ops-secret-key");
+    assert!(text(&refused).contains("4.03"), "{}", text(&refused));
     let shown = text(&status);
     assert_eq!(status.status.code(), Some(0), "{shown}");
     assert!(
@@ -873,5 +853,145 @@ fn a_coaps_lookup_that_misses_rescans_first_as_over_coap() {
     assert!(
         std::fs::read(&out).unwrap_or_default() == new,
         "not the new image"
+    );
+}
+
+/// Our client with `args`, over coaps as `identity` with `key` (a 300 ms
+/// first timeout), started by `launcher` (empty: here).
+fn our_client_as(launcher: &[&str], identity: &str, key: &str, args: &[&str]) -> Output {
+    support::run_bounded(
+        support::launched(launcher, support::CLIENT_BIN)
+            .args(args)
+            .args(["--psk-identity", identity, "--psk-key", key])
+            .args(["--timeout-ms", "300"]),
+        RUN_TIMEOUT,
+    )
+}
+
+/// `iot-ota-client BASE --get PATH` as `identity`, started by `launcher`.
+fn get_as_via(launcher: &[&str], base: &str, path: &str, identity: &str, key: &str) -> Output {
+    our_client_as(launcher, identity, key, &[base, "--get", path])
+}
+
+fn get_as(base: &str, path: &str, identity: &str, key: &str) -> Output {
+    get_as_via(&[], base, path, identity, key)
+}
+
+#[test]
+fn over_coaps_status_is_read_by_identities_with_at_status_from_any_address() {
+    if !support::can_make_namespaces() {
+        return;
+    }
+    let fx = fixture("dtls-status");
+    let pair = support::NetnsPair::new("dtlsstat", &["10.78.0.1/24"], &["10.78.0.2/24"]);
+    // --status-from opens plain CoAP to the client's prefix, not coaps.
+    let server = fx.server_via(
+        &pair.in_server(),
+        "0.0.0.0:5684",
+        &["--status-from", "10.78.0.0/24"],
+    );
+    let base = "coaps://10.78.0.1:5684";
+    let from_afar = |path, identity, key| get_as_via(&pair.in_client(), base, path, identity, key);
+    let operator = from_afar("/status", "operator", "operator-key");
+    let shown = text(&operator);
+    assert_eq!(operator.status.code(), Some(0), "{shown}\n{}", server.log());
+    assert!(shown.contains(&fx.image("DEV").file_name), "{shown}");
+    let one = from_afar("/status?ep=dev1", "operator", "operator-key");
+    // dev1 never asked: 4.04 (no such device), past the right's check.
+    assert!(text(&one).contains("4.04"), "{}", text(&one));
+    for (identity, key) in [("ops", "ops-secret-key"), ("dev1", "dev1-secret-key")] {
+        let refused = from_afar("/status", identity, key);
+        let shown = text(&refused);
+        assert_eq!(refused.status.code(), Some(1), "{identity}: {shown}");
+        assert!(
+            shown.contains("4.03") && shown.contains("@status"),
+            "{shown}"
+        );
+    }
+    // From the server's own loopback (a tunnel's end looks the same):
+    // the identity decides there too.
+    let local = "coaps://127.0.0.1:5684";
+    let server_ns = pair.in_server();
+    let refused = get_as_via(&server_ns, local, "/status", "ops", "ops-secret-key");
+    assert!(text(&refused).contains("4.03"), "{}", text(&refused));
+    let allowed = get_as_via(&server_ns, local, "/status", "operator", "operator-key");
+    assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed));
+}
+
+#[test]
+fn a_status_observer_whose_right_a_sighup_removes_is_no_longer_notified() {
+    let fx = fixture("dtls-status-revoked");
+    let server = fx.server("127.0.0.1:0", &["--rescan", "200"]);
+    let base = format!("coaps://{}", server.addr);
+    /// The observing client, ended however the test ends.
+    struct Observer(std::process::Child);
+    impl Drop for Observer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut observer = Observer(
+        Command::new(support::CLIENT_BIN)
+            .arg(format!("{base}/status"))
+            .args(["--observe", "--psk-identity", "operator"])
+            .args(["--psk-key", "operator-key"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("client"),
+    );
+    let stderr = observer.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // The lines the observer printed within `wait`.
+    let lines_within = |wait: Duration| {
+        let until = Instant::now() + wait;
+        let mut lines = Vec::new();
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        lines.join("\n")
+    };
+    let a_lookup_as = |identity: &str, key: &str| {
+        let lookup_args = [base.as_str(), "--pid", "DEV", "--version", "1.0.0"];
+        let lookup = our_client_as(&[], identity, key, &lookup_args);
+        assert_eq!(lookup.status.code(), Some(0), "{}", text(&lookup));
+    };
+    // With the right: the registration's answer, then a notification
+    // after a device appears.
+    let seen = lines_within(Duration::from_secs(3));
+    assert!(seen.contains("notification 0:"), "{seen}");
+    a_lookup_as("dev1", "dev1-secret-key");
+    let seen = lines_within(Duration::from_secs(5));
+    assert!(seen.contains("notification 1:"), "{seen}\n{}", server.log());
+    // The right taken away: the session stays (same key), the
+    // observation is no longer fed.
+    let psk = PSK_FILE.replace("operator-key:@status", "operator-key:DEV");
+    std::fs::write(fx.psk(), psk).expect("rewrite the PSK file");
+    server.signal(libc::SIGHUP);
+    assert!(
+        server.wait_for_log("SIGHUP: 3 PSK identities", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    a_lookup_as("ops", "ops-secret-key");
+    let seen = lines_within(Duration::from_secs(3));
+    drop(observer);
+    assert!(
+        !seen.contains("notification 2:"),
+        "{seen}\n{}",
+        server.log()
     );
 }

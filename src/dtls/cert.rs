@@ -242,7 +242,8 @@ impl TrustAnchors {
 /// The names devices are known by (a certificate's subject CN or a
 /// subjectAltName), each with the products it may fetch: the
 /// `--cert-names` file, lines `NAME` (every product) or
-/// `NAME:PID,PID...`, the shape of the PSK file without the key.
+/// `NAME:PID,PID...` (with `@status` among them to read `/status`), the
+/// shape of the PSK file without the key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceNames {
     names: HashMap<Vec<u8>, Authorization>,
@@ -297,7 +298,7 @@ impl DeviceNames {
 
 /// `NAME` or `NAME:PID,PID...` of line `number` of a names or key list:
 /// the name (1 to [`MAX_NAME`] bytes) and what it may fetch (every
-/// product without PIDs).
+/// product without PIDs) and read (`/status` with `@status` in the list).
 pub(super) fn name_and_pids(text: &str, number: usize) -> Result<(Vec<u8>, Authorization), String> {
     let (name, pids) = match text.split_once(':') {
         Some((name, list)) => (name, Some(list)),
@@ -310,9 +311,7 @@ pub(super) fn name_and_pids(text: &str, number: usize) -> Result<(Vec<u8>, Autho
     }
     let authorization = match pids {
         None => Authorization::any_pid(),
-        Some(list) => super::psk::parse_pids(list).ok_or_else(|| {
-            format!("line {number}: '{list}' is not a comma-separated list of PIDs")
-        })?,
+        Some(list) => super::psk::parse_pids(list, number)?,
     };
     Ok((name.as_bytes().to_vec(), authorization))
 }
@@ -657,10 +656,18 @@ mod tests {
         assert_eq!(names.len(), 2);
         let dev1 = names.authorization(b"dev1").expect("dev1");
         assert!(dev1.allows(b"DEV") && dev1.allows(b"OTHER") && !dev1.allows(b"X"));
+        assert!(!dev1.reads_status());
         assert!(names.authorization(b"ops").expect("ops").allows(b"X"));
         assert!(names.authorization(b"nobody").is_none());
+        // The PSK file's list, rights included.
+        let names = DeviceNames::parse("operator:@status\nlab:DEV,@status\n").expect("valid");
+        let operator = names.authorization(b"operator").expect("operator");
+        assert!(operator.reads_status() && !operator.allows(b"DEV"));
+        let lab = names.authorization(b"lab").expect("lab");
+        assert!(lab.reads_status() && lab.allows(b"DEV") && !lab.allows(b"X"));
         for (text, line) in [
             ("a\na\n", "line 2"),
+            ("a:@stat\n", "line 1"),
             (":DEV\n", "line 1"),
             ("a:\n", "line 1"),
             ("a:DEV,,X\n", "line 1"),

@@ -45,7 +45,8 @@ impl PskTable {
     /// Parses a PSK file: one `identity:key` or `identity:key:PID,PID...`
     /// per line; a key is ASCII, or hex after `0x`; blank lines and lines
     /// starting with `#` are skipped. Without PIDs an identity may fetch
-    /// images of every product.
+    /// images of every product; `@status` in the list lets it read
+    /// `/status` (see [`Authorization`]).
     ///
     /// # Errors
     /// A message naming the line of the first malformed entry (never the
@@ -74,9 +75,7 @@ impl PskTable {
                 .ok_or_else(|| format!("line {number}: the key of '{identity}' is invalid: use 1 to {MAX_PSK_FIELD} ASCII bytes or 0x and an even number of hex digits"))?;
             let authorization = match fields.next() {
                 None => Authorization::any_pid(),
-                Some(list) => parse_pids(list).ok_or_else(|| {
-                    format!("line {number}: '{list}' is not a comma-separated list of PIDs")
-                })?,
+                Some(list) => parse_pids(list, number)?,
             };
             let entry = Identity { key, authorization };
             if identities
@@ -252,13 +251,45 @@ impl ClientPsk {
     }
 }
 
-/// A comma-separated list of PIDs, as the PSK file and the names file
-/// of certificates and raw public keys give them.
-pub(super) fn parse_pids(list: &str) -> Option<Authorization> {
-    let pids: Vec<&str> = list.split(',').map(str::trim).collect();
-    pids.iter()
-        .all(|pid| crate::firmware::valid_pid(pid.as_bytes()))
-        .then(|| Authorization::only_pids(pids))
+/// The right an entry of a PID list grants instead of a product: reading
+/// `/status` (an operator's identity). A PID cannot start with `@` in a
+/// list; an `@` entry other than this one is refused, so that a typo does
+/// not pass for a PID.
+const STATUS_RIGHT: &str = "@status";
+
+/// A comma-separated list of PIDs and rights, line `number` of the PSK
+/// file or of the names file of certificates and raw public keys (the one
+/// parser of the three): the products whose images the entry may fetch,
+/// and `/status` when [`STATUS_RIGHT`] is among them. A list of that
+/// right alone fetches no image.
+///
+/// # Errors
+/// A message naming the line and the list.
+pub(super) fn parse_pids(list: &str, number: usize) -> Result<Authorization, String> {
+    let mut status = false;
+    let mut pids = Vec::new();
+    for entry in list.split(',').map(str::trim) {
+        if entry == STATUS_RIGHT {
+            status = true;
+        } else if entry.starts_with('@') {
+            return Err(format!(
+                "line {number}: unknown right '{entry}' (the one right is {STATUS_RIGHT})"
+            ));
+        } else if crate::firmware::valid_pid(entry.as_bytes()) {
+            pids.push(entry);
+        } else {
+            return Err(format!(
+                "line {number}: '{list}' is not a comma-separated list of PIDs and \
+                 {STATUS_RIGHT}"
+            ));
+        }
+    }
+    let authorization = Authorization::only_pids(pids);
+    Ok(if status {
+        authorization.with_status()
+    } else {
+        authorization
+    })
 }
 
 /// A key field: `0x` and hex digits, else the ASCII bytes themselves.
@@ -382,6 +413,34 @@ mod tests {
         assert!(two.authorization.allows(b"FOO"));
         assert!(two.authorization.allows(b"BAR"));
         assert!(!two.authorization.allows(b"BAZ"));
+    }
+
+    #[test]
+    fn at_status_in_the_pid_list_grants_the_status_right() {
+        let table = PskTable::parse(
+            "operator:operator-key:@status\n\
+             lab:lab-key: FOO , @status\n\
+             dev:dev-key:FOO\n\
+             all:all-key\n",
+        )
+        .expect("valid file");
+        let right = |id: &str| table.authorization(id.as_bytes()).expect(id);
+        // The right alone: /status, no image.
+        assert!(right("operator").reads_status());
+        assert!(!right("operator").allows(b"FOO"));
+        assert!(right("lab").reads_status() && right("lab").allows(b"FOO"));
+        assert!(!right("lab").allows(b"BAR"));
+        // Neither a PID list nor no list at all grants it.
+        assert!(!right("dev").reads_status());
+        assert!(!right("all").reads_status() && right("all").allows(b"ANY"));
+        for (text, says) in [
+            ("a:k:@stats\n", "unknown right '@stats'"),
+            ("a:k:FOO,@\n", "unknown right '@'"),
+            ("a:k:@status,,FOO\n", "not a comma-separated list"),
+        ] {
+            let e = PskTable::parse(text).expect_err(text);
+            assert!(e.starts_with("line 1") && e.contains(says), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -262,6 +262,17 @@ mod tests {
         pem.lines().filter(|l| !l.starts_with("-----")).collect()
     }
 
+    /// The clients' side only: the checks need no server key.
+    fn without_server_key(keys: RawPublicKeys) -> RawKeyAuth {
+        RawKeyAuth::new(
+            cert::CertifiedKey {
+                certificate: Vec::new(),
+                private_key: Vec::new(),
+            },
+            keys,
+        )
+    }
+
     #[test]
     fn keys_are_listed_as_base64_pem_or_fingerprint() {
         let der = spki();
@@ -280,30 +291,24 @@ mod tests {
         ] {
             let keys = RawPublicKeys::parse(&text).expect(&text);
             assert_eq!(keys.len(), 1, "{text}");
-            let auth = RawKeyAuth::new(
-                cert::CertifiedKey {
-                    certificate: Vec::new(),
-                    private_key: Vec::new(),
-                },
-                keys,
-            );
+            let auth = without_server_key(keys);
             let (name, pids) = auth.check(&der).expect("listed");
             assert_eq!(name, b"mote-1");
             assert!(pids.allows(b"DEV") && !pids.allows(b"OTHER"));
         }
+        // The names file's list, rights included.
+        let keys = RawPublicKeys::parse(&format!("operator:@status {}\n", base64(&der)))
+            .expect("operator");
+        let auth = without_server_key(keys);
+        let (_, rights) = auth.check(&der).expect("listed");
+        assert!(rights.reads_status() && !rights.allows(b"DEV"));
     }
 
     #[test]
     fn unlisted_and_malformed_keys_are_refused() {
         let der = spki();
         let keys = RawPublicKeys::parse(&format!("a sha256:{}\n", "00".repeat(32))).expect("ok");
-        let auth = RawKeyAuth::new(
-            cert::CertifiedKey {
-                certificate: Vec::new(),
-                private_key: Vec::new(),
-            },
-            keys,
-        );
+        let auth = without_server_key(keys);
         assert_eq!(auth.check(&der), Err(Refusal::UnknownKey));
         assert_eq!(auth.check(&der[..der.len() - 1]), Err(Refusal::Malformed));
         assert_eq!(auth.check(&[]), Err(Refusal::Malformed));

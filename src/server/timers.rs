@@ -151,10 +151,18 @@ impl Server {
             #[cfg(feature = "dtls")]
             if self.secure_socket() == Some(n.arrival.socket) {
                 // An observer over coaps hears over its session; without
-                // one (closed, evicted) the notification is not sent.
+                // one (closed, evicted), or for /status without the right
+                // (a SIGHUP took it away), the notification is not sent;
+                // the observation ends with the first Confirmable one that
+                // goes unacknowledged.
                 let reply = self.tx.get(..n.len).unwrap_or(&[]);
                 if let Some(secure) = self.dtls.as_mut() {
-                    if secure.front.send(to, reply) {
+                    let allowed = !n.of_status
+                        || secure
+                            .front
+                            .authorization(to)
+                            .is_some_and(crate::service::Authorization::reads_status);
+                    if allowed && secure.front.send(to, reply) {
                         self.stats.notifications += 1;
                     }
                     flush(&self.sockets, secure, dest, &mut self.stats);

@@ -112,16 +112,23 @@ impl<'s> Ctx<'s, '_, '_> {
         Ok((e.payload(&[])?, Outcome::Content))
     }
 
-    /// `GET /status` and `GET /status?ep=NAME`, from loopback and
-    /// link-local sources and the `--status-from` prefixes only (4.03
-    /// otherwise), in the format Accept asks for (4.06 for one it cannot).
+    /// `GET /status` and `GET /status?ep=NAME`: on plain CoAP from
+    /// loopback and link-local sources and the `--status-from` prefixes
+    /// only, over coaps to identities with the status right only,
+    /// whatever their address (4.03 otherwise); in the format Accept asks
+    /// for (4.06 for one it cannot).
     pub(super) fn status(&mut self, out: &mut [u8]) -> Reply<'s> {
         if !self.status_open {
             return Err(error(
                 ResponseType::Forbidden,
-                "/status is open to loopback and link-local sources (see --status-from)",
+                if self.authorization.is_some() {
+                    "/status over coaps is open to identities with @status in the key file"
+                } else {
+                    "/status is open to loopback and link-local sources (see --status-from)"
+                },
             ));
         }
+        self.read_status = true;
         let format = StatusFormat::from_accept(self.msg.accept).ok_or(error(
             ResponseType::NotAcceptable,
             "status is text (0), JSON (50) or CBOR (60)",

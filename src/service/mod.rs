@@ -307,7 +307,7 @@ impl Service {
                 let sent = self.observers.get(&key).map(|o| o.tag);
                 let now = self
                     .answer_again(&key, MessageType::NonConfirmable, 0, 0, now_ms, out)
-                    .map(|(_, tag)| tag);
+                    .map(|(_, tag, _)| tag);
                 if now.is_some_and(|tag| tag != sent) {
                     self.observers.make_due(key);
                 }
@@ -341,7 +341,7 @@ impl Service {
         let overdue = now_ms.saturating_sub(o.confirmed_ms) >= REFRESH_MS;
         let every_nth = o.non_since_con.saturating_add(1) >= observe::CON_EVERY;
         let probe = self.answer_again(&key, MessageType::NonConfirmable, 0, 0, now_ms, out);
-        let Some((_, tag)) = probe else {
+        let Some((_, tag, _)) = probe else {
             self.observers.remove(&key);
             return None;
         };
@@ -359,7 +359,7 @@ impl Service {
         } else {
             MessageType::NonConfirmable
         };
-        let (len, tag) = self.answer_again(&key, mtype, mid, seq, now_ms, out)?;
+        let (len, tag, of_status) = self.answer_again(&key, mtype, mid, seq, now_ms, out)?;
         match tag {
             Some(tag) => self
                 .observers
@@ -372,14 +372,15 @@ impl Service {
             arrival,
             confirmable,
             last: tag.is_none(),
+            of_status,
         })
     }
 
     /// The registration request of `key` answered again from the current
     /// catalog and tree into `out`, as a `mtype` message with Message ID
-    /// `mid` and Observe `seq`: its length and the representation's tag,
-    /// `None` when the answer is no longer observable (an error response,
-    /// which ends the observation). `None` overall when there is nothing to
+    /// `mid` and Observe `seq`: its length, the representation's tag
+    /// (`None` when the answer is no longer observable: an error response,
+    /// which ends the observation) and whether it is `/status`'s. `None` overall when there is nothing to
     /// send (never for a request that registered).
     fn answer_again(
         &self,
@@ -389,7 +390,7 @@ impl Service {
         seq: u32,
         now_ms: u64,
         out: &mut [u8],
-    ) -> Option<(usize, Option<u64>)> {
+    ) -> Option<(usize, Option<u64>, bool)> {
         let o = self.observers.get(key)?;
         let msg = Message::parse(&o.request).ok()?;
         let mut ctx = Ctx {
@@ -420,7 +421,10 @@ impl Service {
             fleet_files: &self.fleet_files,
             peer: key.peer(),
             identity: None,
-            status_open: status_open(&self.limits, key.peer()),
+            // Its registration was allowed to read `/status`: by its
+            // address (the limits do not change) or by its identity.
+            status_open: true,
+            read_status: false,
             note: None,
         };
         let len = match ctx.route(out) {
@@ -429,7 +433,7 @@ impl Service {
             Err(Failure::Unavailable { max_age }) => ctx.unavailable(max_age, out).ok()?,
             Err(_) => return None,
         };
-        Some((len, ctx.observed))
+        Some((len, ctx.observed, ctx.read_status))
     }
 
     /// What the request does to the observers (RFC 7641 §2, §3.6): only a
@@ -624,7 +628,8 @@ impl Service {
             fleet_files: &self.fleet_files,
             peer,
             identity,
-            status_open: status_open(&self.limits, peer),
+            status_open: status_open(&self.limits, authorization, peer),
+            read_status: false,
             note: None,
         };
         let (len, outcome) = match ctx.route(out) {
@@ -802,15 +807,23 @@ fn apply_intent(
     }
 }
 
-/// Whether `peer` may read `/status`: a loopback or link-local source, or
-/// one within a `--status-from` prefix.
-fn status_open(limits: &Limits, peer: Peer) -> bool {
-    is_local_source(&peer.ip)
-        || limits
-            .status_from
-            .iter()
-            .flatten()
-            .any(|p| p.contains(&peer.ip))
+/// Whether a request may read `/status`. Over coaps (`authorization`
+/// given) its identity decides, never its address: a coaps front reached
+/// through a tunnel or a relay sees its peers at a loopback address. On
+/// plain CoAP a loopback or link-local source may, or one within a
+/// `--status-from` prefix.
+fn status_open(limits: &Limits, authorization: Option<&Authorization>, peer: Peer) -> bool {
+    match authorization {
+        Some(authorization) => authorization.reads_status(),
+        None => {
+            is_local_source(&peer.ip)
+                || limits
+                    .status_from
+                    .iter()
+                    .flatten()
+                    .any(|p| p.contains(&peer.ip))
+        }
+    }
 }
 
 /// A block sent, as [`Service::note_block`] takes it: no borrow of the

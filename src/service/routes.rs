@@ -89,8 +89,13 @@ pub(super) struct Ctx<'s, 't, 'm> {
     pub(super) peer: Peer,
     /// Over coaps, the sender's PSK identity.
     pub(super) identity: Option<&'m [u8]>,
-    /// The sender may read `/status`.
+    /// The sender may read `/status`: by its address on plain CoAP, by
+    /// its identity's right over coaps.
     pub(super) status_open: bool,
+    /// Set by `/status`'s answer: a notification of it is sent over coaps
+    /// only while the observer's session has the right (see
+    /// [`super::Notification`]'s `of_status`).
+    pub(super) read_status: bool,
     /// What the request tells the fleet, applied once the reply is sent.
     pub(super) note: Option<Note>,
 }

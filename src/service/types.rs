@@ -283,7 +283,8 @@ pub struct Request<'a> {
     /// The datagram's bytes.
     pub datagram: &'a [u8],
     /// `Some` for a request that arrived over a secure channel (coaps):
-    /// what its authenticated sender may fetch. `None` on plain CoAP.
+    /// what its authenticated sender may fetch and read. `None` on plain
+    /// CoAP.
     pub authorization: Option<&'a Authorization>,
     /// Over coaps, the sender's PSK identity: the device's name for the
     /// fleet when its lookup gives no `ep=`.
@@ -320,7 +321,8 @@ impl<'a> Request<'a> {
     }
 
     /// The same request, arrived over a secure channel from a peer
-    /// authenticated as allowed to fetch what `authorization` says.
+    /// authenticated as allowed to fetch (and read) what `authorization`
+    /// says.
     #[inline]
     pub fn authorized(self, authorization: &'a Authorization) -> Request<'a> {
         Request {
@@ -344,25 +346,37 @@ pub struct Notification {
     /// The resource can no longer be observed (a file was removed): this
     /// error response ended the observation.
     pub last: bool,
+    /// A notification of `/status`. Over coaps the caller sends it only
+    /// while the observer's session has the status right
+    /// ([`Authorization::reads_status`]): the key files may have taken it
+    /// away since the registration.
+    pub of_status: bool,
 }
 
-/// What an authenticated peer may fetch (a coaps identity's PIDs): a
-/// request over the secure channel for an image of another product gets
-/// 4.03 Forbidden. Files of the `--files` tree and discovery are open to
+/// What an authenticated peer may do (a coaps identity's rights): fetch
+/// images of its PIDs only (a request over the secure channel for an
+/// image of another product gets 4.03 Forbidden), and read `/status`
+/// only with the status right (`@status` in its key file's list), whatever
+/// its address. Files of the `--files` tree and discovery are open to
 /// every authenticated peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Authorization {
     /// `None`: images of every PID.
     pids: Option<Vec<Box<[u8]>>>,
+    /// `/status` may be read.
+    status: bool,
 }
 
 impl Authorization {
-    /// Images of every product.
+    /// Images of every product; not `/status`.
     pub fn any_pid() -> Authorization {
-        Authorization { pids: None }
+        Authorization {
+            pids: None,
+            status: false,
+        }
     }
 
-    /// Images of these products only.
+    /// Images of these products only; not `/status`.
     pub fn only_pids<I, P>(pids: I) -> Authorization
     where
         I: IntoIterator<Item = P>,
@@ -370,6 +384,16 @@ impl Authorization {
     {
         Authorization {
             pids: Some(pids.into_iter().map(|p| p.as_ref().into()).collect()),
+            status: false,
+        }
+    }
+
+    /// The same, and `/status` (with `?ep=`) may be read too: an
+    /// operator's identity.
+    pub fn with_status(self) -> Authorization {
+        Authorization {
+            status: true,
+            ..self
         }
     }
 
@@ -378,6 +402,11 @@ impl Authorization {
         self.pids
             .as_ref()
             .map_or(true, |pids| pids.iter().any(|allowed| **allowed == *pid))
+    }
+
+    /// True when `/status` may be read.
+    pub fn reads_status(&self) -> bool {
+        self.status
     }
 }
 

@@ -52,6 +52,12 @@ impl CoapsFixture {
 
     /// A server with coaps only, on `listen`, with `extra` options.
     pub fn server(&self, listen: &str, extra: &[&str]) -> TestServer {
+        self.server_via(&[], listen, extra)
+    }
+
+    /// As [`CoapsFixture::server`], started by `launcher` (e.g. a
+    /// [`super::NetnsPair`]'s `in_server()`).
+    pub fn server_via(&self, launcher: &[&str], listen: &str, extra: &[&str]) -> TestServer {
         let psk = self.psk();
         let mut args = vec![
             "--psk-file",
@@ -60,7 +66,7 @@ impl CoapsFixture {
             listen,
         ];
         args.extend_from_slice(extra);
-        super::spawn_server(self.dir.path(), "none", &args)
+        super::spawn_server_via(launcher, self.dir.path(), "none", &args)
     }
 }
 

@@ -228,6 +228,80 @@ fn status_is_local_only_and_comes_in_three_formats() {
     assert_eq!(class(&reply), MessageClass::Response(ResponseType::Content));
 }
 
+/// `req` over coaps from `from`, authenticated with `rights`: the reply.
+fn over_coaps(fx: &mut Fx, from: Peer, rights: &Authorization, req: &Req) -> Vec<u8> {
+    let bytes = req.bytes();
+    let request = Request::new(from, T0, &bytes).authorized(rights);
+    match fx.svc.handle_request(&request, &mut fx.out) {
+        Action::Reply { len, .. } => fx.out[..len].to_vec(),
+        Action::Drop(reason) => panic!("no reply ({reason:?}) to {req:?}"),
+    }
+}
+
+#[test]
+fn status_over_coaps_follows_the_identity_not_the_address() {
+    let operator = Authorization::only_pids(Vec::<&[u8]>::new()).with_status();
+    let device = Authorization::any_pid();
+    // An opened prefix opens plain CoAP only.
+    let mut limits = Limits::default();
+    limits.status_from[0] = Some(Prefix {
+        ip: peer(A).ip,
+        len: 128,
+    });
+    let mut fx = Fx::with(limits, false);
+    fx.ask(&lookup("d1"));
+    for from in [peer(A), peer(B), loopback()] {
+        let reply = over_coaps(&mut fx, from, &operator, &Req::get("status"));
+        let text = String::from_utf8(parse(&reply).payload.to_vec()).unwrap();
+        assert!(text.contains(MOTE_NEW), "{from:?}: {text}");
+        let reply = over_coaps(&mut fx, from, &operator, &Req::get("status?ep=d1"));
+        assert!(parse(&reply)
+            .payload
+            .starts_with(b"device d1 state offered"));
+        // Without the right, neither loopback (a tunnel's end) nor the
+        // opened prefix lets a coaps peer in.
+        let reply = over_coaps(&mut fx, from, &device, &Req::get("status?ep=d1"));
+        let why = assert_error(&reply, ResponseType::Forbidden);
+        assert!(why.contains("@status"), "{why}");
+    }
+    // The same addresses on plain CoAP: by address, as before.
+    assert_eq!(
+        class(&fx.ask_from(A, T0, &Req::get("status"))),
+        MessageClass::Response(ResponseType::Content)
+    );
+    assert_error(
+        &fx.ask_from(B, T0, &Req::get("status")),
+        ResponseType::Forbidden,
+    );
+    // The operator's right is to read, not to fetch.
+    let by_id = Req::get(&format!("updates/{}", fx.img(MOTE_NEW).id));
+    assert_error(
+        &over_coaps(&mut fx, peer(B), &operator, &by_id),
+        ResponseType::Forbidden,
+    );
+}
+
+#[test]
+fn an_operator_observing_status_over_coaps_from_afar_is_notified() {
+    let operator = Authorization::only_pids(Vec::<&[u8]>::new()).with_status();
+    let mut fx = Fx::new();
+    let register = Req::get("status").uint(CoapOption::Observe.into(), 0);
+    let reply = over_coaps(&mut fx, peer(B), &operator, &register);
+    assert!(parse(&reply).observe.is_some(), "not registered");
+    fx.ask(&lookup("d1"));
+    fx.svc.notice_fleet_changes();
+    let n = fx
+        .svc
+        .poll_notification(T0 + 1, &mut fx.out)
+        .expect("a notification");
+    assert_eq!(n.peer, peer(B));
+    // The server checks the session's right again before sending it.
+    assert!(n.of_status);
+    let text = String::from_utf8(parse(&fx.out[..n.len]).payload.to_vec()).unwrap();
+    assert!(text.starts_with("devices known: 1"), "{text}");
+    assert!(!n.last);
+}
+
 #[test]
 fn local_sources_are_loopback_and_link_local() {
     let v4 = |a, b, c, d| {

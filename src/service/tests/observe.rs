@@ -73,6 +73,10 @@ fn observed_lookup_without_update_is_an_empty_2_05_then_the_new_id() {
     // clock's Observe value.
     fx.svc.replace_catalog(catalog_plus(&[(MOTE_NEWER, 300)]));
     let (bytes, n) = one_notification(&mut fx, T0 + 3);
+    assert!(
+        !n.of_status,
+        "a lookup's notification needs no status right"
+    );
     let msg = parse(&bytes);
     assert_eq!(msg.mtype, MessageType::NonConfirmable);
     assert_eq!(msg.class(), MessageClass::Response(ResponseType::Content));
