@@ -164,6 +164,8 @@ impl Journal {
         fs::create_dir_all(dir)?;
         let path = dir.join(JOURNAL_NAME);
         let mut replay = Replay::default();
+        // Whether the file ends inside a line (a crash tore the last one).
+        let mut torn = false;
         if let Ok(file) = File::open(&path) {
             let mut reader = BufReader::new(file);
             let mut line = Vec::new();
@@ -181,16 +183,22 @@ impl Journal {
                     Some(record) => replay.records.push(record),
                     None => {
                         replay.skipped += 1;
-                        // The rest of an over-long line.
+                        // The rest of an over-long line, skipped in place:
+                        // a corrupt file without newlines must not be read
+                        // into memory whole.
                         if !line.ends_with(b"\n") {
-                            let mut rest = Vec::new();
-                            reader.read_until(b'\n', &mut rest)?;
+                            torn = !skip_line(&mut reader)?;
                         }
                     }
                 }
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if torn {
+            // End the torn line, or the first record appended after it
+            // would join it and be skipped at the next replay.
+            file.write_all(b"\n")?;
+        }
         let len = file.metadata()?.len();
         Ok((
             Journal {
@@ -249,6 +257,28 @@ impl Journal {
         self.len = self.file.metadata()?.len();
         self.compact_at = COMPACT_AT.max(self.len.saturating_mul(2));
         Ok(())
+    }
+}
+
+/// Skips what is left of a line, its newline included, without keeping
+/// it; false when the file ends before a newline.
+fn skip_line(reader: &mut impl BufRead) -> io::Result<bool> {
+    // Bounded: each turn consumes at least one byte or ends.
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(true);
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
     }
 }
 
@@ -321,5 +351,36 @@ mod tests {
         let (_, replay) = Journal::open(dir.path()).unwrap();
         assert_eq!(replay.records, vec![Record::Device(name, d)]);
         assert_eq!(replay.skipped, 0);
+    }
+
+    #[test]
+    fn a_record_appended_after_a_torn_line_is_replayed() {
+        let name = DeviceName::parse(b"d1").unwrap();
+        let d = Device {
+            state: State::Failed,
+            ..Device::default()
+        };
+        // A line torn by a crash: short, and an over-long one without
+        // any newline (a tail of garbage), each the file's end.
+        for tail in [b"D d2 upd".to_vec(), vec![b'x'; 100_000]] {
+            let dir = crate::testkit::TempDir::new("journal-torn");
+            let path = dir.path().join(JOURNAL_NAME);
+            let mut text = Record::Device(name, Device::default()).line().into_bytes();
+            text.push(b'\n');
+            text.extend_from_slice(&tail);
+            fs::write(&path, &text).unwrap();
+            let (mut j, replay) = Journal::open(dir.path()).unwrap();
+            assert_eq!((replay.records.len(), replay.skipped), (1, 1));
+            j.append(&Record::Device(name, d)).unwrap();
+            drop(j);
+            let (_, replay) = Journal::open(dir.path()).unwrap();
+            assert_eq!(
+                replay.records.last(),
+                Some(&Record::Device(name, d)),
+                "the record after a torn line of {} bytes",
+                tail.len()
+            );
+            assert_eq!(replay.skipped, 1);
+        }
     }
 }
