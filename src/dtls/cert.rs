@@ -193,17 +193,24 @@ impl TrustAnchors {
             let cert = Certificate::from_der(der)
                 .map_err(|e| format!("certificate {number} does not parse: {e}"))?;
             let tbs = cert.tbs_certificate();
-            if let Ok(Some((_, bc))) = tbs.get_extension::<BasicConstraints>() {
-                if !bc.ca {
-                    return Err(format!("certificate {number} is not a CA certificate"));
-                }
+            // A version 3 certificate without basicConstraints cA is not
+            // a CA's (RFC 5280 §4.2.1.9: its key MUST NOT verify
+            // certificate signatures), whatever file it sits in; a
+            // version 1 root has no extensions to say so.
+            match tbs.get_extension::<BasicConstraints>() {
+                Ok(Some((_, bc))) if bc.ca => {}
+                Ok(None) if tbs.version() == x509_cert::Version::V1 => {}
+                Ok(_) => return Err(format!("certificate {number} is not a CA certificate")),
+                Err(e) => return Err(format!("certificate {number}: basic constraints: {e}")),
             }
-            if let Ok(Some((_, ku))) = tbs.get_extension::<KeyUsage>() {
-                if !ku.key_cert_sign() {
+            match tbs.get_extension::<KeyUsage>() {
+                Ok(Some((_, ku))) if !ku.key_cert_sign() => {
                     return Err(format!(
                         "certificate {number} may not sign certificates (key usage)"
                     ));
                 }
+                Ok(_) => {}
+                Err(e) => return Err(format!("certificate {number}: key usage: {e}")),
             }
             let key =
                 p256_key(&cert).ok_or(format!("certificate {number}'s key is not ECDSA P-256"))?;
