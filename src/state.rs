@@ -15,7 +15,11 @@
 //! one line per device and rollout the fleet holds (a new file renamed over
 //! the old one), so the directory never holds more than the bound plus one
 //! compacted copy, and the compacted copy is at most one line (about 110
-//! bytes) per device of the table: about 1.1 MB for 10,000 devices.
+//! bytes) per device of the table: about 1.1 MB for 10,000 devices. A
+//! compaction that fails (a directory no longer writable) is tried again
+//! after each further [`COMPACT_AT`]` / 4` bytes, not on every line, and
+//! appends stop at twice the bound: a journal that cannot be compacted
+//! never fills the disk.
 
 use crate::fleet::{Counted, Device, DeviceName, Rollout, State, Target};
 use std::fs::{self, File, OpenOptions};
@@ -142,6 +146,8 @@ pub struct Journal {
     file: File,
     len: u64,
     compact_at: u64,
+    /// Appends stop at this length, until a compaction succeeds.
+    cap: u64,
 }
 
 /// What a replay found.
@@ -206,6 +212,7 @@ impl Journal {
                 file,
                 len,
                 compact_at: COMPACT_AT,
+                cap: COMPACT_AT.max(len).saturating_mul(2),
             },
             replay,
         ))
@@ -216,6 +223,12 @@ impl Journal {
     /// # Errors
     /// As the write.
     pub fn append(&mut self, record: &Record) -> io::Result<()> {
+        if self.len >= self.cap {
+            return Err(io::Error::other(format!(
+                "the journal has reached {} bytes and could not be compacted",
+                self.len
+            )));
+        }
         let mut line = record.line();
         line.push('\n');
         self.file.write_all(line.as_bytes())?;
@@ -243,8 +256,17 @@ impl Journal {
     /// to a new file, synced, renamed over the journal.
     ///
     /// # Errors
-    /// As the writes and the rename; the old journal is then kept.
+    /// As the writes and the rename; the old journal is then kept, and
+    /// compaction is due again after [`COMPACT_AT`]` / 4` more bytes.
     pub fn compact(&mut self, records: impl Iterator<Item = Record>) -> io::Result<()> {
+        let result = self.rewrite(records);
+        if result.is_err() {
+            self.compact_at = self.len.saturating_add(COMPACT_AT / 4);
+        }
+        result
+    }
+
+    fn rewrite(&mut self, records: impl Iterator<Item = Record>) -> io::Result<()> {
         let tmp = self.path.with_extension("journal.tmp");
         let mut out = io::BufWriter::new(File::create(&tmp)?);
         for record in records {
@@ -256,6 +278,7 @@ impl Journal {
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.len = self.file.metadata()?.len();
         self.compact_at = COMPACT_AT.max(self.len.saturating_mul(2));
+        self.cap = self.compact_at.saturating_mul(2);
         Ok(())
     }
 }
@@ -351,6 +374,41 @@ mod tests {
         let (_, replay) = Journal::open(dir.path()).unwrap();
         assert_eq!(replay.records, vec![Record::Device(name, d)]);
         assert_eq!(replay.skipped, 0);
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_compacted_is_retried_sparingly_and_stops_at_its_cap() {
+        let dir = crate::testkit::TempDir::new("journal-stuck");
+        let name = DeviceName::parse(b"d1").unwrap();
+        let record = Record::Device(name, Device::default());
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        // The new file cannot be made: its name is a directory's.
+        fs::create_dir(dir.path().join("fleet.journal.tmp")).unwrap();
+        let line = record.line().len() as u64 + 1;
+        let (mut attempts, mut refused) = (0, 0);
+        // Bounded: the cap is 8 MiB, about 190,000 lines of 45 bytes.
+        for _ in 0..(2 * COMPACT_AT / line + 100) {
+            match j.append(&record) {
+                Ok(()) => {}
+                Err(_) => refused += 1,
+            }
+            if j.needs_compaction() {
+                attempts += 1;
+                assert!(j.compact([record].into_iter()).is_err());
+            }
+        }
+        // Once at the bound, then once per COMPACT_AT / 4 more: at most
+        // five times before the cap, not once per line.
+        assert!((1..=5).contains(&attempts), "{attempts} attempts");
+        assert!(refused >= 50, "{refused} appends refused");
+        assert!(j.len() < 2 * COMPACT_AT + line, "{} bytes", j.len());
+        let on_disk = fs::metadata(dir.path().join(JOURNAL_NAME)).unwrap().len();
+        assert_eq!(on_disk, j.len());
+        // Once it can be compacted, appends go on.
+        fs::remove_dir(dir.path().join("fleet.journal.tmp")).unwrap();
+        j.compact([record].into_iter()).unwrap();
+        j.append(&record).unwrap();
+        assert_eq!(j.len(), 2 * line);
     }
 
     #[test]
