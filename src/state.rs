@@ -148,6 +148,9 @@ pub struct Journal {
     compact_at: u64,
     /// Appends stop at this length, until a compaction succeeds.
     cap: u64,
+    /// Bytes of the lines refused at the cap since the last compaction:
+    /// they count towards the next attempt as written ones do.
+    refused: u64,
 }
 
 /// What a replay found.
@@ -213,6 +216,7 @@ impl Journal {
                 len,
                 compact_at: COMPACT_AT,
                 cap: COMPACT_AT.max(len).saturating_mul(2),
+                refused: 0,
             },
             replay,
         ))
@@ -224,6 +228,8 @@ impl Journal {
     /// As the write.
     pub fn append(&mut self, record: &Record) -> io::Result<()> {
         if self.len >= self.cap {
+            let line = record.line().len() as u64 + 1;
+            self.refused = self.refused.saturating_add(line);
             return Err(io::Error::other(format!(
                 "the journal has reached {} bytes and could not be compacted",
                 self.len
@@ -239,7 +245,7 @@ impl Journal {
     /// Whether the journal has grown past its bound and should be
     /// compacted.
     pub fn needs_compaction(&self) -> bool {
-        self.len >= self.compact_at
+        self.len.saturating_add(self.refused) >= self.compact_at
     }
 
     /// The journal's length in bytes.
@@ -261,7 +267,8 @@ impl Journal {
     pub fn compact(&mut self, records: impl Iterator<Item = Record>) -> io::Result<()> {
         let result = self.rewrite(records);
         if result.is_err() {
-            self.compact_at = self.len.saturating_add(COMPACT_AT / 4);
+            self.compact_at =
+                (self.len.saturating_add(self.refused)).saturating_add(COMPACT_AT / 4);
         }
         result
     }
@@ -279,6 +286,7 @@ impl Journal {
         self.len = self.file.metadata()?.len();
         self.compact_at = COMPACT_AT.max(self.len.saturating_mul(2));
         self.cap = self.compact_at.saturating_mul(2);
+        self.refused = 0;
         Ok(())
     }
 }
@@ -385,22 +393,22 @@ mod tests {
         // The new file cannot be made: its name is a directory's.
         fs::create_dir(dir.path().join("fleet.journal.tmp")).unwrap();
         let line = record.line().len() as u64 + 1;
-        let (mut attempts, mut refused) = (0, 0);
-        // Bounded: the cap is 8 MiB, about 190,000 lines of 45 bytes.
-        for _ in 0..(2 * COMPACT_AT / line + 100) {
-            match j.append(&record) {
-                Ok(()) => {}
-                Err(_) => refused += 1,
-            }
+        let (mut attempts, mut refused, mut attempts_at_cap) = (0, 0, 0);
+        // Bounded: 3 MiB past the 8 MiB cap, about 260,000 lines.
+        for _ in 0..((2 * COMPACT_AT + 3 * COMPACT_AT / 4) / line) {
+            let at_cap = j.append(&record).is_err();
+            refused += usize::from(at_cap);
             if j.needs_compaction() {
                 attempts += 1;
+                attempts_at_cap += usize::from(at_cap);
                 assert!(j.compact([record].into_iter()).is_err());
             }
         }
-        // Once at the bound, then once per COMPACT_AT / 4 more: at most
-        // five times before the cap, not once per line.
-        assert!((1..=5).contains(&attempts), "{attempts} attempts");
-        assert!(refused >= 50, "{refused} appends refused");
+        // At the bound, then once per COMPACT_AT / 4 more lines, written
+        // or refused: seven times in all, not once per line.
+        assert!((5..=9).contains(&attempts), "{attempts} attempts");
+        assert!(attempts_at_cap >= 1, "never tried again at the cap");
+        assert!(refused > 10_000, "{refused} appends refused");
         assert!(j.len() < 2 * COMPACT_AT + line, "{} bytes", j.len());
         let on_disk = fs::metadata(dir.path().join(JOURNAL_NAME)).unwrap().len();
         assert_eq!(on_disk, j.len());
@@ -409,6 +417,7 @@ mod tests {
         j.compact([record].into_iter()).unwrap();
         j.append(&record).unwrap();
         assert_eq!(j.len(), 2 * line);
+        assert!(!j.needs_compaction());
     }
 
     #[test]
