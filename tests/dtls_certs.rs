@@ -11,9 +11,8 @@
 //! hellos each their mode; our client in both modes; SIGHUP rereads the
 //! names file and the raw key list; the certificate check itself
 //! refuses each kind of certificate that is not a fleet client's. The
-//! PKI is made
-//! at test time with `openssl` (tests/support/pki.rs), and the server
-//! serves its PSK file on the same socket.
+//! PKI is made at test time with `openssl` (tests/support/pki.rs), and
+//! the server serves its PSK file on the same socket.
 #![cfg(feature = "dtls")]
 
 mod support;
