@@ -15,7 +15,11 @@
 //! one line per device and rollout the fleet holds (a new file renamed over
 //! the old one), so the directory never holds more than the bound plus one
 //! compacted copy, and the compacted copy is at most one line (about 110
-//! bytes) per device of the table: about 1.1 MB for 10,000 devices.
+//! bytes) per device of the table: about 1.1 MB for 10,000 devices. A
+//! compaction that fails (a directory no longer writable) is tried again
+//! after each further [`COMPACT_AT`]` / 4` bytes, not on every line, and
+//! appends stop at twice the bound: a journal that cannot be compacted
+//! never fills the disk.
 
 use crate::fleet::{Counted, Device, DeviceName, Rollout, State, Target};
 use std::fs::{self, File, OpenOptions};
@@ -142,6 +146,11 @@ pub struct Journal {
     file: File,
     len: u64,
     compact_at: u64,
+    /// Appends stop at this length, until a compaction succeeds.
+    cap: u64,
+    /// Bytes of the lines refused at the cap since the last compaction:
+    /// they count towards the next attempt as written ones do.
+    refused: u64,
 }
 
 /// What a replay found.
@@ -164,6 +173,8 @@ impl Journal {
         fs::create_dir_all(dir)?;
         let path = dir.join(JOURNAL_NAME);
         let mut replay = Replay::default();
+        // Whether the file ends inside a line (a crash tore the last one).
+        let mut torn = false;
         if let Ok(file) = File::open(&path) {
             let mut reader = BufReader::new(file);
             let mut line = Vec::new();
@@ -181,16 +192,22 @@ impl Journal {
                     Some(record) => replay.records.push(record),
                     None => {
                         replay.skipped += 1;
-                        // The rest of an over-long line.
+                        // The rest of an over-long line, skipped in place:
+                        // a corrupt file without newlines must not be read
+                        // into memory whole.
                         if !line.ends_with(b"\n") {
-                            let mut rest = Vec::new();
-                            reader.read_until(b'\n', &mut rest)?;
+                            torn = !skip_line(&mut reader)?;
                         }
                     }
                 }
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        if torn {
+            // End the torn line, or the first record appended after it
+            // would join it and be skipped at the next replay.
+            file.write_all(b"\n")?;
+        }
         let len = file.metadata()?.len();
         Ok((
             Journal {
@@ -198,6 +215,8 @@ impl Journal {
                 file,
                 len,
                 compact_at: COMPACT_AT,
+                cap: COMPACT_AT.max(len).saturating_mul(2),
+                refused: 0,
             },
             replay,
         ))
@@ -208,6 +227,14 @@ impl Journal {
     /// # Errors
     /// As the write.
     pub fn append(&mut self, record: &Record) -> io::Result<()> {
+        if self.len >= self.cap {
+            let line = record.line().len() as u64 + 1;
+            self.refused = self.refused.saturating_add(line);
+            return Err(io::Error::other(format!(
+                "the journal has reached {} bytes and could not be compacted",
+                self.len
+            )));
+        }
         let mut line = record.line();
         line.push('\n');
         self.file.write_all(line.as_bytes())?;
@@ -218,7 +245,7 @@ impl Journal {
     /// Whether the journal has grown past its bound and should be
     /// compacted.
     pub fn needs_compaction(&self) -> bool {
-        self.len >= self.compact_at
+        self.len.saturating_add(self.refused) >= self.compact_at
     }
 
     /// The journal's length in bytes.
@@ -235,8 +262,18 @@ impl Journal {
     /// to a new file, synced, renamed over the journal.
     ///
     /// # Errors
-    /// As the writes and the rename; the old journal is then kept.
+    /// As the writes and the rename; the old journal is then kept, and
+    /// compaction is due again after [`COMPACT_AT`]` / 4` more bytes.
     pub fn compact(&mut self, records: impl Iterator<Item = Record>) -> io::Result<()> {
+        let result = self.rewrite(records);
+        if result.is_err() {
+            self.compact_at =
+                (self.len.saturating_add(self.refused)).saturating_add(COMPACT_AT / 4);
+        }
+        result
+    }
+
+    fn rewrite(&mut self, records: impl Iterator<Item = Record>) -> io::Result<()> {
         let tmp = self.path.with_extension("journal.tmp");
         let mut out = io::BufWriter::new(File::create(&tmp)?);
         for record in records {
@@ -248,7 +285,31 @@ impl Journal {
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.len = self.file.metadata()?.len();
         self.compact_at = COMPACT_AT.max(self.len.saturating_mul(2));
+        self.cap = self.compact_at.saturating_mul(2);
+        self.refused = 0;
         Ok(())
+    }
+}
+
+/// Skips what is left of a line, its newline included, without keeping
+/// it; false when the file ends before a newline.
+fn skip_line(reader: &mut impl BufRead) -> io::Result<bool> {
+    // Bounded: each turn consumes at least one byte or ends.
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(true);
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
     }
 }
 
@@ -321,5 +382,72 @@ mod tests {
         let (_, replay) = Journal::open(dir.path()).unwrap();
         assert_eq!(replay.records, vec![Record::Device(name, d)]);
         assert_eq!(replay.skipped, 0);
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_compacted_is_retried_sparingly_and_stops_at_its_cap() {
+        let dir = crate::testkit::TempDir::new("journal-stuck");
+        let name = DeviceName::parse(b"d1").unwrap();
+        let record = Record::Device(name, Device::default());
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        // The new file cannot be made: its name is a directory's.
+        fs::create_dir(dir.path().join("fleet.journal.tmp")).unwrap();
+        let line = record.line().len() as u64 + 1;
+        let (mut attempts, mut refused, mut attempts_at_cap) = (0, 0, 0);
+        // Bounded: 3 MiB past the 8 MiB cap, about 260,000 lines.
+        for _ in 0..((2 * COMPACT_AT + 3 * COMPACT_AT / 4) / line) {
+            let at_cap = j.append(&record).is_err();
+            refused += usize::from(at_cap);
+            if j.needs_compaction() {
+                attempts += 1;
+                attempts_at_cap += usize::from(at_cap);
+                assert!(j.compact([record].into_iter()).is_err());
+            }
+        }
+        // At the bound, then once per COMPACT_AT / 4 more lines, written
+        // or refused: seven times in all, not once per line.
+        assert!((5..=9).contains(&attempts), "{attempts} attempts");
+        assert!(attempts_at_cap >= 1, "never tried again at the cap");
+        assert!(refused > 10_000, "{refused} appends refused");
+        assert!(j.len() < 2 * COMPACT_AT + line, "{} bytes", j.len());
+        let on_disk = fs::metadata(dir.path().join(JOURNAL_NAME)).unwrap().len();
+        assert_eq!(on_disk, j.len());
+        // Once it can be compacted, appends go on.
+        fs::remove_dir(dir.path().join("fleet.journal.tmp")).unwrap();
+        j.compact([record].into_iter()).unwrap();
+        j.append(&record).unwrap();
+        assert_eq!(j.len(), 2 * line);
+        assert!(!j.needs_compaction());
+    }
+
+    #[test]
+    fn a_record_appended_after_a_torn_line_is_replayed() {
+        let name = DeviceName::parse(b"d1").unwrap();
+        let d = Device {
+            state: State::Failed,
+            ..Device::default()
+        };
+        // A line torn by a crash: short, and an over-long one without
+        // any newline (a tail of garbage), each the file's end.
+        for tail in [b"D d2 upd".to_vec(), vec![b'x'; 100_000]] {
+            let dir = crate::testkit::TempDir::new("journal-torn");
+            let path = dir.path().join(JOURNAL_NAME);
+            let mut text = Record::Device(name, Device::default()).line().into_bytes();
+            text.push(b'\n');
+            text.extend_from_slice(&tail);
+            fs::write(&path, &text).unwrap();
+            let (mut j, replay) = Journal::open(dir.path()).unwrap();
+            assert_eq!((replay.records.len(), replay.skipped), (1, 1));
+            j.append(&Record::Device(name, d)).unwrap();
+            drop(j);
+            let (_, replay) = Journal::open(dir.path()).unwrap();
+            assert_eq!(
+                replay.records.last(),
+                Some(&Record::Device(name, d)),
+                "the record after a torn line of {} bytes",
+                tail.len()
+            );
+            assert_eq!(replay.skipped, 1);
+        }
     }
 }

@@ -9,9 +9,10 @@
 //! keys (`coap-client-gnutls -M`) on the list download byte for byte and
 //! others are refused; one socket gives PSK, certificate and raw key
 //! hellos each their mode; our client in both modes; SIGHUP rereads the
-//! names file and the raw key list. The PKI is made
-//! at test time with `openssl` (tests/support/pki.rs), and the server
-//! serves its PSK file on the same socket.
+//! names file and the raw key list; the certificate check itself
+//! refuses each kind of certificate that is not a fleet client's. The
+//! PKI is made at test time with `openssl` (tests/support/pki.rs), and
+//! the server serves its PSK file on the same socket.
 #![cfg(feature = "dtls")]
 
 mod support;
@@ -593,4 +594,122 @@ fn sighup_rereads_the_names_file_and_the_raw_key_list() {
     assert!(text(&output).contains("Alert '49'"), "{}", text(&output));
     let (body, output) = download_raw(&pki, "ops-rpk", 1024, &other_uri, &out);
     assert!(body == other.bytes, "ops-rpk: {}", text(&output));
+}
+
+/// The check of a client's certificate itself, on certificates `openssl`
+/// makes: a certificate of the fleet's CA within its dates, made for a
+/// client, is accepted under the first of its names the names file holds
+/// (CN, then subjectAltName); one not yet valid or expired, made for a
+/// server, without digitalSignature, a CA's, with an unknown critical
+/// extension, from another CA with the same name, or signed by a device
+/// certificate is refused, each with its reason. A `--ca` file of a
+/// device certificate, or of a version 3 certificate without
+/// basicConstraints, is refused at load.
+#[test]
+fn the_certificate_check_refuses_what_is_not_a_fleet_client_certificate() {
+    use iot_ota::dtls::{CertificateAuth, CertifiedKey, DeviceNames, Refusal, TrustAnchors};
+    let Some(pki) = Pki::new("cert-check") else {
+        return;
+    };
+    pki.ca("ca", "Fleet CA");
+    pki.issue("ca", "server", "ota.test", "server", None);
+    pki.issue("ca", "dev1", "dev1", "client", None);
+    let issue = |name: &str, kind: &str| pki.issue("ca", name, "dev1", kind, None);
+    issue("keyenc", "key_encipherment");
+    issue("cadev", "ca_client");
+    issue("critical", "unknown_critical");
+    issue("server-as-client", "server");
+    pki.issue("ca", "alias", "stranger", "alias_ops", None);
+    let dates = |start, end| Some((start, end));
+    let future = dates("20990101000000Z", "21000101000000Z");
+    pki.issue("ca", "future", "dev1", "client", future);
+    let past = dates("20200101000000Z", "20210101000000Z");
+    pki.issue("ca", "expired", "dev1", "client", past);
+    pki.ca("other", "Fleet CA");
+    pki.issue("other", "rogue", "dev1", "client", None);
+    // dev1's key signs a certificate of its own making for ops.
+    pki.database("dev1");
+    pki.issue("dev1", "minted", "ops", "client", None);
+
+    let read = |name: &str| std::fs::read_to_string(pki.pem(name)).expect("pem");
+    let der = |name: &str| {
+        let out = format!("{name}.der");
+        pki.openssl(&[
+            "x509",
+            "-in",
+            &pki.pem(name),
+            "-outform",
+            "DER",
+            "-out",
+            &out,
+        ]);
+        std::fs::read(pki.path(&out)).expect("der")
+    };
+    let key = std::fs::read_to_string(pki.key("server")).expect("key");
+    let server = CertifiedKey::from_pem(&read("server"), &key).unwrap();
+    let anchors = TrustAnchors::from_pem(&read("ca")).expect("the fleet CA");
+    let names = DeviceNames::parse("dev1:DEV\nops\n").unwrap();
+    let auth = CertificateAuth::new(server, anchors, Some(names));
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    let (name, pids) = auth
+        .check(&der("dev1"), now_s)
+        .expect("dev1 is the fleet's");
+    assert_eq!(name, b"dev1");
+    assert!(pids.allows(b"DEV") && !pids.allows(b"OTHER"));
+    let (name, pids) = auth
+        .check(&der("alias"), now_s)
+        .expect("alias is the fleet's");
+    assert_eq!(
+        name, b"ops",
+        "CN stranger is not in the names file, its SAN ops is"
+    );
+    assert!(pids.allows(b"OTHER"));
+    for (cert, refusal) in [
+        ("future", Refusal::Expired),
+        ("expired", Refusal::Expired),
+        ("server-as-client", Refusal::Unsupported),
+        ("keyenc", Refusal::Unsupported),
+        ("cadev", Refusal::Unsupported),
+        ("critical", Refusal::Unsupported),
+        ("rogue", Refusal::UnknownCa),
+        ("minted", Refusal::UnknownCa),
+    ] {
+        assert_eq!(auth.check(&der(cert), now_s), Err(refusal), "{cert}");
+    }
+    // A day after dev1's end it is refused too.
+    assert_eq!(
+        auth.check(&der("dev1"), now_s + 367 * 86_400),
+        Err(Refusal::Expired)
+    );
+
+    let refused = TrustAnchors::from_pem(&read("dev1")).unwrap_err();
+    assert!(refused.contains("not a CA certificate"), "{refused}");
+    // A self-signed version 3 certificate without basicConstraints.
+    pki.new_key("nobc");
+    pki.dir.write(
+        "nobc.cnf",
+        b"[req]\ndistinguished_name = dn\nx509_extensions = ext\n[dn]\n\
+          [ext]\nsubjectKeyIdentifier = hash\n",
+    );
+    pki.openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "nobc.key",
+        "-subj",
+        "/CN=No BC",
+        "-config",
+        "nobc.cnf",
+        "-days",
+        "30",
+        "-out",
+        "nobc.pem",
+    ]);
+    let refused = TrustAnchors::from_pem(&read("nobc")).unwrap_err();
+    assert!(refused.contains("not a CA certificate"), "{refused}");
 }

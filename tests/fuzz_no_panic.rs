@@ -12,12 +12,16 @@
 //! image carries exactly the image bytes at the position its Block2 option
 //! names. Each service has a twin that gets every datagram through the
 //! fast path first (`Service::handle_block`, then `Service::handle` when it
-//! declines): the twins' answers and notifications must be byte for byte
-//! the same.
+//! declines, and `Service::note_block` after a last block, as the server
+//! does): the twins' answers and notifications must be byte for byte the
+//! same, `/status` (asked from loopback) included, so their fleets too.
+//! Reports in both forms and `/status` in each format are among the seeds.
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use iot_ota::catalog::Catalog;
-use iot_ota::service::{Action, Limits, Outcome, Peer, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN};
+use iot_ota::service::{
+    Action, BlockSent, Limits, Outcome, Peer, Service, MAX_REPLY_LEN, MAX_REQUEST_LEN,
+};
 use iot_ota::wire::{Block, Emitter, Message, ParseError};
 use std::time::Instant;
 use support::{block2_value as block, device_payload_bytes as device};
@@ -93,6 +97,8 @@ fn seeds(ids: &[String]) -> Vec<Vec<u8>> {
     const PATH: u16 = 11;
     const QUERY: u16 = 15;
     const BLOCK2: u16 = 23;
+    const CONTENT_FORMAT: u16 = 12;
+    const ACCEPT: u16 = 17;
     let updates: &[u8] = b"updates";
     let mut seeds = Vec::new();
     let tok: &[u8] = &[0xA1, 0xB2, 0xC3];
@@ -208,6 +214,44 @@ fn seeds(ids: &[String]) -> Vec<Vec<u8>> {
             &payload,
         ));
     }
+    // The fleet's routes: reports in both forms, /status in each format.
+    let report: [(u16, &[u8]); 2] = [(PATH, updates), (PATH, b"report")];
+    for q in [
+        &[&b"ep=d1"[..], b"state=1"][..],
+        &[
+            b"ep=d1",
+            b"pid=MOTE",
+            b"type=APP",
+            b"target=1.1.31",
+            b"result=1",
+        ],
+        &[b"result=8", b"version=1.0.0"],
+    ] {
+        let mut options = report.to_vec();
+        options.extend(q.iter().map(|v| (QUERY, *v)));
+        seeds.push(request(0, 2, 17, tok, &options, &[]));
+    }
+    for payload in cbor_reports() {
+        let mut options = report.to_vec();
+        options.push((CONTENT_FORMAT, &[60]));
+        seeds.push(request(0, 2, 18, tok, &options, &payload));
+    }
+    for accept in [&[][..], &[50], &[60], &[41]] {
+        for q in [None, Some(&b"ep=d1"[..]), Some(b"ep=nobody")] {
+            let mut options = vec![(PATH, &b"status"[..]), (ACCEPT, accept)];
+            options.extend(q.map(|q| (QUERY, q)));
+            seeds.push(request(0, 1, 19, tok, &options, &[]));
+        }
+    }
+    let b = block(1, 0);
+    seeds.push(request(
+        0,
+        1,
+        20,
+        tok,
+        &[(PATH, b"status"), (BLOCK2, &b)],
+        &[],
+    ));
     for mid in [0u16, 1, 0x1234] {
         let [hi, lo] = mid.to_be_bytes();
         seeds.push(vec![0x70, 0x00, hi, lo]); // RST
@@ -245,6 +289,30 @@ fn seeds(ids: &[String]) -> Vec<Vec<u8>> {
         &[],
     ));
     seeds
+}
+
+/// Valid CBOR reports (RFC 8949 by hand): short and long keys, numbers
+/// as integers and text, versions as text and integers.
+fn cbor_reports() -> Vec<Vec<u8>> {
+    vec![
+        // {"e": "d1", "s": 2, "r": 0, "t": "1.0.2"}
+        vec![
+            0xa4, 0x61, b'e', 0x62, b'd', b'1', 0x61, b's', 0x02, 0x61, b'r', 0x00, 0x61, b't',
+            0x65, b'1', b'.', b'0', b'.', b'2',
+        ],
+        // {"ep": "d2", "pid": "MOTE", "type": "APP", "target": 0x0101001f, "result": 8}
+        vec![
+            0xa5, 0x62, b'e', b'p', 0x62, b'd', b'2', 0x63, b'p', b'i', b'd', 0x64, b'M', b'O',
+            b'T', b'E', 0x64, b't', b'y', b'p', b'e', 0x63, b'A', b'P', b'P', 0x66, b't', b'a',
+            b'r', b'g', b'e', b't', 0x1a, 0x01, 0x01, 0x00, 0x1f, 0x66, b'r', b'e', b's', b'u',
+            b'l', b't', 0x08,
+        ],
+        // {"state": "3", "v": h'312e302e30'}
+        vec![
+            0xa2, 0x65, b's', b't', b'a', b't', b'e', 0x61, b'3', 0x61, b'v', 0x45, b'1', b'.',
+            b'0', b'.', b'0',
+        ],
+    ]
 }
 
 fn mutate(rng: &mut Rng, input: &mut Vec<u8>, seeds: &[Vec<u8>]) {
@@ -500,25 +568,17 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
             mutate(&mut rng, &mut input, &seeds);
         }
         now += rng.below(1500) as u64;
+        // One peer in seven is on loopback, to which /status answers.
+        let host = rng.below(7) as u8;
+        let net = if host == 6 {
+            [127, 0, 0, 1]
+        } else {
+            [10, 0, 0, host]
+        };
+        let mut ip = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+        ip[12..].copy_from_slice(&net);
         let peer = Peer {
-            ip: [
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0xff,
-                0xff,
-                10,
-                0,
-                0,
-                rng.below(6) as u8,
-            ],
+            ip,
             port: 5683 + rng.below(2) as u16,
             scope: 0,
         };
@@ -546,7 +606,20 @@ fn malformed_and_mutated_datagrams_never_panic_and_replies_are_well_formed() {
             let twin_answer = match twin.handle_block(peer, now, &input, &mut twin_out) {
                 Some(action) => {
                     fast_answers += 1;
-                    answer(action, &twin_out)
+                    // The fleet hears of the fast path's last block from
+                    // its caller, as the server tells it.
+                    let last = match &action {
+                        Action::Reply {
+                            outcome: Outcome::Block(t),
+                            ..
+                        } => Some(BlockSent::of(t)).filter(|sent| sent.last),
+                        _ => None,
+                    };
+                    let answer = answer(action, &twin_out);
+                    if let Some(sent) = last {
+                        twin.note_block(peer, sent, now);
+                    }
+                    answer
                 }
                 None => answer(twin.handle(peer, now, &input, &mut twin_out), &twin_out),
             };
@@ -675,4 +748,313 @@ fn every_truncation_of_every_seed_is_handled() {
         svc.handle(peer, 2, &request, &mut small),
         Action::Drop(iot_ota::service::Dropped::Overflow)
     ));
+}
+
+/// A CBOR head of major type `major` with argument `n`, shortest form.
+fn cbor_head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend([m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend((n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend((n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend(n.to_be_bytes());
+        }
+    }
+}
+
+/// A payload that is mostly a report map: the report's keys, long and
+/// short, with numbers, text and byte strings good and bad, items a
+/// report cannot hold, and entry counts and bytes that lie.
+fn random_cbor(rng: &mut Rng) -> Vec<u8> {
+    const KEYS: [&[u8]; 15] = [
+        b"e", b"ep", b"s", b"state", b"r", b"result", b"v", b"version", b"t", b"target", b"p",
+        b"pid", b"y", b"type", b"x",
+    ];
+    const TEXTS: [&[u8]; 14] = [
+        b"d1",
+        b"d2",
+        b"MOTE",
+        b"APP",
+        b"1.0.0",
+        b"1.1.31",
+        b"0",
+        b"1",
+        b"3",
+        b"8",
+        b"12",
+        b"",
+        b"a/b",
+        b"\xff\xfe",
+    ];
+    const NUMBERS: [u64; 9] = [0, 1, 2, 3, 8, 11, 24, 0x0101_001f, u64::MAX];
+    const ODD: [&[u8]; 9] = [
+        &[0xa0],
+        &[0x80],
+        &[0x20],
+        &[0xf5],
+        &[0xf6],
+        &[0xf9, 0, 0],
+        &[0xc0, 0x01],
+        &[0x5f, 0xff],
+        &[0x7b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+    ];
+    let mut out = Vec::new();
+    let entries = if rng.chance(5) {
+        17 + rng.below(100) as u64
+    } else {
+        rng.below(8) as u64
+    };
+    cbor_head(&mut out, if rng.chance(5) { 4 } else { 5 }, entries);
+    for i in 0..entries.min(20) * 2 {
+        match rng.below(12) {
+            0..=5 if i % 2 == 0 => {
+                let key = KEYS[rng.below(KEYS.len())];
+                cbor_head(&mut out, 3, key.len() as u64);
+                out.extend_from_slice(key);
+            }
+            0..=3 => {
+                let text = TEXTS[rng.below(TEXTS.len())];
+                cbor_head(&mut out, 3, text.len() as u64);
+                out.extend_from_slice(text);
+            }
+            4..=7 => cbor_head(&mut out, 0, NUMBERS[rng.below(NUMBERS.len())]),
+            8 => {
+                let text = TEXTS[rng.below(TEXTS.len())];
+                cbor_head(&mut out, 2, text.len() as u64);
+                out.extend_from_slice(text);
+            }
+            9 => cbor_head(&mut out, 0, rng.next()),
+            10 => out.extend_from_slice(ODD[rng.below(ODD.len())]),
+            _ => out.push(rng.byte()),
+        }
+    }
+    if rng.chance(10) && !out.is_empty() {
+        let at = rng.below(out.len());
+        out[at] ^= 1 << rng.below(8);
+    }
+    if rng.chance(10) {
+        out.truncate(rng.below(out.len() + 1));
+    }
+    if rng.chance(5) {
+        out.push(rng.byte());
+    }
+    out
+}
+
+/// A Uri-Query of up to four pairs of the report's and /status' keys
+/// with values good and bad.
+fn random_query(rng: &mut Rng) -> Vec<Vec<u8>> {
+    const KEYS: [&str; 10] = [
+        "ep", "pid", "type", "version", "target", "state", "result", "delta", "x", "",
+    ];
+    const VALUES: [&str; 16] = [
+        "d1",
+        "d2",
+        "MOTE",
+        "APP",
+        "7",
+        "1.0.0",
+        "1.1.31",
+        "0",
+        "1",
+        "3",
+        "4",
+        "8",
+        "12",
+        "",
+        "a/b",
+        "0x01010001f",
+    ];
+    (0..rng.below(5))
+        .map(|_| {
+            let mut pair = KEYS[rng.below(KEYS.len())].as_bytes().to_vec();
+            if !rng.chance(5) {
+                pair.push(b'=');
+            }
+            pair.extend_from_slice(VALUES[rng.below(VALUES.len())].as_bytes());
+            if rng.chance(3) {
+                pair.push(rng.byte());
+            }
+            pair
+        })
+        .collect()
+}
+
+/// A CoAP uint option value: big-endian, no leading zero bytes.
+fn uint_option(value: u16) -> Vec<u8> {
+    let bytes = value.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    bytes[skip..].to_vec()
+}
+
+/// Every device the service's fleet knows, by name.
+fn fleet_of(svc: &Service) -> Vec<(String, iot_ota::fleet::Device)> {
+    let mut devices: Vec<_> = svc
+        .fleet()
+        .devices()
+        .map(|(name, d)| (name.to_string(), *d))
+        .collect();
+    devices.sort_by(|a, b| a.0.cmp(&b.0));
+    devices
+}
+
+/// Random report payloads (mostly CBOR maps, true and lying) with every
+/// Content-Format, and random queries, on `POST /updates/report`; random
+/// queries and Accept values on `GET /status`, from loopback. A report
+/// the decoder refuses is 4.00 with the decoder's diagnostic and changes
+/// no device; a payload without Content-Format is 4.00, another format
+/// than CBOR with one 4.15, and neither changes anything; a report the
+/// decoder takes is 2.04 (or 4.00 for a target no image has, changing
+/// nothing). `/status` is 2.05 in the format asked for, or 4.00, 4.04 or
+/// 4.06 with a diagnostic, and never changes the fleet.
+#[test]
+fn reports_and_status_answer_random_payloads_and_queries_as_documented() {
+    use iot_ota::fleet::report::Report;
+    const ROUNDS: usize = 40_000;
+    const PATH: u16 = 11;
+    const CONTENT_FORMAT: u16 = 12;
+    const QUERY: u16 = 15;
+    const ACCEPT: u16 = 17;
+    let started = Instant::now();
+    let catalog = Catalog::from_files(files()).unwrap().0;
+    let limits = Limits {
+        max_devices: 32,
+        ..Limits::default()
+    };
+    let mut svc = Service::new(catalog, limits, support::TEST_KEYS);
+    let mut rng = Rng(support::XorShift::seeded(0x5EED_CB0E));
+    let mut out = vec![0u8; MAX_REPLY_LEN];
+    let peer = Peer {
+        ip: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1],
+        port: 5683,
+        scope: 0,
+    };
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for n in 0..ROUNDS {
+        let now = 1_000_000 + n as u64 * 7;
+        let before = fleet_of(&svc);
+        let query = random_query(&mut rng);
+        let mut options: Vec<(u16, Vec<u8>)> = query.iter().map(|q| (QUERY, q.clone())).collect();
+        let status = rng.chance(30);
+        let (code, payload, format) = if status {
+            let accept = match rng.below(6) {
+                0 => None,
+                1 => Some(0),
+                2 => Some(50),
+                3 => Some(60),
+                4 => Some(41),
+                _ => Some(rng.next() as u16),
+            };
+            options.push((PATH, b"status".to_vec()));
+            options.extend(accept.map(|a| (ACCEPT, uint_option(a))));
+            (1, Vec::new(), accept)
+        } else {
+            let format = match rng.below(8) {
+                0..=3 => Some(60),
+                4 => Some(0),
+                5 => None,
+                6 => Some(50),
+                _ => Some(rng.next() as u16),
+            };
+            let payload = match (format, rng.below(4)) {
+                (Some(60), _) | (_, 0) => random_cbor(&mut rng),
+                _ => Vec::new(),
+            };
+            options.push((PATH, b"updates".to_vec()));
+            options.push((PATH, b"report".to_vec()));
+            options.extend(format.map(|f| (CONTENT_FORMAT, uint_option(f))));
+            (2, payload, format)
+        };
+        let refs: Vec<(u16, &[u8])> = options.iter().map(|(n, v)| (*n, &v[..])).collect();
+        let datagram = request(0, code, n as u16, &[7], &refs, &payload);
+        let Action::Reply { len, outcome } = svc.handle(peer, now, &datagram, &mut out) else {
+            panic!("no reply to {datagram:02x?}");
+        };
+        check_reply(&datagram, &out[..len], &outcome);
+        let reply = Message::parse(&out[..len]).unwrap();
+        let MessageClass::Response(answer) = reply.class() else {
+            panic!("not a response");
+        };
+        let diagnostic = std::str::from_utf8(reply.payload).unwrap_or("");
+        let changed = fleet_of(&svc) != before;
+        let what = if status {
+            assert!(!changed, "/status changed the fleet: {datagram:02x?}");
+            match answer {
+                ResponseType::Content => {
+                    let want = format.filter(|f| *f != 0).unwrap_or(0);
+                    assert_eq!(reply.content_format, Some(want), "{datagram:02x?}");
+                }
+                ResponseType::BadRequest | ResponseType::NotFound => {}
+                ResponseType::NotAcceptable => {
+                    assert!(!matches!(format, None | Some(0 | 50 | 60)))
+                }
+                other => panic!("/status answered {other:?}: {datagram:02x?}"),
+            }
+            format!("status {answer:?}")
+        } else {
+            let queries: Vec<&[u8]> = query.iter().map(|q| &q[..]).collect();
+            let expected = match (format, payload.is_empty()) {
+                (Some(60), _) => Some(Report::from_cbor(&payload).map(|_| ())),
+                (Some(0) | None, true) => Some(Report::from_query(&queries).map(|_| ())),
+                (None, false) => None,
+                (Some(_), _) => {
+                    assert_eq!(answer, ResponseType::UnsupportedContentFormat);
+                    None
+                }
+            };
+            match expected {
+                Some(Err(e)) => {
+                    assert_eq!(answer, ResponseType::BadRequest, "{datagram:02x?}");
+                    assert_eq!(diagnostic, e.to_string(), "{datagram:02x?}");
+                }
+                Some(Ok(())) if answer == ResponseType::BadRequest => {
+                    assert_eq!(
+                        diagnostic, "no image of this pid, type and target version",
+                        "{datagram:02x?}"
+                    );
+                }
+                Some(Ok(())) => assert_eq!(answer, ResponseType::Changed, "{datagram:02x?}"),
+                None if format.is_none() => {
+                    assert_eq!(answer, ResponseType::BadRequest, "{datagram:02x?}");
+                }
+                None => {}
+            }
+            if answer != ResponseType::Changed {
+                assert!(
+                    !changed,
+                    "a refused report changed the fleet: {datagram:02x?}"
+                );
+            }
+            format!("report {answer:?}")
+        };
+        *seen.entry(what).or_default() += 1;
+    }
+    // Every kind of answer was reached, not only the decoder's refusals.
+    for what in [
+        "report Changed",
+        "report BadRequest",
+        "report UnsupportedContentFormat",
+        "status Content",
+        "status BadRequest",
+        "status NotFound",
+        "status NotAcceptable",
+    ] {
+        assert!(
+            seen.get(what).copied().unwrap_or(0) > 20,
+            "{what}: {seen:?}"
+        );
+    }
+    eprintln!(
+        "{ROUNDS} reports and status requests in {:?}: {seen:?}",
+        started.elapsed()
+    );
 }

@@ -193,17 +193,24 @@ impl TrustAnchors {
             let cert = Certificate::from_der(der)
                 .map_err(|e| format!("certificate {number} does not parse: {e}"))?;
             let tbs = cert.tbs_certificate();
-            if let Ok(Some((_, bc))) = tbs.get_extension::<BasicConstraints>() {
-                if !bc.ca {
-                    return Err(format!("certificate {number} is not a CA certificate"));
-                }
+            // A version 3 certificate without basicConstraints cA is not
+            // a CA's (RFC 5280 §4.2.1.9: its key MUST NOT verify
+            // certificate signatures), whatever file it sits in; a
+            // version 1 root has no extensions to say so.
+            match tbs.get_extension::<BasicConstraints>() {
+                Ok(Some((_, bc))) if bc.ca => {}
+                Ok(None) if tbs.version() == x509_cert::Version::V1 => {}
+                Ok(_) => return Err(format!("certificate {number} is not a CA certificate")),
+                Err(e) => return Err(format!("certificate {number}: basic constraints: {e}")),
             }
-            if let Ok(Some((_, ku))) = tbs.get_extension::<KeyUsage>() {
-                if !ku.key_cert_sign() {
+            match tbs.get_extension::<KeyUsage>() {
+                Ok(Some((_, ku))) if !ku.key_cert_sign() => {
                     return Err(format!(
                         "certificate {number} may not sign certificates (key usage)"
                     ));
                 }
+                Ok(_) => {}
+                Err(e) => return Err(format!("certificate {number}: key usage: {e}")),
             }
             let key =
                 p256_key(&cert).ok_or(format!("certificate {number}'s key is not ECDSA P-256"))?;
@@ -579,10 +586,16 @@ pub(super) fn read_file(path: &Path, private: bool) -> Result<String, String> {
         }
     }
     let mut text = String::new();
+    // One byte past the limit tells a file cut short from a whole one: a
+    // names file or a key list cut inside its last line would give a
+    // cut name (a name without PIDs may fetch every product).
     file.by_ref()
-        .take(MAX_PEM_FILE)
+        .take(MAX_PEM_FILE + 1)
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if text.len() as u64 > MAX_PEM_FILE {
+        return Err(format!("{shown} is larger than {MAX_PEM_FILE} bytes"));
+    }
     Ok(text)
 }
 
@@ -703,6 +716,23 @@ mod tests {
             assert_eq!(tbs_bytes(&der[..cut]), None, "cut at {cut}");
         }
         assert_eq!(tbs_bytes(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
+    }
+
+    #[test]
+    fn a_names_file_past_the_limit_is_refused_not_cut() {
+        let dir = crate::testkit::TempDir::new("names-limit");
+        // Cut at the limit, the last line would be the name "dev" alone,
+        // which may fetch every product.
+        let mut text = "#".repeat(MAX_PEM_FILE as usize - 4);
+        text.push_str("\ndev1:DEV\n");
+        let path = dir.path().join("names");
+        std::fs::write(&path, &text).unwrap();
+        let e = DeviceNames::read(&path).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        // At the limit, it is read whole.
+        std::fs::write(&path, &text[text.len() - MAX_PEM_FILE as usize..]).unwrap();
+        let names = DeviceNames::read(&path).expect("at the limit");
+        assert!(names.authorization(b"dev").is_none());
     }
 
     #[test]

@@ -144,10 +144,17 @@ fn read_private(path: &Path) -> Result<String, String> {
         ));
     }
     let mut text = String::new();
+    // One byte past the limit tells a file cut short from a whole one: a
+    // file cut inside its last line would give that identity a cut key.
     file.by_ref()
-        .take(MAX_PSK_FILE)
+        .take(MAX_PSK_FILE + 1)
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot read the PSK file {shown}: {e}"))?;
+    if text.len() as u64 > MAX_PSK_FILE {
+        return Err(format!(
+            "the PSK file {shown} is larger than {MAX_PSK_FILE} bytes"
+        ));
+    }
     Ok(text)
 }
 
@@ -441,6 +448,21 @@ mod tests {
             let e = PskTable::parse(text).expect_err(text);
             assert!(e.starts_with("line 1") && e.contains(says), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_psk_file_past_the_limit_is_refused_not_cut() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::testkit::TempDir::new("psk-limit");
+        // Cut at the limit, the last line would give sensor-9 the key
+        // "se".
+        let mut text = "#".repeat(MAX_PSK_FILE as usize - 12);
+        text.push_str("\nsensor-9:secretkey\n");
+        let path = dir.path().join("psk");
+        std::fs::write(&path, &text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = PskTable::read(&path).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
     }
 
     #[test]

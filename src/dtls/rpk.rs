@@ -210,7 +210,8 @@ pub(super) fn spki_fingerprint(der: &[u8]) -> Option<Fingerprint> {
 /// 64 hex digits, colons between bytes allowed.
 pub(super) fn parse_fingerprint(hex: &str) -> Option<Fingerprint> {
     let digits: Vec<u8> = hex.bytes().filter(|b| *b != b':').collect();
-    if digits.len() != 64 {
+    // Hex digits only: from_str_radix would also take a sign ("+f").
+    if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -321,6 +322,8 @@ mod tests {
                 "line 1",
             ),
             ("a\n", "line 1"),
+            // Signs are not hex digits, though from_str_radix takes them.
+            (&format!("# keys\na sha256:{}\n", "+f".repeat(32)), "line 2"),
         ] {
             let e = RawPublicKeys::parse(text).expect_err(text);
             assert!(e.starts_with(line), "{text:?}: {e}");

@@ -21,6 +21,24 @@ basicConstraints = CA:FALSE
 keyUsage = critical,digitalSignature
 extendedKeyUsage = serverAuth
 subjectAltName = DNS:localhost,IP:127.0.0.1,IP:::1
+[ key_encipherment ]
+basicConstraints = CA:FALSE
+keyUsage = critical,keyEncipherment
+extendedKeyUsage = clientAuth
+[ ca_client ]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,digitalSignature,keyCertSign
+extendedKeyUsage = clientAuth
+[ unknown_critical ]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+1.3.6.1.4.1.55555.1 = critical,DER:05:00
+[ alias_ops ]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+subjectAltName = DNS:ops
 ";
 
 /// A directory of keys and certificates made with `openssl`.
@@ -60,7 +78,8 @@ impl Pki {
             .into_owned()
     }
 
-    fn openssl(&self, args: &[&str]) {
+    /// Runs `openssl` with `args` in the directory; panics when it fails.
+    pub fn openssl(&self, args: &[&str]) {
         let output = Command::new("openssl")
             .args(args)
             .current_dir(self.dir.path())
@@ -113,6 +132,13 @@ impl Pki {
             "-out",
             &format!("{name}.pem"),
         ]);
+        self.database(name);
+    }
+
+    /// The database and configuration with which `openssl ca` issues
+    /// certificates under NAME.pem and NAME.key (a CA's, or any other
+    /// certificate's, to make one a non-CA signed).
+    pub fn database(&self, name: &str) {
         let db = self.path(&format!("{name}-db"));
         std::fs::create_dir_all(&db).expect("ca database");
         std::fs::write(db.join("index.txt"), b"").expect("index");
@@ -127,8 +153,8 @@ impl Pki {
     }
 
     /// A certificate NAME.pem for a new key NAME.key, subject CN=`cn`,
-    /// issued by CA `ca` with the extensions of `kind` ("client" or
-    /// "server"), valid from `start` to `end` (`YYYYMMDDHHMMSSZ`), or
+    /// issued by CA `ca` with the extensions of `kind` (a section of
+    /// EXTENSIONS: "client", "server"...), valid from `start` to `end` (`YYYYMMDDHHMMSSZ`), or
     /// for a year from now without them.
     pub fn issue(&self, ca: &str, name: &str, cn: &str, kind: &str, dates: Option<(&str, &str)>) {
         self.new_key(name);

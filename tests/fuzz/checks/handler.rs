@@ -49,7 +49,8 @@
 //!   `Outcome::Block` must agree.
 //! * The fast path answers as the general one: a second service with the
 //!   same configuration gets the same datagrams through
-//!   `Service::handle_block` first (and `Service::handle` when it declines).
+//!   `Service::handle_block` first (and `Service::handle` when it declines;
+//!   `Service::note_block` after a last block, as the server calls it).
 //!   Whenever the fast path answers, its answer (sent or dropped, the reply's
 //!   bytes, the block's image, OFFSET and Block2) equals the general
 //!   service's; and since every later answer is compared too, a fast path
@@ -59,7 +60,9 @@ use coap_lite::{CoapOption, Packet};
 use iot_ota::catalog::Catalog;
 use iot_ota::hash::SipKey;
 use iot_ota::hash::{body_etag, fnv1a32, fnv1a64};
-use iot_ota::service::{Action, Dropped, Keys, Limits, Outcome, Peer, Service, MAX_REPLY_LEN};
+use iot_ota::service::{
+    Action, BlockSent, Dropped, Keys, Limits, Outcome, Peer, Service, MAX_REPLY_LEN,
+};
 use iot_ota::wire::{self, Block, Message};
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -207,7 +210,20 @@ pub fn check_with(data: &[u8], fault: Fault) -> usize {
         let (answered, fast_answer) = match fast.handle_block(peer, now_ms, request, &mut fast_out)
         {
             Some(action) => {
+                // The fleet hears of the fast path's last block from its
+                // caller, as the server tells it (else the two services'
+                // fleets, and their /status, part).
+                let last = match &action {
+                    Action::Reply {
+                        outcome: Outcome::Block(t),
+                        ..
+                    } => Some(BlockSent::of(t)).filter(|sent| sent.last),
+                    _ => None,
+                };
                 let mut answer = answer(action, &fast_out);
+                if let Some(sent) = last {
+                    fast.note_block(peer, sent, now_ms);
+                }
                 if let (Fault::FlipFastByte, Ok((reply, _))) = (fault, &mut answer) {
                     if let Some(last) = reply.last_mut() {
                         *last ^= 0x01;
