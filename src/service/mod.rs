@@ -888,7 +888,12 @@ pub(crate) fn device_name(
     ep: Option<DeviceName>,
     request: &Request<'_>,
 ) -> DeviceName {
-    ep.or_else(|| request.identity.map(DeviceName::from_identity))
+    // An authenticated name first: over coaps a device cannot look up or
+    // report under another device's name.
+    request
+        .identity
+        .map(DeviceName::from_identity)
+        .or(ep)
         .or_else(|| fleet.name_of(request.peer.ip))
         .unwrap_or_else(|| DeviceName::from_ip(request.peer.ip))
 }

@@ -399,3 +399,25 @@ fn status_is_observable_and_notified_once_per_period_after_a_change() {
     assert!(text.starts_with("devices known: 2"), "{text}");
     assert!(fx.svc.poll_notification(T0 + 1, &mut fx.out).is_none());
 }
+
+#[test]
+fn over_coaps_the_identity_names_the_device_whatever_ep_says() {
+    let mut fx = Fx::new();
+    let device = Authorization::any_pid();
+    let report =
+        Req::get("updates/report?ep=d2&pid=MOTE&type=APP&target=1.1.31&result=8").code(POST);
+    let bytes = report.bytes();
+    let request = Request::new(peer(A), T0, &bytes)
+        .authorized(&device)
+        .identified(b"d1");
+    let Action::Reply { len, .. } = fx.svc.handle_request(&request, &mut fx.out) else {
+        panic!("no reply");
+    };
+    assert_eq!(
+        class(&fx.out[..len]),
+        MessageClass::Response(ResponseType::Changed)
+    );
+    // Filed under the authenticated name; d2 is untouched.
+    assert_eq!(device_state(&fx, "d1"), Some(State::Failed));
+    assert_eq!(device_state(&fx, "d2"), None);
+}
