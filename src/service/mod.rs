@@ -29,7 +29,10 @@
 //! image by id, answered as `handle` would answer it, with less work),
 //! `fleet_routes` (reports, `/status`, and the lookup's `ep=` and
 //! `delta=`; the fleet itself is [`crate::fleet`], asked per lookup and
-//! report and told of first and last blocks).
+//! report and told of first and last blocks), `versions` (the old versions
+//! of the tree's files and of the catalog's images that downloads under
+//! way still need: one version per download, at most one old version per
+//! file or image).
 //! State changes are applied only when the reply is actually sent, so an
 //! unverified request answered with an Echo challenge changes nothing.
 //!
