@@ -2382,6 +2382,41 @@ fn without_its_record_or_its_old_version_a_download_gets_the_current_image() {
     assert_block_of(&reply, &new, 2, "A after its old version was dropped");
 }
 
+/// A body from an OFFSET by id keeps its version too: named by `?offset=N`
+/// on every block, or by an OFFSET payload with block 0 only.
+#[test]
+fn a_download_by_id_from_an_offset_keeps_the_image_version_its_block_0_had() {
+    let mut fx = Fx::new();
+    let old = fx.img(MOTE_NEW);
+    let from_100 = Img {
+        bytes: old.bytes[100..].to_vec(),
+        ..old.from(100)
+    };
+    let query = |num: u32| {
+        Req::get(&format!("updates/{}?offset=100", old.id))
+            .block2(num, 2)
+            .mid(num as u16)
+    };
+    let payload = |num: u32| {
+        let req = Req::get(&format!("updates/{}", old.id))
+            .block2(num, 2)
+            .mid(0x100 + num as u16);
+        match num {
+            0 => req.payload(&100u32.to_le_bytes()),
+            _ => req,
+        }
+    };
+    assert_block_of(&fx.ask_from(A, T0, &query(0)), &from_100, 0, "A");
+    assert_block_of(&fx.ask_from(B, T0, &payload(0)), &from_100, 0, "B");
+    fx.svc.replace_catalog(catalog_with_mote_new(77));
+    for num in 1..4 {
+        let reply = fx.ask_from(A, T0 + 1, &query(num));
+        assert_block_of(&reply, &from_100, num, "A, ?offset= on every block");
+        let reply = fx.ask_from(B, T0 + 1, &payload(num));
+        assert_block_of(&reply, &from_100, num, "B, OFFSET with block 0 only");
+    }
+}
+
 /// At most one old version per image: overwritten twice during a download,
 /// the image keeps the version the live records name, the newer one when
 /// both are named.
