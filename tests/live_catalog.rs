@@ -758,6 +758,216 @@ fn polling_misses_on_an_unchanged_directory_rescan_once() {
     );
 }
 
+/// Overwrites `name` in `dir` in place with `bytes` (as `cp` over it does:
+/// same file, truncated and written), then waits until a fresh download's
+/// block 0 from another socket comes under `new_tag`: from then on the
+/// server serves the new version to new downloads.
+fn overwrite_and_wait(
+    server: &TestServer,
+    dir: &TempDir,
+    name: &str,
+    bytes: &[u8],
+    new_tag: &[u8],
+) {
+    dir.write(name, bytes);
+    let mut probe = Client::new(server);
+    let id = image_id(name);
+    let start = Instant::now();
+    while probe.block(&id, 0).etag.as_deref() != Some(new_tag) {
+        assert!(
+            start.elapsed() < LOG_WAIT,
+            "the overwrite of {name} was not taken in within {LOG_WAIT:?}; log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One paced download, block by block at SZX 2: `request(num)` is the
+/// datagram for block `num` (with Message ID `mid(num)`), and `between(num)`
+/// runs after block `num` arrived. Every block must be 2.05; returns the
+/// body and the ETag of every block.
+fn paced_download(
+    client: &Client,
+    mid: impl Fn(u32) -> u16,
+    request: impl Fn(u32) -> Vec<u8>,
+    mut between: impl FnMut(u32),
+) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let (mut body, mut tags) = (Vec::new(), Vec::new());
+    for num in 0..10_000 {
+        let reply = client.call_raw(mid(num), &request(num));
+        assert_is(&reply, ResponseType::Content, &format!("block {num}"));
+        tags.push(reply.etag.clone().expect("a block carries an ETag"));
+        body.extend_from_slice(&reply.payload);
+        if !reply.block2.expect("a block carries Block2").more {
+            return (body, tags);
+        }
+        between(num);
+    }
+    panic!("the download did not end within 10000 blocks");
+}
+
+/// Asserts the download `got` (body, ETag of every block) is `expected`
+/// whole under its content tag, naming `what`.
+fn assert_download(got: &(Vec<u8>, Vec<Vec<u8>>), expected: &[u8], what: &str) {
+    let tag = content_tag(expected);
+    if let Some(num) = got.1.iter().position(|t| *t != tag) {
+        panic!(
+            "{what}: block {num} under ETag {:02x?}, not {tag:02x?}",
+            got.1[num]
+        );
+    }
+    assert_bytes(&got.0, expected, what);
+}
+
+/// README, "Publishing images": an image overwritten in place (same name,
+/// so the same id) during a paced download by id (SZX 2, a new token on
+/// every block, as libcoap's `coap-client` sends them): the download ends
+/// byte-exact with the version it began with, every block under that
+/// version's ETag; a download begun after the overwrite gets the new
+/// version; the log says the download was held.
+#[test]
+fn an_overwrite_in_place_during_a_paced_download_by_id_keeps_its_version() {
+    let dir = TempDir::new("live-hold-by-id");
+    let name = "HOLD_1_0_0_APP.fmu";
+    let id = image_id(name);
+    let old = image_bytes(4096, 61);
+    let new = image_bytes(4096, 62);
+    dir.write(name, &old);
+    let server = live_server(&dir, "100", "50");
+    let client = Client::new(&server);
+    let request = |num: u32| {
+        let token = (0x5100 + num).to_be_bytes();
+        get(
+            0x100 + num as u16,
+            &token,
+            &["updates", &id],
+            Some(block64(num)),
+            &[],
+        )
+    };
+    let got = paced_download(
+        &client,
+        |num| 0x100 + num as u16,
+        request,
+        |num| {
+            std::thread::sleep(Duration::from_millis(2));
+            if num == 20 {
+                overwrite_and_wait(&server, &dir, name, &new, &content_tag(&new));
+            }
+        },
+    );
+    assert_download(&got, &old, "the download begun before the overwrite");
+    expect_log(
+        &server,
+        &format!("download of image {name} held on the version it began with"),
+        "the held download",
+    );
+    let mut after = Client::new(&server);
+    let (body, tag) = after.download(&id);
+    assert_download(&(body, vec![tag]), &new, "a download begun after");
+}
+
+/// The legacy form likewise, in two downloads side by side begun before
+/// the overwrite: a device that repeats its payload on every block, and a
+/// stock client that sends it with block 0 only and a new token on every
+/// block (payload-less continuations). Both end with the old version; a
+/// device that starts after the overwrite gets the new one.
+#[test]
+fn an_overwrite_in_place_during_paced_legacy_downloads_keeps_their_version() {
+    let dir = TempDir::new("live-hold-legacy");
+    let name = "HOLDL_1_0_0_APP.fmu";
+    let old = image_bytes(4096, 63);
+    let new = image_bytes(4096, 64);
+    dir.write(name, &old);
+    let server = live_server(&dir, "100", "50");
+    let payload = support::device_payload("HOLDL", TYPE_APP, 0, Some(0));
+    let repeating = Client::new(&server);
+    let stock = Client::new(&server);
+    let repeat = |num: u32| {
+        get(
+            0x200 + num as u16,
+            b"d",
+            &["updates"],
+            Some(block64(num)),
+            &payload,
+        )
+    };
+    let once = |num: u32| {
+        let token = (0x5200 + num).to_be_bytes();
+        let body: &[u8] = if num == 0 { &payload } else { &[] };
+        get(
+            0x300 + num as u16,
+            &token,
+            &["updates"],
+            Some(block64(num)),
+            body,
+        )
+    };
+    // The stock client gets its blocks between the device's, and the
+    // rest after.
+    let mut stock_got = (Vec::new(), Vec::new());
+    let mut stock_num = 0u32;
+    let mut stock_more = true;
+    let mut stock_block = || {
+        let reply = stock.call_raw(0x300 + stock_num as u16, &once(stock_num));
+        assert_is(
+            &reply,
+            ResponseType::Content,
+            &format!("stock block {stock_num}"),
+        );
+        stock_got.1.push(reply.etag.clone().expect("ETag"));
+        stock_got.0.extend_from_slice(&reply.payload);
+        stock_more = reply.block2.expect("Block2").more;
+        stock_num += 1;
+        stock_more
+    };
+    let got = paced_download(
+        &repeating,
+        |num| 0x200 + num as u16,
+        repeat,
+        |num| {
+            std::thread::sleep(Duration::from_millis(2));
+            stock_block();
+            if num == 20 {
+                overwrite_and_wait(&server, &dir, name, &new, &content_tag(&new));
+            }
+        },
+    );
+    assert_download(&got, &old, "the device repeating its payload");
+    let mut rest = 0;
+    while stock_block() {
+        rest += 1;
+        assert!(rest < 10_000, "the stock client's download did not end");
+    }
+    assert_download(
+        &stock_got,
+        &old,
+        "the stock client (payload with block 0 only)",
+    );
+    expect_log(
+        &server,
+        &format!("download of image {name} held on the version it began with"),
+        "the held downloads",
+    );
+    let late = Client::new(&server);
+    let late_got = paced_download(
+        &late,
+        |num| 0x400 + num as u16,
+        |num| {
+            get(
+                0x400 + num as u16,
+                b"n",
+                &["updates"],
+                Some(block64(num)),
+                &payload,
+            )
+        },
+        |_| {},
+    );
+    assert_download(&late_got, &new, "a device that starts after the overwrite");
+}
+
 /// Sends `signal` (named `what`), expects exit status 0 within
 /// [`LOG_WAIT`] and returns the final counters line.
 fn stop_with(server: &mut TestServer, signal: i32, what: &str) -> String {

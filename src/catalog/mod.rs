@@ -11,7 +11,9 @@
 //!   the settle time) and only if it did not change while it was read; a removed file goes.
 //!   Until a refresh, a file changed or deleted changes nothing. Unchanged, a refresh costs a
 //!   listing and one metadata call per image file, and builds nothing.
-//! - A built [`Catalog`] is a snapshot that is never mutated: it has no `&mut self` method. A
+//! - A built [`Catalog`] is a snapshot that is never mutated, but for one flag per image that
+//!   the service sets on the snapshot it serves (`Catalog::mark_held`: an old version of the
+//!   image is kept for downloads under way; its bytes, ids and indexes never change). A
 //!   refresh builds a whole new snapshot, which the server swaps in with one assignment; the
 //!   snapshot it replaces stays intact, bytes included, until it is dropped. A refresh whose
 //!   result would break the collision rules gives no snapshot, only the error.
@@ -92,6 +94,12 @@ pub struct Image {
     /// time) is read again even when its length and modification time are the same, as
     /// `cp -p`, `rsync -t` or reproducible builds make them.
     pub stamp: Option<Stamp>,
+    /// An old version of this image (same file name, other bytes) is kept
+    /// for downloads that began before it was replaced: a later block of
+    /// it takes the service's general path, which decides which version a
+    /// peer gets. Set by the service on the snapshot it serves
+    /// (`Catalog::mark_held`).
+    pub(crate) held: bool,
 }
 
 impl Image {
@@ -125,7 +133,14 @@ impl Image {
             name,
             bytes: Arc::new(bytes),
             stamp,
+            held: false,
         }
+    }
+
+    /// Whether an old version of this image is kept for downloads under
+    /// way (see the field's docs).
+    pub fn has_held_version(&self) -> bool {
+        self.held
     }
 
     /// `id_hex` as a `&str`. Always 8 characters for an image built by the catalog; empty
@@ -401,6 +416,17 @@ impl Catalog {
     /// Sum of the image sizes in bytes, for the start-up summary.
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
+    }
+
+    /// Marks each image for which `held` says that an old version of it is kept for
+    /// downloads under way ([`Image::has_held_version`]), and unmarks the others. The one
+    /// change made to a built snapshot: the service makes it on the snapshot it serves, when
+    /// it swaps one in and when an old version is dropped, so that the per-block fast path
+    /// knows from the image it found whether it may answer. O(images).
+    pub(crate) fn mark_held(&mut self, held: impl Fn(&Image) -> bool) {
+        for image in &mut self.images {
+            image.held = held(image);
+        }
     }
 }
 

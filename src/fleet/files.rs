@@ -117,6 +117,7 @@ impl Patch {
             etag: fnv1a64(&bytes).to_be_bytes(),
             bytes,
             stamp,
+            held: false,
         };
         Some(Patch {
             image_file: image_file.to_owned(),

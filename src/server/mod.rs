@@ -48,7 +48,9 @@ mod setup;
 mod stats;
 mod timers;
 
-use crate::service::{Action, BlockSent, Held, Outcome, Peer, Request, ResetReason, Service};
+use crate::service::{
+    Action, BlockSent, Held, Outcome, Peer, Request, ResetReason, Service, Transfer,
+};
 use crate::sockio::{self, LocalDest, Received};
 use crate::tree::FileTree;
 use leisure::Leisure;
@@ -177,6 +179,7 @@ impl Server {
     fn on_hangup(&mut self) {
         #[cfg(feature = "dtls")]
         self.reload_keys();
+        self.service.set_now(self.clock_ms());
         match self.live.as_mut() {
             Some(live) => {
                 self.stats.rescans += 1;
@@ -205,9 +208,11 @@ impl Server {
     /// fast path, and with the timers: a later block of a download, which
     /// the fast path answers, never needs a new file.
     fn on_files_changed(&mut self) {
+        let now_ms = self.clock_ms();
         let Some(live) = self.live.as_mut() else {
             return;
         };
+        self.service.set_now(now_ms);
         let mut changed = false;
         if live.on_files_changed(&mut self.service, &mut changed) {
             self.stats.rescans += 1;
@@ -395,24 +400,7 @@ impl Server {
             // Answered from what is there now.
             action = self.service.handle_again(&request, &mut self.tx);
         }
-        if let Action::Reply {
-            outcome:
-                Outcome::File {
-                    file,
-                    held: Held::First,
-                    ..
-                },
-            ..
-        } = action
-        {
-            info!(
-                "{} download of {} held on the version it began with (ETag {}): the file \
-                 was replaced since; new downloads get the new version",
-                Shown(from),
-                file.path,
-                Hex(&file.etag)
-            );
-        }
+        log_held(from, &action);
         deliver(
             action,
             Reply {
@@ -485,6 +473,33 @@ fn rescan_reason(
             .then_some("a file changed"),
         _ => None,
     }
+}
+
+/// Logs a download held on the version it began with, at its first block
+/// served from that version (the file or image was replaced since).
+pub(super) fn log_held(from: SocketAddr, action: &Action<'_>) {
+    let Action::Reply { outcome, .. } = action else {
+        return;
+    };
+    let (what, etag) = match outcome {
+        Outcome::File {
+            file,
+            held: Held::First,
+            ..
+        } => (format!("file {}", file.path), &file.etag),
+        Outcome::Block(Transfer {
+            image,
+            held: Held::First,
+            ..
+        }) => (format!("image {}", image.file_name), &image.etag),
+        _ => return,
+    };
+    info!(
+        "{} download of {what} held on the version it began with (ETag {}): it was replaced \
+         since; new downloads get the new version",
+        Shown(from),
+        Hex(etag)
+    );
 }
 
 /// A request that found nothing (no image with its id, no newer image) or

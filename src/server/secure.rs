@@ -11,9 +11,9 @@
 //! datagrams.
 
 use super::reply::{account, arrival, peer, send};
-use super::rescan_reason;
 use super::stats::{log_request, Shown, Stats};
 use super::Server;
+use super::{log_held, rescan_reason};
 use crate::service::Request;
 use crate::sockio::LocalDest;
 use crate::tree::FileTree;
@@ -170,6 +170,7 @@ impl Server {
                 }
                 action = self.service.handle_again(&incoming, &mut self.tx);
             }
+            log_held(from, &action);
             if let Some(len) = account(action, from, now_ms, &mut self.stats, &mut self.log_budget)
             {
                 let reply = self.tx.get(..len).unwrap_or(&[]);

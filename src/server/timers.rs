@@ -196,6 +196,7 @@ impl Server {
     /// has passed or a wait timed out.
     #[inline(never)]
     pub(super) fn on_timers(&mut self, now_ms: u64) {
+        self.service.set_now(now_ms);
         self.send_due_answers(now_ms);
         #[cfg(feature = "dtls")]
         if let Some(secure) = self.dtls.as_mut() {

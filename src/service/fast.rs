@@ -21,6 +21,11 @@
 //!   that body, and the record of the continuation updated, as the general
 //!   path updates it.
 //!
+//! An image that has an old version held for downloads that began before
+//! it was replaced in place (see `versions`) is never answered here: the
+//! general path decides which version each peer gets. The fast path pays
+//! one flag of the image it found for that, nothing per peer.
+//!
 //! In every other case (a position past the body, an image that is gone,
 //! no newer image, a record to start, ...) it returns `None` before any
 //! state has changed, and the caller hands the datagram to
@@ -36,7 +41,7 @@
 
 use super::peers::{PeerState, Peers, RequestId};
 use super::{
-    Action, Dropped, Outcome, Peer, ReplyTo, Request, Service, Transfer, Via, MAX_REQUEST_LEN,
+    Action, Dropped, Held, Outcome, Peer, ReplyTo, Request, Service, Transfer, Via, MAX_REQUEST_LEN,
 };
 use crate::catalog::{Catalog, Image};
 use crate::firmware;
@@ -79,6 +84,11 @@ impl Service {
             via,
             write,
         } = fast_body(&self.catalog, &self.peers, &request, peer, now_ms, id)?;
+        // An image with an old version held for downloads under way: the
+        // general path decides which version the peer gets.
+        if image.has_held_version() {
+            return None;
+        }
         // `routes`' `body`: the image from OFFSET, and within it the
         // block of RFC 7959 §2.4 as `block_for` finds it (the client's size
         // capped at the server's, at the position the client asked for); an
@@ -149,6 +159,7 @@ impl Service {
                 block,
                 block_len: chunk.len(),
                 via,
+                held: Held::No,
             }),
         })
     }

@@ -29,7 +29,10 @@
 //! image by id, answered as `handle` would answer it, with less work),
 //! `fleet_routes` (reports, `/status`, and the lookup's `ep=` and
 //! `delta=`; the fleet itself is [`crate::fleet`], asked per lookup and
-//! report and told of first and last blocks).
+//! report and told of first and last blocks), `versions` (the old versions
+//! of the tree's files and of the catalog's images that downloads under
+//! way still need: one version per download, at most one old version per
+//! file or image).
 //! State changes are applied only when the reply is actually sent, so an
 //! unverified request answered with an Echo challenge changes nothing.
 //!
@@ -56,10 +59,10 @@ pub(crate) mod table;
 mod types;
 mod versions;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Image};
 use crate::fleet::{DeviceName, Fleet, FleetFiles, Note, Target};
 use crate::hash::fnv1a64_concat;
-use crate::tree::FileTree;
+use crate::tree::{FileTree, TreeFile};
 use crate::wire::{self, Block, Emitter, Message, ParseError};
 use coap_lite::{CoapOption, MessageClass, MessageType, ResponseType};
 use core::fmt::{self, Write as _};
@@ -68,7 +71,7 @@ use guard::Guard;
 use observe::OBSERVE_MAX_AGE_S;
 use observe::REFRESH_MS;
 use observe::{Intent, ObserverKey, Observers};
-use peers::{Peers, RequestId};
+use peers::{Kind, Peers, RequestId};
 use routes::Ctx;
 pub use types::*;
 use types::{DIAGNOSTIC_MAX, GET_CODE};
@@ -93,11 +96,16 @@ pub struct Service {
     /// The fleet changed since [`Service::notice_fleet_changes`] last ran.
     fleet_changed: bool,
     /// Old versions of the tree's files that downloads still need.
-    versions: Versions,
+    file_versions: Versions<TreeFile>,
+    /// Old versions of the catalog's images that downloads still need;
+    /// each image that has one is marked in the catalog served.
+    image_versions: Versions<Image>,
     /// A download of an old version ended: the next request drops what no
     /// download needs any more.
     versions_to_expire: bool,
-    /// The time of the latest request, for a tree swapped in between two.
+    /// The time of the latest request handled by the general path, or
+    /// given by [`Service::set_now`]: the time of a snapshot swapped in
+    /// between two requests.
     latest_ms: u64,
 }
 
@@ -132,7 +140,8 @@ impl Service {
             fleet: Fleet::new(limits.max_devices, keys.tables),
             fleet_files: FleetFiles::default(),
             fleet_changed: false,
-            versions: Versions::default(),
+            file_versions: Versions::default(),
+            image_versions: Versions::default(),
             versions_to_expire: false,
             latest_ms: 0,
         }
@@ -212,13 +221,40 @@ impl Service {
 
     /// Serves `catalog` from the next request on, and returns the one it
     /// replaces. Per-peer state names images by id, so a transfer of an
-    /// image that is still there continues; one of a replaced image gets
-    /// the new content under its new ETag, which a client sees.
-    /// Observers are compared with the new catalog at the next
+    /// image that is still there continues. An image replaced in place
+    /// (same file name, other bytes) while peers download it keeps its old
+    /// version for them (one per image; see `versions`), so that each
+    /// download that began with block 0 ends with the bytes it began with;
+    /// the image is marked ([`Image::has_held_version`]) so that the fast
+    /// path leaves its blocks to the general path, which decides. Without
+    /// a record of the download (evicted, a restart) a later block gets the
+    /// new content under its new ETag, which a client sees. Observers are
+    /// compared with the new catalog at the next
     /// [`Service::poll_notification`].
-    pub fn replace_catalog(&mut self, catalog: Catalog) -> Catalog {
+    pub fn replace_catalog(&mut self, mut catalog: Catalog) -> Catalog {
         self.observers.mark_changed();
+        let now_ms = self.latest_ms;
+        let downloads = self.peers.downloads(Kind::Image, now_ms);
+        if !downloads.is_empty() || !self.image_versions.is_empty() {
+            let next = &catalog;
+            let replaced = self.catalog.images().iter().filter_map(|image| {
+                let now = next.by_id(image.id)?;
+                (now.etag != image.etag).then_some((u64::from(image.id), image))
+            });
+            self.image_versions.on_replace(replaced, &downloads, now_ms);
+        }
+        let versions = &self.image_versions;
+        catalog.mark_held(|image| versions.holds(u64::from(image.id)));
         std::mem::replace(&mut self.catalog, catalog)
+    }
+
+    /// Tells the service the time (as `now_ms` of [`Service::handle`]) at
+    /// which the caller is about to swap a snapshot in: the fast path does
+    /// not note the time of the blocks it answers, and which downloads are
+    /// under way, and since when an old version is unused, is judged at
+    /// this time.
+    pub fn set_now(&mut self, now_ms: u64) {
+        self.latest_ms = self.latest_ms.max(now_ms);
     }
 
     /// Serves `tree` (`None`: no file tree) from the next datagram on and
@@ -229,21 +265,45 @@ impl Service {
     pub fn replace_tree(&mut self, tree: Option<FileTree>) -> Option<FileTree> {
         self.observers.mark_changed();
         if let (Some(current), Some(next)) = (self.tree.as_ref(), tree.as_ref()) {
-            self.versions
-                .on_replace(current, next, &self.peers, self.latest_ms);
+            let now_ms = self.latest_ms;
+            let downloads = self.peers.downloads(Kind::File, now_ms);
+            if !downloads.is_empty() || !self.file_versions.is_empty() {
+                let replaced = current.files().iter().filter_map(|file| {
+                    let gone = next
+                        .file(file.segments())
+                        .map_or(true, |now| now.etag != file.etag);
+                    gone.then(|| (file.key(), file))
+                });
+                self.file_versions.on_replace(replaced, &downloads, now_ms);
+            }
         }
         std::mem::replace(&mut self.tree, tree)
     }
 
-    /// Drops the old versions of files that no download needs any more
-    /// (see `versions`): the server calls it with its timers.
+    /// Drops the old versions of files and images that no download needs
+    /// any more (see `versions`): the server calls it with its timers.
     pub fn expire_versions(&mut self, now_ms: u64) {
-        self.versions.expire(&self.peers, now_ms);
+        if !self.file_versions.is_empty() {
+            let downloads = self.peers.downloads(Kind::File, now_ms);
+            self.file_versions.retain(&downloads, now_ms);
+        }
+        if !self.image_versions.is_empty() {
+            let downloads = self.peers.downloads(Kind::Image, now_ms);
+            if self.image_versions.retain(&downloads, now_ms) {
+                let versions = &self.image_versions;
+                self.catalog
+                    .mark_held(|image| versions.holds(u64::from(image.id)));
+            }
+        }
     }
 
-    /// Old versions of files held for downloads under way, and their bytes.
+    /// Old versions of files and images held for downloads under way, and
+    /// their bytes.
     pub fn old_versions(&self) -> (usize, u64) {
-        (self.versions.len(), self.versions.bytes())
+        (
+            self.file_versions.len() + self.image_versions.len(),
+            self.file_versions.bytes() + self.image_versions.bytes(),
+        )
     }
 
     /// The file tree served, if any.
@@ -396,7 +456,8 @@ impl Service {
         let mut ctx = Ctx {
             catalog: &self.catalog,
             tree: self.tree.as_ref(),
-            versions: &self.versions,
+            file_versions: &self.file_versions,
+            image_versions: &self.image_versions,
             ended_held: false,
             now_ms,
             server_szx: self.server_szx,
@@ -602,12 +663,13 @@ impl Service {
         self.latest_ms = now_ms;
         if self.versions_to_expire {
             self.versions_to_expire = false;
-            self.versions.expire(&self.peers, now_ms);
+            self.expire_versions(now_ms);
         }
         let mut ctx = Ctx {
             catalog: &self.catalog,
             tree: self.tree.as_ref(),
-            versions: &self.versions,
+            file_versions: &self.file_versions,
+            image_versions: &self.image_versions,
             ended_held: false,
             now_ms,
             server_szx: self.server_szx,

@@ -11,9 +11,9 @@
 //!   of the datagram, so a late duplicate is answered as its first copy
 //!   was without resetting a transfer started since.
 //! - The Message ID of the peer's next NON reply (RFC 7252 §4.4).
-//! - The file of the tree the peer is downloading and the ETag its block 0
-//!   was sent under, so that its later blocks come from that version even
-//!   if the file is replaced meanwhile (see `versions`).
+//! - The file of the tree or the image the peer is downloading and the
+//!   ETag its block 0 was sent under, so that its later blocks come from
+//!   that version even if the file is replaced meanwhile (see `versions`).
 //!
 //! A request reads the table through a [`Pending`] view and its changes
 //! are committed only once its reply is actually sent: a request answered
@@ -44,12 +44,24 @@ struct Exchange {
     entry: Continuation,
 }
 
-/// A download of a file of the tree: which file (the key of its path) and
-/// the ETag of the version its block 0 was sent under.
+/// What a download is of: a file of the tree or an image of the catalog,
+/// each with keys of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    /// A file of the `--files` tree, keyed by the tree's key of its path.
+    File,
+    /// An image of the catalog, keyed by its id.
+    Image,
+}
+
+/// A download of a file of the tree or of an image: which one (its kind
+/// and key) and the ETag of the version its block 0 was sent under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Download {
-    /// The tree's key of the file's path.
-    pub(crate) file: u64,
+    /// A file or an image.
+    pub(crate) kind: Kind,
+    /// The tree's key of the file's path, or the image's id.
+    pub(crate) key: u64,
     /// The ETag of the version being downloaded.
     pub(crate) etag: [u8; 8],
     /// Whether a block of it was served from the old version already (the
@@ -69,7 +81,7 @@ pub(crate) struct PeerState {
     starts: [Option<(u16, u32)>; 2],
     /// The Message ID of the next NON reply to this peer.
     next_mid: Option<u16>,
-    /// The file of the tree the peer is downloading.
+    /// The file of the tree or the image the peer is downloading.
     download: Option<Download>,
 }
 
@@ -243,14 +255,14 @@ impl Peers {
             .is_some_and(|state| state.transfer == Some(transfer))
     }
 
-    /// The downloads live records name, as (file, ETag): one walk over the
-    /// table, when a file was replaced or a download of an old version
-    /// ended, never per request.
-    pub(crate) fn downloads(&self, now_ms: u64) -> Vec<(u64, [u8; 8])> {
+    /// The downloads of `kind` live records name, as (key, ETag), sorted:
+    /// one walk over the table, when a file or an image was replaced or a
+    /// download of an old version ended, never per request.
+    pub(crate) fn downloads(&self, kind: Kind, now_ms: u64) -> Vec<(u64, [u8; 8])> {
         let mut found = Vec::new();
         self.table.for_each_live(now_ms, |state| {
-            if let Some(d) = state.download {
-                found.push((d.file, d.etag));
+            if let Some(d) = state.download.filter(|d| d.kind == kind) {
+                found.push((d.key, d.etag));
             }
         });
         found.sort_unstable();
@@ -284,9 +296,11 @@ impl Pending<'_, '_> {
             .or_else(|| self.peers.table.get(&self.peer, self.now_ms).copied())
     }
 
-    /// The file the peer is downloading, if any.
-    pub(crate) fn download(&self) -> Option<Download> {
-        self.current()?.download
+    /// The download of `kind` `key` the peer's record names, if any.
+    pub(crate) fn download(&self, kind: Kind, key: u64) -> Option<Download> {
+        self.current()?
+            .download
+            .filter(|d| d.kind == kind && d.key == key)
     }
 
     /// Records the peer's download (replacing the one it had). Written

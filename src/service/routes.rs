@@ -5,8 +5,8 @@
 //! buffer; a block is copied once from the image's bytes.
 
 use super::observe::OBSERVE_MAX_AGE_S;
-use super::peers::{Download, Pending};
-use super::versions::Versions;
+use super::peers::{Download, Kind, Pending};
+use super::versions::{Version, Versions};
 use super::{
     error, write_diagnostic, Authorization, Diagnostic, Dropped, Failure, Held, Outcome, Peer,
     ReplyTo, Transfer, Via,
@@ -15,7 +15,7 @@ use crate::catalog::{Catalog, CoreLink, Image};
 use crate::firmware::{self, DeviceRequest};
 use crate::fleet::{Fleet, FleetFiles, Note, Target};
 use crate::hash::fnv1a64_concat;
-use crate::tree::FileTree;
+use crate::tree::{FileTree, TreeFile};
 use crate::wire::{Block, BlockError, Emitter, Message};
 use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, RequestType, ResponseType};
 
@@ -57,7 +57,9 @@ pub(super) struct Ctx<'s, 't, 'm> {
     /// The `--files` tree, if one is served.
     pub(super) tree: Option<&'s FileTree>,
     /// The old versions of the tree's files that downloads still need.
-    pub(super) versions: &'s Versions,
+    pub(super) file_versions: &'s Versions<TreeFile>,
+    /// The old versions of the catalog's images that downloads still need.
+    pub(super) image_versions: &'s Versions<Image>,
     /// Set when a download of an old version ended with this request: the
     /// old version may be dropped.
     pub(super) ended_held: bool,
@@ -424,8 +426,25 @@ impl<'s> Ctx<'s, '_, '_> {
         Ok(reply)
     }
 
-    /// One Block2 block of `image[offset..]`.
+    /// One Block2 block of `image[offset..]`, from the version of the
+    /// image the peer's download began with when it was replaced since
+    /// (see `versions`); recorded: the download a block 0 begins, and a
+    /// held download's later blocks and end. A later block of an image
+    /// without a held version changes no record, as on the fast path.
     fn body(&mut self, image: &'s Image, offset: u32, via: Via, out: &mut [u8]) -> Reply<'s> {
+        let key = u64::from(image.id);
+        let num = self.block_num();
+        let held_download = match image.has_held_version() {
+            true => match self.version_of(Kind::Image, key, image, self.image_versions, num) {
+                Chosen::Old(old, d) => Some((old, d)),
+                Chosen::Current | Chosen::Gone => None,
+            },
+            false => None,
+        };
+        let (image, held) = match held_download {
+            Some((old, d)) => (old, if d.held { Held::Again } else { Held::First }),
+            None => (image, Held::No),
+        };
         let body = image.bytes.get(offset as usize..).ok_or(error(
             ResponseType::BadRequest,
             "OFFSET is beyond the end of the image",
@@ -441,12 +460,15 @@ impl<'s> Ctx<'s, '_, '_> {
             observable: false,
         };
         let len = self.emit_block(out, representation, block, chunk)?;
+        let download = held_download.map(|(_, d)| d);
+        self.after_block(Kind::Image, key, image.etag, block, download, held);
         let transfer = Transfer {
             image,
             offset,
             block,
             block_len: chunk.len(),
             via,
+            held,
         };
         Ok((len, Outcome::Block(transfer)))
     }
@@ -564,25 +586,19 @@ impl<'s> Ctx<'s, '_, '_> {
     /// A block of `file`, as the tree serves it now, or from the version
     /// the peer's download began with if the file was replaced since (see
     /// `versions`); recorded: the download a block 0 begins, its end.
-    fn file_get(&mut self, file: &'s crate::tree::TreeFile, out: &mut [u8]) -> Reply<'s> {
+    fn file_get(&mut self, file: &'s TreeFile, out: &mut [u8]) -> Reply<'s> {
         let key = file.key();
-        let num = match self.msg.block2 {
-            Some(Ok(block)) => block.num,
-            _ => 0,
-        };
-        let download = self.peer_state.download().filter(|d| d.file == key);
-        let mut served = file;
-        let mut held = Held::No;
-        if let Some(d) = download.filter(|d| num > 0 && d.etag != file.etag) {
-            let Some(old) = self.versions.get(key, &d.etag, self.now_ms) else {
+        let num = self.block_num();
+        let (served, held) = match self.version_of(Kind::File, key, file, self.file_versions, num) {
+            Chosen::Current => (file, Held::No),
+            Chosen::Old(old, d) => (old, if d.held { Held::Again } else { Held::First }),
+            Chosen::Gone => {
                 return Err(error(
                     ResponseType::NotFound,
                     "the version this download began with is gone: start again",
-                ));
-            };
-            served = old;
-            held = if d.held { Held::Again } else { Held::First };
-        }
+                ))
+            }
+        };
         let (len, _) = self.whole_body(
             &served.bytes,
             &served.etag,
@@ -590,25 +606,10 @@ impl<'s> Ctx<'s, '_, '_> {
             out,
         )?;
         let (block, _) = self.block_for(served.bytes.len())?;
-        if num == 0 {
-            if block.more {
-                self.peer_state.set_download(Some(Download {
-                    file: key,
-                    etag: file.etag,
-                    held: false,
-                }));
-            }
-        } else if let Some(d) = download {
-            if !block.more {
-                self.peer_state.set_download(None);
-                self.ended_held |= held != Held::No;
-            } else {
-                // Every block restamps the record: it lives as long as
-                // the download goes on.
-                let held = d.held || held == Held::First;
-                self.peer_state.set_download(Some(Download { held, ..d }));
-            }
-        }
+        // Every block of a tree download restamps its record, so that it
+        // lives as long as the download goes on.
+        let download = self.peer_state.download(Kind::File, key);
+        self.after_block(Kind::File, key, file.etag, block, download, held);
         Ok((
             len,
             Outcome::File {
@@ -617,6 +618,73 @@ impl<'s> Ctx<'s, '_, '_> {
                 held,
             },
         ))
+    }
+
+    /// The Block2 NUM the request asks for (0 without Block2).
+    fn block_num(&self) -> u32 {
+        match self.msg.block2 {
+            Some(Ok(block)) => block.num,
+            _ => 0,
+        }
+    }
+
+    /// Which version of the file or image `kind` `key` (served now as
+    /// `current`, its old versions in `versions`) block `num` is cut from:
+    /// the old one the peer's download began with, when the peer's record
+    /// names another ETag than the current one for a later block.
+    fn version_of<V: Version>(
+        &self,
+        kind: Kind,
+        key: u64,
+        current: &'s V,
+        versions: &'s Versions<V>,
+        num: u32,
+    ) -> Chosen<'s, V> {
+        let Some(d) = self
+            .peer_state
+            .download(kind, key)
+            .filter(|d| num > 0 && d.etag != *current.etag())
+        else {
+            return Chosen::Current;
+        };
+        match versions.get(key, &d.etag, self.now_ms) {
+            Some(old) => Chosen::Old(old, d),
+            None => Chosen::Gone,
+        }
+    }
+
+    /// Records what `block` of a download of `kind` `key` (whose current
+    /// version has `etag`) changes: block 0 of a body with more blocks
+    /// begins a download of that version; a later block of the download
+    /// `download` restamps its record, noting whether it was held
+    /// (`held`), and its last block ends it.
+    fn after_block(
+        &mut self,
+        kind: Kind,
+        key: u64,
+        etag: [u8; 8],
+        block: Block,
+        download: Option<Download>,
+        held: Held,
+    ) {
+        if block.num == 0 {
+            if block.more {
+                self.peer_state.set_download(Some(Download {
+                    kind,
+                    key,
+                    etag,
+                    held: false,
+                }));
+            }
+        } else if let Some(d) = download {
+            if !block.more {
+                self.peer_state.set_download(None);
+                self.ended_held |= held != Held::No;
+            } else {
+                let held = d.held || held == Held::First;
+                self.peer_state.set_download(Some(Download { held, ..d }));
+            }
+        }
     }
 
     /// One Block2 block of a whole body of the tree, with its ETag.
@@ -763,6 +831,16 @@ impl<'s> Ctx<'s, '_, '_> {
             Diagnostic::Text("the image is still being written: retry after Max-Age"),
         )?)
     }
+}
+
+/// The version a block is cut from (see [`Ctx::version_of`]).
+enum Chosen<'s, V> {
+    /// The current one.
+    Current,
+    /// The old one the peer's download (its record) began with.
+    Old(&'s V, Download),
+    /// The one the peer's download began with is no longer held.
+    Gone,
 }
 
 /// Copies the part of `part` (at body position `position`) that falls in

@@ -2235,6 +2235,208 @@ fn an_old_version_is_dropped_when_its_download_goes_quiet() {
     assert_eq!(fx.svc.old_versions().0, 0);
 }
 
+/// The usual catalog with `MOTE_NEW` overwritten in place: same file name
+/// (so the same id), `seed`'s bytes.
+fn catalog_with_mote_new(seed: u32) -> Catalog {
+    let files = seeded_files(&SMALL, 1)
+        .into_iter()
+        .map(|(name, bytes)| match name == MOTE_NEW {
+            true => (name, image_bytes(MOTE_NEW_LEN, seed)),
+            false => (name, bytes),
+        })
+        .collect();
+    Catalog::from_files(files).expect("catalog builds").0
+}
+
+/// Whether the served `MOTE_NEW` is marked as having an old version held.
+fn mote_new_held(fx: &Fx) -> bool {
+    let id = crate::hash::fnv1a32(MOTE_NEW.as_bytes());
+    fx.svc
+        .catalog()
+        .by_id(id)
+        .expect("MOTE_NEW served")
+        .has_held_version()
+}
+
+/// Asserts that `reply` is block `num` (64 bytes) of `img` under its ETag.
+fn assert_block_of(reply: &[u8], img: &Img, num: u32, what: &str) {
+    let msg = parse(reply);
+    assert_eq!(msg.etag, Some(&img.etag[..]), "{what}: block {num}'s ETag");
+    let at = num as usize * 64;
+    let end = (at + 64).min(img.bytes.len());
+    assert_eq!(msg.payload, &img.bytes[at..end], "{what}: block {num}");
+}
+
+/// One version per download for images: a peer that got block 0 of an
+/// image by id under one ETag gets the rest of it from that version after
+/// the image was overwritten in place (same id), whatever its token;
+/// another peer's download begun after gets the new version; the old one
+/// is held (and the image marked for the fast path) only while a
+/// download needs it.
+#[test]
+fn a_download_by_id_keeps_the_image_version_its_block_0_had() {
+    let mut fx = Fx::new();
+    let old = fx.img(MOTE_NEW);
+    let block = |num: u32| {
+        Req::get(&format!("updates/{}", old.id))
+            .block2(num, 2)
+            .mid(num as u16)
+            .token(&num.to_be_bytes())
+    };
+    assert_block_of(&fx.ask_from(A, T0, &block(0)), &old, 0, "A before");
+    fx.svc.replace_catalog(catalog_with_mote_new(77));
+    let new = fx.img(MOTE_NEW);
+    assert_eq!(new.id, old.id);
+    assert_ne!(new.etag, old.etag);
+    assert_eq!(fx.svc.old_versions(), (1, MOTE_NEW_LEN as u64));
+    assert!(mote_new_held(&fx));
+
+    assert_block_of(&fx.ask_from(B, T0 + 1, &block(0)), &new, 0, "B after");
+    let last = (MOTE_NEW_LEN as u32).div_ceil(64) - 1;
+    for num in 1..=last {
+        let reply = fx.ask_from(A, T0 + 2, &block(num));
+        assert_block_of(&reply, &old, num, "A after the overwrite");
+    }
+    // A's download ended: the next request drops the old version and
+    // the mark.
+    assert_block_of(&fx.ask_from(B, T0 + 3, &block(1)), &new, 1, "B");
+    assert_eq!(fx.svc.old_versions(), (0, 0));
+    assert!(!mote_new_held(&fx));
+
+    // B's download ends too (on blocks that record nothing, as on the fast
+    // path: its record names the version until it expires); overwritten a
+    // lifetime later, nothing is held.
+    for num in 2..=last {
+        assert_block_of(&fx.ask_from(B, T0 + 4, &block(num)), &new, num, "B");
+    }
+    fx.svc.set_now(T0 + 1 + EXCHANGE_LIFETIME_MS);
+    fx.svc.replace_catalog(catalog_with_mote_new(78));
+    assert_eq!(fx.svc.old_versions(), (0, 0));
+    assert!(!mote_new_held(&fx));
+}
+
+/// The legacy form likewise: a device repeating its payload on every block
+/// and a stock client sending it with block 0 only (payload-less
+/// continuations, another token each time) keep the version (and the
+/// body from OFFSET, under that version's ETag) their block 0 had.
+#[test]
+fn a_legacy_download_keeps_the_image_version_its_block_0_had() {
+    let mut fx = Fx::new();
+    let old = fx.img(MOTE_NEW);
+    let payload = |offset| device(b"MOTE", 3, version(1, 0, 0), Some(offset));
+    let legacy = |num: u32, offset: u32| {
+        Req::get("updates")
+            .block2(num, 2)
+            .mid(num as u16)
+            .payload(&payload(offset))
+    };
+    let bare = |num: u32| {
+        Req::get("updates")
+            .block2(num, 2)
+            .mid(0x100 + num as u16)
+            .token(&num.to_be_bytes())
+    };
+    let from_100 = Img {
+        bytes: old.bytes[100..].to_vec(),
+        ..old.from(100)
+    };
+    assert_block_of(&fx.ask_from(A, T0, &legacy(0, 0)), &old, 0, "A");
+    assert_block_of(&fx.ask_from(B, T0, &legacy(0, 100)), &from_100, 0, "B");
+    fx.svc.replace_catalog(catalog_with_mote_new(77));
+    assert_eq!(fx.svc.old_versions().0, 1);
+    for num in 1..4 {
+        let reply = fx.ask_from(A, T0 + 1, &legacy(num, 0));
+        assert_block_of(&reply, &old, num, "A, payload on every block");
+        let reply = fx.ask_from(B, T0 + 1, &bare(num));
+        assert_block_of(&reply, &from_100, num, "B, payload-less");
+    }
+    // A device that starts now gets the new version.
+    let new = fx.img(MOTE_NEW);
+    let c = 0xC000_0203;
+    assert_block_of(&fx.ask_from(c, T0 + 2, &legacy(0, 0)), &new, 0, "C");
+    assert_block_of(&fx.ask_from(c, T0 + 2, &legacy(1, 0)), &new, 1, "C");
+}
+
+/// Without a record of the download (never seen, evicted, a restart) a
+/// later block is cut from the current version under its own ETag; so is
+/// one of a download whose old version went quiet and was dropped.
+#[test]
+fn without_its_record_or_its_old_version_a_download_gets_the_current_image() {
+    let mut fx = Fx::new();
+    let old = fx.img(MOTE_NEW);
+    let block = |num: u32| Req::get(&format!("updates/{}", old.id)).block2(num, 2);
+    fx.ask_from(A, T0, &block(0));
+    fx.svc.replace_catalog(catalog_with_mote_new(77));
+    let new = fx.img(MOTE_NEW);
+    let c = 0xC000_0203;
+    assert_block_of(&fx.ask_from(c, T0 + 1, &block(5)), &new, 5, "no record");
+    assert_block_of(&fx.ask_from(A, T0 + 1, &block(1)), &old, 1, "A held");
+
+    let quiet = T0 + 1 + EXCHANGE_LIFETIME_MS;
+    fx.svc.expire_versions(quiet - 1);
+    assert_eq!(fx.svc.old_versions().0, 1, "not quiet long enough");
+    fx.svc.expire_versions(quiet);
+    assert_eq!(fx.svc.old_versions().0, 0);
+    assert!(!mote_new_held(&fx));
+    let reply = fx.ask_from(A, quiet, &block(2));
+    assert_block_of(&reply, &new, 2, "A after its old version was dropped");
+}
+
+/// A body from an OFFSET by id keeps its version too: named by `?offset=N`
+/// on every block, or by an OFFSET payload with block 0 only.
+#[test]
+fn a_download_by_id_from_an_offset_keeps_the_image_version_its_block_0_had() {
+    let mut fx = Fx::new();
+    let old = fx.img(MOTE_NEW);
+    let from_100 = Img {
+        bytes: old.bytes[100..].to_vec(),
+        ..old.from(100)
+    };
+    let query = |num: u32| {
+        Req::get(&format!("updates/{}?offset=100", old.id))
+            .block2(num, 2)
+            .mid(num as u16)
+    };
+    let payload = |num: u32| {
+        let req = Req::get(&format!("updates/{}", old.id))
+            .block2(num, 2)
+            .mid(0x100 + num as u16);
+        match num {
+            0 => req.payload(&100u32.to_le_bytes()),
+            _ => req,
+        }
+    };
+    assert_block_of(&fx.ask_from(A, T0, &query(0)), &from_100, 0, "A");
+    assert_block_of(&fx.ask_from(B, T0, &payload(0)), &from_100, 0, "B");
+    fx.svc.replace_catalog(catalog_with_mote_new(77));
+    for num in 1..4 {
+        let reply = fx.ask_from(A, T0 + 1, &query(num));
+        assert_block_of(&reply, &from_100, num, "A, ?offset= on every block");
+        let reply = fx.ask_from(B, T0 + 1, &payload(num));
+        assert_block_of(&reply, &from_100, num, "B, OFFSET with block 0 only");
+    }
+}
+
+/// At most one old version per image: overwritten twice during a download,
+/// the image keeps the version the live records name, the newer one when
+/// both are named.
+#[test]
+fn an_image_overwritten_twice_keeps_one_old_version() {
+    let mut fx = Fx::new();
+    let first = fx.img(MOTE_NEW);
+    let block = |num: u32| Req::get(&format!("updates/{}", first.id)).block2(num, 2);
+    fx.ask_from(A, T0, &block(0));
+    fx.svc.replace_catalog(catalog_with_mote_new(77));
+    let second = fx.img(MOTE_NEW);
+    fx.ask_from(B, T0 + 1, &block(0));
+    fx.svc.replace_catalog(catalog_with_mote_new(78));
+    let third = fx.img(MOTE_NEW);
+    assert_eq!(fx.svc.old_versions(), (1, MOTE_NEW_LEN as u64));
+    assert_block_of(&fx.ask_from(B, T0 + 2, &block(1)), &second, 1, "B");
+    // A's version is gone: the current one, under its own ETag.
+    assert_block_of(&fx.ask_from(A, T0 + 2, &block(1)), &third, 1, "A");
+}
+
 /// Two peers with the same link-local address and port on two interfaces
 /// (zones) keep separate transfers.
 #[test]

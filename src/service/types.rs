@@ -150,11 +150,11 @@ pub struct Peer {
     pub scope: u32,
 }
 
-/// Whether a block of a file came from an old version (see
-/// [`Outcome::File`]).
+/// Whether a block of a file or an image came from an old version (see
+/// [`Outcome::File`] and [`Transfer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Held {
-    /// From the file as the tree serves it now.
+    /// From the file or image as served now.
     No,
     /// From the version the peer's download began with, replaced since:
     /// the first such block of this download (worth a log line).
@@ -229,6 +229,9 @@ pub struct Transfer<'c> {
     pub block_len: usize,
     /// The request form that asked for it.
     pub via: Via,
+    /// Whether the block came from an old version of the image, for a
+    /// download that began before the image was replaced in place.
+    pub held: Held,
 }
 
 impl Transfer<'_> {

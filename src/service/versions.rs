@@ -1,98 +1,135 @@
-//! One version per download: the old versions of the tree's files that
-//! devices are still downloading.
+//! One version per download: the old versions of the tree's files and of
+//! the catalog's images that devices are still downloading.
 //!
-//! A device that got block 0 of a file under one ETag gets the rest of
-//! that body from the same version, even when the file is replaced in the
-//! middle of its download (RIOT's transport does not compare ETags: a
-//! spliced image would fail its digest only after minutes of airtime). New
-//! downloads get the new version.
+//! A device that got block 0 of a file or an image under one ETag gets the
+//! rest of that body from the same version, even when the file is replaced
+//! in the middle of its download (RIOT's transport does not compare ETags:
+//! a spliced image would fail its digest only after minutes of airtime).
+//! New downloads get the new version. One implementation serves both: a
+//! [`Versions`] of [`TreeFile`]s and one of [`Image`]s, keyed as the
+//! peers' download records name them (see `peers::Download`).
 //!
-//! Memory bound: at most one old version per file, kept only while a
-//! peer's record names it (checked when the file is replaced), and dropped
-//! when the last download of it ends, or when no block was served from it
-//! for `EXCHANGE_LIFETIME` (the download went quiet; the peer's record
-//! expires at the same time). A file replaced twice during one download
-//! keeps the newer of its old versions; a download of the older one then
-//! gets 4.04 and starts again.
+//! Memory bound: at most one old version per file or image, kept only
+//! while a peer's record names it (checked when the snapshot is replaced),
+//! and dropped when the last download of it ends, or when no block was
+//! served from it for `EXCHANGE_LIFETIME` (the download went quiet; the
+//! peer's record expires at the same time). A file replaced twice during
+//! one download keeps the newer of its old versions; a download of the
+//! older one then gets 4.04 for a file of the tree (and starts again), and
+//! the current image under the current ETag for an image.
 
-use super::peers::Peers;
-use crate::tree::{FileTree, TreeFile};
+use crate::catalog::Image;
+use crate::tree::TreeFile;
 use std::cell::Cell;
 use std::collections::HashMap;
 
-/// An old version of a file and when a block was last served from it.
+/// What can be held as an old version: a file of the tree or an image.
+pub(crate) trait Version: Clone {
+    /// The content tag of this version's bytes.
+    fn etag(&self) -> &[u8; 8];
+    /// Its length in bytes.
+    fn len(&self) -> u64;
+}
+
+impl Version for TreeFile {
+    fn etag(&self) -> &[u8; 8] {
+        &self.etag
+    }
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
+impl Version for Image {
+    fn etag(&self) -> &[u8; 8] {
+        &self.etag
+    }
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
+/// An old version and when a block was last served from it.
 #[derive(Debug)]
-struct Old {
-    file: TreeFile,
+struct Old<V> {
+    version: V,
     /// Set through a shared reference: the route that serves a block
     /// reads the versions while the reply borrows them.
     last_used_ms: Cell<u64>,
 }
 
-/// The old versions, by the tree's key of their path.
-#[derive(Debug, Default)]
-pub(crate) struct Versions {
-    old: HashMap<u64, Old>,
+/// The old versions, by the key a download record names them with.
+#[derive(Debug)]
+pub(crate) struct Versions<V> {
+    old: HashMap<u64, Old<V>>,
 }
 
-impl Versions {
-    /// Keeps, for each file that `next` holds with other bytes than
-    /// `current`, the current version if a download of it is under way
-    /// (at most one old version per file: it replaces an older one).
-    pub(crate) fn on_replace(
-        &mut self,
-        current: &FileTree,
-        next: &FileTree,
-        peers: &Peers,
-        now_ms: u64,
-    ) {
-        let downloads = peers.downloads(now_ms);
-        if downloads.is_empty() && self.is_empty() {
-            return;
+impl<V> Default for Versions<V> {
+    fn default() -> Self {
+        Versions {
+            old: HashMap::new(),
         }
-        for file in current.files() {
-            let key = file.key();
-            let replaced = next
-                .file(file.segments())
-                .map_or(true, |now| now.etag != file.etag);
-            if replaced && downloads.binary_search(&(key, file.etag)).is_ok() {
+    }
+}
+
+impl<V: Version> Versions<V> {
+    /// Keeps each of `replaced` (a current version, by key, that the next
+    /// snapshot holds with other bytes or not at all) whose download
+    /// `downloads` (sorted (key, ETag), live records) names: at most one
+    /// old version per key, so it replaces an older one. Then drops what
+    /// no download needs any more.
+    pub(crate) fn on_replace<'v>(
+        &mut self,
+        replaced: impl IntoIterator<Item = (u64, &'v V)>,
+        downloads: &[(u64, [u8; 8])],
+        now_ms: u64,
+    ) where
+        V: 'v,
+    {
+        for (key, version) in replaced {
+            if downloads.binary_search(&(key, *version.etag())).is_ok() {
                 self.old.insert(
                     key,
                     Old {
-                        file: file.clone(),
+                        version: version.clone(),
                         last_used_ms: Cell::new(now_ms),
                     },
                 );
             }
         }
-        self.retain(&downloads, now_ms);
+        self.retain(downloads, now_ms);
     }
 
-    /// The old version of file `key` with ETag `etag`, noted as used at
-    /// `now_ms`.
-    pub(crate) fn get(&self, key: u64, etag: &[u8; 8], now_ms: u64) -> Option<&TreeFile> {
-        let old = self.old.get(&key).filter(|old| old.file.etag == *etag)?;
+    /// The old version `key` with ETag `etag`, noted as used at `now_ms`;
+    /// `None` once it went quiet (no block served from it for the exchange
+    /// lifetime), even before [`Versions::retain`] drops it.
+    pub(crate) fn get(&self, key: u64, etag: &[u8; 8], now_ms: u64) -> Option<&V> {
+        let lifetime = super::EXCHANGE_LIFETIME_MS;
+        let old = self.old.get(&key).filter(|old| {
+            old.version.etag() == etag && now_ms.saturating_sub(old.last_used_ms.get()) < lifetime
+        })?;
         old.last_used_ms.set(now_ms);
-        Some(&old.file)
+        Some(&old.version)
     }
 
-    /// Drops the old versions no download needs any more: none served a
-    /// block within the exchange lifetime, or no live record names them.
-    pub(crate) fn expire(&mut self, peers: &Peers, now_ms: u64) {
-        if self.is_empty() {
-            return;
-        }
-        self.retain(&peers.downloads(now_ms), now_ms);
+    /// Whether an old version of `key` is held.
+    pub(crate) fn holds(&self, key: u64) -> bool {
+        self.old.contains_key(&key)
     }
 
     /// Keeps the old versions that `downloads` (sorted) names and that
-    /// served a block within the exchange lifetime.
-    fn retain(&mut self, downloads: &[(u64, [u8; 8])], now_ms: u64) {
+    /// served a block within the exchange lifetime; true when it dropped
+    /// one.
+    pub(crate) fn retain(&mut self, downloads: &[(u64, [u8; 8])], now_ms: u64) -> bool {
         let lifetime = super::EXCHANGE_LIFETIME_MS;
+        let before = self.old.len();
         self.old.retain(|key, old| {
             now_ms.saturating_sub(old.last_used_ms.get()) < lifetime
-                && downloads.binary_search(&(*key, old.file.etag)).is_ok()
+                && downloads
+                    .binary_search(&(*key, *old.version.etag()))
+                    .is_ok()
         });
+        self.old.len() != before
     }
 
     /// Old versions held.
@@ -107,9 +144,6 @@ impl Versions {
 
     /// Bytes held by old versions.
     pub(crate) fn bytes(&self) -> u64 {
-        self.old
-            .values()
-            .map(|old| old.file.bytes.len() as u64)
-            .sum()
+        self.old.values().map(|old| old.version.len()).sum()
     }
 }

@@ -295,3 +295,35 @@ fn legacy_continuations_without_payload_take_the_fast_path_with_their_records() 
     assert!(fast);
     assert_eq!(parse(&reply.unwrap()).payload, &img.bytes[1024..]);
 }
+
+/// An image overwritten in place while a peer downloads it: the fast path
+/// leaves every block of it to the general path while its old version is
+/// held (which gives the peer its old version and anyone else the new
+/// one), and answers again once the old version is dropped; the two
+/// services answer alike throughout.
+#[test]
+fn an_image_with_a_held_old_version_goes_the_general_way_until_it_is_dropped() {
+    let mut t = Twins::new(Limits::default());
+    let old = t.img(MOTE_NEW);
+    let c = 0xC000_0203;
+    assert!(!t.send(A, T0, &block(&old.id, 0, 2)).1);
+    assert!(t.send(B, T0, &block(&old.id, 1, 2)).1, "not held yet");
+    for fx in [&mut t.general, &mut t.fast] {
+        fx.svc.replace_catalog(super::catalog_with_mote_new(77));
+    }
+    let new = t.img(MOTE_NEW);
+    let last = (MOTE_NEW_LEN as u32).div_ceil(64) - 1;
+    for num in 1..=last {
+        let (reply, fast) = t.send(A, T0 + 1, &block(&old.id, num, 2));
+        assert!(!fast, "block {num} of the held download");
+        super::assert_block_of(&reply.expect("a reply"), &old, num, "A");
+        let (reply, fast) = t.send(c, T0 + 1, &block(&old.id, num, 2));
+        assert!(!fast, "block {num} of an unrecorded download");
+        super::assert_block_of(&reply.expect("a reply"), &new, num, "C");
+    }
+    // A's download ended; the next request drops the old version.
+    assert!(!t.send(B, T0 + 2, &block(&old.id, 0, 2)).1);
+    let (reply, fast) = t.send(B, T0 + 2, &block(&old.id, 1, 2));
+    assert!(fast, "the old version is gone");
+    super::assert_block_of(&reply.expect("a reply"), &new, 1, "B");
+}

@@ -14,6 +14,12 @@
 //!         PEER:u8  DT:u8  LEN:u16le  DATAGRAM:LEN bytes (cut at the input's end)
 //! ```
 //!
+//! A frame with an empty datagram (LEN 0) is handled as any other, and
+//! then both services swap their catalog for the other of two: the second
+//! has two of the images overwritten in place (the same names, so the same
+//! ids, with other bytes), so downloads under way keep their old versions
+//! (one version per download) and new ones get the new ones.
+//!
 //! PEER bits 0-1 choose the address (127.0.0.1, 127.0.0.2, ::1, 192.0.2.1,
 //! the service sees IPv4 as IPv4-mapped IPv6), bits 2-7 the port. DT
 //! advances the injected clock: below 200 by DT * 10 ms, else by
@@ -81,6 +87,9 @@ const FILES: [(&str, usize, u32); 5] = [
     ("Mtu_2_0_0_7.fmu", 1500, 4),
     ("Big_1_0_0_APP.fmu", 70_000, 5),
 ];
+/// The second catalog's versions of two of [`FILES`]: overwritten in
+/// place (index in `FILES`, content seed).
+const OVERWRITTEN: [(usize, u32); 2] = [(2, 13), (4, 15)];
 /// The service's secrets: fixed, see the module docs.
 pub const FUZZ_KEYS: Keys = Keys {
     echo: SipKey([0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210]),
@@ -103,12 +112,20 @@ struct Known {
     bytes: Vec<u8>,
 }
 
+/// Every version of every image: [`FILES`] first, in their order, then
+/// the [`OVERWRITTEN`] versions.
 fn known() -> &'static [Known] {
     static KNOWN: OnceLock<Vec<Known>> = OnceLock::new();
     KNOWN.get_or_init(|| {
+        let overwritten = OVERWRITTEN.iter().map(|&(i, seed)| {
+            let (name, len, _) = FILES[i];
+            (name, len, seed)
+        });
         FILES
             .iter()
-            .map(|&(name, len, seed)| {
+            .copied()
+            .chain(overwritten)
+            .map(|(name, len, seed)| {
                 let bytes = images::image_bytes(len, seed);
                 let stem = name.strip_suffix(".fmu").expect("test names end in .fmu");
                 let fields: Vec<&str> = stem.split('_').collect();
@@ -172,17 +189,25 @@ pub fn check_with(data: &[u8], fault: Fault) -> usize {
         max_observers: 0,
         ..Limits::default()
     };
-    let catalog = || {
-        let files = known()
-            .iter()
-            .map(|k| (k.name.to_owned(), k.bytes.clone()))
+    // The first catalog (`second` false) or the second.
+    let catalog = |second: bool| {
+        let files = (0..FILES.len())
+            .map(|i| {
+                let version = OVERWRITTEN
+                    .iter()
+                    .position(|&(o, _)| o == i && second)
+                    .map_or(i, |v| FILES.len() + v);
+                let k = &known()[version];
+                (k.name.to_owned(), k.bytes.clone())
+            })
             .collect();
         let (catalog, skipped) = Catalog::from_files(files).expect("test catalog builds");
         assert!(skipped.is_empty());
         catalog
     };
-    let mut service = Service::new(catalog(), limits, FUZZ_KEYS);
-    let mut fast = Service::new(catalog(), limits, FUZZ_KEYS);
+    let mut second = false;
+    let mut service = Service::new(catalog(second), limits, FUZZ_KEYS);
+    let mut fast = Service::new(catalog(second), limits, FUZZ_KEYS);
     let mut fast_answers = 0;
     let mut model = Model::default();
     let mut now_ms = 0u64;
@@ -241,6 +266,15 @@ pub fn check_with(data: &[u8], fault: Fault) -> usize {
             fast_answer, general,
             "the fast path (answered: {answered}) and the general one differ on {request:02x?}"
         );
+        if datagram.is_empty() {
+            // An in-place overwrite (or its undoing), at this frame's time
+            // for both, as the server tells its service.
+            second = !second;
+            for svc in [&mut service, &mut fast] {
+                svc.set_now(now_ms);
+                svc.replace_catalog(catalog(second));
+            }
+        }
         let Ok((reply, block)) = general else {
             continue;
         };
@@ -419,12 +453,21 @@ impl Model {
     }
 }
 
-/// The newest image for (pid, type) if newer than `version`. Every PID of
-/// the test catalog has one image, so that is the only one to look at.
+/// The newest image for (pid, type) if newer than `version`, as its index
+/// in [`FILES`]. Every PID of the test catalog has one image, so that is
+/// the only one to look at.
 fn candidate(pid: &[u8], fw_type: u8, version: u32) -> Option<usize> {
-    known()
+    known()[..FILES.len()]
         .iter()
         .position(|k| k.pid == pid && k.fw_type == fw_type && k.version > version)
+}
+
+/// The index in [`FILES`] of the image whose version `index` of
+/// [`known`] is: an overwritten version is one of the same image.
+fn image_of(index: usize) -> usize {
+    index
+        .checked_sub(FILES.len())
+        .map_or(index, |v| OVERWRITTEN[v].0)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -563,7 +606,9 @@ fn check_block(
                 // named for this image before, by id or by the legacy
                 // protocol (the peer has one transfer record, whichever
                 // form started it).
-                ([], None) => std::iter::once(0).chain(model.named(peer, index)).collect(),
+                ([], None) => std::iter::once(0)
+                    .chain(model.named(peer, image_of(index)))
+                    .collect(),
                 (&[a, b, c, d], _) => vec![u32::from_le_bytes([a, b, c, d])],
                 (other, _) => panic!("block served for a payload of {} bytes", other.len()),
             }
@@ -573,7 +618,7 @@ fn check_block(
                 sent.legacy().expect("block served for a lookup payload");
             assert_eq!(
                 candidate(pid, fw_type, version),
-                Some(index),
+                Some(image_of(index)),
                 "wrong image for the device"
             );
             vec![offset]
@@ -581,7 +626,7 @@ fn check_block(
         // A legacy continuation: an OFFSET this peer named for this image
         // before, by either form.
         [updates] if updates.as_slice() == b"updates" => {
-            let seen: Vec<u32> = model.named(peer, index).collect();
+            let seen: Vec<u32> = model.named(peer, image_of(index)).collect();
             assert!(
                 !seen.is_empty(),
                 "continuation without an earlier request naming an OFFSET"
