@@ -325,6 +325,85 @@ fn serves_byte_exact(target: &str) {
             );
         }
     }
+    serves_coaps_byte_exact(cross, &dist, &dir, &out, &big);
+}
+
+/// The coaps build of `cross` (`iot-ota-server-dtls-TARGET`, which `make
+/// dist` builds unless `DIST_DTLS=0`) under the same emulated CPU: a
+/// coaps-only server with a PSK file serves the big image by id, byte for
+/// byte, to libcoap's `coap-client-openssl` on the host and to the
+/// target's own coaps client. Without the build: SKIPPED, and a failure
+/// under CI, which builds it.
+fn serves_coaps_byte_exact(cross: &Cross, dist: &Path, dir: &TempDir, out: &TempDir, big: &[u8]) {
+    let server_bin = dist.join(format!("iot-ota-server-dtls-{}", cross.target));
+    let client_bin = dist.join(format!("iot-ota-client-dtls-{}", cross.target));
+    if !server_bin.exists() {
+        assert!(
+            !under_ci(),
+            "no {} under CI (make dist without DIST_DTLS=0 builds it)",
+            server_bin.display()
+        );
+        eprintln!("SKIPPED: no {} (DIST_DTLS=0)", server_bin.display());
+        return;
+    }
+    if !support::require_program("coap-client-openssl") {
+        return;
+    }
+    let keys = TempDir::new(&format!("cross-{}-keys", cross.target));
+    let psk = keys.write("psk", b"router-test:router-test-key\n");
+    std::fs::set_permissions(&psk, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod the PSK file");
+    let psk = psk.to_string_lossy().into_owned();
+    let server = spawn_program_via(
+        cross.launcher,
+        &server_bin,
+        dir.path(),
+        "none",
+        &["--psk-file", &psk, "--dtls-listen", "127.0.0.1:0"],
+    );
+    let base = format!("coaps://{}", server.addr);
+    let big_id = image_id(BIG.0);
+
+    let by_libcoap = out.path().join("coaps-libcoap");
+    let output = run_ok(
+        Command::new("coap-client-openssl")
+            .args(["-B", "30", "-m", "get", "-b", "1024"])
+            .args(["-u", "router-test", "-k", "router-test-key", "-o"])
+            .arg(&by_libcoap)
+            .arg(format!("{base}/updates/{big_id}")),
+        "coap-client-openssl over coaps",
+        &server,
+    );
+    assert_same(
+        &read_out(&by_libcoap),
+        big,
+        "coap-client-openssl over coaps",
+        &output,
+        &server,
+    );
+
+    let own = out.path().join("coaps-own-client");
+    let output = run_ok(
+        launched(cross.launcher, &client_bin)
+            .arg(format!("{base}/updates/{big_id}"))
+            .args([
+                "--psk-identity",
+                "router-test",
+                "--psk-key",
+                "router-test-key",
+            ])
+            .arg("-o")
+            .arg(&own),
+        "the target's coaps client",
+        &server,
+    );
+    assert_same(
+        &read_out(&own),
+        big,
+        "the target's coaps client",
+        &output,
+        &server,
+    );
 }
 
 #[test]
