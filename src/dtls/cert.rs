@@ -937,7 +937,7 @@ mod tests {
         assert!(names.authorization(b"dev").is_none());
     }
 
-    fn dns(name: &str) -> ServerName {
+    fn server(name: &str) -> ServerName {
         ServerName::parse(name).expect(name)
     }
 
@@ -951,16 +951,16 @@ mod tests {
     #[test]
     fn server_names_are_host_names_or_ip_addresses() {
         assert_eq!(
-            dns("OTA.Example.NET."),
+            server("OTA.Example.NET."),
             ServerName::Dns("ota.example.net".into())
         );
         assert_eq!(
-            dns("192.0.2.7"),
+            server("192.0.2.7"),
             ServerName::Ip(IpAddr::from([192, 0, 2, 7]))
         );
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(dns("2001:db8::1"), ServerName::Ip(v6));
-        assert_eq!(dns("[2001:db8::1]"), ServerName::Ip(v6));
+        assert_eq!(server("2001:db8::1"), ServerName::Ip(v6));
+        assert_eq!(server("[2001:db8::1]"), ServerName::Ip(v6));
         for bad in [
             "",
             ".",
@@ -974,7 +974,7 @@ mod tests {
             assert!(ServerName::parse(bad).is_err(), "{bad:?}");
         }
         assert!(ServerName::parse(&"a".repeat(64)).is_err());
-        assert_eq!(dns("[::1]").to_string(), "::1");
+        assert_eq!(server("[::1]").to_string(), "::1");
     }
 
     #[test]
@@ -983,30 +983,30 @@ mod tests {
             Identity::Ip(vec![192, 0, 2, 7]),
             Identity::Dns("OTA.example.net".into()),
         ]);
-        assert!(cert.names(&dns("ota.example.net")));
-        assert!(cert.names(&dns("Ota.Example.Net")));
-        assert!(cert.names(&dns("ota.example.net.")));
+        assert!(cert.names(&server("ota.example.net")));
+        assert!(cert.names(&server("Ota.Example.Net")));
+        assert!(cert.names(&server("ota.example.net.")));
         // Neither the CN (there is a subjectAltName) nor a part of a name.
-        assert!(!cert.names(&dns("cn.example.net")));
-        assert!(!cert.names(&dns("example.net")));
-        assert!(!cert.names(&dns("ota.example.net.evil")));
-        assert!(!cert.names(&dns("xota.example.net")));
+        assert!(!cert.names(&server("cn.example.net")));
+        assert!(!cert.names(&server("example.net")));
+        assert!(!cert.names(&server("ota.example.net.evil")));
+        assert!(!cert.names(&server("xota.example.net")));
         // A dNSName spelling an address names no address.
         let spelled = san(&[Identity::Dns("192.0.2.7".into())]);
-        assert!(!spelled.names(&dns("192.0.2.7")));
+        assert!(!spelled.names(&server("192.0.2.7")));
     }
 
     #[test]
     fn a_wildcard_stands_for_one_first_label_only() {
         let cert = san(&[Identity::Dns("*.fleet.example".into())]);
-        assert!(cert.names(&dns("ota.fleet.example")));
-        assert!(cert.names(&dns("OTA.Fleet.Example")));
-        assert!(!cert.names(&dns("fleet.example")));
-        assert!(!cert.names(&dns("a.ota.fleet.example")));
+        assert!(cert.names(&server("ota.fleet.example")));
+        assert!(cert.names(&server("OTA.Fleet.Example")));
+        assert!(!cert.names(&server("fleet.example")));
+        assert!(!cert.names(&server("a.ota.fleet.example")));
         for broad in ["*.example", "*", "ota*.fleet.example", "*.*.example"] {
             let cert = san(&[Identity::Dns(broad.into())]);
-            assert!(!cert.names(&dns("ota.fleet.example")), "{broad}");
-            assert!(!cert.names(&dns("fleet.example")), "{broad}");
+            assert!(!cert.names(&server("ota.fleet.example")), "{broad}");
+            assert!(!cert.names(&server("fleet.example")), "{broad}");
         }
     }
 
@@ -1018,23 +1018,23 @@ mod tests {
             Identity::Ip(vec![192, 0, 2, 7]),
             Identity::Ip(v6.octets().to_vec()),
         ]);
-        assert!(cert.names(&dns("192.0.2.7")));
-        assert!(cert.names(&dns("2001:db8::7")));
-        assert!(cert.names(&dns("[2001:DB8:0::7]")));
-        assert!(!cert.names(&dns("192.0.2.8")));
-        assert!(!cert.names(&dns("2001:db8::8")));
+        assert!(cert.names(&server("192.0.2.7")));
+        assert!(cert.names(&server("2001:db8::7")));
+        assert!(cert.names(&server("[2001:DB8:0::7]")));
+        assert!(!cert.names(&server("192.0.2.8")));
+        assert!(!cert.names(&server("2001:db8::8")));
         // The IPv4-mapped form is another address.
-        assert!(!cert.names(&dns("::ffff:192.0.2.7")));
+        assert!(!cert.names(&server("::ffff:192.0.2.7")));
         let mapped = san(&[Identity::Ip(
             std::net::Ipv4Addr::new(192, 0, 2, 7)
                 .to_ipv6_mapped()
                 .octets()
                 .to_vec(),
         )]);
-        assert!(!mapped.names(&dns("192.0.2.7")));
+        assert!(!mapped.names(&server("192.0.2.7")));
         // Nor does an address match a host name, or a cut entry anything.
-        assert!(!cert.names(&dns("ota.example.net.x")));
-        assert!(!san(&[Identity::Ip(vec![192, 0, 2])]).names(&dns("192.0.2.0")));
+        assert!(!cert.names(&server("ota.example.net.x")));
+        assert!(!san(&[Identity::Ip(vec![192, 0, 2])]).names(&server("192.0.2.0")));
     }
 
     #[test]
@@ -1043,25 +1043,25 @@ mod tests {
             san: None,
             cn: Some(cn.to_owned()),
         };
-        assert!(cn("OTA.example.net").names(&dns("ota.example.net")));
-        assert!(!cn("ota.example.net").names(&dns("other.example.net")));
-        assert!(cn("192.0.2.7").names(&dns("192.0.2.7")));
-        assert!(cn("::1").names(&dns("[::1]")));
-        assert!(!cn("192.0.2.7").names(&dns("192.0.2.8")));
+        assert!(cn("OTA.example.net").names(&server("ota.example.net")));
+        assert!(!cn("ota.example.net").names(&server("other.example.net")));
+        assert!(cn("192.0.2.7").names(&server("192.0.2.7")));
+        assert!(cn("::1").names(&server("[::1]")));
+        assert!(!cn("192.0.2.7").names(&server("192.0.2.8")));
         // No wildcard in a CN.
-        assert!(!cn("*.example.net").names(&dns("ota.example.net")));
+        assert!(!cn("*.example.net").names(&server("ota.example.net")));
         let nothing = Presented {
             san: None,
             cn: None,
         };
-        assert!(!nothing.names(&dns("ota.example.net")));
+        assert!(!nothing.names(&server("ota.example.net")));
         // A subjectAltName without a DNS name or an address (URIs only)
         // still hides the CN.
         let uris_only = Presented {
             san: Some(Vec::new()),
             cn: Some("ota.example.net".to_owned()),
         };
-        assert!(!uris_only.names(&dns("ota.example.net")));
+        assert!(!uris_only.names(&server("ota.example.net")));
         assert_eq!(
             san(&[Identity::Dns("a".into()), Identity::Ip(vec![10, 0, 0, 1])]).to_string(),
             "DNS:a, IP:10.0.0.1"
