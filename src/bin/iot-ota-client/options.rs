@@ -461,8 +461,8 @@ fn parse_credentials(
     use iot_ota::dtls::{ClientCredentials, ServerName};
     use std::path::Path;
     const CERT: [&str; 3] = ["cert", "key", "ca"];
-    let secure = target.secure;
     const RAW: [&str; 2] = ["rpk-key", "rpk-server"];
+    let secure = target.secure;
     let certificate = CERT.iter().any(|o| m.opt_present(o));
     let raw = RAW.iter().any(|o| m.opt_present(o));
     let named = m.opt_present("server-name");
@@ -488,7 +488,10 @@ fn parse_credentials(
                     Some(name) => ServerName::parse(&name)
                         .map_err(|e| format!("invalid --server-name: {e}"))?,
                     None => ServerName::parse(&target.host).map_err(|e| {
-                        format!("the URI's host cannot be a certificate's name: {e}; give --server-name NAME")
+                        format!(
+                            "the URI's host cannot be a certificate's name: {e}; give \
+                             --server-name NAME"
+                        )
                     })?,
                 };
                 let (cert, key, ca) = (Path::new(&cert), Path::new(&key), Path::new(&ca));
