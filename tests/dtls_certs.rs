@@ -8,7 +8,9 @@
 //! offers only TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 gets it; raw public
 //! keys (`coap-client-gnutls -M`) on the list download byte for byte and
 //! others are refused; one socket gives PSK, certificate and raw key
-//! hellos each their mode; our client in both modes; SIGHUP rereads the
+//! hellos each their mode; our client in both modes, taking only a
+//! server certificate that names the server (subjectAltName, CN without
+//! one, `--server-name`); SIGHUP rereads the
 //! names file and the raw key list; the certificate check itself
 //! refuses each kind of certificate that is not a fleet client's. The
 //! PKI is made at test time with `openssl` (tests/support/pki.rs), and
@@ -497,6 +499,72 @@ fn our_client_downloads_with_a_certificate_or_a_raw_public_key_and_checks_the_se
     }
 }
 
+/// Our client with a certificate takes the server's only when it names
+/// the server meant (RFC 9525): the URI's host 127.0.0.1 among its
+/// subjectAltName IP addresses, or the name `--server-name` gives among
+/// its DNS names (in any case); the CN only when the certificate has no
+/// subjectAltName. A certificate of the fleet's CA naming another
+/// server (its CN 127.0.0.1 does not count beside a subjectAltName), or
+/// a device's certificate without an extended key usage, is refused
+/// before the client's Finished, with exit status 1 and the names.
+#[test]
+fn our_client_takes_only_a_server_certificate_naming_the_server() {
+    let Some((fx, pki)) = fixture("certs-names") else {
+        return;
+    };
+    pki.issue("ca", "elsewhere", "127.0.0.1", "server_elsewhere", None);
+    pki.issue("ca", "cn-only", "127.0.0.1", "server_no_san", None);
+    pki.issue("ca", "cn-other", "ota.test", "server_no_san", None);
+    pki.issue("ca", "device", "dev9", "no_eku", None);
+    let dev = fx.image("DEV");
+    let out = fx.out.path().join("client");
+    let (cert, key, ca) = (pki.pem("dev1"), pki.key("dev1"), pki.pem("ca"));
+    let certificate = ["--cert", &cert, "--key", &key, "--ca", &ca];
+    let refused = Some("WrongName");
+    for (served, name, outcome) in [
+        ("server", None, None),
+        ("server", Some("LocalHost"), None),
+        ("server", Some("ota.test"), refused),
+        (
+            "elsewhere",
+            None,
+            Some("it names DNS:ota.test, not 127.0.0.1"),
+        ),
+        ("elsewhere", Some("OTA.test"), None),
+        ("elsewhere", Some("127.0.0.1"), refused),
+        ("cn-only", None, None),
+        ("cn-other", None, Some("no subjectAltName, CN ota.test")),
+        ("cn-other", Some("ota.test"), None),
+        ("device", None, refused),
+    ] {
+        let args = [
+            "--cert",
+            &pki.pem(served),
+            "--key",
+            &pki.key(served),
+            "--ca",
+            &ca,
+        ];
+        let server = fx.server("127.0.0.1:0", &args);
+        let mut credentials = certificate.to_vec();
+        credentials.extend(name.map(|n| ["--server-name", n]).iter().flatten());
+        let (body, output) = our_client(&server, &credentials, "1024", &out);
+        let what = format!("{served} --server-name {name:?}: {}", text(&output));
+        match outcome {
+            None => assert!(
+                output.status.code() == Some(0) && body == dev.bytes,
+                "{what}: {} bytes",
+                body.len()
+            ),
+            Some(said) => {
+                assert_eq!(output.status.code(), Some(1), "{what}");
+                assert!(body.is_empty(), "{what}: got bytes");
+                assert!(text(&output).contains(said), "{what}");
+            }
+        }
+    }
+}
+
 #[test]
 fn our_client_refuses_mixed_or_incomplete_credentials() {
     for (args, said) in [
@@ -521,6 +589,18 @@ fn our_client_refuses_mixed_or_incomplete_credentials() {
                 "k",
             ][..],
             "--cert, --key and --ca go together",
+        ),
+        (
+            &[
+                "coaps://127.0.0.1:1/.well-known/core",
+                "--rpk-key",
+                "k",
+                "--rpk-server",
+                "s",
+                "--server-name",
+                "ota.test",
+            ][..],
+            "--server-name goes with a certificate",
         ),
         (
             &["coaps://127.0.0.1:1/.well-known/core", "--rpk-key", "k"][..],

@@ -11,11 +11,18 @@
 //! usage, not a CA), no critical extension this code does not know. The
 //! parsing is the `x509-cert` crate's, the signature `p256`'s: both are
 //! the engine's own dependencies.
+//!
+//! The client checks the server's certificate the same way, for a
+//! server, and also that it names the server the client meant to reach
+//! ([`ServerName`], RFC 9525 §6.3), as TLS clients do: otherwise any
+//! certificate of the fleet's CA made for a server, or with no extended
+//! key usage, would pass for the server's.
 
 use crate::service::Authorization;
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use x509_cert::der::{Decode, Encode};
 use x509_cert::ext::pkix::name::GeneralName;
@@ -73,6 +80,9 @@ pub enum Refusal {
     /// A raw public key not on the `--rpk-clients` list: access_denied
     /// (49).
     UnknownKey,
+    /// The client's check only: the server's certificate does not name
+    /// the server the client meant to reach ([`ServerName`]).
+    WrongName,
 }
 
 /// A certificate (or, for raw public keys, a DER SubjectPublicKeyInfo)
@@ -471,6 +481,198 @@ pub(super) fn verify_peer(
     Ok(names)
 }
 
+/// The longest DNS name (RFC 1035 §2.3.4, without the final dot).
+const MAX_DNS_NAME: usize = 253;
+
+/// The server a client means to reach, which the server's certificate
+/// must name (RFC 9525 §6.2): the host of its `coaps://` URI, or the
+/// name given in its place (`--server-name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerName {
+    /// A host name: ASCII letters, digits, `-` and `_` in labels
+    /// separated by dots, kept lowercase and without a final dot.
+    Dns(String),
+    /// An IP address (IPv4 or IPv6, without a zone).
+    Ip(IpAddr),
+}
+
+impl ServerName {
+    /// A host name, or an IP address (an IPv6 one with or without
+    /// brackets).
+    ///
+    /// # Errors
+    /// A message for the user when it is neither.
+    pub fn parse(text: &str) -> Result<ServerName, String> {
+        let bare = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(ServerName::Ip(ip));
+        }
+        let name = text.strip_suffix('.').unwrap_or(text);
+        let label_ok = |label: &str| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() || name.len() > MAX_DNS_NAME || !name.split('.').all(label_ok) {
+            return Err(format!(
+                "'{text}' is neither a host name (ASCII letters, digits, '-' in labels \
+                 separated by dots) nor an IP address"
+            ));
+        }
+        Ok(ServerName::Dns(name.to_ascii_lowercase()))
+    }
+}
+
+impl std::fmt::Display for ServerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerName::Dns(name) => f.write_str(name),
+            ServerName::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// One identity a server's certificate presents in its subjectAltName.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Identity {
+    /// A dNSName, as written (perhaps a wildcard `*.example.net`).
+    Dns(String),
+    /// An iPAddress: 4 bytes for IPv4, 16 for IPv6.
+    Ip(Vec<u8>),
+}
+
+/// What a server's certificate says it is (RFC 9525 §6.3): its
+/// subjectAltName DNS names and IP addresses (`None` when it has no
+/// subjectAltName at all; other kinds of names are left out), and its
+/// subject CN, which counts only without a subjectAltName.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Presented {
+    pub(super) san: Option<Vec<Identity>>,
+    pub(super) cn: Option<String>,
+}
+
+impl Presented {
+    /// The identities of the certificate `der`.
+    ///
+    /// # Errors
+    /// [`Refusal::Malformed`] when it or its subjectAltName does not parse.
+    pub(super) fn of(der: &[u8]) -> Result<Presented, Refusal> {
+        let cert = Certificate::from_der(der).map_err(|_| Refusal::Malformed)?;
+        let tbs = cert.tbs_certificate();
+        let san = match tbs.get_extension::<SubjectAltName>() {
+            Ok(Some((_, san))) => Some(
+                san.0
+                    .iter()
+                    .filter_map(|entry| match entry {
+                        GeneralName::DnsName(n) => Some(Identity::Dns(n.to_string())),
+                        GeneralName::IpAddress(a) => Some(Identity::Ip(a.as_bytes().to_vec())),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Ok(None) => None,
+            Err(_) => return Err(Refusal::Malformed),
+        };
+        let cn = match tbs.subject().common_name() {
+            Ok(cn) => cn.map(|cn| cn.value().into_owned()),
+            Err(_) => None,
+        };
+        Ok(Presented { san, cn })
+    }
+
+    /// True when one of these identities is `server` (RFC 9525 §6.3): a
+    /// dNSName equal to a host name but for ASCII case, or a wildcard
+    /// `*.parent` whose `*` stands for the host name's first label; an
+    /// iPAddress equal to an IP address (never a dNSName or a CN spelling
+    /// one: an IP address is not a host name). The CN is compared, in
+    /// the same way but without wildcards, only when there is no
+    /// subjectAltName at all, as RFC 6125 §6.4.4 allowed.
+    pub(super) fn names(&self, server: &ServerName) -> bool {
+        match (&self.san, server) {
+            (Some(identities), ServerName::Dns(name)) => identities
+                .iter()
+                .any(|i| matches!(i, Identity::Dns(dns) if dns_matches(dns, name, true))),
+            (Some(identities), ServerName::Ip(ip)) => identities
+                .iter()
+                .any(|i| matches!(i, Identity::Ip(bytes) if ip_is(bytes, ip))),
+            (None, ServerName::Dns(name)) => self
+                .cn
+                .as_deref()
+                .is_some_and(|cn| dns_matches(cn, name, false)),
+            (None, ServerName::Ip(ip)) => self
+                .cn
+                .as_deref()
+                .is_some_and(|cn| cn.parse::<IpAddr>().is_ok_and(|c| c == *ip)),
+        }
+    }
+}
+
+impl std::fmt::Display for Presented {
+    /// `DNS:a, IP:192.0.2.1` or `no subjectAltName, CN a`, for messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(identities) = &self.san else {
+            return match &self.cn {
+                Some(cn) => write!(f, "no subjectAltName, CN {cn}"),
+                None => f.write_str("no subjectAltName, no CN"),
+            };
+        };
+        if identities.is_empty() {
+            return f.write_str("no DNS name or IP address in its subjectAltName");
+        }
+        for (index, identity) in identities.iter().enumerate() {
+            if index > 0 {
+                f.write_str(", ")?;
+            }
+            match identity {
+                Identity::Dns(name) => write!(f, "DNS:{name}")?,
+                Identity::Ip(bytes) => match ip_of(bytes) {
+                    Some(ip) => write!(f, "IP:{ip}")?,
+                    None => write!(f, "IP:({} bytes)", bytes.len())?,
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True when the presented DNS name (`wildcard`: perhaps `*.parent`)
+/// names the host `name` (lowercase, no final dot).
+fn dns_matches(presented: &str, name: &str, wildcard: bool) -> bool {
+    let presented = presented.strip_suffix('.').unwrap_or(presented);
+    if presented.eq_ignore_ascii_case(name) {
+        return true;
+    }
+    // `*` alone as the first label, standing for exactly one label, and
+    // never for most of a name (`*.net`).
+    match presented.strip_prefix("*.") {
+        Some(parent) if wildcard && parent.contains('.') && !parent.contains('*') => name
+            .split_once('.')
+            .is_some_and(|(first, rest)| !first.is_empty() && rest.eq_ignore_ascii_case(parent)),
+        _ => false,
+    }
+}
+
+/// The address of an iPAddress entry of 4 or 16 bytes.
+fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Some(IpAddr::from(v4));
+    }
+    <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from)
+}
+
+/// True when the iPAddress entry `bytes` is `ip` (an IPv4 address is
+/// not its IPv4-mapped IPv6 form: each is written as it is reached).
+fn ip_is(bytes: &[u8], ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => bytes == v4.octets(),
+        IpAddr::V6(v6) => bytes == v6.octets(),
+    }
+}
+
 /// The public key of `cert` when it is an ECDSA P-256 key.
 fn p256_key(cert: &Certificate) -> Option<VerifyingKey> {
     p256_spki_key(cert.tbs_certificate().subject_public_key_info())
@@ -735,6 +937,138 @@ mod tests {
         assert!(names.authorization(b"dev").is_none());
     }
 
+    fn server(name: &str) -> ServerName {
+        ServerName::parse(name).expect(name)
+    }
+
+    fn san(identities: &[Identity]) -> Presented {
+        Presented {
+            san: Some(identities.to_vec()),
+            cn: Some("cn.example.net".to_owned()),
+        }
+    }
+
+    #[test]
+    fn server_names_are_host_names_or_ip_addresses() {
+        assert_eq!(
+            server("OTA.Example.NET."),
+            ServerName::Dns("ota.example.net".into())
+        );
+        assert_eq!(
+            server("192.0.2.7"),
+            ServerName::Ip(IpAddr::from([192, 0, 2, 7]))
+        );
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(server("2001:db8::1"), ServerName::Ip(v6));
+        assert_eq!(server("[2001:db8::1]"), ServerName::Ip(v6));
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "*.example.net",
+            "a b",
+            "ota/x",
+            "[ota]",
+            "é.net",
+        ] {
+            assert!(ServerName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(ServerName::parse(&"a".repeat(64)).is_err());
+        assert_eq!(server("[::1]").to_string(), "::1");
+    }
+
+    #[test]
+    fn a_dns_name_matches_a_subject_alt_name_dns_name_in_any_case() {
+        let cert = san(&[
+            Identity::Ip(vec![192, 0, 2, 7]),
+            Identity::Dns("OTA.example.net".into()),
+        ]);
+        assert!(cert.names(&server("ota.example.net")));
+        assert!(cert.names(&server("Ota.Example.Net")));
+        assert!(cert.names(&server("ota.example.net.")));
+        // Neither the CN (there is a subjectAltName) nor a part of a name.
+        assert!(!cert.names(&server("cn.example.net")));
+        assert!(!cert.names(&server("example.net")));
+        assert!(!cert.names(&server("ota.example.net.evil")));
+        assert!(!cert.names(&server("xota.example.net")));
+        // A dNSName spelling an address names no address.
+        let spelled = san(&[Identity::Dns("192.0.2.7".into())]);
+        assert!(!spelled.names(&server("192.0.2.7")));
+    }
+
+    #[test]
+    fn a_wildcard_stands_for_one_first_label_only() {
+        let cert = san(&[Identity::Dns("*.fleet.example".into())]);
+        assert!(cert.names(&server("ota.fleet.example")));
+        assert!(cert.names(&server("OTA.Fleet.Example")));
+        assert!(!cert.names(&server("fleet.example")));
+        assert!(!cert.names(&server("a.ota.fleet.example")));
+        for broad in ["*.example", "*", "ota*.fleet.example", "*.*.example"] {
+            let cert = san(&[Identity::Dns(broad.into())]);
+            assert!(!cert.names(&server("ota.fleet.example")), "{broad}");
+            assert!(!cert.names(&server("fleet.example")), "{broad}");
+        }
+    }
+
+    #[test]
+    fn an_ip_address_matches_a_subject_alt_name_ip_address() {
+        let v6: std::net::Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let cert = san(&[
+            Identity::Dns("ota.example.net".into()),
+            Identity::Ip(vec![192, 0, 2, 7]),
+            Identity::Ip(v6.octets().to_vec()),
+        ]);
+        assert!(cert.names(&server("192.0.2.7")));
+        assert!(cert.names(&server("2001:db8::7")));
+        assert!(cert.names(&server("[2001:DB8:0::7]")));
+        assert!(!cert.names(&server("192.0.2.8")));
+        assert!(!cert.names(&server("2001:db8::8")));
+        // The IPv4-mapped form is another address.
+        assert!(!cert.names(&server("::ffff:192.0.2.7")));
+        let mapped = san(&[Identity::Ip(
+            std::net::Ipv4Addr::new(192, 0, 2, 7)
+                .to_ipv6_mapped()
+                .octets()
+                .to_vec(),
+        )]);
+        assert!(!mapped.names(&server("192.0.2.7")));
+        // Nor does an address match a host name, or a cut entry anything.
+        assert!(!cert.names(&server("ota.example.net.x")));
+        assert!(!san(&[Identity::Ip(vec![192, 0, 2])]).names(&server("192.0.2.0")));
+    }
+
+    #[test]
+    fn the_cn_counts_only_without_a_subject_alt_name() {
+        let cn = |cn: &str| Presented {
+            san: None,
+            cn: Some(cn.to_owned()),
+        };
+        assert!(cn("OTA.example.net").names(&server("ota.example.net")));
+        assert!(!cn("ota.example.net").names(&server("other.example.net")));
+        assert!(cn("192.0.2.7").names(&server("192.0.2.7")));
+        assert!(cn("::1").names(&server("[::1]")));
+        assert!(!cn("192.0.2.7").names(&server("192.0.2.8")));
+        // No wildcard in a CN.
+        assert!(!cn("*.example.net").names(&server("ota.example.net")));
+        let nothing = Presented {
+            san: None,
+            cn: None,
+        };
+        assert!(!nothing.names(&server("ota.example.net")));
+        // A subjectAltName without a DNS name or an address (URIs only)
+        // still hides the CN.
+        let uris_only = Presented {
+            san: Some(Vec::new()),
+            cn: Some("ota.example.net".to_owned()),
+        };
+        assert!(!uris_only.names(&server("ota.example.net")));
+        assert_eq!(
+            san(&[Identity::Dns("a".into()), Identity::Ip(vec![10, 0, 0, 1])]).to_string(),
+            "DNS:a, IP:10.0.0.1"
+        );
+        assert_eq!(cn("x").to_string(), "no subjectAltName, CN x");
+    }
+
     #[test]
     fn what_is_not_a_certificate_is_refused_without_a_panic() {
         let anchors = TrustAnchors::default();
@@ -746,6 +1080,7 @@ mod tests {
         bytes.extend(std::iter::repeat_n(0x30, 256));
         for cut in 0..bytes.len() {
             assert!(verify_peer(&bytes[..cut], &anchors, 0, OID_SERVER_AUTH).is_err());
+            assert_eq!(Presented::of(&bytes[..cut]), Err(Refusal::Malformed));
         }
     }
 }

@@ -3,7 +3,7 @@
 //! raw key pair with the server's public key) and the client engine they
 //! make, for `iot-ota-client coaps://`.
 
-use super::cert::{self, CertifiedKey, Refusal, TrustAnchors};
+use super::cert::{self, CertifiedKey, Presented, Refusal, ServerName, TrustAnchors};
 use super::psk::ClientPsk;
 use super::rpk::{self, Fingerprint};
 use dimpl::{Config, Dtls, DtlsCertificate};
@@ -16,13 +16,16 @@ use std::time::{Duration, Instant};
 pub enum ClientCredentials {
     /// A pre-shared key (`--psk-identity`/`--psk-key`, `--psk-file`).
     Psk(ClientPsk),
-    /// The device's certificate and key, and the CA certificates the
-    /// server's must be issued by (`--cert`, `--key`, `--ca`).
+    /// The device's certificate and key, the CA certificates the
+    /// server's must be issued by (`--cert`, `--key`, `--ca`), and the
+    /// name it must carry (the URI's host, or `--server-name`).
     Certificate {
         /// The device's certificate and key.
         own: CertifiedKey,
         /// The anchors of the server's certificate.
         anchors: TrustAnchors,
+        /// The server the device means to reach.
+        server: ServerName,
     },
     /// The device's key pair and the server's public key (`--rpk-key`,
     /// `--rpk-server`).
@@ -35,14 +38,21 @@ pub enum ClientCredentials {
 }
 
 impl ClientCredentials {
-    /// A certificate, its key and the CA certificates, from their files.
+    /// A certificate, its key and the CA certificates, from their files,
+    /// and the name the server's certificate must carry.
     ///
     /// # Errors
     /// A message for the user naming the file.
-    pub fn certificate(cert: &Path, key: &Path, ca: &Path) -> Result<ClientCredentials, String> {
+    pub fn certificate(
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+        server: ServerName,
+    ) -> Result<ClientCredentials, String> {
         Ok(ClientCredentials::Certificate {
             own: CertifiedKey::read(cert, key)?,
             anchors: TrustAnchors::read(ca)?,
+            server,
         })
     }
 
@@ -68,6 +78,21 @@ impl ClientCredentials {
             }
         };
         Ok(ClientCredentials::RawPublicKey { own, server })
+    }
+
+    /// Why the server's certificate `der` was refused with `refusal`, for
+    /// the user: for [`Refusal::WrongName`], the names it has and the one
+    /// expected.
+    pub fn explain(&self, der: &[u8], refusal: Refusal) -> String {
+        match (self, refusal, Presented::of(der)) {
+            (ClientCredentials::Certificate { server, .. }, Refusal::WrongName, Ok(presented)) => {
+                format!(
+                    "the server's certificate is refused: WrongName: it names {presented}, \
+                     not {server}"
+                )
+            }
+            _ => format!("the server's certificate or key is refused: {refusal:?}"),
+        }
     }
 
     /// How the device is known, for messages.
@@ -118,15 +143,23 @@ impl ClientCredentials {
 
     /// Checks what the server sent as its certificate (DER) at `now_s`
     /// (seconds since 1970): issued by an anchor, in its dates, for a
-    /// server; or, for raw public keys, the server's key.
+    /// server, naming the server meant (a subjectAltName DNS name or IP
+    /// address, or the CN of a certificate without subjectAltName); or,
+    /// for raw public keys, the server's key.
     ///
     /// # Errors
     /// Why it is refused.
     pub fn check_server(&self, der: &[u8], now_s: u64) -> Result<(), Refusal> {
         match self {
             ClientCredentials::Psk(_) => Err(Refusal::Unsupported),
-            ClientCredentials::Certificate { anchors, .. } => {
-                cert::verify_peer(der, anchors, now_s, cert::OID_SERVER_AUTH).map(|_| ())
+            ClientCredentials::Certificate {
+                anchors, server, ..
+            } => {
+                cert::verify_peer(der, anchors, now_s, cert::OID_SERVER_AUTH)?;
+                match Presented::of(der)?.names(server) {
+                    true => Ok(()),
+                    false => Err(Refusal::WrongName),
+                }
             }
             ClientCredentials::RawPublicKey { server, .. } => match rpk::spki_fingerprint(der) {
                 Some(print) if print == *server => Ok(()),

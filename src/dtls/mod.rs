@@ -50,7 +50,7 @@ mod psk;
 mod records;
 mod rpk;
 
-pub use cert::{CertificateAuth, CertifiedKey, DeviceNames, Refusal, TrustAnchors};
+pub use cert::{CertificateAuth, CertifiedKey, DeviceNames, Refusal, ServerName, TrustAnchors};
 pub use client::ClientCredentials;
 pub use front::{Front, FrontStats, Handled};
 pub use hello::HELLO_VERIFY_LEN;

@@ -81,6 +81,7 @@ pub fn certificate_credentials() -> ClientCredentials {
     ClientCredentials::Certificate {
         own: iot_ota::dtls::server_key_from_pem(CLIENT_RAW_KEY).expect("client key"),
         anchors: iot_ota::dtls::TrustAnchors::default(),
+        server: iot_ota::dtls::ServerName::Ip(std::net::Ipv6Addr::LOCALHOST.into()),
     }
 }
 

@@ -181,6 +181,13 @@ fn options() -> Options {
         );
         o.optopt(
             "",
+            "server-name",
+            "coaps with --cert: the name the server's certificate must carry, a host name or an \
+             IP address (default: the URI's host)",
+            "NAME",
+        );
+        o.optopt(
+            "",
             "rpk-key",
             "coaps with a raw public key (RFC 7250): the device's ECDSA P-256 private key, PEM \
              (not readable by other users; with --rpk-server)",
@@ -218,14 +225,15 @@ fn usage_text(o: &Options) -> String {
          {PROGRAM} SERVER --pid PID --version M.m.b --observe [-o FILE] [--count N]\n       \
          {PROGRAM} coap://HOST[:PORT]/PATH --observe [-o FILE] [--count N]\n       \
          {PROGRAM} coaps://HOST[:PORT]/PATH (--psk-identity ID --psk-key KEY | --psk-file FILE\n                   \
-         | --cert FILE --key FILE --ca FILE | --rpk-key FILE --rpk-server FILE|sha256:HEX) ...\n\
+         | --cert FILE --key FILE --ca FILE [--server-name NAME]\n                   \
+         | --rpk-key FILE --rpk-server FILE|sha256:HEX) ...\n\
          {LOADGEN_USAGE}\n\
          A CoAP client for iot-ota-server: asks for a firmware update as a device does and downloads it\n\
          (Confirmable requests with RFC 7252 retransmission, Block2 per RFC 7959, Echo per RFC 9175, and\n\
          a wait of Max-Age seconds after 4.29 Too Many Requests), or GETs any resource.\n\n\
          SERVER is HOST:PORT, [IPv6]:PORT or coap://HOST[:PORT][/PATH][?QUERY]; the port defaults to 5683.\n\
-         coaps://HOST[:PORT][/PATH] is CoAP over DTLS 1.2 with a pre-shared key (port 5684; builds with\n\
-         the dtls feature), in every mode.\n\
+         coaps://HOST[:PORT][/PATH] is CoAP over DTLS 1.2 (port 5684; builds with the dtls feature), in\n\
+         every mode; with --cert the server's certificate must name HOST, or NAME of --server-name.\n\
          A link-local address needs its interface (zone), by name or index: [fe80::1%eth0]:5683, or\n\
          coap://[fe80::1%25eth0]/PATH in a URI (RFC 6874).\n\
          Device mode sends GET /updates with the device payload (PIDLEN|PID|TYPE|VERSION) and downloads\n\
@@ -420,7 +428,7 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
         ),
     };
     #[cfg(feature = "dtls")]
-    let credentials = parse_credentials(&m, target.secure)?;
+    let credentials = parse_credentials(&m, &target)?;
     #[cfg(not(feature = "dtls"))]
     if target.secure {
         return Err(
@@ -441,35 +449,53 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Option<Config>, String> {
     }))
 }
 
-/// The credentials of a `coaps://` server (`secure`), and only of one:
-/// a pre-shared key, a certificate (`--cert`, `--key`, `--ca`) or a raw
-/// public key (`--rpk-key`, `--rpk-server`).
+/// The credentials of a `coaps://` target, and only of one: a
+/// pre-shared key, a certificate (`--cert`, `--key`, `--ca`, and the
+/// name the server's must carry: `--server-name` or the target's host)
+/// or a raw public key (`--rpk-key`, `--rpk-server`).
 #[cfg(feature = "dtls")]
 fn parse_credentials(
     m: &getopts::Matches,
-    secure: bool,
+    target: &Target,
 ) -> Result<Option<iot_ota::dtls::ClientCredentials>, String> {
-    use iot_ota::dtls::ClientCredentials;
+    use iot_ota::dtls::{ClientCredentials, ServerName};
     use std::path::Path;
     const CERT: [&str; 3] = ["cert", "key", "ca"];
     const RAW: [&str; 2] = ["rpk-key", "rpk-server"];
+    let secure = target.secure;
     let certificate = CERT.iter().any(|o| m.opt_present(o));
     let raw = RAW.iter().any(|o| m.opt_present(o));
+    let named = m.opt_present("server-name");
     let psk = parse_psk(m, secure)?;
     if !secure {
-        return match certificate || raw {
+        return match certificate || raw || named {
             true => Err(
-                "--cert, --key, --ca, --rpk-key and --rpk-server go with a coaps:// URI".to_owned(),
+                "--cert, --key, --ca, --server-name, --rpk-key and --rpk-server go with a \
+                 coaps:// URI"
+                    .to_owned(),
             ),
             false => Ok(None),
         };
+    }
+    if named && !certificate {
+        return Err("--server-name goes with a certificate (--cert, --key, --ca)".to_owned());
     }
     match (psk, certificate, raw) {
         (Some(psk), false, false) => Ok(Some(ClientCredentials::Psk(psk))),
         (None, true, false) => match (m.opt_str("cert"), m.opt_str("key"), m.opt_str("ca")) {
             (Some(cert), Some(key), Some(ca)) => {
-                ClientCredentials::certificate(Path::new(&cert), Path::new(&key), Path::new(&ca))
-                    .map(Some)
+                let server = match m.opt_str("server-name") {
+                    Some(name) => ServerName::parse(&name)
+                        .map_err(|e| format!("invalid --server-name: {e}"))?,
+                    None => ServerName::parse(&target.host).map_err(|e| {
+                        format!(
+                            "the URI's host cannot be a certificate's name: {e}; give \
+                             --server-name NAME"
+                        )
+                    })?,
+                };
+                let (cert, key, ca) = (Path::new(&cert), Path::new(&key), Path::new(&ca));
+                ClientCredentials::certificate(cert, key, ca, server).map(Some)
             }
             _ => Err("--cert, --key and --ca go together".to_owned()),
         },
@@ -553,6 +579,66 @@ mod tests {
                 matches!(c.mode, Mode::Get(ref r) if r.to_string() == "/x"),
                 "{list:?}"
             );
+        }
+    }
+
+    #[cfg(feature = "dtls")]
+    #[test]
+    fn server_name_goes_with_a_certificate_and_must_be_a_name() {
+        let cert = ["--cert", "c", "--key", "k", "--ca", "a"];
+        for (list, said) in [
+            (
+                vec!["coap://127.0.0.1/x", "--server-name", "ota.test"],
+                "go with a coaps:// URI",
+            ),
+            (
+                vec![
+                    "coaps://127.0.0.1/x",
+                    "--psk-identity",
+                    "i",
+                    "--psk-key",
+                    "k",
+                    "--server-name",
+                    "ota.test",
+                ],
+                "--server-name goes with a certificate",
+            ),
+            (
+                [
+                    &["coaps://127.0.0.1/x", "--server-name", "ota test"][..],
+                    &cert,
+                ]
+                .concat(),
+                "invalid --server-name: 'ota test' is neither",
+            ),
+            (
+                [
+                    &["coaps://127.0.0.1/x", "--server-name", "*.test"][..],
+                    &cert,
+                ]
+                .concat(),
+                "invalid --server-name",
+            ),
+            (
+                [&["coaps://ota%20x/x"][..], &cert].concat(),
+                "give --server-name NAME",
+            ),
+            // A valid name: on to the files, which are missing here.
+            (
+                [
+                    &["coaps://ota%20x/x", "--server-name", "OTA.test"][..],
+                    &cert,
+                ]
+                .concat(),
+                "cannot read c",
+            ),
+            (
+                [&["coaps://[::1]/x", "--server-name", "[::1]"][..], &cert].concat(),
+                "cannot read c",
+            ),
+        ] {
+            let error = parse_args(&args(&list)).err().expect("refused");
+            assert!(error.contains(said), "{list:?}: {error}");
         }
     }
 

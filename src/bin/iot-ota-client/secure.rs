@@ -232,9 +232,14 @@ impl SecureLink {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());
                     if let Err(refusal) = self.credentials.check_server(der, now_s) {
-                        self.refused = Some(format!(
-                            "the server's certificate or key is refused: {refusal:?}"
-                        ));
+                        let mut why = self.credentials.explain(der, refusal);
+                        if refusal == iot_ota::dtls::Refusal::WrongName {
+                            why.push_str(
+                                " (--server-name NAME expects NAME when the URI's host is \
+                                 another name or address of the server)",
+                            );
+                        }
+                        self.refused = Some(why);
                         self.closed = true;
                         return Ok(());
                     }

@@ -513,7 +513,9 @@ fn refusal_alert(refusal: Refusal) -> Alert {
         Refusal::UnknownCa => Alert::UnknownCa,
         Refusal::Expired => Alert::CertificateExpired,
         Refusal::Unsupported => Alert::UnsupportedCertificate,
-        Refusal::Malformed => Alert::BadCertificate,
+        // The server never compares a client's name with anything: a
+        // refusal only the client's check makes.
+        Refusal::Malformed | Refusal::WrongName => Alert::BadCertificate,
         Refusal::UnknownKey => Alert::AccessDenied,
     }
 }
