@@ -56,7 +56,8 @@ use crate::tree::FileTree;
 use leisure::Leisure;
 use live::Live;
 use log::{debug, info, log_enabled, trace, Level};
-use reply::{arrival, deliver, is_multicast, peer, send, Reply};
+pub use reply::peer;
+use reply::{arrival, deliver, is_multicast, send, Reply};
 #[cfg(feature = "dtls")]
 use secure::Secure;
 pub use setup::{check_dual_stack, install_signal_handlers};

@@ -118,6 +118,26 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::from(ERROR_EXIT)
 }
 
+/// Downloads the image `id` (`/updates/{id}`) into `body`, from `offset`
+/// when one is given (sent as the 4-byte payload), in blocks of `szx`.
+fn download_image(
+    client: &mut Client,
+    id: &str,
+    offset: Option<u32>,
+    szx: u8,
+    body: &mut Vec<u8>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Transfer, ClientError> {
+    let resource = Resource::image(id.as_bytes());
+    let offset_payload = offset.map(u32::to_le_bytes);
+    let request = BodyRequest {
+        resource: &resource,
+        payload: offset_payload.as_ref().map_or(&[][..], |p| &p[..]),
+        legacy: false,
+    };
+    client.download(&request, szx, body, progress)
+}
+
 /// Runs the mode's requests; returns what was fetched (for the summary)
 /// and the transfer.
 fn fetch(
@@ -164,14 +184,7 @@ fn fetch(
                 Ok((format!("{pid_text} (legacy protocol){from}"), transfer))
             } else {
                 let id = client.lookup(&device)?;
-                let resource = Resource::image(id.as_bytes());
-                let offset_payload = offset.map(u32::to_le_bytes);
-                let request = BodyRequest {
-                    resource: &resource,
-                    payload: offset_payload.as_ref().map_or(&[][..], |p| &p[..]),
-                    legacy: false,
-                };
-                let transfer = client.download(&request, config.szx, body, progress)?;
+                let transfer = download_image(client, &id, *offset, config.szx, body, progress)?;
                 Ok((format!("{pid_text} id {id}{from}"), transfer))
             }
         }
@@ -279,15 +292,9 @@ fn report(
                 return Ok(None);
             };
             let started = Instant::now();
-            let resource = Resource::image(id.as_bytes());
-            let offset_payload = offset.map(u32::to_le_bytes);
-            let request = BodyRequest {
-                resource: &resource,
-                payload: offset_payload.as_ref().map_or(&[][..], |p| &p[..]),
-                legacy: false,
-            };
             let mut body = Vec::new();
-            let transfer = client.download(&request, config.szx, &mut body, &mut |_| {})?;
+            let transfer =
+                download_image(client, &id, *offset, config.szx, &mut body, &mut |_| {})?;
             write_body(Some(path), &body).map_err(|e| ClientError::Output(io_error(e)))?;
             let what = format!("id {id}");
             eprintln!(

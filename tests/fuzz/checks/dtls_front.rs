@@ -49,7 +49,8 @@
 use iot_ota::catalog::Catalog;
 use iot_ota::dtls::{Entropy, Front, Handled, Limits as DtlsLimits, PskTable};
 use iot_ota::hash::SipKey;
-use iot_ota::service::{Action, Keys, Limits, Peer, Request, Service, MAX_REPLY_LEN};
+use iot_ota::server::peer;
+use iot_ota::service::{Action, Keys, Limits, Request, Service, MAX_REPLY_LEN};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -150,23 +151,6 @@ pub fn address(p: u8) -> SocketAddr {
         _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     SocketAddr::new(ip, 50_000 + u16::from((p >> 2) & 0x1f))
-}
-
-/// The service's view of an address, as the server's loop makes it.
-fn service_peer(addr: SocketAddr) -> Peer {
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    let scope = match addr {
-        SocketAddr::V6(v6) => v6.scope_id(),
-        SocketAddr::V4(_) => 0,
-    };
-    Peer {
-        ip: ip.octets(),
-        port: addr.port(),
-        scope,
-    }
 }
 
 /// The random and the cookie of the ClientHello at the start of
@@ -313,8 +297,7 @@ pub fn run(data: &[u8]) -> Reached {
         let authorization = front.authorization(from).cloned().unwrap_or_default();
         reached.requests += requests.len();
         for request in requests {
-            let incoming =
-                Request::new(service_peer(from), now_ms, &request).authorized(&authorization);
+            let incoming = Request::new(peer(from), now_ms, &request).authorized(&authorization);
             let action = service.handle_request(&incoming, &mut out);
             if let Action::Reply { len, .. } = action {
                 assert!(len <= MAX_REPLY_LEN);
