@@ -181,6 +181,7 @@ pub(super) fn arrival(socket: usize, dest: Option<LocalDest>) -> Arrival {
 /// The peer as the service sees it: IPv4 as IPv4-mapped IPv6, an IPv6
 /// address with its zone. Public so that whatever drives the service
 /// beside the loop (the fuzz checks) names peers as the loop does.
+#[inline]
 pub fn peer(addr: SocketAddr) -> Peer {
     let ip = match addr.ip() {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
